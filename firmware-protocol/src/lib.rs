@@ -1,0 +1,3 @@
+//! The redeemd reader↔daemon serial protocol (see `PROTOCOL.md`).
+#![cfg_attr(not(any(test, feature = "std")), no_std)]
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! redeemd: offline member-card redemption daemon.
+#![forbid(unsafe_code)]
