@@ -1,0 +1,25 @@
+//! The signed-data contract between a redeemd terminal and the platform.
+//!
+//! Everything here is pure code (no I/O, no clock, no SQLite) so that the daemon, its tests and benches,
+//! and the platform's reference clearing server all share exactly one definition of:
+//!
+//! * the key hierarchy ([`keys`]): one HKDF-SHA256-derived key per purpose from the terminal secret;
+//! * the entitlement data model ([`model`]): cards (by keyed reference, never by number), packages, items;
+//! * the canonical byte encoding ([`codec`]) that every MAC covers — never "whatever a serializer printed";
+//! * signed snapshots, deltas and manifests ([`snapshot`]): both the signing side and the verifying side;
+//! * the journal record encoding, HMAC chain and authorization codes ([`journal`]).
+//!
+//! The format is specified for humans in `docs/entitlement-format.md` and `docs/journal.md`.
+#![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod journal;
+pub mod keys;
+pub mod model;
+pub mod snapshot;
+
+pub use codec::DecodeError;
+pub use journal::{JournalRecord, RecordKind};
+pub use keys::{MacKey, Purpose, TerminalKeys, TerminalSecret};
+pub use model::{Card, CardRef, CardStatus, Holder, Item, MerchantScope, Package};
+pub use snapshot::{BundleKind, Entry, EntryOp, Manifest};

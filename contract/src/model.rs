@@ -1,0 +1,405 @@
+//! The entitlement data model: what the platform tells a terminal about one card.
+//!
+//! A card is known only by its [`CardRef`] — an HMAC of the card number under the terminal's card-token
+//! key — plus a masked number for display. Identity data (e.g. the last four digits of the holder's phone)
+//! is carried only as a keyed verifier.
+
+use crate::codec::{DecodeError, Reader, Writer};
+use crate::keys::{MacKey, TAG_LEN, Tag};
+use thiserror::Error;
+
+/// Keyed reference to a card number: `HMAC(card-token key, "redeemd/card/v1" ‖ digits)`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CardRef(pub [u8; TAG_LEN]);
+
+impl std::fmt::Debug for CardRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CardRef({})", self.to_hex())
+    }
+}
+
+impl CardRef {
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// A card number as swiped: 12 to 19 decimal digits. Never stored, never logged; `Debug` is masked.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CardNumber(String);
+
+impl std::fmt::Debug for CardNumber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CardNumber({})", self.masked())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CardNumberError {
+    #[error("card number has {len} digits; 12 to 19 are allowed")]
+    BadLength { len: usize },
+    #[error("card number contains a character other than a digit, space or dash")]
+    NotDigits,
+}
+
+impl CardNumber {
+    /// Accepts digits with optional spaces or dashes (as printed on a card).
+    pub fn parse(raw: &str) -> Result<Self, CardNumberError> {
+        let mut digits = String::with_capacity(19);
+        for c in raw.chars() {
+            match c {
+                '0'..='9' => digits.push(c),
+                ' ' | '-' => {}
+                _ => return Err(CardNumberError::NotDigits),
+            }
+        }
+        if !(12..=19).contains(&digits.len()) {
+            return Err(CardNumberError::BadLength { len: digits.len() });
+        }
+        Ok(Self(digits))
+    }
+
+    /// First six and last four digits, the rest as `*` (PCI-style display).
+    pub fn masked(&self) -> String {
+        let d = &self.0;
+        let n = d.len();
+        format!("{}{}{}", &d[..6], "*".repeat(n - 10), &d[n - 4..])
+    }
+
+    pub fn card_ref(&self, card_token_key: &MacKey) -> CardRef {
+        CardRef(card_token_key.mac(&[b"redeemd/card/v1", self.0.as_bytes()]))
+    }
+}
+
+/// The verifier the platform stores for a named card's identity data (phone last four, PIN):
+/// `HMAC(identity key, "redeemd/identity/v1" ‖ card ref ‖ identity data)`.
+pub fn identity_verifier(identity_key: &MacKey, card: &CardRef, identity_data: &[u8]) -> Tag {
+    identity_key.mac(&[b"redeemd/identity/v1", &card.0, identity_data])
+}
+
+/// Constant-time check of identity data against a stored verifier.
+pub fn identity_matches(
+    identity_key: &MacKey,
+    card: &CardRef,
+    identity_data: &[u8],
+    verifier: &Tag,
+) -> bool {
+    identity_key.verify(&[b"redeemd/identity/v1", &card.0, identity_data], verifier)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CardStatus {
+    Active = 1,
+    Lost = 2,
+    Frozen = 3,
+    Cancelled = 4,
+}
+
+impl CardStatus {
+    fn from_tag(tag: u8, at: usize) -> Result<Self, DecodeError> {
+        Ok(match tag {
+            1 => Self::Active,
+            2 => Self::Lost,
+            3 => Self::Frozen,
+            4 => Self::Cancelled,
+            _ => {
+                return Err(DecodeError::BadTag {
+                    field: "card status",
+                    tag,
+                    at,
+                });
+            }
+        })
+    }
+}
+
+/// A named card's holder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// For display only, already masked by the platform (e.g. "张*").
+    pub masked_name: String,
+    /// Keyed verifier of the identity data; `None` if the holder has none on file.
+    pub identity_verifier: Option<Tag>,
+}
+
+/// Where a package may be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MerchantScope {
+    All,
+    Merchants(Vec<String>),
+    Categories(Vec<String>),
+}
+
+impl MerchantScope {
+    pub fn allows(&self, merchant_id: &str, merchant_categories: &[String]) -> bool {
+        match self {
+            MerchantScope::All => true,
+            MerchantScope::Merchants(list) => list.iter().any(|m| m == merchant_id),
+            MerchantScope::Categories(list) => list.iter().any(|c| merchant_categories.contains(c)),
+        }
+    }
+}
+
+/// One service or good of a package.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    pub service_code: String,
+    /// Display title (Chinese), e.g. "精洗".
+    pub title: String,
+    pub uses_total: u32,
+    /// Uses left as the platform knew it when it signed this entry (see [`Card::usage_through_seq`]).
+    pub uses_left: u32,
+    /// What the platform pays the merchant per use, in fen.
+    pub price_fen: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Package {
+    pub id: String,
+    pub title: String,
+    pub items: Vec<Item>,
+    /// Unix milliseconds, inclusive.
+    pub valid_from_ms: i64,
+    /// Unix milliseconds, exclusive.
+    pub valid_until_ms: i64,
+    pub scope: MerchantScope,
+    /// Maximum uses (all items of the package together) per local business day at this terminal.
+    pub daily_cap: Option<u32>,
+    /// Named cards only: ask for identity confirmation before redeeming from this package.
+    pub identity_required: bool,
+}
+
+/// Everything the terminal knows about one card. The card reference is not part of the body: it is the
+/// entry's key and is covered by the entry MAC separately.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Card {
+    /// First six / last four, e.g. "622848******1234".
+    pub masked_number: String,
+    pub status: CardStatus,
+    pub holder: Option<Holder>,
+    /// The `uses_left` figures of this entry already account for this terminal's journal records up to
+    /// and including this sequence number (0: none). Local usage counts only records after it.
+    pub usage_through_seq: u64,
+    pub packages: Vec<Package>,
+}
+
+impl Card {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(256);
+        w.str(&self.masked_number).u8(self.status as u8);
+        match &self.holder {
+            None => {
+                w.u8(0);
+            }
+            Some(h) => {
+                w.u8(1).str(&h.masked_name);
+                match &h.identity_verifier {
+                    None => w.u8(0),
+                    Some(v) => w.u8(1).fixed(v),
+                };
+            }
+        }
+        w.u64(self.usage_through_seq).count(self.packages.len());
+        for p in &self.packages {
+            w.str(&p.id)
+                .str(&p.title)
+                .i64(p.valid_from_ms)
+                .i64(p.valid_until_ms);
+            let (tag, list) = match &p.scope {
+                MerchantScope::All => (0u8, &[][..]),
+                MerchantScope::Merchants(l) => (1, &l[..]),
+                MerchantScope::Categories(l) => (2, &l[..]),
+            };
+            w.u8(tag).count(list.len());
+            for s in list {
+                w.str(s);
+            }
+            match p.daily_cap {
+                None => w.u8(0),
+                Some(c) => w.u8(1).u32(c),
+            };
+            w.bool(p.identity_required).count(p.items.len());
+            for i in &p.items {
+                w.str(&i.service_code)
+                    .str(&i.title)
+                    .u32(i.uses_total)
+                    .u32(i.uses_left)
+                    .u64(i.price_fen);
+            }
+        }
+        w.into_bytes()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let masked_number = r.string("masked number")?;
+        let at = r.position();
+        let status = CardStatus::from_tag(r.u8()?, at)?;
+        let holder = if r.option_tag("holder")? {
+            let masked_name = r.string("holder name")?;
+            let identity_verifier = if r.option_tag("identity verifier")? {
+                Some(r.array()?)
+            } else {
+                None
+            };
+            Some(Holder {
+                masked_name,
+                identity_verifier,
+            })
+        } else {
+            None
+        };
+        let usage_through_seq = r.u64()?;
+        let n = r.count(8)?;
+        let mut packages = Vec::with_capacity(n);
+        for _ in 0..n {
+            let id = r.string("package id")?;
+            let title = r.string("package title")?;
+            let valid_from_ms = r.i64()?;
+            let valid_until_ms = r.i64()?;
+            let at = r.position();
+            let tag = r.u8()?;
+            let m = r.count(4)?;
+            let mut list = Vec::with_capacity(m);
+            for _ in 0..m {
+                list.push(r.string("scope entry")?);
+            }
+            let scope = match tag {
+                0 if list.is_empty() => MerchantScope::All,
+                0 => {
+                    return Err(DecodeError::Invalid {
+                        field: "merchant scope",
+                        reason: "'all' with a list",
+                    });
+                }
+                1 => MerchantScope::Merchants(list),
+                2 => MerchantScope::Categories(list),
+                _ => {
+                    return Err(DecodeError::BadTag {
+                        field: "merchant scope",
+                        tag,
+                        at,
+                    });
+                }
+            };
+            let daily_cap = if r.option_tag("daily cap")? {
+                Some(r.u32()?)
+            } else {
+                None
+            };
+            let identity_required = r.bool("identity required")?;
+            let k = r.count(28)?;
+            let mut items = Vec::with_capacity(k);
+            for _ in 0..k {
+                items.push(Item {
+                    service_code: r.string("service code")?,
+                    title: r.string("item title")?,
+                    uses_total: r.u32()?,
+                    uses_left: r.u32()?,
+                    price_fen: r.u64()?,
+                });
+            }
+            packages.push(Package {
+                id,
+                title,
+                items,
+                valid_from_ms,
+                valid_until_ms,
+                scope,
+                daily_cap,
+                identity_required,
+            });
+        }
+        r.finish()?;
+        Ok(Card {
+            masked_number,
+            status,
+            holder,
+            usage_through_seq,
+            packages,
+        })
+    }
+
+    /// All (package, item) pairs in signed order; the position in this list is the card's *entry index*.
+    pub fn entries(&self) -> impl Iterator<Item = (usize, &Package, &Item)> {
+        self.packages
+            .iter()
+            .flat_map(|p| p.items.iter().map(move |i| (p, i)))
+            .enumerate()
+            .map(|(n, (p, i))| (n, p, i))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    pub(crate) fn sample_card() -> Card {
+        Card {
+            masked_number: "622848******1234".into(),
+            status: CardStatus::Active,
+            holder: Some(Holder {
+                masked_name: "张*".into(),
+                identity_verifier: Some([9; 32]),
+            }),
+            usage_through_seq: 12,
+            packages: vec![Package {
+                id: "P1".into(),
+                title: "洗车套餐".into(),
+                items: vec![Item {
+                    service_code: "WASH".into(),
+                    title: "精洗".into(),
+                    uses_total: 10,
+                    uses_left: 7,
+                    price_fen: 3500,
+                }],
+                valid_from_ms: 1,
+                valid_until_ms: 2,
+                scope: MerchantScope::Categories(vec!["wash".into()]),
+                daily_cap: Some(2),
+                identity_required: true,
+            }],
+        }
+    }
+
+    #[test]
+    fn card_roundtrips() {
+        let c = sample_card();
+        assert_eq!(Card::decode(&c.encode()).unwrap(), c);
+    }
+
+    #[test]
+    fn card_numbers_are_normalized_and_masked() {
+        let n = CardNumber::parse("6228 4800-1234 1234").unwrap();
+        assert_eq!(n.masked(), "622848******1234");
+        assert!(!format!("{n:?}").contains("48001234"));
+        assert_eq!(
+            CardNumber::parse("12345").unwrap_err(),
+            CardNumberError::BadLength { len: 5 }
+        );
+        assert_eq!(
+            CardNumber::parse("1234567890123x").unwrap_err(),
+            CardNumberError::NotDigits
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = Card::decode(&bytes);
+        }
+
+        #[test]
+        fn every_truncation_or_flip_of_a_card_is_refused_or_changes_the_value(pos in 0usize..200, bit in 0u8..8) {
+            let c = sample_card();
+            let bytes = c.encode();
+            let pos = pos % bytes.len();
+            prop_assert!(Card::decode(&bytes[..pos]).is_err());
+            let mut flipped = bytes.clone();
+            flipped[pos] ^= 1 << bit;
+            prop_assert_ne!(Card::decode(&flipped).ok(), Some(c));
+        }
+    }
+}

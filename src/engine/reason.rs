@@ -1,0 +1,170 @@
+//! Decline reason codes: the one place they are defined.
+//!
+//! The reader protocol carries them as `u16`; the numbers are stable (never reuse or renumber one).
+
+/// Why a menu, redemption or void was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum DeclineReason {
+    CardUnknown = 1,
+    CardLost = 2,
+    CardFrozen = 3,
+    CardCancelled = 4,
+    /// The package's validity window has ended.
+    Expired = 5,
+    NotYetValid = 6,
+    NotValidAtMerchant = 7,
+    DailyCapReached = 8,
+    InsufficientUses = 9,
+    IdentityRequired = 10,
+    IdentityWrong = 11,
+    IdentityLockedOut = 12,
+    /// The signed cache is past its expires-at: fail closed until the platform is reached.
+    CacheExpired = 13,
+    /// This card has used its offline allowance since the last sync.
+    CardOfflineLimitReached = 14,
+    /// This terminal has made its maximum number of offline redemptions since the last sync.
+    TerminalOfflineLimitReached = 15,
+    /// The wall clock went backwards past the last trusted time or before the cache was issued.
+    ClockNotTrusted = 16,
+    UnknownEntry = 17,
+    BadQuantity = 18,
+    VoidWindowPassed = 19,
+    AlreadyVoided = 20,
+    UnknownAuthCode = 21,
+    /// No signed cache has been installed yet.
+    NoCache = 22,
+    /// The card number is not 12–19 digits.
+    BadCardNumber = 23,
+    /// The card's cache entry changed between the menu and the redemption: show the menu again.
+    MenuChanged = 24,
+    /// A stored row failed its MAC or consistency check: the store refuses to decide from it.
+    IntegrityFailure = 25,
+    InternalError = 99,
+}
+
+impl DeclineReason {
+    pub const ALL: [DeclineReason; 26] = [
+        Self::CardUnknown,
+        Self::CardLost,
+        Self::CardFrozen,
+        Self::CardCancelled,
+        Self::Expired,
+        Self::NotYetValid,
+        Self::NotValidAtMerchant,
+        Self::DailyCapReached,
+        Self::InsufficientUses,
+        Self::IdentityRequired,
+        Self::IdentityWrong,
+        Self::IdentityLockedOut,
+        Self::CacheExpired,
+        Self::CardOfflineLimitReached,
+        Self::TerminalOfflineLimitReached,
+        Self::ClockNotTrusted,
+        Self::UnknownEntry,
+        Self::BadQuantity,
+        Self::VoidWindowPassed,
+        Self::AlreadyVoided,
+        Self::UnknownAuthCode,
+        Self::NoCache,
+        Self::BadCardNumber,
+        Self::MenuChanged,
+        Self::IntegrityFailure,
+        Self::InternalError,
+    ];
+
+    pub fn code(self) -> u16 {
+        self as u16
+    }
+
+    pub fn from_code(code: u16) -> Option<Self> {
+        Self::ALL.iter().copied().find(|r| r.code() == code)
+    }
+
+    /// Whether an outcome with this reason is stored for idempotent replay. Integrity and internal
+    /// failures are not: they describe the terminal's state, not the request, and a retry after the
+    /// fault is fixed must be decided afresh.
+    pub fn is_durable(self) -> bool {
+        !matches!(self, Self::IntegrityFailure | Self::InternalError)
+    }
+
+    /// Short text for the reader's screen.
+    pub fn text_zh(self) -> &'static str {
+        match self {
+            Self::CardUnknown => "卡片未登记",
+            Self::CardLost => "卡片已挂失",
+            Self::CardFrozen => "卡片已冻结",
+            Self::CardCancelled => "卡片已注销",
+            Self::Expired => "权益已过期",
+            Self::NotYetValid => "权益尚未生效",
+            Self::NotValidAtMerchant => "本店不可使用",
+            Self::DailyCapReached => "已达当日上限",
+            Self::InsufficientUses => "剩余次数不足",
+            Self::IdentityRequired => "请验证身份",
+            Self::IdentityWrong => "身份验证失败",
+            Self::IdentityLockedOut => "验证次数过多，已锁定",
+            Self::CacheExpired => "数据过期，请联网同步",
+            Self::CardOfflineLimitReached => "本卡离线次数已满",
+            Self::TerminalOfflineLimitReached => "终端离线笔数已满",
+            Self::ClockNotTrusted => "终端时间异常",
+            Self::UnknownEntry => "项目不存在",
+            Self::BadQuantity => "数量无效",
+            Self::VoidWindowPassed => "已超过撤销时限",
+            Self::AlreadyVoided => "该笔已撤销",
+            Self::UnknownAuthCode => "授权码无效",
+            Self::NoCache => "未下载权益数据",
+            Self::BadCardNumber => "卡号无效",
+            Self::MenuChanged => "权益已更新，请重新刷卡",
+            Self::IntegrityFailure => "数据校验失败，请联系客服",
+            Self::InternalError => "系统错误",
+        }
+    }
+
+    pub fn text_en(self) -> &'static str {
+        match self {
+            Self::CardUnknown => "card not known",
+            Self::CardLost => "card reported lost",
+            Self::CardFrozen => "card frozen",
+            Self::CardCancelled => "card cancelled",
+            Self::Expired => "package expired",
+            Self::NotYetValid => "package not yet valid",
+            Self::NotValidAtMerchant => "not valid at this shop",
+            Self::DailyCapReached => "daily limit reached",
+            Self::InsufficientUses => "not enough uses left",
+            Self::IdentityRequired => "identity confirmation required",
+            Self::IdentityWrong => "identity confirmation failed",
+            Self::IdentityLockedOut => "too many attempts, locked",
+            Self::CacheExpired => "entitlement data expired, sync needed",
+            Self::CardOfflineLimitReached => "card offline limit reached",
+            Self::TerminalOfflineLimitReached => "terminal offline limit reached",
+            Self::ClockNotTrusted => "terminal clock not trusted",
+            Self::UnknownEntry => "unknown entry",
+            Self::BadQuantity => "bad quantity",
+            Self::VoidWindowPassed => "void window passed",
+            Self::AlreadyVoided => "already voided",
+            Self::UnknownAuthCode => "unknown authorization code",
+            Self::NoCache => "no entitlement data installed",
+            Self::BadCardNumber => "bad card number",
+            Self::MenuChanged => "entitlements changed, swipe again",
+            Self::IntegrityFailure => "data integrity failure, call support",
+            Self::InternalError => "internal error",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_roundtrip() {
+        let mut seen = std::collections::HashSet::new();
+        for r in DeclineReason::ALL {
+            assert!(seen.insert(r.code()), "duplicate code {}", r.code());
+            assert_eq!(DeclineReason::from_code(r.code()), Some(r));
+        }
+        assert_eq!(DeclineReason::from_code(0), None);
+        assert_eq!(DeclineReason::CardLost.code(), 2);
+        assert_eq!(DeclineReason::InternalError.code(), 99);
+    }
+}
