@@ -42,13 +42,25 @@ pub fn decoder(data: &[u8]) {
     }
 }
 
-/// Host-session target: the input is a script of (time step, byte chunk) pairs fed to a host
-/// session, which must never panic, must keep `handle_bytes` progressing once events are polled,
-/// and must keep transmitting bounded frames.
+/// Host-session target: the input is a script of (control byte, byte chunk) pairs fed to a host
+/// session; the control byte's low nibble advances the clock, its high nibble sizes the chunk. If
+/// the first byte is odd, the session first receives a valid HELLO, so that the fuzzer starts on a
+/// live link. The session answers every message with DECLINED, to drive the transmit path.
+/// Checks: no panic, `handle_bytes` always progresses once events are polled, the transmit queue
+/// stays bounded, `poll_transmit` terminates and writes bounded frames.
 pub fn host_session(data: &[u8]) {
     let mut session = HostSession::new(Config::new(115_200));
     let mut now = 0u64;
     let mut wire = [0u8; WIRE_BUF_LEN];
+    if data.first().is_some_and(|b| b & 1 == 1) {
+        let hello = canned_hello(&mut wire);
+        let mut rest = hello.as_slice();
+        while !rest.is_empty() {
+            let n = session.handle_bytes(Instant::ZERO, rest);
+            rest = rest.get(n..).unwrap_or_default();
+            while session.poll_event().is_some() {}
+        }
+    }
     let mut rest = data;
     while let Some((&control, tail)) = rest.split_first() {
         now += u64::from(control & 0x0F) * 50;
@@ -57,14 +69,14 @@ pub fn host_session(data: &[u8]) {
         rest = tail;
         let now_i = Instant::from_millis(now);
         let mut input = chunk;
+        let mut to_answer = 0;
         while !input.is_empty() {
             let n = session.handle_bytes(now_i, input);
             input = input.get(n..).unwrap_or_default();
             let mut polled = 0;
             while let Some(event) = session.poll_event() {
-                // Echo messages back when possible, to drive the transmit path.
-                if let crate::Event::Message { msg_type, payload } = event {
-                    let _ = (msg_type, payload.len());
+                if let crate::Event::Message { .. } = event {
+                    to_answer += 1;
                 }
                 polled += 1;
             }
@@ -73,6 +85,14 @@ pub fn host_session(data: &[u8]) {
                 "handle_bytes stalled with nothing to poll"
             );
         }
+        for _ in 0..to_answer {
+            let _ = session.send(&Message::Declined(crate::Declined {
+                txn_id: 1,
+                reason: crate::DeclineReason::OTHER,
+                text: crate::Text::from_utf8("fuzz"),
+            }));
+        }
+        assert!(session.queued() <= crate::session::MAX_QUEUED);
         session.handle_timeout(now_i);
         while session.poll_event().is_some() {}
         let mut frames = 0;
@@ -82,4 +102,30 @@ pub fn host_session(data: &[u8]) {
             assert!(frames < 64, "poll_transmit never returns None");
         }
     }
+}
+
+/// A valid HELLO frame on the wire (leading delimiter included).
+fn canned_hello(buf: &mut [u8; WIRE_BUF_LEN]) -> [u8; 64] {
+    let hello = Message::Hello(crate::Hello {
+        version: crate::PROTOCOL_VERSION,
+        max_payload: 1024,
+        capabilities: crate::Capabilities(0),
+        encodings: crate::Encodings::BOTH,
+        boot_nonce: 1,
+        serial: "FUZZ",
+        firmware: "1",
+    });
+    let mut payload = [0u8; 64];
+    let len = hello.emit(&mut payload).unwrap_or_default();
+    let header = crate::Header {
+        msg_type: crate::MessageType::Hello.as_u8(),
+        ..crate::Header::default()
+    };
+    let n = crate::frame::encode_frame(&header, payload.get(..len).unwrap_or_default(), buf)
+        .unwrap_or_default();
+    let mut out = [0u8; 64];
+    if let (Some(dst), Some(src)) = (out.get_mut(1..=n), buf.get(..n)) {
+        dst.copy_from_slice(src);
+    }
+    out
 }
