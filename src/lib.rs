@@ -7,4 +7,7 @@
 //! The signed-data contract with the platform lives in the `redeemd-contract` crate.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod engine;
+pub mod keys;
+pub mod store;

@@ -1,2 +1,5 @@
 #![forbid(unsafe_code)]
-fn main() {}
+//! The `redeemd` binary: see `redeemd --help` and `redeemd::cli`.
+fn main() -> std::process::ExitCode {
+    redeemd::cli::main()
+}

@@ -178,6 +178,11 @@ impl MacKey {
     }
 }
 
+/// Constant-time equality of two tags (for MACs the caller computed itself).
+pub fn tags_equal(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// All purpose keys of one terminal.
 #[derive(Debug, Clone)]
 pub struct TerminalKeys {

@@ -1,0 +1,556 @@
+//! Command-line tools over the store: `cache info|verify|install`, `journal verify|export`, `report`.
+//!
+//! Exit codes (documented in `docs/journal.md`, stable for scripts):
+//!
+//! | code | meaning |
+//! | --- | --- |
+//! | 0 | success; for `verify`: nothing wrong |
+//! | 1 | `verify` or `export` found tampering or corruption (each finding printed with its row) |
+//! | 2 | bad command line |
+//! | 65 | bad data: corrupt database file, bundle refused |
+//! | 66 | no database in the state directory |
+//! | 74 | I/O error reading or writing a file |
+//! | 77 | key refused (loose permissions, missing credential, bad format) |
+//! | 70 | internal error (SQLite) |
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use redeemd_contract::{JournalRecord, TerminalSecret};
+use serde::Serialize;
+
+use crate::engine::{Limits, Now};
+use crate::keys::{KeyError, KeySource, load_secret};
+use crate::store::{Store, StoreError, verify};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "redeemd",
+    version,
+    about = "Offline member-card redemption: store tools"
+)]
+pub struct Cli {
+    /// Directory holding the database (systemd's StateDirectory=).
+    #[arg(
+        long,
+        env = "REDEEMD_STATE_DIR",
+        default_value = "/var/lib/redeemd",
+        global = true
+    )]
+    pub state_dir: PathBuf,
+    /// Terminal secret file (hex, mode 0600). Default: the systemd credential `terminal.key`.
+    #[arg(
+        long,
+        env = "REDEEMD_KEY_FILE",
+        global = true,
+        conflicts_with = "key_credential"
+    )]
+    pub key_file: Option<PathBuf>,
+    /// Name of the systemd credential holding the terminal secret.
+    #[arg(long, global = true)]
+    pub key_credential: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The signed entitlement cache.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+    /// The tamper-evident journal.
+    #[command(subcommand)]
+    Journal(JournalCommand),
+    /// Totals per item for one business day.
+    Report {
+        /// Day, YYYY-MM-DD, in local business time.
+        #[arg(long)]
+        date: String,
+        /// Business-day offset from UTC in minutes (China: 480).
+        #[arg(long, default_value_t = 480, allow_negative_numbers = true)]
+        utc_offset_minutes: i32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Installed version, merchant, validity, entry count.
+    Info,
+    /// Check the manifest and every entry's MAC; names each bad row.
+    Verify,
+    /// Verify and install a signed snapshot or delta bundle.
+    Install { bundle: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JournalCommand {
+    /// Check the whole HMAC chain, sequence and usage anchors; names each bad row.
+    Verify,
+    /// Print the journal (verified row by row) as JSON lines or CSV.
+    Export {
+        #[arg(long, value_enum, default_value_t = Format::Jsonl)]
+        format: Format,
+        #[arg(long, default_value_t = 1)]
+        from_seq: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    Jsonl,
+    Csv,
+}
+
+/// Errors of a CLI run, each with its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("output: {0}")]
+    Output(std::io::Error),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0} problem(s) found")]
+    Findings(usize),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Findings(_) => 1,
+            CliError::Usage(_) => 2,
+            CliError::Key(_) => 77,
+            CliError::File { .. } | CliError::Output(_) => 74,
+            CliError::Store(e) => match e {
+                StoreError::Missing { .. } | StoreError::StateDir { .. } => 66,
+                StoreError::Integrity(_) => 1,
+                StoreError::Sql(_) => 70,
+                _ => 65,
+            },
+        }
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli, &mut std::io::stdout().lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("redeemd: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn secret(cli: &Cli) -> Result<TerminalSecret, KeyError> {
+    let source = match (&cli.key_file, &cli.key_credential) {
+        (Some(f), _) => KeySource::File(f.clone()),
+        (None, Some(c)) => KeySource::Credential(c.clone()),
+        (None, None) => KeySource::Credential("terminal.key".into()),
+    };
+    load_secret(&source)
+}
+
+fn wall_now() -> Now {
+    let wall_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    Now {
+        wall_ms,
+        boot_ms: 0,
+    }
+}
+
+pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
+    let secret = secret(cli)?;
+    // Opening verifies the chain head and manifest; the verify commands below work on the raw database
+    // instead, so that they can name every bad row even when opening refuses.
+    let store = Store::open_existing(&cli.state_dir, &secret, Limits::default());
+    let w = |r: std::io::Result<()>| r.map_err(CliError::Output);
+    match &cli.command {
+        Command::Cache(CacheCommand::Verify) | Command::Journal(JournalCommand::Verify) => {
+            // Verification works on the raw database, so it can report even when `open` refuses.
+            drop(store);
+            let path = cli.state_dir.join(crate::store::DB_FILE);
+            if !path.is_file() {
+                return Err(StoreError::Missing { path }.into());
+            }
+            let conn = crate::store::open_database(&path)?;
+            let terminal_id: String = conn
+                .query_row(
+                    "SELECT terminal_id FROM terminal_state WHERE id = 1",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(StoreError::Sql)?;
+            let keys = secret.derive_all(&terminal_id);
+            let mut findings = verify::database_file(&conn);
+            let what = if matches!(cli.command, Command::Cache(_)) {
+                let (manifest, report) = verify::cache(&conn, &keys).map_err(StoreError::Sql)?;
+                findings.extend(report.findings);
+                match manifest {
+                    Some(m) => format!(
+                        "cache version {} for merchant {}: {} entries checked",
+                        m.version, m.merchant_id, report.checked
+                    ),
+                    None if findings.is_empty() => "no cache installed".to_owned(),
+                    None => "cache manifest does not verify".to_owned(),
+                }
+            } else {
+                let report = verify::journal(&conn, &keys).map_err(StoreError::Sql)?;
+                findings.extend(report.findings);
+                format!(
+                    "journal of terminal {terminal_id}: {} rows checked",
+                    report.checked
+                )
+            };
+            for f in &findings {
+                w(writeln!(out, "FAIL {f}"))?;
+            }
+            w(writeln!(
+                out,
+                "{what}: {}",
+                if findings.is_empty() {
+                    "OK"
+                } else {
+                    "TAMPERED OR CORRUPT"
+                }
+            ))?;
+            if findings.is_empty() {
+                Ok(())
+            } else {
+                Err(CliError::Findings(findings.len()))
+            }
+        }
+        Command::Cache(CacheCommand::Info) => {
+            let store = store?;
+            let j = store.journal_info();
+            match store.cache_info()? {
+                None => w(writeln!(out, "no cache installed"))?,
+                Some(c) => {
+                    let m = &c.manifest;
+                    w(writeln!(out, "terminal       {}", m.terminal_id))?;
+                    w(writeln!(
+                        out,
+                        "merchant       {} (categories: {})",
+                        m.merchant_id,
+                        m.merchant_categories.join(", ")
+                    ))?;
+                    w(writeln!(
+                        out,
+                        "version        {} ({:?}, previous {})",
+                        m.version, m.kind, m.prev_version
+                    ))?;
+                    w(writeln!(out, "entries        {}", c.entries))?;
+                    w(writeln!(out, "issued at      {}", iso(m.issued_at_ms)))?;
+                    w(writeln!(out, "expires at     {}", iso(m.expires_at_ms)))?;
+                    w(writeln!(out, "installed at   {}", iso(c.installed_wall_ms)))?;
+                }
+            }
+            w(writeln!(
+                out,
+                "journal head   seq {} (platform acknowledged through {})",
+                j.head_seq, j.synced_through_seq
+            ))?;
+            w(writeln!(
+                out,
+                "offline        {} redemptions since the last sync",
+                j.offline_redemptions
+            ))?;
+            Ok(())
+        }
+        Command::Cache(CacheCommand::Install { bundle }) => {
+            let mut store = store?;
+            let file = std::fs::File::open(bundle).map_err(|source| CliError::File {
+                path: bundle.clone(),
+                source,
+            })?;
+            let report = store
+                .install_bundle(std::io::BufReader::with_capacity(1 << 16, file), wall_now())?;
+            w(writeln!(
+                out,
+                "installed version {} ({:?}): {} entries written, {} removed",
+                report.manifest.version, report.manifest.kind, report.upserts, report.removals
+            ))
+        }
+        Command::Journal(JournalCommand::Export { format, from_seq }) => {
+            let store = store?;
+            export(&store, *format, *from_seq, out)
+        }
+        Command::Report {
+            date,
+            utc_offset_minutes,
+        } => {
+            let store = store?;
+            report(&store, date, *utc_offset_minutes, out)
+        }
+    }
+}
+
+/// One exported journal row (card reference, never a card number).
+#[derive(Debug, Serialize)]
+struct ExportRow<'a> {
+    record_id: String,
+    seq: u64,
+    kind: &'static str,
+    auth_code: &'a str,
+    terminal_id: &'a str,
+    merchant_id: &'a str,
+    card_ref: String,
+    package_id: &'a str,
+    service_code: &'a str,
+    item_title: &'a str,
+    quantity: u32,
+    amount_fen: u64,
+    original_seq: u64,
+    group_seq: u64,
+    line: u16,
+    line_count: u16,
+    reader_id: &'a str,
+    reader_txn_id: u64,
+    cashier_id: &'a str,
+    wall_ms: i64,
+    boot_ms: u64,
+    cache_version: u64,
+    entry_version: u64,
+    prev_mac: String,
+    mac: String,
+}
+
+impl<'a> ExportRow<'a> {
+    fn new(r: &'a JournalRecord, mac: &[u8]) -> Self {
+        ExportRow {
+            record_id: r.record_id(),
+            seq: r.seq,
+            kind: r.kind.name(),
+            auth_code: &r.auth_code,
+            terminal_id: &r.terminal_id,
+            merchant_id: &r.merchant_id,
+            card_ref: r.card_ref.to_hex(),
+            package_id: &r.package_id,
+            service_code: &r.service_code,
+            item_title: &r.item_title,
+            quantity: r.quantity,
+            amount_fen: r.amount_fen,
+            original_seq: r.original_seq,
+            group_seq: r.group_seq,
+            line: r.line,
+            line_count: r.line_count,
+            reader_id: &r.reader_id,
+            reader_txn_id: r.reader_txn_id,
+            cashier_id: &r.cashier_id,
+            wall_ms: r.wall_ms,
+            boot_ms: r.boot_ms,
+            cache_version: r.cache_version,
+            entry_version: r.entry_version,
+            prev_mac: hex::encode(r.prev_mac),
+            mac: hex::encode(mac),
+        }
+    }
+}
+
+fn export(
+    store: &Store,
+    format: Format,
+    from_seq: u64,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let other = |e: &dyn std::fmt::Display| CliError::Output(std::io::Error::other(e.to_string()));
+    match format {
+        Format::Csv => {
+            let mut c = csv::Writer::from_writer(out);
+            for_each_record(store, from_seq, &mut |row| {
+                c.serialize(row).map_err(|e| other(&e))
+            })?;
+            c.flush().map_err(CliError::Output)
+        }
+        Format::Jsonl => for_each_record(store, from_seq, &mut |row| {
+            let line = serde_json::to_string(row).map_err(|e| other(&e))?;
+            writeln!(out, "{line}").map_err(CliError::Output)
+        }),
+    }
+}
+
+/// Calls `f` for every journal record from `from_seq`, each verified on its own, in batches.
+fn for_each_record(
+    store: &Store,
+    from_seq: u64,
+    f: &mut dyn FnMut(&ExportRow<'_>) -> Result<(), CliError>,
+) -> Result<(), CliError> {
+    let mut next = from_seq.max(1);
+    loop {
+        let batch = store.journal_records(next, 10_000)?;
+        let Some(last) = batch.last() else {
+            return Ok(());
+        };
+        next = last.0.seq + 1;
+        for (rec, mac) in &batch {
+            f(&ExportRow::new(rec, mac))?;
+        }
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Inverse of [`days_from_civil`].
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn parse_date(s: &str) -> Option<i64> {
+    let mut it = s.split('-');
+    let (y, m, d) = (
+        it.next()?.parse::<i64>().ok()?,
+        it.next()?.parse::<i64>().ok()?,
+        it.next()?.parse::<i64>().ok()?,
+    );
+    if it.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    let days = days_from_civil(y, m, d);
+    (civil_from_days(days) == (y, m, d)).then_some(days)
+}
+
+fn iso(ms: i64) -> String {
+    let (days, rem) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3_600_000,
+        rem / 60_000 % 60,
+        rem / 1000 % 60
+    )
+}
+
+fn report(store: &Store, date: &str, offset_min: i32, out: &mut dyn Write) -> Result<(), CliError> {
+    let day = parse_date(date)
+        .ok_or_else(|| CliError::Usage(format!("--date {date:?}: expected a valid YYYY-MM-DD")))?;
+    let start = day * 86_400_000 - i64::from(offset_min) * 60_000;
+    let end = start + 86_400_000;
+    #[derive(Default)]
+    struct Totals {
+        title: String,
+        redeemed: u64,
+        voided: u64,
+        amount: i64,
+        records: u64,
+    }
+    let mut totals: std::collections::BTreeMap<String, Totals> = Default::default();
+    let mut next = 1;
+    loop {
+        let batch = store.journal_records(next, 10_000)?;
+        let Some(last) = batch.last() else { break };
+        next = last.0.seq + 1;
+        for (r, _) in batch
+            .iter()
+            .filter(|(r, _)| r.wall_ms >= start && r.wall_ms < end)
+        {
+            let t = totals.entry(r.service_code.clone()).or_default();
+            t.title.clone_from(&r.item_title);
+            t.records += 1;
+            match r.kind {
+                redeemd_contract::RecordKind::Redeem => {
+                    t.redeemed += u64::from(r.quantity);
+                    t.amount += r.amount_fen as i64;
+                }
+                redeemd_contract::RecordKind::Void => {
+                    t.voided += u64::from(r.quantity);
+                    t.amount -= r.amount_fen as i64;
+                }
+                redeemd_contract::RecordKind::BatchClose => {}
+            }
+        }
+    }
+    let w = |r: std::io::Result<()>| r.map_err(CliError::Output);
+    w(writeln!(
+        out,
+        "report for {date} (UTC{:+03}:{:02}), merchant {}, terminal {}",
+        offset_min / 60,
+        offset_min.abs() % 60,
+        store.config().merchant_id,
+        store.config().terminal_id
+    ))?;
+    w(writeln!(
+        out,
+        "{:<12} {:<16} {:>9} {:>7} {:>7} {:>12}",
+        "item", "title", "redeemed", "voided", "net", "amount_fen"
+    ))?;
+    let (mut tn, mut ta) = (0i64, 0i64);
+    for (code, t) in &totals {
+        let net = t.redeemed as i64 - t.voided as i64;
+        tn += net;
+        ta += t.amount;
+        w(writeln!(
+            out,
+            "{code:<12} {:<16} {:>9} {:>7} {:>7} {:>12}",
+            t.title, t.redeemed, t.voided, net, t.amount
+        ))?;
+    }
+    w(writeln!(
+        out,
+        "{:<12} {:<16} {:>9} {:>7} {:>7} {:>12}",
+        "TOTAL", "", "", "", tn, ta
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(parse_date("1970-01-01"), Some(0));
+        assert_eq!(
+            parse_date("2026-11-27"),
+            Some(days_from_civil(2026, 11, 27))
+        );
+        assert_eq!(parse_date("2026-02-30"), None);
+        assert_eq!(parse_date("2026-13-01"), None);
+        assert_eq!(parse_date("x"), None);
+        assert_eq!(iso(0), "1970-01-01T00:00:00Z");
+        for z in [-1000, 0, 19_000, 20_419] {
+            let (y, m, d) = civil_from_days(z);
+            assert_eq!(days_from_civil(y, m, d), z);
+        }
+    }
+
+    #[test]
+    fn cli_parses() {
+        let c = Cli::try_parse_from([
+            "redeemd",
+            "--state-dir",
+            "/x",
+            "journal",
+            "export",
+            "--format",
+            "csv",
+        ]);
+        assert!(c.is_ok());
+        assert!(Cli::try_parse_from(["redeemd", "report"]).is_err());
+    }
+}

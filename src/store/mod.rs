@@ -1,0 +1,1497 @@
+//! The SQLite store: signed entitlement cache, HMAC-chained append-only journal, idempotent outcomes,
+//! identity-attempt counters and per-card usage anchors, in one database file.
+//!
+//! A [`Store`] is synchronous and owned by one thread (the daemon runs it on a dedicated thread and
+//! sends it requests). Each decision reads and verifies its inputs, asks the pure [`crate::engine`], and
+//! commits journal rows, chain head, usage anchor, identity counter and the reply bytes in **one**
+//! `BEGIN IMMEDIATE … COMMIT` with `synchronous=FULL`, before the reply leaves the store.
+//!
+//! Invariants (tested in `tests/it`):
+//! * no card number is ever written: only its keyed reference and the masked number;
+//! * no journal row is ever updated or deleted (triggers refuse it), and seqs are gap-free;
+//! * a reply for a (reader, transaction id) is stored with the rows it reports, and replayed byte-identically;
+//! * every MACed row is verified before it is used; a failed check declines with `IntegrityFailure`
+//!   and names the row, it never decides from tampered data.
+
+mod install;
+pub mod rows;
+pub mod schema;
+pub mod verify;
+
+use std::path::{Path, PathBuf};
+
+use redeemd_contract::journal::{auth_code, genesis_mac, parse_auth_code};
+use redeemd_contract::keys::{Tag, TerminalKeys, tags_equal};
+use redeemd_contract::model::{Card, CardNumber, CardRef, identity_matches};
+use redeemd_contract::snapshot::{BundleError, EntryOp, Manifest, verify_entry_mac};
+use redeemd_contract::{JournalRecord, RecordKind};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use crate::engine::{
+    self, CacheFacts, CardView, Context, DeclineReason, IdentityInput, IdentityState, Limits, Line,
+    Menu, Now, TerminalFacts, Usage,
+};
+pub use install::InstallReport;
+pub use rows::Integrity;
+use rows::{JOURNAL_COLUMNS, TerminalRow, UsageRow, check_record, identity_mac, record_from_row};
+
+/// Name of the database file inside the state directory.
+pub const DB_FILE: &str = "redeemd.sqlite3";
+
+/// Errors at the store boundary. Business refusals are not errors: they are [`Declined`] decisions.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("state directory {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("no database at {path} (run the daemon once, or check --state-dir)")]
+    Missing { path: PathBuf },
+    #[error("database {path} is corrupt or not a redeemd database: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    #[error(
+        "database schema version {found} is newer than this redeemd supports ({supported}); refusing to downgrade"
+    )]
+    SchemaTooNew { found: i64, supported: i64 },
+    #[error("migration to schema version {version} failed and was rolled back: {detail}")]
+    Migration { version: i64, detail: String },
+    #[error(
+        "database belongs to terminal {found:?} / merchant {found_merchant:?}, but this is {expected:?} / {expected_merchant:?}"
+    )]
+    WrongTerminal {
+        expected: String,
+        found: String,
+        expected_merchant: String,
+        found_merchant: String,
+    },
+    #[error("integrity check failed: {0}")]
+    Integrity(#[from] Integrity),
+    #[error("bundle refused, cache unchanged: {0}")]
+    Bundle(#[from] BundleError),
+    #[error("bundle refused, cache unchanged: reading it failed: {0}")]
+    BundleRead(std::io::Error),
+    #[error(
+        "bundle refused, cache unchanged: version {offered} is not newer than the installed {installed} (rollback)"
+    )]
+    Rollback { offered: u64, installed: u64 },
+    #[error(
+        "bundle refused, cache unchanged: delta applies to version {base}, installed is {installed}"
+    )]
+    DeltaBase { base: u64, installed: u64 },
+    #[error(
+        "bundle refused, cache unchanged: it is for merchant {found:?}, this terminal is {expected:?}"
+    )]
+    WrongMerchant { expected: String, found: String },
+    #[error(
+        "sync acknowledgement through seq {through} is beyond the journal head {head} or behind {current}"
+    )]
+    BadSyncAck {
+        through: u64,
+        head: u64,
+        current: u64,
+    },
+    #[error("sqlite: {0}")]
+    Sql(#[from] rusqlite::Error),
+}
+
+/// Static configuration of a store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    pub terminal_id: String,
+    pub merchant_id: String,
+    pub limits: Limits,
+}
+
+/// A refusal, with what is still usable on the card when known (for the screen).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Declined {
+    pub reason: DeclineReason,
+    pub remaining: Option<Menu>,
+    /// For logs: the failing row and check, for integrity failures.
+    pub detail: Option<String>,
+}
+
+/// An approved redemption: committed to disk before this value exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    pub auth_code: String,
+    pub first_seq: u64,
+    pub masked_number: String,
+    pub entry_version: u64,
+    pub wall_ms: i64,
+    pub lines: Vec<Line>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VoidLine {
+    pub original_seq: u64,
+    pub package_id: String,
+    pub service_code: String,
+    pub title: String,
+    pub quantity: u32,
+    pub amount_fen: u64,
+    /// Uses left after the void, when the card is still in the cache.
+    pub uses_left_after: Option<u32>,
+}
+
+/// An approved void: committed to disk before this value exists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VoidApproval {
+    pub auth_code: String,
+    pub original_auth_code: String,
+    pub first_seq: u64,
+    pub wall_ms: i64,
+    pub lines: Vec<VoidLine>,
+}
+
+/// What the caller's `render` turns into reply bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Redeemed(Approval),
+    Voided(VoidApproval),
+    Declined(Declined),
+}
+
+/// The reply for a redeem or void request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Exactly the bytes to send to the reader (stored, so replays are byte-identical).
+    pub reply: Vec<u8>,
+    /// The fresh decision, or `None` when this is a replay of a stored outcome.
+    pub decision: Option<Decision>,
+    /// A replay whose request differs from the stored one (same id reused with other content): the
+    /// stored reply is returned anyway — a transaction id means one answer — and this flags it for logs.
+    pub replay_mismatch: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MenuOutcome {
+    Menu(Menu),
+    Declined(Declined),
+}
+
+/// A redemption request.
+#[derive(Debug, Clone, Copy)]
+pub struct RedeemRequest<'a> {
+    pub reader_id: &'a str,
+    pub reader_txn_id: u64,
+    pub card_number: &'a str,
+    /// (entry index from the menu, quantity).
+    pub items: &'a [(u16, u64)],
+    /// Identity confirmation data typed by the member, if asked.
+    pub identity: Option<&'a [u8]>,
+    pub cashier_id: &'a str,
+    /// The menu's entry version, if the caller showed one: a different current version declines with
+    /// `MenuChanged` instead of redeeming indexes that may now mean other items.
+    pub menu_entry_version: Option<u64>,
+}
+
+/// A void request.
+#[derive(Debug, Clone, Copy)]
+pub struct VoidRequest<'a> {
+    pub reader_id: &'a str,
+    pub reader_txn_id: u64,
+    pub original_auth_code: &'a str,
+    pub reason: &'a str,
+    pub cashier_id: &'a str,
+}
+
+/// Summary of the installed cache, for `cache info` and status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheInfo {
+    pub manifest: Manifest,
+    pub installed_wall_ms: i64,
+    pub entries: u64,
+}
+
+/// Journal status, for status displays and the sync driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalInfo {
+    pub head_seq: u64,
+    pub synced_through_seq: u64,
+    pub offline_redemptions: u64,
+    pub last_trusted_wall_ms: i64,
+}
+
+/// A failed lookup: tampered data (declined, named) or a database error (returned).
+enum Fault {
+    Integrity(Integrity),
+    Sql(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for Fault {
+    fn from(e: rusqlite::Error) -> Self {
+        Fault::Sql(e)
+    }
+}
+impl From<Integrity> for Fault {
+    fn from(e: Integrity) -> Self {
+        Fault::Integrity(e)
+    }
+}
+
+/// A verified card entry and its verified journal history.
+struct LoadedCard {
+    card: Card,
+    entry_version: u64,
+    history: Vec<JournalRecord>,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    keys: TerminalKeys,
+    cfg: StoreConfig,
+    state: TerminalRow,
+    offline_redemptions: u64,
+    cache: Option<Manifest>,
+    data_version: i64,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("terminal", &self.cfg.terminal_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens (creating if needed) the database file with WAL and `synchronous=FULL`, and migrates it.
+pub fn open_database(path: &Path) -> Result<Connection, StoreError> {
+    let corrupt = |e: &rusqlite::Error| StoreError::Corrupt {
+        path: path.to_owned(),
+        detail: e.to_string(),
+    };
+    let mut conn = Connection::open(path)?;
+    let setup = |conn: &Connection| -> rusqlite::Result<()> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(rusqlite::Error::InvalidParameterName(format!(
+                "journal_mode is {mode}, WAL required"
+            )));
+        }
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.set_prepared_statement_cache_capacity(64);
+        // Touch the schema so that a file that is not a database fails here, by name.
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+            r.get::<_, i64>(0)
+        })?;
+        Ok(())
+    };
+    setup(&conn).map_err(|e| corrupt(&e))?;
+    schema::migrate_with(&mut conn, schema::MIGRATIONS).map_err(|e| match e {
+        StoreError::Sql(ref s) if is_corruption(s) => corrupt(s),
+        other => other,
+    })?;
+    Ok(conn)
+}
+
+fn is_corruption(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
+}
+
+impl Store {
+    /// Opens the store in `state_dir` (created mode 0700 if missing), checking that it belongs to this
+    /// terminal, that its state row, chain head and installed manifest verify.
+    pub fn open(
+        state_dir: &Path,
+        keys: TerminalKeys,
+        cfg: StoreConfig,
+    ) -> Result<Store, StoreError> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
+            .map_err(|source| StoreError::StateDir {
+                path: state_dir.to_owned(),
+                source,
+            })?;
+        let path = state_dir.join(DB_FILE);
+        let conn = open_database(&path)?;
+        Self::from_connection(conn, path, keys, cfg)
+    }
+
+    /// Opens an existing store for inspection tools, taking terminal and merchant ids from the database.
+    /// Refuses to create one.
+    pub fn open_existing(
+        state_dir: &Path,
+        secret: &redeemd_contract::TerminalSecret,
+        limits: Limits,
+    ) -> Result<Store, StoreError> {
+        let path = state_dir.join(DB_FILE);
+        if !path.is_file() {
+            return Err(StoreError::Missing { path });
+        }
+        let conn = open_database(&path)?;
+        let (terminal_id, merchant_id) = stored_identity(&conn, &path)?;
+        let keys = secret.derive_all(&terminal_id);
+        Self::from_connection(
+            conn,
+            path,
+            keys,
+            StoreConfig {
+                terminal_id,
+                merchant_id,
+                limits,
+            },
+        )
+    }
+
+    fn from_connection(
+        conn: Connection,
+        path: PathBuf,
+        keys: TerminalKeys,
+        cfg: StoreConfig,
+    ) -> Result<Store, StoreError> {
+        let mut store = Store {
+            conn,
+            path,
+            keys,
+            cfg,
+            state: TerminalRow {
+                terminal_id: String::new(),
+                merchant_id: String::new(),
+                head_seq: 0,
+                head_mac: [0; 32],
+                last_trusted_wall_ms: 0,
+                synced_through_seq: 0,
+                cache_version: 0,
+            },
+            offline_redemptions: 0,
+            cache: None,
+            data_version: 0,
+        };
+        store.init_terminal_row()?;
+        store.reload().map_err(|f| match f {
+            Fault::Integrity(i) => StoreError::Integrity(i),
+            Fault::Sql(e) if is_corruption(&e) => StoreError::Corrupt {
+                path: store.path.clone(),
+                detail: e.to_string(),
+            },
+            Fault::Sql(e) => StoreError::Sql(e),
+        })?;
+        Ok(store)
+    }
+
+    fn init_terminal_row(&mut self) -> Result<(), StoreError> {
+        let exists: bool =
+            self.conn
+                .query_row("SELECT EXISTS (SELECT 1 FROM terminal_state)", [], |r| {
+                    r.get(0)
+                })?;
+        if exists {
+            let (t, m) = stored_identity(&self.conn, &self.path)?;
+            if t != self.cfg.terminal_id || m != self.cfg.merchant_id {
+                return Err(StoreError::WrongTerminal {
+                    expected: self.cfg.terminal_id.clone(),
+                    found: t,
+                    expected_merchant: self.cfg.merchant_id.clone(),
+                    found_merchant: m,
+                });
+            }
+            return Ok(());
+        }
+        let row = TerminalRow {
+            terminal_id: self.cfg.terminal_id.clone(),
+            merchant_id: self.cfg.merchant_id.clone(),
+            head_seq: 0,
+            head_mac: genesis_mac(&self.keys.journal, &self.cfg.terminal_id),
+            last_trusted_wall_ms: 0,
+            synced_through_seq: 0,
+            cache_version: 0,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        write_terminal_row(&tx, &row, &self.keys)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// (Re)reads and verifies the terminal row, chain head and manifest: at open, and whenever another
+    /// connection (e.g. `redeemd cache install`) changed the database.
+    fn reload(&mut self) -> Result<(), Fault> {
+        self.data_version = self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        self.state = read_terminal_row(&self.conn, &self.keys)?;
+        let head: Option<(i64, Vec<u8>)> = self
+            .conn
+            .query_row(
+                "SELECT seq, mac FROM journal ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let (seq, mac) = head.map_or(
+            (
+                0,
+                genesis_mac(&self.keys.journal, &self.cfg.terminal_id).to_vec(),
+            ),
+            |(s, m)| (s, m),
+        );
+        if u64::try_from(seq).ok() != Some(self.state.head_seq) || mac != self.state.head_mac {
+            return Err(Integrity::new(
+                "journal head",
+                format!("last row is seq {seq} but the MACed chain head says seq {}: rows were removed or added", self.state.head_seq),
+            )
+            .into());
+        }
+        self.cache = read_manifest(&self.conn, &self.keys, &self.cfg.merchant_id)?;
+        let manifest_version = self.cache.as_ref().map_or(0, |m| m.version);
+        if manifest_version != self.state.cache_version {
+            return Err(Integrity::new(
+                "cache manifest",
+                format!("installed manifest is version {manifest_version} but the MACed terminal state says {}: manifest replaced or removed", self.state.cache_version),
+            )
+            .into());
+        }
+        self.offline_redemptions = self.conn.query_row(
+            "SELECT count(*) FROM journal WHERE kind = 1 AND line = 0 AND seq > ?1",
+            [self.state.synced_through_seq as i64],
+            |r| r.get::<_, i64>(0),
+        )? as u64;
+        Ok(())
+    }
+
+    fn refresh_if_changed(&mut self) -> Result<(), Fault> {
+        let v: i64 = self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        if v != self.data_version {
+            self.reload()
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.cfg
+    }
+    pub fn keys(&self) -> &TerminalKeys {
+        &self.keys
+    }
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub fn journal_info(&self) -> JournalInfo {
+        JournalInfo {
+            head_seq: self.state.head_seq,
+            synced_through_seq: self.state.synced_through_seq,
+            offline_redemptions: self.offline_redemptions,
+            last_trusted_wall_ms: self.state.last_trusted_wall_ms,
+        }
+    }
+
+    pub fn cache_info(&self) -> Result<Option<CacheInfo>, StoreError> {
+        let Some(m) = &self.cache else {
+            return Ok(None);
+        };
+        let installed_wall_ms: i64 = self.conn.query_row(
+            "SELECT installed_wall_ms FROM cache_manifest WHERE id = 1",
+            [],
+            |r| r.get(0),
+        )?;
+        let entries: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM cache_entry", [], |r| r.get(0))?;
+        Ok(Some(CacheInfo {
+            manifest: m.clone(),
+            installed_wall_ms,
+            entries: entries as u64,
+        }))
+    }
+
+    fn context<'a>(&'a self, cache: &'a Manifest) -> Context<'a> {
+        Context {
+            limits: &self.cfg.limits,
+            cache: CacheFacts {
+                version: cache.version,
+                merchant_id: &self.cfg.merchant_id,
+                merchant_categories: &cache.merchant_categories,
+                issued_at_ms: cache.issued_at_ms,
+                expires_at_ms: cache.expires_at_ms,
+            },
+            terminal: self.terminal_facts(),
+        }
+    }
+
+    fn terminal_facts(&self) -> TerminalFacts {
+        TerminalFacts {
+            last_trusted_wall_ms: self.state.last_trusted_wall_ms,
+            synced_through_seq: self.state.synced_through_seq,
+            offline_redemptions: self.offline_redemptions,
+        }
+    }
+
+    /// Loads and verifies a card's entry (MAC re-checked on every lookup) and its journal history
+    /// (each row's MAC, and the whole against the card's MACed usage anchor).
+    fn load_card(&self, card_ref: &CardRef, cache: &Manifest) -> Result<Option<LoadedCard>, Fault> {
+        let row: Option<(i64, Vec<u8>, Vec<u8>)> = self
+            .conn
+            .prepare_cached("SELECT version, body, mac FROM cache_entry WHERE card_ref = ?1")?
+            .query_row([&card_ref.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()
+            .map_err(|e| match e {
+                rusqlite::Error::InvalidColumnType(..)
+                | rusqlite::Error::IntegralValueOutOfRange(..) => Fault::Integrity(Integrity::new(
+                    format!("cache entry {}", card_ref.to_hex()),
+                    format!("bad column: {e}"),
+                )),
+                e => Fault::Sql(e),
+            })?;
+        let Some((version, body, mac)) = row else {
+            return Ok(None);
+        };
+        let what = || format!("cache entry {}", card_ref.to_hex());
+        let version =
+            u64::try_from(version).map_err(|_| Integrity::new(what(), "negative version"))?;
+        if !verify_entry_mac(
+            &self.keys.cache,
+            &cache.merchant_id,
+            version,
+            card_ref,
+            EntryOp::Upsert,
+            &body,
+            &mac,
+        ) {
+            return Err(Integrity::new(what(), "MAC mismatch (row edited)").into());
+        }
+        if version > cache.version {
+            return Err(Integrity::new(
+                what(),
+                format!(
+                    "version {version} is newer than the installed cache {}",
+                    cache.version
+                ),
+            )
+            .into());
+        }
+        let card = Card::decode(&body).map_err(|e| Integrity::new(what(), format!("body: {e}")))?;
+        let history = self.load_history(card_ref)?;
+        Ok(Some(LoadedCard {
+            card,
+            entry_version: version,
+            history,
+        }))
+    }
+
+    /// A card's journal rows, each verified, checked against the card's usage anchor.
+    fn load_history(&self, card_ref: &CardRef) -> Result<Vec<JournalRecord>, Fault> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {JOURNAL_COLUMNS} FROM journal WHERE card_ref = ?1 ORDER BY seq"
+        ))?;
+        let mut rows = stmt.query([&card_ref.0[..]])?;
+        let mut history = Vec::new();
+        while let Some(row) = rows.next()? {
+            let (rec, mac, record_id) = record_from_row(row, &self.cfg.terminal_id)?;
+            check_record(&rec, &mac, &record_id, &self.keys.journal)?;
+            history.push(rec);
+        }
+        let anchor = self.load_usage_row(card_ref)?;
+        let implied = UsageRow::fold(&history);
+        if anchor != implied {
+            return Err(Integrity::new(
+                format!("card usage {}", card_ref.to_hex()),
+                format!(
+                    "journal holds {} rows (last seq {}, net {}) but the usage anchor says {} rows (last seq {}, net {}): journal rows removed or edited",
+                    implied.rows, implied.last_seq, implied.net_units, anchor.rows, anchor.last_seq, anchor.net_units
+                ),
+            )
+            .into());
+        }
+        Ok(history)
+    }
+
+    fn load_usage_row(&self, card_ref: &CardRef) -> Result<UsageRow, Fault> {
+        let what = || format!("card usage {}", card_ref.to_hex());
+        let row: Option<(i64, i64, i64, Vec<u8>)> = self
+            .conn
+            .prepare_cached(
+                "SELECT rows, last_seq, net_units, mac FROM card_usage WHERE card_ref = ?1",
+            )?
+            .query_row([&card_ref.0[..]], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()
+            .map_err(|e| match e {
+                rusqlite::Error::InvalidColumnType(..) => {
+                    Fault::Integrity(Integrity::new(what(), e.to_string()))
+                }
+                e => Fault::Sql(e),
+            })?;
+        let Some((rows, last_seq, net_units, mac)) = row else {
+            return Ok(UsageRow::default());
+        };
+        let u = UsageRow {
+            rows: rows as u64,
+            last_seq: last_seq as u64,
+            net_units,
+        };
+        if rows < 0 || last_seq < 0 || !tags_equal(&u.mac(&self.keys.journal, card_ref), &mac) {
+            return Err(Integrity::new(what(), "MAC mismatch (row edited)").into());
+        }
+        Ok(u)
+    }
+
+    fn load_identity_state(&self, card_ref: &CardRef) -> Result<IdentityState, Fault> {
+        let row: Option<(i64, i64, Vec<u8>)> = self
+            .conn
+            .prepare_cached(
+                "SELECT failures, locked_until_ms, mac FROM identity_attempt WHERE card_ref = ?1",
+            )?
+            .query_row([&card_ref.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        let Some((failures, locked_until_ms, mac)) = row else {
+            return Ok(IdentityState::default());
+        };
+        let s = IdentityState {
+            failures: u32::try_from(failures).unwrap_or(u32::MAX),
+            locked_until_ms,
+        };
+        if !tags_equal(&identity_mac(&self.keys.journal, card_ref, &s), &mac) {
+            return Err(Integrity::new(
+                format!("identity attempts {}", card_ref.to_hex()),
+                "MAC mismatch (row edited)",
+            )
+            .into());
+        }
+        Ok(s)
+    }
+
+    /// The menu for a presented card: usable entries with uses left, or a decline.
+    pub fn menu(&mut self, card_number: &str, now: Now) -> Result<MenuOutcome, StoreError> {
+        match self.menu_inner(card_number, now) {
+            Ok(o) => Ok(o),
+            Err(Fault::Integrity(i)) => Ok(MenuOutcome::Declined(integrity_decline(&i))),
+            Err(Fault::Sql(e)) => Err(e.into()),
+        }
+    }
+
+    fn menu_inner(&mut self, card_number: &str, now: Now) -> Result<MenuOutcome, Fault> {
+        self.refresh_if_changed()?;
+        let declined = |reason| {
+            Ok(MenuOutcome::Declined(Declined {
+                reason,
+                remaining: None,
+                detail: None,
+            }))
+        };
+        let Ok(number) = CardNumber::parse(card_number) else {
+            return declined(DeclineReason::BadCardNumber);
+        };
+        let Some(cache) = self.cache.as_ref() else {
+            return declined(DeclineReason::NoCache);
+        };
+        let card_ref = number.card_ref(&self.keys.card_token);
+        let Some(loaded) = self.load_card(&card_ref, cache)? else {
+            return declined(DeclineReason::CardUnknown);
+        };
+        let view = CardView {
+            card: &loaded.card,
+            entry_version: loaded.entry_version,
+            history: &loaded.history,
+        };
+        Ok(match engine::menu(&self.context(cache), view, now) {
+            Ok(m) => MenuOutcome::Menu(m),
+            Err(reason) => MenuOutcome::Declined(Declined {
+                reason,
+                remaining: None,
+                detail: None,
+            }),
+        })
+    }
+
+    /// The stored reply for (reader, transaction id), if any.
+    pub fn stored_outcome(
+        &self,
+        reader_id: &str,
+        reader_txn_id: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT reply FROM outcome WHERE reader_id = ?1 AND reader_txn_id = ?2",
+            )?
+            .query_row(params![reader_id, reader_txn_id as i64], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// The latest stored (transaction id, reply) of a reader ("repeat last receipt").
+    pub fn last_outcome(&self, reader_id: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT reader_txn_id, reply FROM outcome WHERE reader_id = ?1 ORDER BY rowid DESC LIMIT 1")?
+            .query_row([reader_id], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
+            .optional()?)
+    }
+
+    /// Redeems `req.items` all-or-nothing. The reply bytes produced by `render` are committed in the same
+    /// transaction as the journal rows; the same (reader, transaction id) later returns them unchanged.
+    pub fn redeem(
+        &mut self,
+        req: &RedeemRequest<'_>,
+        now: Now,
+        render: impl FnOnce(&Decision) -> Vec<u8>,
+    ) -> Result<Outcome, StoreError> {
+        if let Err(Fault::Integrity(i)) = self.refresh_if_changed() {
+            return Ok(transient(integrity_decline(&i), render));
+        }
+        let number = CardNumber::parse(req.card_number).ok();
+        let card_ref = number.as_ref().map(|n| n.card_ref(&self.keys.card_token));
+        let digest = request_digest_redeem(card_ref.as_ref(), req);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if let Some(o) = replay(&tx, req.reader_id, req.reader_txn_id, &digest)? {
+            return Ok(o);
+        }
+        drop(tx);
+        let decided = self.decide_redeem(card_ref, req, now);
+        let (decision, write) = match decided {
+            Ok(v) => v,
+            Err(Fault::Integrity(i)) => return Ok(transient(integrity_decline(&i), render)),
+            Err(Fault::Sql(e)) => return Err(e.into()),
+        };
+        self.commit(
+            req.reader_id,
+            req.reader_txn_id,
+            &digest,
+            decision,
+            write,
+            now,
+            render,
+        )
+    }
+
+    fn decide_redeem(
+        &self,
+        card_ref: Option<CardRef>,
+        req: &RedeemRequest<'_>,
+        now: Now,
+    ) -> Result<(Decision, Option<Write>), Fault> {
+        let decline = |reason| {
+            Ok((
+                Decision::Declined(Declined {
+                    reason,
+                    remaining: None,
+                    detail: None,
+                }),
+                None,
+            ))
+        };
+        let Some(card_ref) = card_ref else {
+            return decline(DeclineReason::BadCardNumber);
+        };
+        let Some(cache) = self.cache.as_ref() else {
+            return decline(DeclineReason::NoCache);
+        };
+        let Some(loaded) = self.load_card(&card_ref, cache)? else {
+            return decline(DeclineReason::CardUnknown);
+        };
+        if req
+            .menu_entry_version
+            .is_some_and(|v| v != loaded.entry_version)
+        {
+            return decline(DeclineReason::MenuChanged);
+        }
+        let identity_state = self.load_identity_state(&card_ref)?;
+        let verifier = loaded
+            .card
+            .holder
+            .as_ref()
+            .and_then(|h| h.identity_verifier);
+        let identity = match (req.identity, verifier) {
+            (None, _) => IdentityInput::NotProvided,
+            (Some(_), None) => IdentityInput::Matches, // nothing to check against: the engine will not ask
+            (Some(data), Some(v)) if identity_matches(&self.keys.identity, &card_ref, data, &v) => {
+                IdentityInput::Matches
+            }
+            (Some(_), Some(_)) => IdentityInput::DoesNotMatch,
+        };
+        let ctx = self.context(cache);
+        let view = CardView {
+            card: &loaded.card,
+            entry_version: loaded.entry_version,
+            history: &loaded.history,
+        };
+        let verdict = engine::decide_redeem(&ctx, view, req.items, identity_state, identity, now);
+        let identity_write = verdict.identity_update.map(|s| (card_ref, s));
+        match verdict.result {
+            Err(reason) => {
+                let remaining = engine::menu(&ctx, view, now).ok();
+                let write = identity_write.map(|identity| Write {
+                    records: Vec::new(),
+                    usage: None,
+                    identity: Some(identity),
+                    counts_as_redemption: false,
+                });
+                Ok((
+                    Decision::Declined(Declined {
+                        reason,
+                        remaining,
+                        detail: None,
+                    }),
+                    write,
+                ))
+            }
+            Ok(lines) => {
+                let group = self.state.head_seq + 1;
+                let code = auth_code(&self.keys.journal, &self.cfg.terminal_id, group);
+                let count = u16::try_from(lines.len()).unwrap_or(u16::MAX);
+                let records: Vec<JournalRecord> = lines
+                    .iter()
+                    .enumerate()
+                    .map(|(i, l)| JournalRecord {
+                        terminal_id: self.cfg.terminal_id.clone(),
+                        seq: group + i as u64,
+                        kind: RecordKind::Redeem,
+                        auth_code: code.clone(),
+                        merchant_id: self.cfg.merchant_id.clone(),
+                        card_ref,
+                        package_id: l.package_id.clone(),
+                        service_code: l.service_code.clone(),
+                        item_title: l.title.clone(),
+                        quantity: l.quantity,
+                        amount_fen: l.amount_fen,
+                        original_seq: 0,
+                        group_seq: group,
+                        line: i as u16,
+                        line_count: count,
+                        reader_id: req.reader_id.to_owned(),
+                        reader_txn_id: req.reader_txn_id,
+                        cashier_id: req.cashier_id.to_owned(),
+                        wall_ms: now.wall_ms,
+                        boot_ms: now.boot_ms,
+                        cache_version: cache.version,
+                        entry_version: loaded.entry_version,
+                        prev_mac: [0; 32],
+                    })
+                    .collect();
+                let usage = next_usage(&loaded.history, &records);
+                let approval = Approval {
+                    auth_code: code,
+                    first_seq: group,
+                    masked_number: loaded.card.masked_number.clone(),
+                    entry_version: loaded.entry_version,
+                    wall_ms: now.wall_ms,
+                    lines,
+                };
+                Ok((
+                    Decision::Redeemed(approval),
+                    Some(Write {
+                        records,
+                        usage: Some((card_ref, usage)),
+                        identity: identity_write,
+                        counts_as_redemption: true,
+                    }),
+                ))
+            }
+        }
+    }
+
+    /// Voids the redemption with `original_auth_code`: a new journal record per line that restores the
+    /// uses. Allowed once, within the configured window.
+    pub fn void(
+        &mut self,
+        req: &VoidRequest<'_>,
+        now: Now,
+        render: impl FnOnce(&Decision) -> Vec<u8>,
+    ) -> Result<Outcome, StoreError> {
+        if let Err(Fault::Integrity(i)) = self.refresh_if_changed() {
+            return Ok(transient(integrity_decline(&i), render));
+        }
+        let digest = {
+            let mut h = Sha256::new();
+            h.update(b"void\0");
+            h.update(req.original_auth_code.as_bytes());
+            h.update(b"\0");
+            h.update(req.cashier_id.as_bytes());
+            h.finalize().to_vec()
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if let Some(o) = replay(&tx, req.reader_id, req.reader_txn_id, &digest)? {
+            return Ok(o);
+        }
+        drop(tx);
+        let (decision, write) = match self.decide_void(req, now) {
+            Ok(v) => v,
+            Err(Fault::Integrity(i)) => return Ok(transient(integrity_decline(&i), render)),
+            Err(Fault::Sql(e)) => return Err(e.into()),
+        };
+        self.commit(
+            req.reader_id,
+            req.reader_txn_id,
+            &digest,
+            decision,
+            write,
+            now,
+            render,
+        )
+    }
+
+    fn decide_void(
+        &self,
+        req: &VoidRequest<'_>,
+        now: Now,
+    ) -> Result<(Decision, Option<Write>), Fault> {
+        let decline = |reason| {
+            Ok((
+                Decision::Declined(Declined {
+                    reason,
+                    remaining: None,
+                    detail: None,
+                }),
+                None,
+            ))
+        };
+        let Some(group) = parse_auth_code(
+            &self.keys.journal,
+            &self.cfg.terminal_id,
+            req.original_auth_code,
+        ) else {
+            return decline(DeclineReason::UnknownAuthCode);
+        };
+        let originals = self.group_rows(group)?;
+        let Some(first) = originals.first() else {
+            return decline(DeclineReason::UnknownAuthCode);
+        };
+        let card_ref = first.card_ref;
+        let last = group + originals.len() as u64 - 1;
+        let already: bool = self.conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM journal WHERE kind = 2 AND original_seq BETWEEN ?1 AND ?2)")?.query_row(
+            params![group as i64, last as i64],
+            |r| r.get(0),
+        )?;
+        if let Err(reason) = engine::decide_void(
+            &self.cfg.limits,
+            self.terminal_facts(),
+            &originals,
+            already,
+            now,
+        ) {
+            return decline(reason);
+        }
+        let history = self.load_history(&card_ref)?;
+        let first_seq = self.state.head_seq + 1;
+        let code = auth_code(&self.keys.journal, &self.cfg.terminal_id, first_seq);
+        let count = u16::try_from(originals.len()).unwrap_or(u16::MAX);
+        let cache_version = self.cache.as_ref().map_or(0, |c| c.version);
+        let records: Vec<JournalRecord> = originals
+            .iter()
+            .enumerate()
+            .map(|(i, o)| JournalRecord {
+                seq: first_seq + i as u64,
+                kind: RecordKind::Void,
+                auth_code: code.clone(),
+                original_seq: o.seq,
+                group_seq: first_seq,
+                line: i as u16,
+                line_count: count,
+                reader_id: req.reader_id.to_owned(),
+                reader_txn_id: req.reader_txn_id,
+                cashier_id: req.cashier_id.to_owned(),
+                wall_ms: now.wall_ms,
+                boot_ms: now.boot_ms,
+                cache_version,
+                prev_mac: [0; 32],
+                ..o.clone()
+            })
+            .collect();
+        let usage = next_usage(&history, &records);
+        // Uses left after the void, if the card is still cached.
+        let cached = match &self.cache {
+            Some(cache) => self.load_card(&card_ref, cache)?,
+            None => None,
+        };
+        let mut after = history.clone();
+        after.extend(records.iter().cloned());
+        let lines = records
+            .iter()
+            .map(|r| {
+                let uses_left_after = cached.as_ref().and_then(|c| {
+                    let usage = Usage::fold(&c.card, &after, 0, 0, 0);
+                    c.card
+                        .entries()
+                        .find(|(_, p, it)| {
+                            p.id == r.package_id && it.service_code == r.service_code
+                        })
+                        .map(|(_, p, it)| usage.uses_left(p, it))
+                });
+                VoidLine {
+                    original_seq: r.original_seq,
+                    package_id: r.package_id.clone(),
+                    service_code: r.service_code.clone(),
+                    title: r.item_title.clone(),
+                    quantity: r.quantity,
+                    amount_fen: r.amount_fen,
+                    uses_left_after,
+                }
+            })
+            .collect();
+        let approval = VoidApproval {
+            auth_code: code,
+            original_auth_code: first.auth_code.clone(),
+            first_seq,
+            wall_ms: now.wall_ms,
+            lines,
+        };
+        let _ = req.reason; // the reason is for the cashier's log; the record carries the quoted original.
+        Ok((
+            Decision::Voided(approval),
+            Some(Write {
+                records,
+                usage: Some((card_ref, usage)),
+                identity: None,
+                counts_as_redemption: false,
+            }),
+        ))
+    }
+
+    /// The verified lines of the redemption group starting at `group` (empty if there is none).
+    fn group_rows(&self, group: u64) -> Result<Vec<JournalRecord>, Fault> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {JOURNAL_COLUMNS} FROM journal WHERE seq BETWEEN ?1 AND ?1 + ?2 AND group_seq = ?1 ORDER BY seq"
+        ))?;
+        let mut rows = stmt.query(params![group as i64, engine::MAX_LINES as i64])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let (rec, mac, record_id) = record_from_row(row, &self.cfg.terminal_id)?;
+            check_record(&rec, &mac, &record_id, &self.keys.journal)?;
+            out.push(rec);
+        }
+        if out
+            .first()
+            .is_some_and(|r| r.seq != group || usize::from(r.line_count) != out.len())
+        {
+            return Ok(Vec::new());
+        }
+        Ok(out)
+    }
+
+    /// Commits a decision: journal rows (chained), usage anchor, identity counter, chain head and the
+    /// rendered reply, in one transaction; then advances the in-memory state.
+    #[allow(clippy::too_many_arguments)]
+    fn commit(
+        &mut self,
+        reader_id: &str,
+        reader_txn_id: u64,
+        digest: &[u8],
+        decision: Decision,
+        write: Option<Write>,
+        now: Now,
+        render: impl FnOnce(&Decision) -> Vec<u8>,
+    ) -> Result<Outcome, StoreError> {
+        let durable = match &decision {
+            Decision::Declined(d) => d.reason.is_durable(),
+            _ => true,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut next_state = self.state.clone();
+        let mut first_seq = None;
+        let mut counts = false;
+        if let Some(w) = write {
+            let (state, first) = append(&tx, &self.keys, &self.state, w.records, now)?;
+            next_state = state;
+            first_seq = first;
+            if let Some((card, usage)) = w.usage {
+                tx.prepare_cached("INSERT OR REPLACE INTO card_usage (card_ref, rows, last_seq, net_units, mac) VALUES (?1, ?2, ?3, ?4, ?5)")?
+                    .execute(params![&card.0[..], usage.rows as i64, usage.last_seq as i64, usage.net_units, &usage.mac(&self.keys.journal, &card)[..]])?;
+            }
+            if let Some((card, s)) = w.identity {
+                tx.prepare_cached("INSERT OR REPLACE INTO identity_attempt (card_ref, failures, locked_until_ms, mac) VALUES (?1, ?2, ?3, ?4)")?
+                    .execute(params![&card.0[..], s.failures, s.locked_until_ms, &identity_mac(&self.keys.journal, &card, &s)[..]])?;
+            }
+            counts = w.counts_as_redemption;
+        }
+        let reply = render(&decision);
+        if durable {
+            tx.prepare_cached(
+                "INSERT INTO outcome (reader_id, reader_txn_id, request_digest, reply, first_seq, wall_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![reader_id, reader_txn_id as i64, digest, &reply, first_seq.map(|s| s as i64), now.wall_ms])?;
+        }
+        tx.commit()?;
+        self.state = next_state;
+        if counts {
+            self.offline_redemptions += 1;
+        }
+        self.data_version = self
+            .conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        Ok(Outcome {
+            reply,
+            decision: Some(decision),
+            replay_mismatch: false,
+        })
+    }
+
+    /// Records that the platform acknowledged the journal through `through_seq` (offline allowances reset).
+    pub fn mark_synced(&mut self, through_seq: u64) -> Result<(), StoreError> {
+        if through_seq > self.state.head_seq || through_seq < self.state.synced_through_seq {
+            return Err(StoreError::BadSyncAck {
+                through: through_seq,
+                head: self.state.head_seq,
+                current: self.state.synced_through_seq,
+            });
+        }
+        let mut next = self.state.clone();
+        next.synced_through_seq = through_seq;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        write_terminal_row(&tx, &next, &self.keys)?;
+        tx.commit()?;
+        self.state = next;
+        self.reload().map_err(|f| match f {
+            Fault::Integrity(i) => StoreError::Integrity(i),
+            Fault::Sql(e) => StoreError::Sql(e),
+        })
+    }
+
+    /// Journal records with seq ≥ `from_seq`, in order, each verified on its own (not the chain: use
+    /// [`verify::journal`]). For the sync driver and exports.
+    pub fn journal_records(
+        &self,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<(JournalRecord, Tag)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {JOURNAL_COLUMNS} FROM journal WHERE seq >= ?1 ORDER BY seq LIMIT ?2"
+        ))?;
+        let mut rows = stmt.query(params![from_seq as i64, limit as i64])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let (rec, mac, record_id) = record_from_row(row, &self.cfg.terminal_id)?;
+            check_record(&rec, &mac, &record_id, &self.keys.journal)?;
+            out.push((rec, mac));
+        }
+        Ok(out)
+    }
+
+    /// Bench/test support: appends `n` approved single-line redemptions in one transaction through the
+    /// normal chain and anchor code, bypassing the engine (to build a million-row journal quickly).
+    #[doc(hidden)]
+    pub fn seed_redemptions(
+        &mut self,
+        redemptions: &mut dyn Iterator<Item = (CardRef, String, String, u32)>,
+        now: Now,
+    ) -> Result<u64, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut state = self.state.clone();
+        let mut n = 0;
+        for (card_ref, package_id, service_code, quantity) in redemptions {
+            let seq = state.head_seq + 1;
+            let rec = JournalRecord {
+                terminal_id: self.cfg.terminal_id.clone(),
+                seq,
+                kind: RecordKind::Redeem,
+                auth_code: auth_code(&self.keys.journal, &self.cfg.terminal_id, seq),
+                merchant_id: self.cfg.merchant_id.clone(),
+                card_ref,
+                package_id,
+                service_code,
+                item_title: String::new(),
+                quantity,
+                amount_fen: 0,
+                original_seq: 0,
+                group_seq: seq,
+                line: 0,
+                line_count: 1,
+                reader_id: "seed".into(),
+                reader_txn_id: seq,
+                cashier_id: "seed".into(),
+                wall_ms: now.wall_ms,
+                boot_ms: now.boot_ms,
+                cache_version: 0,
+                entry_version: 0,
+                prev_mac: [0; 32],
+            };
+            let prev: Option<(i64, i64, i64, Vec<u8>)> = tx
+                .prepare_cached(
+                    "SELECT rows, last_seq, net_units, mac FROM card_usage WHERE card_ref = ?1",
+                )?
+                .query_row([&card_ref.0[..]], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                })
+                .optional()?;
+            let mut usage = prev.map_or(UsageRow::default(), |(r, l, u, _)| UsageRow {
+                rows: r as u64,
+                last_seq: l as u64,
+                net_units: u,
+            });
+            usage.rows += 1;
+            usage.last_seq = seq;
+            usage.net_units += i64::from(quantity);
+            let (next, _) = append(&tx, &self.keys, &state, vec![rec], now)?;
+            state = next;
+            tx.prepare_cached("INSERT OR REPLACE INTO card_usage (card_ref, rows, last_seq, net_units, mac) VALUES (?1, ?2, ?3, ?4, ?5)")?
+                .execute(params![&card_ref.0[..], usage.rows as i64, usage.last_seq as i64, usage.net_units, &usage.mac(&self.keys.journal, &card_ref)[..]])?;
+            n += 1;
+        }
+        tx.commit()?;
+        self.state = state;
+        self.reload().map_err(|f| match f {
+            Fault::Integrity(i) => StoreError::Integrity(i),
+            Fault::Sql(e) => StoreError::Sql(e),
+        })?;
+        Ok(n)
+    }
+}
+
+/// What a decision writes besides its outcome row.
+struct Write {
+    records: Vec<JournalRecord>,
+    usage: Option<(CardRef, UsageRow)>,
+    identity: Option<(CardRef, IdentityState)>,
+    counts_as_redemption: bool,
+}
+
+fn next_usage(history: &[JournalRecord], new: &[JournalRecord]) -> UsageRow {
+    let mut u = UsageRow::fold(history);
+    let add = UsageRow::fold(new);
+    u.rows += add.rows;
+    u.last_seq = u.last_seq.max(add.last_seq);
+    u.net_units += add.net_units;
+    u
+}
+
+/// Chains and inserts `records` (seqs already assigned from `state.head_seq + 1`), and writes the new
+/// chain head. Returns the new state and the first seq written.
+fn append(
+    tx: &Transaction<'_>,
+    keys: &TerminalKeys,
+    state: &TerminalRow,
+    records: Vec<JournalRecord>,
+    now: Now,
+) -> rusqlite::Result<(TerminalRow, Option<u64>)> {
+    let mut next = state.clone();
+    let first = records.first().map(|r| r.seq);
+    let mut stmt = tx.prepare_cached(&format!(
+        "INSERT INTO journal ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
+        JOURNAL_COLUMNS.trim_end_matches(", typeof(seq)")
+    ))?;
+    for mut rec in records {
+        rec.seq = next.head_seq + 1;
+        rec.prev_mac = next.head_mac;
+        let mac = rec.mac(&keys.journal);
+        stmt.execute(params![
+            rec.seq as i64,
+            rec.record_id(),
+            rec.kind as u8,
+            rec.auth_code,
+            rec.merchant_id,
+            &rec.card_ref.0[..],
+            rec.package_id,
+            rec.service_code,
+            rec.item_title,
+            rec.quantity,
+            rec.amount_fen as i64,
+            rec.original_seq as i64,
+            rec.group_seq as i64,
+            rec.line,
+            rec.line_count,
+            rec.reader_id,
+            rec.reader_txn_id as i64,
+            rec.cashier_id,
+            rec.wall_ms,
+            rec.boot_ms as i64,
+            rec.cache_version as i64,
+            rec.entry_version as i64,
+            &rec.prev_mac[..],
+            &mac[..],
+        ])?;
+        next.head_seq = rec.seq;
+        next.head_mac = mac;
+    }
+    if first.is_some() {
+        next.last_trusted_wall_ms = next.last_trusted_wall_ms.max(now.wall_ms);
+        write_terminal_row(tx, &next, keys)?;
+    }
+    Ok((next, first))
+}
+
+pub(crate) fn write_terminal_row(
+    tx: &Transaction<'_>,
+    row: &TerminalRow,
+    keys: &TerminalKeys,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO terminal_state (id, terminal_id, merchant_id, head_seq, head_mac, last_trusted_wall_ms, synced_through_seq, cache_version, mac)
+         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        row.terminal_id,
+        row.merchant_id,
+        row.head_seq as i64,
+        &row.head_mac[..],
+        row.last_trusted_wall_ms,
+        row.synced_through_seq as i64,
+        row.cache_version as i64,
+        &row.mac(&keys.journal)[..],
+    ])?;
+    Ok(())
+}
+
+fn read_terminal_row(conn: &Connection, keys: &TerminalKeys) -> Result<TerminalRow, Fault> {
+    let what = "terminal state";
+    let r: (String, String, i64, Vec<u8>, i64, i64, i64, Vec<u8>) = conn
+        .query_row(
+            "SELECT terminal_id, merchant_id, head_seq, head_mac, last_trusted_wall_ms, synced_through_seq, cache_version, mac FROM terminal_state WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?)),
+        )
+        .map_err(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows | rusqlite::Error::InvalidColumnType(..) => Fault::Integrity(Integrity::new(what, e.to_string())),
+            e => Fault::Sql(e),
+        })?;
+    let head_mac: Tag =
+        r.3.try_into()
+            .map_err(|_| Integrity::new(what, "head MAC is not 32 bytes"))?;
+    let row = TerminalRow {
+        terminal_id: r.0,
+        merchant_id: r.1,
+        head_seq: u64::try_from(r.2).map_err(|_| Integrity::new(what, "negative head seq"))?,
+        head_mac,
+        last_trusted_wall_ms: r.4,
+        synced_through_seq: u64::try_from(r.5)
+            .map_err(|_| Integrity::new(what, "negative sync seq"))?,
+        cache_version: u64::try_from(r.6)
+            .map_err(|_| Integrity::new(what, "negative cache version"))?,
+    };
+    if !tags_equal(&row.mac(&keys.journal), &r.7) {
+        return Err(Integrity::new(what, "MAC mismatch (row edited)").into());
+    }
+    Ok(row)
+}
+
+fn stored_identity(conn: &Connection, path: &Path) -> Result<(String, String), StoreError> {
+    conn.query_row(
+        "SELECT terminal_id, merchant_id FROM terminal_state WHERE id = 1",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .map_err(|e| match e {
+        rusqlite::Error::QueryReturnedNoRows => StoreError::Missing {
+            path: path.to_owned(),
+        },
+        e if is_corruption(&e) => StoreError::Corrupt {
+            path: path.to_owned(),
+            detail: e.to_string(),
+        },
+        e => StoreError::Integrity(Integrity::new("terminal state", e.to_string())),
+    })
+}
+
+fn read_manifest(
+    conn: &Connection,
+    keys: &TerminalKeys,
+    merchant_id: &str,
+) -> Result<Option<Manifest>, Fault> {
+    let row: Option<(i64, Vec<u8>)> = conn
+        .query_row(
+            "SELECT version, signed FROM cache_manifest WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(|e| match e {
+            rusqlite::Error::InvalidColumnType(..) => {
+                Fault::Integrity(Integrity::new("cache manifest", e.to_string()))
+            }
+            e => Fault::Sql(e),
+        })?;
+    let Some((version, signed)) = row else {
+        return Ok(None);
+    };
+    let m = Manifest::verify_signed(&keys.cache, &signed)
+        .map_err(|e| Integrity::new("cache manifest", e.to_string()))?;
+    if u64::try_from(version).ok() != Some(m.version) {
+        return Err(Integrity::new(
+            "cache manifest",
+            format!(
+                "version column {version} differs from the signed version {}",
+                m.version
+            ),
+        )
+        .into());
+    }
+    if m.merchant_id != merchant_id || m.terminal_id != keys.terminal_id {
+        return Err(
+            Integrity::new("cache manifest", "signed for another merchant or terminal").into(),
+        );
+    }
+    Ok(Some(m))
+}
+
+fn request_digest_redeem(card_ref: Option<&CardRef>, req: &RedeemRequest<'_>) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(b"redeem\0");
+    h.update(card_ref.map_or(&[0u8; 32][..], |c| &c.0[..]));
+    for (i, q) in req.items {
+        h.update(i.to_be_bytes());
+        h.update(q.to_be_bytes());
+    }
+    h.update([u8::from(req.identity.is_some())]);
+    h.update(req.cashier_id.as_bytes());
+    h.finalize().to_vec()
+}
+
+/// The stored outcome for (reader, txn), if any.
+fn replay(
+    tx: &Transaction<'_>,
+    reader_id: &str,
+    txn: u64,
+    digest: &[u8],
+) -> rusqlite::Result<Option<Outcome>> {
+    let row: Option<(Vec<u8>, Vec<u8>)> = tx
+        .prepare_cached(
+            "SELECT reply, request_digest FROM outcome WHERE reader_id = ?1 AND reader_txn_id = ?2",
+        )?
+        .query_row(params![reader_id, txn as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    Ok(row.map(|(reply, stored)| Outcome {
+        reply,
+        decision: None,
+        replay_mismatch: stored != digest,
+    }))
+}
+
+fn integrity_decline(i: &Integrity) -> Declined {
+    Declined {
+        reason: DeclineReason::IntegrityFailure,
+        remaining: None,
+        detail: Some(i.to_string()),
+    }
+}
+
+/// An outcome that is not stored (the terminal's fault, not the request's).
+fn transient(d: Declined, render: impl FnOnce(&Decision) -> Vec<u8>) -> Outcome {
+    let decision = Decision::Declined(d);
+    Outcome {
+        reply: render(&decision),
+        decision: Some(decision),
+        replay_mismatch: false,
+    }
+}

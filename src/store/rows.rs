@@ -1,0 +1,216 @@
+//! Mapping between SQLite rows and contract types, and the MACs of the terminal's own state rows.
+//!
+//! Every read of a MACed row goes through here, so a tampered value of the wrong type or size becomes a
+//! named [`Integrity`] error, never a panic.
+
+use redeemd_contract::keys::{MacKey, Tag};
+use redeemd_contract::model::CardRef;
+use redeemd_contract::{JournalRecord, RecordKind};
+use rusqlite::Row;
+
+use crate::engine::IdentityState;
+
+/// A stored row that failed a check: `what` names the row, `reason` says why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what}: {reason}")]
+pub struct Integrity {
+    pub what: String,
+    pub reason: String,
+}
+
+impl Integrity {
+    pub fn new(what: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            what: what.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Columns of `journal` in the order [`record_from_row`] reads them.
+pub const JOURNAL_COLUMNS: &str = "seq, record_id, kind, auth_code, merchant_id, card_ref, package_id, service_code, item_title, \
+     quantity, amount_fen, original_seq, group_seq, line, line_count, reader_id, reader_txn_id, cashier_id, wall_ms, \
+     boot_ms, cache_version, entry_version, prev_mac, mac, typeof(seq)";
+
+fn col<T: rusqlite::types::FromSql>(
+    row: &Row<'_>,
+    idx: usize,
+    what: &dyn Fn() -> String,
+    name: &str,
+) -> Result<T, Integrity> {
+    row.get(idx)
+        .map_err(|e| Integrity::new(what(), format!("column {name}: {e}")))
+}
+
+fn int<T: TryFrom<i64>>(
+    row: &Row<'_>,
+    idx: usize,
+    what: &dyn Fn() -> String,
+    name: &str,
+) -> Result<T, Integrity> {
+    let v: i64 = col(row, idx, what, name)?;
+    T::try_from(v).map_err(|_| Integrity::new(what(), format!("column {name}: {v} out of range")))
+}
+
+fn array32(
+    row: &Row<'_>,
+    idx: usize,
+    what: &dyn Fn() -> String,
+    name: &str,
+) -> Result<[u8; 32], Integrity> {
+    let v: Vec<u8> = col(row, idx, what, name)?;
+    v.try_into().map_err(|v: Vec<u8>| {
+        Integrity::new(
+            what(),
+            format!("column {name}: {} bytes, expected 32", v.len()),
+        )
+    })
+}
+
+/// Reads one journal row (selected with [`JOURNAL_COLUMNS`]) into a record, its stored MAC and record id.
+pub fn record_from_row(
+    row: &Row<'_>,
+    terminal_id: &str,
+) -> Result<(JournalRecord, Tag, String), Integrity> {
+    let raw_seq: rusqlite::types::Value = row
+        .get(0)
+        .map_err(|e| Integrity::new("journal row", e.to_string()))?;
+    let what_seq = match raw_seq {
+        rusqlite::types::Value::Integer(s) => s.to_string(),
+        other => format!("{other:?}"),
+    };
+    let what = move || format!("journal seq {what_seq}");
+    let w: &dyn Fn() -> String = &what;
+    let kind_tag: u8 = int(row, 2, w, "kind")?;
+    let kind = RecordKind::from_tag(kind_tag)
+        .ok_or_else(|| Integrity::new(what(), format!("column kind: unknown kind {kind_tag}")))?;
+    let rec = JournalRecord {
+        terminal_id: terminal_id.to_owned(),
+        seq: int(row, 0, w, "seq")?,
+        kind,
+        auth_code: col(row, 3, w, "auth_code")?,
+        merchant_id: col(row, 4, w, "merchant_id")?,
+        card_ref: CardRef(array32(row, 5, w, "card_ref")?),
+        package_id: col(row, 6, w, "package_id")?,
+        service_code: col(row, 7, w, "service_code")?,
+        item_title: col(row, 8, w, "item_title")?,
+        quantity: int(row, 9, w, "quantity")?,
+        amount_fen: int(row, 10, w, "amount_fen")?,
+        original_seq: int(row, 11, w, "original_seq")?,
+        group_seq: int(row, 12, w, "group_seq")?,
+        line: int(row, 13, w, "line")?,
+        line_count: int(row, 14, w, "line_count")?,
+        reader_id: col(row, 15, w, "reader_id")?,
+        reader_txn_id: int(row, 16, w, "reader_txn_id")?,
+        cashier_id: col(row, 17, w, "cashier_id")?,
+        wall_ms: col(row, 18, w, "wall_ms")?,
+        boot_ms: int(row, 19, w, "boot_ms")?,
+        cache_version: int(row, 20, w, "cache_version")?,
+        entry_version: int(row, 21, w, "entry_version")?,
+        prev_mac: array32(row, 22, w, "prev_mac")?,
+    };
+    let mac = array32(row, 23, w, "mac")?;
+    let record_id: String = col(row, 1, w, "record_id")?;
+    let seq_type: String = col(row, 24, w, "seq type")?;
+    if seq_type != "integer" {
+        return Err(Integrity::new(what(), "column seq: not an integer"));
+    }
+    Ok((rec, mac, record_id))
+}
+
+/// Checks one journal row on its own: MAC and record id. (Chain links are checked by the caller.)
+pub fn check_record(
+    rec: &JournalRecord,
+    mac: &Tag,
+    record_id: &str,
+    journal_key: &MacKey,
+) -> Result<(), Integrity> {
+    let what = || format!("journal seq {}", rec.seq);
+    if !rec.verify_mac(journal_key, mac) {
+        return Err(Integrity::new(what(), "MAC mismatch (row edited)"));
+    }
+    if record_id != rec.record_id() {
+        return Err(Integrity::new(
+            what(),
+            format!(
+                "record id {record_id:?} does not match {:?}",
+                rec.record_id()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The terminal's chain head and trusted state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TerminalRow {
+    pub terminal_id: String,
+    pub merchant_id: String,
+    pub head_seq: u64,
+    pub head_mac: Tag,
+    pub last_trusted_wall_ms: i64,
+    pub synced_through_seq: u64,
+    pub cache_version: u64,
+}
+
+impl TerminalRow {
+    pub fn mac(&self, journal_key: &MacKey) -> Tag {
+        journal_key.mac(&[
+            b"redeemd/terminal-state/v1",
+            &(self.terminal_id.len() as u64).to_be_bytes(),
+            self.terminal_id.as_bytes(),
+            &(self.merchant_id.len() as u64).to_be_bytes(),
+            self.merchant_id.as_bytes(),
+            &self.head_seq.to_be_bytes(),
+            &self.head_mac,
+            &self.last_trusted_wall_ms.to_be_bytes(),
+            &self.synced_through_seq.to_be_bytes(),
+            &self.cache_version.to_be_bytes(),
+        ])
+    }
+}
+
+/// Per-card anchor of local usage, updated in the same transaction as the card's journal rows: a
+/// lookup compares it with the card's journal rows, so deleting or editing them is caught at the counter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UsageRow {
+    pub rows: u64,
+    pub last_seq: u64,
+    pub net_units: i64,
+}
+
+impl UsageRow {
+    pub fn mac(&self, journal_key: &MacKey, card: &CardRef) -> Tag {
+        journal_key.mac(&[
+            b"redeemd/card-usage/v1",
+            &card.0,
+            &self.rows.to_be_bytes(),
+            &self.last_seq.to_be_bytes(),
+            &self.net_units.to_be_bytes(),
+        ])
+    }
+
+    /// The anchor that a card's journal history implies.
+    pub fn fold(history: &[JournalRecord]) -> Self {
+        let mut u = UsageRow::default();
+        for r in history {
+            u.rows += 1;
+            u.last_seq = u.last_seq.max(r.seq);
+            u.net_units += match r.kind {
+                RecordKind::Redeem => i64::from(r.quantity),
+                RecordKind::Void => -i64::from(r.quantity),
+                RecordKind::BatchClose => 0,
+            };
+        }
+        u
+    }
+}
+
+pub fn identity_mac(journal_key: &MacKey, card: &CardRef, s: &IdentityState) -> Tag {
+    journal_key.mac(&[
+        b"redeemd/identity-attempts/v1",
+        &card.0,
+        &s.failures.to_be_bytes(),
+        &s.locked_until_ms.to_be_bytes(),
+    ])
+}

@@ -1,0 +1,186 @@
+//! Schema and migrations, versioned with `PRAGMA user_version`.
+//!
+//! Each migration runs in its own `BEGIN IMMEDIATE` transaction together with its `user_version` bump.
+//! Around each one the journal is fingerprinted (row count and a hash over every `(seq, prev_mac, mac)`);
+//! a migration that would drop or rewrite a single journal row is rolled back and refused — the guard a
+//! payment SDK lacked when a migration deleted its unforwarded payments.
+
+use rusqlite::{Connection, TransactionBehavior};
+use sha2::{Digest, Sha256};
+
+use super::StoreError;
+
+/// One schema step: applied when `user_version` is below `version`.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub version: i64,
+    pub sql: &'static str,
+}
+
+/// The cache entry table, also recreated by full snapshot installs (keep it the latest shape).
+pub(crate) const CACHE_ENTRY_DDL: &str = "CREATE TABLE cache_entry (
+    card_ref BLOB PRIMARY KEY,   -- HMAC(card-token key, card number): never the number
+    version  INTEGER NOT NULL,   -- bundle version that signed this entry
+    body     BLOB NOT NULL,      -- canonical card encoding, as signed
+    mac      BLOB NOT NULL       -- entry MAC (docs/entitlement-format.md), checked on every lookup
+) WITHOUT ROWID";
+
+const V1: &str = "
+CREATE TABLE terminal_state (
+    id                   INTEGER PRIMARY KEY CHECK (id = 1),
+    terminal_id          TEXT NOT NULL,
+    merchant_id          TEXT NOT NULL,
+    head_seq             INTEGER NOT NULL,   -- last journal seq (0: empty)
+    head_mac             BLOB NOT NULL,      -- its MAC (genesis MAC when empty)
+    last_trusted_wall_ms INTEGER NOT NULL,   -- latest wall time committed: the clock may not go back past it
+    synced_through_seq   INTEGER NOT NULL,   -- platform acknowledged the journal up to here
+    cache_version        INTEGER NOT NULL,   -- installed cache version (0: none): a swapped-in older manifest is caught
+    mac                  BLOB NOT NULL       -- HMAC(journal key) over the row
+);
+CREATE TABLE cache_manifest (
+    id                INTEGER PRIMARY KEY CHECK (id = 1),
+    version           INTEGER NOT NULL,
+    signed            BLOB NOT NULL,         -- manifest body ‖ MAC, as the platform signed it
+    installed_wall_ms INTEGER NOT NULL
+);
+CREATE TABLE cache_entry (
+    card_ref BLOB PRIMARY KEY,
+    version  INTEGER NOT NULL,
+    body     BLOB NOT NULL,
+    mac      BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE journal (
+    seq           INTEGER PRIMARY KEY,       -- gap-free from 1
+    record_id     TEXT NOT NULL UNIQUE,      -- <terminal id>-<seq>
+    kind          INTEGER NOT NULL,          -- 1 redeem, 2 void, 3 batch close
+    auth_code     TEXT NOT NULL,
+    merchant_id   TEXT NOT NULL,
+    card_ref      BLOB NOT NULL,
+    package_id    TEXT NOT NULL,
+    service_code  TEXT NOT NULL,
+    item_title    TEXT NOT NULL,
+    quantity      INTEGER NOT NULL,
+    amount_fen    INTEGER NOT NULL,
+    original_seq  INTEGER NOT NULL,
+    group_seq     INTEGER NOT NULL,
+    line          INTEGER NOT NULL,
+    line_count    INTEGER NOT NULL,
+    reader_id     TEXT NOT NULL,
+    reader_txn_id INTEGER NOT NULL,
+    cashier_id    TEXT NOT NULL,
+    wall_ms       INTEGER NOT NULL,
+    boot_ms       INTEGER NOT NULL,
+    cache_version INTEGER NOT NULL,
+    entry_version INTEGER NOT NULL,
+    prev_mac      BLOB NOT NULL,
+    mac           BLOB NOT NULL
+);
+CREATE INDEX journal_by_card ON journal (card_ref, seq);
+CREATE TRIGGER journal_append_only_update BEFORE UPDATE ON journal
+    BEGIN SELECT RAISE(ABORT, 'journal is append-only: UPDATE refused'); END;
+CREATE TRIGGER journal_append_only_delete BEFORE DELETE ON journal
+    BEGIN SELECT RAISE(ABORT, 'journal is append-only: DELETE refused'); END;
+CREATE TABLE card_usage (
+    card_ref  BLOB PRIMARY KEY,
+    rows      INTEGER NOT NULL,              -- journal rows of this card
+    last_seq  INTEGER NOT NULL,              -- the latest of them
+    net_units INTEGER NOT NULL,              -- redeemed minus voided quantity, all time
+    mac       BLOB NOT NULL
+) WITHOUT ROWID;
+";
+
+const V2: &str = "
+CREATE TABLE outcome (
+    reader_id      TEXT NOT NULL,
+    reader_txn_id  INTEGER NOT NULL,
+    request_digest BLOB NOT NULL,            -- SHA-256 of the request, to flag a reused id with other content
+    reply          BLOB NOT NULL,            -- the exact reply bytes the reader got
+    first_seq      INTEGER,                  -- first journal seq written, if any
+    wall_ms        INTEGER NOT NULL,
+    PRIMARY KEY (reader_id, reader_txn_id)
+);
+CREATE INDEX outcome_by_reader ON outcome (reader_id);
+CREATE TABLE identity_attempt (
+    card_ref        BLOB PRIMARY KEY,
+    failures        INTEGER NOT NULL,
+    locked_until_ms INTEGER NOT NULL,
+    mac             BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX journal_voids ON journal (original_seq) WHERE kind = 2;
+";
+
+/// Every migration, in order. Append new ones; never edit a released one.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: V1,
+    },
+    Migration {
+        version: 2,
+        sql: V2,
+    },
+];
+
+pub fn latest_version() -> i64 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}
+
+/// Applies `migrations` above the database's `user_version`, each in one transaction, refusing any step
+/// that changes the journal.
+pub fn migrate_with(conn: &mut Connection, migrations: &[Migration]) -> Result<(), StoreError> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let latest = migrations.last().map_or(0, |m| m.version);
+    if current > latest {
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            supported: latest,
+        });
+    }
+    for m in migrations.iter().filter(|m| m.version > current) {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let fail = |detail: String| StoreError::Migration {
+            version: m.version,
+            detail,
+        };
+        let before = journal_fingerprint(&tx).map_err(|e| fail(e.to_string()))?;
+        tx.execute_batch(m.sql).map_err(|e| fail(e.to_string()))?;
+        let after = journal_fingerprint(&tx).map_err(|e| fail(e.to_string()))?;
+        if let (Some(b), a) = (&before, &after)
+            && Some(b) != a.as_ref()
+        {
+            let rows_after = a.as_ref().map_or(0, |a| a.0);
+            // Dropping `tx` rolls the migration back.
+            return Err(fail(format!(
+                "would change the journal ({} rows before, {rows_after} after): refused",
+                b.0
+            )));
+        }
+        tx.pragma_update(None, "user_version", m.version)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// Row count and a hash over every journal row's chain fields; `None` before the journal exists.
+fn journal_fingerprint(conn: &Connection) -> rusqlite::Result<Option<(u64, [u8; 32])>> {
+    let exists: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'journal')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !exists {
+        return Ok(None);
+    }
+    let mut stmt = conn.prepare("SELECT seq, prev_mac, mac FROM journal ORDER BY seq")?;
+    let mut rows = stmt.query([])?;
+    let mut h = Sha256::new();
+    let mut n = 0u64;
+    while let Some(r) = rows.next()? {
+        let seq: i64 = r.get(0)?;
+        h.update(seq.to_be_bytes());
+        h.update(r.get::<_, Vec<u8>>(1)?);
+        h.update(r.get::<_, Vec<u8>>(2)?);
+        n += 1;
+    }
+    Ok(Some((n, h.finalize().into())))
+}

@@ -1,0 +1,239 @@
+//! Full verification of the journal chain and the cache, for `redeemd journal verify` / `cache verify`
+//! and the platform's reconciliation. Every finding names the row (`journal seq 1042`, `cache entry <ref>`)
+//! and the reason; verification never stops at the first finding of a kind that can be skipped.
+
+use redeemd_contract::journal::genesis_mac;
+use redeemd_contract::keys::{TerminalKeys, tags_equal};
+use redeemd_contract::model::{Card, CardRef};
+use redeemd_contract::snapshot::{EntryOp, Manifest, verify_entry_mac};
+use rusqlite::{Connection, OptionalExtension};
+
+use super::rows::{Integrity, JOURNAL_COLUMNS, UsageRow, check_record, record_from_row};
+
+/// Result of a verification: how many rows were checked and what failed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub checked: u64,
+    pub findings: Vec<Integrity>,
+}
+
+impl VerifyReport {
+    pub fn is_clean(&self) -> bool {
+        self.findings.is_empty()
+    }
+}
+
+/// SQLite's own structural check of the file (catches truncation and page corruption).
+pub fn database_file(conn: &Connection) -> Vec<Integrity> {
+    match conn.prepare("PRAGMA quick_check").and_then(|mut s| {
+        s.query_map([], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()
+    }) {
+        Ok(lines) if lines == ["ok"] => Vec::new(),
+        Ok(lines) => lines
+            .into_iter()
+            .take(20)
+            .map(|l| Integrity::new("database file", l))
+            .collect(),
+        Err(e) => vec![Integrity::new("database file", e.to_string())],
+    }
+}
+
+/// Walks the whole journal: gap-free seqs from 1, each row's MAC and record id, each chain link, the
+/// MACed chain head, and every card's usage anchor against the fold of its rows.
+pub fn journal(conn: &Connection, keys: &TerminalKeys) -> Result<VerifyReport, rusqlite::Error> {
+    let terminal_id = keys.terminal_id.as_str();
+    let mut report = VerifyReport::default();
+    let mut expected_seq = 1u64;
+    let mut prev_mac = Some(genesis_mac(&keys.journal, terminal_id));
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {JOURNAL_COLUMNS} FROM journal ORDER BY seq"
+    ))?;
+    let mut rows = stmt.query([])?;
+    let mut per_card: std::collections::BTreeMap<CardRef, Vec<redeemd_contract::JournalRecord>> =
+        Default::default();
+    let mut last: Option<(u64, [u8; 32])> = None;
+    while let Some(row) = rows.next()? {
+        report.checked += 1;
+        let (rec, mac, record_id) = match record_from_row(row, terminal_id) {
+            Ok(v) => v,
+            Err(e) => {
+                report.findings.push(e);
+                prev_mac = None;
+                expected_seq += 1;
+                continue;
+            }
+        };
+        let what = format!("journal seq {}", rec.seq);
+        if rec.seq != expected_seq {
+            let reason = if rec.seq > expected_seq {
+                format!(
+                    "gap: seq {expected_seq}..{} missing (rows deleted)",
+                    rec.seq - 1
+                )
+            } else {
+                format!("out of order: expected seq {expected_seq}")
+            };
+            report.findings.push(Integrity::new(&what, reason));
+        }
+        if let Err(e) = check_record(&rec, &mac, &record_id, &keys.journal) {
+            report.findings.push(e);
+        } else if prev_mac.is_some_and(|p| !tags_equal(&p, &rec.prev_mac)) {
+            report.findings.push(Integrity::new(&what, "chain link broken: prev_mac is not the MAC of the previous row (row deleted, inserted or reordered)"));
+        }
+        prev_mac = Some(mac);
+        expected_seq = rec.seq + 1;
+        last = Some((rec.seq, mac));
+        per_card.entry(rec.card_ref).or_default().push(rec);
+    }
+    let head: Option<(i64, Vec<u8>)> = conn
+        .query_row(
+            "SELECT head_seq, head_mac FROM terminal_state WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let (last_seq, last_mac) = last.unwrap_or((0, genesis_mac(&keys.journal, terminal_id)));
+    match head {
+        Some((seq, mac)) if seq == last_seq as i64 && tags_equal(&mac, &last_mac) => {}
+        Some((seq, _)) => report.findings.push(Integrity::new(
+            "journal head",
+            format!("the chain head says seq {seq}, the journal ends at seq {last_seq}: rows removed at the end, or the head edited"),
+        )),
+        None => report.findings.push(Integrity::new("journal head", "terminal state row missing")),
+    }
+    // Usage anchors against the fold of the journal.
+    let mut anchors =
+        conn.prepare("SELECT card_ref, rows, last_seq, net_units, mac FROM card_usage")?;
+    let mut arows = anchors.query([])?;
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some(r) = arows.next()? {
+        let card: Vec<u8> = r.get(0)?;
+        let Ok(card) = <[u8; 32]>::try_from(card.as_slice()).map(CardRef) else {
+            report.findings.push(Integrity::new(
+                "card usage",
+                "card reference is not 32 bytes",
+            ));
+            continue;
+        };
+        seen.insert(card);
+        let stored = UsageRow {
+            rows: r.get::<_, i64>(1)? as u64,
+            last_seq: r.get::<_, i64>(2)? as u64,
+            net_units: r.get(3)?,
+        };
+        let mac: Vec<u8> = r.get(4)?;
+        let what = format!("card usage {}", card.to_hex());
+        if !tags_equal(&stored.mac(&keys.journal, &card), &mac) {
+            report
+                .findings
+                .push(Integrity::new(&what, "MAC mismatch (row edited)"));
+        }
+        let implied = UsageRow::fold(per_card.get(&card).map_or(&[][..], |v| &v[..]));
+        if implied != stored {
+            report.findings.push(Integrity::new(
+                &what,
+                format!("anchor {stored:?} differs from the journal's {implied:?}"),
+            ));
+        }
+    }
+    for card in per_card.keys().filter(|c| !seen.contains(c)) {
+        report.findings.push(Integrity::new(
+            format!("card usage {}", card.to_hex()),
+            "missing for a card with journal rows",
+        ));
+    }
+    Ok(report)
+}
+
+/// Verifies the installed manifest and every cache entry's MAC, version and body.
+pub fn cache(
+    conn: &Connection,
+    keys: &TerminalKeys,
+) -> Result<(Option<Manifest>, VerifyReport), rusqlite::Error> {
+    let mut report = VerifyReport::default();
+    let row: Option<(i64, Vec<u8>)> = conn
+        .query_row(
+            "SELECT version, signed FROM cache_manifest WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((version, signed)) = row else {
+        return Ok((None, report));
+    };
+    let manifest = match Manifest::verify_signed(&keys.cache, &signed) {
+        Ok(m) if m.version as i64 == version => m,
+        Ok(m) => {
+            report.findings.push(Integrity::new(
+                "cache manifest",
+                format!(
+                    "version column {version} differs from the signed {}",
+                    m.version
+                ),
+            ));
+            return Ok((Some(m), report));
+        }
+        Err(e) => {
+            report
+                .findings
+                .push(Integrity::new("cache manifest", e.to_string()));
+            return Ok((None, report));
+        }
+    };
+    let mut stmt =
+        conn.prepare("SELECT card_ref, version, body, mac FROM cache_entry ORDER BY card_ref")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        report.checked += 1;
+        let card: Vec<u8> = match r.get(0) {
+            Ok(c) => c,
+            Err(e) => {
+                report
+                    .findings
+                    .push(Integrity::new("cache entry ?", e.to_string()));
+                continue;
+            }
+        };
+        let what = format!("cache entry {}", hex::encode(&card));
+        let (Ok(card), Ok(version), Ok(body), Ok(mac)) = (
+            <[u8; 32]>::try_from(card.as_slice()).map(CardRef),
+            r.get::<_, i64>(1),
+            r.get::<_, Vec<u8>>(2),
+            r.get::<_, Vec<u8>>(3),
+        ) else {
+            report
+                .findings
+                .push(Integrity::new(&what, "a column has the wrong type or size"));
+            continue;
+        };
+        if version < 0
+            || !verify_entry_mac(
+                &keys.cache,
+                &manifest.merchant_id,
+                version as u64,
+                &card,
+                EntryOp::Upsert,
+                &body,
+                &mac,
+            )
+        {
+            report
+                .findings
+                .push(Integrity::new(&what, "MAC mismatch (row edited)"));
+        } else if version as u64 > manifest.version {
+            report.findings.push(Integrity::new(
+                &what,
+                format!(
+                    "version {version} is newer than the installed cache {}",
+                    manifest.version
+                ),
+            ));
+        } else if let Err(e) = Card::decode(&body) {
+            report
+                .findings
+                .push(Integrity::new(&what, format!("body: {e}")));
+        }
+    }
+    Ok((Some(manifest), report))
+}

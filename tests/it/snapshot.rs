@@ -1,0 +1,197 @@
+//! Snapshot and delta installs: atomic, verified, rollback refused, bad entries named.
+
+use redeemd::engine::DeclineReason;
+use redeemd::store::{MenuOutcome, StoreError};
+use redeemd_contract::CardStatus;
+use redeemd_contract::snapshot::BundleKind;
+
+use crate::support::*;
+
+fn version(s: &redeemd::store::Store) -> u64 {
+    s.cache_info().unwrap().unwrap().manifest.version
+}
+
+#[test]
+fn a_bad_entry_mac_is_named_and_the_old_cache_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store_with_cards(dir.path(), 3);
+    let mut b = full(2, 5);
+    // Flip one byte inside the third entry's body: find it by walking the frames.
+    let mut pos = 8;
+    let mut frame = 0;
+    while frame < 3 {
+        let len = u32::from_be_bytes(b[pos..pos + 4].try_into().unwrap()) as usize;
+        pos += 4 + len;
+        frame += 1;
+    }
+    b[pos + 4 + 40] ^= 0x01; // frame 3 = entry index 2
+    let err = s.install_bundle(&b[..], now(T0)).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("entry 2 (card ") && msg.contains("MAC mismatch"),
+        "{msg}"
+    );
+    assert_eq!(version(&s), 1);
+    assert_eq!(s.cache_info().unwrap().unwrap().entries, 3);
+    approved(&redeem(&mut s, "r", 1, 0, &[(0, 1)], T0));
+}
+
+#[test]
+fn every_truncation_of_a_bundle_is_refused_atomically() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store_with_cards(dir.path(), 2);
+    let b = full(2, 3);
+    for cut in (0..b.len()).step_by(37) {
+        assert!(
+            s.install_bundle(&b[..cut], now(T0)).is_err(),
+            "cut at {cut}"
+        );
+        assert_eq!(version(&s), 1);
+    }
+    let mut extra = b.clone();
+    extra.push(0);
+    assert!(s.install_bundle(&extra[..], now(T0)).is_err());
+    s.install_bundle(&b[..], now(T0)).unwrap();
+    assert_eq!(
+        (version(&s), s.cache_info().unwrap().unwrap().entries),
+        (2, 3)
+    );
+}
+
+#[test]
+fn older_or_equal_versions_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    s.install_bundle(&full(5, 2)[..], now(T0)).unwrap();
+    for v in [1, 4, 5] {
+        match s.install_bundle(&full(v, 2)[..], now(T0)) {
+            Err(StoreError::Rollback {
+                offered,
+                installed: 5,
+            }) => assert_eq!(offered, v),
+            other => panic!("version {v}: {other:?}"),
+        }
+    }
+    assert_eq!(version(&s), 5);
+}
+
+#[test]
+fn deltas_change_and_remove_cards_and_need_the_right_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store_with_cards(dir.path(), 3);
+    approved(&redeem(&mut s, "r", 1, 0, &[(0, 2)], T0));
+    let mut lost = card(1, 10);
+    lost.status = CardStatus::Lost;
+    let mut refreshed = card(0, 10);
+    refreshed.packages[0].items[0].uses_left = 8; // the platform has seen seq 1
+    refreshed.usage_through_seq = 1;
+    let changes = vec![
+        (0, Some(refreshed)),
+        (1, Some(lost)),
+        (2, None),
+        (7, Some(card(7, 4))),
+    ];
+    let wrong_base = bundle(BundleKind::Delta, 3, 2, &changes, T0 + 1000 * HOUR);
+    assert!(matches!(
+        s.install_bundle(&wrong_base[..], now(T0)),
+        Err(StoreError::DeltaBase {
+            base: 2,
+            installed: 1
+        })
+    ));
+    let delta = bundle(BundleKind::Delta, 2, 1, &changes, T0 + 1000 * HOUR);
+    let r = s.install_bundle(&delta[..], now(T0)).unwrap();
+    assert_eq!((r.upserts, r.removals), (3, 1));
+    assert_eq!(
+        declined(&redeem(&mut s, "r", 2, 1, &[(0, 1)], T0)),
+        DeclineReason::CardLost
+    );
+    assert_eq!(
+        declined(&redeem(&mut s, "r", 3, 2, &[(0, 1)], T0)),
+        DeclineReason::CardUnknown
+    );
+    assert_eq!(
+        approved(&redeem(&mut s, "r", 4, 7, &[(0, 4)], T0)).lines[0].uses_left_after,
+        0
+    );
+    // Card 0: 8 left as of seq 1, no double counting of the 2 already redeemed.
+    assert_eq!(
+        approved(&redeem(&mut s, "r", 5, 0, &[(0, 1)], T0)).lines[0].uses_left_after,
+        7
+    );
+    // Replaying the same delta is a rollback.
+    assert!(matches!(
+        s.install_bundle(&delta[..], now(T0)),
+        Err(StoreError::Rollback { .. })
+    ));
+}
+
+#[test]
+fn an_expired_cache_fails_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let cards = vec![(0, Some(card(0, 10)))];
+    s.install_bundle(
+        &bundle(BundleKind::Full, 1, 0, &cards, T0 + HOUR)[..],
+        now(T0),
+    )
+    .unwrap();
+    approved(&redeem(&mut s, "r", 1, 0, &[(0, 1)], T0));
+    assert_eq!(
+        declined(&redeem(&mut s, "r", 2, 0, &[(0, 1)], T0 + HOUR)),
+        DeclineReason::CacheExpired
+    );
+    assert!(
+        matches!(s.menu(&number(0), now(T0 + 2 * HOUR)).unwrap(), MenuOutcome::Declined(d) if d.reason == DeclineReason::CacheExpired)
+    );
+}
+
+#[test]
+fn bundles_for_another_terminal_merchant_or_key_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let other = redeemd_contract::TerminalSecret::from_bytes(&[9; 32])
+        .unwrap()
+        .derive_all(TERMINAL);
+    let mut signer =
+        redeemd_contract::snapshot::BundleSigner::new(&other.cache, BundleKind::Full, MERCHANT, 1);
+    let mut b = signer.header();
+    b.extend(signer.entry(&card_ref(0), Some(&card(0, 1))).unwrap());
+    b.extend(signer.finish(TERMINAL, &[], 0, T0, T0 + HOUR).1);
+    assert!(
+        s.install_bundle(&b[..], now(T0))
+            .unwrap_err()
+            .to_string()
+            .contains("MAC mismatch")
+    );
+    let k = keys();
+    let signer =
+        redeemd_contract::snapshot::BundleSigner::new(&k.cache, BundleKind::Full, "M-9999", 1);
+    let b = [
+        signer.header(),
+        signer.finish(TERMINAL, &[], 0, T0, T0 + HOUR).1,
+    ]
+    .concat();
+    assert!(matches!(
+        s.install_bundle(&b[..], now(T0)),
+        Err(StoreError::WrongMerchant { .. })
+    ));
+    let signer =
+        redeemd_contract::snapshot::BundleSigner::new(&k.cache, BundleKind::Full, MERCHANT, 1);
+    let b = [
+        signer.header(),
+        signer.finish("T-0002", &[], 0, T0, T0 + HOUR).1,
+    ]
+    .concat();
+    assert!(
+        s.install_bundle(&b[..], now(T0))
+            .unwrap_err()
+            .to_string()
+            .contains("terminal")
+    );
+    assert!(
+        s.install_bundle(&b"not a bundle at all"[..], now(T0))
+            .is_err()
+    );
+    assert!(s.cache_info().unwrap().is_none());
+}

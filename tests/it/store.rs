@@ -1,0 +1,301 @@
+//! Store behaviour: approvals, idempotent replays across restarts, voids, identity lockout, limits.
+
+use redeemd::engine::DeclineReason;
+use redeemd::store::{Decision, MenuOutcome, RedeemRequest, Store, VoidRequest, verify};
+
+use crate::support::*;
+
+fn menu_left(s: &mut Store, card: u64, at: i64) -> Vec<(u16, u32)> {
+    match s.menu(&number(card), now(at)).unwrap() {
+        MenuOutcome::Menu(m) => m.entries.iter().map(|e| (e.index, e.uses_left)).collect(),
+        MenuOutcome::Declined(d) => panic!("menu declined: {d:?}"),
+    }
+}
+
+fn void(s: &mut Store, reader: &str, txn: u64, code: &str, at: i64) -> redeemd::store::Outcome {
+    let req = VoidRequest {
+        reader_id: reader,
+        reader_txn_id: txn,
+        original_auth_code: code,
+        reason: "wrong item",
+        cashier_id: "cashier-7",
+    };
+    s.void(&req, now(at), render).unwrap()
+}
+
+#[test]
+fn approval_is_replayed_byte_identically_even_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store_with_cards(dir.path(), 3);
+    let first = redeem(&mut s, "r1", 77, 1, &[(0, 2), (1, 1)], T0);
+    let a = approved(&first).clone();
+    assert_eq!(
+        a.lines
+            .iter()
+            .map(|l| l.uses_left_after)
+            .collect::<Vec<_>>(),
+        vec![8, 1]
+    );
+    assert_eq!((a.first_seq, journal_rows(&s)), (1, 2));
+    // The same transaction again: same bytes, nothing new written.
+    let again = redeem(&mut s, "r1", 77, 1, &[(0, 2), (1, 1)], T0 + 1);
+    assert_eq!(
+        (
+            again.reply.clone(),
+            again.decision.clone(),
+            again.replay_mismatch
+        ),
+        (first.reply.clone(), None, false)
+    );
+    assert_eq!(journal_rows(&s), 2);
+    drop(s);
+    let mut s = open(dir.path());
+    let after = redeem(&mut s, "r1", 77, 1, &[(0, 2), (1, 1)], T0 + 2);
+    assert_eq!(after.reply, first.reply);
+    assert_eq!(
+        s.stored_outcome("r1", 77).unwrap(),
+        Some(first.reply.clone())
+    );
+    assert_eq!(
+        s.last_outcome("r1").unwrap(),
+        Some((77, first.reply.clone()))
+    );
+    // A reused id with different content still gets the stored answer, flagged.
+    let reused = redeem(&mut s, "r1", 77, 2, &[(0, 1)], T0 + 3);
+    assert!(reused.replay_mismatch && reused.reply == first.reply);
+    assert_eq!(menu_left(&mut s, 1, T0 + 4), vec![(0, 8), (1, 1), (2, 3)]);
+    // Another reader may use the same transaction id.
+    assert_eq!(
+        approved(&redeem(&mut s, "r2", 77, 1, &[(0, 1)], T0 + 5)).first_seq,
+        3
+    );
+}
+
+#[test]
+fn declines_are_stored_and_write_no_journal_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store_with_cards(dir.path(), 2);
+    let cases: &[(u64, &[(u16, u64)], DeclineReason)] = &[
+        (0, &[(0, 0)], DeclineReason::BadQuantity),
+        (0, &[(0, 1 << 32)], DeclineReason::BadQuantity),
+        (0, &[(0, u64::MAX)], DeclineReason::BadQuantity),
+        (0, &[(3, 1)], DeclineReason::UnknownEntry),
+        (0, &[(1, 3)], DeclineReason::InsufficientUses),
+        (0, &[(2, 1)], DeclineReason::IdentityRequired),
+        (99, &[(0, 1)], DeclineReason::CardUnknown),
+    ];
+    for (txn, (card, items, reason)) in cases.iter().enumerate() {
+        let o = redeem(&mut s, "r1", txn as u64, *card, items, T0);
+        assert_eq!(declined(&o), *reason, "case {txn}");
+        assert_eq!(s.stored_outcome("r1", txn as u64).unwrap(), Some(o.reply));
+    }
+    let bad = RedeemRequest {
+        reader_id: "r1",
+        reader_txn_id: 100,
+        card_number: "12ab",
+        items: &[(0, 1)],
+        identity: None,
+        cashier_id: "c",
+        menu_entry_version: None,
+    };
+    assert_eq!(
+        declined(&s.redeem(&bad, now(T0), render).unwrap()),
+        DeclineReason::BadCardNumber
+    );
+    assert_eq!(journal_rows(&s), 0);
+    // The decline tells what is left.
+    match redeem(&mut s, "r1", 101, 0, &[(1, 3)], T0).decision {
+        Some(Decision::Declined(d)) => assert_eq!(d.remaining.unwrap().entries.len(), 3),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn no_cache_declines_and_menu_entry_version_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    assert_eq!(
+        declined(&redeem(&mut s, "r", 1, 0, &[(0, 1)], T0)),
+        DeclineReason::NoCache
+    );
+    s.install_bundle(&full(1, 1)[..], now(T0)).unwrap();
+    let number = number(0);
+    let mut req = RedeemRequest {
+        reader_id: "r",
+        reader_txn_id: 2,
+        card_number: &number,
+        items: &[(0, 1)],
+        identity: None,
+        cashier_id: "c",
+        menu_entry_version: Some(2),
+    };
+    assert_eq!(
+        declined(&s.redeem(&req, now(T0), render).unwrap()),
+        DeclineReason::MenuChanged
+    );
+    req.reader_txn_id = 3;
+    req.menu_entry_version = Some(1);
+    approved(&s.redeem(&req, now(T0), render).unwrap());
+}
+
+#[test]
+fn void_restores_uses_once_within_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store_with_cards(dir.path(), 1);
+    let a = approved(&redeem(&mut s, "r", 1, 0, &[(0, 3), (1, 2)], T0)).clone();
+    assert_eq!(menu_left(&mut s, 0, T0), vec![(0, 7), (2, 3)]);
+    assert_eq!(
+        declined(&void(&mut s, "r", 2, "00000199", T0)),
+        DeclineReason::UnknownAuthCode
+    );
+    let v = void(&mut s, "r", 3, &a.auth_code, T0 + HOUR);
+    match &v.decision {
+        Some(Decision::Voided(va)) => {
+            assert_eq!(va.original_auth_code, a.auth_code);
+            assert_eq!(
+                va.lines
+                    .iter()
+                    .map(|l| (l.quantity, l.uses_left_after))
+                    .collect::<Vec<_>>(),
+                vec![(3, Some(10)), (2, Some(2))]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        menu_left(&mut s, 0, T0 + HOUR),
+        vec![(0, 10), (1, 2), (2, 3)]
+    );
+    assert_eq!(
+        declined(&void(&mut s, "r", 4, &a.auth_code, T0 + HOUR)),
+        DeclineReason::AlreadyVoided
+    );
+    // Replay of the void: same bytes, no second restore.
+    assert_eq!(void(&mut s, "r", 3, &a.auth_code, T0 + HOUR).reply, v.reply);
+    let b = approved(&redeem(&mut s, "r", 5, 0, &[(0, 1)], T0 + HOUR)).clone();
+    assert_eq!(
+        declined(&void(&mut s, "r", 6, &b.auth_code, T0 + 30 * HOUR)),
+        DeclineReason::VoidWindowPassed
+    );
+    // A void record cannot itself be voided.
+    let vcode = redeemd_contract::journal::auth_code(&keys().journal, TERMINAL, 3);
+    assert_eq!(
+        declined(&void(&mut s, "r", 7, &vcode, T0 + 30 * HOUR)),
+        DeclineReason::UnknownAuthCode
+    );
+    let report = verify::journal(s.connection(), &keys()).unwrap();
+    assert!(report.is_clean(), "{:?}", report.findings);
+}
+
+#[test]
+fn identity_lockout_is_durable_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store_with_cards(dir.path(), 1);
+    let number = number(0);
+    let attempt = |s: &mut Store, txn: u64, id: &[u8], at: i64| {
+        let req = RedeemRequest {
+            reader_id: "r",
+            reader_txn_id: txn,
+            card_number: &number,
+            items: &[(2, 1)],
+            identity: Some(id),
+            cashier_id: "c",
+            menu_entry_version: None,
+        };
+        s.redeem(&req, now(at), render).unwrap()
+    };
+    assert_eq!(
+        declined(&attempt(&mut s, 1, b"0000", T0)),
+        DeclineReason::IdentityWrong
+    );
+    assert_eq!(
+        declined(&attempt(&mut s, 2, b"1111", T0)),
+        DeclineReason::IdentityWrong
+    );
+    drop(s);
+    let mut s = open(dir.path());
+    assert_eq!(
+        declined(&attempt(&mut s, 3, b"2222", T0)),
+        DeclineReason::IdentityLockedOut
+    );
+    drop(s);
+    let mut s = open(dir.path());
+    assert_eq!(
+        declined(&attempt(&mut s, 4, PHONE_LAST4, T0 + 1)),
+        DeclineReason::IdentityLockedOut
+    );
+    let ok = attempt(&mut s, 5, PHONE_LAST4, T0 + HOUR);
+    assert_eq!(approved(&ok).lines[0].uses_left_after, 2);
+}
+
+#[test]
+fn clock_set_back_is_refused_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store_with_cards(dir.path(), 1);
+    approved(&redeem(&mut s, "r", 1, 0, &[(0, 1)], T0 + 10 * HOUR));
+    drop(s);
+    let mut s = open(dir.path());
+    assert_eq!(
+        declined(&redeem(&mut s, "r", 2, 0, &[(0, 1)], T0)),
+        DeclineReason::ClockNotTrusted
+    );
+    approved(&redeem(&mut s, "r", 3, 0, &[(0, 1)], T0 + 10 * HOUR + 1));
+}
+
+#[test]
+fn offline_limits_reset_when_the_platform_acknowledges() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config();
+    cfg.limits.max_offline_redemptions = 2;
+    let mut s = Store::open(dir.path(), keys(), cfg.clone()).unwrap();
+    s.install_bundle(&full(1, 2)[..], now(T0)).unwrap();
+    approved(&redeem(&mut s, "r", 1, 0, &[(0, 1)], T0));
+    approved(&redeem(&mut s, "r", 2, 1, &[(0, 1), (1, 1)], T0));
+    assert_eq!(
+        declined(&redeem(&mut s, "r", 3, 0, &[(0, 1)], T0)),
+        DeclineReason::TerminalOfflineLimitReached
+    );
+    assert!(s.mark_synced(99).is_err());
+    s.mark_synced(3).unwrap();
+    drop(s);
+    let mut s = Store::open(dir.path(), keys(), cfg).unwrap();
+    assert_eq!(s.journal_info().offline_redemptions, 0);
+    approved(&redeem(&mut s, "r", 4, 0, &[(0, 1)], T0));
+}
+
+#[test]
+fn card_numbers_never_reach_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store_with_cards(dir.path(), 5);
+    for i in 0..5 {
+        approved(&redeem(&mut s, "r", i, i, &[(0, 1)], T0));
+        let _ = s.menu(&number(i), now(T0)).unwrap();
+    }
+    let check = |dir: &std::path::Path| {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            for i in 0..5 {
+                let n = number(i);
+                for needle in [n.as_bytes(), &n.as_bytes()[6..15]] {
+                    assert!(
+                        !bytes.windows(needle.len()).any(|w| w == needle),
+                        "card number {i} found on disk"
+                    );
+                }
+            }
+        }
+    };
+    check(dir.path()); // database and WAL while open
+    drop(s);
+    check(dir.path());
+}
+
+#[test]
+fn opening_with_another_terminal_id_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(store_with_cards(dir.path(), 1));
+    let mut cfg = config();
+    cfg.terminal_id = "T-0002".into();
+    let err = Store::open(dir.path(), secret().derive_all("T-0002"), cfg).unwrap_err();
+    assert!(err.to_string().contains("T-0001"), "{err}");
+}

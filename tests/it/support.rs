@@ -1,0 +1,204 @@
+//! Shared fixtures: keys, cards, signed bundles, a store in a temp dir.
+
+use std::path::Path;
+
+use redeemd::engine::{Limits, Now};
+use redeemd::store::{Decision, Outcome, RedeemRequest, Store, StoreConfig};
+use redeemd_contract::model::{CardNumber, CardRef, Holder, MerchantScope, identity_verifier};
+use redeemd_contract::snapshot::{BundleKind, BundleSigner};
+use redeemd_contract::{Card, CardStatus, Item, Package, TerminalKeys, TerminalSecret};
+
+pub const SECRET_HEX: &str = "4242424242424242424242424242424242424242424242424242424242424242";
+pub const TERMINAL: &str = "T-0001";
+pub const MERCHANT: &str = "M-0001";
+/// 2026-09-21T12:53:20Z, a fixed "now" for tests.
+pub const T0: i64 = 1_790_000_000_000;
+pub const HOUR: i64 = 3_600_000;
+pub const PHONE_LAST4: &[u8] = b"1234";
+
+pub fn secret() -> TerminalSecret {
+    TerminalSecret::from_hex_text(SECRET_HEX).unwrap()
+}
+
+pub fn keys() -> TerminalKeys {
+    secret().derive_all(TERMINAL)
+}
+
+pub fn limits() -> Limits {
+    Limits {
+        max_offline_uses_per_card: 1_000_000,
+        max_offline_redemptions: 1_000_000,
+        ..Limits::default()
+    }
+}
+
+pub fn config() -> StoreConfig {
+    StoreConfig {
+        terminal_id: TERMINAL.into(),
+        merchant_id: MERCHANT.into(),
+        limits: limits(),
+    }
+}
+
+pub fn now(wall_ms: i64) -> Now {
+    Now {
+        wall_ms,
+        boot_ms: 1000,
+    }
+}
+
+/// A 19-digit card number for card `i`.
+pub fn number(i: u64) -> String {
+    format!("6228487{:06}{:06}", 314_159 + i, 271_828 + i)
+}
+
+pub fn card_ref(i: u64) -> CardRef {
+    CardNumber::parse(&number(i))
+        .unwrap()
+        .card_ref(&keys().card_token)
+}
+
+/// Card `i`: wash ×`wash` (entry 0, daily cap 1000), wax ×2 (entry 1), oil ×3 with identity (entry 2).
+pub fn card(i: u64, wash: u32) -> Card {
+    let cref = card_ref(i);
+    Card {
+        masked_number: CardNumber::parse(&number(i)).unwrap().masked(),
+        status: CardStatus::Active,
+        holder: Some(Holder {
+            masked_name: "张*".into(),
+            identity_verifier: Some(identity_verifier(&keys().identity, &cref, PHONE_LAST4)),
+        }),
+        usage_through_seq: 0,
+        packages: vec![
+            Package {
+                id: "P-wash".into(),
+                title: "洗车套餐".into(),
+                items: vec![
+                    Item {
+                        service_code: "WASH".into(),
+                        title: "精洗".into(),
+                        uses_total: wash,
+                        uses_left: wash,
+                        price_fen: 3000,
+                    },
+                    Item {
+                        service_code: "WAX".into(),
+                        title: "打蜡".into(),
+                        uses_total: 2,
+                        uses_left: 2,
+                        price_fen: 8000,
+                    },
+                ],
+                valid_from_ms: T0 - 1000 * HOUR,
+                valid_until_ms: T0 + 1000 * HOUR,
+                scope: MerchantScope::All,
+                daily_cap: Some(1000),
+                identity_required: false,
+            },
+            Package {
+                id: "P-oil".into(),
+                title: "保养".into(),
+                items: vec![Item {
+                    service_code: "OIL".into(),
+                    title: "换机油".into(),
+                    uses_total: 3,
+                    uses_left: 3,
+                    price_fen: 20000,
+                }],
+                valid_from_ms: T0 - 1000 * HOUR,
+                valid_until_ms: T0 + 1000 * HOUR,
+                scope: MerchantScope::Merchants(vec![MERCHANT.into()]),
+                daily_cap: None,
+                identity_required: true,
+            },
+        ],
+    }
+}
+
+/// A signed bundle of `cards` (card index, entry or `None` for a removal).
+pub fn bundle(
+    kind: BundleKind,
+    version: u64,
+    prev: u64,
+    cards: &[(u64, Option<Card>)],
+    expires_at_ms: i64,
+) -> Vec<u8> {
+    let k = keys();
+    let mut sorted: Vec<(CardRef, Option<&Card>)> = cards
+        .iter()
+        .map(|(i, c)| (card_ref(*i), c.as_ref()))
+        .collect();
+    sorted.sort_by_key(|(r, _)| *r);
+    let mut s = BundleSigner::new(&k.cache, kind, MERCHANT, version);
+    let mut out = s.header();
+    for (r, c) in sorted {
+        out.extend(s.entry(&r, c).unwrap());
+    }
+    out.extend(
+        s.finish(TERMINAL, &["wash".into()], prev, T0 - HOUR, expires_at_ms)
+            .1,
+    );
+    out
+}
+
+pub fn full(version: u64, n: u64) -> Vec<u8> {
+    let cards: Vec<(u64, Option<Card>)> = (0..n).map(|i| (i, Some(card(i, 10)))).collect();
+    bundle(BundleKind::Full, version, 0, &cards, T0 + 1000 * HOUR)
+}
+
+pub fn open(dir: &Path) -> Store {
+    Store::open(dir, keys(), config()).unwrap()
+}
+
+/// A store with `n` cards installed (version 1).
+pub fn store_with_cards(dir: &Path, n: u64) -> Store {
+    let mut s = open(dir);
+    s.install_bundle(&full(1, n)[..], now(T0)).unwrap();
+    s
+}
+
+/// Deterministic reply bytes: the debug form of the decision.
+pub fn render(d: &Decision) -> Vec<u8> {
+    format!("{d:?}").into_bytes()
+}
+
+pub fn redeem(
+    s: &mut Store,
+    reader: &str,
+    txn: u64,
+    card: u64,
+    items: &[(u16, u64)],
+    at: i64,
+) -> Outcome {
+    let number = number(card);
+    let req = RedeemRequest {
+        reader_id: reader,
+        reader_txn_id: txn,
+        card_number: &number,
+        items,
+        identity: None,
+        cashier_id: "cashier-7",
+        menu_entry_version: None,
+    };
+    s.redeem(&req, now(at), render).unwrap()
+}
+
+pub fn approved(o: &Outcome) -> &redeemd::store::Approval {
+    match &o.decision {
+        Some(Decision::Redeemed(a)) => a,
+        other => panic!("expected an approval, got {other:?}"),
+    }
+}
+
+pub fn declined(o: &Outcome) -> redeemd::engine::DeclineReason {
+    match &o.decision {
+        Some(Decision::Declined(d)) => d.reason,
+        other => panic!("expected a decline, got {other:?}"),
+    }
+}
+
+pub fn journal_rows(s: &Store) -> i64 {
+    s.connection()
+        .query_row("SELECT count(*) FROM journal", [], |r| r.get(0))
+        .unwrap()
+}
