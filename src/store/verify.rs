@@ -196,16 +196,31 @@ pub fn cache(
             }
         };
         let what = format!("cache entry {}", hex::encode(&card));
-        let (Ok(card), Ok(version), Ok(body), Ok(mac)) = (
-            <[u8; 32]>::try_from(card.as_slice()).map(CardRef),
+        let Ok(card) = <[u8; 32]>::try_from(card.as_slice()).map(CardRef) else {
+            report
+                .findings
+                .push(Integrity::new(&what, "column card_ref: not 32 bytes"));
+            continue;
+        };
+        let (version, body, mac) = match (
             r.get::<_, i64>(1),
             r.get::<_, Vec<u8>>(2),
             r.get::<_, Vec<u8>>(3),
-        ) else {
-            report
-                .findings
-                .push(Integrity::new(&what, "a column has the wrong type or size"));
-            continue;
+        ) {
+            (Ok(v), Ok(b), Ok(m)) => (v, b, m),
+            (v, b, m) => {
+                let bad = [
+                    ("version", v.is_err()),
+                    ("body", b.is_err()),
+                    ("mac", m.is_err()),
+                ];
+                let cols: Vec<&str> = bad.iter().filter(|(_, e)| *e).map(|(c, _)| *c).collect();
+                report.findings.push(Integrity::new(
+                    &what,
+                    format!("column {}: wrong type (row edited)", cols.join(", ")),
+                ));
+                continue;
+            }
         };
         if version < 0
             || !verify_entry_mac(

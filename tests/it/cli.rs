@@ -1,1 +1,199 @@
-// placeholder
+//! The `redeemd` binary's store tools: exit codes, named findings, exports, reports.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use redeemd::store::DB_FILE;
+
+use crate::support::*;
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn key_file(dir: &Path, mode: u32) -> PathBuf {
+    let p = dir.join(format!("terminal-{mode:o}.key"));
+    std::fs::write(&p, format!("{SECRET_HEX}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    p
+}
+
+fn run(state: &Path, key: &Path, args: &[&str]) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_redeemd"))
+        .arg("--state-dir")
+        .arg(state)
+        .arg("--key-file")
+        .arg(key)
+        .args(args)
+        .env_remove("REDEEMD_STATE_DIR")
+        .env_remove("REDEEMD_KEY_FILE")
+        .output()
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    }
+}
+
+fn populated() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut s = store_with_cards(&state, 3);
+    approved(&redeem(&mut s, "r", 1, 0, &[(0, 2), (1, 1)], T0));
+    approved(&redeem(&mut s, "r", 2, 1, &[(0, 1)], T0 + HOUR));
+    drop(s);
+    (dir, state)
+}
+
+#[test]
+fn verify_passes_on_a_clean_store_and_names_the_row_on_tampering() {
+    let (dir, state) = populated();
+    let key = key_file(dir.path(), 0o600);
+    let r = run(&state, &key, &["journal", "verify"]);
+    assert_eq!(
+        (r.code, r.stdout.contains("3 rows checked: OK")),
+        (0, true),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    let r = run(&state, &key, &["cache", "verify"]);
+    assert_eq!(
+        (r.code, r.stdout.contains("3 entries checked: OK")),
+        (0, true),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    let conn = rusqlite::Connection::open(state.join(DB_FILE)).unwrap();
+    conn.execute_batch(
+        "DROP TRIGGER journal_append_only_update; UPDATE journal SET quantity = 5 WHERE seq = 2;",
+    )
+    .unwrap();
+    conn.execute(
+        "UPDATE cache_entry SET body = CAST(body || x'00' AS BLOB) WHERE card_ref = ?1",
+        [&card_ref(2).0[..]],
+    )
+    .unwrap();
+    drop(conn);
+    let r = run(&state, &key, &["journal", "verify"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains("FAIL journal seq 2: MAC mismatch"),
+        "{}",
+        r.stdout
+    );
+    let r = run(&state, &key, &["cache", "verify"]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stdout.contains(&format!(
+            "FAIL cache entry {}: MAC mismatch",
+            card_ref(2).to_hex()
+        )),
+        "{}",
+        r.stdout
+    );
+    // Export refuses to hand over a tampered row, naming it.
+    let r = run(&state, &key, &["journal", "export"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("journal seq 2"), "{}", r.stderr);
+}
+
+#[test]
+fn export_report_and_info() {
+    let (dir, state) = populated();
+    let key = key_file(dir.path(), 0o400);
+    let r = run(&state, &key, &["journal", "export"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let rows: Vec<serde_json::Value> = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0]["record_id"], "T-0001-1");
+    assert_eq!(rows[1]["service_code"], "WAX");
+    assert_eq!(rows[2]["card_ref"], card_ref(1).to_hex());
+    assert!(!r.stdout.contains(&number(0)));
+    let r = run(
+        &state,
+        &key,
+        &["journal", "export", "--format", "csv", "--from-seq", "2"],
+    );
+    assert_eq!(r.code, 0);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert!(lines[0].starts_with("record_id,seq,kind,auth_code"));
+    assert_eq!(lines.len(), 3);
+    // T0 is 2026-09-21 20:53 in China (UTC+8).
+    let r = run(&state, &key, &["report", "--date", "2026-09-21"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.lines().any(|l| l.starts_with("WASH")
+            && l.split_whitespace().collect::<Vec<_>>() == ["WASH", "精洗", "3", "0", "3", "9000"]),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.starts_with("TOTAL") && l.ends_with("17000")),
+        "{}",
+        r.stdout
+    );
+    let r = run(&state, &key, &["report", "--date", "2026-09-20"]);
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.starts_with("TOTAL") && l.ends_with(" 0")),
+        "{}",
+        r.stdout
+    );
+    let r = run(&state, &key, &["report", "--date", "2026-02-30"]);
+    assert_eq!(r.code, 2);
+    let r = run(&state, &key, &["cache", "info"]);
+    assert_eq!(r.code, 0);
+    assert!(
+        r.stdout.contains("version        1") && r.stdout.contains("journal head   seq 3"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[test]
+fn exit_codes_for_bad_keys_missing_state_and_refused_bundles() {
+    let (dir, state) = populated();
+    let loose = key_file(dir.path(), 0o644);
+    let r = run(&state, &loose, &["cache", "info"]);
+    assert_eq!(r.code, 77);
+    assert!(r.stderr.contains("mode 0644"), "{}", r.stderr);
+    let key = key_file(dir.path(), 0o600);
+    let r = run(&dir.path().join("nowhere"), &key, &["journal", "verify"]);
+    assert_eq!(r.code, 66, "{}", r.stderr);
+    let old = dir.path().join("old.bundle");
+    std::fs::write(&old, full(1, 3)).unwrap();
+    let r = run(&state, &key, &["cache", "install", old.to_str().unwrap()]);
+    assert_eq!(r.code, 65);
+    assert!(r.stderr.contains("rollback"), "{}", r.stderr);
+    let new = dir.path().join("new.bundle");
+    std::fs::write(&new, full(2, 4)).unwrap();
+    let r = run(&state, &key, &["cache", "install", new.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("installed version 2"));
+    let r = run(
+        &state,
+        &key,
+        &[
+            "cache",
+            "install",
+            dir.path().join("missing").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, 74);
+    std::fs::write(state.join(DB_FILE), b"garbage".repeat(1000)).unwrap();
+    let r = run(&state, &key, &["cache", "info"]);
+    assert_eq!(r.code, 65, "{}", r.stderr);
+}

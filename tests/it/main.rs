@@ -1,5 +1,10 @@
 //! Integration tests of the redeemd store: one test binary (see ARCHITECTURE.md).
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::too_many_lines, clippy::type_complexity)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    clippy::type_complexity
+)]
 
 mod cli;
 mod crash;
