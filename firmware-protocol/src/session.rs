@@ -932,7 +932,7 @@ impl<const N: usize> Core<N> {
         match (self.role, parsed) {
             (Role::Host, Ok(Message::Hello(hello))) => self.on_hello(now, &hello),
             (Role::Host, Err(_)) if code == MessageType::Hello.as_u8() => {
-                self.refuse(RejectReason::MALFORMED_HELLO, 0);
+                self.refuse(now, RejectReason::MALFORMED_HELLO, 0);
             }
             (Role::Reader, Ok(Message::HelloAck(ack))) => self.on_hello_ack(now, &ack),
             (Role::Reader, Ok(Message::HelloReject(reject))) => self.on_hello_reject(now, &reject),
@@ -943,7 +943,10 @@ impl<const N: usize> Core<N> {
         }
     }
 
-    fn refuse(&mut self, reason: RejectReason, boot_nonce: u64) {
+    /// Answers HELLO_REJECT. A refused HELLO on an established link means the reader restarted
+    /// (with firmware this host cannot talk to): the old link is over.
+    fn refuse(&mut self, now: Instant, reason: RejectReason, boot_nonce: u64) {
+        self.link_down(now, LinkDownReason::PeerRebooted);
         self.handshake_reply = Some(HandshakeReply::Reject(HelloReject {
             reason,
             host_version: self.config.version,
@@ -958,11 +961,11 @@ impl<const N: usize> Core<N> {
             ShortAscii::new(hello.firmware),
         ) else {
             // Unreachable: HELLO parsing enforces the same limits.
-            self.refuse(RejectReason::MALFORMED_HELLO, hello.boot_nonce);
+            self.refuse(now, RejectReason::MALFORMED_HELLO, hello.boot_nonce);
             return;
         };
         if hello.version.major != self.config.version.major {
-            self.refuse(RejectReason::INCOMPATIBLE_VERSION, hello.boot_nonce);
+            self.refuse(now, RejectReason::INCOMPATIBLE_VERSION, hello.boot_nonce);
             return;
         }
         let common = Encodings(hello.encodings.0 & self.config.encodings.0);
@@ -971,7 +974,7 @@ impl<const N: usize> Core<N> {
         } else if common.contains(TextEncoding::Gb18030) {
             TextEncoding::Gb18030
         } else {
-            self.refuse(RejectReason::NO_COMMON_ENCODING, hello.boot_nonce);
+            self.refuse(now, RejectReason::NO_COMMON_ENCODING, hello.boot_nonce);
             return;
         };
         let identity = ReaderIdentity {
