@@ -24,7 +24,8 @@ use firmware_protocol::{
 };
 
 const NONCE: u64 = 0x8F3A_5C21_07E4_B96D;
-const ENTRIES: [MenuEntry<'static>; 2] = [
+/// The menu of the fixtures, also used by the link tests.
+pub const ENTRIES: [MenuEntry<'static>; 2] = [
     MenuEntry {
         index: 0,
         title: Text::from_utf8("洗车 Car wash"),

@@ -7,10 +7,9 @@ use firmware_protocol::frame::{Decoder, Flags, Header, encode_frame};
 use firmware_protocol::session::MAX_QUEUED;
 use firmware_protocol::{
     Approved, Capabilities, CardMenu, CardPresented, Config, Display, Encodings, EntryMode,
-    ErrorCode, Hello, HostSession, Identity, IdentityCheck, InboundProblem, Instant,
-    LinkDownReason, List, MenuEntry, Message, MessageId, MessageType, PROTOCOL_VERSION, PeerChange,
-    Query, Redeem, RedeemItem, RejectReason, SendError, Text, TextEncoding, UsesLeft, Version,
-    WIRE_BUF_LEN,
+    ErrorCode, Hello, HostSession, Identity, InboundProblem, Instant, LinkDownReason, List,
+    Message, MessageId, MessageType, PROTOCOL_VERSION, PeerChange, Query, Redeem, RedeemItem,
+    RejectReason, SendError, Text, TextEncoding, UsesLeft, Version, WIRE_BUF_LEN,
 };
 
 use crate::sim::{Ev, Faults, Sim};
@@ -30,22 +29,7 @@ fn tagged_card_presented(txn_id: u32, tag: &str) -> Message<'_> {
     })
 }
 
-const ENTRIES: [MenuEntry<'static>; 2] = [
-    MenuEntry {
-        index: 0,
-        title: Text::from_utf8("洗车 Car wash"),
-        uses_left: 9,
-        expiry: None,
-        identity: IdentityCheck::None,
-    },
-    MenuEntry {
-        index: 1,
-        title: Text::from_utf8("换机油 Oil change"),
-        uses_left: 2,
-        expiry: None,
-        identity: IdentityCheck::PhoneLast4,
-    },
-];
+use crate::fixtures::ENTRIES;
 
 fn card_menu(txn_id: u32) -> Message<'static> {
     tagged_card_menu(txn_id, "6222 **** **** 3445")
@@ -647,15 +631,12 @@ impl RawReader {
     }
 
     fn bytes(&mut self, bytes: &[u8]) {
-        let now = Instant::from_millis(self.now);
-        let mut rest = bytes;
-        while !rest.is_empty() {
-            let n = self.host.handle_bytes(now, rest);
-            rest = &rest[n..];
-            while let Some(e) = self.host.poll_event() {
-                self.events.push(e.into());
-            }
-        }
+        feed!(
+            self.host,
+            Instant::from_millis(self.now),
+            bytes,
+            self.events
+        );
     }
 
     fn frame(header: Header, payload: &[u8]) -> Vec<u8> {

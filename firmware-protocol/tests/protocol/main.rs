@@ -2,8 +2,9 @@
 //! link, and bounded runs of the fuzz targets.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[macro_use]
+mod sim;
 mod fixtures;
 mod fuzz_smoke;
 mod link;
 mod props;
-mod sim;

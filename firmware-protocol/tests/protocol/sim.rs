@@ -12,6 +12,27 @@ use firmware_protocol::{
     WIRE_BUF_LEN,
 };
 
+/// Feeds `$bytes` to a session the way a driver must: `handle_bytes`, then drain `poll_event`
+/// into `$log` (a `Vec<Ev>`), until all bytes are consumed. Asserts that it never stalls.
+macro_rules! feed {
+    ($session:expr, $now:expr, $bytes:expr, $log:expr) => {{
+        let mut rest: &[u8] = $bytes;
+        while !rest.is_empty() {
+            let n = $session.handle_bytes($now, rest);
+            rest = &rest[n..];
+            let mut polled = 0;
+            while let Some(e) = $session.poll_event() {
+                $log.push(e.into());
+                polled += 1;
+            }
+            assert!(
+                n > 0 || polled > 0,
+                "handle_bytes stalled with nothing to poll"
+            );
+        }
+    }};
+}
+
 /// SplitMix64: small, deterministic, good enough for fault injection.
 #[derive(Clone, Debug)]
 pub struct Rng(u64);
@@ -190,33 +211,21 @@ impl Sim {
     }
 
     fn feed_host(&mut self, bytes: &[u8]) {
-        let now = Instant::from_millis(self.now);
-        let mut rest = bytes;
-        while !rest.is_empty() {
-            let n = self.host.handle_bytes(now, rest);
-            rest = &rest[n..];
-            let mut polled = 0;
-            while let Some(e) = self.host.poll_event() {
-                self.host_log.push(e.into());
-                polled += 1;
-            }
-            assert!(n > 0 || polled > 0, "host handle_bytes stalled");
-        }
+        feed!(
+            self.host,
+            Instant::from_millis(self.now),
+            bytes,
+            self.host_log
+        );
     }
 
     fn feed_reader(&mut self, bytes: &[u8]) {
-        let now = Instant::from_millis(self.now);
-        let mut rest = bytes;
-        while !rest.is_empty() {
-            let n = self.reader.handle_bytes(now, rest);
-            rest = &rest[n..];
-            let mut polled = 0;
-            while let Some(e) = self.reader.poll_event() {
-                self.reader_log.push(e.into());
-                polled += 1;
-            }
-            assert!(n > 0 || polled > 0, "reader handle_bytes stalled");
-        }
+        feed!(
+            self.reader,
+            Instant::from_millis(self.now),
+            bytes,
+            self.reader_log
+        );
     }
 
     /// Injects raw bytes towards the host, as if the reader (or noise) sent them.
