@@ -314,7 +314,7 @@ fn vectors() -> Vec<Vector> {
             "display",
             "DISPLAY txn 1042: 请稍候 / please wait",
             "reader shows the text and restarts its transaction timer",
-            header(ack, 2, 1, 0x43),
+            header(ack, 2, 2, 0x43),
             Message::Display(Display {
                 txn_id: 1042,
                 text: Text::from_utf8("请稍候 / please wait"),
@@ -337,7 +337,7 @@ fn vectors() -> Vec<Vector> {
             outcome: "reader shows the text",
             encoding: TextEncoding::Gb18030,
             frames: vec![(
-                header(ack, 2, 1, 0x43),
+                header(ack, 2, 2, 0x43),
                 payload(&Message::Display(Display {
                     txn_id: 1042,
                     text: Text::new(&PLEASE_WAIT_GBK),
@@ -461,7 +461,7 @@ fn vectors() -> Vec<Vector> {
         "malformed-invalid-utf8",
         "DISPLAY carrying GB18030 bytes on a UTF-8 link",
         "ACKed, answered with ERROR MALFORMED_MESSAGE",
-        header(ack, 2, 1, 0x43),
+        header(ack, 2, 2, 0x43),
         gbk_on_utf8,
         "DISPLAY.text: not valid Utf8 text",
     ));
