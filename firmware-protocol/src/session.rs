@@ -905,7 +905,7 @@ impl<const N: usize> Core<N> {
         self.push_event(Queued::Message(msg_type, self.reasm_len));
     }
 
-    /// Answers a refused message with ERROR and reports it.
+    /// Answers a refused message with ERROR (PROTOCOL.md §4.12) and reports it.
     fn reject(&mut self, code: u8, problem: InboundProblem) {
         let mut text = ErrorText {
             buf: [0; 128],
@@ -923,7 +923,8 @@ impl<const N: usize> Core<N> {
             offending_type: code,
             text: Text::new(text.buf.get(..text.len).unwrap_or_default()),
         });
-        let answered = self.enqueue(&reply).is_ok();
+        // An ERROR is never answered with an ERROR: two confused peers must not loop.
+        let answered = code != MessageType::Error.as_u8() && self.enqueue(&reply).is_ok();
         self.push_event(Queued::Rejected(code, problem, answered));
     }
 

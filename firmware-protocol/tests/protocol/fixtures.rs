@@ -561,12 +561,12 @@ impl Vector {
     }
 }
 
-fn fixture_dir() -> PathBuf {
+pub(crate) fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/protocol")
 }
 
 /// Hex tokens of a text, ignoring `#` comments and whitespace.
-fn hex_bytes(text: &str) -> Vec<u8> {
+pub(crate) fn hex_bytes(text: &str) -> Vec<u8> {
     text.lines()
         .map(|line| line.split('#').next().unwrap_or(""))
         .flat_map(str::split_whitespace)

@@ -594,14 +594,14 @@ fn send_refusals_are_explicit() {
 }
 
 /// A hand-driven reader for the bad-input tests: builds exact frames and reads the host's.
-struct RawReader {
-    host: HostSession,
-    now: u64,
-    events: Vec<Ev>,
+pub(crate) struct RawReader {
+    pub(crate) host: HostSession,
+    pub(crate) now: u64,
+    pub(crate) events: Vec<Ev>,
 }
 
 impl RawReader {
-    fn connected() -> Self {
+    pub(crate) fn connected() -> Self {
         let mut raw = RawReader {
             host: HostSession::new(Config::new(115_200)),
             now: 0,
@@ -630,7 +630,7 @@ impl RawReader {
         raw
     }
 
-    fn bytes(&mut self, bytes: &[u8]) {
+    pub(crate) fn bytes(&mut self, bytes: &[u8]) {
         feed!(
             self.host,
             Instant::from_millis(self.now),
@@ -639,20 +639,20 @@ impl RawReader {
         );
     }
 
-    fn frame(header: Header, payload: &[u8]) -> Vec<u8> {
+    pub(crate) fn frame(header: Header, payload: &[u8]) -> Vec<u8> {
         let mut out = vec![0u8; WIRE_BUF_LEN];
         let n = encode_frame(&header, payload, &mut out).unwrap();
         out.truncate(n);
         out
     }
 
-    fn send(&mut self, header: Header, message: &Message<'_>) {
+    pub(crate) fn send(&mut self, header: Header, message: &Message<'_>) {
         let mut payload = [0u8; 4096];
         let n = message.emit(&mut payload).unwrap();
         self.bytes(&Self::frame(header, &payload[..n]));
     }
 
-    fn data(&mut self, seq: u8, msg_type: u8, payload: &[u8]) {
+    pub(crate) fn data(&mut self, seq: u8, msg_type: u8, payload: &[u8]) {
         let header = Header {
             flags: Flags::empty(),
             seq,
@@ -663,7 +663,7 @@ impl RawReader {
     }
 
     /// Everything the host transmits now, decoded.
-    fn replies(&mut self) -> Vec<(Header, Vec<u8>)> {
+    pub(crate) fn replies(&mut self) -> Vec<(Header, Vec<u8>)> {
         let now = Instant::from_millis(self.now);
         let mut buf = [0u8; WIRE_BUF_LEN];
         let mut out = Vec::new();
@@ -682,7 +682,7 @@ impl RawReader {
         out
     }
 
-    fn ack(&mut self, ack: u8, flags: Flags) {
+    pub(crate) fn ack(&mut self, ack: u8, flags: Flags) {
         let header = Header {
             flags: Flags::ACK.with(flags),
             seq: 0,
@@ -693,7 +693,7 @@ impl RawReader {
     }
 }
 
-fn error_reply(replies: &[(Header, Vec<u8>)]) -> (ErrorCode, u8, String) {
+pub(crate) fn error_reply(replies: &[(Header, Vec<u8>)]) -> (ErrorCode, u8, String) {
     let (_, payload) = replies
         .iter()
         .find(|(h, _)| h.msg_type == MessageType::Error.as_u8())

@@ -4,6 +4,7 @@
 
 #[macro_use]
 mod sim;
+mod bad_input;
 mod fixtures;
 mod fuzz_smoke;
 mod link;
