@@ -75,7 +75,8 @@ pub struct Config {
     pub processing_margin: Duration,
     /// After HELLO_REJECT, wait this long before the next HELLO (T_REFUSED, 30 s).
     pub refused_retry: Duration,
-    /// Text encodings this end supports (the host picks UTF-8 first when the reader offers it).
+    /// Text encodings the host supports (it picks UTF-8 first when the reader offers it). A reader
+    /// announces the encodings of its [`ReaderIdentity`] instead.
     pub encodings: Encodings,
     /// Protocol version this end announces ([`PROTOCOL_VERSION`]; other values are for tests of
     /// version negotiation with future peers).

@@ -489,11 +489,18 @@ fn cobs_wire(decoded: &[u8]) -> Vec<u8> {
     out
 }
 
-/// COBS per Cheshire & Baker, written out here so the malformed vectors do not depend on the
-/// crate's encoder.
-fn cobs_encode(src: &[u8], dst: &mut [u8]) -> usize {
+/// COBS as PROTOCOL.md §3.4 gives it (Cheshire & Baker, with a full 254-byte block at the very end
+/// not followed by an empty one), written out here so that the malformed vectors do not depend on
+/// the crate's encoder, and so that the props test can check the crate against the spec.
+pub(crate) fn cobs_encode(src: &[u8], dst: &mut [u8]) -> usize {
     let (mut code_at, mut out, mut code) = (0, 1, 1u8);
     for &b in src {
+        if code == 0xFF {
+            dst[code_at] = 0xFF;
+            code_at = out;
+            out += 1;
+            code = 1;
+        }
         if b == 0 {
             dst[code_at] = code;
             code_at = out;
@@ -503,12 +510,6 @@ fn cobs_encode(src: &[u8], dst: &mut [u8]) -> usize {
             dst[out] = b;
             out += 1;
             code += 1;
-            if code == 0xFF {
-                dst[code_at] = code;
-                code_at = out;
-                out += 1;
-                code = 1;
-            }
         }
     }
     dst[code_at] = code;

@@ -230,6 +230,28 @@ proptest! {
         }
     }
 
+    /// The crate's frames are byte for byte what PROTOCOL.md §3 describes: header, payload, CRC-32
+    /// little-endian, COBS by the spec's reference encoder, 0x00. Payloads are biased towards long
+    /// zero-free runs, where COBS implementations differ.
+    #[test]
+    fn frames_match_the_spec_reference_encoder(flags: u8, seq: u8, ack: u8, msg_type: u8,
+            len in 0usize..=MAX_PAYLOAD, zero_every in prop_oneof![Just(0usize), 1usize..600], fill in 1u8..=255) {
+        let payload: Vec<u8> = (0..len).map(|i| if zero_every > 0 && i % zero_every == 0 { 0 } else { fill }).collect();
+        let header = Header { flags: Flags(flags), seq, ack, msg_type };
+        let mut buf = [0u8; WIRE_BUF_LEN];
+        let n = encode_frame(&header, &payload, &mut buf).unwrap();
+        let mut raw = vec![1u8, flags, seq, ack, msg_type];
+        raw.extend_from_slice(&(len as u16).to_le_bytes());
+        raw.extend_from_slice(&payload);
+        let crc = firmware_protocol::frame::FRAME_CRC.checksum(&raw);
+        raw.extend_from_slice(&crc.to_le_bytes());
+        let mut expected = vec![0u8; raw.len() + raw.len() / 254 + 2];
+        let m = crate::fixtures::cobs_encode(&raw, &mut expected);
+        expected.truncate(m);
+        expected.push(0);
+        prop_assert_eq!(&buf[..n], &expected[..]);
+    }
+
     /// Frames: any header and payload round-trip, split at any point of the byte stream.
     #[test]
     fn frame_round_trip(flags: u8, seq: u8, ack: u8, msg_type: u8, payload in proptest::collection::vec(any::<u8>(), 0..=MAX_PAYLOAD), split in 0usize..1100) {
@@ -247,4 +269,54 @@ proptest! {
         prop_assert_eq!(frame.header, header);
         prop_assert_eq!(frame.payload, &payload[..]);
     }
+}
+
+/// Every payload length with zero-free content: covers each alignment of COBS's 254-byte blocks
+/// against the end of the frame, where implementations disagree about a trailing empty block.
+#[test]
+fn frames_match_the_spec_reference_encoder_at_every_length() {
+    let mut tail_blocks = 0;
+    for len in 0..=MAX_PAYLOAD {
+        let payload = vec![0xAAu8; len];
+        let header = Header {
+            flags: Flags(0xFF),
+            seq: 0xFF,
+            ack: 0xFF,
+            msg_type: 0xFF,
+        };
+        let mut buf = [0u8; WIRE_BUF_LEN];
+        let n = encode_frame(&header, &payload, &mut buf).unwrap();
+        let mut raw = vec![1u8, 0xFF, 0xFF, 0xFF, 0xFF];
+        raw.extend_from_slice(&(len as u16).to_le_bytes());
+        raw.extend_from_slice(&payload);
+        let crc = firmware_protocol::frame::FRAME_CRC.checksum(&raw);
+        raw.extend_from_slice(&crc.to_le_bytes());
+        let mut expected = vec![0u8; raw.len() + raw.len() / 254 + 2];
+        let m = crate::fixtures::cobs_encode(&raw, &mut expected);
+        expected.truncate(m);
+        expected.push(0);
+        assert_eq!(&buf[..n], &expected[..], "payload length {len}");
+        // Count frames whose last COBS block is a full 0xFF block (the disputed case).
+        let last_zero = raw.iter().rposition(|b| *b == 0).map_or(0, |i| i + 1);
+        if (raw.len() - last_zero) % 254 == 0 && raw.len() > last_zero {
+            tail_blocks += 1;
+            // The other form (an empty block after it, as in the original paper) must decode too.
+            let mut other = buf[..n - 1].to_vec();
+            other.extend_from_slice(&[0x01, 0x00]);
+            let mut decoder: Decoder = Decoder::new();
+            let frame = decoder.push(&other).result.unwrap().unwrap();
+            assert_eq!(
+                frame.payload,
+                &payload[..],
+                "non-canonical form, length {len}"
+            );
+        }
+        let mut decoder: Decoder = Decoder::new();
+        let frame = decoder.push(&buf[..n]).result.unwrap().unwrap();
+        assert_eq!(frame.payload, &payload[..]);
+    }
+    assert!(
+        tail_blocks > 0,
+        "the disputed alignment was never exercised"
+    );
 }
