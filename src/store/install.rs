@@ -152,6 +152,10 @@ impl Store {
         self.reload().map_err(|f| match f {
             super::Fault::Integrity(i) => StoreError::Integrity(i),
             super::Fault::Sql(e) => StoreError::Sql(e),
+            super::Fault::Stale => StoreError::Integrity(super::Integrity::new(
+                "cache",
+                "entries newer than the installed manifest",
+            )),
         })?;
         Ok(InstallReport {
             manifest,

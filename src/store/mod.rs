@@ -35,7 +35,10 @@ use crate::engine::{
 };
 pub use install::InstallReport;
 pub use rows::Integrity;
-use rows::{JOURNAL_COLUMNS, TerminalRow, UsageRow, check_record, identity_mac, record_from_row};
+use rows::{
+    JOURNAL_BY_CARD, JOURNAL_FROM, JOURNAL_GROUP, JOURNAL_INSERT, TerminalRow, UsageRow,
+    check_record, identity_mac, record_from_row,
+};
 
 /// Name of the database file inside the state directory.
 pub const DB_FILE: &str = "redeemd.sqlite3";
@@ -220,6 +223,8 @@ pub struct JournalInfo {
 enum Fault {
     Integrity(Integrity),
     Sql(rusqlite::Error),
+    /// An entry is newer than the manifest in memory: another connection installed a cache; reload.
+    Stale,
 }
 
 impl From<rusqlite::Error> for Fault {
@@ -249,6 +254,8 @@ pub struct Store {
     offline_redemptions: u64,
     cache: Option<Manifest>,
     data_version: i64,
+    /// Boot time of the last `data_version` check by a menu.
+    checked_at_boot_ms: u64,
 }
 
 impl std::fmt::Debug for Store {
@@ -276,6 +283,14 @@ pub fn open_database(path: &Path) -> Result<Connection, StoreError> {
             )));
         }
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // Query-planner stability: without it the bundled SQLite (STAT4) marks bound parameters as
+        // plan-relevant and re-prepares the lookup statements on every new card reference (10× slower).
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+            true,
+        )?;
+        // 64 MiB of page cache: the hot part of a million-card cache and its journal index.
+        conn.pragma_update(None, "cache_size", -65_536)?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.set_prepared_statement_cache_capacity(64);
         // Touch the schema so that a file that is not a database fails here, by name.
@@ -370,10 +385,15 @@ impl Store {
             offline_redemptions: 0,
             cache: None,
             data_version: 0,
+            checked_at_boot_ms: 0,
         };
         store.init_terminal_row()?;
         store.reload().map_err(|f| match f {
             Fault::Integrity(i) => StoreError::Integrity(i),
+            Fault::Stale => StoreError::Integrity(Integrity::new(
+                "cache",
+                "entries newer than the installed manifest",
+            )),
             Fault::Sql(e) if is_corruption(&e) => StoreError::Corrupt {
                 path: store.path.clone(),
                 detail: e.to_string(),
@@ -423,7 +443,8 @@ impl Store {
     fn reload(&mut self) -> Result<(), Fault> {
         self.data_version = self
             .conn
-            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?;
         self.state = read_terminal_row(&self.conn, &self.keys)?;
         let head: Option<(i64, Vec<u8>)> = self
             .conn
@@ -464,15 +485,62 @@ impl Store {
         Ok(())
     }
 
+    /// Reloads if another connection committed since we last looked (`PRAGMA data_version` does not
+    /// change for this connection's own commits).
     fn refresh_if_changed(&mut self) -> Result<(), Fault> {
         let v: i64 = self
             .conn
-            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?;
         if v != self.data_version {
             self.reload()
         } else {
             Ok(())
         }
+    }
+
+    /// Runs a read-only decision step: after a refresh when forced or when a second of boot time has
+    /// passed since the last check (menus are frequent; an external install is noticed within a second,
+    /// or at once when a newer entry than the manifest in memory is met), retrying once after a reload.
+    fn decide<T>(
+        &mut self,
+        force_refresh: bool,
+        now: Now,
+        f: impl Fn(&Self) -> Result<T, Fault>,
+    ) -> Result<Result<T, Integrity>, StoreError> {
+        let due =
+            now.boot_ms < self.checked_at_boot_ms || now.boot_ms - self.checked_at_boot_ms >= 1000;
+        let mut refresh = force_refresh || due;
+        for _ in 0..2 {
+            if refresh {
+                self.checked_at_boot_ms = now.boot_ms;
+                match self.refresh_if_changed() {
+                    Ok(()) => {}
+                    Err(Fault::Integrity(i)) => return Ok(Err(i)),
+                    Err(Fault::Sql(e)) => return Err(e.into()),
+                    Err(Fault::Stale) => {}
+                }
+            }
+            // One read transaction around all the lookups: one shared lock and one WAL snapshot
+            // instead of one per statement (the locking syscalls were half the cost of a menu).
+            self.conn.prepare_cached("BEGIN")?.execute([])?;
+            let result = f(self);
+            self.conn.prepare_cached("COMMIT")?.execute([])?;
+            match result {
+                Ok(v) => return Ok(Ok(v)),
+                Err(Fault::Integrity(i)) => return Ok(Err(i)),
+                Err(Fault::Sql(e)) => return Err(e.into()),
+                Err(Fault::Stale) => {
+                    // Force a full reload on the retry.
+                    self.data_version = i64::MIN;
+                    refresh = true;
+                }
+            }
+        }
+        Ok(Err(Integrity::new(
+            "cache",
+            "entries newer than the installed manifest",
+        )))
     }
 
     pub fn config(&self) -> &StoreConfig {
@@ -541,23 +609,34 @@ impl Store {
     /// Loads and verifies a card's entry (MAC re-checked on every lookup) and its journal history
     /// (each row's MAC, and the whole against the card's MACed usage anchor).
     fn load_card(&self, card_ref: &CardRef, cache: &Manifest) -> Result<Option<LoadedCard>, Fault> {
-        let row: Option<(i64, Vec<u8>, Vec<u8>)> = self
+        let what = || format!("cache entry {}", card_ref.to_hex());
+        // One statement for the entry and the card's usage anchor.
+        type Row = (
+            i64,
+            Vec<u8>,
+            Vec<u8>,
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<Vec<u8>>,
+        );
+        let row: Option<Row> = self
             .conn
-            .prepare_cached("SELECT version, body, mac FROM cache_entry WHERE card_ref = ?1")?
-            .query_row([&card_ref.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .prepare_cached(
+                "SELECT e.version, e.body, e.mac, u.rows, u.last_seq, u.net_units, u.mac \
+                 FROM cache_entry e LEFT JOIN card_usage u ON u.card_ref = e.card_ref WHERE e.card_ref = ?1",
+            )?
+            .query_row([&card_ref.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))
             .optional()
             .map_err(|e| match e {
-                rusqlite::Error::InvalidColumnType(..)
-                | rusqlite::Error::IntegralValueOutOfRange(..) => Fault::Integrity(Integrity::new(
-                    format!("cache entry {}", card_ref.to_hex()),
-                    format!("bad column: {e}"),
-                )),
+                rusqlite::Error::InvalidColumnType(..) | rusqlite::Error::IntegralValueOutOfRange(..) => {
+                    Fault::Integrity(Integrity::new(what(), format!("bad column: {e}")))
+                }
                 e => Fault::Sql(e),
             })?;
-        let Some((version, body, mac)) = row else {
+        let Some((version, body, mac, rows, last_seq, net_units, usage_mac)) = row else {
             return Ok(None);
         };
-        let what = || format!("cache entry {}", card_ref.to_hex());
         let version =
             u64::try_from(version).map_err(|_| Integrity::new(what(), "negative version"))?;
         if !verify_entry_mac(
@@ -572,17 +651,38 @@ impl Store {
             return Err(Integrity::new(what(), "MAC mismatch (row edited)").into());
         }
         if version > cache.version {
-            return Err(Integrity::new(
-                what(),
-                format!(
-                    "version {version} is newer than the installed cache {}",
-                    cache.version
-                ),
-            )
-            .into());
+            return Err(Fault::Stale);
         }
         let card = Card::decode(&body).map_err(|e| Integrity::new(what(), format!("body: {e}")))?;
-        let history = self.load_history(card_ref)?;
+        let anchor = match (rows, last_seq, net_units, usage_mac) {
+            (None, None, None, None) => UsageRow::default(),
+            (Some(rows), Some(last_seq), Some(net_units), Some(mac)) => {
+                let u = UsageRow {
+                    rows: rows as u64,
+                    last_seq: last_seq as u64,
+                    net_units,
+                };
+                if rows < 0
+                    || last_seq < 0
+                    || !tags_equal(&u.mac(&self.keys.journal, card_ref), &mac)
+                {
+                    return Err(Integrity::new(
+                        format!("card usage {}", card_ref.to_hex()),
+                        "MAC mismatch (row edited)",
+                    )
+                    .into());
+                }
+                u
+            }
+            _ => {
+                return Err(Integrity::new(
+                    format!("card usage {}", card_ref.to_hex()),
+                    "NULL column (row edited)",
+                )
+                .into());
+            }
+        };
+        let history = self.load_history(card_ref, anchor)?;
         Ok(Some(LoadedCard {
             card,
             entry_version: version,
@@ -590,11 +690,14 @@ impl Store {
         }))
     }
 
-    /// A card's journal rows, each verified, checked against the card's usage anchor.
-    fn load_history(&self, card_ref: &CardRef) -> Result<Vec<JournalRecord>, Fault> {
-        let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {JOURNAL_COLUMNS} FROM journal WHERE card_ref = ?1 ORDER BY seq"
-        ))?;
+    /// A card's journal rows, each verified, checked against the card's usage anchor. Always queried,
+    /// even without an anchor, so that deleting the anchor alone cannot hide the card's usage.
+    fn load_history(
+        &self,
+        card_ref: &CardRef,
+        anchor: UsageRow,
+    ) -> Result<Vec<JournalRecord>, Fault> {
+        let mut stmt = self.conn.prepare_cached(JOURNAL_BY_CARD)?;
         let mut rows = stmt.query([&card_ref.0[..]])?;
         let mut history = Vec::new();
         while let Some(row) = rows.next()? {
@@ -602,7 +705,6 @@ impl Store {
             check_record(&rec, &mac, &record_id, &self.keys.journal)?;
             history.push(rec);
         }
-        let anchor = self.load_usage_row(card_ref)?;
         let implied = UsageRow::fold(&history);
         if anchor != implied {
             return Err(Integrity::new(
@@ -675,15 +777,15 @@ impl Store {
 
     /// The menu for a presented card: usable entries with uses left, or a decline.
     pub fn menu(&mut self, card_number: &str, now: Now) -> Result<MenuOutcome, StoreError> {
-        match self.menu_inner(card_number, now) {
-            Ok(o) => Ok(o),
-            Err(Fault::Integrity(i)) => Ok(MenuOutcome::Declined(integrity_decline(&i))),
-            Err(Fault::Sql(e)) => Err(e.into()),
-        }
+        Ok(
+            match self.decide(false, now, |s| s.menu_inner(card_number, now))? {
+                Ok(o) => o,
+                Err(i) => MenuOutcome::Declined(integrity_decline(&i)),
+            },
+        )
     }
 
-    fn menu_inner(&mut self, card_number: &str, now: Now) -> Result<MenuOutcome, Fault> {
-        self.refresh_if_changed()?;
+    fn menu_inner(&self, card_number: &str, now: Now) -> Result<MenuOutcome, Fault> {
         let declined = |reason| {
             Ok(MenuOutcome::Declined(Declined {
                 reason,
@@ -748,25 +850,19 @@ impl Store {
         now: Now,
         render: impl FnOnce(&Decision) -> Vec<u8>,
     ) -> Result<Outcome, StoreError> {
-        if let Err(Fault::Integrity(i)) = self.refresh_if_changed() {
-            return Ok(transient(integrity_decline(&i), render));
-        }
         let number = CardNumber::parse(req.card_number).ok();
         let card_ref = number.as_ref().map(|n| n.card_ref(&self.keys.card_token));
         let digest = request_digest_redeem(card_ref.as_ref(), req);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        if let Some(o) = replay(&tx, req.reader_id, req.reader_txn_id, &digest)? {
+        // The replay check needs no transaction: this connection is the only writer of outcomes, and
+        // the outcome's primary key would refuse a second row for the same id anyway.
+        if let Some(o) = replay(&self.conn, req.reader_id, req.reader_txn_id, &digest)? {
             return Ok(o);
         }
-        drop(tx);
-        let decided = self.decide_redeem(card_ref, req, now);
-        let (decision, write) = match decided {
-            Ok(v) => v,
-            Err(Fault::Integrity(i)) => return Ok(transient(integrity_decline(&i), render)),
-            Err(Fault::Sql(e)) => return Err(e.into()),
-        };
+        let (decision, write) =
+            match self.decide(true, now, |s| s.decide_redeem(card_ref, req, now))? {
+                Ok(v) => v,
+                Err(i) => return Ok(transient(integrity_decline(&i), render)),
+            };
         self.commit(
             req.reader_id,
             req.reader_txn_id,
@@ -912,9 +1008,6 @@ impl Store {
         now: Now,
         render: impl FnOnce(&Decision) -> Vec<u8>,
     ) -> Result<Outcome, StoreError> {
-        if let Err(Fault::Integrity(i)) = self.refresh_if_changed() {
-            return Ok(transient(integrity_decline(&i), render));
-        }
         let digest = {
             let mut h = Sha256::new();
             h.update(b"void\0");
@@ -923,17 +1016,12 @@ impl Store {
             h.update(req.cashier_id.as_bytes());
             h.finalize().to_vec()
         };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        if let Some(o) = replay(&tx, req.reader_id, req.reader_txn_id, &digest)? {
+        if let Some(o) = replay(&self.conn, req.reader_id, req.reader_txn_id, &digest)? {
             return Ok(o);
         }
-        drop(tx);
-        let (decision, write) = match self.decide_void(req, now) {
+        let (decision, write) = match self.decide(true, now, |s| s.decide_void(req, now))? {
             Ok(v) => v,
-            Err(Fault::Integrity(i)) => return Ok(transient(integrity_decline(&i), render)),
-            Err(Fault::Sql(e)) => return Err(e.into()),
+            Err(i) => return Ok(transient(integrity_decline(&i), render)),
         };
         self.commit(
             req.reader_id,
@@ -987,7 +1075,7 @@ impl Store {
         ) {
             return decline(reason);
         }
-        let history = self.load_history(&card_ref)?;
+        let history = self.load_history(&card_ref, self.load_usage_row(&card_ref)?)?;
         let first_seq = self.state.head_seq + 1;
         let code = auth_code(&self.keys.journal, &self.cfg.terminal_id, first_seq);
         let count = u16::try_from(originals.len()).unwrap_or(u16::MAX);
@@ -1065,9 +1153,7 @@ impl Store {
 
     /// The verified lines of the redemption group starting at `group` (empty if there is none).
     fn group_rows(&self, group: u64) -> Result<Vec<JournalRecord>, Fault> {
-        let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {JOURNAL_COLUMNS} FROM journal WHERE seq BETWEEN ?1 AND ?1 + ?2 AND group_seq = ?1 ORDER BY seq"
-        ))?;
+        let mut stmt = self.conn.prepare_cached(JOURNAL_GROUP)?;
         let mut rows = stmt.query(params![group as i64, engine::MAX_LINES as i64])?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
@@ -1133,9 +1219,6 @@ impl Store {
         if counts {
             self.offline_redemptions += 1;
         }
-        self.data_version = self
-            .conn
-            .query_row("PRAGMA data_version", [], |r| r.get(0))?;
         Ok(Outcome {
             reply,
             decision: Some(decision),
@@ -1163,6 +1246,10 @@ impl Store {
         self.reload().map_err(|f| match f {
             Fault::Integrity(i) => StoreError::Integrity(i),
             Fault::Sql(e) => StoreError::Sql(e),
+            Fault::Stale => StoreError::Integrity(Integrity::new(
+                "cache",
+                "entries newer than the installed manifest",
+            )),
         })
     }
 
@@ -1173,9 +1260,7 @@ impl Store {
         from_seq: u64,
         limit: usize,
     ) -> Result<Vec<(JournalRecord, Tag)>, StoreError> {
-        let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {JOURNAL_COLUMNS} FROM journal WHERE seq >= ?1 ORDER BY seq LIMIT ?2"
-        ))?;
+        let mut stmt = self.conn.prepare_cached(JOURNAL_FROM)?;
         let mut rows = stmt.query(params![from_seq as i64, limit as i64])?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
@@ -1253,6 +1338,10 @@ impl Store {
         self.reload().map_err(|f| match f {
             Fault::Integrity(i) => StoreError::Integrity(i),
             Fault::Sql(e) => StoreError::Sql(e),
+            Fault::Stale => StoreError::Integrity(Integrity::new(
+                "cache",
+                "entries newer than the installed manifest",
+            )),
         })?;
         Ok(n)
     }
@@ -1286,10 +1375,7 @@ fn append(
 ) -> rusqlite::Result<(TerminalRow, Option<u64>)> {
     let mut next = state.clone();
     let first = records.first().map(|r| r.seq);
-    let mut stmt = tx.prepare_cached(&format!(
-        "INSERT INTO journal ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
-        JOURNAL_COLUMNS.trim_end_matches(", typeof(seq)")
-    ))?;
+    let mut stmt = tx.prepare_cached(JOURNAL_INSERT)?;
     for mut rec in records {
         rec.seq = next.head_seq + 1;
         rec.prev_mac = next.head_mac;
@@ -1458,7 +1544,7 @@ fn request_digest_redeem(card_ref: Option<&CardRef>, req: &RedeemRequest<'_>) ->
 
 /// The stored outcome for (reader, txn), if any.
 fn replay(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     reader_id: &str,
     txn: u64,
     digest: &[u8],

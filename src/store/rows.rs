@@ -27,10 +27,37 @@ impl Integrity {
     }
 }
 
-/// Columns of `journal` in the order [`record_from_row`] reads them.
-pub const JOURNAL_COLUMNS: &str = "seq, record_id, kind, auth_code, merchant_id, card_ref, package_id, service_code, item_title, \
-     quantity, amount_fen, original_seq, group_seq, line, line_count, reader_id, reader_txn_id, cashier_id, wall_ms, \
-     boot_ms, cache_version, entry_version, prev_mac, mac, typeof(seq)";
+/// The journal column list, as a macro so that the SQL below is built at compile time.
+macro_rules! journal_columns {
+    () => {
+        "seq, record_id, kind, auth_code, merchant_id, card_ref, package_id, service_code, item_title, \
+         quantity, amount_fen, original_seq, group_seq, line, line_count, reader_id, reader_txn_id, cashier_id, \
+         wall_ms, boot_ms, cache_version, entry_version, prev_mac, mac"
+    };
+}
+
+/// Columns of `journal` in the order [`record_from_row`] reads them (plus the type of `seq`).
+pub const JOURNAL_COLUMNS: &str = concat!(journal_columns!(), ", typeof(seq)");
+pub const JOURNAL_BY_CARD: &str = concat!(
+    "SELECT ",
+    journal_columns!(),
+    ", typeof(seq) FROM journal WHERE card_ref = ?1 ORDER BY seq"
+);
+pub const JOURNAL_GROUP: &str = concat!(
+    "SELECT ",
+    journal_columns!(),
+    ", typeof(seq) FROM journal WHERE seq BETWEEN ?1 AND ?1 + ?2 AND group_seq = ?1 ORDER BY seq"
+);
+pub const JOURNAL_FROM: &str = concat!(
+    "SELECT ",
+    journal_columns!(),
+    ", typeof(seq) FROM journal WHERE seq >= ?1 ORDER BY seq LIMIT ?2"
+);
+pub const JOURNAL_INSERT: &str = concat!(
+    "INSERT INTO journal (",
+    journal_columns!(),
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)"
+);
 
 fn col<T: rusqlite::types::FromSql>(
     row: &Row<'_>,
