@@ -51,90 +51,139 @@ fn message_round_trip(msg_type: u8, payload: &[u8]) {
     }
 }
 
-/// Host-session target: the input is a script of (control byte, byte chunk) pairs fed to a host
-/// session; the control byte's low nibble advances the clock, its high nibble sizes the chunk. If
-/// the first byte is odd, the session first receives a valid HELLO, so that the fuzzer starts on a
-/// live link. The session answers every message with DECLINED, to drive the transmit path.
-/// Checks: no panic, `handle_bytes` always progresses once events are polled, the transmit queue
-/// stays bounded, `poll_transmit` terminates and writes bounded frames.
+/// Feeds a script to a session: (control byte, chunk) pairs; the control byte's low nibble advances
+/// the clock by 50 ms steps, its high nibble sizes the chunk. Every received message is answered
+/// with `$reply`, to drive the transmit path. Checks: no panic, `handle_bytes` always progresses
+/// once events are polled, the transmit queue stays bounded, `poll_transmit` terminates and
+/// writes bounded frames.
+macro_rules! run_script {
+    ($session:expr, $data:expr, $reply:expr) => {{
+        let mut now = 0u64;
+        let mut wire = [0u8; WIRE_BUF_LEN];
+        let mut rest: &[u8] = $data;
+        while let Some((&control, tail)) = rest.split_first() {
+            now += u64::from(control & 0x0F) * 50;
+            let chunk_len = usize::from(control >> 4) * 8 + 1;
+            let (chunk, tail) = tail.split_at(chunk_len.min(tail.len()));
+            rest = tail;
+            let now_i = Instant::from_millis(now);
+            let mut input = chunk;
+            let mut to_answer = 0;
+            while !input.is_empty() {
+                let n = $session.handle_bytes(now_i, input);
+                input = input.get(n..).unwrap_or_default();
+                let mut polled = 0;
+                while let Some(event) = $session.poll_event() {
+                    if let crate::Event::Message { .. } = event {
+                        to_answer += 1;
+                    }
+                    polled += 1;
+                }
+                assert!(
+                    n > 0 || polled > 0,
+                    "handle_bytes stalled with nothing to poll"
+                );
+            }
+            for _ in 0..to_answer {
+                let _ = $session.send(&$reply);
+            }
+            assert!($session.queued() <= crate::session::MAX_QUEUED);
+            $session.handle_timeout(now_i);
+            while $session.poll_event().is_some() {}
+            let mut frames = 0;
+            while let Some(n) = $session.poll_transmit(now_i, &mut wire) {
+                assert!(n <= WIRE_BUF_LEN);
+                frames += 1;
+                assert!(frames < 64, "poll_transmit never returns None");
+            }
+        }
+    }};
+}
+
+/// Host-session target: a script (see `run_script!`) into a host session. If the first byte is
+/// odd, the session first receives a valid HELLO, so that the fuzzer starts on a live link. Every
+/// message is answered with DECLINED.
 pub fn host_session(data: &[u8]) {
     let mut session = HostSession::new(Config::new(115_200));
-    let mut now = 0u64;
-    let mut wire = [0u8; WIRE_BUF_LEN];
     if data.first().is_some_and(|b| b & 1 == 1) {
-        let hello = canned_hello(&mut wire);
-        let mut rest = hello.as_slice();
+        let hello = Message::Hello(crate::Hello {
+            version: crate::PROTOCOL_VERSION,
+            max_payload: 1024,
+            capabilities: crate::Capabilities(0),
+            encodings: crate::Encodings::BOTH,
+            boot_nonce: 1,
+            serial: "FUZZ",
+            firmware: "1",
+        });
+        let (frame, len) = canned_frame(&hello);
+        let mut rest = frame.get(..len).unwrap_or_default();
         while !rest.is_empty() {
             let n = session.handle_bytes(Instant::ZERO, rest);
             rest = rest.get(n..).unwrap_or_default();
             while session.poll_event().is_some() {}
         }
     }
-    let mut rest = data;
-    while let Some((&control, tail)) = rest.split_first() {
-        now += u64::from(control & 0x0F) * 50;
-        let chunk_len = usize::from(control >> 4) * 8 + 1;
-        let (chunk, tail) = tail.split_at(chunk_len.min(tail.len()));
-        rest = tail;
-        let now_i = Instant::from_millis(now);
-        let mut input = chunk;
-        let mut to_answer = 0;
-        while !input.is_empty() {
-            let n = session.handle_bytes(now_i, input);
-            input = input.get(n..).unwrap_or_default();
-            let mut polled = 0;
-            while let Some(event) = session.poll_event() {
-                if let crate::Event::Message { .. } = event {
-                    to_answer += 1;
-                }
-                polled += 1;
-            }
-            assert!(
-                n > 0 || polled > 0,
-                "handle_bytes stalled with nothing to poll"
-            );
-        }
-        for _ in 0..to_answer {
-            let _ = session.send(&Message::Declined(crate::Declined {
-                txn_id: 1,
-                reason: crate::DeclineReason::OTHER,
-                text: crate::Text::from_utf8("fuzz"),
-            }));
-        }
-        assert!(session.queued() <= crate::session::MAX_QUEUED);
-        session.handle_timeout(now_i);
-        while session.poll_event().is_some() {}
-        let mut frames = 0;
-        while let Some(n) = session.poll_transmit(now_i, &mut wire) {
-            assert!(n <= WIRE_BUF_LEN);
-            frames += 1;
-            assert!(frames < 64, "poll_transmit never returns None");
-        }
-    }
+    let reply = Message::Declined(crate::Declined {
+        txn_id: 1,
+        reason: crate::DeclineReason::OTHER,
+        text: crate::Text::from_utf8("fuzz"),
+    });
+    run_script!(session, data, reply);
 }
 
-/// A valid HELLO frame on the wire (leading delimiter included).
-fn canned_hello(buf: &mut [u8; WIRE_BUF_LEN]) -> [u8; 64] {
-    let hello = Message::Hello(crate::Hello {
-        version: crate::PROTOCOL_VERSION,
-        max_payload: 1024,
+/// Reader-session target: the same, for the reader firmware's end. If the first byte is odd, the
+/// reader first sends its HELLO and receives the matching HELLO_ACK. Every message is answered
+/// with QUERY LAST.
+pub fn reader_session(data: &[u8]) {
+    const NONCE: u64 = 0x5EED;
+    let (Some(serial), Some(firmware)) = (
+        crate::ShortAscii::new("FUZZ-R"),
+        crate::ShortAscii::new("1"),
+    ) else {
+        return;
+    };
+    let identity = crate::ReaderIdentity {
+        serial,
+        firmware,
         capabilities: crate::Capabilities(0),
         encodings: crate::Encodings::BOTH,
-        boot_nonce: 1,
-        serial: "FUZZ",
-        firmware: "1",
-    });
+    };
+    let mut session = crate::ReaderSession::new(Config::new(115_200), identity, NONCE);
+    if data.first().is_some_and(|b| b & 1 == 1) {
+        let mut wire = [0u8; WIRE_BUF_LEN];
+        while session.poll_transmit(Instant::ZERO, &mut wire).is_some() {}
+        let ack = Message::HelloAck(crate::HelloAck {
+            version: crate::PROTOCOL_VERSION,
+            max_payload: 1024,
+            encoding: TextEncoding::Utf8,
+            host_flags: 0,
+            boot_nonce: NONCE,
+        });
+        let (frame, len) = canned_frame(&ack);
+        let mut rest = frame.get(..len).unwrap_or_default();
+        while !rest.is_empty() {
+            let n = session.handle_bytes(Instant::ZERO, rest);
+            rest = rest.get(n..).unwrap_or_default();
+            while session.poll_event().is_some() {}
+        }
+    }
+    run_script!(session, data, Message::Query(crate::Query::Last));
+}
+
+/// A handshake message as a frame on the wire: (bytes, length), leading delimiter included.
+fn canned_frame(message: &Message<'_>) -> ([u8; 96], usize) {
     let mut payload = [0u8; 64];
-    let len = hello.emit(&mut payload).unwrap_or_default();
+    let len = message.emit(&mut payload).unwrap_or_default();
     let header = crate::Header {
-        msg_type: crate::MessageType::Hello.as_u8(),
+        msg_type: message.message_type().as_u8(),
         ..crate::Header::default()
     };
-    let n = crate::frame::encode_frame(&header, payload.get(..len).unwrap_or_default(), buf)
+    let mut out = [0u8; 96];
+    let n = out
+        .get_mut(1..)
+        .and_then(|dst| {
+            crate::frame::encode_frame(&header, payload.get(..len).unwrap_or_default(), dst).ok()
+        })
         .unwrap_or_default();
-    let mut out = [0u8; 64];
-    if let (Some(dst), Some(src)) = (out.get_mut(1..=n), buf.get(..n)) {
-        dst.copy_from_slice(src);
-    }
-    out
+    (out, n + 1)
 }

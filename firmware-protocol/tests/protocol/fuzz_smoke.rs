@@ -86,3 +86,22 @@ fn host_session_target_on_corpus_and_random_inputs() {
         fuzzing::host_session(&script);
     }
 }
+
+#[test]
+fn reader_session_target_on_corpus_and_random_inputs() {
+    for input in inputs(4, 1_500) {
+        fuzzing::reader_session(&input);
+    }
+    // Live-link scripts: odd first byte (handshake done), then fixture frames.
+    let corpus = corpus();
+    let mut rng = Rng::new(5);
+    for _ in 0..500 {
+        let mut script = vec![0xF1u8];
+        for _ in 0..rng.below(6) {
+            let piece = &corpus[rng.below(corpus.len() as u64) as usize];
+            script.push(rng.next_u64() as u8);
+            script.extend(piece);
+        }
+        fuzzing::reader_session(&script);
+    }
+}

@@ -1,0 +1,7 @@
+//! A script of timed byte chunks into a reader session. Body shared with the test suite:
+//! `firmware_protocol::fuzzing::reader_session`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    firmware_protocol::fuzzing::reader_session(data);
+});
