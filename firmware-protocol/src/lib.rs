@@ -37,6 +37,8 @@ pub use message::{
     PROTOCOL_VERSION, ParseError, ParseErrorKind, Query, Redeem, RedeemItem, RejectReason, Reset,
     ResetReason, Role, Text, TextEncoding, UsesLeft, Version, Void, VoidReason,
 };
+#[cfg(feature = "std")]
+pub use session::OwnedEvent;
 pub use session::{
     Config, Event, HostSession, InboundProblem, LinkDownReason, LinkInfo, MessageId, PeerChange,
     ReaderIdentity, ReaderSession, SendError, ShortAscii, Stats,

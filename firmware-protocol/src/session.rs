@@ -1543,3 +1543,99 @@ impl<const N: usize> core::fmt::Debug for ReaderSession<N> {
             .finish_non_exhaustive()
     }
 }
+
+/// An [`Event`] that owns its data, for hosted callers that keep events beyond the next call
+/// into the session (e.g. send them to another task). `std` feature.
+#[cfg(any(test, feature = "std"))]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OwnedEvent {
+    /// See [`Event::LinkUp`].
+    LinkUp(LinkInfo),
+    /// See [`Event::LinkDown`].
+    LinkDown(LinkDownReason),
+    /// See [`Event::Unconfirmed`].
+    Unconfirmed {
+        /// From `send`.
+        id: MessageId,
+        /// Its type.
+        msg_type: MessageType,
+    },
+    /// See [`Event::Delivered`].
+    Delivered {
+        /// From `send`.
+        id: MessageId,
+        /// Its type.
+        msg_type: MessageType,
+    },
+    /// See [`Event::Message`].
+    Message {
+        /// Its type.
+        msg_type: MessageType,
+        /// The reassembled payload.
+        payload: std::vec::Vec<u8>,
+    },
+    /// See [`Event::MessageRejected`].
+    MessageRejected {
+        /// Type byte received.
+        msg_type: u8,
+        /// What was wrong.
+        problem: InboundProblem,
+        /// Whether an ERROR reply was queued.
+        answered: bool,
+    },
+    /// See [`Event::HandshakeRejected`].
+    HandshakeRejected(RejectReason),
+}
+
+#[cfg(any(test, feature = "std"))]
+impl From<Event<'_>> for OwnedEvent {
+    fn from(event: Event<'_>) -> Self {
+        match event {
+            Event::LinkUp(info) => OwnedEvent::LinkUp(*info),
+            Event::LinkDown(reason) => OwnedEvent::LinkDown(reason),
+            Event::Unconfirmed { id, msg_type } => OwnedEvent::Unconfirmed { id, msg_type },
+            Event::Delivered { id, msg_type } => OwnedEvent::Delivered { id, msg_type },
+            Event::Message { msg_type, payload } => OwnedEvent::Message {
+                msg_type,
+                payload: payload.to_vec(),
+            },
+            Event::MessageRejected {
+                msg_type,
+                problem,
+                answered,
+            } => OwnedEvent::MessageRejected {
+                msg_type,
+                problem,
+                answered,
+            },
+            Event::HandshakeRejected(reason) => OwnedEvent::HandshakeRejected(reason),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn owned_events_keep_the_payload() {
+        let event = Event::Message {
+            msg_type: MessageType::Query,
+            payload: &[0, 0, 0, 0],
+        };
+        assert_eq!(
+            OwnedEvent::from(event),
+            OwnedEvent::Message {
+                msg_type: MessageType::Query,
+                payload: std::vec![0, 0, 0, 0]
+            }
+        );
+    }
+
+    #[test]
+    fn wire_time_is_ten_bits_per_byte() {
+        assert_eq!(wire_time(1042, 115_200), Duration::from_micros(90_452));
+        assert_eq!(wire_time(14, 9_600), Duration::from_micros(14_584));
+    }
+}
