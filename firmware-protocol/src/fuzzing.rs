@@ -51,23 +51,30 @@ fn message_round_trip(msg_type: u8, payload: &[u8]) {
     }
 }
 
-/// Feeds a script to a session: (control byte, chunk) pairs; the control byte's low nibble advances
-/// the clock by 50 ms steps, its high nibble sizes the chunk. Every received message is answered
-/// with `$reply`, to drive the transmit path. Checks: no panic, `handle_bytes` always progresses
-/// once events are polled, the transmit queue stays bounded, `poll_transmit` terminates and
-/// writes bounded frames.
+/// Feeds a script to a session: (control byte, chunk) pairs. Control bits 0–3 advance the clock by
+/// 50 ms steps; bits 4–6 size the chunk (16 × n + 1 bytes); bit 7 turns the chunk into a frame with
+/// a valid CRC (`flags, seq, ack, type, len, payload…`), so that the fuzzer reaches the link and message
+/// logic instead of stopping at the CRC. Every received message is answered with `$reply`, to drive
+/// the transmit path. Checks: no panic, `handle_bytes` always progresses once events are polled,
+/// the transmit queue stays bounded, `poll_transmit` terminates and writes bounded frames.
 macro_rules! run_script {
     ($session:expr, $data:expr, $reply:expr) => {{
         let mut now = 0u64;
         let mut wire = [0u8; WIRE_BUF_LEN];
+        let mut delivered = 0usize;
         let mut rest: &[u8] = $data;
         while let Some((&control, tail)) = rest.split_first() {
             now += u64::from(control & 0x0F) * 50;
-            let chunk_len = usize::from(control >> 4) * 8 + 1;
+            let chunk_len = usize::from((control >> 4) & 0x07) * 16 + 1;
             let (chunk, tail) = tail.split_at(chunk_len.min(tail.len()));
             rest = tail;
             let now_i = Instant::from_millis(now);
-            let mut input = chunk;
+            let mut framed = [0u8; WIRE_BUF_LEN];
+            let mut input = if control & 0x80 != 0 {
+                as_frame(chunk, &mut framed)
+            } else {
+                chunk
+            };
             let mut to_answer = 0;
             while !input.is_empty() {
                 let n = $session.handle_bytes(now_i, input);
@@ -84,6 +91,7 @@ macro_rules! run_script {
                     "handle_bytes stalled with nothing to poll"
                 );
             }
+            delivered += to_answer;
             for _ in 0..to_answer {
                 let _ = $session.send(&$reply);
             }
@@ -97,13 +105,14 @@ macro_rules! run_script {
                 assert!(frames < 64, "poll_transmit never returns None");
             }
         }
+        delivered
     }};
 }
 
 /// Host-session target: a script (see `run_script!`) into a host session. If the first byte is
 /// odd, the session first receives a valid HELLO, so that the fuzzer starts on a live link. Every
-/// message is answered with DECLINED.
-pub fn host_session(data: &[u8]) {
+/// message is answered with DECLINED. Returns the number of messages delivered.
+pub fn host_session(data: &[u8]) -> usize {
     let mut session = HostSession::new(Config::new(115_200));
     if data.first().is_some_and(|b| b & 1 == 1) {
         let hello = Message::Hello(crate::Hello {
@@ -128,19 +137,19 @@ pub fn host_session(data: &[u8]) {
         reason: crate::DeclineReason::OTHER,
         text: crate::Text::from_utf8("fuzz"),
     });
-    run_script!(session, data, reply);
+    run_script!(session, data, reply)
 }
 
 /// Reader-session target: the same, for the reader firmware's end. If the first byte is odd, the
 /// reader first sends its HELLO and receives the matching HELLO_ACK. Every message is answered
-/// with QUERY LAST.
-pub fn reader_session(data: &[u8]) {
+/// with QUERY LAST. Returns the number of messages delivered.
+pub fn reader_session(data: &[u8]) -> usize {
     const NONCE: u64 = 0x5EED;
     let (Some(serial), Some(firmware)) = (
         crate::ShortAscii::new("FUZZ-R"),
         crate::ShortAscii::new("1"),
     ) else {
-        return;
+        return 0;
     };
     let identity = crate::ReaderIdentity {
         serial,
@@ -167,7 +176,7 @@ pub fn reader_session(data: &[u8]) {
             while session.poll_event().is_some() {}
         }
     }
-    run_script!(session, data, Message::Query(crate::Query::Last));
+    run_script!(session, data, Message::Query(crate::Query::Last))
 }
 
 /// A handshake message as a frame on the wire: (bytes, length), leading delimiter included.
@@ -186,4 +195,23 @@ fn canned_frame(message: &Message<'_>) -> ([u8; 96], usize) {
         })
         .unwrap_or_default();
     (out, n + 1)
+}
+
+/// `[flags, seq, ack, type, len, payload…]` as a valid frame on the wire (payload cut to `len`
+/// bytes if the chunk is longer), leading delimiter included.
+fn as_frame<'a>(chunk: &[u8], out: &'a mut [u8; WIRE_BUF_LEN]) -> &'a [u8] {
+    let field = |i: usize| chunk.get(i).copied().unwrap_or_default();
+    let header = crate::Header {
+        flags: crate::Flags(field(0)),
+        seq: field(1),
+        ack: field(2),
+        msg_type: field(3),
+    };
+    let body = chunk.get(5..).unwrap_or_default();
+    let payload = body.get(..usize::from(field(4))).unwrap_or(body);
+    let n = out
+        .get_mut(1..)
+        .and_then(|dst| crate::frame::encode_frame(&header, payload, dst).ok())
+        .unwrap_or_default();
+    out.get(..n + 1).unwrap_or_default()
 }

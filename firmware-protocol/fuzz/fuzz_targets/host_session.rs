@@ -3,5 +3,5 @@
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    firmware_protocol::fuzzing::host_session(data);
+    let _ = firmware_protocol::fuzzing::host_session(data);
 });
