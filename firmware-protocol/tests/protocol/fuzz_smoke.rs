@@ -158,7 +158,7 @@ fn session_targets_on_structured_frame_scripts() {
     // The scripts must get past the CRC, the handshake and the sequence check to be worth running.
     assert!(host_delivered > 50, "host delivered only {host_delivered}");
     assert!(
-        reader_delivered > 100,
+        reader_delivered > 50,
         "reader delivered only {reader_delivered}"
     );
 }
