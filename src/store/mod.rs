@@ -36,8 +36,8 @@ use crate::engine::{
 pub use install::InstallReport;
 pub use rows::Integrity;
 use rows::{
-    JOURNAL_BY_CARD, JOURNAL_FROM, JOURNAL_GROUP, JOURNAL_INSERT, TerminalRow, UsageRow,
-    check_record, identity_mac, record_from_row,
+    JOURNAL_FROM, JOURNAL_GROUP, JOURNAL_INSERT, TerminalRow, UsageRow, check_record,
+    decode_history, encode_history, identity_mac, record_from_row,
 };
 
 /// Name of the database file inside the state directory.
@@ -243,6 +243,9 @@ struct LoadedCard {
     card: Card,
     entry_version: u64,
     history: Vec<JournalRecord>,
+    /// The card's usage anchor and history blob as stored, to extend on commit.
+    usage: UsageRow,
+    history_blob: Vec<u8>,
 }
 
 pub struct Store {
@@ -521,11 +524,9 @@ impl Store {
                     Err(Fault::Stale) => {}
                 }
             }
-            // One read transaction around all the lookups: one shared lock and one WAL snapshot
-            // instead of one per statement (the locking syscalls were half the cost of a menu).
-            self.conn.prepare_cached("BEGIN")?.execute([])?;
+            // No explicit read transaction: a menu is one statement (entry and usage joined), and
+            // BEGIN/COMMIT around it cost more than they saved.
             let result = f(self);
-            self.conn.prepare_cached("COMMIT")?.execute([])?;
             match result {
                 Ok(v) => return Ok(Ok(v)),
                 Err(Fault::Integrity(i)) => return Ok(Err(i)),
@@ -606,11 +607,10 @@ impl Store {
         }
     }
 
-    /// Loads and verifies a card's entry (MAC re-checked on every lookup) and its journal history
-    /// (each row's MAC, and the whole against the card's MACed usage anchor).
+    /// Loads and verifies a card's entry (MAC re-checked on every lookup) and its history (the card's
+    /// journal records kept with its MACed usage anchor), in one statement: two B-tree probes.
     fn load_card(&self, card_ref: &CardRef, cache: &Manifest) -> Result<Option<LoadedCard>, Fault> {
         let what = || format!("cache entry {}", card_ref.to_hex());
-        // One statement for the entry and the card's usage anchor.
         type Row = (
             i64,
             Vec<u8>,
@@ -619,14 +619,17 @@ impl Store {
             Option<i64>,
             Option<i64>,
             Option<Vec<u8>>,
+            Option<Vec<u8>>,
         );
         let row: Option<Row> = self
             .conn
             .prepare_cached(
-                "SELECT e.version, e.body, e.mac, u.rows, u.last_seq, u.net_units, u.mac \
+                "SELECT e.version, e.body, e.mac, u.rows, u.last_seq, u.net_units, u.history, u.mac \
                  FROM cache_entry e LEFT JOIN card_usage u ON u.card_ref = e.card_ref WHERE e.card_ref = ?1",
             )?
-            .query_row([&card_ref.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))
+            .query_row([&card_ref.0[..]], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?))
+            })
             .optional()
             .map_err(|e| match e {
                 rusqlite::Error::InvalidColumnType(..) | rusqlite::Error::IntegralValueOutOfRange(..) => {
@@ -634,7 +637,7 @@ impl Store {
                 }
                 e => Fault::Sql(e),
             })?;
-        let Some((version, body, mac, rows, last_seq, net_units, usage_mac)) = row else {
+        let Some((version, body, mac, rows, last_seq, net_units, history, usage_mac)) = row else {
             return Ok(None);
         };
         let version =
@@ -654,100 +657,84 @@ impl Store {
             return Err(Fault::Stale);
         }
         let card = Card::decode(&body).map_err(|e| Integrity::new(what(), format!("body: {e}")))?;
-        let anchor = match (rows, last_seq, net_units, usage_mac) {
-            (None, None, None, None) => UsageRow::default(),
-            (Some(rows), Some(last_seq), Some(net_units), Some(mac)) => {
-                let u = UsageRow {
-                    rows: rows as u64,
-                    last_seq: last_seq as u64,
-                    net_units,
-                };
-                if rows < 0
-                    || last_seq < 0
-                    || !tags_equal(&u.mac(&self.keys.journal, card_ref), &mac)
-                {
-                    return Err(Integrity::new(
-                        format!("card usage {}", card_ref.to_hex()),
-                        "MAC mismatch (row edited)",
-                    )
-                    .into());
-                }
-                u
-            }
-            _ => {
-                return Err(Integrity::new(
-                    format!("card usage {}", card_ref.to_hex()),
-                    "NULL column (row edited)",
-                )
-                .into());
-            }
-        };
-        let history = self.load_history(card_ref, anchor)?;
+        let (usage, history, history_blob) =
+            self.check_usage(card_ref, (rows, last_seq, net_units, history, usage_mac))?;
         Ok(Some(LoadedCard {
             card,
             entry_version: version,
             history,
+            usage,
+            history_blob,
         }))
     }
 
-    /// A card's journal rows, each verified, checked against the card's usage anchor. Always queried,
-    /// even without an anchor, so that deleting the anchor alone cannot hide the card's usage.
-    fn load_history(
+    /// Verifies a card's usage row (anchor MAC, every history record's MAC, anchor = fold of history).
+    /// No row means no local usage.
+    #[allow(clippy::type_complexity)]
+    fn check_usage(
         &self,
         card_ref: &CardRef,
-        anchor: UsageRow,
-    ) -> Result<Vec<JournalRecord>, Fault> {
-        let mut stmt = self.conn.prepare_cached(JOURNAL_BY_CARD)?;
-        let mut rows = stmt.query([&card_ref.0[..]])?;
-        let mut history = Vec::new();
-        while let Some(row) = rows.next()? {
-            let (rec, mac, record_id) = record_from_row(row, &self.cfg.terminal_id)?;
-            check_record(&rec, &mac, &record_id, &self.keys.journal)?;
-            history.push(rec);
-        }
-        let implied = UsageRow::fold(&history);
-        if anchor != implied {
-            return Err(Integrity::new(
-                format!("card usage {}", card_ref.to_hex()),
-                format!(
-                    "journal holds {} rows (last seq {}, net {}) but the usage anchor says {} rows (last seq {}, net {}): journal rows removed or edited",
-                    implied.rows, implied.last_seq, implied.net_units, anchor.rows, anchor.last_seq, anchor.net_units
-                ),
-            )
-            .into());
-        }
-        Ok(history)
-    }
-
-    fn load_usage_row(&self, card_ref: &CardRef) -> Result<UsageRow, Fault> {
+        row: (
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<Vec<u8>>,
+            Option<Vec<u8>>,
+        ),
+    ) -> Result<(UsageRow, Vec<JournalRecord>, Vec<u8>), Fault> {
         let what = || format!("card usage {}", card_ref.to_hex());
-        let row: Option<(i64, i64, i64, Vec<u8>)> = self
-            .conn
-            .prepare_cached(
-                "SELECT rows, last_seq, net_units, mac FROM card_usage WHERE card_ref = ?1",
-            )?
-            .query_row([&card_ref.0[..]], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })
-            .optional()
-            .map_err(|e| match e {
-                rusqlite::Error::InvalidColumnType(..) => {
-                    Fault::Integrity(Integrity::new(what(), e.to_string()))
-                }
-                e => Fault::Sql(e),
-            })?;
-        let Some((rows, last_seq, net_units, mac)) = row else {
-            return Ok(UsageRow::default());
+        let (Some(rows), Some(last_seq), Some(net_units), Some(blob), Some(mac)) = row else {
+            return match row {
+                (None, None, None, None, None) => Ok((UsageRow::default(), Vec::new(), Vec::new())),
+                _ => Err(Integrity::new(what(), "NULL column (row edited)").into()),
+            };
         };
         let u = UsageRow {
             rows: rows as u64,
             last_seq: last_seq as u64,
             net_units,
         };
-        if rows < 0 || last_seq < 0 || !tags_equal(&u.mac(&self.keys.journal, card_ref), &mac) {
+        if rows < 0
+            || last_seq < 0
+            || !tags_equal(&u.mac(&self.keys.journal, card_ref, &blob), &mac)
+        {
             return Err(Integrity::new(what(), "MAC mismatch (row edited)").into());
         }
-        Ok(u)
+        let history = decode_history(&blob, card_ref, &self.cfg.terminal_id, &self.keys.journal)?;
+        let implied = UsageRow::fold(&history);
+        if implied != u {
+            return Err(Integrity::new(
+                what(),
+                format!("history implies {implied:?}, anchor says {u:?}"),
+            )
+            .into());
+        }
+        Ok((u, history, blob))
+    }
+
+    fn load_usage(
+        &self,
+        card_ref: &CardRef,
+    ) -> Result<(UsageRow, Vec<JournalRecord>, Vec<u8>), Fault> {
+        type Row = (
+            Option<i64>,
+            Option<i64>,
+            Option<i64>,
+            Option<Vec<u8>>,
+            Option<Vec<u8>>,
+        );
+        let row: Option<Row> = self
+            .conn
+            .prepare_cached("SELECT rows, last_seq, net_units, history, mac FROM card_usage WHERE card_ref = ?1")?
+            .query_row([&card_ref.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .optional()
+            .map_err(|e| match e {
+                rusqlite::Error::InvalidColumnType(..) => {
+                    Fault::Integrity(Integrity::new(format!("card usage {}", card_ref.to_hex()), e.to_string()))
+                }
+                e => Fault::Sql(e),
+            })?;
+        self.check_usage(card_ref, row.unwrap_or((None, None, None, None, None)))
     }
 
     fn load_identity_state(&self, card_ref: &CardRef) -> Result<IdentityState, Fault> {
@@ -978,7 +965,7 @@ impl Store {
                         prev_mac: [0; 32],
                     })
                     .collect();
-                let usage = next_usage(&loaded.history, &records);
+                let usage = (card_ref, loaded.usage, loaded.history_blob.clone());
                 let approval = Approval {
                     auth_code: code,
                     first_seq: group,
@@ -991,7 +978,7 @@ impl Store {
                     Decision::Redeemed(approval),
                     Some(Write {
                         records,
-                        usage: Some((card_ref, usage)),
+                        usage: Some(usage),
                         identity: identity_write,
                         counts_as_redemption: true,
                     }),
@@ -1075,7 +1062,7 @@ impl Store {
         ) {
             return decline(reason);
         }
-        let history = self.load_history(&card_ref, self.load_usage_row(&card_ref)?)?;
+        let (old_usage, history, history_blob) = self.load_usage(&card_ref)?;
         let first_seq = self.state.head_seq + 1;
         let code = auth_code(&self.keys.journal, &self.cfg.terminal_id, first_seq);
         let count = u16::try_from(originals.len()).unwrap_or(u16::MAX);
@@ -1101,7 +1088,7 @@ impl Store {
                 ..o.clone()
             })
             .collect();
-        let usage = next_usage(&history, &records);
+        let usage = (card_ref, old_usage, history_blob);
         // Uses left after the void, if the card is still cached.
         let cached = match &self.cache {
             Some(cache) => self.load_card(&card_ref, cache)?,
@@ -1144,7 +1131,7 @@ impl Store {
             Decision::Voided(approval),
             Some(Write {
                 records,
-                usage: Some((card_ref, usage)),
+                usage: Some(usage),
                 identity: None,
                 counts_as_redemption: false,
             }),
@@ -1194,12 +1181,11 @@ impl Store {
         let mut first_seq = None;
         let mut counts = false;
         if let Some(w) = write {
-            let (state, first) = append(&tx, &self.keys, &self.state, w.records, now)?;
+            let (state, first, written) = append(&tx, &self.keys, &self.state, w.records, now)?;
             next_state = state;
             first_seq = first;
-            if let Some((card, usage)) = w.usage {
-                tx.prepare_cached("INSERT OR REPLACE INTO card_usage (card_ref, rows, last_seq, net_units, mac) VALUES (?1, ?2, ?3, ?4, ?5)")?
-                    .execute(params![&card.0[..], usage.rows as i64, usage.last_seq as i64, usage.net_units, &usage.mac(&self.keys.journal, &card)[..]])?;
+            if let Some((card, usage, blob)) = w.usage {
+                write_usage(&tx, &self.keys, &card, usage, blob, &written)?;
             }
             if let Some((card, s)) = w.identity {
                 tx.prepare_cached("INSERT OR REPLACE INTO identity_attempt (card_ref, failures, locked_until_ms, mac) VALUES (?1, ?2, ?3, ?4)")?
@@ -1313,24 +1299,25 @@ impl Store {
             };
             let prev: Option<(i64, i64, i64, Vec<u8>)> = tx
                 .prepare_cached(
-                    "SELECT rows, last_seq, net_units, mac FROM card_usage WHERE card_ref = ?1",
+                    "SELECT rows, last_seq, net_units, history FROM card_usage WHERE card_ref = ?1",
                 )?
                 .query_row([&card_ref.0[..]], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
                 })
                 .optional()?;
-            let mut usage = prev.map_or(UsageRow::default(), |(r, l, u, _)| UsageRow {
-                rows: r as u64,
-                last_seq: l as u64,
-                net_units: u,
+            let (usage, blob) = prev.map_or((UsageRow::default(), Vec::new()), |(r, l, u, h)| {
+                (
+                    UsageRow {
+                        rows: r as u64,
+                        last_seq: l as u64,
+                        net_units: u,
+                    },
+                    h,
+                )
             });
-            usage.rows += 1;
-            usage.last_seq = seq;
-            usage.net_units += i64::from(quantity);
-            let (next, _) = append(&tx, &self.keys, &state, vec![rec], now)?;
+            let (next, _, written) = append(&tx, &self.keys, &state, vec![rec], now)?;
             state = next;
-            tx.prepare_cached("INSERT OR REPLACE INTO card_usage (card_ref, rows, last_seq, net_units, mac) VALUES (?1, ?2, ?3, ?4, ?5)")?
-                .execute(params![&card_ref.0[..], usage.rows as i64, usage.last_seq as i64, usage.net_units, &usage.mac(&self.keys.journal, &card_ref)[..]])?;
+            write_usage(&tx, &self.keys, &card_ref, usage, blob, &written)?;
             n += 1;
         }
         tx.commit()?;
@@ -1350,18 +1337,10 @@ impl Store {
 /// What a decision writes besides its outcome row.
 struct Write {
     records: Vec<JournalRecord>,
-    usage: Option<(CardRef, UsageRow)>,
+    /// The card whose usage row to extend: its anchor and history blob as loaded.
+    usage: Option<(CardRef, UsageRow, Vec<u8>)>,
     identity: Option<(CardRef, IdentityState)>,
     counts_as_redemption: bool,
-}
-
-fn next_usage(history: &[JournalRecord], new: &[JournalRecord]) -> UsageRow {
-    let mut u = UsageRow::fold(history);
-    let add = UsageRow::fold(new);
-    u.rows += add.rows;
-    u.last_seq = u.last_seq.max(add.last_seq);
-    u.net_units += add.net_units;
-    u
 }
 
 /// Chains and inserts `records` (seqs already assigned from `state.head_seq + 1`), and writes the new
@@ -1372,9 +1351,10 @@ fn append(
     state: &TerminalRow,
     records: Vec<JournalRecord>,
     now: Now,
-) -> rusqlite::Result<(TerminalRow, Option<u64>)> {
+) -> rusqlite::Result<Appended> {
     let mut next = state.clone();
     let first = records.first().map(|r| r.seq);
+    let mut written = Vec::with_capacity(records.len());
     let mut stmt = tx.prepare_cached(JOURNAL_INSERT)?;
     for mut rec in records {
         rec.seq = next.head_seq + 1;
@@ -1408,12 +1388,46 @@ fn append(
         ])?;
         next.head_seq = rec.seq;
         next.head_mac = mac;
+        written.push((rec, mac));
     }
     if first.is_some() {
         next.last_trusted_wall_ms = next.last_trusted_wall_ms.max(now.wall_ms);
         write_terminal_row(tx, &next, keys)?;
     }
-    Ok((next, first))
+    Ok((next, first, written))
+}
+
+/// The chain head after an append, the first seq written, and the records with their MACs.
+type Appended = (TerminalRow, Option<u64>, Vec<(JournalRecord, Tag)>);
+
+/// Extends a card's usage row with newly written records, in the caller's transaction.
+fn write_usage(
+    tx: &Transaction<'_>,
+    keys: &TerminalKeys,
+    card: &CardRef,
+    mut usage: UsageRow,
+    mut blob: Vec<u8>,
+    written: &[(JournalRecord, Tag)],
+) -> rusqlite::Result<()> {
+    for (rec, mac) in written.iter().filter(|(r, _)| r.card_ref == *card) {
+        encode_history(&mut blob, rec, mac);
+        let add = UsageRow::fold(std::slice::from_ref(rec));
+        usage.rows += add.rows;
+        usage.last_seq = usage.last_seq.max(add.last_seq);
+        usage.net_units += add.net_units;
+    }
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO card_usage (card_ref, rows, last_seq, net_units, history, mac) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        &card.0[..],
+        usage.rows as i64,
+        usage.last_seq as i64,
+        usage.net_units,
+        &blob,
+        &usage.mac(&keys.journal, card, &blob)[..]
+    ])?;
+    Ok(())
 }
 
 pub(crate) fn write_terminal_row(

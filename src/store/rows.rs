@@ -38,11 +38,6 @@ macro_rules! journal_columns {
 
 /// Columns of `journal` in the order [`record_from_row`] reads them (plus the type of `seq`).
 pub const JOURNAL_COLUMNS: &str = concat!(journal_columns!(), ", typeof(seq)");
-pub const JOURNAL_BY_CARD: &str = concat!(
-    "SELECT ",
-    journal_columns!(),
-    ", typeof(seq) FROM journal WHERE card_ref = ?1 ORDER BY seq"
-);
 pub const JOURNAL_GROUP: &str = concat!(
     "SELECT ",
     journal_columns!(),
@@ -207,13 +202,17 @@ pub struct UsageRow {
 }
 
 impl UsageRow {
-    pub fn mac(&self, journal_key: &MacKey, card: &CardRef) -> Tag {
+    /// MAC over the anchor and a hash of the card's history blob (see [`encode_history`]).
+    pub fn mac(&self, journal_key: &MacKey, card: &CardRef, history: &[u8]) -> Tag {
+        use sha2::Digest;
+        let digest: [u8; 32] = sha2::Sha256::digest(history).into();
         journal_key.mac(&[
-            b"redeemd/card-usage/v1",
+            b"redeemd/card-usage/v2",
             &card.0,
             &self.rows.to_be_bytes(),
             &self.last_seq.to_be_bytes(),
             &self.net_units.to_be_bytes(),
+            &digest,
         ])
     }
 
@@ -231,6 +230,54 @@ impl UsageRow {
         }
         u
     }
+}
+
+/// Appends one record to a card's history blob: `u32 length ‖ canonical record ‖ mac`.
+///
+/// The blob is a copy of the card's journal records kept next to its usage anchor, written in the same
+/// transaction as the journal rows, so that a lookup reads one row instead of probing the journal.
+pub fn encode_history(out: &mut Vec<u8>, rec: &JournalRecord, mac: &Tag) {
+    let bytes = rec.encode();
+    out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
+    out.extend_from_slice(&bytes);
+    out.extend_from_slice(mac);
+}
+
+/// Parses and verifies a card's history blob: every record's MAC, card, terminal and ascending seq.
+pub fn decode_history(
+    blob: &[u8],
+    card: &CardRef,
+    terminal_id: &str,
+    journal_key: &MacKey,
+) -> Result<Vec<JournalRecord>, Integrity> {
+    let what = || format!("card usage {}", card.to_hex());
+    let mut out: Vec<JournalRecord> = Vec::new();
+    let mut rest = blob;
+    while !rest.is_empty() {
+        let bad = |reason: &str| {
+            Integrity::new(what(), format!("history record {}: {reason}", out.len()))
+        };
+        if rest.len() < 4 {
+            return Err(bad("truncated"));
+        }
+        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        if rest.len() < 4 + len + 32 {
+            return Err(bad("truncated"));
+        }
+        let rec = JournalRecord::decode(&rest[4..4 + len]).map_err(|e| bad(&e.to_string()))?;
+        if !rec.verify_mac(journal_key, &rest[4 + len..4 + len + 32]) {
+            return Err(bad("MAC mismatch (edited)"));
+        }
+        if rec.card_ref != *card
+            || rec.terminal_id != terminal_id
+            || out.last().is_some_and(|p| p.seq >= rec.seq)
+        {
+            return Err(bad("belongs to another card or terminal, or out of order"));
+        }
+        out.push(rec);
+        rest = &rest[4 + len + 32..];
+    }
+    Ok(out)
 }
 
 pub fn identity_mac(journal_key: &MacKey, card: &CardRef, s: &IdentityState) -> Tag {

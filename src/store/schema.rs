@@ -85,7 +85,8 @@ CREATE TABLE card_usage (
     rows      INTEGER NOT NULL,              -- journal rows of this card
     last_seq  INTEGER NOT NULL,              -- the latest of them
     net_units INTEGER NOT NULL,              -- redeemed minus voided quantity, all time
-    mac       BLOB NOT NULL
+    history   BLOB NOT NULL,                 -- copies of the card's journal records (record ‖ MAC each)
+    mac       BLOB NOT NULL                  -- HMAC over the above, history by SHA-256
 ) WITHOUT ROWID;
 ";
 

@@ -8,7 +8,9 @@ use redeemd_contract::model::{Card, CardRef};
 use redeemd_contract::snapshot::{EntryOp, Manifest, verify_entry_mac};
 use rusqlite::{Connection, OptionalExtension};
 
-use super::rows::{Integrity, JOURNAL_COLUMNS, UsageRow, check_record, record_from_row};
+use super::rows::{
+    Integrity, JOURNAL_COLUMNS, UsageRow, check_record, decode_history, record_from_row,
+};
 
 /// Result of a verification: how many rows were checked and what failed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -104,7 +106,7 @@ pub fn journal(conn: &Connection, keys: &TerminalKeys) -> Result<VerifyReport, r
     }
     // Usage anchors against the fold of the journal.
     let mut anchors =
-        conn.prepare("SELECT card_ref, rows, last_seq, net_units, mac FROM card_usage")?;
+        conn.prepare("SELECT card_ref, rows, last_seq, net_units, history, mac FROM card_usage")?;
     let mut arows = anchors.query([])?;
     let mut seen = std::collections::BTreeSet::new();
     while let Some(r) = arows.next()? {
@@ -117,24 +119,46 @@ pub fn journal(conn: &Connection, keys: &TerminalKeys) -> Result<VerifyReport, r
             continue;
         };
         seen.insert(card);
-        let stored = UsageRow {
-            rows: r.get::<_, i64>(1)? as u64,
-            last_seq: r.get::<_, i64>(2)? as u64,
-            net_units: r.get(3)?,
-        };
-        let mac: Vec<u8> = r.get(4)?;
         let what = format!("card usage {}", card.to_hex());
-        if !tags_equal(&stored.mac(&keys.journal, &card), &mac) {
+        let (Ok(rows), Ok(last_seq), Ok(net_units), Ok(blob), Ok(mac)) = (
+            r.get::<_, i64>(1),
+            r.get::<_, i64>(2),
+            r.get::<_, i64>(3),
+            r.get::<_, Vec<u8>>(4),
+            r.get::<_, Vec<u8>>(5),
+        ) else {
+            report.findings.push(Integrity::new(
+                &what,
+                "a column has the wrong type (row edited)",
+            ));
+            continue;
+        };
+        let stored = UsageRow {
+            rows: rows as u64,
+            last_seq: last_seq as u64,
+            net_units,
+        };
+        if !tags_equal(&stored.mac(&keys.journal, &card, &blob), &mac) {
             report
                 .findings
                 .push(Integrity::new(&what, "MAC mismatch (row edited)"));
         }
-        let implied = UsageRow::fold(per_card.get(&card).map_or(&[][..], |v| &v[..]));
+        let journal_rows = per_card.get(&card).map_or(&[][..], |v| &v[..]);
+        let implied = UsageRow::fold(journal_rows);
         if implied != stored {
             report.findings.push(Integrity::new(
                 &what,
                 format!("anchor {stored:?} differs from the journal's {implied:?}"),
             ));
+        }
+        // The history copy must be exactly the card's journal records.
+        match decode_history(&blob, &card, terminal_id, &keys.journal) {
+            Ok(history) if history.as_slice() == journal_rows => {}
+            Ok(_) => report.findings.push(Integrity::new(
+                &what,
+                "history copy differs from the card's journal rows",
+            )),
+            Err(e) => report.findings.push(e),
         }
     }
     for card in per_card.keys().filter(|c| !seen.contains(c)) {
