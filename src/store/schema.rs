@@ -51,7 +51,7 @@ CREATE TABLE cache_entry (
 ) WITHOUT ROWID;
 CREATE TABLE journal (
     seq           INTEGER PRIMARY KEY,       -- gap-free from 1
-    record_id     TEXT NOT NULL UNIQUE,      -- <terminal id>-<seq>
+    record_id     TEXT NOT NULL,             -- <terminal id>-<seq> (unique because seq is; checked with the MAC)
     kind          INTEGER NOT NULL,          -- 1 redeem, 2 void, 3 batch close
     auth_code     TEXT NOT NULL,
     merchant_id   TEXT NOT NULL,
@@ -75,7 +75,6 @@ CREATE TABLE journal (
     prev_mac      BLOB NOT NULL,
     mac           BLOB NOT NULL
 );
-CREATE INDEX journal_by_card ON journal (card_ref, seq);
 CREATE TRIGGER journal_append_only_update BEFORE UPDATE ON journal
     BEGIN SELECT RAISE(ABORT, 'journal is append-only: UPDATE refused'); END;
 CREATE TRIGGER journal_append_only_delete BEFORE DELETE ON journal
