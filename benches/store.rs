@@ -13,111 +13,16 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use redeemd::engine::{Limits, Now};
-use redeemd::store::{Decision, MenuOutcome, RedeemRequest, Store, StoreConfig};
-use redeemd_contract::model::{CardNumber, CardRef, Holder, MerchantScope, identity_verifier};
+use redeemd::store::{Decision, MenuOutcome, RedeemRequest, Store};
+use redeemd_contract::model::{CardNumber, CardRef};
 use redeemd_contract::snapshot::{BundleKind, BundleSigner};
-use redeemd_contract::{Card, CardStatus, Item, Package, TerminalKeys, TerminalSecret};
 use rusqlite::{Connection, params};
 
-const TERMINAL: &str = "T-BENCH";
-const MERCHANT: &str = "M-BENCH";
-const T0: i64 = 1_790_000_000_000;
-const HOUR: i64 = 3_600_000;
-
-fn keys() -> TerminalKeys {
-    TerminalSecret::from_bytes(&[0x5a; 32])
-        .unwrap()
-        .derive_all(TERMINAL)
-}
-
-fn number(i: u64) -> String {
-    format!("6228487{:012}", 100_000_000_000 + i)
-}
-
-fn card(k: &TerminalKeys, cref: &CardRef, i: u64) -> Card {
-    Card {
-        masked_number: CardNumber::parse(&number(i)).unwrap().masked(),
-        status: CardStatus::Active,
-        holder: Some(Holder {
-            masked_name: "王*".into(),
-            identity_verifier: Some(identity_verifier(&k.identity, cref, b"1234")),
-        }),
-        usage_through_seq: 0,
-        packages: vec![
-            Package {
-                id: format!("P-{}", i % 1000),
-                title: "洗车套餐".into(),
-                items: vec![
-                    Item {
-                        service_code: "WASH".into(),
-                        title: "精洗".into(),
-                        uses_total: 20,
-                        uses_left: 20,
-                        price_fen: 3000,
-                    },
-                    Item {
-                        service_code: "WAX".into(),
-                        title: "打蜡".into(),
-                        uses_total: 2,
-                        uses_left: 2,
-                        price_fen: 8000,
-                    },
-                ],
-                valid_from_ms: T0 - 1000 * HOUR,
-                valid_until_ms: T0 + 10_000 * HOUR,
-                scope: MerchantScope::All,
-                daily_cap: Some(5),
-                identity_required: false,
-            },
-            Package {
-                id: "P-oil".into(),
-                title: "保养".into(),
-                items: vec![Item {
-                    service_code: "OIL".into(),
-                    title: "换机油".into(),
-                    uses_total: 3,
-                    uses_left: 3,
-                    price_fen: 20000,
-                }],
-                valid_from_ms: T0 - 1000 * HOUR,
-                valid_until_ms: T0 + 10_000 * HOUR,
-                scope: MerchantScope::Categories(vec!["repair".into(), "wash".into()]),
-                daily_cap: None,
-                identity_required: true,
-            },
-        ],
-    }
-}
-
-fn config() -> StoreConfig {
-    StoreConfig {
-        terminal_id: TERMINAL.into(),
-        merchant_id: MERCHANT.into(),
-        limits: Limits {
-            max_offline_uses_per_card: u32::MAX,
-            max_offline_redemptions: u32::MAX,
-            ..Limits::default()
-        },
-    }
-}
-
-fn now(wall_ms: i64) -> Now {
-    Now {
-        wall_ms,
-        boot_ms: 0,
-    }
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-}
+/// The integration tests' fixtures: keys, cards, limits.
+#[allow(dead_code)]
+#[path = "../tests/it/support.rs"]
+mod support;
+use support::{HOUR, MERCHANT, Rng, T0, TERMINAL, card, config, keys, now, number};
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
@@ -199,7 +104,7 @@ fn main() {
         let mut signer = BundleSigner::new(&k.cache, BundleKind::Full, MERCHANT, 1);
         out.write_all(&signer.header()).unwrap();
         for (r, i) in &refs {
-            out.write_all(&signer.entry(r, Some(&card(&k, r, *i))).unwrap())
+            out.write_all(&signer.entry(r, Some(&card(*i, 20))).unwrap())
                 .unwrap();
         }
         out.write_all(
@@ -299,7 +204,7 @@ fn main() {
                 bare_t.push(db);
                 let rows: i64 = bare
                     .query_row(
-                        "SELECT count(*) FROM journal WHERE card_ref = ?1",
+                        "SELECT coalesce((SELECT rows FROM card_usage WHERE card_ref = ?1), 0)",
                         [&cref.0[..]],
                         |r| r.get(0),
                     )

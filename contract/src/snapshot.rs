@@ -152,6 +152,23 @@ impl Manifest {
     }
 }
 
+/// The MAC input after the domain tag: merchant, version, card, op and body length (the body follows).
+fn entry_header(
+    merchant_id: &str,
+    version: u64,
+    card: &CardRef,
+    op: EntryOp,
+    body: &[u8],
+) -> Writer {
+    let mut head = Writer::with_capacity(64);
+    head.str(merchant_id)
+        .u64(version)
+        .fixed(&card.0)
+        .u8(op as u8)
+        .u32(u32::try_from(body.len()).unwrap_or(u32::MAX));
+    head
+}
+
 /// MAC of one cache entry, as stored by the terminal and re-checked on every lookup.
 pub fn entry_mac(
     cache_key: &MacKey,
@@ -161,12 +178,7 @@ pub fn entry_mac(
     op: EntryOp,
     body: &[u8],
 ) -> Tag {
-    let mut head = Writer::with_capacity(64);
-    head.str(merchant_id)
-        .u64(version)
-        .fixed(&card.0)
-        .u8(op as u8)
-        .u32(u32::try_from(body.len()).unwrap_or(u32::MAX));
+    let head = entry_header(merchant_id, version, card, op, body);
     cache_key.mac(&[b"redeemd/entry/v1", head.as_bytes(), body])
 }
 
@@ -180,12 +192,7 @@ pub fn verify_entry_mac(
     body: &[u8],
     mac: &[u8],
 ) -> bool {
-    let mut head = Writer::with_capacity(64);
-    head.str(merchant_id)
-        .u64(version)
-        .fixed(&card.0)
-        .u8(op as u8)
-        .u32(u32::try_from(body.len()).unwrap_or(u32::MAX));
+    let head = entry_header(merchant_id, version, card, op, body);
     cache_key.verify(&[b"redeemd/entry/v1", head.as_bytes(), body], mac)
 }
 

@@ -149,14 +149,7 @@ impl Store {
             params![manifest.version as i64, manifest.signed_bytes(&self.keys.cache), now.wall_ms],
         )?;
         tx.commit()?;
-        self.reload().map_err(|f| match f {
-            super::Fault::Integrity(i) => StoreError::Integrity(i),
-            super::Fault::Sql(e) => StoreError::Sql(e),
-            super::Fault::Stale => StoreError::Integrity(super::Integrity::new(
-                "cache",
-                "entries newer than the installed manifest",
-            )),
-        })?;
+        self.reload().map_err(StoreError::from)?;
         Ok(InstallReport {
             manifest,
             upserts,

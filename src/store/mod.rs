@@ -232,6 +232,19 @@ impl From<rusqlite::Error> for Fault {
         Fault::Sql(e)
     }
 }
+impl From<Fault> for StoreError {
+    fn from(f: Fault) -> Self {
+        match f {
+            Fault::Integrity(i) => StoreError::Integrity(i),
+            Fault::Sql(e) => StoreError::Sql(e),
+            Fault::Stale => StoreError::Integrity(Integrity::new(
+                "cache",
+                "entries newer than the installed manifest",
+            )),
+        }
+    }
+}
+
 impl From<Integrity> for Fault {
     fn from(e: Integrity) -> Self {
         Fault::Integrity(e)
@@ -840,24 +853,13 @@ impl Store {
         let number = CardNumber::parse(req.card_number).ok();
         let card_ref = number.as_ref().map(|n| n.card_ref(&self.keys.card_token));
         let digest = request_digest_redeem(card_ref.as_ref(), req);
-        // The replay check needs no transaction: this connection is the only writer of outcomes, and
-        // the outcome's primary key would refuse a second row for the same id anyway.
-        if let Some(o) = replay(&self.conn, req.reader_id, req.reader_txn_id, &digest)? {
-            return Ok(o);
-        }
-        let (decision, write) =
-            match self.decide(true, now, |s| s.decide_redeem(card_ref, req, now))? {
-                Ok(v) => v,
-                Err(i) => return Ok(transient(integrity_decline(&i), render)),
-            };
-        self.commit(
+        self.respond(
             req.reader_id,
             req.reader_txn_id,
             &digest,
-            decision,
-            write,
             now,
             render,
+            |s| s.decide_redeem(card_ref, req, now),
         )
     }
 
@@ -1003,21 +1005,13 @@ impl Store {
             h.update(req.cashier_id.as_bytes());
             h.finalize().to_vec()
         };
-        if let Some(o) = replay(&self.conn, req.reader_id, req.reader_txn_id, &digest)? {
-            return Ok(o);
-        }
-        let (decision, write) = match self.decide(true, now, |s| s.decide_void(req, now))? {
-            Ok(v) => v,
-            Err(i) => return Ok(transient(integrity_decline(&i), render)),
-        };
-        self.commit(
+        self.respond(
             req.reader_id,
             req.reader_txn_id,
             &digest,
-            decision,
-            write,
             now,
             render,
+            |s| s.decide_void(req, now),
         )
     }
 
@@ -1157,6 +1151,36 @@ impl Store {
         Ok(out)
     }
 
+    /// The common shape of redeem and void: a stored reply if this (reader, transaction id) was answered
+    /// before, else decide and commit.
+    fn respond(
+        &mut self,
+        reader_id: &str,
+        reader_txn_id: u64,
+        digest: &[u8],
+        now: Now,
+        render: impl FnOnce(&Decision) -> Vec<u8>,
+        decide: impl Fn(&Self) -> Result<(Decision, Option<Write>), Fault>,
+    ) -> Result<Outcome, StoreError> {
+        // The replay check needs no transaction: this connection is the only writer of outcomes, and
+        // the outcome's primary key would refuse a second row for the same id anyway.
+        if let Some(o) = replay(&self.conn, reader_id, reader_txn_id, digest)? {
+            return Ok(o);
+        }
+        match self.decide(true, now, decide)? {
+            Ok((decision, write)) => self.commit(
+                reader_id,
+                reader_txn_id,
+                digest,
+                decision,
+                write,
+                now,
+                render,
+            ),
+            Err(i) => Ok(transient(integrity_decline(&i), render)),
+        }
+    }
+
     /// Commits a decision: journal rows (chained), usage anchor, identity counter, chain head and the
     /// rendered reply, in one transaction; then advances the in-memory state.
     #[allow(clippy::too_many_arguments)]
@@ -1229,14 +1253,7 @@ impl Store {
         write_terminal_row(&tx, &next, &self.keys)?;
         tx.commit()?;
         self.state = next;
-        self.reload().map_err(|f| match f {
-            Fault::Integrity(i) => StoreError::Integrity(i),
-            Fault::Sql(e) => StoreError::Sql(e),
-            Fault::Stale => StoreError::Integrity(Integrity::new(
-                "cache",
-                "entries newer than the installed manifest",
-            )),
-        })
+        self.reload().map_err(StoreError::from)
     }
 
     /// Journal records with seq ≥ `from_seq`, in order, each verified on its own (not the chain: use
@@ -1322,14 +1339,7 @@ impl Store {
         }
         tx.commit()?;
         self.state = state;
-        self.reload().map_err(|f| match f {
-            Fault::Integrity(i) => StoreError::Integrity(i),
-            Fault::Sql(e) => StoreError::Sql(e),
-            Fault::Stale => StoreError::Integrity(Integrity::new(
-                "cache",
-                "entries newer than the installed manifest",
-            )),
-        })?;
+        self.reload().map_err(StoreError::from)?;
         Ok(n)
     }
 }

@@ -19,17 +19,6 @@ const CARDS: u64 = 20;
 const WASH: u32 = 1_000_000;
 const CHILD_ENV: &str = "REDEEMD_CRASH_CHILD";
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*: deterministic, good enough for kill timing.
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-}
-
 /// One redemption attempt as the child announces it: enough to resend it identically.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Attempt {

@@ -47,9 +47,21 @@ pub fn now(wall_ms: i64) -> Now {
     }
 }
 
+/// A small deterministic generator (xorshift64*) for kill timings and card picks.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
 /// A 19-digit card number for card `i`.
 pub fn number(i: u64) -> String {
-    format!("6228487{:06}{:06}", 314_159 + i, 271_828 + i)
+    format!("6228487{:012}", 314_159_271_828 + i)
 }
 
 pub fn card_ref(i: u64) -> CardRef {
