@@ -22,7 +22,15 @@ use rusqlite::{Connection, params};
 #[allow(dead_code)]
 #[path = "../tests/it/support.rs"]
 mod support;
-use support::{HOUR, MERCHANT, Rng, T0, TERMINAL, card, config, keys, now, number};
+use support::{HOUR, MERCHANT, Rng, T0, TERMINAL, card, keys, now, number};
+
+/// The tests' configuration without offline limits: the bench seeds a million offline redemptions.
+fn config() -> redeemd::store::StoreConfig {
+    let mut c = support::config();
+    c.limits.max_offline_redemptions = u32::MAX;
+    c.limits.max_offline_uses_per_card = u32::MAX;
+    c
+}
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]

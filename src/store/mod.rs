@@ -176,8 +176,9 @@ pub enum MenuOutcome {
     Declined(Declined),
 }
 
-/// A redemption request.
-#[derive(Debug, Clone, Copy)]
+/// A redemption request. `Debug` masks the card number and hides identity data, so that logging a
+/// request never writes either in clear.
+#[derive(Clone, Copy)]
 pub struct RedeemRequest<'a> {
     pub reader_id: &'a str,
     pub reader_txn_id: u64,
@@ -190,6 +191,22 @@ pub struct RedeemRequest<'a> {
     /// The menu's entry version, if the caller showed one: a different current version declines with
     /// `MenuChanged` instead of redeeming indexes that may now mean other items.
     pub menu_entry_version: Option<u64>,
+}
+
+impl std::fmt::Debug for RedeemRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let card = CardNumber::parse(self.card_number)
+            .map_or_else(|_| "<unparsable>".to_owned(), |n| n.masked());
+        f.debug_struct("RedeemRequest")
+            .field("reader_id", &self.reader_id)
+            .field("reader_txn_id", &self.reader_txn_id)
+            .field("card", &card)
+            .field("items", &self.items)
+            .field("identity", &self.identity.map(|_| "<given>"))
+            .field("cashier_id", &self.cashier_id)
+            .field("menu_entry_version", &self.menu_entry_version)
+            .finish()
+    }
 }
 
 /// A void request.
@@ -349,6 +366,14 @@ impl Store {
             })?;
         let path = state_dir.join(DB_FILE);
         let conn = open_database(&path)?;
+        // Owner-only: SQLite gives the -wal and -shm files the same mode as the database.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| StoreError::StateDir {
+                path: path.clone(),
+                source,
+            },
+        )?;
         Self::from_connection(conn, path, keys, cfg)
     }
 
@@ -869,16 +894,6 @@ impl Store {
         req: &RedeemRequest<'_>,
         now: Now,
     ) -> Result<(Decision, Option<Write>), Fault> {
-        let decline = |reason| {
-            Ok((
-                Decision::Declined(Declined {
-                    reason,
-                    remaining: None,
-                    detail: None,
-                }),
-                None,
-            ))
-        };
         let Some(card_ref) = card_ref else {
             return decline(DeclineReason::BadCardNumber);
         };
@@ -1020,16 +1035,6 @@ impl Store {
         req: &VoidRequest<'_>,
         now: Now,
     ) -> Result<(Decision, Option<Write>), Fault> {
-        let decline = |reason| {
-            Ok((
-                Decision::Declined(Declined {
-                    reason,
-                    remaining: None,
-                    detail: None,
-                }),
-                None,
-            ))
-        };
         let Some(group) = parse_auth_code(
             &self.keys.journal,
             &self.cfg.terminal_id,
@@ -1586,6 +1591,18 @@ fn replay(
         decision: None,
         replay_mismatch: stored != digest,
     }))
+}
+
+/// A plain refusal that writes nothing but its outcome.
+fn decline(reason: DeclineReason) -> Result<(Decision, Option<Write>), Fault> {
+    Ok((
+        Decision::Declined(Declined {
+            reason,
+            remaining: None,
+            detail: None,
+        }),
+        None,
+    ))
 }
 
 fn integrity_decline(i: &Integrity) -> Declined {

@@ -299,3 +299,31 @@ fn opening_with_another_terminal_id_is_refused() {
     let err = Store::open(dir.path(), secret().derive_all("T-0002"), cfg).unwrap_err();
     assert!(err.to_string().contains("T-0001"), "{err}");
 }
+
+#[test]
+fn requests_print_masked_and_the_database_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let s = store_with_cards(dir.path(), 1);
+    let mode = std::fs::metadata(dir.path().join(redeemd::store::DB_FILE))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "database mode {mode:o}");
+    drop(s);
+    let n = number(0);
+    let req = RedeemRequest {
+        reader_id: "r",
+        reader_txn_id: 1,
+        card_number: &n,
+        items: &[(0, 1)],
+        identity: Some(b"1234"),
+        cashier_id: "c",
+        menu_entry_version: None,
+    };
+    let printed = format!("{req:?}");
+    assert!(
+        !printed.contains(&n) && !printed.contains("1234\"") && printed.contains("622848"),
+        "{printed}"
+    );
+}
