@@ -706,7 +706,7 @@ impl Store {
         }))
     }
 
-    /// Verifies a card's usage row (anchor MAC, every history record's MAC, anchor = fold of history).
+    /// Verifies a card's usage row (MAC over anchor and history, anchor = fold of history).
     /// No row means no local usage.
     #[allow(clippy::type_complexity)]
     fn check_usage(
@@ -738,7 +738,7 @@ impl Store {
         {
             return Err(Integrity::new(what(), "MAC mismatch (row edited)").into());
         }
-        let history = decode_history(&blob, card_ref, &self.cfg.terminal_id, &self.keys.journal)?;
+        let history = decode_history(&blob, card_ref, &self.cfg.terminal_id)?;
         let implied = UsageRow::fold(&history);
         if implied != u {
             return Err(Integrity::new(
@@ -1424,8 +1424,8 @@ fn write_usage(
     mut blob: Vec<u8>,
     written: &[(JournalRecord, Tag)],
 ) -> rusqlite::Result<()> {
-    for (rec, mac) in written.iter().filter(|(r, _)| r.card_ref == *card) {
-        encode_history(&mut blob, rec, mac);
+    for (rec, _) in written.iter().filter(|(r, _)| r.card_ref == *card) {
+        encode_history(&mut blob, rec);
         let add = UsageRow::fold(std::slice::from_ref(rec));
         usage.rows += add.rows;
         usage.last_seq = usage.last_seq.max(add.last_seq);

@@ -3,6 +3,7 @@
 //! Every read of a MACed row goes through here, so a tampered value of the wrong type or size becomes a
 //! named [`Integrity`] error, never a panic.
 
+use redeemd_contract::codec::{Reader, Writer};
 use redeemd_contract::keys::{MacKey, Tag};
 use redeemd_contract::model::CardRef;
 use redeemd_contract::{JournalRecord, RecordKind};
@@ -232,50 +233,75 @@ impl UsageRow {
     }
 }
 
-/// Appends one record to a card's history blob: `u32 length ‖ canonical record ‖ mac`.
+/// Appends one record to a card's history blob, in the compact form decisions need:
+/// `u64 seq ‖ u8 kind ‖ str package_id ‖ str service_code ‖ u32 quantity ‖ i64 wall_ms ‖ u64 original_seq ‖ u64 group_seq`.
 ///
-/// The blob is a copy of the card's journal records kept next to its usage anchor, written in the same
-/// transaction as the journal rows, so that a lookup reads one row instead of probing the journal.
-pub fn encode_history(out: &mut Vec<u8>, rec: &JournalRecord, mac: &Tag) {
-    let bytes = rec.encode();
-    out.extend_from_slice(&u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
-    out.extend_from_slice(&bytes);
-    out.extend_from_slice(mac);
+/// The blob lives in the card's usage row, written in the same transaction as the journal rows and
+/// authenticated by the row's MAC (which covers its SHA-256), so that a lookup reads one small row instead
+/// of probing the journal. `journal verify` checks it against the journal.
+pub fn encode_history(out: &mut Vec<u8>, rec: &JournalRecord) {
+    let mut w = Writer::with_capacity(64);
+    w.u64(rec.seq)
+        .u8(rec.kind as u8)
+        .str(&rec.package_id)
+        .str(&rec.service_code)
+        .u32(rec.quantity)
+        .i64(rec.wall_ms)
+        .u64(rec.original_seq)
+        .u64(rec.group_seq);
+    out.extend_from_slice(w.as_bytes());
 }
 
-/// Parses and verifies a card's history blob: every record's MAC, card, terminal and ascending seq.
+/// Parses a card's history blob (already authenticated by the usage row's MAC) into records carrying
+/// the compact fields; the others are left empty. Strict: ascending seqs, known kinds, no trailing bytes.
 pub fn decode_history(
     blob: &[u8],
     card: &CardRef,
     terminal_id: &str,
-    journal_key: &MacKey,
 ) -> Result<Vec<JournalRecord>, Integrity> {
     let what = || format!("card usage {}", card.to_hex());
     let mut out: Vec<JournalRecord> = Vec::new();
-    let mut rest = blob;
-    while !rest.is_empty() {
-        let bad = |reason: &str| {
-            Integrity::new(what(), format!("history record {}: {reason}", out.len()))
-        };
-        if rest.len() < 4 {
-            return Err(bad("truncated"));
+    let mut r = Reader::new(blob);
+    while r.remaining() > 0 {
+        let n = out.len();
+        let bad = |reason: String| Integrity::new(what(), format!("history record {n}: {reason}"));
+        let seq = r.u64().map_err(|e| bad(e.to_string()))?;
+        let tag = r.u8().map_err(|e| bad(e.to_string()))?;
+        let kind = RecordKind::from_tag(tag).ok_or_else(|| bad(format!("unknown kind {tag}")))?;
+        let package_id = r.string("package id").map_err(|e| bad(e.to_string()))?;
+        let service_code = r.string("service code").map_err(|e| bad(e.to_string()))?;
+        let quantity = r.u32().map_err(|e| bad(e.to_string()))?;
+        let wall_ms = r.i64().map_err(|e| bad(e.to_string()))?;
+        let original_seq = r.u64().map_err(|e| bad(e.to_string()))?;
+        let group_seq = r.u64().map_err(|e| bad(e.to_string()))?;
+        if out.last().is_some_and(|p| p.seq >= seq) {
+            return Err(bad("out of order".into()));
         }
-        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        if rest.len() < 4 + len + 32 {
-            return Err(bad("truncated"));
-        }
-        let rec = JournalRecord::decode(&rest[4..4 + len]).map_err(|e| bad(&e.to_string()))?;
-        if !rec.verify_mac(journal_key, &rest[4 + len..4 + len + 32]) {
-            return Err(bad("MAC mismatch (edited)"));
-        }
-        if rec.card_ref != *card
-            || rec.terminal_id != terminal_id
-            || out.last().is_some_and(|p| p.seq >= rec.seq)
-        {
-            return Err(bad("belongs to another card or terminal, or out of order"));
-        }
-        out.push(rec);
-        rest = &rest[4 + len + 32..];
+        out.push(JournalRecord {
+            terminal_id: terminal_id.to_owned(),
+            seq,
+            kind,
+            auth_code: String::new(),
+            merchant_id: String::new(),
+            card_ref: *card,
+            package_id,
+            service_code,
+            item_title: String::new(),
+            quantity,
+            amount_fen: 0,
+            original_seq,
+            group_seq,
+            line: 0,
+            line_count: 0,
+            reader_id: String::new(),
+            reader_txn_id: 0,
+            cashier_id: String::new(),
+            wall_ms,
+            boot_ms: 0,
+            cache_version: 0,
+            entry_version: 0,
+            prev_mac: [0; 32],
+        });
     }
     Ok(out)
 }
