@@ -327,3 +327,54 @@ fn requests_print_masked_and_the_database_is_owner_only() {
         "{printed}"
     );
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 12, ..proptest::prelude::ProptestConfig::default() })]
+
+    /// Random redemptions and voids through the real store: uses left never go below zero and always equal
+    /// the snapshot figure minus the fold of the journal; the chain and usage rows always verify.
+    #[test]
+    fn random_redemptions_and_voids_keep_uses_left_equal_to_the_journal(
+        ops in proptest::collection::vec((0u8..4, 0u64..2, 0u16..3, 1u64..4, proptest::prelude::any::<u16>()), 1..30)
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = store_with_cards(dir.path(), 2);
+        let mut codes: Vec<String> = Vec::new();
+        for (i, (op, card, index, qty, pick)) in ops.into_iter().enumerate() {
+            let txn = i as u64;
+            let at = T0 + txn as i64 * 1000;
+            if op == 0 && !codes.is_empty() {
+                let code = codes[usize::from(pick) % codes.len()].clone();
+                let _ = void(&mut s, "p", txn, &code, at);
+            } else {
+                let n = number(card);
+                let items = [(index, qty)];
+                let req = RedeemRequest { reader_id: "p", reader_txn_id: txn, card_number: &n, items: &items, identity: Some(PHONE_LAST4), cashier_id: "c", menu_entry_version: None };
+                if let Some(Decision::Redeemed(a)) = s.redeem(&req, now(at), render).unwrap().decision {
+                    codes.push(a.auth_code);
+                }
+            }
+            for card in 0..2u64 {
+                let net = |svc: &str| -> i64 {
+                    s.connection().query_row(
+                        "SELECT coalesce(sum(CASE kind WHEN 1 THEN quantity ELSE -quantity END), 0) FROM journal WHERE card_ref = ?1 AND service_code = ?2",
+                        rusqlite::params![&card_ref(card).0[..], svc],
+                        |r| r.get(0),
+                    ).unwrap()
+                };
+                let expected = [(0u16, 10 - net("WASH")), (1, 2 - net("WAX")), (2, 3 - net("OIL"))];
+                for (_, left) in expected {
+                    proptest::prop_assert!(left >= 0);
+                }
+                let shown: Vec<(u16, i64)> = match s.menu(&number(card), now(at)).unwrap() {
+                    MenuOutcome::Menu(m) => m.entries.iter().map(|e| (e.index, i64::from(e.uses_left))).collect(),
+                    MenuOutcome::Declined(d) => { proptest::prop_assert_eq!(d.reason, DeclineReason::InsufficientUses); Vec::new() }
+                };
+                let want: Vec<(u16, i64)> = expected.iter().copied().filter(|(_, l)| *l > 0).collect();
+                proptest::prop_assert_eq!(shown, want);
+            }
+        }
+        let report = verify::journal(s.connection(), &keys()).unwrap();
+        proptest::prop_assert!(report.is_clean(), "{:?}", report.findings);
+    }
+}
