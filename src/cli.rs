@@ -1,12 +1,14 @@
-//! Command-line tools over the store: `cache info|verify|install`, `journal verify|export`, `report`.
+//! The `redeemd` command line: the daemon (`run`, `check-config`, `status`) and the tools over the
+//! store (`cache info|verify|install`, `journal verify|export`, `report`).
 //!
-//! Exit codes (documented in `docs/journal.md`, stable for scripts):
+//! Exit codes (documented in the README, stable for scripts):
 //!
 //! | code | meaning |
 //! | --- | --- |
 //! | 0 | success; for `verify`: nothing wrong |
 //! | 1 | `verify` or `export` found tampering or corruption (each finding printed with its row) |
 //! | 2 | bad command line |
+//! | 64 | bad configuration file (the message names the key) |
 //! | 65 | bad data: corrupt database file, bundle refused |
 //! | 66 | no database in the state directory |
 //! | 74 | I/O error reading or writing a file |
@@ -21,7 +23,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use redeemd_contract::{JournalRecord, TerminalSecret};
 use serde::Serialize;
 
-use crate::engine::{Limits, Now};
+use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, LogFormat};
+use crate::daemon::DaemonError;
+use crate::engine::Now;
 use crate::keys::{KeyError, KeySource, load_secret};
 use crate::store::{Store, StoreError, verify};
 
@@ -29,17 +33,16 @@ use crate::store::{Store, StoreError, verify};
 #[command(
     name = "redeemd",
     version,
-    about = "Offline member-card redemption: store tools"
+    about = "Offline member-card redemption daemon for shop POS readers"
 )]
 pub struct Cli {
-    /// Directory holding the database (systemd's StateDirectory=).
-    #[arg(
-        long,
-        env = "REDEEMD_STATE_DIR",
-        default_value = "/var/lib/redeemd",
-        global = true
-    )]
-    pub state_dir: PathBuf,
+    /// Configuration file. The store tools read the state directory and key from it unless
+    /// --state-dir / --key-file / --key-credential are given.
+    #[arg(long, env = "REDEEMD_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Directory holding the database [default: from the configuration, else /var/lib/redeemd].
+    #[arg(long, env = "REDEEMD_STATE_DIR", global = true)]
+    pub state_dir: Option<PathBuf>,
     /// Terminal secret file (hex, mode 0600). Default: the systemd credential `terminal.key`.
     #[arg(
         long,
@@ -57,6 +60,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon: serve the configured readers until SIGTERM (systemd: Type=notify).
+    Run,
+    /// Validate the configuration file and print what it configures; exit 64 if it is wrong.
+    CheckConfig,
+    /// Readers' link state and last transaction, cache version and age, journal head, unsynced.
+    Status,
     /// The signed entitlement cache.
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -121,22 +130,34 @@ pub enum CliError {
     Usage(String),
     #[error("{0} problem(s) found")]
     Findings(usize),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
 }
 
 impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {
+            CliError::Config(_) => 64,
+            CliError::Daemon(DaemonError::Key(_)) => 77,
+            CliError::Daemon(DaemonError::Store { source, .. }) => store_exit_code(source),
+            CliError::Daemon(DaemonError::Io(_)) => 74,
             CliError::Findings(_) => 1,
             CliError::Usage(_) => 2,
             CliError::Key(_) => 77,
             CliError::File { .. } | CliError::Output(_) => 74,
-            CliError::Store(e) => match e {
-                StoreError::Missing { .. } | StoreError::StateDir { .. } => 66,
-                StoreError::Integrity(_) => 1,
-                StoreError::Sql(_) => 70,
-                _ => 65,
-            },
+            CliError::Store(e) => store_exit_code(e),
         }
+    }
+}
+
+fn store_exit_code(e: &StoreError) -> u8 {
+    match e {
+        StoreError::Missing { .. } | StoreError::StateDir { .. } => 66,
+        StoreError::Integrity(_) => 1,
+        StoreError::Sql(_) => 70,
+        _ => 65,
     }
 }
 
@@ -151,13 +172,59 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn secret(cli: &Cli) -> Result<TerminalSecret, KeyError> {
-    let source = match (&cli.key_file, &cli.key_credential) {
-        (Some(f), _) => KeySource::File(f.clone()),
-        (None, Some(c)) => KeySource::Credential(c.clone()),
-        (None, None) => KeySource::Credential("terminal.key".into()),
+/// The configuration, when one is named or installed at the default path.
+fn optional_config(cli: &Cli) -> Result<Option<Config>, ConfigError> {
+    match &cli.config {
+        Some(path) => Config::load(path).map(Some),
+        None => {
+            let path = std::path::Path::new(DEFAULT_CONFIG_PATH);
+            if path.exists() {
+                Config::load(path).map(Some)
+            } else {
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// The configuration `run`/`check-config`/`status` need: named, or at the default path.
+fn required_config(cli: &Cli) -> Result<Config, ConfigError> {
+    let path = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    Config::load(&path)
+}
+
+fn state_dir(cli: &Cli, config: Option<&Config>) -> PathBuf {
+    cli.state_dir
+        .clone()
+        .or_else(|| config.map(|c| c.state_dir.clone()))
+        .unwrap_or_else(|| PathBuf::from("/var/lib/redeemd"))
+}
+
+fn secret(cli: &Cli, config: Option<&Config>) -> Result<TerminalSecret, KeyError> {
+    let source = match (&cli.key_file, &cli.key_credential, config) {
+        (Some(f), _, _) => KeySource::File(f.clone()),
+        (None, Some(c), _) => KeySource::Credential(c.clone()),
+        (None, None, Some(config)) => config.key.clone(),
+        (None, None, None) => KeySource::Credential("terminal.key".into()),
     };
     load_secret(&source)
+}
+
+/// Logs for `run`: human-readable or JSON lines on stderr (journald adds time and unit);
+/// `RUST_LOG` overrides the configured level.
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
 }
 
 fn wall_now() -> Now {
@@ -171,16 +238,37 @@ fn wall_now() -> Now {
 }
 
 pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
-    let secret = secret(cli)?;
-    // Opening verifies the chain head and manifest; the verify commands below work on the raw database
-    // instead, so that they can name every bad row even when opening refuses.
-    let store = Store::open_existing(&cli.state_dir, &secret, Limits::default());
     let w = |r: std::io::Result<()>| r.map_err(CliError::Output);
     match &cli.command {
+        Command::Run => {
+            let config = required_config(cli)?;
+            init_logging(&config);
+            return Ok(crate::daemon::run(config)?);
+        }
+        Command::CheckConfig => {
+            let config = required_config(cli)?;
+            return w(print_config(&config, out));
+        }
+        Command::Status => {
+            let config = required_config(cli)?;
+            let secret = secret(cli, Some(&config))?;
+            return status(&config, &secret, out);
+        }
+        _ => {}
+    }
+    let config = optional_config(cli)?;
+    let state_dir = state_dir(cli, config.as_ref());
+    let secret = secret(cli, config.as_ref())?;
+    let limits = config.as_ref().map(Config::limits).unwrap_or_default();
+    // Opening verifies the chain head and manifest; the verify commands below work on the raw database
+    // instead, so that they can name every bad row even when opening refuses.
+    let store = Store::open_existing(&state_dir, &secret, limits);
+    match &cli.command {
+        Command::Run | Command::CheckConfig | Command::Status => Ok(()),
         Command::Cache(CacheCommand::Verify) | Command::Journal(JournalCommand::Verify) => {
             // Verification works on the raw database, so it can report even when `open` refuses.
             drop(store);
-            let path = cli.state_dir.join(crate::store::DB_FILE);
+            let path = state_dir.join(crate::store::DB_FILE);
             if !path.is_file() {
                 return Err(StoreError::Missing { path }.into());
             }
@@ -294,6 +382,97 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
             report(&store, date, *utc_offset_minutes, out)
         }
     }
+}
+
+fn print_config(c: &Config, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(out, "configuration OK")?;
+    writeln!(out, "terminal       {} (merchant {})", c.terminal_id, c.merchant_id)?;
+    writeln!(out, "state dir      {}", c.state_dir.display())?;
+    match &c.key {
+        KeySource::File(p) => writeln!(out, "key            file {}", p.display())?,
+        KeySource::Credential(n) => writeln!(out, "key            systemd credential {n:?}")?,
+    }
+    for r in &c.readers {
+        writeln!(
+            out,
+            "reader         {}: {} at {} baud, {}{}{}",
+            r.name,
+            r.port.display(),
+            r.baud,
+            r.data_bits,
+            match r.parity {
+                crate::config::Parity::None => 'N',
+                crate::config::Parity::Even => 'E',
+                crate::config::Parity::Odd => 'O',
+            },
+            r.stop_bits
+        )?;
+    }
+    if c.readers.is_empty() {
+        writeln!(out, "reader         none configured: the daemon will serve no reader")?;
+    }
+    match &c.sync.server_url {
+        Some(url) => writeln!(out, "sync           {url} every {} s", c.sync.interval.as_secs())?,
+        None => writeln!(out, "sync           disabled (no server_url)")?,
+    }
+    Ok(())
+}
+
+fn status(config: &Config, secret: &TerminalSecret, out: &mut dyn Write) -> Result<(), CliError> {
+    let w = |r: std::io::Result<()>| r.map_err(CliError::Output);
+    let now = wall_now().wall_ms;
+    match crate::daemon::status::read(&config.state_dir) {
+        Ok(s) => {
+            let alive = std::path::Path::new(&format!("/proc/{}", s.pid)).exists();
+            w(writeln!(
+                out,
+                "daemon         pid {} ({}), status updated {} s ago",
+                s.pid,
+                if alive { "running" } else { "not running" },
+                (now - s.updated_at_ms).max(0) / 1000
+            ))?;
+            for (name, r) in &s.readers {
+                w(writeln!(out, "reader {name}: {} on {}", r.state, r.port))?;
+                if let Some(d) = &r.detail {
+                    w(writeln!(out, "  detail       {d}"))?;
+                }
+                if let (Some(serial), Some(fw)) = (&r.reader_serial, &r.firmware) {
+                    w(writeln!(out, "  reader       serial {serial}, firmware {fw}"))?;
+                }
+                if let Some(t) = &r.last_transaction {
+                    w(writeln!(
+                        out,
+                        "  last txn     {} {}: {} ({} s ago)",
+                        t.kind,
+                        t.txn_id,
+                        t.outcome,
+                        (now - t.at_ms).max(0) / 1000
+                    ))?;
+                }
+            }
+        }
+        Err(e) => w(writeln!(out, "daemon         no status published ({e})"))?,
+    }
+    let store = Store::open_existing(&config.state_dir, secret, config.limits())?;
+    let j = store.journal_info();
+    match store.cache_info()? {
+        Some(c) => w(writeln!(
+            out,
+            "cache          version {}, {} entries, issued {} min ago, expires in {} min",
+            c.manifest.version,
+            c.entries,
+            (now - c.manifest.issued_at_ms).max(0) / 60_000,
+            (c.manifest.expires_at_ms - now) / 60_000
+        ))?,
+        None => w(writeln!(out, "cache          none installed"))?,
+    }
+    w(writeln!(
+        out,
+        "journal        head seq {}, platform acknowledged through {}, {} unsynced",
+        j.head_seq,
+        j.synced_through_seq,
+        j.head_seq.saturating_sub(j.synced_through_seq)
+    ))
 }
 
 /// One exported journal row (card reference, never a card number).
@@ -410,7 +589,7 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 }
 
 /// Inverse of [`days_from_civil`].
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
+pub(crate) fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;

@@ -2,12 +2,16 @@
 //!
 //! * [`engine`] — pure redemption decisions (menu, redeem, void) with time passed in.
 //! * [`store`] — the SQLite store: signed cache, HMAC-chained journal, idempotent outcomes, migrations.
+//! * [`config`] — the daemon's TOML configuration, validated before anything starts.
+//! * [`daemon`] — `redeemd run`: serial readers, the store thread, status and systemd integration.
 //! * [`keys`] — loading the terminal secret from a private file or a systemd credential.
 //!
 //! The signed-data contract with the platform lives in the `redeemd-contract` crate.
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod config;
+pub mod daemon;
 pub mod engine;
 pub mod keys;
 pub mod store;

@@ -280,6 +280,26 @@ open_code! {
         CACHE_STALE = 19,
         /// The host could not record the redemption durably.
         STORAGE_FAILURE = 20,
+        /// Entitlement not valid yet.
+        NOT_YET_VALID = 21,
+        /// Too many wrong identity confirmations: locked for a while.
+        IDENTITY_LOCKED = 22,
+        /// The card used its offline allowance at this shop since the last sync.
+        CARD_OFFLINE_LIMIT = 23,
+        /// The terminal made its maximum offline redemptions since the last sync.
+        TERMINAL_OFFLINE_LIMIT = 24,
+        /// The host's clock went backwards or is before its entitlement data was issued.
+        CLOCK_NOT_TRUSTED = 25,
+        /// A quantity of 0 or above what an entry can ever have.
+        BAD_QUANTITY = 26,
+        /// The host has no entitlement data yet.
+        NO_DATA = 27,
+        /// The card number is not a valid member card number.
+        BAD_CARD_NUMBER = 28,
+        /// The card's entitlements changed since the menu: swipe again.
+        MENU_CHANGED = 29,
+        /// Stored data failed its integrity check: the host refuses to decide from it.
+        INTEGRITY_FAILURE = 30,
         /// Anything else; see the text.
         OTHER = 0xFFFF,
     }

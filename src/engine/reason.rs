@@ -4,47 +4,51 @@
 
 /// Why a menu, redemption or void was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u16)]
 pub enum DeclineReason {
-    CardUnknown = 1,
-    CardLost = 2,
-    CardFrozen = 3,
-    CardCancelled = 4,
+    CardUnknown,
+    CardLost,
+    CardFrozen,
+    CardCancelled,
     /// The package's validity window has ended.
-    Expired = 5,
-    NotYetValid = 6,
-    NotValidAtMerchant = 7,
-    DailyCapReached = 8,
-    InsufficientUses = 9,
-    IdentityRequired = 10,
-    IdentityWrong = 11,
-    IdentityLockedOut = 12,
+    Expired,
+    NotYetValid,
+    NotValidAtMerchant,
+    DailyCapReached,
+    InsufficientUses,
+    IdentityRequired,
+    IdentityWrong,
+    IdentityLockedOut,
     /// The signed cache is past its expires-at: fail closed until the platform is reached.
-    CacheExpired = 13,
+    CacheExpired,
     /// This card has used its offline allowance since the last sync.
-    CardOfflineLimitReached = 14,
+    CardOfflineLimitReached,
     /// This terminal has made its maximum number of offline redemptions since the last sync.
-    TerminalOfflineLimitReached = 15,
+    TerminalOfflineLimitReached,
     /// The wall clock went backwards past the last trusted time or before the cache was issued.
-    ClockNotTrusted = 16,
-    UnknownEntry = 17,
-    BadQuantity = 18,
-    VoidWindowPassed = 19,
-    AlreadyVoided = 20,
-    UnknownAuthCode = 21,
+    ClockNotTrusted,
+    UnknownEntry,
+    BadQuantity,
+    VoidWindowPassed,
+    AlreadyVoided,
+    UnknownAuthCode,
     /// No signed cache has been installed yet.
-    NoCache = 22,
+    NoCache,
     /// The card number is not 12–19 digits.
-    BadCardNumber = 23,
+    BadCardNumber,
     /// The card's cache entry changed between the menu and the redemption: show the menu again.
-    MenuChanged = 24,
+    MenuChanged,
     /// A stored row failed its MAC or consistency check: the store refuses to decide from it.
-    IntegrityFailure = 25,
-    InternalError = 99,
+    IntegrityFailure,
+    /// QUERY of a transaction this terminal has no outcome for (daemon level).
+    TxnUnknown,
+    /// REDEEM for a transaction id without a card presented first (daemon level).
+    NoCard,
+    /// Nothing could be recorded (database error): nothing was deducted.
+    InternalError,
 }
 
 impl DeclineReason {
-    pub const ALL: [DeclineReason; 26] = [
+    pub const ALL: [DeclineReason; 28] = [
         Self::CardUnknown,
         Self::CardLost,
         Self::CardFrozen,
@@ -70,11 +74,45 @@ impl DeclineReason {
         Self::BadCardNumber,
         Self::MenuChanged,
         Self::IntegrityFailure,
+        Self::TxnUnknown,
+        Self::NoCard,
         Self::InternalError,
     ];
 
+    /// The wire code (PROTOCOL.md §7.1): the protocol crate's table is the one list of numbers.
     pub fn code(self) -> u16 {
-        self as u16
+        use firmware_protocol::message::DeclineReason as W;
+        let wire = match self {
+            Self::CardUnknown => W::CARD_UNKNOWN,
+            Self::CardLost => W::CARD_LOST,
+            Self::CardFrozen => W::CARD_FROZEN,
+            Self::CardCancelled => W::CARD_CANCELLED,
+            Self::Expired => W::EXPIRED,
+            Self::NotYetValid => W::NOT_YET_VALID,
+            Self::NotValidAtMerchant => W::NOT_VALID_HERE,
+            Self::DailyCapReached => W::DAILY_CAP_REACHED,
+            Self::InsufficientUses => W::NOT_ENOUGH_USES,
+            Self::IdentityRequired => W::IDENTITY_REQUIRED,
+            Self::IdentityWrong => W::IDENTITY_MISMATCH,
+            Self::IdentityLockedOut => W::IDENTITY_LOCKED,
+            Self::CacheExpired => W::CACHE_STALE,
+            Self::CardOfflineLimitReached => W::CARD_OFFLINE_LIMIT,
+            Self::TerminalOfflineLimitReached => W::TERMINAL_OFFLINE_LIMIT,
+            Self::ClockNotTrusted => W::CLOCK_NOT_TRUSTED,
+            Self::UnknownEntry => W::UNKNOWN_ENTRY,
+            Self::BadQuantity => W::BAD_QUANTITY,
+            Self::VoidWindowPassed => W::VOID_WINDOW_CLOSED,
+            Self::AlreadyVoided => W::ALREADY_VOIDED,
+            Self::UnknownAuthCode => W::ORIGINAL_NOT_FOUND,
+            Self::NoCache => W::NO_DATA,
+            Self::BadCardNumber => W::BAD_CARD_NUMBER,
+            Self::MenuChanged => W::MENU_CHANGED,
+            Self::IntegrityFailure => W::INTEGRITY_FAILURE,
+            Self::TxnUnknown => W::TXN_UNKNOWN,
+            Self::NoCard => W::NO_CARD,
+            Self::InternalError => W::STORAGE_FAILURE,
+        };
+        wire.0
     }
 
     pub fn from_code(code: u16) -> Option<Self> {
@@ -85,7 +123,10 @@ impl DeclineReason {
     /// failures are not: they describe the terminal's state, not the request, and a retry after the
     /// fault is fixed must be decided afresh.
     pub fn is_durable(self) -> bool {
-        !matches!(self, Self::IntegrityFailure | Self::InternalError)
+        !matches!(
+            self,
+            Self::IntegrityFailure | Self::InternalError | Self::TxnUnknown | Self::NoCard
+        )
     }
 
     /// Short text for the reader's screen.
@@ -116,7 +157,9 @@ impl DeclineReason {
             Self::BadCardNumber => "卡号无效",
             Self::MenuChanged => "权益已更新，请重新刷卡",
             Self::IntegrityFailure => "数据校验失败，请联系客服",
-            Self::InternalError => "系统错误",
+            Self::TxnUnknown => "无此交易记录",
+            Self::NoCard => "请先刷卡",
+            Self::InternalError => "系统错误，未扣次数",
         }
     }
 
@@ -147,7 +190,9 @@ impl DeclineReason {
             Self::BadCardNumber => "bad card number",
             Self::MenuChanged => "entitlements changed, swipe again",
             Self::IntegrityFailure => "data integrity failure, call support",
-            Self::InternalError => "internal error",
+            Self::TxnUnknown => "no such transaction",
+            Self::NoCard => "swipe the card first",
+            Self::InternalError => "system error, nothing deducted",
         }
     }
 }
@@ -165,6 +210,13 @@ mod tests {
         }
         assert_eq!(DeclineReason::from_code(0), None);
         assert_eq!(DeclineReason::CardLost.code(), 2);
-        assert_eq!(DeclineReason::InternalError.code(), 99);
+        assert_eq!(DeclineReason::InternalError.code(), 20);
+        // Every code has a name in the protocol's table (PROTOCOL.md §7.1).
+        for r in DeclineReason::ALL {
+            assert!(
+                firmware_protocol::message::DeclineReason(r.code()).name().is_some(),
+                "{r:?}"
+            );
+        }
     }
 }

@@ -1,0 +1,533 @@
+//! The daemon's configuration: one TOML file, loaded and validated before the runtime starts.
+//!
+//! Every error names the key it is about (`reader[1].baud: 115201 is not a standard baud rate`) so a
+//! technician can fix the file without reading code. `main` maps [`ConfigError`] to exit status 64
+//! (EX_USAGE). The commented reference is `fixtures/redeemd.toml`; keep the two in step.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::engine::Limits;
+pub use crate::keys::KeySource;
+
+/// Where the configuration lives when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/redeemd/redeemd.toml";
+
+/// Why a configuration could not be used. Each variant names the file and, where there is one, the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path}: {key}: {reason}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+}
+
+/// A validated configuration. Constructed only by [`Config::load`] / [`Config::parse`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub terminal_id: String,
+    pub merchant_id: String,
+    pub state_dir: PathBuf,
+    pub language: Language,
+    /// The business day's offset from UTC, in minutes east (China: +480). Daily caps, void
+    /// windows and `report --date` count days in this time.
+    pub utc_offset_minutes: i32,
+    pub key: KeySource,
+    pub readers: Vec<ReaderConfig>,
+    pub risk: RiskConfig,
+    pub void_window: Duration,
+    pub sync: SyncConfig,
+    pub log: LogConfig,
+}
+
+/// Language of texts shown on the reader and printed on receipts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    Zh,
+    En,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Parity {
+    None,
+    Even,
+    Odd,
+}
+
+/// One serial reader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReaderConfig {
+    pub name: String,
+    pub port: PathBuf,
+    pub baud: u32,
+    pub data_bits: u8,
+    pub parity: Parity,
+    pub stop_bits: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RiskConfig {
+    pub max_offline_uses_per_card: u32,
+    pub max_offline_redemptions: u32,
+    pub identity_max_attempts: u32,
+    pub identity_lockout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncConfig {
+    /// `None`: sync disabled (a stand-alone test install).
+    pub server_url: Option<String>,
+    pub interval: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+// ---- the file as written -------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    terminal_id: String,
+    merchant_id: String,
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
+    #[serde(default = "default_language")]
+    language: Language,
+    #[serde(default = "default_utc_offset")]
+    utc_offset_minutes: i32,
+    key: RawKey,
+    #[serde(default, rename = "reader")]
+    readers: Vec<RawReader>,
+    #[serde(default)]
+    risk: RawRisk,
+    #[serde(default)]
+    void: RawVoid,
+    #[serde(default)]
+    sync: RawSync,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    file: Option<PathBuf>,
+    credential: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReader {
+    name: String,
+    port: PathBuf,
+    #[serde(default = "default_baud")]
+    baud: u32,
+    #[serde(default = "default_data_bits")]
+    data_bits: u8,
+    #[serde(default = "default_parity")]
+    parity: Parity,
+    #[serde(default = "default_stop_bits")]
+    stop_bits: u8,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRisk {
+    max_offline_uses_per_card: u32,
+    max_offline_redemptions: u32,
+    identity_max_attempts: u32,
+    identity_lockout_minutes: u64,
+}
+
+impl Default for RawRisk {
+    fn default() -> Self {
+        Self {
+            max_offline_uses_per_card: 20,
+            max_offline_redemptions: 2_000,
+            identity_max_attempts: 3,
+            identity_lockout_minutes: 30,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawVoid {
+    window_secs: u64,
+}
+
+impl Default for RawVoid {
+    fn default() -> Self {
+        Self {
+            window_secs: 24 * 3600,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSync {
+    server_url: Option<String>,
+    interval_secs: u64,
+}
+
+impl Default for RawSync {
+    fn default() -> Self {
+        Self {
+            server_url: None,
+            interval_secs: 60,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    format: LogFormat,
+    level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/redeemd")
+}
+fn default_language() -> Language {
+    Language::Zh
+}
+fn default_utc_offset() -> i32 {
+    480
+}
+fn default_baud() -> u32 {
+    115_200
+}
+fn default_data_bits() -> u8 {
+    8
+}
+fn default_parity() -> Parity {
+    Parity::None
+}
+fn default_stop_bits() -> u8 {
+    1
+}
+
+/// Baud rates a PC UART and the USB-serial adapters we meet at shops actually support.
+const STANDARD_BAUD_RATES: [u32; 8] = [9_600, 19_200, 38_400, 57_600, 115_200, 230_400, 460_800, 921_600];
+
+impl Config {
+    /// Read and validate the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validate `text` as if read from `path` (the path only appears in error messages).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        Validator { path }.validate(raw)
+    }
+}
+
+impl Config {
+    /// The engine's risk limits and policy, from this configuration.
+    pub fn limits(&self) -> Limits {
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        Limits {
+            max_offline_uses_per_card: self.risk.max_offline_uses_per_card,
+            max_offline_redemptions: self.risk.max_offline_redemptions,
+            identity_max_attempts: self.risk.identity_max_attempts,
+            identity_lockout_ms: ms(self.risk.identity_lockout),
+            void_window_ms: ms(self.void_window),
+            utc_offset_minutes: self.utc_offset_minutes,
+            ..Limits::default()
+        }
+    }
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+}
+
+impl Validator<'_> {
+    fn invalid(&self, key: impl fmt::Display, reason: impl fmt::Display) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            key: key.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    fn identifier(&self, key: &str, value: &str) -> Result<String, ConfigError> {
+        let ok = !value.is_empty()
+            && value.len() <= 64
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if ok {
+            Ok(value.to_owned())
+        } else {
+            Err(self.invalid(
+                key,
+                format!("{value:?} must be 1-64 characters of A-Z, a-z, 0-9, '-', '_' or '.'"),
+            ))
+        }
+    }
+
+    fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let terminal_id = self.identifier("terminal_id", &raw.terminal_id)?;
+        let merchant_id = self.identifier("merchant_id", &raw.merchant_id)?;
+        if !raw.state_dir.is_absolute() {
+            return Err(self.invalid("state_dir", format!("{:?} must be an absolute path", raw.state_dir)));
+        }
+        let key = match (raw.key.file, raw.key.credential) {
+            (Some(file), None) if file.is_absolute() => KeySource::File(file),
+            (Some(file), None) => {
+                return Err(self.invalid("key.file", format!("{file:?} must be an absolute path")));
+            }
+            (None, Some(name)) if !name.is_empty() && !name.contains('/') => KeySource::Credential(name),
+            (None, Some(name)) => {
+                return Err(self.invalid("key.credential", format!("{name:?} must be a credential name without '/'")));
+            }
+            (Some(_), Some(_)) => return Err(self.invalid("key", "set either `file` or `credential`, not both")),
+            (None, None) => return Err(self.invalid("key", "set `file` (a path) or `credential` (a systemd credential name)")),
+        };
+
+        let mut readers: Vec<ReaderConfig> = Vec::with_capacity(raw.readers.len());
+        for (i, r) in raw.readers.into_iter().enumerate() {
+            let at = |field: &str| format!("reader[{i}].{field}");
+            let name = self.identifier(&at("name"), &r.name)?;
+            if readers.iter().any(|o| o.name == name) {
+                return Err(self.invalid(at("name"), format!("{name:?} is used by another reader")));
+            }
+            if !r.port.is_absolute() {
+                return Err(self.invalid(at("port"), format!("{:?} must be an absolute device path, e.g. /dev/serial/by-id/…", r.port)));
+            }
+            if readers.iter().any(|o| o.port == r.port) {
+                return Err(self.invalid(at("port"), format!("{:?} is used by another reader", r.port)));
+            }
+            if !STANDARD_BAUD_RATES.contains(&r.baud) {
+                return Err(self.invalid(at("baud"), format!("{} is not one of {STANDARD_BAUD_RATES:?}", r.baud)));
+            }
+            if !(5..=8).contains(&r.data_bits) {
+                return Err(self.invalid(at("data_bits"), format!("{} must be 5, 6, 7 or 8", r.data_bits)));
+            }
+            if !(1..=2).contains(&r.stop_bits) {
+                return Err(self.invalid(at("stop_bits"), format!("{} must be 1 or 2", r.stop_bits)));
+            }
+            readers.push(ReaderConfig {
+                name,
+                port: r.port,
+                baud: r.baud,
+                data_bits: r.data_bits,
+                parity: r.parity,
+                stop_bits: r.stop_bits,
+            });
+        }
+
+        if !(-14 * 60..=14 * 60).contains(&raw.utc_offset_minutes) {
+            return Err(self.invalid(
+                "utc_offset_minutes",
+                format!("{} is outside -840..=840", raw.utc_offset_minutes),
+            ));
+        }
+        if raw.risk.identity_max_attempts == 0 {
+            return Err(self.invalid("risk.identity_max_attempts", "must be at least 1"));
+        }
+        if raw.sync.interval_secs < 5 {
+            return Err(self.invalid("sync.interval_secs", format!("{} is below the minimum of 5", raw.sync.interval_secs)));
+        }
+        let server_url = match raw.sync.server_url {
+            Some(url) => Some(self.server_url(&url)?),
+            None => None,
+        };
+        let level = raw.log.level.to_ascii_lowercase();
+        if !matches!(level.as_str(), "error" | "warn" | "info" | "debug" | "trace") {
+            return Err(self.invalid("log.level", format!("{:?} must be error, warn, info, debug or trace", raw.log.level)));
+        }
+
+        Ok(Config {
+            terminal_id,
+            merchant_id,
+            state_dir: raw.state_dir,
+            language: raw.language,
+            utc_offset_minutes: raw.utc_offset_minutes,
+            key,
+            readers,
+            risk: RiskConfig {
+                max_offline_uses_per_card: raw.risk.max_offline_uses_per_card,
+                max_offline_redemptions: raw.risk.max_offline_redemptions,
+                identity_max_attempts: raw.risk.identity_max_attempts,
+                identity_lockout: Duration::from_secs(raw.risk.identity_lockout_minutes.saturating_mul(60)),
+            },
+            void_window: Duration::from_secs(raw.void.window_secs),
+            sync: SyncConfig {
+                server_url,
+                interval: Duration::from_secs(raw.sync.interval_secs),
+            },
+            log: LogConfig {
+                format: raw.log.format,
+                level,
+            },
+        })
+    }
+
+    /// HTTPS is required, except to a loopback address (the reference server in tests and the demo).
+    fn server_url(&self, url: &str) -> Result<String, ConfigError> {
+        let key = "sync.server_url";
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| self.invalid(key, format!("{url:?} is not a URL (expected https://host[:port])")))?;
+        let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+        let host_only = if let Some(v6) = host.strip_prefix('[') {
+            v6.split(']').next().unwrap_or_default()
+        } else {
+            host.split(':').next().unwrap_or_default()
+        };
+        if host_only.is_empty() {
+            return Err(self.invalid(key, format!("{url:?} has no host")));
+        }
+        match scheme {
+            "https" => Ok(url.trim_end_matches('/').to_owned()),
+            "http" if is_loopback_host(host_only) => Ok(url.trim_end_matches('/').to_owned()),
+            "http" => Err(self.invalid(
+                key,
+                format!("{url:?} uses plain http to a remote host; use https:// (http is only allowed to 127.0.0.1/::1/localhost)"),
+            )),
+            other => Err(self.invalid(key, format!("scheme {other:?} is not supported; use https://"))),
+        }
+    }
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    const MINIMAL: &str = r#"
+terminal_id = "T-1"
+merchant_id = "M-1"
+[key]
+file = "/etc/redeemd/terminal.key"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("test.toml"), text)
+    }
+
+    fn error_of(text: &str) -> String {
+        parse(text).expect_err("config should be refused").to_string()
+    }
+
+    #[test]
+    fn minimal_file_gets_documented_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/redeemd"));
+        assert_eq!(c.language, Language::Zh);
+        assert_eq!(c.sync.interval, Duration::from_secs(60));
+        assert_eq!(c.void_window, Duration::from_secs(86_400));
+        assert!(c.readers.is_empty());
+        assert_eq!(c.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn reference_fixture_is_valid() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/redeemd.toml")).unwrap();
+        let c = parse(&text).unwrap();
+        assert_eq!(c.readers.len(), 2);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = error_of(&format!("{MINIMAL}\n[[reader]]\nname = \"a\"\nport = \"/dev/ttyS0\"\nbaudrate = 9600\n"));
+        assert!(e.contains("baudrate"), "{e}");
+    }
+
+    #[test]
+    fn bad_reader_fields_are_named_with_index() {
+        let two = |extra: &str| {
+            format!("{MINIMAL}\n[[reader]]\nname = \"a\"\nport = \"/dev/ttyS0\"\n[[reader]]\nname = \"b\"\nport = \"/dev/ttyS1\"\n{extra}")
+        };
+        assert!(error_of(&two("baud = 115201")).contains("reader[1].baud: 115201"));
+        assert!(error_of(&two("stop_bits = 3")).contains("reader[1].stop_bits"));
+        let dup = format!("{MINIMAL}\n[[reader]]\nname = \"a\"\nport = \"/dev/ttyS0\"\n[[reader]]\nname = \"a\"\nport = \"/dev/ttyS1\"\n");
+        assert!(error_of(&dup).contains("reader[1].name"));
+        let rel = format!("{MINIMAL}\n[[reader]]\nname = \"a\"\nport = \"ttyS0\"\n");
+        assert!(error_of(&rel).contains("reader[0].port"));
+    }
+
+    #[test]
+    fn key_source_must_be_exactly_one() {
+        let none = "terminal_id = \"T\"\nmerchant_id = \"M\"\n[key]\n";
+        assert!(error_of(none).contains("key:"));
+        let both = "terminal_id = \"T\"\nmerchant_id = \"M\"\n[key]\nfile = \"/k\"\ncredential = \"k\"\n";
+        assert!(error_of(both).contains("not both"));
+        let cred = "terminal_id = \"T\"\nmerchant_id = \"M\"\n[key]\ncredential = \"terminal.key\"\n";
+        assert_eq!(parse(cred).unwrap().key, KeySource::Credential("terminal.key".into()));
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback() {
+        let with = |url: &str| format!("{MINIMAL}\n[sync]\nserver_url = \"{url}\"\n");
+        assert!(parse(&with("http://127.0.0.1:8080")).is_ok());
+        assert!(parse(&with("http://[::1]:8080/")).is_ok());
+        assert!(parse(&with("http://localhost:8080")).is_ok());
+        assert!(parse(&with("https://clearing.example.com")).is_ok());
+        let e = error_of(&with("http://clearing.example.com"));
+        assert!(e.contains("sync.server_url") && e.contains("https"), "{e}");
+        assert!(error_of(&with("ftp://x")).contains("scheme"));
+        assert!(error_of(&with("nonsense")).contains("not a URL"));
+    }
+
+    #[test]
+    fn identifiers_are_checked() {
+        let e = error_of("terminal_id = \"T 1\"\nmerchant_id = \"M\"\n[key]\nfile = \"/k\"\n");
+        assert!(e.contains("terminal_id"), "{e}");
+    }
+}

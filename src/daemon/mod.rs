@@ -1,0 +1,118 @@
+//! `redeemd run`: the long-running daemon.
+//!
+//! Start-up is strictly ordered so that a problem is reported before anything is half running:
+//! configuration (validated by the caller), the terminal secret, the store (opened and verified),
+//! then one task per reader, then READY=1 to systemd. The runtime is single-threaded: readers are
+//! I/O-bound and the store has its own thread ([`store_owner`]), so one core and a few MB suffice.
+//!
+//! The watchdog ping goes through the store thread (a no-op job): a wedged runtime *or* a wedged
+//! store stops the pings, and systemd restarts the daemon.
+
+pub mod reader;
+pub mod render;
+pub mod status;
+pub mod store_owner;
+
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::keys::{KeyError, load_secret};
+use crate::store::{Store, StoreConfig, StoreError};
+
+/// Why the daemon could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("store in {dir}: {source}")]
+    Store {
+        dir: std::path::PathBuf,
+        #[source]
+        source: StoreError,
+    },
+    #[error("cannot start: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(config: Config) -> Result<(), DaemonError> {
+    let secret = load_secret(&config.key)?;
+    let keys = secret.derive_all(&config.terminal_id);
+    let store = Store::open(
+        &config.state_dir,
+        keys,
+        StoreConfig {
+            terminal_id: config.terminal_id.clone(),
+            merchant_id: config.merchant_id.clone(),
+            limits: config.limits(),
+        },
+    )
+    .map_err(|source| DaemonError::Store {
+        dir: config.state_dir.clone(),
+        source,
+    })?;
+    let journal = store.journal_info();
+    tracing::info!(
+        terminal = %config.terminal_id, merchant = %config.merchant_id,
+        journal_head = journal.head_seq, readers = config.readers.len(),
+        "store open"
+    );
+
+    let (store, store_thread) = store_owner::spawn(store, store_owner::Clock::new())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(serve(&config, store));
+    // Dropping the runtime drops the reader tasks and with them the last store handles.
+    drop(runtime);
+    store_thread.join();
+    tracing::info!("stopped");
+    result
+}
+
+async fn serve(config: &Config, store: store_owner::StoreHandle) -> Result<(), DaemonError> {
+    let board = status::StatusBoard::new(&config.state_dir);
+    for reader in &config.readers {
+        let ctx = reader::ReaderContext {
+            config: reader.clone(),
+            store: store.clone(),
+            language: config.language,
+            utc_offset_minutes: config.utc_offset_minutes,
+            status: board.clone(),
+        };
+        tokio::spawn(reader::run(ctx));
+    }
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    notify(&[sd_notify::NotifyState::Ready]);
+    tracing::info!("serving");
+
+    let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+    let mut ping = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            r = tokio::signal::ctrl_c() => {
+                r?;
+                break;
+            }
+            _ = ping.tick(), if watchdog.is_some() => {
+                // Through the store thread: both loops must be alive to earn a ping.
+                if store.call(|_, _| ()).await.is_ok() {
+                    notify(&[sd_notify::NotifyState::Watchdog]);
+                } else {
+                    tracing::error!("store thread gone: withholding the watchdog ping");
+                }
+            }
+        }
+    }
+    tracing::info!("stopping");
+    notify(&[sd_notify::NotifyState::Stopping]);
+    Ok(())
+}
+
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}

@@ -1,0 +1,686 @@
+//! One reader's driver: the serial port, the protocol's host session, and the store requests.
+//!
+//! The driver is thin on purpose. The link (framing, ACKs, retransmission, heartbeats, handshake)
+//! is `firmware_protocol::HostSession`, fed with bytes and the clock; decisions are the store's.
+//! What lives here is I/O and bookkeeping:
+//!
+//! * open the port exclusively; when it fails or the device goes away (a read of 0 bytes, EIO, a
+//!   write that cannot complete) close it, log once per change, and reopen with backoff — an
+//!   unplugged USB reader must not become a busy loop;
+//! * turn each application message into one store job and send the stored reply back;
+//! * remember the card of the current transaction: REDEEM quotes the txn id of CARD_PRESENTED, not
+//!   the card, and a card number never leaves this task except into the store thread.
+//!
+//! One request is in flight per reader at a time (readers are stop-and-wait); the link keeps being
+//! served while the store works, and a DISPLAY restarts the reader's transaction timer when a
+//! decision takes long.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use firmware_protocol::message::{ErrorCode, Message, MessageType, Query, Text, TextEncoding};
+use firmware_protocol::WIRE_BUF_LEN;
+use firmware_protocol::session::Config as LinkConfig;
+use firmware_protocol::{HostSession, Instant as LinkInstant, OwnedEvent};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+use tokio_serial::SerialStream;
+use zeroize::Zeroizing;
+
+use super::render::{Presentation, StoredReply};
+use super::status::{LastTransaction, StatusBoard};
+use super::store_owner::StoreHandle;
+use crate::config::{Language, Parity, ReaderConfig};
+use crate::engine::DeclineReason;
+use crate::store::{Decision, MenuOutcome, RedeemRequest, VoidRequest};
+
+/// Reopen backoff: first retry quickly (a replug takes a moment), then settle at a slow poll.
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A write that cannot complete in this time means the device is gone or wedged.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Application messages waiting behind the one in flight; more is a misbehaving reader.
+const BACKLOG_MAX: usize = 4;
+/// While a decision takes longer than this, DISPLAY "please wait" (restarts the reader's timer).
+const DISPLAY_EVERY: Duration = Duration::from_secs(5);
+
+/// Everything one reader task needs.
+#[derive(Clone)]
+pub struct ReaderContext {
+    pub config: ReaderConfig,
+    pub store: StoreHandle,
+    pub language: Language,
+    pub utc_offset_minutes: i32,
+    pub status: StatusBoard,
+}
+
+/// Serves one configured reader forever: open, serve, reopen.
+pub async fn run(ctx: ReaderContext) {
+    let name = ctx.config.name.clone();
+    let port = ctx.config.port.display().to_string();
+    let mut backoff = BACKOFF_MIN;
+    let mut last_problem: Option<String> = None;
+    let mut memory = ReaderMemory::default();
+    loop {
+        ctx.status.reader(&name, |s| {
+            s.port.clone_from(&port);
+            s.state = "opening".into();
+        });
+        match open_port(&ctx.config) {
+            Ok(stream) => {
+                tracing::info!(reader = %name, port = %port, "port opened");
+                last_problem = None;
+                ctx.status.reader(&name, |s| {
+                    s.state = "waiting for reader".into();
+                    s.detail = None;
+                });
+                let mut link = Link::new(&ctx, &mut memory);
+                let ended = link.serve(stream).await;
+                if link.was_up {
+                    backoff = BACKOFF_MIN;
+                }
+                tracing::warn!(reader = %name, port = %port, reason = %ended, "port closed; reopening");
+                ctx.status.reader(&name, |s| {
+                    s.state = "port error".into();
+                    s.detail = Some(ended.clone());
+                });
+            }
+            Err(e) => {
+                let problem = e.to_string();
+                if last_problem.as_deref() != Some(problem.as_str()) {
+                    tracing::warn!(reader = %name, port = %port, error = %problem, "cannot open port; retrying");
+                    ctx.status.reader(&name, |s| {
+                        s.state = "port error".into();
+                        s.detail = Some(problem.clone());
+                    });
+                    last_problem = Some(problem);
+                }
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+fn open_port(cfg: &ReaderConfig) -> Result<SerialStream, tokio_serial::Error> {
+    let builder = tokio_serial::new(cfg.port.to_string_lossy(), cfg.baud)
+        .data_bits(match cfg.data_bits {
+            5 => tokio_serial::DataBits::Five,
+            6 => tokio_serial::DataBits::Six,
+            7 => tokio_serial::DataBits::Seven,
+            _ => tokio_serial::DataBits::Eight,
+        })
+        .parity(match cfg.parity {
+            Parity::None => tokio_serial::Parity::None,
+            Parity::Even => tokio_serial::Parity::Even,
+            Parity::Odd => tokio_serial::Parity::Odd,
+        })
+        .stop_bits(if cfg.stop_bits == 2 {
+            tokio_serial::StopBits::Two
+        } else {
+            tokio_serial::StopBits::One
+        })
+        .flow_control(tokio_serial::FlowControl::None);
+    let mut stream = SerialStream::open(&builder)?;
+    // Two daemons (or a terminal program) on one reader would each see half the frames.
+    stream.set_exclusive(true)?;
+    Ok(stream)
+}
+
+/// What a reader task remembers across link and port losses: the transaction in progress.
+#[derive(Default)]
+struct ReaderMemory {
+    /// The reader's serial number: the idempotency key's first half.
+    reader_serial: Option<String>,
+    swipe: Option<Swipe>,
+    /// The last answer sent, for QUERY (CARD_MENU answers are not in the store).
+    last_answer: Option<(u32, StoredReply)>,
+    cashier: String,
+}
+
+struct Swipe {
+    txn_id: u32,
+    card: Zeroizing<String>,
+    cashier: String,
+    entry_version: Option<u64>,
+}
+
+/// The result of one store job, back on the reader task.
+struct Done {
+    txn_id: u32,
+    kind: &'static str,
+    reply: StoredReply,
+    outcome: String,
+    /// A successful menu starts a transaction.
+    swipe: Option<Swipe>,
+    started: std::time::Instant,
+}
+
+struct Link<'a> {
+    ctx: &'a ReaderContext,
+    memory: &'a mut ReaderMemory,
+    session: HostSession,
+    epoch: tokio::time::Instant,
+    encoding: TextEncoding,
+    backlog: VecDeque<(MessageType, Vec<u8>)>,
+    pending: Option<(oneshot::Receiver<Done>, tokio::time::Instant)>,
+    was_up: bool,
+}
+
+impl<'a> Link<'a> {
+    fn new(ctx: &'a ReaderContext, memory: &'a mut ReaderMemory) -> Self {
+        Link {
+            ctx,
+            memory,
+            session: HostSession::new(LinkConfig::new(ctx.config.baud)),
+            epoch: tokio::time::Instant::now(),
+            encoding: TextEncoding::Utf8,
+            backlog: VecDeque::new(),
+            pending: None,
+            was_up: false,
+        }
+    }
+
+    fn now(&self) -> LinkInstant {
+        let ms = self.epoch.elapsed().as_millis();
+        LinkInstant::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+    }
+
+    fn deadline(&self, at: LinkInstant) -> tokio::time::Instant {
+        self.epoch + Duration::from_millis(at.as_millis())
+    }
+
+    fn presentation(&self) -> Presentation {
+        Presentation {
+            language: self.ctx.language,
+            encoding: self.encoding,
+            utc_offset_minutes: self.ctx.utc_offset_minutes,
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.ctx.config.name
+    }
+
+    /// Serves the open port until the device is gone; returns why.
+    async fn serve(&mut self, mut port: SerialStream) -> String {
+        let mut rx = [0u8; 1024];
+        let mut tx = [0u8; WIRE_BUF_LEN];
+        loop {
+            let timer = self.session.poll_timeout().map(|t| self.deadline(t));
+            let display_at = self.pending.as_ref().map(|(_, since)| *since + DISPLAY_EVERY);
+            tokio::select! {
+                read = port.read(&mut rx) => match read {
+                    Ok(0) => return "end of file: device unplugged or closed".into(),
+                    Ok(n) => self.feed(&rx[..n]),
+                    Err(e) => return format!("read failed: {e}"),
+                },
+                () = sleep_until(timer), if timer.is_some() => {
+                    let now = self.now();
+                    self.session.handle_timeout(now);
+                    self.drain_events();
+                }
+                done = wait_pending(&mut self.pending), if self.pending.is_some() => {
+                    self.pending = None;
+                    match done {
+                        Some(done) => self.finish(done),
+                        None => tracing::error!(reader = %self.name(), "store thread gone; request dropped"),
+                    }
+                }
+                () = sleep_until(display_at), if display_at.is_some() => {
+                    if let Some((_, since)) = self.pending.as_mut() {
+                        *since = tokio::time::Instant::now();
+                    }
+                    self.send_display();
+                }
+            }
+            self.start_next();
+            let now = self.now();
+            while let Some(n) = self.session.poll_transmit(now, &mut tx) {
+                match tokio::time::timeout(WRITE_TIMEOUT, port.write_all(&tx[..n])).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return format!("write failed: {e}"),
+                    Err(_) => return "write timed out: device not draining".into(),
+                }
+            }
+        }
+    }
+
+    /// Feeds received bytes, taking every event the session produces along the way.
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let now = self.now();
+            let used = self.session.handle_bytes(now, data);
+            data = data.get(used..).unwrap_or_default();
+            let got = self.drain_events();
+            if used == 0 && !got {
+                // The session consumed nothing and has nothing to say: never spin on it.
+                tracing::error!(reader = %self.name(), "session made no progress; dropping {} bytes", data.len());
+                return;
+            }
+        }
+    }
+
+    fn drain_events(&mut self) -> bool {
+        let mut any = false;
+        while let Some(event) = self.session.poll_event() {
+            any = true;
+            let event = OwnedEvent::from(event);
+            self.on_event(event);
+        }
+        any
+    }
+
+    fn on_event(&mut self, event: OwnedEvent) {
+        let name = self.ctx.config.name.clone();
+        match event {
+            OwnedEvent::LinkUp(info) => {
+                self.was_up = true;
+                self.encoding = info.encoding;
+                let serial = info.reader.serial.as_str().to_owned();
+                let firmware = info.reader.firmware.as_str().to_owned();
+                if self.memory.reader_serial.as_deref() != Some(serial.as_str()) {
+                    // Another reader on this port: nothing of the previous one applies.
+                    *self.memory = ReaderMemory {
+                        reader_serial: Some(serial.clone()),
+                        ..ReaderMemory::default()
+                    };
+                }
+                tracing::info!(
+                    reader = %name, serial = %serial, firmware = %firmware,
+                    encoding = ?info.encoding, change = ?info.peer_change,
+                    "link up"
+                );
+                let encoding = format!("{:?}", info.encoding);
+                self.ctx.status.reader(&name, |s| {
+                    s.state = "link up".into();
+                    s.detail = None;
+                    s.reader_serial = Some(serial);
+                    s.firmware = Some(firmware);
+                    s.encoding = Some(encoding);
+                });
+            }
+            OwnedEvent::LinkDown(reason) => {
+                tracing::warn!(reader = %name, reason = ?reason, "link down");
+                self.backlog.clear();
+                self.ctx.status.reader(&name, |s| {
+                    s.state = "waiting for reader".into();
+                    s.detail = Some(format!("link down: {reason:?}"));
+                });
+            }
+            OwnedEvent::Unconfirmed { msg_type, .. } => {
+                tracing::info!(reader = %name, msg_type = %msg_type, "answer not confirmed; the reader will QUERY");
+            }
+            OwnedEvent::Delivered { .. } => {}
+            OwnedEvent::Message { msg_type, payload } => {
+                if self.backlog.len() >= BACKLOG_MAX {
+                    tracing::warn!(reader = %name, msg_type = %msg_type, "reader sent requests faster than answers: busy");
+                    self.send_error(ErrorCode::BUSY, msg_type, "busy");
+                } else {
+                    self.backlog.push_back((msg_type, payload));
+                }
+            }
+            OwnedEvent::MessageRejected {
+                msg_type, problem, ..
+            } => {
+                tracing::warn!(reader = %name, msg_type, problem = ?problem, "message refused");
+            }
+            OwnedEvent::HandshakeRejected(reason) => {
+                tracing::warn!(reader = %name, reason = ?reason, "handshake refused");
+            }
+        }
+    }
+
+    /// Starts the next backlog request if none is in flight.
+    fn start_next(&mut self) {
+        while self.pending.is_none() {
+            let Some((msg_type, payload)) = self.backlog.pop_front() else {
+                return;
+            };
+            let Some(reader_id) = self.memory.reader_serial.clone() else {
+                return;
+            };
+            // The session validated the payload already; a failure here is a bug, answered as one.
+            let message = match Message::parse(msg_type.as_u8(), &payload, self.encoding) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!(reader = %self.name(), msg_type = %msg_type, error = %e, "delivered message does not parse");
+                    self.send_error(ErrorCode::INTERNAL, msg_type, "internal");
+                    continue;
+                }
+            };
+            let job = self.job(reader_id, message);
+            match job {
+                Ok(Some(rx)) => self.pending = Some((rx, tokio::time::Instant::now())),
+                Ok(None) => {}
+                Err(msg_type) => self.send_error(ErrorCode::BUSY, msg_type, "store busy"),
+            }
+        }
+    }
+
+    /// Turns one request into a store job (or an immediate answer: `Ok(None)`).
+    fn job(
+        &mut self,
+        reader_id: String,
+        message: Message<'_>,
+    ) -> Result<Option<oneshot::Receiver<Done>>, MessageType> {
+        let presentation = self.presentation();
+        let started = std::time::Instant::now();
+        let store = &self.ctx.store;
+        let receiver = match message {
+            Message::CardPresented(cp) => {
+                let txn_id = cp.txn_id;
+                let card = Zeroizing::new(cp.card.to_owned());
+                let cashier = cp.cashier_id.to_owned();
+                self.memory.cashier.clone_from(&cashier);
+                // A new swipe ends the previous transaction.
+                self.memory.swipe = None;
+                store.try_call(move |store, now| {
+                    let (reply, outcome, entry_version) = match store.menu(&card, now) {
+                        Ok(MenuOutcome::Menu(menu)) => (
+                            presentation.menu(txn_id, &menu),
+                            format!("menu of {} entries", menu.entries.len()),
+                            Some(menu.entry_version),
+                        ),
+                        Ok(MenuOutcome::Declined(d)) => (
+                            presentation.declined(txn_id, d.reason),
+                            declined_outcome(d.reason, d.detail.as_deref()),
+                            None,
+                        ),
+                        Err(e) => {
+                            tracing::error!(error = %e, "store failed on a menu");
+                            let reason = DeclineReason::InternalError;
+                            (presentation.declined(txn_id, reason), declined_outcome(reason, None), None)
+                        }
+                    };
+                    Done {
+                        txn_id,
+                        kind: "swipe",
+                        reply,
+                        outcome,
+                        swipe: entry_version.map(|v| Swipe {
+                            txn_id,
+                            card,
+                            cashier,
+                            entry_version: Some(v),
+                        }),
+                        started,
+                    }
+                })
+            }
+            Message::Redeem(r) => {
+                let txn_id = r.txn_id;
+                let items: Vec<(u16, u64)> = r
+                    .items
+                    .iter()
+                    .map(|i| (u16::from(i.entry_index), u64::from(i.quantity)))
+                    .collect();
+                let identity: Option<Vec<u8>> = (r.identity.check
+                    != firmware_protocol::message::IdentityCheck::None)
+                    .then(|| r.identity.data.as_bytes().to_vec());
+                let swipe = self
+                    .memory
+                    .swipe
+                    .as_ref()
+                    .filter(|s| s.txn_id == txn_id)
+                    .map(|s| (s.card.clone(), s.cashier.clone(), s.entry_version));
+                store.try_call(move |store, now| {
+                    let Some((card, cashier, entry_version)) = swipe else {
+                        // No card for this txn in memory (daemon restarted, or a retransmitted
+                        // REDEEM after a new swipe): a stored outcome is the answer, else "swipe".
+                        return replay_or_decline(store, &reader_id, txn_id, "redeem", presentation, DeclineReason::NoCard, started);
+                    };
+                    let request = RedeemRequest {
+                        reader_id: &reader_id,
+                        reader_txn_id: u64::from(txn_id),
+                        card_number: &card,
+                        items: &items,
+                        identity: identity.as_deref(),
+                        cashier_id: &cashier,
+                        menu_entry_version: entry_version,
+                    };
+                    let result = store.redeem(&request, now, |d| presentation.decision(txn_id, d).0);
+                    stored_done(result, txn_id, "redeem", presentation, started)
+                })
+            }
+            Message::Void(v) => {
+                let txn_id = v.txn_id;
+                let auth = v.original_auth_code.to_owned();
+                let reason = format!("{:?}", v.reason);
+                let cashier = self.memory.cashier.clone();
+                store.try_call(move |store, now| {
+                    let request = VoidRequest {
+                        reader_id: &reader_id,
+                        reader_txn_id: u64::from(txn_id),
+                        original_auth_code: &auth,
+                        reason: &reason,
+                        cashier_id: &cashier,
+                    };
+                    let result = store.void(&request, now, |d| presentation.decision(txn_id, d).0);
+                    stored_done(result, txn_id, "void", presentation, started)
+                })
+            }
+            Message::Query(q) => {
+                // The answer of this daemon run, if it is the one asked for (CARD_MENU answers
+                // live only here); otherwise the store's.
+                let remembered = self.memory.last_answer.clone().filter(|(txn, _)| match q {
+                    Query::Last => true,
+                    Query::Txn(id) => *txn == id,
+                });
+                if let Some((txn_id, reply)) = remembered {
+                    self.send_reply(&reply);
+                    self.log_done(txn_id, "query", "stored answer sent again", started);
+                    return Ok(None);
+                }
+                store.try_call(move |store, _now| {
+                    let found = match q {
+                        Query::Last => store.last_outcome(&reader_id).map(|o| {
+                            o.map(|(txn, bytes)| (u32::try_from(txn).unwrap_or(0), bytes))
+                        }),
+                        Query::Txn(id) => store
+                            .stored_outcome(&reader_id, u64::from(id))
+                            .map(|o| o.map(|bytes| (id, bytes))),
+                    };
+                    let asked = match q {
+                        Query::Last => 0,
+                        Query::Txn(id) => id,
+                    };
+                    match found {
+                        Ok(Some((txn_id, bytes))) => Done {
+                            txn_id,
+                            kind: "query",
+                            reply: StoredReply(bytes),
+                            outcome: "stored answer sent again".into(),
+                            swipe: None,
+                            started,
+                        },
+                        Ok(None) => declined_done(asked, "query", presentation, DeclineReason::TxnUnknown, started),
+                        Err(e) => {
+                            tracing::error!(error = %e, "store failed on a query");
+                            declined_done(asked, "query", presentation, DeclineReason::InternalError, started)
+                        }
+                    }
+                })
+            }
+            other => {
+                // The session refuses wrong-direction types before they get here.
+                let t = other.message_type();
+                tracing::warn!(reader = %self.name(), msg_type = %t, "unexpected message");
+                self.send_error(ErrorCode::UNEXPECTED_MESSAGE, t, "unexpected");
+                return Ok(None);
+            }
+        };
+        receiver.map(Some).map_err(|_| MessageType::Error)
+    }
+
+    fn finish(&mut self, done: Done) {
+        if let Some(swipe) = done.swipe {
+            self.memory.swipe = Some(swipe);
+        }
+        self.send_reply(&done.reply);
+        self.memory.last_answer = Some((done.txn_id, done.reply));
+        self.log_done(done.txn_id, done.kind, &done.outcome, done.started);
+    }
+
+    fn log_done(&self, txn_id: u32, kind: &str, outcome: &str, started: std::time::Instant) {
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        tracing::info!(
+            reader = %self.name(), txn = txn_id, kind, outcome, latency_ms = format_args!("{latency_ms:.1}"),
+            "transaction"
+        );
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0));
+        let (kind, outcome) = (kind.to_owned(), outcome.to_owned());
+        self.ctx.status.reader(self.name(), |s| {
+            s.last_transaction = Some(LastTransaction {
+                txn_id,
+                kind,
+                outcome,
+                at_ms,
+            });
+        });
+    }
+
+    fn send_reply(&mut self, reply: &StoredReply) {
+        let Some((msg_type, payload)) = StoredReply::split(&reply.0) else {
+            tracing::error!(reader = %self.name(), "stored reply is not a reply; not sent");
+            return;
+        };
+        if let Err(e) = self.session.send_raw(msg_type, payload) {
+            // Down or full: the answer is stored; the reader recovers it with QUERY.
+            tracing::warn!(reader = %self.name(), msg_type = %msg_type, error = %e, "answer not sent; the reader will QUERY");
+        }
+    }
+
+    fn send_display(&mut self) {
+        let text = match self.ctx.language {
+            Language::Zh => "处理中，请稍候",
+            Language::En => "Processing, please wait",
+        };
+        let txn_id = self.memory.swipe.as_ref().map_or(0, |s| s.txn_id);
+        let reply = self.presentation().display(txn_id, text);
+        if let Some((&t, payload)) = reply.0.split_first()
+            && let Some(t) = MessageType::from_u8(t)
+            && let Err(e) = self.session.send_raw(t, payload)
+        {
+            tracing::debug!(reader = %self.name(), error = %e, "DISPLAY not sent");
+        }
+    }
+
+    fn send_error(&mut self, code: ErrorCode, about: MessageType, text: &str) {
+        let message = Message::Error(firmware_protocol::message::Error {
+            code,
+            offending_type: about.as_u8(),
+            text: Text::from_utf8(text),
+        });
+        if let Err(e) = self.session.send(&message) {
+            tracing::warn!(reader = %self.name(), error = %e, "cannot send ERROR");
+        }
+    }
+}
+
+fn declined_outcome(reason: DeclineReason, detail: Option<&str>) -> String {
+    match detail {
+        Some(d) => format!("declined {reason:?} ({d})"),
+        None => format!("declined {reason:?}"),
+    }
+}
+
+fn declined_done(
+    txn_id: u32,
+    kind: &'static str,
+    presentation: Presentation,
+    reason: DeclineReason,
+    started: std::time::Instant,
+) -> Done {
+    Done {
+        txn_id,
+        kind,
+        reply: presentation.declined(txn_id.max(1), reason),
+        outcome: declined_outcome(reason, None),
+        swipe: None,
+        started,
+    }
+}
+
+fn replay_or_decline(
+    store: &mut crate::store::Store,
+    reader_id: &str,
+    txn_id: u32,
+    kind: &'static str,
+    presentation: Presentation,
+    reason: DeclineReason,
+    started: std::time::Instant,
+) -> Done {
+    match store.stored_outcome(reader_id, u64::from(txn_id)) {
+        Ok(Some(bytes)) => Done {
+            txn_id,
+            kind,
+            reply: StoredReply(bytes),
+            outcome: "repeated request: stored answer sent again".into(),
+            swipe: None,
+            started,
+        },
+        Ok(None) => declined_done(txn_id, kind, presentation, reason, started),
+        Err(e) => {
+            tracing::error!(error = %e, "store failed looking up a stored outcome");
+            declined_done(txn_id, kind, presentation, DeclineReason::InternalError, started)
+        }
+    }
+}
+
+fn stored_done(
+    result: Result<crate::store::Outcome, crate::store::StoreError>,
+    txn_id: u32,
+    kind: &'static str,
+    presentation: Presentation,
+    started: std::time::Instant,
+) -> Done {
+    match result {
+        Ok(outcome) => {
+            let summary = match &outcome.decision {
+                Some(Decision::Redeemed(a)) => {
+                    format!("approved auth {} ({} line(s))", a.auth_code, a.lines.len())
+                }
+                Some(Decision::Voided(v)) => format!(
+                    "voided {} with auth {}",
+                    v.original_auth_code, v.auth_code
+                ),
+                Some(Decision::Declined(d)) => declined_outcome(d.reason, d.detail.as_deref()),
+                None if outcome.replay_mismatch => {
+                    "txn id reused with other content: first answer sent again".into()
+                }
+                None => "repeated request: stored answer sent again".into(),
+            };
+            Done {
+                txn_id,
+                kind,
+                reply: StoredReply(outcome.reply),
+                outcome: summary,
+                swipe: None,
+                started,
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, kind, "store failed; nothing recorded");
+            declined_done(txn_id, kind, presentation, DeclineReason::InternalError, started)
+        }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn wait_pending(
+    pending: &mut Option<(oneshot::Receiver<Done>, tokio::time::Instant)>,
+) -> Option<Done> {
+    match pending {
+        Some((rx, _)) => rx.await.ok(),
+        None => std::future::pending().await,
+    }
+}
