@@ -1,0 +1,288 @@
+//! The reader's end of the serial line: a real port opened by path, or the master end of a
+//! pseudo-terminal pair whose slave end a daemon opens (optionally through a symlink that is
+//! re-pointed on every replug, like udev's `/dev/serial/by-id` links).
+//!
+//! Why the simulator never keeps the slave open: the daemon opens the slave with an exclusive
+//! lock (`TIOCEXCL` + `flock`), which fails while another handle holds it. So after a pair is
+//! created the slave handle is dropped at once and only its path is kept.
+//!
+//! While no process holds the slave open, reads on the master fail with `EIO` (and the
+//! descriptor polls as ready, so a naive loop would spin): that means "nobody connected yet",
+//! and [`Line::read`] backs off for [`IDLE_BACKOFF`] and reports no data.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_serial::{
+    DataBits, FlowControl, Parity, SerialPort, SerialPortBuilderExt, SerialStream, StopBits,
+};
+
+use super::SimError;
+
+/// `EIO` on Linux: what a pty master's read and write return while no slave is open.
+const EIO: i32 = 5;
+
+/// Pause after a read that found nobody on the other end (EIO, 0 bytes), so waiting never spins.
+pub const IDLE_BACKOFF: Duration = Duration::from_millis(20);
+
+/// Longest a frame write may block before the bytes are dropped as "nobody is reading": a pty
+/// master whose slave is closed buffers writes until its buffer is full, then blocks forever.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Where the reader's line goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LineSpec {
+    /// A real serial device, opened exclusively at the configured baud rate, 8N1, no flow control.
+    Port(PathBuf),
+    /// A new pseudo-terminal pair; the daemon opens the slave path ([`Line::slave_path`]).
+    CreatePty,
+}
+
+enum Kind {
+    Port {
+        path: PathBuf,
+    },
+    Pty {
+        slave_path: PathBuf,
+        link: Option<PathBuf>,
+    },
+}
+
+/// An open line (see the module docs).
+pub struct Line {
+    /// `None` while unplugged.
+    stream: Option<SerialStream>,
+    kind: Kind,
+    baud: u32,
+    /// Bytes the reader transmitted that went nowhere (unplugged, nobody on the other end).
+    dropped_bytes: u64,
+}
+
+impl std::fmt::Debug for Line {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Line")
+            .field("path", &self.display_path())
+            .field("plugged", &self.stream.is_some())
+            .field("dropped_bytes", &self.dropped_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Line {
+    /// Opens `spec`. With [`LineSpec::CreatePty`] and a `link` path, the symlink is (re)created to
+    /// point at the slave. A `link` with [`LineSpec::Port`] is refused (the device path is the link).
+    pub fn open(spec: &LineSpec, baud: u32, link: Option<&Path>) -> Result<Line, SimError> {
+        match spec {
+            LineSpec::Port(path) => {
+                if link.is_some() {
+                    return Err(SimError::Setup(
+                        "a symlink can only be maintained for a created pseudo-terminal".into(),
+                    ));
+                }
+                let mut stream = tokio_serial::new(path.to_string_lossy(), baud)
+                    .data_bits(DataBits::Eight)
+                    .parity(Parity::None)
+                    .stop_bits(StopBits::One)
+                    .flow_control(FlowControl::None)
+                    .open_native_async()
+                    .map_err(|e| SimError::Open {
+                        path: path.display().to_string(),
+                        reason: e.to_string(),
+                    })?;
+                stream.set_exclusive(true).map_err(|e| SimError::Open {
+                    path: path.display().to_string(),
+                    reason: format!("cannot lock exclusively: {e}"),
+                })?;
+                Ok(Line {
+                    stream: Some(stream),
+                    kind: Kind::Port { path: path.clone() },
+                    baud,
+                    dropped_bytes: 0,
+                })
+            }
+            LineSpec::CreatePty => {
+                let (master, slave_path) = new_pty()?;
+                let link = link.map(Path::to_path_buf);
+                if let Some(link) = &link {
+                    point_symlink(link, &slave_path)?;
+                }
+                Ok(Line {
+                    stream: Some(master),
+                    kind: Kind::Pty { slave_path, link },
+                    baud,
+                    dropped_bytes: 0,
+                })
+            }
+        }
+    }
+
+    /// The path a daemon opens: the slave of the pty (or the device path of a real port).
+    pub fn slave_path(&self) -> &Path {
+        match &self.kind {
+            Kind::Port { path } => path,
+            Kind::Pty { slave_path, .. } => slave_path,
+        }
+    }
+
+    /// The symlink maintained to the current slave, if any.
+    pub fn link_path(&self) -> Option<&Path> {
+        match &self.kind {
+            Kind::Pty { link, .. } => link.as_deref(),
+            Kind::Port { .. } => None,
+        }
+    }
+
+    fn display_path(&self) -> String {
+        self.slave_path().display().to_string()
+    }
+
+    /// The configured baud rate (nominal on a pty).
+    pub fn baud(&self) -> u32 {
+        self.baud
+    }
+
+    /// Whether the line is plugged in.
+    pub fn is_plugged(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// Bytes written while nobody could receive them.
+    pub fn dropped_bytes(&self) -> u64 {
+        self.dropped_bytes
+    }
+
+    fn is_pty(&self) -> bool {
+        matches!(self.kind, Kind::Pty { .. })
+    }
+
+    /// Reads what arrived. `Ok(0)` means "nothing, nobody on the other end" after a short
+    /// back-off; while unplugged it never completes (the caller races it against a timer).
+    /// Cancel-safe: no byte is consumed unless the future completes.
+    pub async fn read(&mut self, buf: &mut [u8]) -> Result<usize, SimError> {
+        let is_pty = self.is_pty();
+        let Some(stream) = self.stream.as_mut() else {
+            std::future::pending::<()>().await;
+            return Ok(0);
+        };
+        match stream.read(buf).await {
+            Ok(0) => {
+                tokio::time::sleep(IDLE_BACKOFF).await;
+                Ok(0)
+            }
+            Ok(n) => Ok(n),
+            Err(e) if is_pty && e.raw_os_error() == Some(EIO) => {
+                tokio::time::sleep(IDLE_BACKOFF).await;
+                Ok(0)
+            }
+            Err(e) => Err(SimError::Io {
+                doing: format!("reading {}", self.display_path()),
+                source: e,
+            }),
+        }
+    }
+
+    /// Writes a whole frame, or drops it (counted) when nobody can receive it: unplugged, no
+    /// slave open (EIO), or the peer not reading for [`WRITE_TIMEOUT`]. A frame cut short this way
+    /// is resynchronised by the next frame's leading `0x00`.
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), SimError> {
+        let is_pty = self.is_pty();
+        let Some(stream) = self.stream.as_mut() else {
+            self.dropped_bytes += bytes.len() as u64;
+            return Ok(());
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(bytes)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) if is_pty && e.raw_os_error() == Some(EIO) => {
+                self.dropped_bytes += bytes.len() as u64;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(SimError::Io {
+                doing: format!("writing {}", self.display_path()),
+                source: e,
+            }),
+            Err(_elapsed) => {
+                self.dropped_bytes += bytes.len() as u64;
+                Ok(())
+            }
+        }
+    }
+
+    /// Pulls the cable: closes the pty master (the daemon's reads on the slave then fail with
+    /// EIO). Refused on a real port (a person pulls that cable).
+    pub fn unplug(&mut self) -> Result<(), SimError> {
+        if !self.is_pty() {
+            return Err(SimError::Setup(
+                "unplug needs a created pseudo-terminal".into(),
+            ));
+        }
+        self.stream = None;
+        Ok(())
+    }
+
+    /// Plugs in again: a new pty pair (a new /dev/pts path, like a USB device that comes back
+    /// under a new ttyACM number) and the symlink atomically re-pointed at it.
+    pub fn replug(&mut self) -> Result<(), SimError> {
+        let Kind::Pty { slave_path, link } = &mut self.kind else {
+            return Err(SimError::Setup(
+                "replug needs a created pseudo-terminal".into(),
+            ));
+        };
+        self.stream = None;
+        let (master, new_slave) = new_pty()?;
+        if let Some(link) = link {
+            point_symlink(link, &new_slave)?;
+        }
+        *slave_path = new_slave;
+        self.stream = Some(master);
+        Ok(())
+    }
+}
+
+impl Drop for Line {
+    /// Removes the symlink if it still points at our slave (a technician's stale link to a dead
+    /// pty would otherwise send the daemon to a missing or foreign device).
+    fn drop(&mut self) {
+        if let Kind::Pty {
+            slave_path,
+            link: Some(link),
+        } = &self.kind
+            && std::fs::read_link(link).is_ok_and(|target| &target == slave_path)
+        {
+            let _ = std::fs::remove_file(link);
+        }
+    }
+}
+
+/// A new pty pair: keeps the master, learns the slave's path, closes the slave handle.
+fn new_pty() -> Result<(SerialStream, PathBuf), SimError> {
+    let (master, slave) = SerialStream::pair().map_err(|e| SimError::Open {
+        path: "new pseudo-terminal".into(),
+        reason: e.to_string(),
+    })?;
+    let slave_path = slave
+        .name()
+        .map(PathBuf::from)
+        .ok_or_else(|| SimError::Setup("the new pseudo-terminal has no slave path".into()))?;
+    // The daemon locks the slave exclusively when it opens it: our handle must be gone by then.
+    drop(slave);
+    Ok((master, slave_path))
+}
+
+/// Points `link` at `target` atomically: a temporary symlink next to it, renamed over it, so a
+/// daemon that opens `link` meanwhile sees either the old target or the new one, never nothing.
+fn point_symlink(link: &Path, target: &Path) -> Result<(), SimError> {
+    let file_name = link
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| SimError::Setup(format!("{}: not a file path", link.display())))?;
+    let temp = link.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&temp);
+    let fail = |e: io::Error| SimError::Io {
+        doing: format!("pointing {} at {}", link.display(), target.display()),
+        source: e,
+    };
+    std::os::unix::fs::symlink(target, &temp).map_err(fail)?;
+    std::fs::rename(&temp, link).map_err(fail)
+}
