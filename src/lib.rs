@@ -14,4 +14,5 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod keys;
+pub mod simulator;
 pub mod store;
