@@ -27,6 +27,8 @@ const SILENT_CARD: &str = "6222029999999999";
 /// A card the host declines as unknown.
 const UNKNOWN_CARD: &str = "6222020000000000";
 const CARD: &str = "6222020000000001";
+/// A card whose REDEEM the host commits and then "crashes" before answering (new HostSession).
+const CRASH_CARD: &str = "6222020000000002";
 
 #[derive(Debug, Default)]
 struct HostLog {
@@ -38,6 +40,8 @@ struct HostLog {
     /// What a read on the slave returned when it ended the connection ("eof" or the error).
     read_ends: Vec<String>,
     opens: u32,
+    /// Host session restarts (CRASH_CARD).
+    restarts: u32,
     /// Damaged frames the host saw (bad CRC, COBS, length...).
     damaged_frames: u32,
 }
@@ -95,6 +99,10 @@ struct HostApp {
     latest: HashMap<u32, (MessageType, Vec<u8>)>,
     last_txn: Option<u32>,
     journal: u32,
+    /// Txn ids of CRASH_CARD swipes.
+    crash_txns: Vec<u32>,
+    /// Set when the host must drop its session instead of answering.
+    crash_now: bool,
 }
 
 impl HostApp {
@@ -148,6 +156,9 @@ impl HostApp {
                 (false, MessageType::Declined, emit(&Message::Declined(d)))
             }
             Message::CardPresented(m) => {
+                if m.card == CRASH_CARD {
+                    self.crash_txns.push(m.txn_id);
+                }
                 let holder = text("张三", encoding);
                 let wash = text("洗车 Car wash", encoding);
                 let oil = text("换机油 Oil change", encoding);
@@ -213,6 +224,11 @@ impl HostApp {
         self.by_request.insert(key, (answer_type, payload.clone()));
         self.latest.insert(key.0, (answer_type, payload.clone()));
         self.last_txn = Some(key.0);
+        if matches!(msg, Message::Redeem(m) if self.crash_txns.contains(&m.txn_id)) {
+            // Committed, answer stored, and the host restarts before sending it.
+            self.crash_now = true;
+            return None;
+        }
         Some((display, answer_type, payload))
     }
 }
@@ -302,6 +318,11 @@ async fn host_task(path: PathBuf, mut stop: oneshot::Receiver<()>, log: Arc<Mute
                         .unwrap();
                 }
                 session.send_raw(answer_type, &payload).unwrap();
+            }
+            if app.crash_now {
+                app.crash_now = false;
+                session = HostSession::new(Config::new(115_200));
+                log.lock().unwrap().restarts += 1;
             }
             session.handle_timeout(now());
             while session.poll_event().is_some() {}
@@ -546,14 +567,18 @@ async fn unplug_and_replug_follow_the_symlink() {
     );
     eprintln!("slave read after master close: {ends:?}");
 
+    // Hold the freed pty number, so the replug gets another path, as a USB device may.
+    let occupier = tokio_serial::SerialStream::pair().unwrap();
     reader.replug().unwrap();
     let new = reader.line().slave_path().to_path_buf();
+    assert_ne!(new, old);
     assert_eq!(std::fs::read_link(&link).unwrap(), new);
     eprintln!("replugged: {} -> {}", old.display(), new.display());
     let a = approval(reader.redeem(&[(0, 1)], None).await.unwrap());
     assert_eq!(a.txn_id, 1);
     assert!(host.log(|l| l.opens) >= 2);
     host.stop().await;
+    drop(occupier);
     drop(reader);
     assert!(
         std::fs::read_link(&link).is_err(),
@@ -746,4 +771,59 @@ fn a_port_line_refuses_a_symlink() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("pseudo-terminal"), "{err}");
+}
+
+/// What the kernel does with a pty whose slave nobody holds, which [`Line`] relies on: the
+/// master's read fails with EIO at once (it does not block, so a loop must back off), and a
+/// write is accepted or fails with EIO, never blocks for long.
+#[tokio::test]
+async fn pty_master_without_a_slave_reads_eio() {
+    let (mut master, slave) = tokio_serial::SerialStream::pair().unwrap();
+    drop(slave);
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(
+        Duration::from_secs(1),
+        AsyncReadExt::read(&mut master, &mut buf),
+    )
+    .await
+    .expect("a read on a slave-less master must not block");
+    let read_result = format!("{read:?}");
+    assert_eq!(read.unwrap_err().raw_os_error(), Some(5), "{read_result}");
+    let write = tokio::time::timeout(
+        Duration::from_secs(1),
+        AsyncWriteExt::write_all(&mut master, b"\x00hello\x00"),
+    )
+    .await;
+    eprintln!("master without slave: read {read_result}, write {write:?}");
+    assert!(write.is_ok(), "a small write must not block");
+}
+
+/// The host commits a REDEEM and restarts before answering: the reader's next heartbeat gets
+/// RESET, it relinks and QUERYs the txn (never sends the REDEEM again) and gets the stored answer.
+#[tokio::test]
+async fn link_lost_mid_request_recovers_with_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut reader, host, _link) = setup(dir.path(), ReaderSettings::default()).await;
+    menu(reader.swipe(CRASH_CARD, EntryMode::Chip, "").await.unwrap());
+    let a = approval(reader.redeem(&[(0, 1)], None).await.unwrap());
+    let reply = reader.last_reply().unwrap().clone();
+    assert!(reply.recovered);
+    assert_eq!(a.txn_id, 1);
+    assert_eq!(host.log(|l| l.restarts), 1);
+    assert_eq!(host.log(|l| l.approvals), 1);
+    assert_eq!(
+        host.log(|l| l.requests.clone()),
+        vec![
+            MessageType::CardPresented,
+            MessageType::Redeem,
+            MessageType::Query
+        ]
+    );
+    assert!(
+        reader
+            .take_notes()
+            .iter()
+            .any(|n| n.contains("QUERY Txn(1) instead of sending again")),
+    );
+    host.stop().await;
 }
