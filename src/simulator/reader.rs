@@ -442,6 +442,7 @@ impl SimReader {
         let mut displays = Vec::new();
         let mut link_lost = false;
         let mut recovered = false;
+        let mut resent = false;
         loop {
             while let Some(event) = self.inbox.pop_front() {
                 match event {
@@ -482,6 +483,26 @@ impl SimReader {
                                     Awaiting::Any => true,
                                     Awaiting::Txn(id) => answer.txn_id() == id,
                                 };
+                                // The QUERY after a link-down found nothing: the request never
+                                // reached the daemon. Sending it again under the same txn id
+                                // is safe (the daemon's idempotency key), once.
+                                let never_arrived = matches!(&answer,
+                                    Answer::Declined(d) if d.reason == DeclineReason::TXN_UNKNOWN);
+                                if for_us
+                                    && recovered
+                                    && never_arrived
+                                    && !resent
+                                    && msg_type != MessageType::Query
+                                {
+                                    resent = true;
+                                    self.notes.push(format!(
+                                        "the daemon never got the {}: sending it again, same txn id",
+                                        msg_type.name()
+                                    ));
+                                    self.send(msg_type, &payload)?;
+                                    deadline = Instant::now() + timeout;
+                                    continue;
+                                }
                                 if for_us {
                                     let reply = Reply {
                                         msg_type: got_type,

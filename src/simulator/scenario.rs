@@ -583,11 +583,9 @@ impl Runner {
             Step::Void { target, reason } => {
                 let code = match target {
                     VoidTarget::Code(c) => c.clone(),
-                    VoidTarget::Last => self.last_auth.clone().ok_or_else(|| {
-                        at(SimError::Script {
-                            location: location.to_owned(),
-                            problem: "void last: no approved redemption yet".into(),
-                        })
+                    VoidTarget::Last => self.last_auth.clone().ok_or_else(|| SimError::Script {
+                        location: location.to_owned(),
+                        problem: "void last: no approved redemption yet".into(),
                     })?,
                 };
                 let _ = writeln!(text, "> void {code} {reason:?}");

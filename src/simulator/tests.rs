@@ -29,6 +29,8 @@ const UNKNOWN_CARD: &str = "6222020000000000";
 const CARD: &str = "6222020000000001";
 /// A card whose REDEEM the host commits and then "crashes" before answering (new HostSession).
 const CRASH_CARD: &str = "6222020000000002";
+/// A card whose first CARD_PRESENTED the host loses in a restart (nothing stored).
+const LOST_SWIPE_CARD: &str = "6222020000000003";
 
 #[derive(Debug, Default)]
 struct HostLog {
@@ -103,6 +105,7 @@ struct HostApp {
     crash_txns: Vec<u32>,
     /// Set when the host must drop its session instead of answering.
     crash_now: bool,
+    lost_a_swipe: bool,
 }
 
 impl HostApp {
@@ -143,6 +146,13 @@ impl HostApp {
         };
         if let Some((t, p)) = self.by_request.get(&key) {
             return Some((false, *t, p.clone()));
+        }
+        if matches!(msg, Message::CardPresented(m) if m.card == LOST_SWIPE_CARD)
+            && !self.lost_a_swipe
+        {
+            self.lost_a_swipe = true;
+            self.crash_now = true;
+            return None;
         }
         let (display, answer_type, payload) = match msg {
             Message::CardPresented(m) if m.card == SILENT_CARD => return None,
@@ -825,5 +835,31 @@ async fn link_lost_mid_request_recovers_with_query() {
             .iter()
             .any(|n| n.contains("QUERY Txn(1) instead of sending again")),
     );
+    host.stop().await;
+}
+
+/// The host restarts before storing anything for a swipe: the reader's QUERY finds nothing
+/// (TXN_UNKNOWN), so it sends the same CARD_PRESENTED again, same txn id, and gets the menu.
+#[tokio::test]
+async fn request_lost_in_a_host_restart_is_sent_again_with_the_same_txn_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut reader, host, _link) = setup(dir.path(), ReaderSettings::default()).await;
+    let m = menu(
+        reader
+            .swipe(LOST_SWIPE_CARD, EntryMode::Chip, "")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(m.txn_id, 1);
+    assert!(reader.last_reply().unwrap().recovered);
+    assert_eq!(
+        host.log(|l| l.requests.clone()),
+        vec![
+            MessageType::CardPresented,
+            MessageType::Query,
+            MessageType::CardPresented
+        ]
+    );
+    assert_eq!(reader.next_txn_id(), 2);
     host.stop().await;
 }
