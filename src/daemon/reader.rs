@@ -61,11 +61,11 @@ pub async fn run(ctx: ReaderContext) {
     let mut backoff = BACKOFF_MIN;
     let mut last_problem: Option<String> = None;
     let mut memory = ReaderMemory::default();
+    ctx.status.reader(&name, |s| {
+        s.port.clone_from(&port);
+        s.state = "opening".into();
+    });
     loop {
-        ctx.status.reader(&name, |s| {
-            s.port.clone_from(&port);
-            s.state = "opening".into();
-        });
         match open_port(&ctx.config) {
             Ok(stream) => {
                 tracing::info!(reader = %name, port = %port, "port opened");

@@ -8,6 +8,7 @@
 
 mod cli;
 mod crash;
+mod daemon;
 mod migrate;
 mod snapshot;
 mod store;

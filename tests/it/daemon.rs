@@ -1,0 +1,457 @@
+//! The real `redeemd run` process against simulated readers on pseudo-terminals.
+//!
+//! Each test lays out a shop in a temp dir (config, key file, a signed cache installed through
+//! the store), starts the daemon binary, and drives one or two [`SimReader`]s — the same reader
+//! code `redeemd simulate-reader` runs — over real ptys. Reader ports are symlinks, as udev makes
+//! them, so an unplugged reader comes back on a new pty behind the same path.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use firmware_protocol::message::{DeclineReason as Wire, EntryMode, IdentityCheck, VoidReason};
+use redeemd::engine::DeclineReason;
+use redeemd::simulator::reader::identity;
+use redeemd::simulator::{
+    Answer, Line, LineSpec, ReaderSettings, RedeemResult, SimReader, SwipeResult,
+};
+use redeemd_contract::snapshot::BundleKind;
+use redeemd_contract::{Card, CardStatus};
+use tempfile::TempDir;
+
+use crate::support::{self, HOUR, MERCHANT, SECRET_HEX, TERMINAL};
+
+const LINK_UP: Duration = Duration::from_secs(15);
+const BAUD: u32 = 115_200;
+
+/// Card numbers of the shop's fixtures.
+const CARD_TWO_PACKAGES: u64 = 1;
+const CARD_LOST: u64 = 2;
+const CARD_EXHAUSTED_EXPIRED: u64 = 3;
+const CARD_LAST_USE: u64 = 4;
+
+fn wall_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// `card(i)` with validity windows around the real clock (the daemon reads the real clock).
+fn live_card(i: u64, wash: u32) -> Card {
+    let now = wall_now();
+    let mut card = support::card(i, wash);
+    for p in &mut card.packages {
+        p.valid_from_ms = now - 1000 * HOUR;
+        p.valid_until_ms = now + 1000 * HOUR;
+    }
+    card
+}
+
+fn shop_cards() -> Vec<(u64, Option<Card>)> {
+    let two = live_card(CARD_TWO_PACKAGES, 10);
+    let mut lost = live_card(CARD_LOST, 10);
+    lost.status = CardStatus::Lost;
+    // Wash used up, wax still there; the oil package ended an hour ago.
+    let mut worn = live_card(CARD_EXHAUSTED_EXPIRED, 10);
+    worn.packages[0].items[0].uses_left = 0;
+    worn.packages[1].valid_until_ms = wall_now() - HOUR;
+    let last = live_card(CARD_LAST_USE, 1);
+    vec![
+        (CARD_TWO_PACKAGES, Some(two)),
+        (CARD_LOST, Some(lost)),
+        (CARD_EXHAUSTED_EXPIRED, Some(worn)),
+        (CARD_LAST_USE, Some(last)),
+    ]
+}
+
+/// A shop's files: config, key, state directory with a signed cache, reader port paths.
+struct Shop {
+    dir: TempDir,
+    config: PathBuf,
+}
+
+impl Shop {
+    fn new(readers: usize, extra: &str) -> Shop {
+        let dir = tempfile::Builder::new()
+            .prefix("redeemd-it-")
+            .tempdir()
+            .unwrap();
+        let key = dir.path().join("terminal.key");
+        std::fs::write(&key, format!("{SECRET_HEX}\n")).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let state = dir.path().join("state");
+        let mut toml = format!(
+            "terminal_id = \"{TERMINAL}\"\nmerchant_id = \"{MERCHANT}\"\nstate_dir = \"{}\"\n\
+             {extra}\n[key]\nfile = \"{}\"\n",
+            state.display(),
+            key.display()
+        );
+        for i in 0..readers {
+            toml.push_str(&format!(
+                "[[reader]]\nname = \"counter-{i}\"\nport = \"{}\"\nbaud = {BAUD}\n",
+                dir.path().join(format!("reader-{i}")).display()
+            ));
+        }
+        toml.push_str("[risk]\nmax_offline_uses_per_card = 1000\nmax_offline_redemptions = 100000\n");
+        let config = dir.path().join("redeemd.toml");
+        std::fs::write(&config, toml).unwrap();
+
+        let mut store = redeemd::store::Store::open(&state, support::keys(), support::config()).unwrap();
+        let bundle = support::bundle(BundleKind::Full, 1, 0, &shop_cards(), wall_now() + 1000 * HOUR);
+        store.install_bundle(&bundle[..], support::now(wall_now())).unwrap();
+        Shop { dir, config }
+    }
+
+    fn port(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("reader-{i}"))
+    }
+
+    fn redeemd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_redeemd"));
+        c.arg("--config").arg(&self.config);
+        c.env_remove("NOTIFY_SOCKET").env_remove("WATCHDOG_USEC").env_remove("RUST_LOG");
+        c
+    }
+}
+
+/// A running `redeemd run`, its stderr collected line by line. Killed on drop.
+struct Daemon {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    fn start(shop: &Shop) -> Daemon {
+        let mut child = shop
+            .redeemd()
+            .arg("run")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let d = Daemon { child, log };
+        d.wait_log("serving", Duration::from_secs(20));
+        d
+    }
+
+    fn has_log(&self, needle: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    fn wait_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.has_log(needle) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "no log line containing {needle:?} within {timeout:?}; log:\n{}",
+            self.log.lock().unwrap().join("\n")
+        );
+    }
+
+    fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn reader(shop: &Shop, i: usize, serial: &str) -> SimReader {
+    let line = Line::open(&LineSpec::CreatePty, BAUD, Some(&shop.port(i))).unwrap();
+    let settings = ReaderSettings {
+        serial: serial.into(),
+        next_txn_id: 100,
+        txn_timeout: Duration::from_secs(10),
+        ..ReaderSettings::default()
+    };
+    let mut r = SimReader::new(line, settings).unwrap();
+    r.wait_link_up(LINK_UP).await.unwrap();
+    r
+}
+
+async fn swipe(r: &mut SimReader, card: u64) -> SwipeResult {
+    r.swipe(&support::number(card), EntryMode::Magstripe, "cashier-7")
+        .await
+        .unwrap()
+}
+
+fn menu(s: SwipeResult) -> redeemd::simulator::Menu {
+    match s {
+        SwipeResult::Menu(m) => m,
+        SwipeResult::Declined(d) => panic!("expected a menu, got {d:?}"),
+    }
+}
+
+fn approved(r: RedeemResult) -> redeemd::simulator::Approval {
+    match r {
+        RedeemResult::Approved(a) => a,
+        RedeemResult::Declined(d) => panic!("expected an approval, got {d:?}"),
+    }
+}
+
+fn declined(r: RedeemResult) -> Wire {
+    match r {
+        RedeemResult::Declined(d) => d.reason,
+        RedeemResult::Approved(a) => panic!("expected a decline, got {a:?}"),
+    }
+}
+
+fn wire(reason: DeclineReason) -> Wire {
+    Wire(reason.code())
+}
+
+fn uses_left(m: &redeemd::simulator::Menu, index: u8) -> Option<u16> {
+    m.entries.iter().find(|e| e.index == index).map(|e| e.uses_left)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn menu_redeem_and_receipt_for_a_card_with_two_packages() {
+    let shop = Shop::new(1, "");
+    let daemon = Daemon::start(&shop);
+    let mut r = reader(&shop, 0, "R-A").await;
+
+    let m = menu(swipe(&mut r, CARD_TWO_PACKAGES).await);
+    assert_eq!(m.entries.len(), 3, "{m:?}");
+    assert_eq!(m.holder, "张*");
+    assert!(m.masked_card.contains('*') && !m.masked_card.contains(&support::number(1)));
+    assert_eq!((uses_left(&m, 0), uses_left(&m, 1), uses_left(&m, 2)), (Some(10), Some(2), Some(3)));
+    assert_eq!(m.entries[2].identity, IdentityCheck::PhoneLast4);
+
+    let a = approved(r.redeem(&[(0, 2)], None).await.unwrap());
+    assert_eq!(a.uses_left, vec![(0, 8)]);
+    let receipt = a.receipt.join("\n");
+    assert!(receipt.contains("精洗 x2"), "{receipt}");
+    assert!(receipt.contains("剩余 8 次"), "{receipt}");
+    assert!(receipt.contains(&a.auth_code), "{receipt}");
+
+    let m = menu(swipe(&mut r, CARD_TWO_PACKAGES).await);
+    assert_eq!(uses_left(&m, 0), Some(8));
+    // One line per transaction outcome, with reader, txn and latency; no card number.
+    daemon.wait_log("approved auth", Duration::from_secs(5));
+    let log = daemon.log_text();
+    assert!(log.contains("latency_ms"), "{log}");
+    assert!(!log.contains(&support::number(CARD_TWO_PACKAGES)), "card number in the log");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn lost_exhausted_and_expired_cards_are_declined_with_the_reason() {
+    let shop = Shop::new(1, "");
+    let _daemon = Daemon::start(&shop);
+    let mut r = reader(&shop, 0, "R-B").await;
+
+    match swipe(&mut r, CARD_LOST).await {
+        SwipeResult::Declined(d) => {
+            assert_eq!(d.reason, wire(DeclineReason::CardLost));
+            assert_eq!(d.text, "卡片已挂失");
+        }
+        other => panic!("lost card not declined: {other:?}"),
+    }
+
+    // Wash used up and the oil package expired: only wax is offered, and wash cannot be redeemed.
+    let m = menu(swipe(&mut r, CARD_EXHAUSTED_EXPIRED).await);
+    let indexes: Vec<u8> = m.entries.iter().map(|e| e.index).collect();
+    assert_eq!(indexes, vec![1], "{m:?}");
+    let reason = declined(r.redeem(&[(0, 1)], None).await.unwrap());
+    assert!(
+        [wire(DeclineReason::InsufficientUses), wire(DeclineReason::UnknownEntry)].contains(&reason),
+        "{reason:?}"
+    );
+    menu(swipe(&mut r, CARD_EXHAUSTED_EXPIRED).await);
+    let reason = declined(r.redeem(&[(2, 1)], None).await.unwrap());
+    assert_eq!(reason, declined_again(&mut r).await);
+    assert!(
+        [wire(DeclineReason::Expired), wire(DeclineReason::UnknownEntry)].contains(&reason),
+        "{reason:?}"
+    );
+}
+
+/// The stored answer of the last REDEEM, asked again: the same decline.
+async fn declined_again(r: &mut SimReader) -> Wire {
+    match r.redeem_again().await.unwrap().answer {
+        Answer::Declined(d) => d.reason,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_named_card_asks_for_identity() {
+    let shop = Shop::new(1, "");
+    let _daemon = Daemon::start(&shop);
+    let mut r = reader(&shop, 0, "R-C").await;
+
+    menu(swipe(&mut r, CARD_TWO_PACKAGES).await);
+    let reason = declined(r.redeem(&[(2, 1)], None).await.unwrap());
+    assert_eq!(reason, wire(DeclineReason::IdentityRequired));
+
+    menu(swipe(&mut r, CARD_TWO_PACKAGES).await);
+    let wrong = identity(IdentityCheck::PhoneLast4, "9999");
+    let reason = declined(r.redeem(&[(2, 1)], Some(wrong)).await.unwrap());
+    assert_eq!(reason, wire(DeclineReason::IdentityWrong));
+
+    menu(swipe(&mut r, CARD_TWO_PACKAGES).await);
+    let right = identity(IdentityCheck::PhoneLast4, "1234");
+    let a = approved(r.redeem(&[(2, 1)], Some(right)).await.unwrap());
+    assert_eq!(a.uses_left, vec![(2, 2)]);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_repeated_redeem_and_a_reboot_get_the_stored_answer_and_deduct_once() {
+    let shop = Shop::new(1, "");
+    let _daemon = Daemon::start(&shop);
+    let mut r = reader(&shop, 0, "R-D").await;
+
+    menu(swipe(&mut r, CARD_TWO_PACKAGES).await);
+    let first = approved(r.redeem(&[(1, 1)], None).await.unwrap());
+    // The reader was not sure its REDEEM arrived and sends it again, same txn id.
+    let again = r.redeem_again().await.unwrap();
+    assert_eq!(again.payload, first.payload, "retransmitted REDEEM: not byte-identical");
+
+    // The reader reboots (new boot nonce) and asks for its last transaction.
+    r.reboot(LINK_UP).await.unwrap();
+    let last = r.query_last().await.unwrap();
+    assert_eq!(last.payload, first.payload, "QUERY LAST after reboot: not byte-identical");
+    let by_id = r.query(first.txn_id).await.unwrap();
+    assert_eq!(by_id.payload, first.payload);
+
+    let m = menu(swipe(&mut r, CARD_TWO_PACKAGES).await);
+    assert_eq!(uses_left(&m, 1), Some(1), "wax deducted more than once");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn void_within_the_window_restores_uses_and_after_it_is_refused() {
+    let shop = Shop::new(1, "[void]\nwindow_secs = 3\n");
+    let _daemon = Daemon::start(&shop);
+    let mut r = reader(&shop, 0, "R-E").await;
+
+    menu(swipe(&mut r, CARD_TWO_PACKAGES).await);
+    let a = approved(r.redeem(&[(0, 3)], None).await.unwrap());
+    let v = approved(r.void(&a.auth_code, VoidReason::CashierError).await.unwrap());
+    assert!(v.receipt.join("\n").contains(&a.auth_code), "{:?}", v.receipt);
+    let m = menu(swipe(&mut r, CARD_TWO_PACKAGES).await);
+    assert_eq!(uses_left(&m, 0), Some(10), "void did not restore the uses");
+    let again = declined(r.void(&a.auth_code, VoidReason::CashierError).await.unwrap());
+    assert_eq!(again, wire(DeclineReason::AlreadyVoided));
+
+    let b = approved(r.redeem(&[(0, 1)], None).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let late = declined(r.void(&b.auth_code, VoidReason::CashierError).await.unwrap());
+    assert_eq!(late, wire(DeclineReason::VoidWindowPassed));
+    let unknown = declined(r.void("00000099", VoidReason::Other).await.unwrap());
+    assert_eq!(unknown, wire(DeclineReason::UnknownAuthCode));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn noise_mid_frame_and_an_unplugged_cable_are_survived() {
+    let shop = Shop::new(1, "");
+    let daemon = Daemon::start(&shop);
+    let mut r = reader(&shop, 0, "R-F").await;
+
+    r.inject_torn_frame(&[0x13, 0x37, 0xFF, 0x42]).await.unwrap();
+    r.inject_noise(&[0x55; 300]).await.unwrap();
+    let m = menu(swipe(&mut r, CARD_TWO_PACKAGES).await);
+    assert_eq!(uses_left(&m, 0), Some(10));
+
+    r.unplug().unwrap();
+    daemon.wait_log("port closed; reopening", Duration::from_secs(10));
+    r.replug().unwrap();
+    r.wait_link_up(LINK_UP).await.unwrap();
+    menu(swipe(&mut r, CARD_TWO_PACKAGES).await);
+    let a = approved(r.redeem(&[(0, 1)], None).await.unwrap());
+    assert_eq!(a.uses_left, vec![(0, 9)]);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn two_readers_racing_for_the_last_use_get_one_approval() {
+    let shop = Shop::new(2, "");
+    let _daemon = Daemon::start(&shop);
+    let mut a = reader(&shop, 0, "R-G1").await;
+    let mut b = reader(&shop, 1, "R-G2").await;
+
+    assert_eq!(uses_left(&menu(swipe(&mut a, CARD_LAST_USE).await), 0), Some(1));
+    assert_eq!(uses_left(&menu(swipe(&mut b, CARD_LAST_USE).await), 0), Some(1));
+    let (ra, rb) = tokio::join!(a.redeem(&[(0, 1)], None), b.redeem(&[(0, 1)], None));
+    let results = [ra.unwrap(), rb.unwrap()];
+    let approvals = results
+        .iter()
+        .filter(|r| matches!(r, RedeemResult::Approved(_)))
+        .count();
+    assert_eq!(approvals, 1, "{results:?}");
+    let refusal = results.iter().find_map(|r| match r {
+        RedeemResult::Declined(d) => Some(d.reason),
+        RedeemResult::Approved(_) => None,
+    });
+    assert_eq!(refusal, Some(wire(DeclineReason::InsufficientUses)));
+}
+
+fn run_to_exit(shop: &Shop, args: &[&str]) -> (i32, String) {
+    let out = shop.redeemd().args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_bad_config_exits_64_naming_the_key() {
+    let shop = Shop::new(1, "");
+    let text = std::fs::read_to_string(&shop.config).unwrap();
+    std::fs::write(&shop.config, text.replace("baud = 115200", "baud = 115201")).unwrap();
+    let (code, err) = run_to_exit(&shop, &["run"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("reader[0].baud: 115201 is not one of"), "{err}");
+    let (code, err) = run_to_exit(&shop, &["check-config"]);
+    assert_eq!(code, 64, "{err}");
+
+    std::fs::write(&shop.config, "terminal_id = \"T\"\n").unwrap();
+    let (code, err) = run_to_exit(&shop, &["run"]);
+    assert_eq!(code, 64);
+    assert!(err.contains("merchant_id"), "{err}");
+}
+
+#[test]
+fn a_loose_key_file_is_refused_with_the_fix() {
+    let shop = Shop::new(1, "");
+    let key = shop.dir.path().join("terminal.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, err) = run_to_exit(&shop, &["run"]);
+    assert_eq!(code, 77, "{err}");
+    assert!(err.contains("chmod 600"), "{err}");
+}
+
+#[test]
+fn a_missing_port_is_logged_once_and_retried() {
+    let shop = Shop::new(1, "");
+    let daemon = Daemon::start(&shop);
+    daemon.wait_log("cannot open port; retrying", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(2));
+    let log = daemon.log_text();
+    let complaints = log.matches("cannot open port").count();
+    assert_eq!(complaints, 1, "the same failure is logged once, not per retry:\n{log}");
+    assert!(log.contains(&shop.port(0).display().to_string()), "{log}");
+    // It keeps running (and retrying) rather than exiting.
+    let mut d = daemon;
+    assert!(d.child.try_wait().unwrap().is_none());
+    let status = redeemd::daemon::status::read(&shop.dir.path().join("state")).unwrap();
+    assert_eq!(status.readers["counter-0"].state, "port error");
+}
