@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use firmware_protocol::{Capabilities, DeclineReason, Flags, Header};
+use firmware_protocol::{Capabilities, DeclineReason, Flags, Header, RejectReason};
 use firmware_protocol::{
     CardPresented, Config, Encodings, EntryMode, Identity, IdentityCheck, Instant as ProtoInstant,
     LinkInfo, List, MAX_MESSAGE_LEN, Message, MessageId, MessageType, OwnedEvent, Query,
@@ -245,11 +245,7 @@ impl SimReader {
             }) {
                 self.inbox
                     .retain(|e| !matches!(e, OwnedEvent::HandshakeRejected(_)));
-                return Err(SimError::HandshakeRejected(
-                    reason
-                        .name()
-                        .map_or_else(|| format!("reason {}", reason.0), str::to_owned),
-                ));
+                return Err(handshake_rejected(reason));
             }
             if Instant::now() >= deadline {
                 return Err(SimError::Timeout {
@@ -543,11 +539,7 @@ impl SimReader {
                         deadline = Instant::now() + timeout;
                     }
                     OwnedEvent::HandshakeRejected(reason) => {
-                        return Err(SimError::HandshakeRejected(
-                            reason
-                                .name()
-                                .map_or_else(|| format!("reason {}", reason.0), str::to_owned),
-                        ));
+                        return Err(handshake_rejected(reason));
                     }
                     OwnedEvent::MessageRejected {
                         msg_type, problem, ..
@@ -646,6 +638,14 @@ impl SimReader {
             self.line.write(wire.get(..len).unwrap_or_default()).await?;
         }
     }
+}
+
+fn handshake_rejected(reason: RejectReason) -> SimError {
+    SimError::HandshakeRejected(
+        reason
+            .name()
+            .map_or_else(|| format!("reason {}", reason.0), str::to_owned),
+    )
 }
 
 fn unexpected(expected: &'static str, reply: &Reply) -> SimError {

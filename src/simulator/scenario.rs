@@ -22,7 +22,7 @@ use super::SimError;
 use super::reader::{
     SimReader, decline_reason_from_str, entry_mode_from_str, identity, void_reason_from_str,
 };
-use super::screen::{Answer, Reply, mask_card, render};
+use super::screen::{Answer, Reply, decline_name, mask_card, render};
 
 /// Longest quantity a REDEEM line may ask (PROTOCOL.md §5.11).
 const MAX_QUANTITY: u16 = 999;
@@ -75,6 +75,25 @@ pub enum Expectation {
     },
     /// The latest answer is byte-identical to the one before it.
     SameReply,
+}
+
+impl std::fmt::Display for Expectation {
+    /// In scenario syntax, for the transcript.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Expectation::Menu { entries: None } => write!(f, "menu"),
+            Expectation::Menu { entries: Some(n) } => write!(f, "menu entries={n}"),
+            Expectation::Approved => write!(f, "approved"),
+            Expectation::Declined { reason: None } => write!(f, "declined"),
+            Expectation::Declined { reason: Some(r) } => {
+                write!(f, "declined reason={}", decline_name(*r))
+            }
+            Expectation::ReceiptContains(t) => write!(f, "receipt contains {t:?}"),
+            Expectation::ScreenContains(t) => write!(f, "screen contains {t:?}"),
+            Expectation::UsesLeft { entry, left } => write!(f, "uses-left {entry}={left}"),
+            Expectation::SameReply => write!(f, "same-reply"),
+        }
+    }
 }
 
 /// One step of a scenario.
@@ -613,7 +632,7 @@ impl Runner {
                         expected,
                         got,
                     })?;
-                let _ = writeln!(text, "  ok: expect {expectation:?}");
+                let _ = writeln!(text, "  ok: expect {expectation}");
                 None
             }
             Step::Noise(n) => {
@@ -685,7 +704,7 @@ impl Runner {
         let got = latest.map_or_else(|| "no answer yet".to_owned(), summary);
         let fail = |expected: String| Err((expected, got.clone()));
         let Some(latest) = latest else {
-            return fail(format!("{expectation:?}"));
+            return fail(expectation.to_string());
         };
         match expectation {
             Expectation::Menu { entries } => match &latest.answer {
@@ -702,7 +721,7 @@ impl Runner {
             Expectation::Declined { reason } => match &latest.answer {
                 Answer::Declined(d) if reason.is_none_or(|r| r == d.reason) => Ok(()),
                 _ => fail(match reason {
-                    Some(r) => format!("DECLINED {}", reason_name(*r)),
+                    Some(r) => format!("DECLINED {}", decline_name(*r)),
                     None => "DECLINED".into(),
                 }),
             },
@@ -788,18 +807,13 @@ impl Runner {
     }
 }
 
-fn reason_name(r: DeclineReason) -> String {
-    r.name()
-        .map_or_else(|| format!("code {}", r.0), str::to_owned)
-}
-
 fn summary(reply: &Reply) -> String {
     match &reply.answer {
         Answer::Menu(m) => format!("a menu with {} entries (txn {})", m.entries.len(), m.txn_id),
         Answer::Approved(a) => format!("APPROVED auth {} (txn {})", a.auth_code, a.txn_id),
         Answer::Declined(d) => format!(
             "DECLINED {}: {} (txn {})",
-            reason_name(d.reason),
+            decline_name(d.reason),
             d.text,
             d.txn_id
         ),

@@ -246,14 +246,18 @@ pub fn render(reply: &Reply) -> String {
             }
         }
         Answer::Declined(d) => {
-            let name = d
-                .reason
-                .name()
-                .map_or_else(|| format!("code {}", d.reason.0), str::to_owned);
+            let name = decline_name(d.reason);
             let _ = writeln!(out, "  DECLINED txn {}  {}: {}", d.txn_id, name, d.text);
         }
     }
     out
+}
+
+/// A decline reason's name, or its number when it has none (codes are open).
+pub fn decline_name(reason: DeclineReason) -> String {
+    reason
+        .name()
+        .map_or_else(|| format!("code {}", reason.0), str::to_owned)
 }
 
 /// A card number as a reader may show it in a log: first four and last four digits only

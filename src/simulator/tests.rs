@@ -863,3 +863,36 @@ async fn request_lost_in_a_host_restart_is_sent_again_with_the_same_txn_id() {
     assert_eq!(reader.next_txn_id(), 2);
     host.stop().await;
 }
+
+/// The CLI entry point end to end: a created pty announced through a symlink, a scenario file.
+#[tokio::test]
+async fn run_cli_runs_a_scenario_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("ttyREADER");
+    let host = TestHost::start(&link);
+    let options = SimulatorOptions {
+        link: Some(link.clone()),
+        connect_timeout: LINK_WAIT,
+        mode: Mode::Script(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("fixtures/scenarios/basic-redemption.scenario"),
+        ),
+        ..SimulatorOptions::default()
+    };
+    run_cli(options).await.unwrap();
+    assert_eq!(host.log(|l| l.approvals), 2, "one redemption, one void");
+    host.stop().await;
+
+    let bad = dir.path().join("bad.scenario");
+    std::fs::write(&bad, "swipe 1\nexpekt menu\n").unwrap();
+    let err = run_cli(SimulatorOptions {
+        mode: Mode::Script(bad.clone()),
+        ..SimulatorOptions::default()
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("{}:2: unknown step \"expekt\"", bad.display())
+    );
+}
