@@ -66,6 +66,9 @@ pub enum Command {
     CheckConfig,
     /// Readers' link state and last transaction, cache version and age, journal head, unsynced.
     Status,
+    /// Play a bank POS reader: on a real serial port or a new pseudo-terminal, interactively or
+    /// from a scenario file (see docs/simulator.md and fixtures/scenarios/).
+    SimulateReader(SimulateReaderArgs),
     /// The signed entitlement cache.
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -81,6 +84,40 @@ pub enum Command {
         #[arg(long, default_value_t = 480, allow_negative_numbers = true)]
         utc_offset_minutes: i32,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SimulateReaderArgs {
+    /// Serial device to open (e.g. /dev/ttyUSB0 looped to the daemon's port).
+    #[arg(long, conflicts_with = "pty")]
+    pub port: Option<PathBuf>,
+    /// Create a pseudo-terminal pair and print the path the daemon should open (the default).
+    #[arg(long)]
+    pub pty: bool,
+    /// With --pty: keep this symlink pointing at the current pty (what the daemon's config names).
+    #[arg(long, requires = "pty")]
+    pub link: Option<PathBuf>,
+    /// Baud rate (nominal on a pty; it sets the protocol's timers).
+    #[arg(long, default_value_t = 115_200)]
+    pub baud: u32,
+    /// Reader serial number announced in HELLO.
+    #[arg(long, default_value = "SIM-0001")]
+    pub serial: String,
+    /// Firmware version announced in HELLO.
+    #[arg(long, default_value = "sim-1.0")]
+    pub firmware: String,
+    /// Text encodings the reader can show: utf8, gb18030 or both.
+    #[arg(long, default_value = "both", value_parser = ["utf8", "utf-8", "gb18030", "both"])]
+    pub encoding: String,
+    /// First transaction id (a real reader keeps its counter in flash).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub txn_id: u32,
+    /// Seconds to wait for the daemon to answer the handshake.
+    #[arg(long, default_value_t = 60)]
+    pub connect_timeout: u64,
+    /// Scenario file to play; without it, read steps from the keyboard.
+    #[arg(long)]
+    pub script: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -134,6 +171,8 @@ pub enum CliError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Daemon(#[from] DaemonError),
+    #[error(transparent)]
+    Simulator(#[from] crate::simulator::SimError),
 }
 
 impl CliError {
@@ -143,6 +182,7 @@ impl CliError {
             CliError::Daemon(DaemonError::Key(_)) => 77,
             CliError::Daemon(DaemonError::Store { source, .. }) => store_exit_code(source),
             CliError::Daemon(DaemonError::Io(_)) => 74,
+            CliError::Simulator(_) => 1,
             CliError::Findings(_) => 1,
             CliError::Usage(_) => 2,
             CliError::Key(_) => 77,
@@ -250,6 +290,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
             let config = required_config(cli)?;
             return w(print_config(&config, out));
         }
+        Command::SimulateReader(args) => return simulate_reader(args),
         Command::Status => {
             let config = required_config(cli)?;
             let secret = secret(cli, Some(&config))?;
@@ -265,7 +306,9 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
     // instead, so that they can name every bad row even when opening refuses.
     let store = Store::open_existing(&state_dir, &secret, limits);
     match &cli.command {
-        Command::Run | Command::CheckConfig | Command::Status => Ok(()),
+        Command::Run | Command::CheckConfig | Command::Status | Command::SimulateReader(_) => {
+            Ok(())
+        }
         Command::Cache(CacheCommand::Verify) | Command::Journal(JournalCommand::Verify) => {
             // Verification works on the raw database, so it can report even when `open` refuses.
             drop(store);
@@ -383,6 +426,34 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
             report(&store, date, *utc_offset_minutes, out)
         }
     }
+}
+
+fn simulate_reader(args: &SimulateReaderArgs) -> Result<(), CliError> {
+    use crate::simulator::{LineSpec, Mode, ReaderSettings, SimulatorOptions, encodings_from_str};
+    let encodings = encodings_from_str(&args.encoding)
+        .ok_or_else(|| CliError::Usage(format!("--encoding {:?}", args.encoding)))?;
+    let options = SimulatorOptions {
+        line: args
+            .port
+            .clone()
+            .map_or(LineSpec::CreatePty, LineSpec::Port),
+        link: args.link.clone(),
+        baud: args.baud,
+        reader: ReaderSettings {
+            serial: args.serial.clone(),
+            firmware: args.firmware.clone(),
+            encodings,
+            next_txn_id: args.txn_id,
+            ..ReaderSettings::default()
+        },
+        connect_timeout: std::time::Duration::from_secs(args.connect_timeout),
+        mode: args.script.clone().map_or(Mode::Interactive, Mode::Script),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Output)?;
+    Ok(runtime.block_on(crate::simulator::run_cli(options))?)
 }
 
 fn print_config(c: &Config, out: &mut dyn Write) -> std::io::Result<()> {

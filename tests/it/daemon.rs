@@ -455,3 +455,66 @@ fn a_missing_port_is_logged_once_and_retried() {
     let status = redeemd::daemon::status::read(&shop.dir.path().join("state")).unwrap();
     assert_eq!(status.readers["counter-0"].state, "port error");
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_gb18030_reader_gets_chinese_texts_it_can_show() {
+    let shop = Shop::new(1, "");
+    let _daemon = Daemon::start(&shop);
+    let line = Line::open(&LineSpec::CreatePty, BAUD, Some(&shop.port(0))).unwrap();
+    let settings = ReaderSettings {
+        serial: "R-GBK".into(),
+        encodings: firmware_protocol::message::Encodings::GB18030,
+        ..ReaderSettings::default()
+    };
+    let mut r = SimReader::new(line, settings).unwrap();
+    r.wait_link_up(LINK_UP).await.unwrap();
+    assert_eq!(
+        r.link_info().unwrap().encoding,
+        firmware_protocol::message::TextEncoding::Gb18030
+    );
+    match swipe(&mut r, CARD_LOST).await {
+        SwipeResult::Declined(d) => assert_eq!(d.text, "卡片已挂失"),
+        other => panic!("{other:?}"),
+    }
+    let m = menu(swipe(&mut r, CARD_TWO_PACKAGES).await);
+    assert_eq!(m.entries[0].title, "精洗");
+    let a = approved(r.redeem(&[(0, 1)], None).await.unwrap());
+    assert!(a.receipt.join("\n").contains("剩余 9 次"), "{:?}", a.receipt);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_garbage_flood_leaves_memory_flat_and_the_link_usable() {
+    let shop = Shop::new(1, "");
+    let daemon = Daemon::start(&shop);
+    let mut r = reader(&shop, 0, "R-FLOOD").await;
+    menu(swipe(&mut r, CARD_TWO_PACKAGES).await);
+    let before = rss_kib(daemon.child.id());
+
+    // 4 MiB of line noise: pseudo-random bytes with frame delimiters sprinkled in.
+    let mut rng = support::Rng(0x9E37_79B9_7F4A_7C15);
+    let mut chunk = vec![0u8; 64 * 1024];
+    for _ in 0..64 {
+        for b in &mut chunk {
+            *b = rng.next() as u8;
+        }
+        r.inject_noise(&chunk).await.unwrap();
+    }
+    // The reader relinks if the flood took the link down; then business as usual.
+    r.wait_link_up(LINK_UP).await.unwrap();
+    let m = menu(swipe(&mut r, CARD_TWO_PACKAGES).await);
+    assert_eq!(uses_left(&m, 0), Some(10));
+    let after = rss_kib(daemon.child.id());
+    assert!(
+        after < before + 2048,
+        "RSS grew from {before} KiB to {after} KiB under a garbage flood"
+    );
+}
