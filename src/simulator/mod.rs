@@ -226,7 +226,19 @@ pub async fn run_cli(options: SimulatorOptions) -> Result<(), SimError> {
     let mut runner = Runner::new();
     match scenario {
         Some(scenario) => runner.run(&mut reader, &scenario, &mut out).await,
-        None => interactive(&mut reader, &mut runner, &mut out).await,
+        None => {
+            // Stdin blocks: a thread reads it, the reader keeps the link alive meanwhile.
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+            std::thread::spawn(move || {
+                for line in std::io::stdin().lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            interactive(&mut reader, &mut runner, rx, &mut out).await
+        }
     }
 }
 
@@ -244,9 +256,11 @@ pub fn interactive_step(line: &str) -> Result<Option<Step>, String> {
     scenario::parse_step(trimmed)
 }
 
-async fn interactive(
+/// The interactive loop over typed `lines` (stdin in the CLI); ends at `quit` or the end of input.
+pub async fn interactive(
     reader: &mut SimReader,
     runner: &mut Runner,
+    mut lines: tokio::sync::mpsc::UnboundedReceiver<String>,
     out: &mut dyn Write,
 ) -> Result<(), SimError> {
     writeln!(
@@ -255,19 +269,9 @@ async fn interactive(
          query last, redeem-again, reboot, noise 64, quit"
     )
     .map_err(stdout_error)?;
-    // Stdin blocks: a thread reads it, the reader keeps the link alive meanwhile.
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
     let mut number = 0usize;
     loop {
-        match rx.try_recv() {
+        match lines.try_recv() {
             Ok(line) => {
                 number += 1;
                 if matches!(line.trim(), "quit" | "exit") {

@@ -896,3 +896,33 @@ async fn run_cli_runs_a_scenario_file() {
         format!("{}:2: unknown step \"expekt\"", bad.display())
     );
 }
+
+/// Typed lines: a card number swipes, `1x1 phone=…` redeems, a typo is shown and the session
+/// goes on, `quit` ends.
+#[tokio::test]
+async fn interactive_mode_shows_the_screen_and_survives_typos() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut reader, host, _link) = setup(dir.path(), ReaderSettings::default()).await;
+    reader.wait_link_up(LINK_WAIT).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    for line in [CARD, "swip 1", "1x1 phone=6688", "", "quit", "query last"] {
+        tx.send(line.to_owned()).unwrap();
+    }
+    let mut out = Vec::new();
+    interactive(&mut reader, &mut Runner::new(), rx, &mut out)
+        .await
+        .unwrap();
+    let out = String::from_utf8(out).unwrap();
+    assert!(
+        out.contains("[1] 换机油 Oil change  x2 left  no expiry  [phone last four]"),
+        "{out}"
+    );
+    assert!(out.contains("stdin:2: unknown step \"swip\""), "{out}");
+    assert!(out.contains("APPROVED txn 1  auth A0001"), "{out}");
+    assert_eq!(
+        host.log(|l| l.requests.clone()),
+        vec![MessageType::CardPresented, MessageType::Redeem],
+        "nothing after quit"
+    );
+    host.stop().await;
+}
