@@ -458,7 +458,11 @@ fn simulate_reader(args: &SimulateReaderArgs) -> Result<(), CliError> {
 
 fn print_config(c: &Config, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(out, "configuration OK")?;
-    writeln!(out, "terminal       {} (merchant {})", c.terminal_id, c.merchant_id)?;
+    writeln!(
+        out,
+        "terminal       {} (merchant {})",
+        c.terminal_id, c.merchant_id
+    )?;
     writeln!(out, "state dir      {}", c.state_dir.display())?;
     match &c.key {
         KeySource::File(p) => writeln!(out, "key            file {}", p.display())?,
@@ -481,10 +485,17 @@ fn print_config(c: &Config, out: &mut dyn Write) -> std::io::Result<()> {
         )?;
     }
     if c.readers.is_empty() {
-        writeln!(out, "reader         none configured: the daemon will serve no reader")?;
+        writeln!(
+            out,
+            "reader         none configured: the daemon will serve no reader"
+        )?;
     }
     match &c.sync.server_url {
-        Some(url) => writeln!(out, "sync           {url} every {} s", c.sync.interval.as_secs())?,
+        Some(url) => writeln!(
+            out,
+            "sync           {url} every {} s",
+            c.sync.interval.as_secs()
+        )?,
         None => writeln!(out, "sync           disabled (no server_url)")?,
     }
     Ok(())
@@ -509,7 +520,10 @@ fn status(config: &Config, secret: &TerminalSecret, out: &mut dyn Write) -> Resu
                     w(writeln!(out, "  detail       {d}"))?;
                 }
                 if let (Some(serial), Some(fw)) = (&r.reader_serial, &r.firmware) {
-                    w(writeln!(out, "  reader       serial {serial}, firmware {fw}"))?;
+                    w(writeln!(
+                        out,
+                        "  reader       serial {serial}, firmware {fw}"
+                    ))?;
                 }
                 if let Some(t) = &r.last_transaction {
                     w(writeln!(

@@ -245,7 +245,9 @@ fn default_stop_bits() -> u8 {
 }
 
 /// Baud rates a PC UART and the USB-serial adapters we meet at shops actually support.
-const STANDARD_BAUD_RATES: [u32; 8] = [9_600, 19_200, 38_400, 57_600, 115_200, 230_400, 460_800, 921_600];
+const STANDARD_BAUD_RATES: [u32; 8] = [
+    9_600, 19_200, 38_400, 57_600, 115_200, 230_400, 460_800, 921_600,
+];
 
 impl Config {
     /// Read and validate the file at `path`.
@@ -316,19 +318,34 @@ impl Validator<'_> {
         let terminal_id = self.identifier("terminal_id", &raw.terminal_id)?;
         let merchant_id = self.identifier("merchant_id", &raw.merchant_id)?;
         if !raw.state_dir.is_absolute() {
-            return Err(self.invalid("state_dir", format!("{:?} must be an absolute path", raw.state_dir)));
+            return Err(self.invalid(
+                "state_dir",
+                format!("{:?} must be an absolute path", raw.state_dir),
+            ));
         }
         let key = match (raw.key.file, raw.key.credential) {
             (Some(file), None) if file.is_absolute() => KeySource::File(file),
             (Some(file), None) => {
                 return Err(self.invalid("key.file", format!("{file:?} must be an absolute path")));
             }
-            (None, Some(name)) if !name.is_empty() && !name.contains('/') => KeySource::Credential(name),
-            (None, Some(name)) => {
-                return Err(self.invalid("key.credential", format!("{name:?} must be a credential name without '/'")));
+            (None, Some(name)) if !name.is_empty() && !name.contains('/') => {
+                KeySource::Credential(name)
             }
-            (Some(_), Some(_)) => return Err(self.invalid("key", "set either `file` or `credential`, not both")),
-            (None, None) => return Err(self.invalid("key", "set `file` (a path) or `credential` (a systemd credential name)")),
+            (None, Some(name)) => {
+                return Err(self.invalid(
+                    "key.credential",
+                    format!("{name:?} must be a credential name without '/'"),
+                ));
+            }
+            (Some(_), Some(_)) => {
+                return Err(self.invalid("key", "set either `file` or `credential`, not both"));
+            }
+            (None, None) => {
+                return Err(self.invalid(
+                    "key",
+                    "set `file` (a path) or `credential` (a systemd credential name)",
+                ));
+            }
         };
 
         let mut readers: Vec<ReaderConfig> = Vec::with_capacity(raw.readers.len());
@@ -339,19 +356,36 @@ impl Validator<'_> {
                 return Err(self.invalid(at("name"), format!("{name:?} is used by another reader")));
             }
             if !r.port.is_absolute() {
-                return Err(self.invalid(at("port"), format!("{:?} must be an absolute device path, e.g. /dev/serial/by-id/…", r.port)));
+                return Err(self.invalid(
+                    at("port"),
+                    format!(
+                        "{:?} must be an absolute device path, e.g. /dev/serial/by-id/…",
+                        r.port
+                    ),
+                ));
             }
             if readers.iter().any(|o| o.port == r.port) {
-                return Err(self.invalid(at("port"), format!("{:?} is used by another reader", r.port)));
+                return Err(self.invalid(
+                    at("port"),
+                    format!("{:?} is used by another reader", r.port),
+                ));
             }
             if !STANDARD_BAUD_RATES.contains(&r.baud) {
-                return Err(self.invalid(at("baud"), format!("{} is not one of {STANDARD_BAUD_RATES:?}", r.baud)));
+                return Err(self.invalid(
+                    at("baud"),
+                    format!("{} is not one of {STANDARD_BAUD_RATES:?}", r.baud),
+                ));
             }
             if !(5..=8).contains(&r.data_bits) {
-                return Err(self.invalid(at("data_bits"), format!("{} must be 5, 6, 7 or 8", r.data_bits)));
+                return Err(self.invalid(
+                    at("data_bits"),
+                    format!("{} must be 5, 6, 7 or 8", r.data_bits),
+                ));
             }
             if !(1..=2).contains(&r.stop_bits) {
-                return Err(self.invalid(at("stop_bits"), format!("{} must be 1 or 2", r.stop_bits)));
+                return Err(
+                    self.invalid(at("stop_bits"), format!("{} must be 1 or 2", r.stop_bits))
+                );
             }
             readers.push(ReaderConfig {
                 name,
@@ -373,15 +407,27 @@ impl Validator<'_> {
             return Err(self.invalid("risk.identity_max_attempts", "must be at least 1"));
         }
         if raw.sync.interval_secs < 5 {
-            return Err(self.invalid("sync.interval_secs", format!("{} is below the minimum of 5", raw.sync.interval_secs)));
+            return Err(self.invalid(
+                "sync.interval_secs",
+                format!("{} is below the minimum of 5", raw.sync.interval_secs),
+            ));
         }
         let server_url = match raw.sync.server_url {
             Some(url) => Some(self.server_url(&url)?),
             None => None,
         };
         let level = raw.log.level.to_ascii_lowercase();
-        if !matches!(level.as_str(), "error" | "warn" | "info" | "debug" | "trace") {
-            return Err(self.invalid("log.level", format!("{:?} must be error, warn, info, debug or trace", raw.log.level)));
+        if !matches!(
+            level.as_str(),
+            "error" | "warn" | "info" | "debug" | "trace"
+        ) {
+            return Err(self.invalid(
+                "log.level",
+                format!(
+                    "{:?} must be error, warn, info, debug or trace",
+                    raw.log.level
+                ),
+            ));
         }
 
         Ok(Config {
@@ -396,7 +442,9 @@ impl Validator<'_> {
                 max_offline_uses_per_card: raw.risk.max_offline_uses_per_card,
                 max_offline_redemptions: raw.risk.max_offline_redemptions,
                 identity_max_attempts: raw.risk.identity_max_attempts,
-                identity_lockout: Duration::from_secs(raw.risk.identity_lockout_minutes.saturating_mul(60)),
+                identity_lockout: Duration::from_secs(
+                    raw.risk.identity_lockout_minutes.saturating_mul(60),
+                ),
             },
             void_window: Duration::from_secs(raw.void.window_secs),
             sync: SyncConfig {
@@ -413,9 +461,12 @@ impl Validator<'_> {
     /// HTTPS is required, except to a loopback address (the reference server in tests and the demo).
     fn server_url(&self, url: &str) -> Result<String, ConfigError> {
         let key = "sync.server_url";
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| self.invalid(key, format!("{url:?} is not a URL (expected https://host[:port])")))?;
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            self.invalid(
+                key,
+                format!("{url:?} is not a URL (expected https://host[:port])"),
+            )
+        })?;
         let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
         let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
         let host_only = if let Some(v6) = host.strip_prefix('[') {
@@ -462,7 +513,9 @@ file = "/etc/redeemd/terminal.key"
     }
 
     fn error_of(text: &str) -> String {
-        parse(text).expect_err("config should be refused").to_string()
+        parse(text)
+            .expect_err("config should be refused")
+            .to_string()
     }
 
     #[test]
@@ -478,25 +531,35 @@ file = "/etc/redeemd/terminal.key"
 
     #[test]
     fn reference_fixture_is_valid() {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/redeemd.toml")).unwrap();
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fixtures/redeemd.toml"
+        ))
+        .unwrap();
         let c = parse(&text).unwrap();
         assert_eq!(c.readers.len(), 2);
     }
 
     #[test]
     fn unknown_key_is_named() {
-        let e = error_of(&format!("{MINIMAL}\n[[reader]]\nname = \"a\"\nport = \"/dev/ttyS0\"\nbaudrate = 9600\n"));
+        let e = error_of(&format!(
+            "{MINIMAL}\n[[reader]]\nname = \"a\"\nport = \"/dev/ttyS0\"\nbaudrate = 9600\n"
+        ));
         assert!(e.contains("baudrate"), "{e}");
     }
 
     #[test]
     fn bad_reader_fields_are_named_with_index() {
         let two = |extra: &str| {
-            format!("{MINIMAL}\n[[reader]]\nname = \"a\"\nport = \"/dev/ttyS0\"\n[[reader]]\nname = \"b\"\nport = \"/dev/ttyS1\"\n{extra}")
+            format!(
+                "{MINIMAL}\n[[reader]]\nname = \"a\"\nport = \"/dev/ttyS0\"\n[[reader]]\nname = \"b\"\nport = \"/dev/ttyS1\"\n{extra}"
+            )
         };
         assert!(error_of(&two("baud = 115201")).contains("reader[1].baud: 115201"));
         assert!(error_of(&two("stop_bits = 3")).contains("reader[1].stop_bits"));
-        let dup = format!("{MINIMAL}\n[[reader]]\nname = \"a\"\nport = \"/dev/ttyS0\"\n[[reader]]\nname = \"a\"\nport = \"/dev/ttyS1\"\n");
+        let dup = format!(
+            "{MINIMAL}\n[[reader]]\nname = \"a\"\nport = \"/dev/ttyS0\"\n[[reader]]\nname = \"a\"\nport = \"/dev/ttyS1\"\n"
+        );
         assert!(error_of(&dup).contains("reader[1].name"));
         let rel = format!("{MINIMAL}\n[[reader]]\nname = \"a\"\nport = \"ttyS0\"\n");
         assert!(error_of(&rel).contains("reader[0].port"));
@@ -506,10 +569,15 @@ file = "/etc/redeemd/terminal.key"
     fn key_source_must_be_exactly_one() {
         let none = "terminal_id = \"T\"\nmerchant_id = \"M\"\n[key]\n";
         assert!(error_of(none).contains("key:"));
-        let both = "terminal_id = \"T\"\nmerchant_id = \"M\"\n[key]\nfile = \"/k\"\ncredential = \"k\"\n";
+        let both =
+            "terminal_id = \"T\"\nmerchant_id = \"M\"\n[key]\nfile = \"/k\"\ncredential = \"k\"\n";
         assert!(error_of(both).contains("not both"));
-        let cred = "terminal_id = \"T\"\nmerchant_id = \"M\"\n[key]\ncredential = \"terminal.key\"\n";
-        assert_eq!(parse(cred).unwrap().key, KeySource::Credential("terminal.key".into()));
+        let cred =
+            "terminal_id = \"T\"\nmerchant_id = \"M\"\n[key]\ncredential = \"terminal.key\"\n";
+        assert_eq!(
+            parse(cred).unwrap().key,
+            KeySource::Credential("terminal.key".into())
+        );
     }
 
     #[test]

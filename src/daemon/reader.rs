@@ -18,8 +18,8 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use firmware_protocol::message::{ErrorCode, Message, MessageType, Query, Text, TextEncoding};
 use firmware_protocol::WIRE_BUF_LEN;
+use firmware_protocol::message::{ErrorCode, Message, MessageType, Query, Text, TextEncoding};
 use firmware_protocol::session::Config as LinkConfig;
 use firmware_protocol::{HostSession, Instant as LinkInstant, OwnedEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -208,7 +208,10 @@ impl<'a> Link<'a> {
         let mut tx = [0u8; WIRE_BUF_LEN];
         loop {
             let timer = self.session.poll_timeout().map(|t| self.deadline(t));
-            let display_at = self.pending.as_ref().map(|(_, since)| *since + DISPLAY_EVERY);
+            let display_at = self
+                .pending
+                .as_ref()
+                .map(|(_, since)| *since + DISPLAY_EVERY);
             tokio::select! {
                 read = port.read(&mut rx) => match read {
                     Ok(0) => return "end of file: device unplugged or closed".into(),
@@ -390,7 +393,11 @@ impl<'a> Link<'a> {
                         Err(e) => {
                             tracing::error!(error = %e, "store failed on a menu");
                             let reason = DeclineReason::InternalError;
-                            (presentation.declined(txn_id, reason), declined_outcome(reason, None), None)
+                            (
+                                presentation.declined(txn_id, reason),
+                                declined_outcome(reason, None),
+                                None,
+                            )
                         }
                     };
                     Done {
@@ -428,7 +435,15 @@ impl<'a> Link<'a> {
                     let Some((card, cashier, entry_version)) = swipe else {
                         // No card for this txn in memory (daemon restarted, or a retransmitted
                         // REDEEM after a new swipe): a stored outcome is the answer, else "swipe".
-                        return replay_or_decline(store, &reader_id, txn_id, "redeem", presentation, DeclineReason::NoCard, started);
+                        return replay_or_decline(
+                            store,
+                            &reader_id,
+                            txn_id,
+                            "redeem",
+                            presentation,
+                            DeclineReason::NoCard,
+                            started,
+                        );
                     };
                     let request = RedeemRequest {
                         reader_id: &reader_id,
@@ -439,7 +454,8 @@ impl<'a> Link<'a> {
                         cashier_id: &cashier,
                         menu_entry_version: entry_version,
                     };
-                    let result = store.redeem(&request, now, |d| presentation.decision(txn_id, d).0);
+                    let result =
+                        store.redeem(&request, now, |d| presentation.decision(txn_id, d).0);
                     stored_done(result, txn_id, "redeem", presentation, started)
                 })
             }
@@ -494,10 +510,22 @@ impl<'a> Link<'a> {
                             swipe: None,
                             started,
                         },
-                        Ok(None) => declined_done(asked, "query", presentation, DeclineReason::TxnUnknown, started),
+                        Ok(None) => declined_done(
+                            asked,
+                            "query",
+                            presentation,
+                            DeclineReason::TxnUnknown,
+                            started,
+                        ),
                         Err(e) => {
                             tracing::error!(error = %e, "store failed on a query");
-                            declined_done(asked, "query", presentation, DeclineReason::InternalError, started)
+                            declined_done(
+                                asked,
+                                "query",
+                                presentation,
+                                DeclineReason::InternalError,
+                                started,
+                            )
                         }
                     }
                 })
@@ -625,7 +653,13 @@ fn replay_or_decline(
         Ok(None) => declined_done(txn_id, kind, presentation, reason, started),
         Err(e) => {
             tracing::error!(error = %e, "store failed looking up a stored outcome");
-            declined_done(txn_id, kind, presentation, DeclineReason::InternalError, started)
+            declined_done(
+                txn_id,
+                kind,
+                presentation,
+                DeclineReason::InternalError,
+                started,
+            )
         }
     }
 }
@@ -643,10 +677,9 @@ fn stored_done(
                 Some(Decision::Redeemed(a)) => {
                     format!("approved auth {} ({} line(s))", a.auth_code, a.lines.len())
                 }
-                Some(Decision::Voided(v)) => format!(
-                    "voided {} with auth {}",
-                    v.original_auth_code, v.auth_code
-                ),
+                Some(Decision::Voided(v)) => {
+                    format!("voided {} with auth {}", v.original_auth_code, v.auth_code)
+                }
                 Some(Decision::Declined(d)) => declined_outcome(d.reason, d.detail.as_deref()),
                 None if outcome.replay_mismatch => {
                     "txn id reused with other content: first answer sent again".into()
@@ -664,7 +697,13 @@ fn stored_done(
         }
         Err(e) => {
             tracing::error!(error = %e, kind, "store failed; nothing recorded");
-            declined_done(txn_id, kind, presentation, DeclineReason::InternalError, started)
+            declined_done(
+                txn_id,
+                kind,
+                presentation,
+                DeclineReason::InternalError,
+                started,
+            )
         }
     }
 }

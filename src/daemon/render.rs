@@ -7,7 +7,7 @@
 //! [`StoredReply`]: one type byte followed by the message payload.
 
 use firmware_protocol::message::{
-    Approved, CardMenu, Date, Declined as WireDeclined, DeclineReason as WireReason, Display,
+    Approved, CardMenu, Date, DeclineReason as WireReason, Declined as WireDeclined, Display,
     IdentityCheck, List, MenuEntry, Message, MessageType, Text, TextEncoding, UsesLeft,
 };
 
@@ -75,10 +75,7 @@ impl Presentation {
             if bytes.len() <= max || end == 0 {
                 return bytes;
             }
-            end = part
-                .char_indices()
-                .next_back()
-                .map_or(0, |(i, _)| i);
+            end = part.char_indices().next_back().map_or(0, |(i, _)| i);
         }
     }
 
@@ -162,9 +159,18 @@ impl Presentation {
     fn approved_redemption(&self, txn_id: u32, a: &Approval) -> StoredReply {
         let zh = self.zh();
         let mut lines: Vec<String> = vec![
-            if zh { "会员卡核销凭证" } else { "MEMBER CARD REDEMPTION" }.to_owned(),
+            if zh {
+                "会员卡核销凭证"
+            } else {
+                "MEMBER CARD REDEMPTION"
+            }
+            .to_owned(),
             format!("{} {}", if zh { "卡号" } else { "Card" }, a.masked_number),
-            format!("{} {}", if zh { "时间" } else { "Time" }, self.time(a.wall_ms)),
+            format!(
+                "{} {}",
+                if zh { "时间" } else { "Time" },
+                self.time(a.wall_ms)
+            ),
         ];
         for l in &a.lines {
             lines.push(format!("{} x{}", l.title, l.quantity));
@@ -174,7 +180,11 @@ impl Presentation {
                 format!("  {} left", l.uses_left_after)
             });
         }
-        lines.push(format!("{} {}", if zh { "授权码" } else { "Auth code" }, a.auth_code));
+        lines.push(format!(
+            "{} {}",
+            if zh { "授权码" } else { "Auth code" },
+            a.auth_code
+        ));
         let uses: Vec<UsesLeft> = a
             .lines
             .iter()
@@ -191,13 +201,22 @@ impl Presentation {
     fn approved_void(&self, txn_id: u32, v: &VoidApproval) -> StoredReply {
         let zh = self.zh();
         let mut lines: Vec<String> = vec![
-            if zh { "会员卡撤销凭证" } else { "MEMBER CARD VOID" }.to_owned(),
+            if zh {
+                "会员卡撤销凭证"
+            } else {
+                "MEMBER CARD VOID"
+            }
+            .to_owned(),
             format!(
                 "{} {}",
                 if zh { "原授权码" } else { "Original auth" },
                 v.original_auth_code
             ),
-            format!("{} {}", if zh { "时间" } else { "Time" }, self.time(v.wall_ms)),
+            format!(
+                "{} {}",
+                if zh { "时间" } else { "Time" },
+                self.time(v.wall_ms)
+            ),
         ];
         for l in &v.lines {
             lines.push(format!("{} x{}", l.title, l.quantity));
@@ -209,7 +228,11 @@ impl Presentation {
                 });
             }
         }
-        lines.push(format!("{} {}", if zh { "授权码" } else { "Auth code" }, v.auth_code));
+        lines.push(format!(
+            "{} {}",
+            if zh { "授权码" } else { "Auth code" },
+            v.auth_code
+        ));
         self.approved(txn_id, &v.auth_code, v.first_seq, &[], &lines)
     }
 
@@ -264,7 +287,10 @@ impl Presentation {
 
     fn local_days(&self, wall_ms: i64) -> (i64, i64) {
         let local_ms = wall_ms.saturating_add(i64::from(self.utc_offset_minutes) * 60_000);
-        (local_ms.div_euclid(86_400_000), local_ms.rem_euclid(86_400_000))
+        (
+            local_ms.div_euclid(86_400_000),
+            local_ms.rem_euclid(86_400_000),
+        )
     }
 
     /// The local calendar day containing the last valid instant of an entitlement, if it fits the
@@ -275,7 +301,9 @@ impl Presentation {
         }
         let (days, _) = self.local_days(valid_until_ms.saturating_sub(1));
         let (y, m, d) = civil_from_days(days);
-        let year = u16::try_from(y).ok().filter(|y| (2000..=2099).contains(y))?;
+        let year = u16::try_from(y)
+            .ok()
+            .filter(|y| (2000..=2099).contains(y))?;
         Some(Date {
             year,
             month: u8::try_from(m).ok()?,
@@ -326,7 +354,10 @@ mod tests {
         let (text, _, bad) = encoding_rs::GB18030.decode(d.text.as_bytes());
         assert!(!bad);
         assert_eq!(text, DeclineReason::CardLost.text_zh());
-        assert_ne!(d.text.as_bytes(), DeclineReason::CardLost.text_zh().as_bytes());
+        assert_ne!(
+            d.text.as_bytes(),
+            DeclineReason::CardLost.text_zh().as_bytes()
+        );
     }
 
     #[test]
@@ -382,5 +413,4 @@ mod tests {
         assert!(StoredReply::split(&[0x01, 0, 0]).is_none());
         assert!(StoredReply::split(&[0xEE]).is_none());
     }
-
 }

@@ -214,7 +214,9 @@ mod tests {
         // Every code has a name in the protocol's table (PROTOCOL.md §7.1).
         for r in DeclineReason::ALL {
             assert!(
-                firmware_protocol::message::DeclineReason(r.code()).name().is_some(),
+                firmware_protocol::message::DeclineReason(r.code())
+                    .name()
+                    .is_some(),
                 "{r:?}"
             );
         }

@@ -96,13 +96,24 @@ impl Shop {
                 dir.path().join(format!("reader-{i}")).display()
             ));
         }
-        toml.push_str("[risk]\nmax_offline_uses_per_card = 1000\nmax_offline_redemptions = 100000\n");
+        toml.push_str(
+            "[risk]\nmax_offline_uses_per_card = 1000\nmax_offline_redemptions = 100000\n",
+        );
         let config = dir.path().join("redeemd.toml");
         std::fs::write(&config, toml).unwrap();
 
-        let mut store = redeemd::store::Store::open(&state, support::keys(), support::config()).unwrap();
-        let bundle = support::bundle(BundleKind::Full, 1, 0, &shop_cards(), wall_now() + 1000 * HOUR);
-        store.install_bundle(&bundle[..], support::now(wall_now())).unwrap();
+        let mut store =
+            redeemd::store::Store::open(&state, support::keys(), support::config()).unwrap();
+        let bundle = support::bundle(
+            BundleKind::Full,
+            1,
+            0,
+            &shop_cards(),
+            wall_now() + 1000 * HOUR,
+        );
+        store
+            .install_bundle(&bundle[..], support::now(wall_now()))
+            .unwrap();
         Shop { dir, config }
     }
 
@@ -113,7 +124,9 @@ impl Shop {
     fn redeemd(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_redeemd"));
         c.arg("--config").arg(&self.config);
-        c.env_remove("NOTIFY_SOCKET").env_remove("WATCHDOG_USEC").env_remove("RUST_LOG");
+        c.env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("RUST_LOG");
         c
     }
 }
@@ -222,7 +235,10 @@ fn wire(reason: DeclineReason) -> Wire {
 }
 
 fn uses_left(m: &redeemd::simulator::Menu, index: u8) -> Option<u16> {
-    m.entries.iter().find(|e| e.index == index).map(|e| e.uses_left)
+    m.entries
+        .iter()
+        .find(|e| e.index == index)
+        .map(|e| e.uses_left)
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -235,7 +251,10 @@ async fn menu_redeem_and_receipt_for_a_card_with_two_packages() {
     assert_eq!(m.entries.len(), 3, "{m:?}");
     assert_eq!(m.holder, "张*");
     assert!(m.masked_card.contains('*') && !m.masked_card.contains(&support::number(1)));
-    assert_eq!((uses_left(&m, 0), uses_left(&m, 1), uses_left(&m, 2)), (Some(10), Some(2), Some(3)));
+    assert_eq!(
+        (uses_left(&m, 0), uses_left(&m, 1), uses_left(&m, 2)),
+        (Some(10), Some(2), Some(3))
+    );
     assert_eq!(m.entries[2].identity, IdentityCheck::PhoneLast4);
 
     let a = approved(r.redeem(&[(0, 2)], None).await.unwrap());
@@ -251,7 +270,10 @@ async fn menu_redeem_and_receipt_for_a_card_with_two_packages() {
     daemon.wait_log("approved auth", Duration::from_secs(5));
     let log = daemon.log_text();
     assert!(log.contains("latency_ms"), "{log}");
-    assert!(!log.contains(&support::number(CARD_TWO_PACKAGES)), "card number in the log");
+    assert!(
+        !log.contains(&support::number(CARD_TWO_PACKAGES)),
+        "card number in the log"
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -274,14 +296,22 @@ async fn lost_exhausted_and_expired_cards_are_declined_with_the_reason() {
     assert_eq!(indexes, vec![1], "{m:?}");
     let reason = declined(r.redeem(&[(0, 1)], None).await.unwrap());
     assert!(
-        [wire(DeclineReason::InsufficientUses), wire(DeclineReason::UnknownEntry)].contains(&reason),
+        [
+            wire(DeclineReason::InsufficientUses),
+            wire(DeclineReason::UnknownEntry)
+        ]
+        .contains(&reason),
         "{reason:?}"
     );
     menu(swipe(&mut r, CARD_EXHAUSTED_EXPIRED).await);
     let reason = declined(r.redeem(&[(2, 1)], None).await.unwrap());
     assert_eq!(reason, declined_again(&mut r).await);
     assert!(
-        [wire(DeclineReason::Expired), wire(DeclineReason::UnknownEntry)].contains(&reason),
+        [
+            wire(DeclineReason::Expired),
+            wire(DeclineReason::UnknownEntry)
+        ]
+        .contains(&reason),
         "{reason:?}"
     );
 }
@@ -325,12 +355,18 @@ async fn a_repeated_redeem_and_a_reboot_get_the_stored_answer_and_deduct_once() 
     let first = approved(r.redeem(&[(1, 1)], None).await.unwrap());
     // The reader was not sure its REDEEM arrived and sends it again, same txn id.
     let again = r.redeem_again().await.unwrap();
-    assert_eq!(again.payload, first.payload, "retransmitted REDEEM: not byte-identical");
+    assert_eq!(
+        again.payload, first.payload,
+        "retransmitted REDEEM: not byte-identical"
+    );
 
     // The reader reboots (new boot nonce) and asks for its last transaction.
     r.reboot(LINK_UP).await.unwrap();
     let last = r.query_last().await.unwrap();
-    assert_eq!(last.payload, first.payload, "QUERY LAST after reboot: not byte-identical");
+    assert_eq!(
+        last.payload, first.payload,
+        "QUERY LAST after reboot: not byte-identical"
+    );
     let by_id = r.query(first.txn_id).await.unwrap();
     assert_eq!(by_id.payload, first.payload);
 
@@ -346,16 +382,32 @@ async fn void_within_the_window_restores_uses_and_after_it_is_refused() {
 
     menu(swipe(&mut r, CARD_TWO_PACKAGES).await);
     let a = approved(r.redeem(&[(0, 3)], None).await.unwrap());
-    let v = approved(r.void(&a.auth_code, VoidReason::CashierError).await.unwrap());
-    assert!(v.receipt.join("\n").contains(&a.auth_code), "{:?}", v.receipt);
+    let v = approved(
+        r.void(&a.auth_code, VoidReason::CashierError)
+            .await
+            .unwrap(),
+    );
+    assert!(
+        v.receipt.join("\n").contains(&a.auth_code),
+        "{:?}",
+        v.receipt
+    );
     let m = menu(swipe(&mut r, CARD_TWO_PACKAGES).await);
     assert_eq!(uses_left(&m, 0), Some(10), "void did not restore the uses");
-    let again = declined(r.void(&a.auth_code, VoidReason::CashierError).await.unwrap());
+    let again = declined(
+        r.void(&a.auth_code, VoidReason::CashierError)
+            .await
+            .unwrap(),
+    );
     assert_eq!(again, wire(DeclineReason::AlreadyVoided));
 
     let b = approved(r.redeem(&[(0, 1)], None).await.unwrap());
     tokio::time::sleep(Duration::from_millis(3_500)).await;
-    let late = declined(r.void(&b.auth_code, VoidReason::CashierError).await.unwrap());
+    let late = declined(
+        r.void(&b.auth_code, VoidReason::CashierError)
+            .await
+            .unwrap(),
+    );
     assert_eq!(late, wire(DeclineReason::VoidWindowPassed));
     let unknown = declined(r.void("00000099", VoidReason::Other).await.unwrap());
     assert_eq!(unknown, wire(DeclineReason::UnknownAuthCode));
@@ -367,7 +419,9 @@ async fn noise_mid_frame_and_an_unplugged_cable_are_survived() {
     let daemon = Daemon::start(&shop);
     let mut r = reader(&shop, 0, "R-F").await;
 
-    r.inject_torn_frame(&[0x13, 0x37, 0xFF, 0x42]).await.unwrap();
+    r.inject_torn_frame(&[0x13, 0x37, 0xFF, 0x42])
+        .await
+        .unwrap();
     r.inject_noise(&[0x55; 300]).await.unwrap();
     let m = menu(swipe(&mut r, CARD_TWO_PACKAGES).await);
     assert_eq!(uses_left(&m, 0), Some(10));
@@ -388,8 +442,14 @@ async fn two_readers_racing_for_the_last_use_get_one_approval() {
     let mut a = reader(&shop, 0, "R-G1").await;
     let mut b = reader(&shop, 1, "R-G2").await;
 
-    assert_eq!(uses_left(&menu(swipe(&mut a, CARD_LAST_USE).await), 0), Some(1));
-    assert_eq!(uses_left(&menu(swipe(&mut b, CARD_LAST_USE).await), 0), Some(1));
+    assert_eq!(
+        uses_left(&menu(swipe(&mut a, CARD_LAST_USE).await), 0),
+        Some(1)
+    );
+    assert_eq!(
+        uses_left(&menu(swipe(&mut b, CARD_LAST_USE).await), 0),
+        Some(1)
+    );
     let (ra, rb) = tokio::join!(a.redeem(&[(0, 1)], None), b.redeem(&[(0, 1)], None));
     let results = [ra.unwrap(), rb.unwrap()];
     let approvals = results
@@ -419,7 +479,10 @@ fn a_bad_config_exits_64_naming_the_key() {
     std::fs::write(&shop.config, text.replace("baud = 115200", "baud = 115201")).unwrap();
     let (code, err) = run_to_exit(&shop, &["run"]);
     assert_eq!(code, 64, "{err}");
-    assert!(err.contains("reader[0].baud: 115201 is not one of"), "{err}");
+    assert!(
+        err.contains("reader[0].baud: 115201 is not one of"),
+        "{err}"
+    );
     let (code, err) = run_to_exit(&shop, &["check-config"]);
     assert_eq!(code, 64, "{err}");
 
@@ -447,7 +510,10 @@ fn a_missing_port_is_logged_once_and_retried() {
     std::thread::sleep(Duration::from_secs(2));
     let log = daemon.log_text();
     let complaints = log.matches("cannot open port").count();
-    assert_eq!(complaints, 1, "the same failure is logged once, not per retry:\n{log}");
+    assert_eq!(
+        complaints, 1,
+        "the same failure is logged once, not per retry:\n{log}"
+    );
     assert!(log.contains(&shop.port(0).display().to_string()), "{log}");
     // It keeps running (and retrying) rather than exiting.
     let mut d = daemon;
@@ -488,7 +554,11 @@ async fn a_gb18030_reader_gets_chinese_texts_it_can_show() {
     let m = menu(swipe(&mut r, CARD_TWO_PACKAGES).await);
     assert_eq!(m.entries[0].title, "精洗");
     let a = approved(r.redeem(&[(0, 1)], None).await.unwrap());
-    assert!(a.receipt.join("\n").contains("剩余 9 次"), "{:?}", a.receipt);
+    assert!(
+        a.receipt.join("\n").contains("剩余 9 次"),
+        "{:?}",
+        a.receipt
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]
