@@ -274,6 +274,20 @@ async fn menu_redeem_and_receipt_for_a_card_with_two_packages() {
         !log.contains(&support::number(CARD_TWO_PACKAGES)),
         "card number in the log"
     );
+
+    // `redeemd status`, a separate process, sees the link and the last transaction.
+    let out = shop.redeemd().arg("status").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("reader counter-0: link up"), "{text}");
+    assert!(text.contains("serial R-A"), "{text}");
+    assert!(text.contains("last txn     swipe"), "{text}");
+    assert!(text.contains("cache          version 1"), "{text}");
+    assert!(text.contains("journal        head seq 1"), "{text}");
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -587,4 +601,51 @@ async fn a_garbage_flood_leaves_memory_flat_and_the_link_usable() {
         after < before + 2048,
         "RSS grew from {before} KiB to {after} KiB under a garbage flood"
     );
+}
+
+/// Every shipped scenario, played by `redeemd simulate-reader --script` (a second real process)
+/// against the daemon: the CLI a technician runs, end to end.
+#[test]
+fn shipped_scenarios_pass_against_the_daemon() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/scenarios");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "scenario"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 3, "{files:?}");
+    for file in files {
+        let shop = Shop::new(1, "");
+        let daemon = Daemon::start(&shop);
+        let out = shop
+            .redeemd()
+            .arg("simulate-reader")
+            .arg("--pty")
+            .arg("--link")
+            .arg(shop.port(0))
+            .args([
+                "--serial",
+                "SCENARIO",
+                "--connect-timeout",
+                "20",
+                "--script",
+            ])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let transcript = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}: exit {:?}\n{transcript}\n{}\ndaemon:\n{}",
+            file.display(),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr),
+            daemon.log_text()
+        );
+        assert!(transcript.contains("link up"), "{transcript}");
+        if std::env::var_os("SHOW_TRANSCRIPT").is_some() {
+            eprintln!("{transcript}");
+        }
+    }
 }
