@@ -82,13 +82,33 @@ async fn serve(config: &Config, store: store_owner::StoreHandle) -> Result<(), D
         };
         tokio::spawn(reader::run(ctx));
     }
+    if let Some(after) = test_wedge_delay() {
+        let store = store.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            tracing::warn!("test trigger: wedging the store thread");
+            // The store thread blocks for good, as on a disk that stopped answering an fsync.
+            let _ = store
+                .call(|_, _| {
+                    loop {
+                        std::thread::park();
+                    }
+                })
+                .await;
+        });
+    }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!("serving");
 
+    // Ping at half the watchdog period; a store that does not answer a no-op within one period is
+    // wedged, and the ping is withheld so that systemd restarts us. The wait is bounded so that
+    // SIGTERM is still served while the store hangs.
     let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
-    let mut ping = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    let period = watchdog.unwrap_or(Duration::from_secs(3600));
+    let mut ping = tokio::time::interval(period);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut store_ok = true;
     loop {
         tokio::select! {
             _ = sigterm.recv() => break,
@@ -98,10 +118,13 @@ async fn serve(config: &Config, store: store_owner::StoreHandle) -> Result<(), D
             }
             _ = ping.tick(), if watchdog.is_some() => {
                 // Through the store thread: both loops must be alive to earn a ping.
-                if store.call(|_, _| ()).await.is_ok() {
+                let alive = tokio::time::timeout(period, store.call(|_, _| ())).await;
+                if matches!(alive, Ok(Ok(()))) {
                     notify(&[sd_notify::NotifyState::Watchdog]);
-                } else {
-                    tracing::error!("store thread gone: withholding the watchdog ping");
+                    store_ok = true;
+                } else if store_ok {
+                    tracing::error!("store thread not answering: withholding the watchdog ping");
+                    store_ok = false;
                 }
             }
         }
@@ -109,6 +132,14 @@ async fn serve(config: &Config, store: store_owner::StoreHandle) -> Result<(), D
     tracing::info!("stopping");
     notify(&[sd_notify::NotifyState::Stopping]);
     Ok(())
+}
+
+/// Test-only trigger (`REDEEMD_TEST_WEDGE_STORE_AFTER_MS`): wedge the store thread after this long,
+/// so tests can watch the watchdog pings stop without systemd. Harmless when unset, which it always
+/// is in production.
+fn test_wedge_delay() -> Option<Duration> {
+    let ms = std::env::var("REDEEMD_TEST_WEDGE_STORE_AFTER_MS").ok()?;
+    ms.parse().ok().map(Duration::from_millis)
 }
 
 fn notify(state: &[sd_notify::NotifyState<'_>]) {

@@ -649,3 +649,78 @@ fn shipped_scenarios_pass_against_the_daemon() {
         }
     }
 }
+
+/// Reads sd_notify datagrams from a socket the test owns, as systemd would.
+fn notifications(socket: &std::os::unix::net::UnixDatagram, for_: Duration) -> Vec<String> {
+    let deadline = Instant::now() + for_;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        socket
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        match socket.recv(&mut buf) {
+            Ok(n) => got.push(String::from_utf8_lossy(&buf[..n]).trim_end().to_owned()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    got
+}
+
+#[test]
+fn the_watchdog_is_pinged_while_healthy_and_withheld_when_the_store_hangs() {
+    let shop = Shop::new(0, "");
+    let socket_path = shop.dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    let mut child = shop
+        .redeemd()
+        .arg("run")
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "200000")
+        .env("REDEEMD_TEST_WEDGE_STORE_AFTER_MS", "1500")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let healthy = notifications(&socket, Duration::from_millis(1200));
+    assert_eq!(
+        healthy.first().map(String::as_str),
+        Some("READY=1"),
+        "{healthy:?}"
+    );
+    let pings = healthy
+        .iter()
+        .filter(|m| m.as_str() == "WATCHDOG=1")
+        .count();
+    assert!(
+        pings >= 5,
+        "a healthy daemon pings every 100 ms: {healthy:?}"
+    );
+
+    // The store thread wedges at 1.5 s: after that, no more pings.
+    std::thread::sleep(Duration::from_millis(800));
+    let _ = notifications(&socket, Duration::from_millis(10));
+    let wedged = notifications(&socket, Duration::from_millis(1500));
+    assert!(
+        !wedged.iter().any(|m| m == "WATCHDOG=1"),
+        "pings went on with the store hung: {wedged:?}"
+    );
+    // SIGTERM is still served while the store hangs (the ping wait is bounded).
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let stopping = notifications(&socket, Duration::from_millis(1500));
+    assert!(stopping.iter().any(|m| m == "STOPPING=1"), "{stopping:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
