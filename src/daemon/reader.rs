@@ -156,6 +156,26 @@ struct Done {
     started: std::time::Instant,
 }
 
+impl Done {
+    /// An answer that starts no transaction.
+    fn answer(
+        txn_id: u32,
+        kind: &'static str,
+        reply: StoredReply,
+        outcome: impl Into<String>,
+        started: std::time::Instant,
+    ) -> Done {
+        Done {
+            txn_id,
+            kind,
+            reply,
+            outcome: outcome.into(),
+            swipe: None,
+            started,
+        }
+    }
+}
+
 struct Link<'a> {
     ctx: &'a ReaderContext,
     memory: &'a mut ReaderMemory,
@@ -502,14 +522,13 @@ impl<'a> Link<'a> {
                         Query::Txn(id) => id,
                     };
                     match found {
-                        Ok(Some((txn_id, bytes))) => Done {
+                        Ok(Some((txn_id, bytes))) => Done::answer(
                             txn_id,
-                            kind: "query",
-                            reply: StoredReply(bytes),
-                            outcome: "stored answer sent again".into(),
-                            swipe: None,
+                            "query",
+                            StoredReply(bytes),
+                            "stored answer sent again",
                             started,
-                        },
+                        ),
                         Ok(None) => declined_done(
                             asked,
                             "query",
@@ -622,14 +641,13 @@ fn declined_done(
     reason: DeclineReason,
     started: std::time::Instant,
 ) -> Done {
-    Done {
+    Done::answer(
         txn_id,
         kind,
-        reply: presentation.declined(txn_id.max(1), reason),
-        outcome: declined_outcome(reason, None),
-        swipe: None,
+        presentation.declined(txn_id.max(1), reason),
+        declined_outcome(reason, None),
         started,
-    }
+    )
 }
 
 fn replay_or_decline(
@@ -642,14 +660,13 @@ fn replay_or_decline(
     started: std::time::Instant,
 ) -> Done {
     match store.stored_outcome(reader_id, u64::from(txn_id)) {
-        Ok(Some(bytes)) => Done {
+        Ok(Some(bytes)) => Done::answer(
             txn_id,
             kind,
-            reply: StoredReply(bytes),
-            outcome: "repeated request: stored answer sent again".into(),
-            swipe: None,
+            StoredReply(bytes),
+            "repeated request: stored answer sent again",
             started,
-        },
+        ),
         Ok(None) => declined_done(txn_id, kind, presentation, reason, started),
         Err(e) => {
             tracing::error!(error = %e, "store failed looking up a stored outcome");
@@ -686,14 +703,7 @@ fn stored_done(
                 }
                 None => "repeated request: stored answer sent again".into(),
             };
-            Done {
-                txn_id,
-                kind,
-                reply: StoredReply(outcome.reply),
-                outcome: summary,
-                swipe: None,
-                started,
-            }
+            Done::answer(txn_id, kind, StoredReply(outcome.reply), summary, started)
         }
         Err(e) => {
             tracing::error!(error = %e, kind, "store failed; nothing recorded");

@@ -67,29 +67,36 @@ impl StoreHandle {
         T: Send + 'static,
         F: FnOnce(&mut Store, Now) -> T + Send + 'static,
     {
-        let (reply_tx, reply_rx) = oneshot::channel();
-        let job: Job = Box::new(move |store, clock| {
-            // The receiver may be gone (reader unplugged mid-request): the work is done and
-            // committed all the same; the reader will QUERY it.
-            let _ = reply_tx.send(f(store, clock.now()));
-        });
+        let (job, reply) = job(f);
         self.jobs.send(job).await.map_err(|_| StoreGone)?;
-        reply_rx.await.map_err(|_| StoreGone)
+        reply.await.map_err(|_| StoreGone)
     }
 
-    /// As [`StoreHandle::call`], but fails at once instead of waiting when the queue is full.
+    /// Queues `f` without waiting for room: fails at once when the queue is full. The receiver
+    /// yields the result.
     pub fn try_call<T, F>(&self, f: F) -> Result<oneshot::Receiver<T>, StoreGone>
     where
         T: Send + 'static,
         F: FnOnce(&mut Store, Now) -> T + Send + 'static,
     {
-        let (reply_tx, reply_rx) = oneshot::channel();
-        let job: Job = Box::new(move |store, clock| {
-            let _ = reply_tx.send(f(store, clock.now()));
-        });
+        let (job, reply) = job(f);
         self.jobs.try_send(job).map_err(|_| StoreGone)?;
-        Ok(reply_rx)
+        Ok(reply)
     }
+}
+
+fn job<T, F>(f: F) -> (Job, oneshot::Receiver<T>)
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Store, Now) -> T + Send + 'static,
+{
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let job: Job = Box::new(move |store, clock| {
+        // The receiver may be gone (reader unplugged mid-request): the work is done and committed
+        // all the same; the reader will QUERY it.
+        let _ = reply_tx.send(f(store, clock.now()));
+    });
+    (job, reply_rx)
 }
 
 /// The daemon's clocks: wall time (may be wrong or set back: the engine checks it) and time since

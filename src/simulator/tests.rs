@@ -596,27 +596,6 @@ async fn unplug_and_replug_follow_the_symlink() {
     );
 }
 
-/// The shipped scenarios are written for the daemon's test fixtures and run against the real daemon
-/// in `tests/it/daemon.rs`; here they must at least parse.
-#[test]
-fn scenario_files_parse() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/scenarios");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "scenario"))
-        .collect();
-    files.sort();
-    assert!(files.len() >= 3, "{files:?}");
-    for file in files {
-        let parsed = scenario::parse(
-            &file.display().to_string(),
-            &std::fs::read_to_string(&file).unwrap(),
-        );
-        assert!(parsed.is_ok(), "{}: {parsed:?}", file.display());
-    }
-}
-
 #[tokio::test]
 async fn failed_expectation_names_the_line() {
     let dir = tempfile::tempdir().unwrap();
