@@ -361,6 +361,15 @@ mod tests {
     }
 
     #[test]
+    fn english_texts_on_request() {
+        let r = p(Language::En, TextEncoding::Utf8).declined(3, DeclineReason::Expired);
+        let Message::Declined(d) = parse(&r, TextEncoding::Utf8) else {
+            panic!("not DECLINED")
+        };
+        assert_eq!(d.text.to_str(), Some(DeclineReason::Expired.text_en()));
+    }
+
+    #[test]
     fn long_titles_are_cut_at_a_character_boundary() {
         let pr = p(Language::Zh, TextEncoding::Utf8);
         let title = "洗".repeat(40); // 120 bytes of UTF-8

@@ -724,3 +724,17 @@ fn the_watchdog_is_pinged_while_healthy_and_withheld_when_the_store_hangs() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let shop = Shop::new(1, "[log]\nformat = \"json\"\n");
+    let daemon = Daemon::start(&shop);
+    daemon.wait_log("cannot open port", Duration::from_secs(10));
+    for line in daemon.log.lock().unwrap().iter() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
+    let log = daemon.log_text();
+    assert!(log.contains(r#""reader":"counter-0""#), "{log}");
+}
