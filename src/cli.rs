@@ -66,6 +66,16 @@ pub enum Command {
     CheckConfig,
     /// Readers' link state and last transaction, cache version and age, journal head, unsynced.
     Status,
+    /// Check this install: config, key, state directory, database, readers, clock, cache, backlog.
+    /// Prints OK or the problem and its fix for each; exits 1 if any problem is found.
+    Doctor {
+        /// The account the service runs as (device permissions are judged for it).
+        #[arg(long, default_value = "redeemd")]
+        user: String,
+        /// Where the source of a systemd credential lives (LoadCredential=NAME:DIR/NAME).
+        #[arg(long, default_value = "/etc/redeemd")]
+        credential_dir: PathBuf,
+    },
     /// Play a bank POS reader: on a real serial port or a new pseudo-terminal, interactively or
     /// from a scenario file (see docs/simulator.md and fixtures/scenarios/).
     SimulateReader(SimulateReaderArgs),
@@ -291,6 +301,28 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
             return w(print_config(&config, out));
         }
         Command::SimulateReader(args) => return simulate_reader(args),
+        Command::Doctor {
+            user,
+            credential_dir,
+        } => {
+            let config = required_config(cli)?;
+            let options = crate::doctor::DoctorOptions {
+                service_user: user.clone(),
+                credential_source_dir: credential_dir.clone(),
+            };
+            let findings = crate::doctor::examine(&config, &options);
+            let problems = crate::doctor::report(&findings, out).map_err(CliError::Output)?;
+            return if problems {
+                Err(CliError::Findings(
+                    findings
+                        .iter()
+                        .filter(|f| f.verdict == crate::doctor::Verdict::Problem)
+                        .count(),
+                ))
+            } else {
+                Ok(())
+            };
+        }
         Command::Status => {
             let config = required_config(cli)?;
             let secret = secret(cli, Some(&config))?;
@@ -306,9 +338,11 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
     // instead, so that they can name every bad row even when opening refuses.
     let store = Store::open_existing(&state_dir, &secret, limits);
     match &cli.command {
-        Command::Run | Command::CheckConfig | Command::Status | Command::SimulateReader(_) => {
-            Ok(())
-        }
+        Command::Run
+        | Command::CheckConfig
+        | Command::Status
+        | Command::Doctor { .. }
+        | Command::SimulateReader(_) => Ok(()),
         Command::Cache(CacheCommand::Verify) | Command::Journal(JournalCommand::Verify) => {
             // Verification works on the raw database, so it can report even when `open` refuses.
             drop(store);

@@ -4,6 +4,7 @@
 //! * [`store`] — the SQLite store: signed cache, HMAC-chained journal, idempotent outcomes, migrations.
 //! * [`config`] — the daemon's TOML configuration, validated before anything starts.
 //! * [`daemon`] — `redeemd run`: serial readers, the store thread, status and systemd integration.
+//! * [`doctor`] — `redeemd doctor`: checks a live install, each with OK or the fix.
 //! * [`keys`] — loading the terminal secret from a private file or a systemd credential.
 //!
 //! The signed-data contract with the platform lives in the `redeemd-contract` crate.
@@ -12,6 +13,7 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod doctor;
 pub mod engine;
 pub mod keys;
 pub mod simulator;

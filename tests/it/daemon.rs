@@ -69,13 +69,13 @@ fn shop_cards() -> Vec<(u64, Option<Card>)> {
 }
 
 /// A shop's files: config, key, state directory with a signed cache, reader port paths.
-struct Shop {
-    dir: TempDir,
-    config: PathBuf,
+pub struct Shop {
+    pub dir: TempDir,
+    pub config: PathBuf,
 }
 
 impl Shop {
-    fn new(readers: usize, extra: &str) -> Shop {
+    pub fn new(readers: usize, extra: &str) -> Shop {
         let dir = tempfile::Builder::new()
             .prefix("redeemd-it-")
             .tempdir()
@@ -117,11 +117,11 @@ impl Shop {
         Shop { dir, config }
     }
 
-    fn port(&self, i: usize) -> PathBuf {
+    pub fn port(&self, i: usize) -> PathBuf {
         self.dir.path().join(format!("reader-{i}"))
     }
 
-    fn redeemd(&self) -> Command {
+    pub fn redeemd(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_redeemd"));
         c.arg("--config").arg(&self.config);
         c.env_remove("NOTIFY_SOCKET")
@@ -478,7 +478,7 @@ async fn two_readers_racing_for_the_last_use_get_one_approval() {
     assert_eq!(refusal, Some(wire(DeclineReason::InsufficientUses)));
 }
 
-fn run_to_exit(shop: &Shop, args: &[&str]) -> (i32, String) {
+pub fn run_to_exit(shop: &Shop, args: &[&str]) -> (i32, String) {
     let out = shop.redeemd().args(args).output().unwrap();
     (
         out.status.code().unwrap_or(-1),

@@ -9,6 +9,7 @@
 mod cli;
 mod crash;
 mod daemon;
+mod doctor;
 mod migrate;
 mod snapshot;
 mod store;

@@ -1,0 +1,583 @@
+//! `redeemd doctor`: checks a live install and says, for each check, OK or what is wrong and how to
+//! fix it — in words a shop technician can act on.
+//!
+//! Every check is read-only except the state-directory probe (one temporary file, removed). Checks
+//! run as whoever calls `doctor` (usually root), so device permissions are judged for the *service*
+//! user (`--user`, default `redeemd`) from the device's owner, group and mode, not by opening as root.
+
+use std::fmt;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::config::{Config, KeySource, ReaderConfig};
+use crate::keys::load_secret_with;
+
+/// How a check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Ok,
+    /// Works, but deserves attention.
+    Warning,
+    /// Broken: the daemon cannot work right until it is fixed.
+    Problem,
+    /// Could not be checked here (said why).
+    Skipped,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Verdict::Ok => "OK",
+            Verdict::Warning => "WARNING",
+            Verdict::Problem => "PROBLEM",
+            Verdict::Skipped => "SKIPPED",
+        })
+    }
+}
+
+/// One check's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub check: String,
+    pub verdict: Verdict,
+    pub detail: String,
+    /// What to do about it (problems and warnings).
+    pub fix: Option<String>,
+}
+
+impl Finding {
+    fn ok(check: impl Into<String>, detail: impl Into<String>) -> Finding {
+        Finding {
+            check: check.into(),
+            verdict: Verdict::Ok,
+            detail: detail.into(),
+            fix: None,
+        }
+    }
+    fn bad(
+        verdict: Verdict,
+        check: impl Into<String>,
+        detail: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Finding {
+        Finding {
+            check: check.into(),
+            verdict,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
+    }
+}
+
+/// Where doctor looks besides the configuration.
+#[derive(Debug, Clone)]
+pub struct DoctorOptions {
+    /// The account the service runs as (`User=` in the unit).
+    pub service_user: String,
+    /// Where a systemd credential's source file lives (`LoadCredential=NAME:DIR/NAME`).
+    pub credential_source_dir: PathBuf,
+}
+
+impl Default for DoctorOptions {
+    fn default() -> Self {
+        DoctorOptions {
+            service_user: "redeemd".into(),
+            credential_source_dir: PathBuf::from("/etc/redeemd"),
+        }
+    }
+}
+
+/// Runs every check on a loaded configuration.
+pub fn examine(config: &Config, options: &DoctorOptions) -> Vec<Finding> {
+    let mut findings = vec![Finding::ok(
+        "config",
+        format!(
+            "terminal {} of merchant {}, {} reader(s)",
+            config.terminal_id,
+            config.merchant_id,
+            config.readers.len()
+        ),
+    )];
+    let user = Account::lookup(&options.service_user);
+    let secret = key_check(config, options, &mut findings);
+    findings.push(state_dir_check(&config.state_dir));
+    if let Some(secret) = secret {
+        store_checks(config, &secret, &mut findings);
+    }
+    for reader in &config.readers {
+        findings.push(port_check(reader, user.as_ref(), &options.service_user));
+    }
+    findings.push(clock_sync_check());
+    findings.push(match &config.sync.server_url {
+        None => Finding::ok(
+            "server",
+            "sync disabled (no server_url): stand-alone install",
+        ),
+        Some(url) => Finding {
+            check: "server".into(),
+            verdict: Verdict::Skipped,
+            detail: format!(
+                "{url}: reachability and signature check not built yet (sync lands with issue 5)"
+            ),
+            fix: None,
+        },
+    });
+    findings
+}
+
+/// Prints findings; returns whether any is a problem.
+pub fn report(findings: &[Finding], out: &mut dyn Write) -> std::io::Result<bool> {
+    for f in findings {
+        writeln!(out, "{:<8} {:<22} {}", f.verdict, f.check, f.detail)?;
+        if let Some(fix) = &f.fix {
+            writeln!(out, "{:<8} {:<22} fix: {fix}", "", "")?;
+        }
+    }
+    let problems = findings
+        .iter()
+        .filter(|f| f.verdict == Verdict::Problem)
+        .count();
+    if problems == 0 {
+        writeln!(out, "no problems found")?;
+    } else {
+        writeln!(out, "{problems} problem(s) found")?;
+    }
+    Ok(problems > 0)
+}
+
+fn key_check(
+    config: &Config,
+    options: &DoctorOptions,
+    findings: &mut Vec<Finding>,
+) -> Option<redeemd_contract::TerminalSecret> {
+    // Outside the service, a credential is read from where systemd loads it from.
+    let env_dir = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+    let (source, shown) = match (&config.key, env_dir) {
+        (KeySource::Credential(name), None) => {
+            let path = options.credential_source_dir.join(name);
+            (KeySource::File(path.clone()), path)
+        }
+        (KeySource::Credential(name), Some(dir)) => (config.key.clone(), dir.join(name)),
+        (KeySource::File(p), _) => (config.key.clone(), p.clone()),
+    };
+    match load_secret_with(
+        &source,
+        std::env::var_os("CREDENTIALS_DIRECTORY")
+            .as_deref()
+            .map(Path::new),
+    ) {
+        Ok(secret) => {
+            findings.push(Finding::ok(
+                "key",
+                format!("{} readable by its owner only", shown.display()),
+            ));
+            Some(secret)
+        }
+        Err(e) => {
+            let fix = match &e {
+                crate::keys::KeyError::LoosePermissions { path, .. } => {
+                    format!("chmod 600 {}", path.display())
+                }
+                crate::keys::KeyError::Io { path, .. } => format!(
+                    "install the terminal secret from the platform at {} (mode 600)",
+                    path.display()
+                ),
+                _ => "re-install the terminal secret the platform issued for this terminal".into(),
+            };
+            findings.push(Finding::bad(Verdict::Problem, "key", e.to_string(), fix));
+            None
+        }
+    }
+}
+
+fn state_dir_check(dir: &Path) -> Finding {
+    let probe = dir.join(".doctor-probe");
+    match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Finding::bad(
+                Verdict::Warning,
+                "state dir",
+                format!("{} does not exist yet", dir.display()),
+                "the daemon creates it on start; with systemd, StateDirectory= does",
+            );
+        }
+        Err(e) => {
+            return Finding::bad(
+                Verdict::Problem,
+                "state dir",
+                format!("{}: {e}", dir.display()),
+                "check the path in state_dir",
+            );
+        }
+        Ok(m) if !m.is_dir() => {
+            return Finding::bad(
+                Verdict::Problem,
+                "state dir",
+                format!("{} is not a directory", dir.display()),
+                "point state_dir at a directory (default /var/lib/redeemd)",
+            );
+        }
+        Ok(_) => {}
+    }
+    match std::fs::write(&probe, b"probe").and_then(|()| std::fs::remove_file(&probe)) {
+        Ok(()) => Finding::ok("state dir", format!("{} is writable", dir.display())),
+        Err(e) if e.raw_os_error() == Some(30) => Finding::bad(
+            Verdict::Problem,
+            "state dir",
+            format!("{} is on a read-only filesystem", dir.display()),
+            "put state_dir on a writable disk (check `mount`; a full or failing disk is remounted read-only)",
+        ),
+        Err(e) => Finding::bad(
+            Verdict::Problem,
+            "state dir",
+            format!("{}: cannot write: {e}", dir.display()),
+            "chown -R redeemd:redeemd the directory (systemd's StateDirectory= does this)",
+        ),
+    }
+}
+
+fn store_checks(
+    config: &Config,
+    secret: &redeemd_contract::TerminalSecret,
+    findings: &mut Vec<Finding>,
+) {
+    let path = config.state_dir.join(crate::store::DB_FILE);
+    if !path.is_file() {
+        findings.push(Finding::bad(
+            Verdict::Problem,
+            "database",
+            format!("no database at {}", path.display()),
+            "start the daemon once and install the platform's snapshot (it arrives with the first sync)",
+        ));
+        return;
+    }
+    let conn = match crate::store::open_database(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            findings.push(Finding::bad(
+                Verdict::Problem,
+                "database",
+                format!("{}: {e}", path.display()),
+                "restore the state directory from the last backup; call support with the file",
+            ));
+            return;
+        }
+    };
+    let keys = secret.derive_all(&config.terminal_id);
+    let mut integrity = crate::store::verify::database_file(&conn);
+    let checked = match crate::store::verify::journal(&conn, &keys) {
+        Ok(report) => {
+            integrity.extend(report.findings);
+            report.checked
+        }
+        Err(e) => {
+            integrity.push(crate::store::Integrity::new("journal", e.to_string()));
+            0
+        }
+    };
+    if integrity.is_empty() {
+        findings.push(Finding::ok(
+            "database",
+            format!("integrity check passed; journal chain of {checked} rows verifies"),
+        ));
+    } else {
+        let first: Vec<String> = integrity.iter().take(3).map(ToString::to_string).collect();
+        findings.push(Finding::bad(
+            Verdict::Problem,
+            "database",
+            format!("{} finding(s): {}", integrity.len(), first.join("; ")),
+            "do not edit the database; run `redeemd journal verify` for the full list and call support",
+        ));
+    }
+    let Ok(store) = crate::store::Store::open_existing(&config.state_dir, secret, config.limits())
+    else {
+        return;
+    };
+    let now = wall_ms();
+    match store.cache_info() {
+        Ok(Some(c)) => {
+            let m = &c.manifest;
+            let hours_left = (m.expires_at_ms - now) / 3_600_000;
+            if now < m.issued_at_ms {
+                findings.push(Finding::bad(
+                    Verdict::Problem,
+                    "clock",
+                    format!(
+                        "the clock is {} h before the cache was issued: the system clock is wrong",
+                        (m.issued_at_ms - now) / 3_600_000
+                    ),
+                    "set the time: `timedatectl set-ntp true` (or set it by hand), then check again",
+                ));
+            }
+            findings.push(if now >= m.expires_at_ms {
+                Finding::bad(
+                    Verdict::Problem,
+                    "cache",
+                    format!(
+                        "version {} expired {} h ago: redemptions are refused",
+                        m.version, -hours_left
+                    ),
+                    "connect the shop PC to the network so that sync can fetch a fresh snapshot",
+                )
+            } else if hours_left < 24 {
+                Finding::bad(
+                    Verdict::Warning,
+                    "cache",
+                    format!("version {} expires in {hours_left} h", m.version),
+                    "make sure the shop PC reaches the platform before then",
+                )
+            } else {
+                Finding::ok(
+                    "cache",
+                    format!(
+                        "version {}, {} cards, expires in {hours_left} h",
+                        m.version, c.entries
+                    ),
+                )
+            });
+        }
+        Ok(None) => findings.push(Finding::bad(
+            Verdict::Problem,
+            "cache",
+            "no signed entitlement cache installed: every card is declined",
+            "let the daemon sync with the platform (or `redeemd cache install FILE`)",
+        )),
+        Err(e) => findings.push(Finding::bad(
+            Verdict::Problem,
+            "cache",
+            e.to_string(),
+            "run `redeemd cache verify` and call support",
+        )),
+    }
+    let j = store.journal_info();
+    let unsynced = j.head_seq.saturating_sub(j.synced_through_seq);
+    let limit = u64::from(config.risk.max_offline_redemptions);
+    findings.push(if unsynced > 0 && unsynced * 2 >= limit {
+        Finding::bad(
+            Verdict::Warning,
+            "backlog",
+            format!("{unsynced} journal rows not yet acknowledged by the platform (offline limit {limit} redemptions)"),
+            "restore the network connection; the daemon uploads on its own",
+        )
+    } else {
+        Finding::ok("backlog", format!("{unsynced} journal rows not yet acknowledged by the platform"))
+    });
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A local account, from /etc/passwd and /etc/group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub uid: u32,
+    pub gids: Vec<u32>,
+}
+
+impl Account {
+    pub fn lookup(name: &str) -> Option<Account> {
+        let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+        let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+        Self::from_files(name, &passwd, &group)
+    }
+
+    fn from_files(name: &str, passwd: &str, group: &str) -> Option<Account> {
+        let fields: Vec<&str> = passwd
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.first() == Some(&name))?;
+        let uid = fields.get(2)?.parse().ok()?;
+        let primary: u32 = fields.get(3)?.parse().ok()?;
+        let mut gids = vec![primary];
+        for line in group.lines() {
+            let f: Vec<&str> = line.split(':').collect();
+            if let (Some(gid), Some(members)) = (f.get(2).and_then(|g| g.parse().ok()), f.get(3))
+                && members.split(',').any(|m| m == name)
+            {
+                gids.push(gid);
+            }
+        }
+        Some(Account { uid, gids })
+    }
+
+    /// Whether owner/group/mode let this account read and write.
+    fn may_read_write(&self, meta: &std::fs::Metadata) -> bool {
+        let mode = meta.permissions().mode();
+        if self.uid == 0 {
+            return true;
+        }
+        if meta.uid() == self.uid {
+            return mode & 0o600 == 0o600;
+        }
+        if self.gids.contains(&meta.gid()) {
+            return mode & 0o060 == 0o060;
+        }
+        mode & 0o006 == 0o006
+    }
+}
+
+fn port_check(reader: &ReaderConfig, user: Option<&Account>, user_name: &str) -> Finding {
+    let check = format!("reader {}", reader.name);
+    let path = &reader.port;
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) => {
+            return Finding::bad(
+                Verdict::Problem,
+                check,
+                format!("{}: {e}", path.display()),
+                "check the cable and the reader's power; `ls -l /dev/serial/by-id/` lists connected adapters; fix `port` in the config",
+            );
+        }
+    };
+    if let Some(user) = user
+        && !user.may_read_write(&meta)
+    {
+        return Finding::bad(
+            Verdict::Problem,
+            check,
+            format!(
+                "{} (owner uid {}, group gid {}, mode {:o}) is not readable and writable by user {user_name}",
+                path.display(),
+                meta.uid(),
+                meta.gid(),
+                meta.permissions().mode() & 0o777
+            ),
+            format!(
+                "install the udev rule (group dialout, mode 660) or `usermod -aG dialout {user_name}`"
+            ),
+        );
+    }
+    let holders = holders_of(path);
+    let ours: Vec<&(u32, String)> = holders.iter().filter(|(_, c)| c == "redeemd").collect();
+    let others: Vec<&(u32, String)> = holders.iter().filter(|(_, c)| c != "redeemd").collect();
+    if !others.is_empty() {
+        let who: Vec<String> = others
+            .iter()
+            .map(|(p, c)| format!("{c} (pid {p})"))
+            .collect();
+        return Finding::bad(
+            Verdict::Problem,
+            check,
+            format!("{} is held by {}", path.display(), who.join(", ")),
+            "stop that program (a terminal program, ModemManager, a second daemon); the udev rule keeps ModemManager away",
+        );
+    }
+    if ours.len() > 1 {
+        return Finding::bad(
+            Verdict::Problem,
+            check,
+            format!(
+                "{} is opened by {} redeemd processes",
+                path.display(),
+                ours.len()
+            ),
+            "run one daemon per port: `systemctl status redeemd`, and stop any started by hand",
+        );
+    }
+    if let Some((pid, _)) = ours.first() {
+        return Finding::ok(
+            check,
+            format!("{} in use by the daemon (pid {pid})", path.display()),
+        );
+    }
+    // Nobody holds it: it must open (this also proves the exclusive lock is free).
+    // The blocking open (no runtime here); exclusive by default, like the daemon's.
+    match tokio_serial::new(path.to_string_lossy(), reader.baud).open() {
+        Ok(_) => Finding::ok(check, format!("{} present and openable", path.display())),
+        Err(e) => Finding::bad(
+            Verdict::Problem,
+            check,
+            format!("{}: cannot open: {e}", path.display()),
+            "check that it is a serial device and that no other program holds it",
+        ),
+    }
+}
+
+/// Processes that have `path` open, as (pid, command name), from /proc.
+fn holders_of(path: &Path) -> Vec<(u32, String)> {
+    let Ok(target) = std::fs::canonicalize(path) else {
+        return Vec::new();
+    };
+    let me = std::process::id();
+    let mut found = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
+            continue;
+        };
+        if fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l == target))
+        {
+            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            found.push((pid, comm.trim().to_owned()));
+        }
+    }
+    found
+}
+
+fn clock_sync_check() -> Finding {
+    let out = std::process::Command::new("timedatectl")
+        .args(["show", "-p", "NTPSynchronized", "--value"])
+        .output();
+    match out {
+        Ok(o) if o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "yes" => {
+            Finding::ok("clock sync", "system clock synchronized (NTP)")
+        }
+        Ok(o) if o.status.success() => Finding::bad(
+            Verdict::Warning,
+            "clock sync",
+            "the system clock is not synchronized",
+            "`timedatectl set-ntp true`; a clock set back is refused by the daemon",
+        ),
+        _ if Path::new("/run/systemd/timesync/synchronized").exists() => Finding::ok(
+            "clock sync",
+            "system clock synchronized (systemd-timesyncd)",
+        ),
+        _ => Finding {
+            check: "clock sync".into(),
+            verdict: Verdict::Skipped,
+            detail: "cannot tell (no timedatectl answer): check the time by hand".into(),
+            fix: None,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn accounts_come_from_passwd_and_group() {
+        let passwd =
+            "root:x:0:0::/root:/bin/sh\nredeemd:x:998:997::/var/lib/redeemd:/usr/sbin/nologin\n";
+        let group = "root:x:0:\ndialout:x:20:alice,redeemd\nredeemd:x:997:\n";
+        let a = Account::from_files("redeemd", passwd, group).unwrap();
+        assert_eq!(
+            a,
+            Account {
+                uid: 998,
+                gids: vec![997, 20]
+            }
+        );
+        assert!(Account::from_files("nobody", passwd, group).is_none());
+    }
+}
