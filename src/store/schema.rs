@@ -109,6 +109,33 @@ CREATE TABLE identity_attempt (
 CREATE INDEX journal_voids ON journal (original_seq) WHERE kind = 2;
 ";
 
+/// Outcomes in one B-tree instead of three: a redemption wrote a row into the rowid table, its primary-key
+/// index and the by-reader index (three WAL pages per commit). Now the row lives in its primary key
+/// (`WITHOUT ROWID`), and "the reader's latest outcome" is a pointer in a one-row-per-reader table whose
+/// single page stays hot: two pages per commit. Existing outcomes are copied, the latest per reader
+/// taken in insertion (rowid) order.
+const V3: &str = "
+CREATE TABLE outcome_v3 (
+    reader_id      TEXT NOT NULL,
+    reader_txn_id  INTEGER NOT NULL,
+    request_digest BLOB NOT NULL,            -- SHA-256 of the request, to flag a reused id with other content
+    reply          BLOB NOT NULL,            -- the exact reply bytes the reader got
+    first_seq      INTEGER,                  -- first journal seq written, if any
+    wall_ms        INTEGER NOT NULL,
+    PRIMARY KEY (reader_id, reader_txn_id)
+) WITHOUT ROWID;
+INSERT INTO outcome_v3 (reader_id, reader_txn_id, request_digest, reply, first_seq, wall_ms)
+    SELECT reader_id, reader_txn_id, request_digest, reply, first_seq, wall_ms FROM outcome;
+CREATE TABLE reader_last (
+    reader_id     TEXT PRIMARY KEY,
+    reader_txn_id INTEGER NOT NULL           -- the reader's latest stored outcome
+) WITHOUT ROWID;
+INSERT OR REPLACE INTO reader_last (reader_id, reader_txn_id)
+    SELECT reader_id, reader_txn_id FROM outcome ORDER BY rowid;
+DROP TABLE outcome;
+ALTER TABLE outcome_v3 RENAME TO outcome;
+";
+
 /// Every migration, in order. Append new ones; never edit a released one.
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -118,6 +145,10 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 2,
         sql: V2,
+    },
+    Migration {
+        version: 3,
+        sql: V3,
     },
 ];
 

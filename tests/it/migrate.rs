@@ -24,9 +24,9 @@ fn user_version(conn: &Connection) -> i64 {
 fn a_version_1_database_with_unsynced_rows_migrates_keeping_every_row() {
     let dir = populated();
     let file = dir.path().join(DB_FILE);
-    // Take it back to schema 1: drop what migration 2 created.
+    // Take it back to schema 1: drop what migrations 2 and 3 created.
     let conn = Connection::open(&file).unwrap();
-    conn.execute_batch("DROP TABLE outcome; DROP TABLE identity_attempt; DROP INDEX journal_voids; PRAGMA user_version = 1;").unwrap();
+    conn.execute_batch("DROP TABLE outcome; DROP TABLE reader_last; DROP TABLE identity_attempt; DROP INDEX journal_voids; PRAGMA user_version = 1;").unwrap();
     drop(conn);
     let mut s = open(dir.path());
     assert_eq!(user_version(s.connection()), latest_version());
@@ -132,4 +132,48 @@ fn garbage_and_truncated_database_files_give_named_errors() {
             }
         }
     }
+}
+
+#[test]
+fn version_3_moves_outcomes_into_one_b_tree_keeping_each_readers_latest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+    migrate_with(&mut conn, &MIGRATIONS[..2]).unwrap();
+    // Insertion order is what "latest" means, not the transaction id: r1's latest is txn 3.
+    for (reader, txn) in [("r1", 5), ("r2", 1), ("r1", 3)] {
+        conn.execute(
+            "INSERT INTO outcome (reader_id, reader_txn_id, request_digest, reply, first_seq, wall_ms) VALUES (?1, ?2, x'00', ?3, NULL, 0)",
+            rusqlite::params![reader, txn, format!("{reader}/{txn}").into_bytes()],
+        )
+        .unwrap();
+    }
+    migrate_with(&mut conn, MIGRATIONS).unwrap();
+    assert_eq!(user_version(&conn), 3);
+    let rows: Vec<(String, i64, Vec<u8>)> = conn
+        .prepare(
+            "SELECT reader_id, reader_txn_id, reply FROM outcome ORDER BY reader_id, reader_txn_id",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[1], ("r1".into(), 5, b"r1/5".to_vec()));
+    let latest: Vec<(String, i64)> = conn
+        .prepare("SELECT reader_id, reader_txn_id FROM reader_last ORDER BY reader_id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(latest, [("r1".to_owned(), 3), ("r2".to_owned(), 1)]);
+    let indexes: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'outcome'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(indexes, 0, "one B-tree per outcome: no index left");
 }

@@ -378,3 +378,44 @@ proptest::proptest! {
         proptest::prop_assert!(report.is_clean(), "{:?}", report.findings);
     }
 }
+
+#[test]
+fn maintenance_checkpoints_off_the_commit_path_and_loses_nothing() {
+    use redeemd::store::CHECKPOINT_EVERY_COMMITS;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store_with_cards(dir.path(), 4);
+    // Right after open the WAL contents are unknown: the first call checkpoints.
+    assert!(s.maintenance().unwrap().checkpointed);
+    // Then nothing to do until enough commits have accumulated.
+    approved(&redeem(&mut s, "r", 1, 0, &[(0, 1)], T0));
+    assert_eq!(s.maintenance().unwrap(), Default::default());
+    for txn in 2..=u64::from(CHECKPOINT_EVERY_COMMITS) {
+        approved(&redeem(&mut s, "r", txn, txn % 4, &[(0, 1)], T0));
+    }
+    let m = s.maintenance().unwrap();
+    assert!(m.checkpointed && !m.busy, "{m:?}");
+    assert!(m.wal_frames >= u64::from(CHECKPOINT_EVERY_COMMITS), "{m:?}");
+    assert_eq!(m.checkpointed_frames, m.wal_frames);
+    // The WAL was restarted by the maintenance itself: it now holds only that no-op write.
+    let frames: i64 = s
+        .connection()
+        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
+        .unwrap();
+    assert!(frames <= 1, "{frames} frames left in the WAL");
+    // Everything is still there and verifies, also after a restart.
+    let code = approved(&redeem(&mut s, "r", 100, 1, &[(0, 1)], T0))
+        .auth_code
+        .clone();
+    drop(s);
+    let mut s = open(dir.path());
+    assert!(verify::journal(s.connection(), &keys()).unwrap().is_clean());
+    assert_eq!(
+        s.journal_info().head_seq,
+        u64::from(CHECKPOINT_EVERY_COMMITS) + 1
+    );
+    assert!(matches!(
+        void(&mut s, "r", 101, &code, T0 + 1).decision,
+        Some(Decision::Voided(_))
+    ));
+    assert!(s.stored_outcome("r", 100).unwrap().is_some());
+}
