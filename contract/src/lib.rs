@@ -7,7 +7,8 @@
 //! * the entitlement data model ([`model`]): cards (by keyed reference, never by number), packages, items;
 //! * the canonical byte encoding ([`codec`]) that every MAC covers — never "whatever a serializer printed";
 //! * signed snapshots, deltas and manifests ([`snapshot`]): both the signing side and the verifying side;
-//! * the journal record encoding, HMAC chain and authorization codes ([`journal`]).
+//! * the journal record encoding, HMAC chain and authorization codes ([`journal`]);
+//! * request signing and its verification for the clearing API ([`request`], `docs/api/README.md`).
 //!
 //! The format is specified for humans in `docs/entitlement-format.md` and `docs/journal.md`.
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@ pub mod codec;
 pub mod journal;
 pub mod keys;
 pub mod model;
+pub mod request;
 pub mod snapshot;
 
 pub use codec::DecodeError;
