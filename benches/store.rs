@@ -32,6 +32,9 @@ fn config() -> redeemd::store::StoreConfig {
     c
 }
 
+/// Entry body and MAC, usage history and MAC (absent without local usage).
+type JoinRow = (Vec<u8>, Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// The settings `redeemd::store` gives its connection that matter for these measurements.
 fn same_settings(conn: &Connection) {
     conn.pragma_update(None, "cache_size", -65_536).unwrap();
@@ -236,8 +239,8 @@ fn main() {
             let db = t.elapsed();
             std::hint::black_box((tag, mac));
             let t = Instant::now();
-            let (body, mac, history, umac): (Vec<u8>, Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>) =
-                join.query_row([&cref.0[..]], |r| {
+            let (body, mac, history, umac): JoinRow = join
+                .query_row([&cref.0[..]], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
                 })
                 .unwrap();
