@@ -6,6 +6,7 @@
 //! * [`daemon`] — `redeemd run`: serial readers, the store thread, status and systemd integration.
 //! * [`doctor`] — `redeemd doctor`: checks a live install, each with OK or the fix.
 //! * [`keys`] — loading the terminal secret from a private file or a systemd credential.
+//! * [`sync`] — sync with the platform's clearing server: pure planning (what to upload, how to apply an answer).
 //!
 //! The signed-data contract with the platform lives in the `redeemd-contract` crate.
 #![forbid(unsafe_code)]
@@ -18,3 +19,4 @@ pub mod engine;
 pub mod keys;
 pub mod simulator;
 pub mod store;
+pub mod sync;
