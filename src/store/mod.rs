@@ -4,7 +4,8 @@
 //! A [`Store`] is synchronous and owned by one thread (the daemon runs it on a dedicated thread and
 //! sends it requests). Each decision reads and verifies its inputs, asks the pure [`crate::engine`], and
 //! commits journal rows, chain head, usage anchor, identity counter and the reply bytes in **one**
-//! `BEGIN IMMEDIATE … COMMIT` with `synchronous=FULL`, before the reply leaves the store.
+//! `BEGIN IMMEDIATE … COMMIT` with `synchronous=FULL`, before the reply leaves the store. WAL
+//! checkpoints are not part of any commit: the owner calls [`Store::maintenance`] when idle.
 //!
 //! Invariants (tested in `tests/it`):
 //! * no card number is ever written: only its keyed reference and the masked number;
