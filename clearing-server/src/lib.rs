@@ -1,0 +1,333 @@
+//! Reference clearing server for redeemd terminals (`docs/api/openapi.yaml`, `docs/api/README.md`).
+//!
+//! * [`db`] — SQLite: enrolled terminals, journals stored by (terminal, seq), the exceptions list.
+//! * [`problem`] — `application/problem+json` answers with stable codes.
+//! * this module — the HTTP layer (axum): request authentication with `redeemd_contract::request`, body
+//!   limits, and the handlers. Database work runs on blocking threads, one connection behind a mutex.
+//!
+//! Implemented so far: `GET journal/head`, `POST journal`. Not yet: entitlements, deny list, batch close,
+//! the admin commands other than `enroll`, clearing statements and exceptions reports.
+#![forbid(unsafe_code)]
+
+pub mod db;
+pub mod problem;
+
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Method, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use redeemd_contract::keys::Tag;
+use redeemd_contract::request::{self, DEFAULT_SKEW_MS, MemoryNonces, ParsedAuth, ReceivedHeaders};
+use rusqlite::Connection;
+use serde::{Deserialize, Serialize};
+
+use crate::db::UploadRecord;
+use crate::problem::Problem;
+
+/// Largest request body read, in bytes.
+pub const MAX_BODY_BYTES: usize = 8 << 20;
+/// Most records in one upload.
+pub const MAX_RECORDS: usize = 5000;
+
+/// The server clock, unix milliseconds (injectable for tests).
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0)
+    })
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    conn: Arc<Mutex<Connection>>,
+    nonces: Arc<Mutex<MemoryNonces>>,
+    clock: Clock,
+}
+
+impl AppState {
+    pub fn new(conn: Connection, clock: Clock) -> Self {
+        Self {
+            conn: Arc::new(Mutex::new(conn)),
+            nonces: Arc::new(Mutex::new(MemoryNonces::new())),
+            clock,
+        }
+    }
+
+    /// Runs `f` on the connection on a blocking thread.
+    async fn with_db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, Problem> + Send + 'static,
+    ) -> Result<T, Problem> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut c = conn
+                .lock()
+                .map_err(|_| Problem::internal("database lock poisoned".into()))?;
+            f(&mut c)
+        })
+        .await
+        .map_err(|e| Problem::internal(format!("database task: {e}")))?
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/v1/terminals/{terminal_id}/journal/head",
+            get(journal_head),
+        )
+        .route("/v1/terminals/{terminal_id}/journal", post(journal_upload))
+        .fallback(|| async { Problem::new(404, "not_found", "no such resource".into()) })
+        .method_not_allowed_fallback(|| async {
+            Problem::new(405, "method_not_allowed", "method not allowed here".into())
+        })
+        .with_state(state)
+}
+
+/// Reads the body up to [`MAX_BODY_BYTES`]; a declared or actual larger body is `body_too_large`.
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, Problem> {
+    let too_large = || {
+        Problem::new(
+            413,
+            "body_too_large",
+            format!("request body above {MAX_BODY_BYTES} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| too_large())
+}
+
+/// Authenticates a request for `path_terminal` (`docs/api/README.md`, "Authentication").
+async fn authenticate(
+    state: &AppState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+    path_terminal: &str,
+) -> Result<db::Terminal, Problem> {
+    let h = |name: &str| headers.get(name).map(|v| v.as_bytes());
+    let auth = ParsedAuth::parse(&ReceivedHeaders {
+        terminal: h(request::HEADER_TERMINAL),
+        timestamp: h(request::HEADER_TIMESTAMP),
+        nonce: h(request::HEADER_NONCE),
+        content_sha256: h(request::HEADER_CONTENT_SHA256),
+        signature: h(request::HEADER_SIGNATURE),
+    })
+    .map_err(|e| Problem::new(401, e.code(), e.to_string()))?;
+    let id = auth.terminal_id.clone();
+    let terminal = state
+        .with_db(move |c| db::terminal(c, &id).map_err(|e| Problem::internal(e.to_string())))
+        .await?
+        .ok_or_else(|| {
+            Problem::new(
+                401,
+                "unknown_terminal",
+                format!("terminal {} is not enrolled", auth.terminal_id),
+            )
+        })?;
+    if !terminal.enabled {
+        return Err(Problem::new(
+            403,
+            "terminal_disabled",
+            format!("terminal {} is disabled", auth.terminal_id),
+        ));
+    }
+    if auth.terminal_id != path_terminal {
+        return Err(Problem::new(
+            403,
+            "terminal_mismatch",
+            format!(
+                "signed by {} for terminal {path_terminal}",
+                auth.terminal_id
+            ),
+        ));
+    }
+    let path_and_query = uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or_else(|| uri.path());
+    let now = (state.clock)();
+    let mut nonces = state
+        .nonces
+        .lock()
+        .map_err(|_| Problem::internal("nonce lock poisoned".into()))?;
+    nonces.prune(now);
+    auth.verify(
+        &terminal.keys.request,
+        method.as_str(),
+        path_and_query,
+        body,
+        now,
+        DEFAULT_SKEW_MS,
+        &mut *nonces,
+    )
+    .map_err(|e| {
+        let mut p = Problem::new(401, e.code(), e.to_string()).terminal(&auth.terminal_id);
+        if e.code() == "clock_skew" {
+            p.server_time_ms = Some(now);
+        }
+        p
+    })?;
+    Ok(terminal)
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HeadBody {
+    pub terminal_id: String,
+    pub acknowledged_seq: u64,
+    pub acknowledged_mac: Option<String>,
+}
+
+async fn journal_head(
+    State(state): State<AppState>,
+    Path(terminal_id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let body = read_body(&headers, body).await?;
+    authenticate(&state, &method, &uri, &headers, &body, &terminal_id).await?;
+    let id = terminal_id.clone();
+    let (seq, mac) = state
+        .with_db(move |c| db::head(c, &id).map_err(|e| Problem::internal(e.to_string())))
+        .await?;
+    Ok(axum::Json(HeadBody {
+        terminal_id,
+        acknowledged_seq: seq,
+        acknowledged_mac: mac.map(hex::encode),
+    })
+    .into_response())
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadBody {
+    pub from_seq: u64,
+    pub records: Vec<UploadItem>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadItem {
+    pub seq: u64,
+    /// Standard base64 of the canonical record bytes.
+    pub record: String,
+    /// Lowercase hex MAC.
+    pub mac: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AckBody {
+    pub acknowledged_seq: u64,
+    pub acknowledged_mac: String,
+    pub stored: u64,
+    pub duplicates: u64,
+}
+
+fn parse_upload(body: &[u8]) -> Result<(u64, Vec<UploadRecord>), Problem> {
+    let bad = |detail: String| Problem::new(400, "malformed_request", detail);
+    let up: UploadBody = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+    if up.records.len() > MAX_RECORDS {
+        return Err(Problem::new(
+            413,
+            "body_too_large",
+            format!("{} records, at most {MAX_RECORDS}", up.records.len()),
+        ));
+    }
+    if up.from_seq == 0 || up.records.is_empty() {
+        return Err(bad("from_seq must be ≥ 1 and records not empty".into()));
+    }
+    let mut out = Vec::with_capacity(up.records.len());
+    for (i, item) in up.records.into_iter().enumerate() {
+        let want = up.from_seq.saturating_add(i as u64);
+        if item.seq != want {
+            return Err(Problem::new(
+                409,
+                "sequence_gap",
+                format!("record {i} has seq {}, expected {want}", item.seq),
+            ));
+        }
+        let record = base64::engine::general_purpose::STANDARD
+            .decode(&item.record)
+            .map_err(|e| bad(format!("record seq {}: not base64: {e}", item.seq)))?;
+        let mut mac: Tag = [0; 32];
+        if item.mac.len() != 64
+            || !item
+                .mac
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            || hex::decode_to_slice(&item.mac, &mut mac).is_err()
+        {
+            return Err(bad(format!(
+                "record seq {}: mac is not 64 lowercase hex digits",
+                item.seq
+            )));
+        }
+        out.push(UploadRecord {
+            seq: item.seq,
+            record,
+            mac,
+        });
+    }
+    Ok((up.from_seq, out))
+}
+
+async fn journal_upload(
+    State(state): State<AppState>,
+    Path(terminal_id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let body = read_body(&headers, body).await?;
+    let terminal = authenticate(&state, &method, &uri, &headers, &body, &terminal_id).await?;
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        });
+    if !is_json {
+        return Err(Problem::new(
+            415,
+            "unsupported_media_type",
+            "journal uploads are application/json".into(),
+        ));
+    }
+    let (from_seq, records) = parse_upload(&body).map_err(|p| p.terminal(&terminal_id))?;
+    let now = (state.clock)();
+    let id = terminal_id.clone();
+    let ack = state
+        .with_db(move |c| db::store_batch(c, &id, &terminal.keys, from_seq, &records, now))
+        .await
+        .map_err(|p| p.terminal(&terminal_id))?;
+    Ok(axum::Json(AckBody {
+        acknowledged_seq: ack.acknowledged_seq,
+        acknowledged_mac: hex::encode(ack.acknowledged_mac),
+        stored: ack.stored,
+        duplicates: ack.duplicates,
+    })
+    .into_response())
+}

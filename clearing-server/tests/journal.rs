@@ -1,0 +1,401 @@
+//! The journal endpoints over real HTTP on loopback, against a real SQLite file.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
+
+use base64::Engine;
+use clearing_server::{AppState, db};
+use redeemd_contract::journal::{auth_code, genesis_mac};
+use redeemd_contract::keys::{Tag, TerminalKeys, TerminalSecret};
+use redeemd_contract::request::SignedHeaders;
+use redeemd_contract::{CardRef, JournalRecord, RecordKind};
+use serde_json::{Value, json};
+
+const T0: i64 = 1_795_000_000_000;
+const SECRET: [u8; 32] = [7; 32];
+
+struct Server {
+    base: String,
+    db_path: std::path::PathBuf,
+    clock: Arc<AtomicI64>,
+    nonce: AtomicU8,
+    keys: TerminalKeys,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+async fn start() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("clearing.sqlite3");
+    let conn = db::open(&db_path).unwrap();
+    db::enroll(&conn, "T-1", "M-1", &SECRET, T0).unwrap();
+    db::enroll(&conn, "T-2", "M-1", &[8; 32], T0).unwrap();
+    let clock = Arc::new(AtomicI64::new(T0));
+    let c = clock.clone();
+    let state = AppState::new(conn, Arc::new(move || c.load(Ordering::SeqCst)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(listener, clearing_server::router(state))
+            .await
+            .unwrap()
+    });
+    Server {
+        base,
+        db_path,
+        clock,
+        nonce: AtomicU8::new(0),
+        keys: TerminalSecret::from_bytes(&SECRET)
+            .unwrap()
+            .derive_all("T-1"),
+        http: reqwest::Client::new(),
+        _dir: dir,
+    }
+}
+
+impl Server {
+    async fn send_as(
+        &self,
+        keys: &TerminalKeys,
+        method: &str,
+        path: &str,
+        body: Vec<u8>,
+        tweak: impl FnOnce(&mut SignedHeaders),
+    ) -> (u16, Value) {
+        let n = self.nonce.fetch_add(1, Ordering::SeqCst);
+        let mut h = SignedHeaders::sign(
+            &keys.request,
+            &keys.terminal_id,
+            method,
+            path,
+            self.clock.load(Ordering::SeqCst),
+            [n; 16],
+            &body,
+        );
+        tweak(&mut h);
+        let mut req = self
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body);
+        for (k, v) in h.pairs() {
+            req = req.header(k, v);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let ctype = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let bytes = resp.bytes().await.unwrap();
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if status >= 400 {
+            assert_eq!(ctype.as_deref(), Some("application/problem+json"), "{v}");
+            assert_eq!(v["status"], status);
+        }
+        (status, v)
+    }
+
+    async fn send(&self, method: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
+        self.send_as(&self.keys, method, path, body, |_| {}).await
+    }
+
+    async fn upload(&self, from_seq: u64, recs: &[(JournalRecord, Tag)]) -> (u16, Value) {
+        self.send(
+            "POST",
+            "/v1/terminals/T-1/journal",
+            upload_body(from_seq, recs),
+        )
+        .await
+    }
+
+    async fn head(&self) -> (u16, Value) {
+        self.send("GET", "/v1/terminals/T-1/journal/head", Vec::new())
+            .await
+    }
+}
+
+fn upload_body(from_seq: u64, recs: &[(JournalRecord, Tag)]) -> Vec<u8> {
+    let records: Vec<Value> = recs
+        .iter()
+        .map(|(r, m)| {
+            json!({
+                "seq": r.seq,
+                "record": base64::engine::general_purpose::STANDARD.encode(r.encode()),
+                "mac": hex::encode(m),
+            })
+        })
+        .collect();
+    serde_json::to_vec(&json!({"from_seq": from_seq, "records": records})).unwrap()
+}
+
+fn record(keys: &TerminalKeys, seq: u64, prev_mac: Tag, quantity: u32) -> JournalRecord {
+    JournalRecord {
+        terminal_id: keys.terminal_id.clone(),
+        seq,
+        kind: RecordKind::Redeem,
+        auth_code: auth_code(&keys.journal, &keys.terminal_id, seq),
+        merchant_id: "M-1".into(),
+        card_ref: CardRef([3; 32]),
+        package_id: "P1".into(),
+        service_code: "WASH".into(),
+        item_title: "精洗".into(),
+        quantity,
+        amount_fen: 3500 * u64::from(quantity),
+        original_seq: 0,
+        group_seq: seq,
+        line: 0,
+        line_count: 1,
+        reader_id: "counter-1".into(),
+        reader_txn_id: seq,
+        cashier_id: "c1".into(),
+        wall_ms: T0 + seq as i64,
+        boot_ms: seq,
+        cache_version: 1,
+        entry_version: 1,
+        prev_mac,
+    }
+}
+
+/// A valid chain of `n` records; `quantity(seq)` varies content for fork tests.
+fn chain(keys: &TerminalKeys, n: u64, quantity: impl Fn(u64) -> u32) -> Vec<(JournalRecord, Tag)> {
+    let mut prev = genesis_mac(&keys.journal, &keys.terminal_id);
+    (1..=n)
+        .map(|seq| {
+            let r = record(keys, seq, prev, quantity(seq));
+            prev = r.mac(&keys.journal);
+            (r, prev)
+        })
+        .collect()
+}
+
+fn stored_count(s: &Server) -> i64 {
+    let c = rusqlite::Connection::open(&s.db_path).unwrap();
+    c.query_row("SELECT count(*) FROM journal", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_is_idempotent_and_the_head_resumes() {
+    let s = start().await;
+    let recs = chain(&s.keys, 10, |_| 1);
+    let (st, v) = s.head().await;
+    assert_eq!((st, v["acknowledged_seq"].as_u64()), (200, Some(0)));
+    assert!(v["acknowledged_mac"].is_null());
+
+    let (st, v) = s.upload(1, &recs[..6]).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["acknowledged_seq"], 6);
+    assert_eq!(v["acknowledged_mac"], hex::encode(recs[5].1));
+    assert_eq!(
+        (v["stored"].as_u64(), v["duplicates"].as_u64()),
+        (Some(6), Some(0))
+    );
+
+    // The answer was "lost": the same batch again, plus the rest, stores nothing twice.
+    let (st, v) = s.upload(4, &recs[3..]).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["acknowledged_seq"], 10);
+    assert_eq!(
+        (v["stored"].as_u64(), v["duplicates"].as_u64()),
+        (Some(4), Some(3))
+    );
+    assert_eq!(stored_count(&s), 10);
+
+    let (st, v) = s.head().await;
+    assert_eq!(st, 200);
+    assert_eq!(v["acknowledged_seq"], 10);
+    assert_eq!(v["acknowledged_mac"], hex::encode(recs[9].1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_seq_with_other_content_is_a_conflict_never_an_overwrite() {
+    let s = start().await;
+    let recs = chain(&s.keys, 5, |_| 1);
+    assert_eq!(s.upload(1, &recs).await.0, 200);
+    // A fork: the terminal's database restored from a backup at seq 3, then new redemptions.
+    let fork = chain(&s.keys, 5, |seq| if seq > 3 { 2 } else { 1 });
+    let (st, v) = s.upload(1, &fork).await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (409, Some("sequence_conflict")),
+        "{v}"
+    );
+    assert_eq!(v["seq"], 4);
+    assert_eq!(v["terminal_id"], "T-1");
+    let (_, head) = s.head().await;
+    assert_eq!(head["acknowledged_mac"], hex::encode(recs[4].1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gaps_tampering_and_broken_chains_are_named_and_nothing_is_stored() {
+    let s = start().await;
+    let recs = chain(&s.keys, 8, |_| 1);
+    let (st, v) = s.upload(3, &recs[2..]).await;
+    assert_eq!((st, v["code"].as_str()), (409, Some("sequence_gap")), "{v}");
+    assert_eq!(v["acknowledged_seq"], 0);
+
+    // Seq 5 edited in the shop database (its stored MAC kept): named, whole batch refused.
+    let mut tampered = recs.clone();
+    tampered[4].0.quantity = 9;
+    let (st, v) = s.upload(1, &tampered).await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (422, Some("record_mac_invalid")),
+        "{v}"
+    );
+    assert_eq!(v["seq"], 5);
+    assert!(v["detail"].as_str().unwrap().contains("journal seq 5"));
+    assert_eq!(stored_count(&s), 0);
+
+    // Seq 6 deleted: seq 7 does not chain to seq 5.
+    let mut gap = recs[..5].to_vec();
+    let mut r7 = recs[6].clone();
+    r7.0.seq = 6;
+    r7.1 = r7.0.mac(&s.keys.journal);
+    gap.push(r7);
+    let (st, v) = s.upload(1, &gap).await;
+    assert_eq!((st, v["code"].as_str()), (422, Some("chain_broken")), "{v}");
+    assert_eq!(v["seq"], 6);
+    assert_eq!(stored_count(&s), 0);
+
+    // Another terminal's record in this terminal's upload.
+    let other = TerminalSecret::from_bytes(&[8; 32])
+        .unwrap()
+        .derive_all("T-2");
+    let (st, v) = s.upload(1, &chain(&other, 1, |_| 1)).await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (422, Some("record_mismatch")),
+        "{v}"
+    );
+
+    // The records before a refused one can still be uploaded; the exceptions list names each refusal.
+    assert_eq!(s.upload(1, &recs[..4]).await.0, 200);
+    let c = db::open(&s.db_path).unwrap();
+    let ex = db::exceptions(&c, "T-1").unwrap();
+    let codes: Vec<_> = ex
+        .iter()
+        .map(|(seq, code, _)| (*seq, code.as_str()))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            (Some(5), "record_mac_invalid"),
+            (Some(6), "chain_broken"),
+            (Some(1), "record_mismatch")
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authentication_failures_have_precise_codes() {
+    let s = start().await;
+    let body = upload_body(1, &chain(&s.keys, 1, |_| 1));
+    let path = "/v1/terminals/T-1/journal";
+    let code = |v: &Value| v["code"].as_str().unwrap().to_owned();
+
+    let (st, v) = s
+        .send_as(&s.keys, "POST", path, body.clone(), |h| {
+            h.signature = "0".repeat(64)
+        })
+        .await;
+    assert_eq!((st, code(&v)), (401, "bad_signature".into()));
+    let (st, v) = s
+        .send_as(&s.keys, "POST", path, body.clone(), |h| {
+            h.content_sha256 = "0".repeat(64)
+        })
+        .await;
+    assert_eq!((st, code(&v)), (401, "body_hash_mismatch".into()));
+    let (st, v) = s
+        .send_as(&s.keys, "POST", path, body.clone(), |h| {
+            h.nonce = "xyz".into()
+        })
+        .await;
+    assert_eq!((st, code(&v)), (401, "auth_malformed".into()));
+    let stranger = TerminalSecret::from_bytes(&[1; 32])
+        .unwrap()
+        .derive_all("T-9");
+    let (st, v) = s
+        .send_as(&stranger, "POST", path, body.clone(), |_| {})
+        .await;
+    assert_eq!((st, code(&v)), (401, "unknown_terminal".into()));
+    let t2 = TerminalSecret::from_bytes(&[8; 32])
+        .unwrap()
+        .derive_all("T-2");
+    let (st, v) = s.send_as(&t2, "POST", path, body.clone(), |_| {}).await;
+    assert_eq!((st, code(&v)), (403, "terminal_mismatch".into()));
+
+    // Skewed clock: signed 301 s before the server's time.
+    let (st, v) = s
+        .send_as(&s.keys, "POST", path, body.clone(), |h| {
+            let ts = h.timestamp_ms - 301_000;
+            *h = SignedHeaders::sign(&s.keys.request, "T-1", "POST", path, ts, [200; 16], &body);
+        })
+        .await;
+    assert_eq!((st, code(&v)), (401, "clock_skew".into()));
+    assert_eq!(v["server_time_ms"], T0);
+    assert_eq!(stored_count(&s), 0);
+
+    // Replay: the same signed request twice.
+    let fixed = SignedHeaders::sign(&s.keys.request, "T-1", "POST", path, T0, [201; 16], &body);
+    let (st, _) = s
+        .send_as(&s.keys, "POST", path, body.clone(), |h| *h = fixed.clone())
+        .await;
+    assert_eq!(st, 200);
+    let (st, v) = s
+        .send_as(&s.keys, "POST", path, body.clone(), |h| *h = fixed.clone())
+        .await;
+    assert_eq!((st, code(&v)), (401, "nonce_replayed".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_bodies_are_refused_without_writes() {
+    let s = start().await;
+    let path = "/v1/terminals/T-1/journal";
+    let (st, v) = s
+        .send("POST", path, b"{\"from_seq\": 1, \"records\": [".to_vec())
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (400, Some("malformed_request")),
+        "{v}"
+    );
+    let (st, v) = s
+        .send(
+            "POST",
+            path,
+            br#"{"from_seq":1,"records":[{"seq":1,"record":"!!","mac":"00"}]}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (400, Some("malformed_request")),
+        "{v}"
+    );
+    // A declared 100 MB body: refused before the body is read (raw socket: the client sends only 1 KiB).
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = s.base.trim_start_matches("http://");
+        let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 104857600\r\n\r\n"
+        );
+        sock.write_all(head.as_bytes()).await.unwrap();
+        sock.write_all(&[b' '; 1024]).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = sock.read(&mut buf).await.unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+        assert!(
+            text.contains("application/problem+json") && text.contains("body_too_large"),
+            "{text}"
+        );
+    }
+    let (st, v) = s.send("GET", "/v1/nothing", Vec::new()).await;
+    assert_eq!((st, v["code"].as_str()), (404, Some("not_found")));
+    let (st, v) = s.send("PUT", path, Vec::new()).await;
+    assert_eq!((st, v["code"].as_str()), (405, Some("method_not_allowed")));
+    assert_eq!(stored_count(&s), 0);
+}
