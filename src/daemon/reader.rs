@@ -185,6 +185,17 @@ struct Link<'a> {
     backlog: VecDeque<(MessageType, Vec<u8>)>,
     pending: Option<(oneshot::Receiver<Done>, tokio::time::Instant)>,
     was_up: bool,
+    /// Transactions answered in this turn of the loop, logged once their answers are written.
+    answered: Vec<Answered>,
+}
+
+/// A transaction whose answer is queued: its log line and status entry wait until the answer
+/// is on the wire (see [`Link::serve`]).
+struct Answered {
+    txn_id: u32,
+    kind: &'static str,
+    outcome: String,
+    started: std::time::Instant,
 }
 
 impl<'a> Link<'a> {
@@ -198,6 +209,7 @@ impl<'a> Link<'a> {
             backlog: VecDeque::new(),
             pending: None,
             was_up: false,
+            answered: Vec::new(),
         }
     }
 
@@ -259,12 +271,25 @@ impl<'a> Link<'a> {
             }
             self.start_next();
             let now = self.now();
+            let mut failed = None;
             while let Some(n) = self.session.poll_transmit(now, &mut tx) {
                 match tokio::time::timeout(WRITE_TIMEOUT, port.write_all(&tx[..n])).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => return format!("write failed: {e}"),
-                    Err(_) => return "write timed out: device not draining".into(),
+                    Ok(Err(e)) => failed = Some(format!("write failed: {e}")),
+                    Err(_) => failed = Some("write timed out: device not draining".into()),
                 }
+                if failed.is_some() {
+                    break;
+                }
+            }
+            // Log and publish what was answered only now that the answer is written: the status
+            // file (a write and a rename) took up to ~8 ms while the store thread's fsync kept
+            // the disk busy, and the cashier was waiting for it (benches/daemon.rs).
+            for answered in std::mem::take(&mut self.answered) {
+                self.log_done(answered);
+            }
+            if let Some(reason) = failed {
+                return reason;
             }
         }
     }
@@ -505,7 +530,12 @@ impl<'a> Link<'a> {
                 });
                 if let Some((txn_id, reply)) = remembered {
                     self.send_reply(&reply);
-                    self.log_done(txn_id, "query", "stored answer sent again", started);
+                    self.answered.push(Answered {
+                        txn_id,
+                        kind: "query",
+                        outcome: "stored answer sent again".into(),
+                        started,
+                    });
                     return Ok(None);
                 }
                 store.try_call(move |store, _now| {
@@ -566,10 +596,22 @@ impl<'a> Link<'a> {
         }
         self.send_reply(&done.reply);
         self.memory.last_answer = Some((done.txn_id, done.reply));
-        self.log_done(done.txn_id, done.kind, &done.outcome, done.started);
+        self.answered.push(Answered {
+            txn_id: done.txn_id,
+            kind: done.kind,
+            outcome: done.outcome,
+            started: done.started,
+        });
     }
 
-    fn log_done(&self, txn_id: u32, kind: &str, outcome: &str, started: std::time::Instant) {
+    /// The transaction's log line (latency up to its answer written) and status entry.
+    fn log_done(&self, answered: Answered) {
+        let Answered {
+            txn_id,
+            kind,
+            outcome,
+            started,
+        } = answered;
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
         tracing::info!(
             reader = %self.name(), txn = txn_id, kind, outcome, latency_ms = format_args!("{latency_ms:.1}"),
@@ -578,7 +620,7 @@ impl<'a> Link<'a> {
         let at_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0));
-        let (kind, outcome) = (kind.to_owned(), outcome.to_owned());
+        let kind = kind.to_owned();
         self.ctx.status.reader(self.name(), |s| {
             s.last_transaction = Some(LastTransaction {
                 txn_id,
