@@ -4,15 +4,14 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 
-use base64::Engine;
 use clearing_server::{AppState, db};
-use redeemd_contract::journal::{auth_code, genesis_mac};
+use common::{T0, chain, upload_body};
+use redeemd_contract::JournalRecord;
 use redeemd_contract::keys::{Tag, TerminalKeys, TerminalSecret};
 use redeemd_contract::request::SignedHeaders;
-use redeemd_contract::{CardRef, JournalRecord, RecordKind};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-const T0: i64 = 1_795_000_000_000;
+mod common;
 const SECRET: [u8; 32] = [7; 32];
 
 struct Server {
@@ -114,60 +113,6 @@ impl Server {
         self.send("GET", "/v1/terminals/T-1/journal/head", Vec::new())
             .await
     }
-}
-
-fn upload_body(from_seq: u64, recs: &[(JournalRecord, Tag)]) -> Vec<u8> {
-    let records: Vec<Value> = recs
-        .iter()
-        .map(|(r, m)| {
-            json!({
-                "seq": r.seq,
-                "record": base64::engine::general_purpose::STANDARD.encode(r.encode()),
-                "mac": hex::encode(m),
-            })
-        })
-        .collect();
-    serde_json::to_vec(&json!({"from_seq": from_seq, "records": records})).unwrap()
-}
-
-fn record(keys: &TerminalKeys, seq: u64, prev_mac: Tag, quantity: u32) -> JournalRecord {
-    JournalRecord {
-        terminal_id: keys.terminal_id.clone(),
-        seq,
-        kind: RecordKind::Redeem,
-        auth_code: auth_code(&keys.journal, &keys.terminal_id, seq),
-        merchant_id: "M-1".into(),
-        card_ref: CardRef([3; 32]),
-        package_id: "P1".into(),
-        service_code: "WASH".into(),
-        item_title: "精洗".into(),
-        quantity,
-        amount_fen: 3500 * u64::from(quantity),
-        original_seq: 0,
-        group_seq: seq,
-        line: 0,
-        line_count: 1,
-        reader_id: "counter-1".into(),
-        reader_txn_id: seq,
-        cashier_id: "c1".into(),
-        wall_ms: T0 + seq as i64,
-        boot_ms: seq,
-        cache_version: 1,
-        entry_version: 1,
-        prev_mac,
-    }
-}
-
-/// A valid chain of `n` records; `quantity(seq)` varies content for fork tests.
-fn chain(keys: &TerminalKeys, n: u64, quantity: impl Fn(u64) -> u32) -> Vec<(JournalRecord, Tag)> {
-    let mut prev = genesis_mac(&keys.journal, &keys.terminal_id);
-    (1..=n)
-        .map(|seq| {
-            let r = record(keys, seq, prev, quantity(seq));
-            prev = r.mac(&keys.journal);
-            (r, prev)
-        })
-        .collect()
 }
 
 fn stored_count(s: &Server) -> i64 {

@@ -1,45 +1,116 @@
-//! The real `clearing-server` binary: `admin enroll` writes a private key file, `serve` answers a
-//! request signed with that key.
+//! The real `clearing-server` binary: `admin enroll` writes a private key file, `serve` answers requests
+//! signed with that key, and a `kill -9` in the middle of an upload loses nothing and stores nothing twice.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
-use redeemd_contract::keys::TerminalSecret;
+use redeemd_contract::keys::{TerminalKeys, TerminalSecret};
 use redeemd_contract::request::SignedHeaders;
+use serde_json::Value;
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_clearing-server");
 
-/// Kills the server process when the test ends, even on a failed assertion.
-struct Child(std::process::Child);
-impl Drop for Child {
+/// Kills the server process when dropped, even on a failed assertion.
+struct Server {
+    child: std::process::Child,
+    addr: String,
+}
+impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
+
+fn enroll(db: &Path, key: &Path) -> std::process::Output {
+    Command::new(BIN)
+        .args([
+            "--db",
+            db.to_str().unwrap(),
+            "admin",
+            "enroll",
+            "--terminal",
+            "T-1",
+        ])
+        .args(["--merchant", "M-1", "--key-file", key.to_str().unwrap()])
+        .output()
+        .unwrap()
+}
+
+fn serve(db: &Path) -> Server {
+    let mut child = Command::new(BIN)
+        .args([
+            "--db",
+            db.to_str().unwrap(),
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.trim().rsplit("http://").next().unwrap().to_owned();
+    Server { child, addr }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Sends one signed request; `None` when the connection failed (server gone).
+async fn send(
+    addr: &str,
+    keys: &TerminalKeys,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> Option<(u16, Value)> {
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).unwrap();
+    let h = SignedHeaders::sign(&keys.request, "T-1", method, path, now_ms(), nonce, &body);
+    let mut req = reqwest::Client::new()
+        .request(method.parse().unwrap(), format!("http://{addr}{path}"))
+        .header("content-type", "application/json")
+        .body(body);
+    for (k, v) in h.pairs() {
+        req = req.header(k, v);
+    }
+    let resp = req.send().await.ok()?;
+    let status = resp.status().as_u16();
+    let v = serde_json::from_slice(&resp.bytes().await.ok()?).unwrap_or(Value::Null);
+    Some((status, v))
+}
+
+/// Multi-threaded, so that a spawned request progresses while the test thread kills the server.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+const HEAD: &str = "/v1/terminals/T-1/journal/head";
+const JOURNAL: &str = "/v1/terminals/T-1/journal";
 
 #[test]
 fn enroll_then_serve_a_signed_request() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("c.sqlite3");
     let key = dir.path().join("T-1.key");
-    let enroll = |key: &std::path::Path| {
-        Command::new(BIN)
-            .args([
-                "--db",
-                db.to_str().unwrap(),
-                "admin",
-                "enroll",
-                "--terminal",
-                "T-1",
-            ])
-            .args(["--merchant", "M-1", "--key-file", key.to_str().unwrap()])
-            .output()
-            .unwrap()
-    };
-    let out = enroll(&key);
+    let out = enroll(&db, &key);
     assert!(
         out.status.success(),
         "{}",
@@ -53,49 +124,82 @@ fn enroll_then_serve_a_signed_request() {
 
     // Enrolling the same terminal again fails and leaves no orphan key file.
     let again = dir.path().join("again.key");
-    let out = enroll(&again);
+    let out = enroll(&db, &again);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already enrolled"));
     assert!(!again.exists());
 
-    let mut child = Child(
-        Command::new(BIN)
-            .args([
-                "--db",
-                db.to_str().unwrap(),
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut line = String::new();
-    BufReader::new(child.0.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line.trim().rsplit("http://").next().unwrap().to_owned();
-
+    let server = serve(&db);
     let keys = secret.derive_all("T-1");
-    let path = "/v1/terminals/T-1/journal/head";
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let h = SignedHeaders::sign(&keys.request, "T-1", "GET", path, now, [1; 16], b"");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+    let (status, v) = runtime()
+        .block_on(send(&server.addr, &keys, "GET", HEAD, Vec::new()))
         .unwrap();
-    let (status, body) = rt.block_on(async {
-        let mut req = reqwest::Client::new().get(format!("http://{addr}{path}"));
-        for (k, v) in h.pairs() {
-            req = req.header(k, v);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["acknowledged_seq"], 0);
+}
+
+#[test]
+fn kill_9_during_an_upload_loses_nothing_and_stores_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.sqlite3");
+    let key = dir.path().join("T-1.key");
+    assert!(enroll(&db, &key).status.success());
+    let keys = TerminalSecret::from_hex_text(&std::fs::read_to_string(&key).unwrap())
+        .unwrap()
+        .derive_all("T-1");
+    const BATCH: u64 = 500;
+    let delays_ms = [0u64, 20, 80, 200, 600];
+    let recs = common::chain(&keys, BATCH * delays_ms.len() as u64, |_| 1);
+    let rt = runtime();
+    let mut acked = 0u64;
+    let mut outcomes = Vec::new();
+    for delay in delays_ms {
+        // A batch is in flight when the server is killed: committed or not, never half.
+        let mut server = serve(&db);
+        let (from, to) = (acked + 1, acked + BATCH);
+        let body = || common::upload_body(from, &recs[from as usize - 1..to as usize]);
+        let (addr, k, b) = (server.addr.clone(), keys.clone(), body());
+        let in_flight = rt.spawn(async move { send(&addr, &k, "POST", JOURNAL, b).await });
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+        server.child.kill().unwrap();
+        server.child.wait().unwrap();
+        let _ = rt.block_on(in_flight);
+
+        let server = serve(&db);
+        let (st, head) = rt
+            .block_on(send(&server.addr, &keys, "GET", HEAD, Vec::new()))
+            .unwrap();
+        assert_eq!(st, 200);
+        let h = head["acknowledged_seq"].as_u64().unwrap();
+        assert!(
+            h == acked || h == to,
+            "head {h} after a kill in batch {from}..={to}"
+        );
+        if h > 0 {
+            assert_eq!(
+                head["acknowledged_mac"],
+                hex::encode(recs[h as usize - 1].1)
+            );
         }
-        let resp = req.send().await.unwrap();
-        (resp.status().as_u16(), resp.text().await.unwrap())
-    });
-    assert_eq!(status, 200, "{body}");
-    assert!(body.contains("\"acknowledged_seq\":0"), "{body}");
+        outcomes.push(h == to);
+        // The terminal did not get the answer: it resends from its own ack.
+        let (st, v) = rt
+            .block_on(send(&server.addr, &keys, "POST", JOURNAL, body()))
+            .unwrap();
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["acknowledged_seq"], to);
+        assert_eq!(v["duplicates"].as_u64().unwrap(), h - acked);
+        assert_eq!(v["stored"].as_u64().unwrap(), to - h);
+        acked = to;
+    }
+    eprintln!("batch committed before the kill, per round: {outcomes:?}");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let (n, min, max): (i64, i64, i64) = c
+        .query_row(
+            "SELECT count(*), min(seq), max(seq) FROM journal",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!((n, min, max as u64), (acked as i64, 1, acked));
 }
