@@ -2,11 +2,12 @@
 //!
 //! Start-up is strictly ordered so that a problem is reported before anything is half running:
 //! configuration (validated by the caller), the terminal secret, the store (opened and verified),
-//! then one task per reader, then READY=1 to systemd. The runtime is single-threaded: readers are
-//! I/O-bound and the store has its own thread ([`store_owner`]), so one core and a few MB suffice.
+//! then one task per reader, then READY=1 to systemd. The runtime has two workers: a reader's
+//! store decision blocks its worker in place (see [`store_owner`] for why), and the other worker
+//! keeps every other link served meanwhile.
 //!
-//! The watchdog ping goes through the store thread (a no-op job): a wedged runtime *or* a wedged
-//! store stops the pings, and systemd restarts the daemon.
+//! The watchdog ping takes the store's lock (a no-op): a wedged runtime *or* a wedged store stops
+//! the pings, and systemd restarts the daemon.
 
 pub mod reader;
 pub mod render;
@@ -58,14 +59,17 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         "store open"
     );
 
-    let (store, store_thread) = store_owner::spawn(store, store_owner::Clock::new())?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let store = store_owner::StoreHandle::new(store, store_owner::Clock::new());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(4)
+        .thread_name("redeemd")
         .enable_all()
         .build()?;
     let result = runtime.block_on(serve(&config, store));
-    // Dropping the runtime drops the reader tasks and with them the last store handles.
-    drop(runtime);
-    store_thread.join();
+    // Ends the reader tasks; their store handles go with them and the database closes. A store
+    // operation that hangs (a dead disk) is not waited for beyond this.
+    runtime.shutdown_timeout(Duration::from_secs(5));
     tracing::info!("stopped");
     result
 }
@@ -86,15 +90,16 @@ async fn serve(config: &Config, store: store_owner::StoreHandle) -> Result<(), D
         let store = store.clone();
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
-            tracing::warn!("test trigger: wedging the store thread");
-            // The store thread blocks for good, as on a disk that stopped answering an fsync.
-            let _ = store
-                .call(|_, _| {
+            tracing::warn!("test trigger: wedging the store");
+            // The store blocks for good, as on a disk that stopped answering an fsync.
+            let _ = tokio::task::spawn_blocking(move || {
+                store.run_blocking(|_, _| {
                     loop {
                         std::thread::park();
                     }
                 })
-                .await;
+            })
+            .await;
         });
     }
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -117,13 +122,12 @@ async fn serve(config: &Config, store: store_owner::StoreHandle) -> Result<(), D
                 break;
             }
             _ = ping.tick(), if watchdog.is_some() => {
-                // Through the store thread: both loops must be alive to earn a ping.
-                let alive = tokio::time::timeout(period, store.call(|_, _| ())).await;
-                if matches!(alive, Ok(Ok(()))) {
+                // Through the store's lock: the runtime and the store must both be alive.
+                if store.answers_within(period).await {
                     notify(&[sd_notify::NotifyState::Watchdog]);
                     store_ok = true;
                 } else if store_ok {
-                    tracing::error!("store thread not answering: withholding the watchdog ping");
+                    tracing::error!("store not answering: withholding the watchdog ping");
                     store_ok = false;
                 }
             }

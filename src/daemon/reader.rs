@@ -7,13 +7,14 @@
 //! * open the port exclusively; when it fails or the device goes away (a read of 0 bytes, EIO, a
 //!   write that cannot complete) close it, log once per change, and reopen with backoff — an
 //!   unplugged USB reader must not become a busy loop;
-//! * turn each application message into one store job and send the stored reply back;
+//! * decide each application message with the store, in place (`store_owner`), and send the
+//!   stored reply back;
 //! * remember the card of the current transaction: REDEEM quotes the txn id of CARD_PRESENTED, not
-//!   the card, and a card number never leaves this task except into the store thread.
+//!   the card, and a card number never leaves this task except into the store.
 //!
-//! One request is in flight per reader at a time (readers are stop-and-wait); the link keeps being
-//! served while the store works, and a DISPLAY restarts the reader's transaction timer when a
-//! decision takes long.
+//! Requests are answered in order (readers are stop-and-wait). While one reader's decision holds
+//! the store (an fsync: about a millisecond), the other readers' links go on being served by the
+//! runtime's other worker.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -23,13 +24,12 @@ use firmware_protocol::message::{ErrorCode, Message, MessageType, Query, Text, T
 use firmware_protocol::session::Config as LinkConfig;
 use firmware_protocol::{HostSession, Instant as LinkInstant, OwnedEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::oneshot;
 use tokio_serial::SerialStream;
 use zeroize::Zeroizing;
 
 use super::render::{Presentation, StoredReply};
 use super::status::{LastTransaction, StatusBoard};
-use super::store_owner::StoreHandle;
+use super::store_owner::{StoreGone, StoreHandle};
 use crate::config::{Language, Parity, ReaderConfig};
 use crate::engine::DeclineReason;
 use crate::store::{Decision, MenuOutcome, RedeemRequest, VoidRequest};
@@ -41,8 +41,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Application messages waiting behind the one in flight; more is a misbehaving reader.
 const BACKLOG_MAX: usize = 4;
-/// While a decision takes longer than this, DISPLAY "please wait" (restarts the reader's timer).
-const DISPLAY_EVERY: Duration = Duration::from_secs(5);
 
 /// Everything one reader task needs.
 #[derive(Clone)]
@@ -183,7 +181,6 @@ struct Link<'a> {
     epoch: tokio::time::Instant,
     encoding: TextEncoding,
     backlog: VecDeque<(MessageType, Vec<u8>)>,
-    pending: Option<(oneshot::Receiver<Done>, tokio::time::Instant)>,
     was_up: bool,
     /// Transactions answered in this turn of the loop, logged once their answers are written.
     answered: Vec<Answered>,
@@ -207,7 +204,6 @@ impl<'a> Link<'a> {
             epoch: tokio::time::Instant::now(),
             encoding: TextEncoding::Utf8,
             backlog: VecDeque::new(),
-            pending: None,
             was_up: false,
             answered: Vec::new(),
         }
@@ -240,10 +236,6 @@ impl<'a> Link<'a> {
         let mut tx = [0u8; WIRE_BUF_LEN];
         loop {
             let timer = self.session.poll_timeout().map(|t| self.deadline(t));
-            let display_at = self
-                .pending
-                .as_ref()
-                .map(|(_, since)| *since + DISPLAY_EVERY);
             tokio::select! {
                 read = port.read(&mut rx) => match read {
                     Ok(0) => return "end of file: device unplugged or closed".into(),
@@ -255,21 +247,8 @@ impl<'a> Link<'a> {
                     self.session.handle_timeout(now);
                     self.drain_events();
                 }
-                done = wait_pending(&mut self.pending), if self.pending.is_some() => {
-                    self.pending = None;
-                    match done {
-                        Some(done) => self.finish(done),
-                        None => tracing::error!(reader = %self.name(), "store thread gone; request dropped"),
-                    }
-                }
-                () = sleep_until(display_at), if display_at.is_some() => {
-                    if let Some((_, since)) = self.pending.as_mut() {
-                        *since = tokio::time::Instant::now();
-                    }
-                    self.send_display();
-                }
             }
-            self.start_next();
+            self.answer_backlog();
             let now = self.now();
             let mut failed = None;
             while let Some(n) = self.session.poll_transmit(now, &mut tx) {
@@ -283,8 +262,8 @@ impl<'a> Link<'a> {
                 }
             }
             // Log and publish what was answered only now that the answer is written: the status
-            // file (a write and a rename) took up to ~8 ms while the store thread's fsync kept
-            // the disk busy, and the cashier was waiting for it (benches/daemon.rs).
+            // file (a write and a rename) took up to ~8 ms while the store's fsync kept the disk
+            // busy, and the cashier was waiting for it (benches/daemon.rs).
             for answered in std::mem::take(&mut self.answered) {
                 self.log_done(answered);
             }
@@ -379,9 +358,10 @@ impl<'a> Link<'a> {
         }
     }
 
-    /// Starts the next backlog request if none is in flight.
-    fn start_next(&mut self) {
-        while self.pending.is_none() {
+    /// Answers the received requests, in order. Each store decision runs here, in place (see
+    /// `store_owner`); the answers are queued on the session and written by the caller.
+    fn answer_backlog(&mut self) {
+        loop {
             let Some((msg_type, payload)) = self.backlog.pop_front() else {
                 return;
             };
@@ -397,21 +377,19 @@ impl<'a> Link<'a> {
                     continue;
                 }
             };
-            let job = self.job(reader_id, message);
-            match job {
-                Ok(Some(rx)) => self.pending = Some((rx, tokio::time::Instant::now())),
+            match self.job(reader_id, message) {
+                Ok(Some(done)) => self.finish(done),
                 Ok(None) => {}
-                Err(msg_type) => self.send_error(ErrorCode::BUSY, msg_type, "store busy"),
+                Err(StoreGone) => {
+                    tracing::error!(reader = %self.name(), msg_type = %msg_type, "store unusable: request refused");
+                    self.send_error(ErrorCode::INTERNAL, msg_type, "store unusable");
+                }
             }
         }
     }
 
-    /// Turns one request into a store job (or an immediate answer: `Ok(None)`).
-    fn job(
-        &mut self,
-        reader_id: String,
-        message: Message<'_>,
-    ) -> Result<Option<oneshot::Receiver<Done>>, MessageType> {
+    /// Decides one request with the store (or answers it at once: `Ok(None)`).
+    fn job(&mut self, reader_id: String, message: Message<'_>) -> Result<Option<Done>, StoreGone> {
         let presentation = self.presentation();
         let started = std::time::Instant::now();
         let store = &self.ctx.store;
@@ -423,7 +401,7 @@ impl<'a> Link<'a> {
                 self.memory.cashier.clone_from(&cashier);
                 // A new swipe ends the previous transaction.
                 self.memory.swipe = None;
-                store.try_call(move |store, now| {
+                store.run(move |store, now| {
                     let (reply, outcome, entry_version) = match store.menu(&card, now) {
                         Ok(MenuOutcome::Menu(menu)) => (
                             presentation.menu(txn_id, &menu),
@@ -476,7 +454,7 @@ impl<'a> Link<'a> {
                     .as_ref()
                     .filter(|s| s.txn_id == txn_id)
                     .map(|s| (s.card.clone(), s.cashier.clone(), s.entry_version));
-                store.try_call(move |store, now| {
+                store.run(move |store, now| {
                     let Some((card, cashier, entry_version)) = swipe else {
                         // No card for this txn in memory (daemon restarted, or a retransmitted
                         // REDEEM after a new swipe): a stored outcome is the answer, else "swipe".
@@ -509,7 +487,7 @@ impl<'a> Link<'a> {
                 let auth = v.original_auth_code.to_owned();
                 let reason = format!("{:?}", v.reason);
                 let cashier = self.memory.cashier.clone();
-                store.try_call(move |store, now| {
+                store.run(move |store, now| {
                     let request = VoidRequest {
                         reader_id: &reader_id,
                         reader_txn_id: u64::from(txn_id),
@@ -538,7 +516,7 @@ impl<'a> Link<'a> {
                     });
                     return Ok(None);
                 }
-                store.try_call(move |store, _now| {
+                store.run(move |store, _now| {
                     let found = match q {
                         Query::Last => store.last_outcome(&reader_id).map(|o| {
                             o.map(|(txn, bytes)| (u32::try_from(txn).unwrap_or(0), bytes))
@@ -587,7 +565,7 @@ impl<'a> Link<'a> {
                 return Ok(None);
             }
         };
-        receiver.map(Some).map_err(|_| MessageType::Error)
+        receiver.map(Some)
     }
 
     fn finish(&mut self, done: Done) {
@@ -639,21 +617,6 @@ impl<'a> Link<'a> {
         if let Err(e) = self.session.send_raw(msg_type, payload) {
             // Down or full: the answer is stored; the reader recovers it with QUERY.
             tracing::warn!(reader = %self.name(), msg_type = %msg_type, error = %e, "answer not sent; the reader will QUERY");
-        }
-    }
-
-    fn send_display(&mut self) {
-        let text = match self.ctx.language {
-            Language::Zh => "处理中，请稍候",
-            Language::En => "Processing, please wait",
-        };
-        let txn_id = self.memory.swipe.as_ref().map_or(0, |s| s.txn_id);
-        let reply = self.presentation().display(txn_id, text);
-        if let Some((&t, payload)) = reply.0.split_first()
-            && let Some(t) = MessageType::from_u8(t)
-            && let Err(e) = self.session.send_raw(t, payload)
-        {
-            tracing::debug!(reader = %self.name(), error = %e, "DISPLAY not sent");
         }
     }
 
@@ -763,15 +726,6 @@ fn stored_done(
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn wait_pending(
-    pending: &mut Option<(oneshot::Receiver<Done>, tokio::time::Instant)>,
-) -> Option<Done> {
-    match pending {
-        Some((rx, _)) => rx.await.ok(),
         None => std::future::pending().await,
     }
 }

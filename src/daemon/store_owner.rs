@@ -1,102 +1,69 @@
-//! The single owner of the [`Store`]: one OS thread that runs store jobs one at a time.
+//! The one owner of the [`Store`]: a mutex that serialises every decision, used in place by the
+//! reader task that needs it.
 //!
-//! rusqlite is synchronous and every redemption waits for an fsync, so the store cannot live on the
-//! async runtime. One thread owning the one connection also serialises every decision: two readers
-//! redeeming the last use of a card at the same instant are two jobs in this queue, and the second
-//! sees the first's commit. Jobs are closures, so the reader driver says what it needs in plain code
-//! and this module stays small.
+//! rusqlite is synchronous and every redemption waits for an fsync. Two designs were measured
+//! (`benches/daemon.rs`): a dedicated store thread fed by a channel, and the requesting task
+//! taking the store under a mutex inside [`tokio::task::block_in_place`]. Both serialise
+//! decisions — two readers redeeming the last use of a card at the same instant take the lock in
+//! turn, and the second sees the first's commit — but the channel costs two thread wake-ups per
+//! request (≈50–100 µs each on a small VM, more than the menu decision itself), while
+//! `block_in_place` runs the decision on the worker that received the request and hands that
+//! worker's other tasks (other readers' links, heartbeats) to the second worker meanwhile.
+//!
+//! This needs the multi-threaded runtime (`block_in_place` panics on a current-thread one).
 
-use std::thread::JoinHandle;
-
-use tokio::sync::{mpsc, oneshot};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::engine::Now;
 use crate::store::Store;
 
-/// How many jobs may wait for the store. Readers are stop-and-wait, so a handful is plenty; a
-/// full queue means the store is stuck, and readers then answer "busy" instead of queueing forever.
-const QUEUE_DEPTH: usize = 64;
-
-type Job = Box<dyn FnOnce(&mut Store, &Clock) + Send>;
-
-/// The store thread went away (it panicked or the daemon is shutting down).
+/// The store cannot be used: a panic poisoned it mid-operation (its transaction rolled back), or
+/// it does not answer.
 #[derive(Debug, thiserror::Error)]
-#[error("the store thread is not running")]
+#[error("the store is not usable")]
 pub struct StoreGone;
 
-/// A cloneable handle to the store thread.
+/// A cloneable handle to the store.
 #[derive(Clone)]
 pub struct StoreHandle {
-    jobs: mpsc::Sender<Job>,
-}
-
-/// The running store thread; dropping every [`StoreHandle`] and calling [`StoreThread::join`] ends it.
-pub struct StoreThread {
-    thread: JoinHandle<()>,
-}
-
-impl StoreThread {
-    /// Waits for the thread to finish its queue and close the database.
-    pub fn join(self) {
-        if self.thread.join().is_err() {
-            tracing::error!("store thread panicked");
-        }
-    }
-}
-
-/// Starts the store thread.
-pub fn spawn(store: Store, clock: Clock) -> std::io::Result<(StoreHandle, StoreThread)> {
-    let (tx, mut rx) = mpsc::channel::<Job>(QUEUE_DEPTH);
-    let thread = std::thread::Builder::new()
-        .name("store".into())
-        .spawn(move || {
-            let mut store = store;
-            while let Some(job) = rx.blocking_recv() {
-                job(&mut store, &clock);
-            }
-            tracing::debug!("store thread: queue closed, database closing");
-        })?;
-    Ok((StoreHandle { jobs: tx }, StoreThread { thread }))
+    store: Arc<Mutex<Store>>,
+    clock: Arc<Clock>,
 }
 
 impl StoreHandle {
-    /// Runs `f` on the store thread and returns its result. `f` gets the clock reading taken when
-    /// the job starts, so decisions are timed when they are made, not when they were queued.
-    pub async fn call<T, F>(&self, f: F) -> Result<T, StoreGone>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Store, Now) -> T + Send + 'static,
-    {
-        let (job, reply) = job(f);
-        self.jobs.send(job).await.map_err(|_| StoreGone)?;
-        reply.await.map_err(|_| StoreGone)
+    pub fn new(store: Store, clock: Clock) -> StoreHandle {
+        StoreHandle {
+            store: Arc::new(Mutex::new(store)),
+            clock: Arc::new(clock),
+        }
     }
 
-    /// Queues `f` without waiting for room: fails at once when the queue is full. The receiver
-    /// yields the result.
-    pub fn try_call<T, F>(&self, f: F) -> Result<oneshot::Receiver<T>, StoreGone>
-    where
-        T: Send + 'static,
-        F: FnOnce(&mut Store, Now) -> T + Send + 'static,
-    {
-        let (job, reply) = job(f);
-        self.jobs.try_send(job).map_err(|_| StoreGone)?;
-        Ok(reply)
+    /// Runs `f` with the store from an async task of the multi-threaded runtime: the calling
+    /// worker blocks (its other tasks move to another worker) until the lock is free and `f` is
+    /// done. `f` gets the clock reading taken once it holds the lock, so decisions are timed when
+    /// they are made, not when they were requested.
+    pub fn run<T>(&self, f: impl FnOnce(&mut Store, Now) -> T) -> Result<T, StoreGone> {
+        tokio::task::block_in_place(|| self.run_blocking(f))
     }
-}
 
-fn job<T, F>(f: F) -> (Job, oneshot::Receiver<T>)
-where
-    T: Send + 'static,
-    F: FnOnce(&mut Store, Now) -> T + Send + 'static,
-{
-    let (reply_tx, reply_rx) = oneshot::channel();
-    let job: Job = Box::new(move |store, clock| {
-        // The receiver may be gone (reader unplugged mid-request): the work is done and committed
-        // all the same; the reader will QUERY it.
-        let _ = reply_tx.send(f(store, clock.now()));
-    });
-    (job, reply_rx)
+    /// As [`StoreHandle::run`], from a thread that may block (a `spawn_blocking` task).
+    pub fn run_blocking<T>(&self, f: impl FnOnce(&mut Store, Now) -> T) -> Result<T, StoreGone> {
+        // A poisoned lock means a panic inside a store operation: its SQLite transaction rolled
+        // back, but the in-memory state may not match. Refuse to decide; the watchdog probe
+        // fails too, and systemd restarts the daemon with a fresh store.
+        let mut store = self.store.lock().map_err(|_| StoreGone)?;
+        let now = self.clock.now();
+        Ok(f(&mut store, now))
+    }
+
+    /// Whether the store answers a no-op within `within` (for the watchdog). Runs on the blocking
+    /// pool, so a wedged store costs one parked thread, not a worker.
+    pub async fn answers_within(&self, within: Duration) -> bool {
+        let probe = self.clone();
+        let task = tokio::task::spawn_blocking(move || probe.run_blocking(|_, _| ()).is_ok());
+        matches!(tokio::time::timeout(within, task).await, Ok(Ok(true)))
+    }
 }
 
 /// The daemon's clocks: wall time (may be wrong or set back: the engine checks it) and time since
