@@ -264,8 +264,18 @@ impl<'a> Link<'a> {
             // Log and publish what was answered only now that the answer is written: the status
             // file (a write and a rename) took up to ~8 ms while the store's fsync kept the disk
             // busy, and the cashier was waiting for it (benches/daemon.rs).
+            let answered_any = !self.answered.is_empty();
             for answered in std::mem::take(&mut self.answered) {
                 self.log_done(answered);
+            }
+            // Checkpoints belong in idle moments, after the cashier has the answer, not inside
+            // the next redemption's commit (`Store::maintenance`).
+            if answered_any && self.backlog.is_empty() {
+                match self.ctx.store.run(|store, _| store.maintenance()) {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "store maintenance failed"),
+                    Err(StoreGone) => tracing::error!("store unusable during maintenance"),
+                }
             }
             if let Some(reason) = failed {
                 return reason;
