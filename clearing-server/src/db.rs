@@ -34,6 +34,13 @@ CREATE TABLE journal (
     received_ms  INTEGER NOT NULL,
     PRIMARY KEY (terminal_id, seq)
 ) WITHOUT ROWID;
+CREATE TABLE batch_close (
+    terminal_id   TEXT NOT NULL REFERENCES terminal(id),
+    business_date TEXT NOT NULL,
+    request       TEXT NOT NULL,    -- the close as received (re-serialized), to tell a resend from a change
+    answer        TEXT NOT NULL,    -- the answer given, given again to a resend
+    PRIMARY KEY (terminal_id, business_date)
+) WITHOUT ROWID;
 CREATE TABLE exception (
     id           INTEGER PRIMARY KEY,
     terminal_id  TEXT NOT NULL,
@@ -345,4 +352,96 @@ pub fn exceptions(
         ))
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Reconciles an end-of-day close (`docs/api/README.md`, "`POST batch-close`"), idempotent by
+/// (terminal, business date).
+pub fn batch_close(
+    conn: &mut Connection,
+    terminal_id: &str,
+    close: &crate::close::BatchClose,
+) -> Result<crate::close::BatchCloseResult, Problem> {
+    use crate::close;
+    let bad = |detail: String| Problem::new(400, "malformed_request", detail);
+    let days = close::parse_date(&close.business_date).ok_or_else(|| {
+        bad(format!(
+            "business_date {:?} is not a valid YYYY-MM-DD",
+            close.business_date
+        ))
+    })?;
+    if !(-840..=840).contains(&close.utc_offset_minutes) {
+        return Err(bad("utc_offset_minutes outside -840..=840".into()));
+    }
+    if close.first_seq > close.through_seq {
+        return Err(Problem::new(
+            422,
+            "close_inconsistent",
+            format!(
+                "first_seq {} above through_seq {}",
+                close.first_seq, close.through_seq
+            ),
+        ));
+    }
+    let request = serde_json::to_string(close).map_err(|e| Problem::internal(e.to_string()))?;
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql)?;
+    let (head_seq, _) = head(&tx, terminal_id).map_err(|e| Problem::internal(e.to_string()))?;
+    if close.through_seq > head_seq {
+        return Err(Problem::new(
+            409,
+            "journal_incomplete",
+            format!(
+                "close covers seq {} but the server holds {head_seq}: upload first",
+                close.through_seq
+            ),
+        )
+        .acknowledged(head_seq));
+    }
+    let before: Option<(String, String)> = tx
+        .query_row(
+            "SELECT request, answer FROM batch_close WHERE terminal_id = ?1 AND business_date = ?2",
+            params![terminal_id, close.business_date],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(sql)?;
+    if let Some((req, answer)) = before {
+        if req != request {
+            return Err(Problem::new(
+                409,
+                "batch_close_conflict",
+                format!(
+                    "{} was already closed with other totals",
+                    close.business_date
+                ),
+            ));
+        }
+        return serde_json::from_str(&answer).map_err(|e| Problem::internal(e.to_string()));
+    }
+    let mut records = Vec::new();
+    {
+        let mut stmt = tx
+            .prepare("SELECT record FROM journal WHERE terminal_id = ?1 ORDER BY seq")
+            .map_err(sql)?;
+        let mut rows = stmt.query([terminal_id]).map_err(sql)?;
+        while let Some(row) = rows.next().map_err(sql)? {
+            let bytes: Vec<u8> = row.get(0).map_err(sql)?;
+            records.push(JournalRecord::decode(&bytes).map_err(|e| {
+                Problem::internal(format!(
+                    "stored record of {terminal_id} does not decode: {e}"
+                ))
+            })?);
+        }
+    }
+    let server = close::totals(&records, close::day_window(days, close.utc_offset_minutes));
+    let result = close::reconcile(close, &server);
+    let answer = serde_json::to_string(&result).map_err(|e| Problem::internal(e.to_string()))?;
+    tx.execute(
+        "INSERT INTO batch_close (terminal_id, business_date, request, answer) VALUES (?1, ?2, ?3, ?4)",
+        params![terminal_id, close.business_date, request, answer],
+    )
+    .map_err(sql)?;
+    tx.commit().map_err(sql)?;
+    Ok(result)
 }

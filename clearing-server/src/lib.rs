@@ -5,10 +5,11 @@
 //! * this module — the HTTP layer (axum): request authentication with `redeemd_contract::request`, body
 //!   limits, and the handlers. Database work runs on blocking threads, one connection behind a mutex.
 //!
-//! Implemented so far: `GET journal/head`, `POST journal`. Not yet: entitlements, deny list, batch close,
+//! Implemented so far: `GET journal/head`, `POST journal`, `POST batch-close`. Not yet: entitlements, deny list,
 //! the admin commands other than `enroll`, clearing statements and exceptions reports.
 #![forbid(unsafe_code)]
 
+pub mod close;
 pub mod db;
 pub mod problem;
 
@@ -86,6 +87,7 @@ pub fn router(state: AppState) -> Router {
             get(journal_head),
         )
         .route("/v1/terminals/{terminal_id}/journal", post(journal_upload))
+        .route("/v1/terminals/{terminal_id}/batch-close", post(batch_close))
         .fallback(|| async { Problem::new(404, "not_found", "no such resource".into()) })
         .method_not_allowed_fallback(|| async {
             Problem::new(405, "method_not_allowed", "method not allowed here".into())
@@ -301,21 +303,7 @@ async fn journal_upload(
 ) -> Result<Response, Problem> {
     let body = read_body(&headers, body).await?;
     let terminal = authenticate(&state, &method, &uri, &headers, &body, &terminal_id).await?;
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(';')
-                .next()
-                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
-        });
-    if !is_json {
-        return Err(Problem::new(
-            415,
-            "unsupported_media_type",
-            "journal uploads are application/json".into(),
-        ));
-    }
+    require_json(&headers)?;
     let (from_seq, records) = parse_upload(&body).map_err(|p| p.terminal(&terminal_id))?;
     let now = (state.clock)();
     let id = terminal_id.clone();
@@ -330,4 +318,53 @@ async fn journal_upload(
         duplicates: ack.duplicates,
     })
     .into_response())
+}
+
+fn require_json(headers: &HeaderMap) -> Result<(), Problem> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        });
+    if is_json {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            415,
+            "unsupported_media_type",
+            "request bodies are application/json".into(),
+        ))
+    }
+}
+
+async fn batch_close(
+    State(state): State<AppState>,
+    Path(terminal_id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, Problem> {
+    let body = read_body(&headers, body).await?;
+    authenticate(&state, &method, &uri, &headers, &body, &terminal_id).await?;
+    require_json(&headers)?;
+    let close: close::BatchClose = serde_json::from_slice(&body).map_err(|e| {
+        Problem::new(400, "malformed_request", e.to_string()).terminal(&terminal_id)
+    })?;
+    if close.items.len() > 10_000 {
+        return Err(Problem::new(
+            413,
+            "body_too_large",
+            "more than 10,000 items".into(),
+        ));
+    }
+    let id = terminal_id.clone();
+    let result = state
+        .with_db(move |c| db::batch_close(c, &id, &close))
+        .await
+        .map_err(|p| p.terminal(&terminal_id))?;
+    Ok(axum::Json(result).into_response())
 }

@@ -9,7 +9,7 @@ use common::{T0, chain, upload_body};
 use redeemd_contract::JournalRecord;
 use redeemd_contract::keys::{Tag, TerminalKeys, TerminalSecret};
 use redeemd_contract::request::SignedHeaders;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 mod common;
 const SECRET: [u8; 32] = [7; 32];
@@ -343,4 +343,59 @@ async fn malformed_and_oversized_bodies_are_refused_without_writes() {
     let (st, v) = s.send("PUT", path, Vec::new()).await;
     assert_eq!((st, v["code"].as_str()), (405, Some("method_not_allowed")));
     assert_eq!(stored_count(&s), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_close_reconciles_once_per_day() {
+    let s = start().await;
+    let path = "/v1/terminals/T-1/batch-close";
+    // T0 is 2026-11-18 19:06 at UTC+8; the chain's records are a few ms apart.
+    let close = |items: Value, date: &str| {
+        serde_json::to_vec(&json!({"business_date": date, "utc_offset_minutes": 480,
+            "first_seq": 1, "through_seq": 5, "items": items}))
+        .unwrap()
+    };
+    let day = json!([{"package_id": "P1", "service_code": "WASH", "redeemed": 5, "voided": 0,
+        "net_units": 5, "net_amount_fen": 17500}]);
+    let (st, v) = s.send("POST", path, close(day.clone(), "2026-11-18")).await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (409, Some("journal_incomplete")),
+        "{v}"
+    );
+
+    assert_eq!(s.upload(1, &chain(&s.keys, 5, |_| 1)).await.0, 200);
+    let (st, v) = s.send("POST", path, close(day.clone(), "2026-11-18")).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        v,
+        json!({"result": "matched", "business_date": "2026-11-18", "differences": []})
+    );
+    // A resend gets the same answer; other totals for a closed day are a conflict.
+    let (st, again) = s.send("POST", path, close(day.clone(), "2026-11-18")).await;
+    assert_eq!((st, &again), (200, &v));
+    let mut other = day.clone();
+    other[0]["redeemed"] = json!(4);
+    let (st, v) = s
+        .send("POST", path, close(other.clone(), "2026-11-18"))
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (409, Some("batch_close_conflict")),
+        "{v}"
+    );
+
+    // The next day holds none of these records: the terminal's claim is a difference.
+    let (st, v) = s.send("POST", path, close(other, "2026-11-19")).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["result"], "mismatched");
+    assert_eq!(v["differences"][0]["terminal"]["redeemed"], 4);
+    assert!(v["differences"][0]["server"].is_null());
+
+    let (st, v) = s.send("POST", path, close(day, "2026-02-30")).await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (400, Some("malformed_request")),
+        "{v}"
+    );
 }
