@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::{HeaderMap, Method, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -191,6 +191,42 @@ async fn authenticate(
     Ok(terminal)
 }
 
+/// A request whose body was read (under the limit) and whose signature verified for the path's
+/// terminal: the first thing every handler takes.
+pub struct Authenticated {
+    pub terminal_id: String,
+    pub terminal: db::Terminal,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl FromRequest<AppState> for Authenticated {
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Problem> {
+        let (mut parts, body) = req.into_parts();
+        let Path(terminal_id) = Path::<String>::from_request_parts(&mut parts, state)
+            .await
+            .map_err(|e| Problem::new(404, "not_found", e.body_text()))?;
+        let body = read_body(&parts.headers, body).await?;
+        let terminal = authenticate(
+            state,
+            &parts.method,
+            &parts.uri,
+            &parts.headers,
+            &body,
+            &terminal_id,
+        )
+        .await?;
+        Ok(Self {
+            terminal_id,
+            terminal,
+            headers: parts.headers,
+            body,
+        })
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct HeadBody {
     pub terminal_id: String,
@@ -200,14 +236,8 @@ pub struct HeadBody {
 
 async fn journal_head(
     State(state): State<AppState>,
-    Path(terminal_id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
+    Authenticated { terminal_id, .. }: Authenticated,
 ) -> Result<Response, Problem> {
-    let body = read_body(&headers, body).await?;
-    authenticate(&state, &method, &uri, &headers, &body, &terminal_id).await?;
     let id = terminal_id.clone();
     let (seq, mac) = state
         .with_db(move |c| db::head(c, &id).map_err(|e| Problem::internal(e.to_string())))
@@ -295,14 +325,13 @@ fn parse_upload(body: &[u8]) -> Result<(u64, Vec<UploadRecord>), Problem> {
 
 async fn journal_upload(
     State(state): State<AppState>,
-    Path(terminal_id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
+    Authenticated {
+        terminal_id,
+        terminal,
+        headers,
+        body,
+    }: Authenticated,
 ) -> Result<Response, Problem> {
-    let body = read_body(&headers, body).await?;
-    let terminal = authenticate(&state, &method, &uri, &headers, &body, &terminal_id).await?;
     require_json(&headers)?;
     let (from_seq, records) = parse_upload(&body).map_err(|p| p.terminal(&terminal_id))?;
     let now = (state.clock)();
@@ -342,14 +371,13 @@ fn require_json(headers: &HeaderMap) -> Result<(), Problem> {
 
 async fn batch_close(
     State(state): State<AppState>,
-    Path(terminal_id): Path<String>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
+    Authenticated {
+        terminal_id,
+        headers,
+        body,
+        ..
+    }: Authenticated,
 ) -> Result<Response, Problem> {
-    let body = read_body(&headers, body).await?;
-    authenticate(&state, &method, &uri, &headers, &body, &terminal_id).await?;
     require_json(&headers)?;
     let close: close::BatchClose = serde_json::from_slice(&body).map_err(|e| {
         Problem::new(400, "malformed_request", e.to_string()).terminal(&terminal_id)
