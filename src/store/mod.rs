@@ -1216,7 +1216,7 @@ impl Store {
                 write_usage(&tx, &self.keys, &card, usage, blob, &written)?;
             }
             if let Some((card, s)) = w.identity {
-                tx.prepare_cached("INSERT OR REPLACE INTO identity_attempt (card_ref, failures, locked_until_ms, mac) VALUES (?1, ?2, ?3, ?4)")?
+                tx.prepare_cached("INSERT INTO identity_attempt (card_ref, failures, locked_until_ms, mac) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (card_ref) DO UPDATE SET failures = excluded.failures, locked_until_ms = excluded.locked_until_ms, mac = excluded.mac")?
                     .execute(params![&card.0[..], s.failures, s.locked_until_ms, &identity_mac(&self.keys.journal, &card, &s)[..]])?;
             }
             counts = w.counts_as_redemption;
@@ -1228,7 +1228,8 @@ impl Store {
             )?
             .execute(params![reader_id, reader_txn_id as i64, digest, &reply, first_seq.map(|s| s as i64), now.wall_ms])?;
             tx.prepare_cached(
-                "INSERT OR REPLACE INTO reader_last (reader_id, reader_txn_id) VALUES (?1, ?2)",
+                "INSERT INTO reader_last (reader_id, reader_txn_id) VALUES (?1, ?2) \
+                 ON CONFLICT (reader_id) DO UPDATE SET reader_txn_id = excluded.reader_txn_id",
             )?
             .execute(params![reader_id, reader_txn_id as i64])?;
         }
@@ -1475,7 +1476,9 @@ fn write_usage(
         usage.net_units += add.net_units;
     }
     tx.prepare_cached(
-        "INSERT OR REPLACE INTO card_usage (card_ref, rows, last_seq, net_units, history, mac) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO card_usage (card_ref, rows, last_seq, net_units, history, mac) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+         ON CONFLICT (card_ref) DO UPDATE SET rows = excluded.rows, last_seq = excluded.last_seq, \
+         net_units = excluded.net_units, history = excluded.history, mac = excluded.mac",
     )?
     .execute(params![
         &card.0[..],
@@ -1494,8 +1497,13 @@ pub(crate) fn write_terminal_row(
     keys: &TerminalKeys,
 ) -> rusqlite::Result<()> {
     tx.prepare_cached(
-        "INSERT OR REPLACE INTO terminal_state (id, terminal_id, merchant_id, head_seq, head_mac, last_trusted_wall_ms, synced_through_seq, cache_version, mac)
-         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO terminal_state (id, terminal_id, merchant_id, head_seq, head_mac, last_trusted_wall_ms, synced_through_seq, cache_version, mac)
+         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (id) DO UPDATE SET terminal_id = excluded.terminal_id, merchant_id = excluded.merchant_id,
+             head_seq = excluded.head_seq, head_mac = excluded.head_mac,
+             last_trusted_wall_ms = excluded.last_trusted_wall_ms,
+             synced_through_seq = excluded.synced_through_seq, cache_version = excluded.cache_version,
+             mac = excluded.mac",
     )?
     .execute(params![
         row.terminal_id,
