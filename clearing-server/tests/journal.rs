@@ -133,6 +133,12 @@ async fn upload_is_idempotent_and_the_head_resumes() {
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["acknowledged_seq"], 6);
     assert_eq!(v["acknowledged_mac"], hex::encode(recs[5].1));
+    // The terminal's reader of the answer agrees.
+    let ack = redeemd::sync::wire::parse_ack(v.to_string().as_bytes()).unwrap();
+    assert_eq!(
+        (ack.acknowledged_seq, ack.acknowledged_mac),
+        (6, Some(recs[5].1))
+    );
     assert_eq!(
         (v["stored"].as_u64(), v["duplicates"].as_u64()),
         (Some(6), Some(0))
@@ -150,6 +156,11 @@ async fn upload_is_idempotent_and_the_head_resumes() {
 
     let (st, v) = s.head().await;
     assert_eq!(st, 200);
+    let head = redeemd::sync::wire::parse_head("T-1", v.to_string().as_bytes()).unwrap();
+    assert_eq!(
+        (head.acknowledged_seq, head.acknowledged_mac),
+        (10, Some(recs[9].1))
+    );
     assert_eq!(v["acknowledged_seq"], 10);
     assert_eq!(v["acknowledged_mac"], hex::encode(recs[9].1));
 }

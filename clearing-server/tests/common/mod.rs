@@ -1,26 +1,17 @@
 //! Journal records and upload bodies for the server tests.
 #![allow(dead_code)]
 
-use base64::Engine;
 use redeemd_contract::journal::{auth_code, genesis_mac};
 use redeemd_contract::keys::{Tag, TerminalKeys};
 use redeemd_contract::{CardRef, JournalRecord, RecordKind};
-use serde_json::{Value, json};
 
 pub const T0: i64 = 1_795_000_000_000;
 
+/// The terminal's own upload body (`redeemd::sync::wire`), so that these tests also check that the
+/// daemon's client and this server agree on the wire format.
 pub fn upload_body(from_seq: u64, recs: &[(JournalRecord, Tag)]) -> Vec<u8> {
-    let records: Vec<Value> = recs
-        .iter()
-        .map(|(r, m)| {
-            json!({
-                "seq": r.seq,
-                "record": base64::engine::general_purpose::STANDARD.encode(r.encode()),
-                "mac": hex::encode(m),
-            })
-        })
-        .collect();
-    serde_json::to_vec(&json!({"from_seq": from_seq, "records": records})).unwrap()
+    assert_eq!(recs.first().map(|(r, _)| r.seq), Some(from_seq), "test bug");
+    redeemd::sync::wire::upload_body(recs)
 }
 
 pub fn record(keys: &TerminalKeys, seq: u64, prev_mac: Tag, quantity: u32) -> JournalRecord {
