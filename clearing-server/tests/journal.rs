@@ -349,6 +349,22 @@ async fn malformed_and_oversized_bodies_are_refused_without_writes() {
             "{text}"
         );
     }
+    // More records than one upload may carry (schema-valid items, refused by count before any check).
+    let item = json!({"seq": 1, "record": "AA==", "mac": "00".repeat(32)});
+    let items: Vec<Value> = (1..=clearing_server::MAX_RECORDS as u64 + 1)
+        .map(|seq| {
+            let mut i = item.clone();
+            i["seq"] = json!(seq);
+            i
+        })
+        .collect();
+    let body = serde_json::to_vec(&json!({"from_seq": 1, "records": items})).unwrap();
+    let (st, v) = s.send("POST", path, body).await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (413, Some("body_too_large")),
+        "{v}"
+    );
     // A compressed request body (not supported yet) is refused as such, not parsed as JSON.
     let body = b"\x1f\x8b not really gzip".to_vec();
     let h = SignedHeaders::sign(&s.keys.request, "T-1", "POST", path, T0, [250; 16], &body);
