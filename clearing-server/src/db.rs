@@ -101,6 +101,16 @@ pub fn enroll(
     Ok(())
 }
 
+/// Enables or disables a terminal (a disabled one is refused with `403 terminal_disabled`). Returns
+/// whether the terminal exists.
+pub fn set_enabled(conn: &Connection, terminal_id: &str, enabled: bool) -> Result<bool, DbError> {
+    let n = conn.execute(
+        "UPDATE terminal SET enabled = ?2 WHERE id = ?1",
+        params![terminal_id, enabled],
+    )?;
+    Ok(n == 1)
+}
+
 /// An enrolled terminal and its derived keys.
 #[derive(Debug, Clone)]
 pub struct Terminal {

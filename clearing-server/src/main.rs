@@ -44,6 +44,16 @@ enum Admin {
         #[arg(long)]
         key_file: Option<PathBuf>,
     },
+    /// Refuse every request of a terminal (stolen PC, closed shop) until it is enabled again.
+    Disable {
+        #[arg(long)]
+        terminal: String,
+    },
+    /// Accept a disabled terminal's requests again.
+    Enable {
+        #[arg(long)]
+        terminal: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -82,6 +92,12 @@ fn run(cli: Cli) -> Result<(), String> {
             })
         }
         Command::Admin {
+            command: Admin::Disable { terminal },
+        } => set_enabled(&conn, &terminal, false),
+        Command::Admin {
+            command: Admin::Enable { terminal },
+        } => set_enabled(&conn, &terminal, true),
+        Command::Admin {
             command:
                 Admin::Enroll {
                     terminal,
@@ -110,6 +126,18 @@ fn run(cli: Cli) -> Result<(), String> {
             eprintln!("enrolled terminal {terminal} for merchant {merchant}");
             Ok(())
         }
+    }
+}
+
+fn set_enabled(conn: &rusqlite::Connection, terminal: &str, enabled: bool) -> Result<(), String> {
+    match clearing_server::db::set_enabled(conn, terminal, enabled) {
+        Ok(true) => {
+            let state = if enabled { "enabled" } else { "disabled" };
+            eprintln!("terminal {terminal} {state}");
+            Ok(())
+        }
+        Ok(false) => Err(format!("terminal {terminal} is not enrolled")),
+        Err(e) => Err(e.to_string()),
     }
 }
 

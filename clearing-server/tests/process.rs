@@ -136,6 +136,38 @@ fn enroll_then_serve_a_signed_request() {
         .unwrap();
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["acknowledged_seq"], 0);
+
+    // Disabled by the platform: refused until enabled again.
+    let admin = |cmd: &str, terminal: &str| {
+        Command::new(BIN)
+            .args([
+                "--db",
+                db.to_str().unwrap(),
+                "admin",
+                cmd,
+                "--terminal",
+                terminal,
+            ])
+            .output()
+            .unwrap()
+    };
+    assert!(admin("disable", "T-1").status.success());
+    let (status, v) = runtime()
+        .block_on(send(&server.addr, &keys, "GET", HEAD, Vec::new()))
+        .unwrap();
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (403, Some("terminal_disabled")),
+        "{v}"
+    );
+    assert!(admin("enable", "T-1").status.success());
+    let (status, _) = runtime()
+        .block_on(send(&server.addr, &keys, "GET", HEAD, Vec::new()))
+        .unwrap();
+    assert_eq!(status, 200);
+    let out = admin("disable", "T-404");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("T-404 is not enrolled"));
 }
 
 #[test]
