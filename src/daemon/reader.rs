@@ -411,7 +411,7 @@ impl<'a> Link<'a> {
                 self.memory.cashier.clone_from(&cashier);
                 // A new swipe ends the previous transaction.
                 self.memory.swipe = None;
-                store.run(move |store, now| {
+                store.run_quick(move |store, now| {
                     let (reply, outcome, entry_version) = match store.menu(&card, now) {
                         Ok(MenuOutcome::Menu(menu)) => (
                             presentation.menu(txn_id, &menu),
@@ -526,7 +526,7 @@ impl<'a> Link<'a> {
                     });
                     return Ok(None);
                 }
-                store.run(move |store, _now| {
+                store.run_quick(move |store, _now| {
                     let found = match q {
                         Query::Last => store.last_outcome(&reader_id).map(|o| {
                             o.map(|(txn, bytes)| (u32::try_from(txn).unwrap_or(0), bytes))
