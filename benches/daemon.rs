@@ -21,12 +21,10 @@
 //! shorten or grow it. Files live under Cargo's `CARGO_TARGET_TMPDIR` (disk-backed, not tmpfs).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use firmware_protocol::message::ACK_ONLY_TYPE;
@@ -37,16 +35,17 @@ use firmware_protocol::{
 };
 use redeemd::simulator::{Line, LineSpec, ReaderSettings, RedeemResult, SimReader, SwipeResult};
 use redeemd_contract::Card;
-use redeemd_contract::snapshot::BundleKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+#[path = "../tests/it/shop.rs"]
+#[allow(dead_code)]
+mod shop;
 /// The integration tests' fixtures: keys, cards, signed bundles.
 #[allow(dead_code)]
 #[path = "../tests/it/support.rs"]
 mod support;
-use support::{HOUR, MERCHANT, SECRET_HEX, TERMINAL};
+use shop::{BAUD, Daemon, Shop, live_card};
 
-const BAUD: u32 = 115_200;
 const SLOW_BAUD: u32 = 9_600;
 const CASHIER: &str = "cashier-7";
 /// Uses of the wash item on every card: plenty for the rounds, and fits the menu's u16.
@@ -60,137 +59,13 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-fn wall_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-/// `card(i)` with validity windows around the real clock (the daemon reads the real clock).
-fn live_card(i: u64) -> Card {
-    let now = wall_now();
-    let mut card = support::card(i, WASH_USES);
+/// `shop::live_card` without the daily cap: the bench redeems one card many times a day.
+fn bench_card(i: u64) -> Card {
+    let mut card = live_card(i, WASH_USES);
     for p in &mut card.packages {
-        p.valid_from_ms = now - 1000 * HOUR;
-        p.valid_until_ms = now + 1000 * HOUR;
         p.daily_cap = None;
     }
     card
-}
-
-/// A shop's files, as `tests/it/daemon.rs` lays them out: config, key file (0600), state
-/// directory with a signed cache of `cards` live cards installed through the store.
-struct Shop {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    state: PathBuf,
-}
-
-impl Shop {
-    fn new(readers: usize, cards: u64) -> Shop {
-        let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        std::fs::create_dir_all(root).unwrap();
-        let dir = tempfile::Builder::new()
-            .prefix("daemon-bench-")
-            .tempdir_in(root)
-            .unwrap();
-        let key = dir.path().join("terminal.key");
-        std::fs::write(&key, format!("{SECRET_HEX}\n")).unwrap();
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let state = dir.path().join("state");
-        let mut toml = format!(
-            "terminal_id = \"{TERMINAL}\"\nmerchant_id = \"{MERCHANT}\"\nstate_dir = \"{}\"\n\
-             [key]\nfile = \"{}\"\n",
-            state.display(),
-            key.display()
-        );
-        for i in 0..readers {
-            toml.push_str(&format!(
-                "[[reader]]\nname = \"counter-{i}\"\nport = \"{}\"\nbaud = {BAUD}\n",
-                dir.path().join(format!("reader-{i}")).display()
-            ));
-        }
-        toml.push_str(
-            "[risk]\nmax_offline_uses_per_card = 1000000\nmax_offline_redemptions = 1000000\n",
-        );
-        let config = dir.path().join("redeemd.toml");
-        std::fs::write(&config, toml).unwrap();
-
-        let mut store =
-            redeemd::store::Store::open(&state, support::keys(), support::config()).unwrap();
-        let entries: Vec<(u64, Option<Card>)> =
-            (0..cards).map(|i| (i, Some(live_card(i)))).collect();
-        let bundle = support::bundle(BundleKind::Full, 1, 0, &entries, wall_now() + 1000 * HOUR);
-        store
-            .install_bundle(&bundle[..], support::now(wall_now()))
-            .unwrap();
-        drop(store);
-        Shop { dir, config, state }
-    }
-
-    fn port(&self, i: usize) -> PathBuf {
-        self.dir.path().join(format!("reader-{i}"))
-    }
-}
-
-/// The running release `redeemd run`; its stderr (the log) drained by a thread. Killed on drop.
-struct Daemon {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Daemon {
-    fn start(shop: &Shop) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_redeemd"))
-            .arg("--config")
-            .arg(&shop.config)
-            .arg("run")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let daemon = Daemon { child, log };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !daemon
-            .log
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("serving"))
-        {
-            assert!(
-                Instant::now() < deadline,
-                "the daemon did not start; log:\n{}",
-                daemon.log.lock().unwrap().join("\n")
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        daemon
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 async fn reader(port: &Path, serial: &str) -> SimReader {
@@ -432,7 +307,14 @@ fn main() {
 }
 
 async fn bench(rounds: usize, idle_secs: u64, cards: u64) {
-    let shop = Shop::new(2, cards);
+    let entries: Vec<(u64, Option<Card>)> = (0..cards).map(|i| (i, Some(bench_card(i)))).collect();
+    // On the target dir's disk (ext4), not a tmpfs /tmp: the commit floor must hit the same disk.
+    let shop = Shop::build(
+        Some(Path::new(env!("CARGO_TARGET_TMPDIR"))),
+        2,
+        "",
+        &entries,
+    );
     eprintln!(
         "bench: {} ({cards} cards), daemon {}",
         shop.dir.path().display(),

@@ -5,11 +5,9 @@
 //! code `redeemd simulate-reader` runs — over real ptys. Reader ports are symlinks, as udev makes
 //! them, so an unplugged reader comes back on a new pty behind the same path.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use firmware_protocol::message::{DeclineReason as Wire, EntryMode, IdentityCheck, VoidReason};
@@ -18,14 +16,12 @@ use redeemd::simulator::reader::identity;
 use redeemd::simulator::{
     Answer, Line, LineSpec, ReaderSettings, RedeemResult, SimReader, SwipeResult,
 };
-use redeemd_contract::snapshot::BundleKind;
 use redeemd_contract::{Card, CardStatus};
-use tempfile::TempDir;
 
-use crate::support::{self, HOUR, MERCHANT, SECRET_HEX, TERMINAL};
+use crate::shop::{BAUD, Daemon, Shop, live_card, wall_now};
+use crate::support::{self, HOUR};
 
 const LINK_UP: Duration = Duration::from_secs(15);
-const BAUD: u32 = 115_200;
 
 /// Card numbers of the shop's fixtures.
 const CARD_TWO_PACKAGES: u64 = 1;
@@ -33,25 +29,7 @@ const CARD_LOST: u64 = 2;
 const CARD_EXHAUSTED_EXPIRED: u64 = 3;
 const CARD_LAST_USE: u64 = 4;
 
-fn wall_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-/// `card(i)` with validity windows around the real clock (the daemon reads the real clock).
-fn live_card(i: u64, wash: u32) -> Card {
-    let now = wall_now();
-    let mut card = support::card(i, wash);
-    for p in &mut card.packages {
-        p.valid_from_ms = now - 1000 * HOUR;
-        p.valid_until_ms = now + 1000 * HOUR;
-    }
-    card
-}
-
-fn shop_cards() -> Vec<(u64, Option<Card>)> {
+pub fn shop_cards() -> Vec<(u64, Option<Card>)> {
     let two = live_card(CARD_TWO_PACKAGES, 10);
     let mut lost = live_card(CARD_LOST, 10);
     lost.status = CardStatus::Lost;
@@ -68,126 +46,9 @@ fn shop_cards() -> Vec<(u64, Option<Card>)> {
     ]
 }
 
-/// A shop's files: config, key, state directory with a signed cache, reader port paths.
-pub struct Shop {
-    pub dir: TempDir,
-    pub config: PathBuf,
-}
-
-impl Shop {
-    pub fn new(readers: usize, extra: &str) -> Shop {
-        let dir = tempfile::Builder::new()
-            .prefix("redeemd-it-")
-            .tempdir()
-            .unwrap();
-        let key = dir.path().join("terminal.key");
-        std::fs::write(&key, format!("{SECRET_HEX}\n")).unwrap();
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let state = dir.path().join("state");
-        let mut toml = format!(
-            "terminal_id = \"{TERMINAL}\"\nmerchant_id = \"{MERCHANT}\"\nstate_dir = \"{}\"\n\
-             {extra}\n[key]\nfile = \"{}\"\n",
-            state.display(),
-            key.display()
-        );
-        for i in 0..readers {
-            toml.push_str(&format!(
-                "[[reader]]\nname = \"counter-{i}\"\nport = \"{}\"\nbaud = {BAUD}\n",
-                dir.path().join(format!("reader-{i}")).display()
-            ));
-        }
-        toml.push_str(
-            "[risk]\nmax_offline_uses_per_card = 1000\nmax_offline_redemptions = 100000\n",
-        );
-        let config = dir.path().join("redeemd.toml");
-        std::fs::write(&config, toml).unwrap();
-
-        let mut store =
-            redeemd::store::Store::open(&state, support::keys(), support::config()).unwrap();
-        let bundle = support::bundle(
-            BundleKind::Full,
-            1,
-            0,
-            &shop_cards(),
-            wall_now() + 1000 * HOUR,
-        );
-        store
-            .install_bundle(&bundle[..], support::now(wall_now()))
-            .unwrap();
-        Shop { dir, config }
-    }
-
-    pub fn port(&self, i: usize) -> PathBuf {
-        self.dir.path().join(format!("reader-{i}"))
-    }
-
-    pub fn redeemd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_redeemd"));
-        c.arg("--config").arg(&self.config);
-        c.env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("RUST_LOG");
-        c
-    }
-}
-
-/// A running `redeemd run`, its stderr collected line by line. Killed on drop.
-struct Daemon {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Daemon {
-    fn start(shop: &Shop) -> Daemon {
-        let mut child = shop
-            .redeemd()
-            .arg("run")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let d = Daemon { child, log };
-        d.wait_log("serving", Duration::from_secs(20));
-        d
-    }
-
-    fn has_log(&self, needle: &str) -> bool {
-        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
-    }
-
-    fn wait_log(&self, needle: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.has_log(needle) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "no log line containing {needle:?} within {timeout:?}; log:\n{}",
-            self.log.lock().unwrap().join("\n")
-        );
-    }
-
-    fn log_text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A shop with the fixtures' cards (see [`shop_cards`]).
+pub fn shop(readers: usize, extra: &str) -> Shop {
+    Shop::build(None, readers, extra, &shop_cards())
 }
 
 async fn reader(shop: &Shop, i: usize, serial: &str) -> SimReader {
@@ -243,7 +104,7 @@ fn uses_left(m: &redeemd::simulator::Menu, index: u8) -> Option<u16> {
 
 #[tokio::test(flavor = "current_thread")]
 async fn menu_redeem_and_receipt_for_a_card_with_two_packages() {
-    let shop = Shop::new(1, "");
+    let shop = shop(1, "");
     let daemon = Daemon::start(&shop);
     let mut r = reader(&shop, 0, "R-A").await;
 
@@ -292,7 +153,7 @@ async fn menu_redeem_and_receipt_for_a_card_with_two_packages() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn lost_exhausted_and_expired_cards_are_declined_with_the_reason() {
-    let shop = Shop::new(1, "");
+    let shop = shop(1, "");
     let _daemon = Daemon::start(&shop);
     let mut r = reader(&shop, 0, "R-B").await;
 
@@ -340,7 +201,7 @@ async fn declined_again(r: &mut SimReader) -> Wire {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_named_card_asks_for_identity() {
-    let shop = Shop::new(1, "");
+    let shop = shop(1, "");
     let _daemon = Daemon::start(&shop);
     let mut r = reader(&shop, 0, "R-C").await;
 
@@ -361,7 +222,7 @@ async fn a_named_card_asks_for_identity() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_repeated_redeem_and_a_reboot_get_the_stored_answer_and_deduct_once() {
-    let shop = Shop::new(1, "");
+    let shop = shop(1, "");
     let _daemon = Daemon::start(&shop);
     let mut r = reader(&shop, 0, "R-D").await;
 
@@ -390,7 +251,7 @@ async fn a_repeated_redeem_and_a_reboot_get_the_stored_answer_and_deduct_once() 
 
 #[tokio::test(flavor = "current_thread")]
 async fn void_within_the_window_restores_uses_and_after_it_is_refused() {
-    let shop = Shop::new(1, "[void]\nwindow_secs = 3\n");
+    let shop = shop(1, "[void]\nwindow_secs = 3\n");
     let _daemon = Daemon::start(&shop);
     let mut r = reader(&shop, 0, "R-E").await;
 
@@ -429,7 +290,7 @@ async fn void_within_the_window_restores_uses_and_after_it_is_refused() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn noise_mid_frame_and_an_unplugged_cable_are_survived() {
-    let shop = Shop::new(1, "");
+    let shop = shop(1, "");
     let daemon = Daemon::start(&shop);
     let mut r = reader(&shop, 0, "R-F").await;
 
@@ -451,7 +312,7 @@ async fn noise_mid_frame_and_an_unplugged_cable_are_survived() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn two_readers_racing_for_the_last_use_get_one_approval() {
-    let shop = Shop::new(2, "");
+    let shop = shop(2, "");
     let _daemon = Daemon::start(&shop);
     let mut a = reader(&shop, 0, "R-G1").await;
     let mut b = reader(&shop, 1, "R-G2").await;
@@ -488,7 +349,7 @@ pub fn run_to_exit(shop: &Shop, args: &[&str]) -> (i32, String) {
 
 #[test]
 fn a_bad_config_exits_64_naming_the_key() {
-    let shop = Shop::new(1, "");
+    let shop = shop(1, "");
     let text = std::fs::read_to_string(&shop.config).unwrap();
     std::fs::write(&shop.config, text.replace("baud = 115200", "baud = 115201")).unwrap();
     let (code, err) = run_to_exit(&shop, &["run"]);
@@ -508,7 +369,7 @@ fn a_bad_config_exits_64_naming_the_key() {
 
 #[test]
 fn a_loose_key_file_is_refused_with_the_fix() {
-    let shop = Shop::new(1, "");
+    let shop = shop(1, "");
     let key = shop.dir.path().join("terminal.key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let (code, err) = run_to_exit(&shop, &["run"]);
@@ -518,7 +379,7 @@ fn a_loose_key_file_is_refused_with_the_fix() {
 
 #[test]
 fn a_missing_port_is_logged_once_and_retried() {
-    let shop = Shop::new(1, "");
+    let shop = shop(1, "");
     let daemon = Daemon::start(&shop);
     daemon.wait_log("cannot open port; retrying", Duration::from_secs(10));
     std::thread::sleep(Duration::from_secs(2));
@@ -532,7 +393,7 @@ fn a_missing_port_is_logged_once_and_retried() {
     // It keeps running (and retrying) rather than exiting.
     let mut d = daemon;
     assert!(d.child.try_wait().unwrap().is_none());
-    let status = redeemd::daemon::status::read(&shop.dir.path().join("state")).unwrap();
+    let status = redeemd::daemon::status::read(&shop.state).unwrap();
     assert_eq!(status.readers["counter-0"].state, "port error");
 }
 
@@ -547,7 +408,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_gb18030_reader_gets_chinese_texts_it_can_show() {
-    let shop = Shop::new(1, "");
+    let shop = shop(1, "");
     let _daemon = Daemon::start(&shop);
     let line = Line::open(&LineSpec::CreatePty, BAUD, Some(&shop.port(0))).unwrap();
     let settings = ReaderSettings {
@@ -577,11 +438,11 @@ async fn a_gb18030_reader_gets_chinese_texts_it_can_show() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_garbage_flood_leaves_memory_flat_and_the_link_usable() {
-    let shop = Shop::new(1, "");
+    let shop = shop(1, "");
     let daemon = Daemon::start(&shop);
     let mut r = reader(&shop, 0, "R-FLOOD").await;
     menu(swipe(&mut r, CARD_TWO_PACKAGES).await);
-    let before = rss_kib(daemon.child.id());
+    let before = rss_kib(daemon.pid());
 
     // 4 MiB of line noise: pseudo-random bytes with frame delimiters sprinkled in.
     let mut rng = support::Rng(0x9E37_79B9_7F4A_7C15);
@@ -596,7 +457,7 @@ async fn a_garbage_flood_leaves_memory_flat_and_the_link_usable() {
     r.wait_link_up(LINK_UP).await.unwrap();
     let m = menu(swipe(&mut r, CARD_TWO_PACKAGES).await);
     assert_eq!(uses_left(&m, 0), Some(10));
-    let after = rss_kib(daemon.child.id());
+    let after = rss_kib(daemon.pid());
     assert!(
         after < before + 2048,
         "RSS grew from {before} KiB to {after} KiB under a garbage flood"
@@ -616,7 +477,7 @@ fn shipped_scenarios_pass_against_the_daemon() {
     files.sort();
     assert!(files.len() >= 3, "{files:?}");
     for file in files {
-        let shop = Shop::new(1, "");
+        let shop = shop(1, "");
         let daemon = Daemon::start(&shop);
         let out = shop
             .redeemd()
@@ -677,7 +538,7 @@ fn notifications(socket: &std::os::unix::net::UnixDatagram, for_: Duration) -> V
 
 #[test]
 fn the_watchdog_is_pinged_while_healthy_and_withheld_when_the_store_hangs() {
-    let shop = Shop::new(0, "");
+    let shop = shop(0, "");
     let socket_path = shop.dir.path().join("notify.sock");
     let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
     let mut child = shop
@@ -727,7 +588,7 @@ fn the_watchdog_is_pinged_while_healthy_and_withheld_when_the_store_hangs() {
 
 #[test]
 fn json_logs_are_one_object_per_line() {
-    let shop = Shop::new(1, "[log]\nformat = \"json\"\n");
+    let shop = shop(1, "[log]\nformat = \"json\"\n");
     let daemon = Daemon::start(&shop);
     daemon.wait_log("cannot open port", Duration::from_secs(10));
     for line in daemon.log.lock().unwrap().iter() {

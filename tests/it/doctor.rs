@@ -6,7 +6,8 @@ use std::os::unix::fs::PermissionsExt;
 use redeemd::simulator::{Line, LineSpec};
 use redeemd_contract::snapshot::{BundleKind, BundleSigner};
 
-use crate::daemon::Shop;
+use crate::daemon::shop;
+use crate::shop::Shop;
 use crate::support::{self, HOUR, MERCHANT, TERMINAL};
 
 /// Runs `redeemd doctor` for the service user `user`; (exit code, stdout).
@@ -28,7 +29,7 @@ fn doctor(shop: &Shop, user: &str) -> (i32, String) {
 
 /// A shop whose reader 0 is a live pty (nobody on the daemon side).
 fn shop_with_reader() -> (Shop, Line) {
-    let shop = Shop::new(1, "");
+    let shop = shop(1, "");
     let line = Line::open(&LineSpec::CreatePty, 115_200, Some(&shop.port(0))).unwrap();
     (shop, line)
 }
@@ -58,7 +59,7 @@ async fn a_healthy_install_passes() {
 
 #[test]
 fn a_missing_port_is_a_problem_with_a_fix() {
-    let shop = Shop::new(1, "");
+    let shop = shop(1, "");
     let (code, out) = doctor(&shop, "root");
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("PROBLEM  reader counter-0"), "{out}");
@@ -68,7 +69,7 @@ fn a_missing_port_is_a_problem_with_a_fix() {
 
 #[test]
 fn a_port_the_service_user_cannot_open_is_named() {
-    let shop = Shop::new(1, "");
+    let shop = shop(1, "");
     // A device node owned by root, mode 600: root can open it, the service user cannot.
     std::fs::write(shop.port(0), b"").unwrap();
     std::fs::set_permissions(shop.port(0), std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -128,7 +129,7 @@ async fn a_clock_years_off_is_caught() {
             .finish(TERMINAL, &[], 0, future, future + 1000 * HOUR)
             .1,
     );
-    let state = shop.dir.path().join("state");
+    let state = shop.state.clone();
     let mut store = redeemd::store::Store::open(&state, keys, support::config()).unwrap();
     store
         .install_bundle(&bundle[..], support::now(future))

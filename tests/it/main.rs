@@ -11,6 +11,7 @@ mod crash;
 mod daemon;
 mod doctor;
 mod migrate;
+mod shop;
 mod snapshot;
 mod store;
 mod support;
