@@ -279,9 +279,7 @@ fn init_logging(config: &Config) {
 }
 
 fn wall_now() -> Now {
-    let wall_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let wall_ms = crate::daemon::store_owner::wall_clock_ms();
     Now {
         wall_ms,
         boot_ms: 0,

@@ -11,6 +11,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::config::{Config, KeySource, ReaderConfig};
+use crate::daemon::store_owner::wall_clock_ms as wall_ms;
 use crate::keys::load_secret_with;
 
 /// How a check came out.
@@ -153,7 +154,7 @@ fn key_check(
 ) -> Option<redeemd_contract::TerminalSecret> {
     // Outside the service, a credential is read from where systemd loads it from.
     let env_dir = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
-    let (source, shown) = match (&config.key, env_dir) {
+    let (source, shown) = match (&config.key, env_dir.as_deref()) {
         (KeySource::Credential(name), None) => {
             let path = options.credential_source_dir.join(name);
             (KeySource::File(path.clone()), path)
@@ -161,12 +162,7 @@ fn key_check(
         (KeySource::Credential(name), Some(dir)) => (config.key.clone(), dir.join(name)),
         (KeySource::File(p), _) => (config.key.clone(), p.clone()),
     };
-    match load_secret_with(
-        &source,
-        std::env::var_os("CREDENTIALS_DIRECTORY")
-            .as_deref()
-            .map(Path::new),
-    ) {
+    match load_secret_with(&source, env_dir.as_deref()) {
         Ok(secret) => {
             findings.push(Finding::ok(
                 "key",
@@ -363,12 +359,6 @@ fn store_checks(
     } else {
         Finding::ok("backlog", format!("{unsynced} journal rows not yet acknowledged by the platform"))
     });
-}
-
-fn wall_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// A local account, from /etc/passwd and /etc/group.

@@ -605,9 +605,7 @@ impl<'a> Link<'a> {
             reader = %self.name(), txn = txn_id, kind, outcome, latency_ms = format_args!("{latency_ms:.1}"),
             "transaction"
         );
-        let at_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0));
+        let at_ms = super::store_owner::wall_clock_ms();
         let kind = kind.to_owned();
         self.ctx.status.reader(self.name(), |s| {
             s.last_transaction = Some(LastTransaction {

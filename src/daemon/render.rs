@@ -7,8 +7,8 @@
 //! [`StoredReply`]: one type byte followed by the message payload.
 
 use firmware_protocol::message::{
-    Approved, CardMenu, Date, DeclineReason as WireReason, Declined as WireDeclined, Display,
-    IdentityCheck, List, MenuEntry, Message, MessageType, Text, TextEncoding, UsesLeft,
+    Approved, CardMenu, Date, DeclineReason as WireReason, Declined as WireDeclined, IdentityCheck,
+    List, MenuEntry, Message, MessageType, Text, TextEncoding, UsesLeft,
 };
 
 use crate::cli::civil_from_days;
@@ -26,7 +26,6 @@ const DECLINE_TEXT_MAX: usize = 128;
 const RECEIPT_LINE_MAX: usize = 64;
 const RECEIPT_LINES_MAX: usize = 48;
 const MENU_ENTRIES_MAX: usize = 32;
-const DISPLAY_MAX: usize = 64;
 
 /// How texts are shown on one reader's link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,15 +144,6 @@ impl Presentation {
             Decision::Redeemed(a) => self.approved_redemption(txn_id, a),
             Decision::Voided(v) => self.approved_void(txn_id, v),
         }
-    }
-
-    /// DISPLAY: a short status line that also restarts the reader's transaction timer.
-    pub fn display(&self, txn_id: u32, text: &str) -> StoredReply {
-        let text = self.encode(text, DISPLAY_MAX);
-        self.emit(&Message::Display(Display {
-            txn_id,
-            text: Text::new(&text),
-        }))
     }
 
     fn approved_redemption(&self, txn_id: u32, a: &Approval) -> StoredReply {

@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use super::store_owner::wall_clock_ms as wall_ms;
+
 pub const STATUS_FILE: &str = "status.json";
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -48,12 +50,6 @@ pub struct LastTransaction {
 pub struct StatusBoard {
     inner: Arc<Mutex<DaemonStatus>>,
     path: PathBuf,
-}
-
-fn wall_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl StatusBoard {

@@ -102,15 +102,21 @@ impl Clock {
     }
 
     pub fn now(&self) -> Now {
-        let wall_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let wall_ms = wall_clock_ms();
         let since_start = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         Now {
             wall_ms,
             boot_ms: self.boot_ms_at_start.saturating_add(since_start),
         }
     }
+}
+
+/// The wall clock in unix milliseconds (0 if it is set before 1970): the one place the daemon and
+/// its tools read it.
+pub fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl Default for Clock {
