@@ -8,12 +8,14 @@
 //! * the canonical byte encoding ([`codec`]) that every MAC covers — never "whatever a serializer printed";
 //! * signed snapshots, deltas and manifests ([`snapshot`]): both the signing side and the verifying side;
 //! * the journal record encoding, HMAC chain and authorization codes ([`journal`]);
+//! * deny-list entries and their MAC ([`deny`]): the fast path for loss reports;
 //! * request signing and its verification for the clearing API ([`request`], `docs/api/README.md`).
 //!
 //! The format is specified for humans in `docs/entitlement-format.md` and `docs/journal.md`.
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod deny;
 pub mod journal;
 pub mod keys;
 pub mod model;
@@ -21,6 +23,7 @@ pub mod request;
 pub mod snapshot;
 
 pub use codec::DecodeError;
+pub use deny::{DenyEntry, DenyStatus};
 pub use journal::{JournalRecord, RecordKind};
 pub use keys::{MacKey, Purpose, TerminalKeys, TerminalSecret};
 pub use model::{Card, CardRef, CardStatus, Holder, Item, MerchantScope, Package};
