@@ -1,5 +1,6 @@
 //! Reference clearing server for redeemd terminals (`docs/api/openapi.yaml`, `docs/api/README.md`).
 //!
+//! * [`clearing`] — merchant and member statements, exceptions (pure, over decoded records).
 //! * [`db`] — SQLite: enrolled terminals, journals stored by (terminal, seq), the exceptions list.
 //! * [`problem`] — `application/problem+json` answers with stable codes.
 //! * this module — the HTTP layer (axum): request authentication with `redeemd_contract::request`, body
@@ -9,6 +10,7 @@
 //! the admin commands other than `enroll`, clearing statements and exceptions reports.
 #![forbid(unsafe_code)]
 
+pub mod clearing;
 pub mod close;
 pub mod db;
 pub mod problem;
