@@ -1,24 +1,32 @@
-//! The server's SQLite database: enrolled terminals, their journals, the exceptions list.
+//! The server's SQLite database: enrolled terminals, their journals, the exceptions list, and (schema
+//! version 2) merchants, cards, packages, the card-reference index, deny lists and request nonces.
 //!
 //! Synchronous code on one connection; the HTTP layer runs it on a blocking thread. Every accepted batch
-//! is committed (WAL, `synchronous=FULL`) before its acknowledgement is built.
+//! is committed (WAL, `synchronous=FULL`) before its acknowledgement is built. The card model and its
+//! admin operations live in [`crate::cards`]; this module owns the schema and the journal.
+//!
+//! Schema versions (`PRAGMA user_version`), applied in order by [`open`], existing data kept:
+//! 1. terminals, journal, batch closes, exceptions;
+//! 2. merchants, cards, packages and items, the entitlement version counter, the
+//!    `(terminal, card_ref) → card` index, scope history, deny lists, persistent nonces, and
+//!    `journal.card_id` (the platform card a record was mapped to).
 
 use std::path::Path;
 
-use redeemd_contract::JournalRecord;
 use redeemd_contract::journal::genesis_mac;
 use redeemd_contract::keys::{TAG_LEN, Tag, TerminalKeys, TerminalSecret, tags_equal};
+use redeemd_contract::{JournalRecord, RecordKind};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use thiserror::Error;
 
 use crate::problem::Problem;
 
 /// Schema version in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 /// Longest canonical record accepted (`docs/api/README.md`, "Size limits").
 pub const MAX_RECORD_BYTES: usize = 8192;
 
-const SCHEMA: &str = "
+const SCHEMA_V1: &str = "
 CREATE TABLE terminal (
     id           TEXT PRIMARY KEY,
     merchant_id  TEXT NOT NULL,
@@ -51,11 +59,107 @@ CREATE TABLE exception (
 );
 ";
 
+/// Version 2: the card model (`crate::cards`, `clearing-server/README.md` "Tables").
+const SCHEMA_V2: &str = "
+CREATE TABLE merchant (
+    id                 TEXT PRIMARY KEY,
+    name               TEXT NOT NULL,
+    commission_bps     INTEGER NOT NULL CHECK (commission_bps BETWEEN 0 AND 10000),
+    categories         TEXT NOT NULL DEFAULT '[]',  -- JSON array of category names, sorted, unique
+    full_from_version  INTEGER NOT NULL DEFAULT 0,  -- a delta from below this is answered with a full snapshot
+    deny_version       INTEGER NOT NULL DEFAULT 0   -- the merchant's deny-list head
+);
+INSERT OR IGNORE INTO merchant (id, name, commission_bps)
+    SELECT DISTINCT merchant_id, merchant_id, 0 FROM terminal;
+-- One monotone counter for every entitlement change (docs: clearing-server/README.md, Versions).
+CREATE TABLE version_counter (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    version    INTEGER NOT NULL,
+    bumped_ms  INTEGER NOT NULL
+);
+INSERT INTO version_counter (id, version, bumped_ms) VALUES (1, 0, 0);
+CREATE TABLE card (
+    id             INTEGER PRIMARY KEY,           -- the platform card id
+    number         TEXT NOT NULL UNIQUE,          -- full digits: never logged or printed (masked 6/4)
+    status         INTEGER NOT NULL CHECK (status BETWEEN 1 AND 4),  -- CardStatus: 1 active 2 lost 3 frozen 4 cancelled
+    holder_name    TEXT,                          -- named cards; shown masked
+    identity_data  TEXT,                          -- e.g. phone last four; verifiers are computed per terminal
+    reissued_to    INTEGER REFERENCES card(id),
+    created_ms     INTEGER NOT NULL,
+    version        INTEGER NOT NULL,              -- entitlement version of the card's last change
+    body           BLOB NOT NULL                  -- derived: canonical Card body with uses_left, usage_through_seq 0, no verifier
+);
+CREATE INDEX card_by_version ON card(version);
+CREATE TABLE package (
+    card_id            INTEGER NOT NULL REFERENCES card(id),
+    id                 TEXT NOT NULL,
+    position           INTEGER NOT NULL,          -- order in the card body (entry index on the reader)
+    title              TEXT NOT NULL,
+    valid_from_ms      INTEGER NOT NULL,          -- inclusive
+    valid_until_ms     INTEGER NOT NULL,          -- exclusive
+    scope_kind         INTEGER NOT NULL CHECK (scope_kind BETWEEN 0 AND 2),  -- 0 all, 1 merchants, 2 categories
+    scope_list         TEXT NOT NULL,             -- JSON array of merchant ids or categories
+    daily_cap          INTEGER,
+    identity_required  INTEGER NOT NULL,
+    customized_ms      INTEGER NOT NULL,
+    PRIMARY KEY (card_id, id)
+) WITHOUT ROWID;
+CREATE TABLE package_item (
+    card_id       INTEGER NOT NULL,
+    package_id    TEXT NOT NULL,
+    service_code  TEXT NOT NULL,
+    position      INTEGER NOT NULL,
+    title         TEXT NOT NULL,
+    uses_total    INTEGER NOT NULL CHECK (uses_total >= 0),
+    price_fen     INTEGER NOT NULL CHECK (price_fen >= 0),
+    used          INTEGER NOT NULL DEFAULT 0,     -- redeemed minus voided, every terminal (maintained by uploads)
+    PRIMARY KEY (card_id, package_id, service_code),
+    FOREIGN KEY (card_id, package_id) REFERENCES package(card_id, id)
+) WITHOUT ROWID;
+-- The card references computed for each terminal: card_ref = HMAC(terminal's card-token key, number).
+CREATE TABLE card_ref (
+    terminal_id  TEXT NOT NULL REFERENCES terminal(id),
+    card_ref     BLOB NOT NULL,
+    card_id      INTEGER NOT NULL REFERENCES card(id),
+    PRIMARY KEY (terminal_id, card_ref)
+) WITHOUT ROWID;
+CREATE INDEX card_ref_by_card ON card_ref(terminal_id, card_id);
+ALTER TABLE terminal ADD COLUMN card_refs_through INTEGER NOT NULL DEFAULT 0;  -- card ids indexed so far
+-- The union of a card's package scopes before a change of them, to know what a terminal had.
+CREATE TABLE scope_change (
+    card_id        INTEGER NOT NULL REFERENCES card(id),
+    version        INTEGER NOT NULL,
+    scopes_before  TEXT NOT NULL,
+    PRIMARY KEY (card_id, version)
+) WITHOUT ROWID;
+CREATE TABLE deny_entry (
+    merchant_id     TEXT NOT NULL REFERENCES merchant(id),
+    version         INTEGER NOT NULL,             -- per merchant, from 1
+    card_id         INTEGER NOT NULL REFERENCES card(id),
+    status          INTEGER NOT NULL CHECK (status BETWEEN 2 AND 4),
+    entry_version   INTEGER NOT NULL,
+    reported_at_ms  INTEGER NOT NULL,
+    PRIMARY KEY (merchant_id, version)
+) WITHOUT ROWID;
+CREATE TABLE nonce (
+    terminal_id      TEXT NOT NULL,
+    nonce            TEXT NOT NULL,
+    forget_after_ms  INTEGER NOT NULL,
+    PRIMARY KEY (terminal_id, nonce)
+) WITHOUT ROWID;
+CREATE INDEX nonce_by_time ON nonce(forget_after_ms);
+ALTER TABLE journal ADD COLUMN card_id INTEGER;  -- the platform card of the record's card_ref (NULL: unknown)
+CREATE INDEX journal_by_card ON journal(card_id) WHERE card_id IS NOT NULL;
+";
+
+/// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+
 #[derive(Debug, Error)]
 pub enum DbError {
     #[error("database: {0}")]
     Sql(#[from] rusqlite::Error),
-    #[error("database schema version {found} is not {SCHEMA_VERSION}")]
+    #[error("database schema version {found} is newer than this server's {SCHEMA_VERSION}")]
     Version { found: i64 },
     #[error("terminal {0} is already enrolled")]
     AlreadyEnrolled(String),
@@ -71,19 +175,20 @@ pub fn open(path: &Path) -> Result<Connection, DbError> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    match version {
-        0 => {
-            tx.execute_batch(SCHEMA)?;
-            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-        }
-        SCHEMA_VERSION => {}
-        found => return Err(DbError::Version { found }),
+    let from = usize::try_from(version)
+        .ok()
+        .filter(|v| *v <= MIGRATIONS.len())
+        .ok_or(DbError::Version { found: version })?;
+    for step in &MIGRATIONS[from..] {
+        tx.execute_batch(step)?;
     }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(conn)
 }
 
-/// Enrolls a terminal for a merchant with a fresh secret.
+/// Enrolls a terminal for a merchant with a fresh secret. An unknown merchant is created with defaults
+/// (name = id, no commission, no categories); `admin merchant` sets them.
 pub fn enroll(
     conn: &Connection,
     terminal_id: &str,
@@ -91,6 +196,7 @@ pub fn enroll(
     secret: &[u8],
     now_ms: i64,
 ) -> Result<(), DbError> {
+    crate::cards::ensure_merchant(conn, merchant_id)?;
     let n = conn.execute(
         "INSERT OR IGNORE INTO terminal (id, merchant_id, secret, enrolled_ms) VALUES (?1, ?2, ?3, ?4)",
         params![terminal_id, merchant_id, secret, now_ms],
@@ -246,10 +352,11 @@ fn store_batch_tx(
             .ok_or_else(|| Problem::internal(format!("seq {} missing", from_seq - 1)))?
     };
     let (mut new, mut duplicates) = (0u64, 0u64);
+    let mut usage = Usage::default();
     {
         let mut insert = tx
             .prepare_cached(
-                "INSERT INTO journal (terminal_id, seq, record, mac, received_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO journal (terminal_id, seq, record, mac, received_ms, card_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )
             .map_err(sql)?;
         for r in records {
@@ -305,19 +412,22 @@ fn store_batch_tx(
                     format!("prev_mac does not equal the MAC of seq {}", r.seq - 1),
                 ));
             }
+            let card_id = usage.apply(&tx, keys, &rec, now_ms)?;
             insert
                 .execute(params![
                     terminal_id,
                     r.seq as i64,
                     r.record,
                     r.mac.as_slice(),
-                    now_ms
+                    now_ms,
+                    card_id
                 ])
                 .map_err(sql)?;
             new += 1;
             prev = r.mac;
         }
     }
+    usage.finish(&tx, now_ms)?;
     tx.commit().map_err(sql)?;
     let last = records
         .last()
@@ -328,6 +438,104 @@ fn store_batch_tx(
         stored: new,
         duplicates,
     })
+}
+
+/// What a batch's new records do to the platform's cards: each record is mapped to its card through the
+/// `(terminal, card_ref)` index, its quantity counted on the card's item (a void subtracts), and every
+/// touched card gets one new entitlement version at the end of the batch, so that every shop learns
+/// of the usage in its next delta. A record that cannot be mapped is stored all the same (a verified
+/// record is never refused) and noted in the exceptions list.
+#[derive(Default)]
+struct Usage {
+    touched: std::collections::BTreeSet<i64>,
+    /// The index was brought up to date during this batch: a miss now is a truly unknown card.
+    index_filled: bool,
+}
+
+impl Usage {
+    fn apply(
+        &mut self,
+        tx: &Connection,
+        keys: &TerminalKeys,
+        rec: &JournalRecord,
+        now_ms: i64,
+    ) -> Result<Option<i64>, Problem> {
+        let card_err = |e: crate::cards::CardError| Problem::internal(e.to_string());
+        let delta = match rec.kind {
+            RecordKind::Redeem => i64::from(rec.quantity),
+            RecordKind::Void => -i64::from(rec.quantity),
+            // A close is about the terminal's day, not a card.
+            RecordKind::BatchClose => return Ok(None),
+        };
+        let mut card =
+            crate::cards::card_for_ref(tx, &keys.terminal_id, &rec.card_ref).map_err(sql)?;
+        if card.is_none() && !self.index_filled {
+            crate::cards::fill_card_refs(tx, keys, usize::MAX).map_err(card_err)?;
+            self.index_filled = true;
+            card = crate::cards::card_for_ref(tx, &keys.terminal_id, &rec.card_ref).map_err(sql)?;
+        }
+        let Some(card_id) = card else {
+            note_exception(
+                tx,
+                &keys.terminal_id,
+                rec.seq,
+                "unknown_card",
+                &format!(
+                    "journal seq {}: card {} is not a card of the platform for this terminal",
+                    rec.seq,
+                    rec.card_ref.to_hex()
+                ),
+                now_ms,
+            )?;
+            return Ok(None);
+        };
+        if !crate::cards::add_usage(tx, card_id, &rec.package_id, &rec.service_code, delta)
+            .map_err(sql)?
+        {
+            note_exception(
+                tx,
+                &keys.terminal_id,
+                rec.seq,
+                "unknown_entitlement",
+                &format!(
+                    "journal seq {}: card #{card_id} has no item {}/{}",
+                    rec.seq, rec.package_id, rec.service_code
+                ),
+                now_ms,
+            )?;
+            return Ok(Some(card_id));
+        }
+        self.touched.insert(card_id);
+        Ok(Some(card_id))
+    }
+
+    fn finish(self, tx: &Connection, now_ms: i64) -> Result<(), Problem> {
+        if self.touched.is_empty() {
+            return Ok(());
+        }
+        let version = crate::cards::bump_version(tx, now_ms).map_err(sql)?;
+        for card in self.touched {
+            crate::cards::refresh(tx, card, version)
+                .map_err(|e| Problem::internal(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+fn note_exception(
+    conn: &Connection,
+    terminal_id: &str,
+    seq: u64,
+    code: &str,
+    detail: &str,
+    now_ms: i64,
+) -> Result<(), Problem> {
+    conn.prepare_cached(
+        "INSERT INTO exception (terminal_id, seq, code, detail, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )
+    .and_then(|mut s| s.execute(params![terminal_id, seq as i64, code, detail, now_ms]))
+    .map_err(sql)?;
+    Ok(())
 }
 
 fn stored(
@@ -454,4 +662,51 @@ pub fn batch_close(
     .map_err(sql)?;
     tx.commit().map_err(sql)?;
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_version_1_database_is_migrated_with_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.sqlite3");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA_V1).unwrap();
+            c.execute(
+                "INSERT INTO terminal (id, merchant_id, secret, enrolled_ms) VALUES ('T-1', 'M-9', ?1, 1)",
+                [&[7u8; 32][..]],
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO journal (terminal_id, seq, record, mac, received_ms) VALUES ('T-1', 1, x'00', x'01', 2)",
+                [],
+            )
+            .unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+        }
+        let c = open(&path).unwrap();
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        assert_eq!(head(&c, "T-1").unwrap().0, 1);
+        let card: Option<i64> = c
+            .query_row("SELECT card_id FROM journal", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(card, None);
+        let m = crate::cards::merchant(&c, "M-9").unwrap().unwrap();
+        assert_eq!((m.name.as_str(), m.commission_bps), ("M-9", 0));
+        assert!(terminal(&c, "T-1").unwrap().is_some());
+        drop(c);
+        // Opening again is a no-op; a newer schema is refused by name.
+        drop(open(&path).unwrap());
+        let c = Connection::open(&path).unwrap();
+        c.pragma_update(None, "user_version", 9).unwrap();
+        drop(c);
+        assert!(matches!(open(&path), Err(DbError::Version { found: 9 })));
+    }
 }

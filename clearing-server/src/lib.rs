@@ -10,6 +10,7 @@
 //! the admin commands other than `enroll`, clearing statements and exceptions reports.
 #![forbid(unsafe_code)]
 
+pub mod cards;
 pub mod clearing;
 pub mod close;
 pub mod db;

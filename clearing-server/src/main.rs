@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use clearing_server::cards::{self, CardError, StatusAction};
+use redeemd_contract::model::{CardNumber, MerchantScope};
 
 #[derive(Parser)]
 #[command(version, about = "Reference clearing server for redeemd terminals")]
@@ -54,6 +56,101 @@ enum Admin {
         #[arg(long)]
         terminal: String,
     },
+    /// Create or update a merchant (a changed category list sends its terminals a full snapshot).
+    Merchant {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        name: String,
+        /// The platform's commission in basis points (500 = 5 %).
+        #[arg(long)]
+        commission_bps: u32,
+        /// A merchant category (repeat for several), for packages scoped by category.
+        #[arg(long = "category")]
+        categories: Vec<String>,
+    },
+    /// Member cards: issue, customize packages, report lost, unlock, freeze, reissue, show.
+    Card {
+        #[command(subcommand)]
+        command: CardCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CardCommand {
+    /// Issue a card: anonymous, or named with --holder (and --identity, e.g. phone last four).
+    Create {
+        /// Card number, 12-19 digits (spaces and dashes allowed). Stored; printed masked only.
+        #[arg(long)]
+        number: String,
+        /// Holder's name (a named card); shown masked, e.g. 张*.
+        #[arg(long)]
+        holder: Option<String>,
+        /// Identity data the member types at the counter (e.g. phone last four). Needs --holder.
+        #[arg(long, requires = "holder")]
+        identity: Option<String>,
+    },
+    /// Customize a package onto a card (or redefine the package of the same id; usage is kept).
+    Customize {
+        #[arg(long)]
+        number: String,
+        /// Package id, e.g. P1.
+        #[arg(long)]
+        package: String,
+        /// Package title, e.g. 洗车套餐.
+        #[arg(long)]
+        title: String,
+        /// Start of validity: YYYY-MM-DD (China Standard Time) or RFC 3339.
+        #[arg(long)]
+        valid_from: String,
+        /// End of validity: YYYY-MM-DD (that day included) or RFC 3339 (exclusive).
+        #[arg(long)]
+        valid_until: String,
+        /// Only at these merchants (repeat). Default: every merchant.
+        #[arg(long = "scope-merchant", conflicts_with = "scope_categories")]
+        scope_merchants: Vec<String>,
+        /// Only at merchants of these categories (repeat).
+        #[arg(long = "scope-category")]
+        scope_categories: Vec<String>,
+        /// Uses of all items of the package together per business day and terminal.
+        #[arg(long)]
+        daily_cap: Option<u32>,
+        /// Ask for the holder's identity data before redeeming (named cards only).
+        #[arg(long)]
+        identity_required: bool,
+        /// An item CODE:TITLE:USES:PRICE_FEN, e.g. WASH:精洗:10:3500 (repeat; at least one).
+        #[arg(long = "item", required = true)]
+        items: Vec<String>,
+    },
+    /// Report a card lost (挂失): refused everywhere, on the deny list of every merchant that sees it.
+    Lost {
+        #[arg(long)]
+        number: String,
+    },
+    /// Allow a lost or frozen card again (解挂).
+    Unlock {
+        #[arg(long)]
+        number: String,
+    },
+    /// Freeze a card (platform decision): refused everywhere until unlocked.
+    Freeze {
+        #[arg(long)]
+        number: String,
+    },
+    /// Reissue (补卡): a new card gets what is left; the old one is cancelled.
+    Reissue {
+        /// The old card's number.
+        #[arg(long)]
+        from: String,
+        /// The new card's number (must not exist yet).
+        #[arg(long)]
+        to: String,
+    },
+    /// Print a card: status, holder (masked), packages and uses left.
+    Show {
+        #[arg(long)]
+        number: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -92,6 +189,22 @@ fn run(cli: Cli) -> Result<(), String> {
             })
         }
         Command::Admin {
+            command:
+                Admin::Merchant {
+                    id,
+                    name,
+                    commission_bps,
+                    categories,
+                },
+        } => in_transaction(conn, |tx| {
+            cards::upsert_merchant(tx, &id, &name, commission_bps, &categories, now())?;
+            eprintln!("merchant {id} saved");
+            Ok(())
+        }),
+        Command::Admin {
+            command: Admin::Card { command },
+        } => card_command(conn, command),
+        Command::Admin {
             command: Admin::Disable { terminal },
         } => set_enabled(&conn, &terminal, false),
         Command::Admin {
@@ -127,6 +240,120 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+fn now() -> i64 {
+    (clearing_server::system_clock())()
+}
+
+/// Runs `f` in one immediate transaction, committed only if it succeeds.
+fn in_transaction(
+    mut conn: rusqlite::Connection,
+    f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<(), CardError>,
+) -> Result<(), String> {
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(|e| e.to_string())?;
+    f(&tx).map_err(|e| e.to_string())?;
+    tx.commit().map_err(|e| e.to_string())
+}
+
+fn number(flag: &str, raw: &str) -> Result<CardNumber, CardError> {
+    // The input is not echoed: it may be a real card number with a typo.
+    CardNumber::parse(raw).map_err(|e| CardError::Invalid(format!("{flag}: {e}")))
+}
+
+fn card_command(conn: rusqlite::Connection, command: CardCommand) -> Result<(), String> {
+    match command {
+        CardCommand::Create {
+            number: raw,
+            holder,
+            identity,
+        } => in_transaction(conn, |tx| {
+            let n = number("--number", &raw)?;
+            let new = cards::NewCard {
+                number: n.clone(),
+                holder_name: holder,
+                identity_data: identity,
+            };
+            let id = cards::create_card(tx, &new, now())?;
+            eprintln!("card {} issued (#{id})", n.masked());
+            Ok(())
+        }),
+        CardCommand::Customize {
+            number: raw,
+            package,
+            title,
+            valid_from,
+            valid_until,
+            scope_merchants,
+            scope_categories,
+            daily_cap,
+            identity_required,
+            items,
+        } => in_transaction(conn, |tx| {
+            let n = number("--number", &raw)?;
+            let scope = if !scope_merchants.is_empty() {
+                MerchantScope::Merchants(scope_merchants)
+            } else if !scope_categories.is_empty() {
+                MerchantScope::Categories(scope_categories)
+            } else {
+                MerchantScope::All
+            };
+            let spec = cards::PackageSpec {
+                id: package,
+                title,
+                valid_from_ms: cards::parse_time("--valid-from", &valid_from, false)?,
+                valid_until_ms: cards::parse_time("--valid-until", &valid_until, true)?,
+                scope,
+                daily_cap,
+                identity_required,
+                items: items
+                    .iter()
+                    .map(|i| cards::ItemSpec::parse(i))
+                    .collect::<Result<_, _>>()?,
+            };
+            let v = cards::customize(tx, &n, &spec, now())?;
+            eprintln!(
+                "card {}: package {} saved (version {v})",
+                n.masked(),
+                spec.id
+            );
+            Ok(())
+        }),
+        CardCommand::Lost { number: raw } => status(conn, &raw, StatusAction::ReportLost),
+        CardCommand::Unlock { number: raw } => status(conn, &raw, StatusAction::Unlock),
+        CardCommand::Freeze { number: raw } => status(conn, &raw, StatusAction::Freeze),
+        CardCommand::Reissue { from, to } => in_transaction(conn, |tx| {
+            let (f, t) = (number("--from", &from)?, number("--to", &to)?);
+            cards::reissue(tx, &f, &t, now())?;
+            eprintln!(
+                "card {} reissued as {}; the old card is cancelled",
+                f.masked(),
+                t.masked()
+            );
+            Ok(())
+        }),
+        CardCommand::Show { number: raw } => {
+            let n = number("--number", &raw).map_err(|e| e.to_string())?;
+            print!("{}", cards::show(&conn, &n).map_err(|e| e.to_string())?);
+            Ok(())
+        }
+    }
+}
+
+fn status(conn: rusqlite::Connection, raw: &str, action: StatusAction) -> Result<(), String> {
+    in_transaction(conn, |tx| {
+        let n = number("--number", raw)?;
+        let v = cards::set_status(tx, &n, action, now())?;
+        let row = cards::card_by_number(tx, &n)?;
+        eprintln!(
+            "card {} is {} (version {v})",
+            n.masked(),
+            cards::status_name(row.status)
+        );
+        Ok(())
+    })
 }
 
 fn set_enabled(conn: &rusqlite::Connection, terminal: &str, enabled: bool) -> Result<(), String> {

@@ -235,3 +235,263 @@ fn kill_9_during_an_upload_loses_nothing_and_stores_nothing_twice() {
         .unwrap();
     assert_eq!((n, min, max as u64), (acked as i64, 1, acked));
 }
+
+/// Runs `clearing-server --db DB admin ARGS…`.
+fn admin(db: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(["--db", db.to_str().unwrap(), "admin"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Succeeds, or fails the test with the command's stderr. Returns stdout.
+fn ok(db: &Path, args: &[&str]) -> String {
+    let out = admin(db, args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Fails with a message containing `needle`. Returns stderr.
+fn refused(db: &Path, args: &[&str], needle: &str) -> String {
+    let out = admin(db, args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert!(err.contains(needle), "{args:?}: {err:?} lacks {needle:?}");
+    err
+}
+
+const CARD_A: &str = "6228 4800 1234 5678";
+const CARD_A_DIGITS: &str = "6228480012345678";
+const CARD_B: &str = "6228480099990001";
+
+#[test]
+fn card_lifecycle_through_the_admin_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.sqlite3");
+    let key = dir.path().join("T-1.key");
+    // Enrolling for an unknown merchant creates it with defaults.
+    assert!(enroll(&db, &key).status.success());
+    ok(
+        &db,
+        &[
+            "merchant",
+            "--id",
+            "M-1",
+            "--name",
+            "城东洗车",
+            "--commission-bps",
+            "500",
+            "--category",
+            "car-wash",
+        ],
+    );
+    refused(
+        &db,
+        &[
+            "merchant",
+            "--id",
+            "M-2",
+            "--name",
+            "x",
+            "--commission-bps",
+            "20000",
+        ],
+        "--commission-bps 20000",
+    );
+
+    ok(
+        &db,
+        &[
+            "card",
+            "create",
+            "--number",
+            CARD_A,
+            "--holder",
+            "张三",
+            "--identity",
+            "1234",
+        ],
+    );
+    let err = refused(
+        &db,
+        &["card", "create", "--number", CARD_A],
+        "already exists",
+    );
+    assert!(
+        err.contains("622848******5678") && !err.contains(CARD_A_DIGITS),
+        "{err}"
+    );
+    refused(
+        &db,
+        &["card", "create", "--number", "12345"],
+        "--number: card number has 5 digits",
+    );
+    refused(
+        &db,
+        &["card", "create", "--number", CARD_B, "--identity", "1"],
+        "--holder",
+    );
+    refused(
+        &db,
+        &["card", "show", "--number", CARD_B],
+        "622848******0001 does not exist",
+    );
+
+    let customize = |extra: &[&str]| {
+        let mut args = vec![
+            "card",
+            "customize",
+            "--number",
+            CARD_A,
+            "--package",
+            "P1",
+            "--title",
+            "洗车套餐",
+            "--valid-from",
+            "2026-01-01",
+            "--valid-until",
+            "2027-12-31",
+            "--scope-category",
+            "car-wash",
+            "--daily-cap",
+            "2",
+            "--identity-required",
+        ];
+        args.extend_from_slice(extra);
+        admin(&db, &args)
+    };
+    let out = customize(&[
+        "--item",
+        "WASH:精洗:10:3500",
+        "--item",
+        "OIL:换机油:3:12000",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = customize(&["--item", "WASH:精洗:ten:3500"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--item \"WASH:精洗:ten:3500\""));
+
+    let shown = ok(&db, &["card", "show", "--number", CARD_A]);
+    for want in [
+        "622848******5678",
+        "status    active",
+        "张* (identity data on file)",
+        "package   P1 洗车套餐  valid 2026-01-01T00:00:00+08:00 .. 2028-01-01T00:00:00+08:00  categories car-wash  daily cap 2  identity required",
+        "WASH 精洗  10 left of 10  (3500 fen per use)",
+        "OIL 换机油  3 left of 3",
+    ] {
+        assert!(shown.contains(want), "{want:?} not in\n{shown}");
+    }
+    assert!(
+        !shown.contains(CARD_A_DIGITS) && !shown.contains("张三"),
+        "{shown}"
+    );
+
+    // Status changes, and the refused ones name the state.
+    ok(&db, &["card", "lost", "--number", CARD_A]);
+    assert!(ok(&db, &["card", "show", "--number", CARD_A]).contains("status    lost"));
+    refused(
+        &db,
+        &["card", "lost", "--number", CARD_A],
+        "is lost: report lost is not possible",
+    );
+    ok(&db, &["card", "unlock", "--number", CARD_A]);
+    refused(
+        &db,
+        &["card", "unlock", "--number", CARD_A],
+        "is active: unlock is not possible",
+    );
+    ok(&db, &["card", "freeze", "--number", CARD_A]);
+    assert!(ok(&db, &["card", "show", "--number", CARD_A]).contains("status    frozen"));
+    ok(&db, &["card", "unlock", "--number", CARD_A]);
+
+    // Three washes redeemed at T-1 (uploaded to the real server), then a reissue moves what is left.
+    let keys = TerminalSecret::from_hex_text(&std::fs::read_to_string(&key).unwrap())
+        .unwrap()
+        .derive_all("T-1");
+    let card_ref = redeemd_contract::model::CardNumber::parse(CARD_A)
+        .unwrap()
+        .card_ref(&keys.card_token);
+    {
+        let server = serve(&db);
+        let recs = common::lines(
+            &keys,
+            None,
+            &[common::Line::redeem(card_ref, "P1", "WASH", 3)],
+        );
+        let (st, v) = runtime()
+            .block_on(send(
+                &server.addr,
+                &keys,
+                "POST",
+                JOURNAL,
+                common::upload_body(1, &recs),
+            ))
+            .unwrap();
+        assert_eq!(st, 200, "{v}");
+    }
+    assert!(ok(&db, &["card", "show", "--number", CARD_A]).contains("WASH 精洗  7 left of 10"));
+    ok(&db, &["card", "reissue", "--from", CARD_A, "--to", CARD_B]);
+    let old = ok(&db, &["card", "show", "--number", CARD_A]);
+    assert!(
+        old.contains("status    cancelled") && old.contains("reissued  to 622848******0001"),
+        "{old}"
+    );
+    let new = ok(&db, &["card", "show", "--number", CARD_B]);
+    for want in [
+        "status    active",
+        "张* (identity data on file)",
+        "WASH 精洗  7 left of 7",
+        "OIL 换机油  3 left of 3",
+    ] {
+        assert!(new.contains(want), "{want:?} not in\n{new}");
+    }
+    refused(
+        &db,
+        &[
+            "card",
+            "reissue",
+            "--from",
+            CARD_A,
+            "--to",
+            "6228480099990002",
+        ],
+        "is cancelled",
+    );
+    refused(&db, &["card", "lost", "--number", CARD_A], "is cancelled");
+
+    // The deny list of the merchant that sees the card: lost, frozen, cancelled, in that order, each
+    // with the card's version at the change.
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let deny: Vec<(i64, i64, i64)> = c
+        .prepare("SELECT version, status, entry_version FROM deny_entry WHERE merchant_id = 'M-1' ORDER BY version")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        deny.iter().map(|d| (d.0, d.1)).collect::<Vec<_>>(),
+        [(1, 2), (2, 3), (3, 4)]
+    );
+    assert!(deny.windows(2).all(|w| w[0].2 < w[1].2));
+    // The full number is stored (the platform issues cards) but never printed.
+    let stored: String = c
+        .query_row("SELECT number FROM card WHERE id = 1", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored, CARD_A_DIGITS);
+    let help = Command::new(BIN)
+        .args(["admin", "card", "customize", "--help"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("CODE:TITLE:USES:PRICE_FEN"));
+}

@@ -59,6 +59,12 @@ impl CardNumber {
         Ok(Self(digits))
     }
 
+    /// The digits alone (spaces and dashes removed). For the platform, which issues and stores card
+    /// numbers; the terminal never stores or logs them.
+    pub fn digits(&self) -> &str {
+        &self.0
+    }
+
     /// First six and last four digits, the rest as `*` (PCI-style display).
     pub fn masked(&self) -> String {
         let d = &self.0;

@@ -15,19 +15,62 @@ pub fn upload_body(from_seq: u64, recs: &[(JournalRecord, Tag)]) -> Vec<u8> {
 }
 
 pub fn record(keys: &TerminalKeys, seq: u64, prev_mac: Tag, quantity: u32) -> JournalRecord {
+    line(
+        keys,
+        seq,
+        prev_mac,
+        &Line::redeem(CardRef([3; 32]), "P1", "WASH", quantity),
+    )
+}
+
+/// What one journal line does to a card.
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub kind: RecordKind,
+    pub card_ref: CardRef,
+    pub package_id: String,
+    pub service_code: String,
+    pub quantity: u32,
+    /// For a void: the seq it voids.
+    pub original_seq: u64,
+}
+
+impl Line {
+    pub fn redeem(card_ref: CardRef, package: &str, code: &str, quantity: u32) -> Self {
+        Self {
+            kind: RecordKind::Redeem,
+            card_ref,
+            package_id: package.into(),
+            service_code: code.into(),
+            quantity,
+            original_seq: 0,
+        }
+    }
+    pub fn void(of: &Line, original_seq: u64) -> Self {
+        Self {
+            kind: RecordKind::Void,
+            original_seq,
+            ..of.clone()
+        }
+    }
+}
+
+/// A record of `l` at `seq`, chained to `prev_mac`.
+pub fn line(keys: &TerminalKeys, seq: u64, prev_mac: Tag, l: &Line) -> JournalRecord {
+    let quantity = l.quantity;
     JournalRecord {
         terminal_id: keys.terminal_id.clone(),
         seq,
-        kind: RecordKind::Redeem,
+        kind: l.kind,
         auth_code: auth_code(&keys.journal, &keys.terminal_id, seq),
         merchant_id: "M-1".into(),
-        card_ref: CardRef([3; 32]),
-        package_id: "P1".into(),
-        service_code: "WASH".into(),
+        card_ref: l.card_ref,
+        package_id: l.package_id.clone(),
+        service_code: l.service_code.clone(),
         item_title: "精洗".into(),
         quantity,
         amount_fen: 3500 * u64::from(quantity),
-        original_seq: 0,
+        original_seq: l.original_seq,
         group_seq: seq,
         line: 0,
         line_count: 1,
@@ -54,6 +97,24 @@ pub fn chain(
             let r = record(keys, seq, prev, quantity(seq));
             prev = r.mac(&keys.journal);
             (r, prev)
+        })
+        .collect()
+}
+
+/// Records for `lines`, continuing a chain after `prev` = (seq, mac) (`None`: from seq 1).
+pub fn lines(
+    keys: &TerminalKeys,
+    prev: Option<(u64, Tag)>,
+    lines: &[Line],
+) -> Vec<(JournalRecord, Tag)> {
+    let (mut seq, mut mac) = prev.unwrap_or((0, genesis_mac(&keys.journal, &keys.terminal_id)));
+    lines
+        .iter()
+        .map(|l| {
+            seq += 1;
+            let r = line(keys, seq, mac, l);
+            mac = r.mac(&keys.journal);
+            (r, mac)
         })
         .collect()
 }
