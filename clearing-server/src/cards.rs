@@ -1009,6 +1009,56 @@ pub fn terminal_card(
 }
 
 // ---------------------------------------------------------------------------------------------
+// Deny lists
+
+/// A merchant's deny-list head and the entries above `since` (ascending, at most `limit`), with card
+/// references for the terminal whose keys are given.
+pub fn deny_entries(
+    conn: &Connection,
+    keys: &TerminalKeys,
+    merchant_id: &str,
+    since: u64,
+    limit: usize,
+) -> Result<(u64, Vec<redeemd_contract::DenyEntry>), CardError> {
+    let head = merchant(conn, merchant_id)?.map_or(0, |m| m.deny_version);
+    let mut stmt = conn.prepare_cached(
+        "SELECT d.version, d.card_id, c.number, d.status, d.entry_version, d.reported_at_ms
+         FROM deny_entry d JOIN card c ON c.id = d.card_id
+         WHERE d.merchant_id = ?1 AND d.version > ?2 ORDER BY d.version LIMIT ?3",
+    )?;
+    let mut rows = stmt.query(params![
+        merchant_id,
+        i64::try_from(since).unwrap_or(i64::MAX),
+        i64::try_from(limit).unwrap_or(i64::MAX)
+    ])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let card_id: i64 = r.get(1)?;
+        let number: String = r.get(2)?;
+        let corrupt = |what, reason: String| CardError::Corrupt {
+            what,
+            card_id,
+            reason,
+        };
+        let status = match status_from_db(r.get(3)?, card_id)? {
+            CardStatus::Lost => DenyStatus::Lost,
+            CardStatus::Frozen => DenyStatus::Frozen,
+            CardStatus::Cancelled => DenyStatus::Cancelled,
+            CardStatus::Active => return Err(corrupt("deny entry", "status active".into())),
+        };
+        out.push(redeemd_contract::DenyEntry {
+            version: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+            card_ref: card_ref_of(&keys.card_token, &number)
+                .map_err(|e| corrupt("number", e.to_string()))?,
+            status,
+            entry_version: u64::try_from(r.get::<_, i64>(4)?).unwrap_or(0),
+            reported_at_ms: r.get(5)?,
+        });
+    }
+    Ok((head, out))
+}
+
+// ---------------------------------------------------------------------------------------------
 // Usage from uploaded records
 
 /// Adds `delta` uses (negative for a void) to an item of a card. Returns `false` when the card has no

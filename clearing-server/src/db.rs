@@ -187,6 +187,23 @@ pub fn open(path: &Path) -> Result<Connection, DbError> {
     Ok(conn)
 }
 
+/// Another connection to a database that [`open`] already migrated (snapshot producers read on their own
+/// connection, so that a long snapshot does not hold the server's main one).
+pub fn connect(path: &Path) -> Result<Connection, DbError> {
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version != SCHEMA_VERSION {
+        return Err(DbError::Version { found: version });
+    }
+    Ok(conn)
+}
+
 /// Enrolls a terminal for a merchant with a fresh secret. An unknown merchant is created with defaults
 /// (name = id, no commission, no categories); `admin merchant` sets them.
 pub fn enroll(

@@ -1,15 +1,21 @@
 //! Reference clearing server for redeemd terminals (`docs/api/openapi.yaml`, `docs/api/README.md`).
 //!
+//! * [`db`] — SQLite schema and migrations; enrolled terminals, journals stored by (terminal, seq), the
+//!   exceptions list, and the mapping of uploaded records to cards.
+//! * [`cards`] — merchants, cards, packages, entitlement versions, card references, deny lists (the admin
+//!   commands' operations).
+//! * [`bundle`] — signed snapshots and deltas, streamed; response compression.
 //! * [`clearing`] — merchant and member statements, exceptions (pure, over decoded records).
-//! * [`db`] — SQLite: enrolled terminals, journals stored by (terminal, seq), the exceptions list.
-//! * [`problem`] — `application/problem+json` answers with stable codes.
+//! * [`close`] — end-of-day totals; [`problem`] — `application/problem+json` answers with stable codes.
 //! * this module — the HTTP layer (axum): request authentication with `redeemd_contract::request`, body
-//!   limits, and the handlers. Database work runs on blocking threads, one connection behind a mutex.
+//!   limits, and the handlers. Database work runs on blocking threads, one connection behind a mutex;
+//!   a snapshot is produced on its own connection and thread and streamed through a bounded channel.
 //!
-//! Implemented so far: `GET journal/head`, `POST journal`, `POST batch-close`. Not yet: entitlements, deny list,
-//! the admin commands other than `enroll`, clearing statements and exceptions reports.
+//! Endpoints: `GET entitlements`, `GET deny-list`, `GET journal/head`, `POST journal`, `POST batch-close`.
+//! Clearing statements and exceptions are computed by [`clearing`] (not served over HTTP).
 #![forbid(unsafe_code)]
 
+pub mod bundle;
 pub mod cards;
 pub mod clearing;
 pub mod close;
@@ -37,6 +43,16 @@ use crate::problem::Problem;
 pub const MAX_BODY_BYTES: usize = 8 << 20;
 /// Most records in one upload.
 pub const MAX_RECORDS: usize = 5000;
+/// Most entries in one deny-list answer (the terminal asks again from the last one it applied).
+pub const MAX_DENY_ENTRIES: usize = 10_000;
+/// A bundle's `expires_at_ms` is its `issued_at_ms` plus this (72 h).
+pub const CACHE_VALIDITY_MS: i64 = 72 * 3_600_000;
+/// The version counter is bumped when it has not moved for this long (24 h), so that a terminal polling
+/// a quiet platform gets a fresh manifest well before its cache expires.
+pub const CACHE_REFRESH_AFTER_MS: i64 = 24 * 3_600_000;
+/// Bundle bytes per chunk sent to the response body, and chunks buffered between producer and socket.
+const STREAM_CHUNK: usize = 64 * 1024;
+const STREAM_CHUNKS_IN_FLIGHT: usize = 8;
 
 /// The server clock, unix milliseconds (injectable for tests).
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
@@ -53,16 +69,28 @@ pub fn system_clock() -> Clock {
 #[derive(Clone)]
 pub struct AppState {
     conn: Arc<Mutex<Connection>>,
+    /// The database file, for the snapshot producers' own connections.
+    db_path: Option<std::path::PathBuf>,
     nonces: Arc<Mutex<MemoryNonces>>,
     clock: Clock,
+    /// [`CACHE_VALIDITY_MS`] and [`CACHE_REFRESH_AFTER_MS`] (tests shorten them).
+    pub cache_validity_ms: i64,
+    pub cache_refresh_after_ms: i64,
 }
 
 impl AppState {
     pub fn new(conn: Connection, clock: Clock) -> Self {
+        let db_path = conn
+            .path()
+            .filter(|p| !p.is_empty())
+            .map(std::path::PathBuf::from);
         Self {
             conn: Arc::new(Mutex::new(conn)),
+            db_path,
             nonces: Arc::new(Mutex::new(MemoryNonces::new())),
             clock,
+            cache_validity_ms: CACHE_VALIDITY_MS,
+            cache_refresh_after_ms: CACHE_REFRESH_AFTER_MS,
         }
     }
 
@@ -85,6 +113,11 @@ impl AppState {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route(
+            "/v1/terminals/{terminal_id}/entitlements",
+            get(entitlements),
+        )
+        .route("/v1/terminals/{terminal_id}/deny-list", get(deny_list))
         .route(
             "/v1/terminals/{terminal_id}/journal/head",
             get(journal_head),
@@ -199,6 +232,7 @@ async fn authenticate(
 pub struct Authenticated {
     pub terminal_id: String,
     pub terminal: db::Terminal,
+    pub uri: Uri,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
@@ -224,6 +258,7 @@ impl FromRequest<AppState> for Authenticated {
         Ok(Self {
             terminal_id,
             terminal,
+            uri: parts.uri,
             headers: parts.headers,
             body,
         })
@@ -333,6 +368,7 @@ async fn journal_upload(
         terminal,
         headers,
         body,
+        ..
     }: Authenticated,
 ) -> Result<Response, Problem> {
     require_json(&headers)?;
@@ -409,4 +445,255 @@ async fn batch_close(
         .await
         .map_err(|p| p.terminal(&terminal_id))?;
     Ok(axum::Json(result).into_response())
+}
+
+/// A required unsigned decimal query parameter (at most `i64::MAX`, the API's int64).
+fn query_u64(uri: &Uri, name: &str) -> Result<u64, Problem> {
+    let bad = |why: &str| Problem::new(400, "bad_query", format!("query parameter {name}: {why}"));
+    let value = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+        .ok_or_else(|| bad("missing"))?;
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad("not a non-negative decimal integer"));
+    }
+    value
+        .parse::<i64>()
+        .ok()
+        .and_then(|v| u64::try_from(v).ok())
+        .ok_or_else(|| bad("above 9223372036854775807"))
+}
+
+fn accept_encoding(headers: &HeaderMap) -> bundle::Encoding {
+    bundle::Encoding::negotiate(
+        headers
+            .get(header::ACCEPT_ENCODING)
+            .and_then(|v| v.to_str().ok()),
+    )
+}
+
+type Chunk = Result<Bytes, std::io::Error>;
+
+/// The producer's end of the response body: collects bytes into [`STREAM_CHUNK`]-sized chunks and
+/// hands each to the bounded channel (blocking while the socket is slower than the database).
+struct ChunkSink {
+    tx: tokio::sync::mpsc::Sender<Chunk>,
+    buf: Vec<u8>,
+}
+
+impl ChunkSink {
+    fn send(&mut self) -> std::io::Result<()> {
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(STREAM_CHUNK + 4096));
+        self.tx.blocking_send(Ok(Bytes::from(chunk))).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
+        })
+    }
+}
+
+impl std::io::Write for ChunkSink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= STREAM_CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            self.send()
+        }
+    }
+}
+
+/// What the producer decided before streaming: `None` for `204`.
+type Decision = Result<Option<(redeemd_contract::BundleKind, u64)>, Problem>;
+
+/// Runs on a blocking thread: prepares, plans, reports the decision, then streams the bundle. A failure
+/// after the decision ends the body with an error, so the client sees a cut-short bundle (which the
+/// terminal refuses: the manifest is the last frame).
+fn produce_bundle(
+    path: std::path::PathBuf,
+    req: bundle::BundleRequest,
+    encoding: bundle::Encoding,
+    decided: tokio::sync::oneshot::Sender<Decision>,
+    tx: tokio::sync::mpsc::Sender<Chunk>,
+) {
+    let terminal = req.keys.terminal_id.clone();
+    let fail = |e: String| Problem::internal(format!("entitlements for {terminal}: {e}"));
+    let mut conn = match db::connect(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = decided.send(Err(fail(e.to_string())));
+            return;
+        }
+    };
+    if let Err(e) = bundle::prepare(&mut conn, &req) {
+        let _ = decided.send(Err(fail(e.to_string())));
+        return;
+    }
+    let planned = match bundle::plan(&mut conn, req) {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            let _ = decided.send(Ok(None));
+            return;
+        }
+        Err(e) => {
+            let _ = decided.send(Err(fail(e.to_string())));
+            return;
+        }
+    };
+    if decided
+        .send(Ok(Some((planned.kind, planned.version))))
+        .is_err()
+    {
+        return;
+    }
+    let sink = ChunkSink {
+        tx: tx.clone(),
+        buf: Vec::with_capacity(STREAM_CHUNK + 4096),
+    };
+    let result = (|| -> Result<(), bundle::BundleError> {
+        let mut out = bundle::Compressor::new(encoding, sink)?;
+        planned.write(&mut out)?;
+        std::io::Write::flush(&mut out.finish()?)?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => {}
+        Err(bundle::BundleError::Write(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        Err(e) => {
+            eprintln!("clearing-server: entitlements for {terminal}: stream aborted: {e}");
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+    }
+}
+
+async fn entitlements(
+    State(state): State<AppState>,
+    Authenticated {
+        terminal_id,
+        terminal,
+        uri,
+        headers,
+        ..
+    }: Authenticated,
+) -> Result<Response, Problem> {
+    let since = query_u64(&uri, "since").map_err(|p| p.terminal(&terminal_id))?;
+    let encoding = accept_encoding(&headers);
+    let path = state
+        .db_path
+        .clone()
+        .ok_or_else(|| Problem::internal("entitlements need a database file".into()))?;
+    let req = bundle::BundleRequest {
+        keys: terminal.keys,
+        merchant_id: terminal.merchant_id,
+        since,
+        now_ms: (state.clock)(),
+        validity_ms: state.cache_validity_ms,
+        refresh_after_ms: state.cache_refresh_after_ms,
+    };
+    let (decided_tx, decided_rx) = tokio::sync::oneshot::channel();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Chunk>(STREAM_CHUNKS_IN_FLIGHT);
+    tokio::task::spawn_blocking(move || produce_bundle(path, req, encoding, decided_tx, tx));
+    let decision = decided_rx
+        .await
+        .map_err(|_| Problem::internal("entitlements producer ended without an answer".into()))?
+        .map_err(|p| p.terminal(&terminal_id))?;
+    let mut builder = Response::builder().header(header::VARY, "accept-encoding");
+    let Some((kind, version)) = decision else {
+        return builder
+            .status(axum::http::StatusCode::NO_CONTENT)
+            .body(Body::empty())
+            .map_err(|e| Problem::internal(e.to_string()));
+    };
+    let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    builder = builder
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(
+            "X-Redeemd-Bundle-Kind",
+            match kind {
+                redeemd_contract::BundleKind::Full => "full",
+                redeemd_contract::BundleKind::Delta => "delta",
+            },
+        )
+        .header("X-Redeemd-Bundle-Version", version.to_string());
+    if let Some(coding) = encoding.header() {
+        builder = builder.header(header::CONTENT_ENCODING, coding);
+    }
+    builder
+        .body(Body::from_stream(stream))
+        .map_err(|e| Problem::internal(e.to_string()))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DenyListBody {
+    pub merchant_id: String,
+    pub version: u64,
+    pub entries: Vec<DenyEntryBody>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DenyEntryBody {
+    pub version: u64,
+    pub card_ref: String,
+    pub status: String,
+    pub entry_version: u64,
+    pub reported_at_ms: i64,
+    pub mac: String,
+}
+
+async fn deny_list(
+    State(state): State<AppState>,
+    Authenticated {
+        terminal_id,
+        terminal,
+        uri,
+        headers,
+        ..
+    }: Authenticated,
+) -> Result<Response, Problem> {
+    let since = query_u64(&uri, "since").map_err(|p| p.terminal(&terminal_id))?;
+    let encoding = accept_encoding(&headers);
+    let merchant_id = terminal.merchant_id.clone();
+    let keys = terminal.keys.clone();
+    let (version, entries) = state
+        .with_db(move |c| {
+            cards::deny_entries(c, &keys, &merchant_id, since, MAX_DENY_ENTRIES)
+                .map_err(|e| Problem::internal(e.to_string()))
+        })
+        .await
+        .map_err(|p| p.terminal(&terminal_id))?;
+    let body = DenyListBody {
+        merchant_id: terminal.merchant_id.clone(),
+        version,
+        entries: entries
+            .iter()
+            .map(|e| DenyEntryBody {
+                version: e.version,
+                card_ref: e.card_ref.to_hex(),
+                status: e.status.as_str().to_owned(),
+                entry_version: e.entry_version,
+                reported_at_ms: e.reported_at_ms,
+                mac: hex::encode(e.mac(&terminal.keys.cache, &terminal.merchant_id)),
+            })
+            .collect(),
+    };
+    let json = serde_json::to_vec(&body).map_err(|e| Problem::internal(e.to_string()))?;
+    let bytes = tokio::task::spawn_blocking(move || bundle::compress(encoding, &json))
+        .await
+        .map_err(|e| Problem::internal(e.to_string()))?
+        .map_err(|e| Problem::internal(e.to_string()))?;
+    let mut builder = Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::VARY, "accept-encoding");
+    if let Some(coding) = encoding.header() {
+        builder = builder.header(header::CONTENT_ENCODING, coding);
+    }
+    builder
+        .body(Body::from(bytes))
+        .map_err(|e| Problem::internal(e.to_string()))
 }

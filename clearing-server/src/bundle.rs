@@ -1,0 +1,346 @@
+//! `GET entitlements?since=V`: a terminal's signed snapshot or delta, produced row by row.
+//!
+//! Blocking code on its own SQLite connection, so that a million-card snapshot neither holds the
+//! server's main connection nor builds the body in memory:
+//!
+//! 1. [`prepare`] (short write transactions): index the card references of cards issued since the
+//!    terminal's last fill, in chunks; and bump the version counter if it has not moved for
+//!    `refresh_after_ms`, so that a terminal polling a quiet platform still gets a fresh manifest
+//!    (and `expires_at_ms`) before its cache expires — a `204` renews nothing.
+//! 2. [`plan`] opens one read transaction (a consistent view: a card's `uses_left` and the terminal's
+//!    `usage_through_seq` are read together) and decides: current (`204`), full or delta.
+//! 3. [`Planned::write`] streams the frames in ascending card reference, straight from an SQL cursor
+//!    (the `card_ref` primary key for a full snapshot; SQLite's own sorter for a delta), into any
+//!    [`Write`] — the HTTP layer passes a compressing writer over a bounded channel to the response body.
+//!
+//! Which cards a terminal gets: every card with a package whose scope reaches the terminal's merchant
+//! (all merchants, that merchant, or one of its categories), whatever the card's status. A delta holds
+//! the cards whose entitlement version is above `V`: an upsert if the card is visible now, a removal if
+//! it is not but was at `V` (scope history, [`cards::scopes_at`]). A delta from below the merchant's
+//! `full_from_version` (its categories changed) is answered with a full snapshot.
+
+use std::io::Write;
+
+use redeemd_contract::keys::TerminalKeys;
+use redeemd_contract::model::{Card, CardRef, MerchantScope};
+use redeemd_contract::snapshot::{BundleKind, BundleSigner};
+use rusqlite::{Connection, Transaction, TransactionBehavior, params};
+use thiserror::Error;
+
+use crate::cards::{self, CardError};
+
+/// Cards indexed per write transaction by [`prepare`] (keeps uploads from waiting long for the lock).
+const FILL_CHUNK: usize = 50_000;
+
+#[derive(Debug, Error)]
+pub enum BundleError {
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("{0}")]
+    Card(#[from] CardError),
+    #[error("card_ref index of {terminal}: stored reference of card #{card_id} is not 32 bytes")]
+    BadRef { terminal: String, card_id: i64 },
+    #[error("signing: {0}")]
+    Sign(#[from] redeemd_contract::snapshot::SignError),
+    #[error("writing the bundle: {0}")]
+    Write(#[from] std::io::Error),
+}
+
+/// What one request asks for.
+#[derive(Debug, Clone)]
+pub struct BundleRequest {
+    pub keys: TerminalKeys,
+    pub merchant_id: String,
+    /// The terminal's installed version (0: none).
+    pub since: u64,
+    pub now_ms: i64,
+    /// `expires_at_ms = now + validity`.
+    pub validity_ms: i64,
+    /// Bump the counter when it has not moved for this long (see the module docs).
+    pub refresh_after_ms: i64,
+}
+
+/// Step 1: index new cards for this terminal and keep the version fresh.
+pub fn prepare(conn: &mut Connection, req: &BundleRequest) -> Result<(), BundleError> {
+    loop {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let done = cards::fill_card_refs(&tx, &req.keys, FILL_CHUNK)?;
+        tx.commit()?;
+        if done {
+            break;
+        }
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let (_, bumped_ms) = cards::current_version(&tx)?;
+    if req.now_ms.saturating_sub(bumped_ms) >= req.refresh_after_ms {
+        cards::bump_version(&tx, req.now_ms)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// A decided bundle, holding the read transaction it will be written from.
+pub struct Planned<'c> {
+    tx: Transaction<'c>,
+    req: BundleRequest,
+    pub kind: BundleKind,
+    pub version: u64,
+    usage_through_seq: u64,
+    categories: Vec<String>,
+}
+
+/// What [`Planned::write`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    pub upserts: u64,
+    pub removals: u64,
+}
+
+/// Step 2: `None` when `since` is the current version (answer `204`).
+pub fn plan(conn: &mut Connection, req: BundleRequest) -> Result<Option<Planned<'_>>, BundleError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+    let (version, _) = cards::current_version(&tx)?;
+    if req.since == version {
+        return Ok(None);
+    }
+    let (usage_through_seq, _) = crate::db::head(&tx, &req.keys.terminal_id)
+        .map_err(|e| CardError::Invalid(e.to_string()))?;
+    let merchant = cards::merchant(&tx, &req.merchant_id)?;
+    let (categories, full_from) = merchant
+        .map(|m| (m.categories, m.full_from_version))
+        .unwrap_or_default();
+    let kind = if req.since == 0 || req.since > version || req.since < full_from {
+        BundleKind::Full
+    } else {
+        BundleKind::Delta
+    };
+    Ok(Some(Planned {
+        tx,
+        req,
+        kind,
+        version,
+        usage_through_seq,
+        categories,
+    }))
+}
+
+fn visible(card: &Card, merchant_id: &str, categories: &[String]) -> bool {
+    card.packages
+        .iter()
+        .any(|p| p.scope.allows(merchant_id, categories))
+}
+
+impl Planned<'_> {
+    /// Step 3: writes the whole bundle (magic, preamble, entries, manifest last) to `out`.
+    pub fn write(self, out: &mut impl Write) -> Result<Written, BundleError> {
+        let req = &self.req;
+        let terminal = req.keys.terminal_id.as_str();
+        let mut signer =
+            BundleSigner::new(&req.keys.cache, self.kind, &req.merchant_id, self.version);
+        out.write_all(&signer.header())?;
+        let mut written = Written {
+            upserts: 0,
+            removals: 0,
+        };
+        let sql = match self.kind {
+            BundleKind::Full => {
+                "SELECT r.card_ref, c.id, c.body, c.identity_data FROM card_ref r JOIN card c ON c.id = r.card_id
+                 WHERE r.terminal_id = ?1 AND ?2 >= 0 ORDER BY r.card_ref"
+            }
+            BundleKind::Delta => {
+                "SELECT r.card_ref, c.id, c.body, c.identity_data FROM card c
+                 JOIN card_ref r ON r.terminal_id = ?1 AND r.card_id = c.id
+                 WHERE c.version > ?2 ORDER BY r.card_ref"
+            }
+        };
+        {
+            let mut stmt = self.tx.prepare(sql)?;
+            let mut rows = stmt.query(params![terminal, req.since as i64])?;
+            while let Some(row) = rows.next()? {
+                let card_id: i64 = row.get(1)?;
+                let card_ref = row
+                    .get_ref(0)?
+                    .as_blob()
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    .map(CardRef)
+                    .ok_or_else(|| BundleError::BadRef {
+                        terminal: terminal.to_owned(),
+                        card_id,
+                    })?;
+                let identity: Option<String> = row.get(3)?;
+                let card = cards::terminal_card(
+                    row.get_ref(2)?.as_blob().unwrap_or_default(),
+                    card_id,
+                    identity.as_deref(),
+                    &card_ref,
+                    &req.keys,
+                    self.usage_through_seq,
+                )?;
+                if visible(&card, &req.merchant_id, &self.categories) {
+                    out.write_all(&signer.entry(&card_ref, Some(&card))?)?;
+                    written.upserts += 1;
+                } else if self.kind == BundleKind::Delta {
+                    let now: Vec<MerchantScope> =
+                        card.packages.iter().map(|p| p.scope.clone()).collect();
+                    let then = cards::scopes_at(&self.tx, card_id, req.since, &now)?;
+                    if cards::visible(&then, &req.merchant_id, &self.categories) {
+                        out.write_all(&signer.entry(&card_ref, None)?)?;
+                        written.removals += 1;
+                    }
+                }
+            }
+        }
+        let (_, manifest) = signer.finish(
+            terminal,
+            &self.categories,
+            req.since,
+            req.now_ms,
+            req.now_ms.saturating_add(req.validity_ms),
+        );
+        out.write_all(&manifest)?;
+        out.flush()?;
+        Ok(written)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Response compression
+
+/// A response content coding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Identity,
+    Gzip,
+    Zstd,
+}
+
+impl Encoding {
+    /// The `Content-Encoding` value, `None` for identity.
+    pub fn header(self) -> Option<&'static str> {
+        match self {
+            Encoding::Identity => None,
+            Encoding::Gzip => Some("gzip"),
+            Encoding::Zstd => Some("zstd"),
+        }
+    }
+
+    /// Picks a coding from `Accept-Encoding` (RFC 9110 §12.5.3): the highest q-value; among equals the
+    /// server's preference zstd, then gzip, then identity. `*` stands for any coding not listed; a coding
+    /// with `q=0` is refused. Without the header, or when nothing listed is acceptable, identity.
+    pub fn negotiate(accept: Option<&str>) -> Encoding {
+        let Some(accept) = accept else {
+            return Encoding::Identity;
+        };
+        let q = |name: &str| -> Option<f32> {
+            let mut star = None;
+            for part in accept.split(',') {
+                let mut it = part.split(';');
+                let coding = it.next().unwrap_or("").trim();
+                let weight = it
+                    .find_map(|p| {
+                        let (k, v) = p.split_once('=')?;
+                        (k.trim().eq_ignore_ascii_case("q"))
+                            .then(|| v.trim().parse::<f32>().ok())?
+                    })
+                    .unwrap_or(1.0);
+                if coding.eq_ignore_ascii_case(name) {
+                    return Some(weight);
+                }
+                if coding == "*" {
+                    star = Some(weight);
+                }
+            }
+            star
+        };
+        let candidates = [
+            (Encoding::Zstd, q("zstd").unwrap_or(0.0)),
+            (Encoding::Gzip, q("gzip").unwrap_or(0.0)),
+            (Encoding::Identity, q("identity").unwrap_or(0.001)),
+        ];
+        candidates
+            .into_iter()
+            .filter(|(_, w)| *w > 0.0)
+            .fold(None, |best: Option<(Encoding, f32)>, c| match best {
+                Some(b) if b.1 >= c.1 => Some(b),
+                _ => Some(c),
+            })
+            .map_or(Encoding::Identity, |(e, _)| e)
+    }
+}
+
+/// Compresses into `W` with the negotiated coding. Levels are chosen for speed: a snapshot is mostly
+/// MACs and card references, which do not compress at any level.
+pub enum Compressor<W: Write> {
+    Identity(W),
+    Gzip(flate2::write::GzEncoder<W>),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+}
+
+impl<W: Write> Compressor<W> {
+    pub fn new(encoding: Encoding, inner: W) -> std::io::Result<Self> {
+        Ok(match encoding {
+            Encoding::Identity => Compressor::Identity(inner),
+            Encoding::Gzip => Compressor::Gzip(flate2::write::GzEncoder::new(
+                inner,
+                flate2::Compression::fast(),
+            )),
+            Encoding::Zstd => Compressor::Zstd(zstd::stream::write::Encoder::new(inner, 1)?),
+        })
+    }
+
+    /// Ends the compressed stream and returns the inner writer.
+    pub fn finish(self) -> std::io::Result<W> {
+        match self {
+            Compressor::Identity(w) => Ok(w),
+            Compressor::Gzip(e) => e.finish(),
+            Compressor::Zstd(e) => e.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for Compressor<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Compressor::Identity(w) => w.write(buf),
+            Compressor::Gzip(e) => e.write(buf),
+            Compressor::Zstd(e) => e.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        // Flushing a compressor mid-stream would cost ratio; chunks leave when the sink's buffer fills.
+        Ok(())
+    }
+}
+
+/// Compresses a small, complete body (the deny list) in memory.
+pub fn compress(encoding: Encoding, body: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut c = Compressor::new(encoding, Vec::with_capacity(body.len() / 2 + 64))?;
+    c.write_all(body)?;
+    c.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_encoding_is_negotiated() {
+        use Encoding::*;
+        let n = |h: &str| Encoding::negotiate(Some(h));
+        assert_eq!(Encoding::negotiate(None), Identity);
+        assert_eq!(n("gzip, zstd"), Zstd, "server preference among equals");
+        assert_eq!(n("zstd;q=0.5, gzip"), Gzip);
+        assert_eq!(n("gzip;q=0"), Identity);
+        assert_eq!(n("br"), Identity);
+        assert_eq!(n("*"), Zstd);
+        assert_eq!(n("*;q=0.1, zstd;q=0"), Gzip);
+        assert_eq!(n("identity, gzip;q=0.5"), Identity);
+        assert_eq!(n("GZIP"), Gzip);
+        assert_eq!(
+            n("gzip;q=nonsense"),
+            Gzip,
+            "an unreadable weight counts as 1"
+        );
+    }
+}

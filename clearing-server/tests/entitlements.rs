@@ -1,0 +1,645 @@
+//! `GET entitlements` and `GET deny-list` over real HTTP on loopback, against a real SQLite file: bundles
+//! verified with the terminal's `BundleVerifier` and installed into a real terminal store, usage counted
+//! from two terminals, deltas, `204`, compression, deny-list MACs, authentication.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
+
+use clearing_server::cards::{self, ItemSpec, NewCard, PackageSpec, StatusAction};
+use clearing_server::{AppState, db};
+use common::{Line, T0, lines, upload_body};
+use redeemd_contract::keys::{Tag, TerminalKeys, TerminalSecret};
+use redeemd_contract::model::{CardNumber, CardRef, CardStatus, MerchantScope, identity_verifier};
+use redeemd_contract::request::SignedHeaders;
+use redeemd_contract::snapshot::{BundleVerifier, EntryOp, MAGIC, Manifest, Verified};
+use redeemd_contract::{BundleKind, Card, DenyEntry, DenyStatus};
+use serde_json::Value;
+
+mod common;
+
+/// Named, with identity data; washes and oil changes at car-wash merchants.
+const CARD_A: &str = "6228480012345678";
+/// Anonymous; washes anywhere.
+const CARD_B: &str = "6228480055550001";
+/// Only at M-3.
+const CARD_C: &str = "6228480077770002";
+
+struct Server {
+    base: String,
+    db_path: std::path::PathBuf,
+    clock: Arc<AtomicI64>,
+    nonce: AtomicU8,
+    http: reqwest::Client,
+    dir: tempfile::TempDir,
+}
+
+fn keys(t: &str) -> TerminalKeys {
+    let secret = match t {
+        "T-1" => [1u8; 32],
+        "T-2" => [2; 32],
+        _ => [3; 32],
+    };
+    TerminalSecret::from_bytes(&secret).unwrap().derive_all(t)
+}
+
+fn number(n: &str) -> CardNumber {
+    CardNumber::parse(n).unwrap()
+}
+
+fn card_ref(t: &str, n: &str) -> CardRef {
+    number(n).card_ref(&keys(t).card_token)
+}
+
+fn package(id: &str, scope: MerchantScope, items: &[&str]) -> PackageSpec {
+    PackageSpec {
+        id: id.into(),
+        title: "洗车套餐".into(),
+        valid_from_ms: T0 - 86_400_000,
+        valid_until_ms: T0 + 365 * 86_400_000,
+        scope,
+        daily_cap: None,
+        identity_required: false,
+        items: items.iter().map(|i| ItemSpec::parse(i).unwrap()).collect(),
+    }
+}
+
+/// Runs `f` on the database in one transaction (the admin commands' operations, as the CLI runs them).
+fn admin<T>(s: &Server, f: impl FnOnce(&rusqlite::Transaction<'_>) -> T) -> T {
+    let mut c = db::open(&s.db_path).unwrap();
+    let tx = c.transaction().unwrap();
+    let out = f(&tx);
+    tx.commit().unwrap();
+    out
+}
+
+async fn start() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("clearing.sqlite3");
+    let conn = db::open(&db_path).unwrap();
+    for (t, m) in [("T-1", "M-1"), ("T-2", "M-2"), ("T-3", "M-3")] {
+        let secret = match t {
+            "T-1" => [1u8; 32],
+            "T-2" => [2; 32],
+            _ => [3; 32],
+        };
+        db::enroll(&conn, t, m, &secret, T0).unwrap();
+    }
+    let wash = ["car-wash".to_owned()];
+    cards::upsert_merchant(&conn, "M-1", "城东洗车", 500, &wash, T0).unwrap();
+    cards::upsert_merchant(&conn, "M-2", "城西洗车", 300, &wash, T0).unwrap();
+    cards::upsert_merchant(&conn, "M-3", "轮胎店", 300, &["tyres".into()], T0).unwrap();
+    let new = |n: &str, named: bool| NewCard {
+        number: number(n),
+        holder_name: named.then(|| "张三".to_owned()),
+        identity_data: named.then(|| "1234".to_owned()),
+    };
+    cards::create_card(&conn, &new(CARD_A, true), T0).unwrap();
+    cards::create_card(&conn, &new(CARD_B, false), T0).unwrap();
+    cards::create_card(&conn, &new(CARD_C, false), T0).unwrap();
+    let cat = MerchantScope::Categories(wash.to_vec());
+    let mut p1 = package("P1", cat, &["WASH:精洗:10:3500", "OIL:换机油:3:12000"]);
+    p1.identity_required = true;
+    cards::customize(&conn, &number(CARD_A), &p1, T0).unwrap();
+    let all = package("P2", MerchantScope::All, &["WASH:普洗:5:2000"]);
+    cards::customize(&conn, &number(CARD_B), &all, T0).unwrap();
+    let m3 = package(
+        "P3",
+        MerchantScope::Merchants(vec!["M-3".into()]),
+        &["TYRE:换胎:4:8000"],
+    );
+    cards::customize(&conn, &number(CARD_C), &m3, T0).unwrap();
+
+    let clock = Arc::new(AtomicI64::new(T0));
+    let c = clock.clone();
+    let state = AppState::new(conn, Arc::new(move || c.load(Ordering::SeqCst)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(listener, clearing_server::router(state))
+            .await
+            .unwrap()
+    });
+    Server {
+        base,
+        db_path,
+        clock,
+        nonce: AtomicU8::new(0),
+        http: reqwest::Client::new(),
+        dir,
+    }
+}
+
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+impl Server {
+    /// A GET signed by `as_terminal` for `sign_path`, sent to `path` (the same unless a test tampers).
+    async fn get_tampered(
+        &self,
+        as_terminal: &str,
+        sign_path: &str,
+        path: &str,
+        accept: Option<&str>,
+    ) -> Answer {
+        let n = self.nonce.fetch_add(1, Ordering::SeqCst);
+        let k = keys(as_terminal);
+        let h = SignedHeaders::sign(
+            &k.request,
+            as_terminal,
+            "GET",
+            sign_path,
+            self.clock.load(Ordering::SeqCst),
+            [n; 16],
+            b"",
+        );
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        for (k, v) in h.pairs() {
+            req = req.header(k, v);
+        }
+        if let Some(a) = accept {
+            req = req.header("accept-encoding", a);
+        }
+        let resp = req.send().await.unwrap();
+        Answer {
+            status: resp.status().as_u16(),
+            headers: resp.headers().clone(),
+            body: resp.bytes().await.unwrap().to_vec(),
+        }
+    }
+
+    async fn get(&self, terminal: &str, path: &str, accept: Option<&str>) -> Answer {
+        self.get_tampered(terminal, path, path, accept).await
+    }
+
+    async fn entitlements(&self, terminal: &str, since: u64) -> Answer {
+        let path = format!("/v1/terminals/{terminal}/entitlements?since={since}");
+        self.get(terminal, &path, None).await
+    }
+
+    async fn deny(&self, terminal: &str, since: u64) -> Value {
+        let path = format!("/v1/terminals/{terminal}/deny-list?since={since}");
+        let a = self.get(terminal, &path, None).await;
+        assert_eq!(a.status, 200, "{}", a.json());
+        assert_eq!(a.header("content-type"), Some("application/json"));
+        a.json()
+    }
+
+    /// Uploads `l` as the terminal's next records; returns (seq, mac) of the last.
+    async fn upload(&self, terminal: &str, prev: Option<(u64, Tag)>, l: &[Line]) -> (u64, Tag) {
+        let k = keys(terminal);
+        let recs = lines(&k, prev, l);
+        let from = recs[0].0.seq;
+        let path = format!("/v1/terminals/{terminal}/journal");
+        let body = upload_body(from, &recs);
+        let n = self.nonce.fetch_add(1, Ordering::SeqCst);
+        let h = SignedHeaders::sign(
+            &k.request,
+            terminal,
+            "POST",
+            &path,
+            self.clock.load(Ordering::SeqCst),
+            [n; 16],
+            &body,
+        );
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body);
+        for (k, v) in h.pairs() {
+            req = req.header(k, v);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(
+            resp.status().as_u16(),
+            200,
+            "{}",
+            resp.text().await.unwrap()
+        );
+        let last = recs.last().unwrap();
+        (last.0.seq, last.1)
+    }
+}
+
+/// A verified bundle: manifest, and the entries as (card ref, decoded card or removal).
+struct Bundle {
+    manifest: Manifest,
+    entries: Vec<(CardRef, Option<Card>)>,
+}
+
+impl Bundle {
+    fn card(&self, r: &CardRef) -> Option<&Card> {
+        self.entries
+            .iter()
+            .find(|(c, _)| c == r)
+            .and_then(|(_, card)| card.as_ref())
+    }
+}
+
+fn verify(terminal: &str, bytes: &[u8]) -> Bundle {
+    assert_eq!(&bytes[..8], MAGIC);
+    let mut v = BundleVerifier::new(&keys(terminal).cache, terminal);
+    let mut at = 8;
+    let mut entries = Vec::new();
+    loop {
+        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        let frame = &bytes[at + 4..at + 4 + len];
+        at += 4 + len;
+        match v.frame(frame).unwrap() {
+            Verified::Preamble(_) => {}
+            Verified::Entry(e) => entries.push((
+                e.card_ref,
+                (e.op == EntryOp::Upsert).then(|| Card::decode(&e.body).unwrap()),
+            )),
+            Verified::Manifest(manifest) => {
+                assert_eq!(at, bytes.len(), "data after the manifest");
+                return Bundle { manifest, entries };
+            }
+        }
+    }
+}
+
+fn uses_left(card: &Card, package: &str, code: &str) -> u32 {
+    card.packages
+        .iter()
+        .find(|p| p.id == package)
+        .and_then(|p| p.items.iter().find(|i| i.service_code == code))
+        .unwrap()
+        .uses_left
+}
+
+fn terminal_store(s: &Server, terminal: &str, merchant: &str) -> redeemd::store::Store {
+    redeemd::store::Store::open(
+        &s.dir.path().join(format!("terminal-{terminal}")),
+        keys(terminal),
+        redeemd::store::StoreConfig {
+            terminal_id: terminal.into(),
+            merchant_id: merchant.into(),
+            limits: redeemd::engine::Limits::default(),
+        },
+    )
+    .unwrap()
+}
+
+fn now() -> redeemd::engine::Now {
+    redeemd::engine::Now {
+        wall_ms: T0 + 1000,
+        boot_ms: 1000,
+    }
+}
+
+fn menu_uses(store: &mut redeemd::store::Store, n: &str) -> Vec<(String, u32)> {
+    match store.menu(n, now()).unwrap() {
+        redeemd::store::MenuOutcome::Menu(m) => m
+            .entries
+            .iter()
+            .map(|e| (e.service_code.clone(), e.uses_left))
+            .collect(),
+        redeemd::store::MenuOutcome::Declined(d) => panic!("declined: {d:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_verifies_installs_and_counts_usage_from_every_terminal() {
+    let s = start().await;
+    let (a1, a2) = (card_ref("T-1", CARD_A), card_ref("T-2", CARD_A));
+    assert_ne!(a1, a2, "card references are per terminal");
+    // Two washes at T-1; three and then one at T-2, that one voided.
+    let t1 = s
+        .upload("T-1", None, &[Line::redeem(a1, "P1", "WASH", 2)])
+        .await;
+    let wash1 = Line::redeem(a2, "P1", "WASH", 1);
+    let t2 = s
+        .upload(
+            "T-2",
+            None,
+            &[Line::redeem(a2, "P1", "WASH", 3), wash1.clone()],
+        )
+        .await;
+    s.upload("T-2", Some(t2), &[Line::void(&wash1, 2)]).await;
+
+    let a = s.entitlements("T-1", 0).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("content-type"), Some("application/octet-stream"));
+    assert_eq!(a.header("x-redeemd-bundle-kind"), Some("full"));
+    assert!(a.header("content-encoding").is_none());
+    let b = verify("T-1", &a.body);
+    assert_eq!(
+        a.header("x-redeemd-bundle-version"),
+        Some(b.manifest.version.to_string().as_str())
+    );
+    assert_eq!(b.manifest.kind, BundleKind::Full);
+    assert_eq!(
+        (
+            b.manifest.merchant_id.as_str(),
+            b.manifest.terminal_id.as_str()
+        ),
+        ("M-1", "T-1")
+    );
+    assert_eq!(b.manifest.merchant_categories, ["car-wash"]);
+    assert_eq!(
+        b.manifest.expires_at_ms,
+        T0 + clearing_server::CACHE_VALIDITY_MS
+    );
+    // A and B (C is only for M-3), in ascending reference order.
+    let mut want = vec![a1, card_ref("T-1", CARD_B)];
+    want.sort();
+    assert_eq!(b.entries.iter().map(|e| e.0).collect::<Vec<_>>(), want);
+    let card = b.card(&a1).unwrap();
+    assert_eq!(uses_left(card, "P1", "WASH"), 10 - 2 - 3 - 1 + 1);
+    assert_eq!(uses_left(card, "P1", "OIL"), 3);
+    assert_eq!(card.usage_through_seq, t1.0, "T-1's highest received seq");
+    assert_eq!(card.masked_number, "622848******5678");
+    assert_eq!(card.status, CardStatus::Active);
+    let holder = card.holder.as_ref().unwrap();
+    assert_eq!(holder.masked_name, "张*");
+    assert_eq!(
+        holder.identity_verifier,
+        Some(identity_verifier(&keys("T-1").identity, &a1, b"1234"))
+    );
+
+    // T-2 gets its own references and its own usage_through_seq (3).
+    let b2 = verify("T-2", &s.entitlements("T-2", 0).await.body);
+    assert_eq!(b2.card(&a2).unwrap().usage_through_seq, 3);
+    assert_eq!(uses_left(b2.card(&a2).unwrap(), "P1", "WASH"), 5);
+    // T-3 (tyres) sees C and B (all merchants), not A (car-wash merchants).
+    let b3 = verify("T-3", &s.entitlements("T-3", 0).await.body);
+    assert_eq!(b3.entries.len(), 2);
+    assert!(b3.card(&card_ref("T-3", CARD_C)).is_some());
+    assert!(b3.card(&card_ref("T-3", CARD_B)).is_some());
+
+    // The terminal's own store installs it and shows what is left.
+    let mut store = terminal_store(&s, "T-1", "M-1");
+    let report = store.install_bundle(&a.body[..], now()).unwrap();
+    assert_eq!((report.upserts, report.removals), (2, 0));
+    assert_eq!(
+        menu_uses(&mut store, CARD_A),
+        [("WASH".to_owned(), 5), ("OIL".to_owned(), 3)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deltas_hold_exactly_the_changed_cards_and_the_current_version_gets_204() {
+    let s = start().await;
+    let mut store = terminal_store(&s, "T-1", "M-1");
+    let full = s.entitlements("T-1", 0).await;
+    let v1 = verify("T-1", &full.body).manifest.version;
+    store.install_bundle(&full.body[..], now()).unwrap();
+    let a = s.entitlements("T-1", v1).await;
+    assert_eq!((a.status, a.body.len()), (204, 0));
+
+    // B reported lost: the delta holds B alone.
+    admin(&s, |tx| {
+        cards::set_status(tx, &number(CARD_B), StatusAction::ReportLost, T0).unwrap()
+    });
+    let a = s.entitlements("T-1", v1).await;
+    assert_eq!(
+        (a.status, a.header("x-redeemd-bundle-kind")),
+        (200, Some("delta"))
+    );
+    let d = verify("T-1", &a.body);
+    assert_eq!(
+        (d.manifest.kind, d.manifest.prev_version),
+        (BundleKind::Delta, v1)
+    );
+    assert_eq!(d.entries.len(), 1);
+    let b1 = card_ref("T-1", CARD_B);
+    assert_eq!(d.card(&b1).unwrap().status, CardStatus::Lost);
+    store.install_bundle(&a.body[..], now()).unwrap();
+    let v2 = d.manifest.version;
+
+    // A redemption at another shop (T-2) changes A for T-1 too.
+    let a2 = card_ref("T-2", CARD_A);
+    s.upload("T-2", None, &[Line::redeem(a2, "P1", "OIL", 1)])
+        .await;
+    let a = s.entitlements("T-1", v2).await;
+    let d = verify("T-1", &a.body);
+    let a1 = card_ref("T-1", CARD_A);
+    assert_eq!(d.entries.iter().map(|e| e.0).collect::<Vec<_>>(), [a1]);
+    assert_eq!(uses_left(d.card(&a1).unwrap(), "P1", "OIL"), 2);
+    store.install_bundle(&a.body[..], now()).unwrap();
+    assert_eq!(menu_uses(&mut store, CARD_A)[1], ("OIL".to_owned(), 2));
+    let v3 = d.manifest.version;
+
+    // A's package moved to M-3 only: A leaves T-1's scope (a removal) and enters T-3's. C's change
+    // (not visible to M-1) is not in T-1's delta at all.
+    admin(&s, |tx| {
+        let p = package(
+            "P1",
+            MerchantScope::Merchants(vec!["M-3".into()]),
+            &["WASH:精洗:10:3500", "OIL:换机油:3:12000"],
+        );
+        cards::customize(tx, &number(CARD_A), &p, T0).unwrap();
+        cards::set_status(tx, &number(CARD_C), StatusAction::Freeze, T0).unwrap();
+    });
+    let a = s.entitlements("T-1", v3).await;
+    let d = verify("T-1", &a.body);
+    assert_eq!(d.entries.len(), 1);
+    assert_eq!((d.entries[0].0, d.entries[0].1.is_none()), (a1, true));
+    let report = store.install_bundle(&a.body[..], now()).unwrap();
+    assert_eq!((report.upserts, report.removals), (0, 1));
+    assert!(matches!(
+        store.menu(CARD_A, now()).unwrap(),
+        redeemd::store::MenuOutcome::Declined(_)
+    ));
+    let v4 = d.manifest.version;
+    assert_eq!(s.entitlements("T-1", v4).await.status, 204);
+
+    // A version the server never reached (its database restored from an older backup): a full
+    // snapshot of the current version, which the terminal refuses as a rollback.
+    let a = s.entitlements("T-1", v4 + 100).await;
+    assert_eq!(a.header("x-redeemd-bundle-kind"), Some("full"));
+    assert!(store.install_bundle(&a.body[..], now()).is_err());
+
+    // The merchant's categories change: its terminals' next answer is a full snapshot.
+    admin(&s, |tx| {
+        cards::upsert_merchant(tx, "M-1", "城东洗车", 500, &["tyres".into()], T0).unwrap()
+    });
+    let a = s.entitlements("T-1", v4).await;
+    assert_eq!(a.header("x-redeemd-bundle-kind"), Some("full"));
+    let f = verify("T-1", &a.body);
+    assert_eq!(f.manifest.merchant_categories, ["tyres"]);
+    store.install_bundle(&a.body[..], now()).unwrap();
+
+    // A quiet platform: after a day the counter moves on its own, so the cache's expiry is renewed.
+    let current = f.manifest.version;
+    assert_eq!(s.entitlements("T-1", current).await.status, 204);
+    s.clock
+        .fetch_add(clearing_server::CACHE_REFRESH_AFTER_MS, Ordering::SeqCst);
+    let a = s.entitlements("T-1", current).await;
+    let d = verify("T-1", &a.body);
+    assert_eq!((d.manifest.kind, d.entries.len()), (BundleKind::Delta, 0));
+    assert!(d.manifest.expires_at_ms > f.manifest.expires_at_ms);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_and_zstd_answers_decode_to_the_same_bundle() {
+    let s = start().await;
+    let path = "/v1/terminals/T-1/entitlements?since=0";
+    let plain = s.get("T-1", path, None).await;
+    let gz = s.get("T-1", path, Some("gzip")).await;
+    let zs = s.get("T-1", path, Some("gzip;q=0.5, zstd")).await;
+    assert_eq!(plain.status, 200);
+    assert_eq!(gz.header("content-encoding"), Some("gzip"));
+    assert_eq!(zs.header("content-encoding"), Some("zstd"));
+    let mut unzipped = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(&gz.body[..]),
+        &mut unzipped,
+    )
+    .unwrap();
+    assert_eq!(unzipped, plain.body);
+    assert_eq!(zstd::decode_all(&zs.body[..]).unwrap(), plain.body);
+    verify("T-1", &plain.body);
+
+    // The deny list too.
+    admin(&s, |tx| {
+        cards::set_status(tx, &number(CARD_A), StatusAction::ReportLost, T0).unwrap()
+    });
+    let dpath = "/v1/terminals/T-1/deny-list?since=0";
+    let plain = s.get("T-1", dpath, None).await;
+    let zs = s.get("T-1", dpath, Some("zstd")).await;
+    assert_eq!(zs.header("content-encoding"), Some("zstd"));
+    assert_eq!(zstd::decode_all(&zs.body[..]).unwrap(), plain.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deny_list_entries_verify_and_a_loss_report_comes_next() {
+    let s = start().await;
+    let v = s.deny("T-1", 0).await;
+    assert_eq!(
+        v,
+        serde_json::json!({"merchant_id": "M-1", "version": 0, "entries": []})
+    );
+
+    let entry_version = admin(&s, |tx| {
+        cards::set_status(tx, &number(CARD_A), StatusAction::ReportLost, T0).unwrap()
+    });
+    let check = |v: &Value, terminal: &str, merchant: &str, card: &str| -> Vec<DenyEntry> {
+        assert_eq!(v["merchant_id"], merchant);
+        v["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let d = DenyEntry {
+                    version: e["version"].as_u64().unwrap(),
+                    card_ref: CardRef(
+                        hex::decode(e["card_ref"].as_str().unwrap())
+                            .unwrap()
+                            .try_into()
+                            .unwrap(),
+                    ),
+                    status: DenyStatus::parse(e["status"].as_str().unwrap()).unwrap(),
+                    entry_version: e["entry_version"].as_u64().unwrap(),
+                    reported_at_ms: e["reported_at_ms"].as_i64().unwrap(),
+                };
+                let mac = hex::decode(e["mac"].as_str().unwrap()).unwrap();
+                assert!(d.verify(&keys(terminal).cache, merchant, &mac), "{e}");
+                assert!(!d.verify(&keys(terminal).cache, "M-9", &mac));
+                assert_eq!(d.card_ref, card_ref(terminal, card));
+                d
+            })
+            .collect()
+    };
+    let v = s.deny("T-1", 0).await;
+    assert_eq!(v["version"], 1);
+    let e = check(&v, "T-1", "M-1", CARD_A);
+    assert_eq!(
+        e,
+        [DenyEntry {
+            version: 1,
+            card_ref: card_ref("T-1", CARD_A),
+            status: DenyStatus::Lost,
+            entry_version,
+            reported_at_ms: T0
+        }]
+    );
+    // The same report on M-2's list, under T-2's keys and reference; not on M-3's (A is not used there).
+    assert_eq!(
+        check(&s.deny("T-2", 0).await, "T-2", "M-2", CARD_A).len(),
+        1
+    );
+    assert_eq!(s.deny("T-3", 0).await["entries"], serde_json::json!([]));
+
+    // Unlocked (no entry: a deny list can only refuse), then frozen: the next version.
+    assert_eq!(s.deny("T-1", 1).await["entries"], serde_json::json!([]));
+    admin(&s, |tx| {
+        cards::set_status(tx, &number(CARD_A), StatusAction::Unlock, T0).unwrap();
+        cards::set_status(tx, &number(CARD_A), StatusAction::Freeze, T0).unwrap();
+    });
+    let v = s.deny("T-1", 1).await;
+    let e = check(&v, "T-1", "M-1", CARD_A);
+    assert_eq!(
+        (e.len(), e[0].version, e[0].status),
+        (1, 2, DenyStatus::Frozen)
+    );
+    assert!(e[0].entry_version > entry_version);
+    // The frozen card's cache entry (version ≥ entry_version) is in the next delta too.
+    let b = verify("T-1", &s.entitlements("T-1", 0).await.body);
+    assert!(b.manifest.version >= e[0].entry_version);
+    assert_eq!(
+        b.card(&card_ref("T-1", CARD_A)).unwrap().status,
+        CardStatus::Frozen
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_tampered_and_malformed_requests_are_refused() {
+    let s = start().await;
+    let path = "/v1/terminals/T-1/entitlements?since=0";
+    let a = s
+        .http
+        .get(format!("{}{path}", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(a.status().as_u16(), 401);
+    assert!(a.text().await.unwrap().contains("auth_missing"));
+    // Signed for since=0, sent with since=5: the query is signed.
+    let a = s
+        .get_tampered("T-1", path, "/v1/terminals/T-1/entitlements?since=5", None)
+        .await;
+    assert_eq!(
+        (a.status, a.json()["code"].as_str()),
+        (401, Some("bad_signature"))
+    );
+    // Another terminal's snapshot.
+    let a = s.get("T-2", path, None).await;
+    assert_eq!(
+        (a.status, a.json()["code"].as_str()),
+        (403, Some("terminal_mismatch"))
+    );
+    for bad in [
+        "since=abc",
+        "since=-1",
+        "since=",
+        "x=1",
+        "since=99999999999999999999",
+    ] {
+        for what in ["entitlements", "deny-list"] {
+            let p = format!("/v1/terminals/T-1/{what}?{bad}");
+            let a = s.get("T-1", &p, None).await;
+            assert_eq!(
+                (a.status, a.json()["code"].as_str()),
+                (400, Some("bad_query")),
+                "{p}"
+            );
+        }
+    }
+    let a = s.get("T-1", "/v1/terminals/T-1/deny-list", None).await;
+    assert_eq!(a.status, 400);
+}
