@@ -20,6 +20,7 @@ pub mod cards;
 pub mod clearing;
 pub mod close;
 pub mod db;
+pub mod nonces;
 pub mod problem;
 
 use std::sync::{Arc, Mutex};
@@ -32,15 +33,19 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use redeemd_contract::keys::Tag;
-use redeemd_contract::request::{self, DEFAULT_SKEW_MS, MemoryNonces, ParsedAuth, ReceivedHeaders};
+use redeemd_contract::request::{self, DEFAULT_SKEW_MS, ParsedAuth, ReceivedHeaders};
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 
 use crate::db::UploadRecord;
 use crate::problem::Problem;
 
-/// Largest request body read, in bytes.
+/// Largest request body read, in bytes (as sent, compressed or not).
 pub const MAX_BODY_BYTES: usize = 8 << 20;
+/// Largest request body after inflating a `Content-Encoding: gzip` body.
+pub const MAX_INFLATED_BODY_BYTES: usize = 32 << 20;
+/// Expired nonces are pruned at most this often.
+const NONCE_PRUNE_EVERY_MS: i64 = 30_000;
 /// Most records in one upload.
 pub const MAX_RECORDS: usize = 5000;
 /// Most entries in one deny-list answer (the terminal asks again from the last one it applied).
@@ -71,7 +76,8 @@ pub struct AppState {
     conn: Arc<Mutex<Connection>>,
     /// The database file, for the snapshot producers' own connections.
     db_path: Option<std::path::PathBuf>,
-    nonces: Arc<Mutex<MemoryNonces>>,
+    /// When expired nonces were last pruned (server clock).
+    nonces_pruned_ms: Arc<std::sync::atomic::AtomicI64>,
     clock: Clock,
     /// [`CACHE_VALIDITY_MS`] and [`CACHE_REFRESH_AFTER_MS`] (tests shorten them).
     pub cache_validity_ms: i64,
@@ -87,7 +93,7 @@ impl AppState {
         Self {
             conn: Arc::new(Mutex::new(conn)),
             db_path,
-            nonces: Arc::new(Mutex::new(MemoryNonces::new())),
+            nonces_pruned_ms: Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN)),
             clock,
             cache_validity_ms: CACHE_VALIDITY_MS,
             cache_refresh_after_ms: CACHE_REFRESH_AFTER_MS,
@@ -158,7 +164,7 @@ async fn authenticate(
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
-    body: &[u8],
+    body: Bytes,
     path_terminal: &str,
 ) -> Result<db::Terminal, Problem> {
     let h = |name: &str| headers.get(name).map(|v| v.as_bytes());
@@ -170,61 +176,110 @@ async fn authenticate(
         signature: h(request::HEADER_SIGNATURE),
     })
     .map_err(|e| Problem::new(401, e.code(), e.to_string()))?;
-    let id = auth.terminal_id.clone();
-    let terminal = state
-        .with_db(move |c| db::terminal(c, &id).map_err(|e| Problem::internal(e.to_string())))
-        .await?
-        .ok_or_else(|| {
-            Problem::new(
-                401,
-                "unknown_terminal",
-                format!("terminal {} is not enrolled", auth.terminal_id),
-            )
-        })?;
-    if !terminal.enabled {
-        return Err(Problem::new(
-            403,
-            "terminal_disabled",
-            format!("terminal {} is disabled", auth.terminal_id),
-        ));
-    }
-    if auth.terminal_id != path_terminal {
-        return Err(Problem::new(
-            403,
-            "terminal_mismatch",
-            format!(
-                "signed by {} for terminal {path_terminal}",
-                auth.terminal_id
-            ),
-        ));
-    }
     let path_and_query = uri
         .path_and_query()
         .map(|p| p.as_str())
-        .unwrap_or_else(|| uri.path());
-    let now = (state.clock)();
-    let mut nonces = state
-        .nonces
-        .lock()
-        .map_err(|_| Problem::internal("nonce lock poisoned".into()))?;
-    nonces.prune(now);
-    auth.verify(
-        &terminal.keys.request,
-        method.as_str(),
-        path_and_query,
-        body,
-        now,
-        DEFAULT_SKEW_MS,
-        &mut *nonces,
-    )
-    .map_err(|e| {
-        let mut p = Problem::new(401, e.code(), e.to_string()).terminal(&auth.terminal_id);
-        if e.code() == "clock_skew" {
-            p.server_time_ms = Some(now);
-        }
-        p
-    })?;
-    Ok(terminal)
+        .unwrap_or_else(|| uri.path())
+        .to_owned();
+    let (method, path_terminal) = (method.as_str().to_owned(), path_terminal.to_owned());
+    let clock = state.clock.clone();
+    let pruned = state.nonces_pruned_ms.clone();
+    // One trip to the database thread: the terminal's keys, then the checks in the documented order;
+    // the nonce is remembered (in SQLite, surviving restarts) only when everything else passed.
+    state
+        .with_db(move |c| {
+            let terminal = db::terminal(c, &auth.terminal_id)
+                .map_err(|e| Problem::internal(e.to_string()))?
+                .ok_or_else(|| {
+                    Problem::new(
+                        401,
+                        "unknown_terminal",
+                        format!("terminal {} is not enrolled", auth.terminal_id),
+                    )
+                })?;
+            if !terminal.enabled {
+                return Err(Problem::new(
+                    403,
+                    "terminal_disabled",
+                    format!("terminal {} is disabled", auth.terminal_id),
+                ));
+            }
+            if auth.terminal_id != path_terminal {
+                return Err(Problem::new(
+                    403,
+                    "terminal_mismatch",
+                    format!(
+                        "signed by {} for terminal {path_terminal}",
+                        auth.terminal_id
+                    ),
+                ));
+            }
+            let now = clock();
+            let last = pruned.load(std::sync::atomic::Ordering::Relaxed);
+            if now.saturating_sub(last) >= NONCE_PRUNE_EVERY_MS {
+                nonces::prune(c, now).map_err(|e| Problem::internal(format!("nonces: {e}")))?;
+                pruned.store(now, std::sync::atomic::Ordering::Relaxed);
+            }
+            let mut nonces = nonces::SqliteNonces::new(c);
+            let verified = auth.verify(
+                &terminal.keys.request,
+                &method,
+                &path_and_query,
+                &body,
+                now,
+                DEFAULT_SKEW_MS,
+                &mut nonces,
+            );
+            if let Some(e) = nonces.error {
+                return Err(Problem::internal(format!("nonces: {e}")));
+            }
+            verified.map_err(|e| {
+                let mut p = Problem::new(401, e.code(), e.to_string()).terminal(&auth.terminal_id);
+                if e.code() == "clock_skew" {
+                    p.server_time_ms = Some(now);
+                }
+                p
+            })?;
+            Ok(terminal)
+        })
+        .await
+}
+
+/// Inflates a `Content-Encoding: gzip` body (after authentication: the signature covers the bytes as
+/// sent), counting while inflating so that a small bomb costs at most [`MAX_INFLATED_BODY_BYTES`].
+fn decode_body(headers: &HeaderMap, body: Bytes) -> Result<Bytes, Problem> {
+    let Some(coding) = headers.get(header::CONTENT_ENCODING) else {
+        return Ok(body);
+    };
+    let coding = coding.to_str().unwrap_or("").trim();
+    if coding.eq_ignore_ascii_case("identity") {
+        return Ok(body);
+    }
+    if !coding.eq_ignore_ascii_case("gzip") {
+        return Err(Problem::new(
+            415,
+            "unsupported_media_type",
+            format!("Content-Encoding {coding:?}: only gzip is accepted on requests"),
+        ));
+    }
+    if body.is_empty() {
+        return Ok(body);
+    }
+    use std::io::Read;
+    let limit = MAX_INFLATED_BODY_BYTES as u64;
+    let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(MAX_INFLATED_BODY_BYTES));
+    flate2::read::MultiGzDecoder::new(&body[..])
+        .take(limit + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| Problem::new(400, "malformed_request", format!("gzip body: {e}")))?;
+    if out.len() as u64 > limit {
+        return Err(Problem::new(
+            413,
+            "body_too_large",
+            format!("request body inflates to more than {MAX_INFLATED_BODY_BYTES} bytes"),
+        ));
+    }
+    Ok(Bytes::from(out))
 }
 
 /// A request whose body was read (under the limit) and whose signature verified for the path's
@@ -251,10 +306,15 @@ impl FromRequest<AppState> for Authenticated {
             &parts.method,
             &parts.uri,
             &parts.headers,
-            &body,
+            body.clone(),
             &terminal_id,
         )
         .await?;
+        let headers = parts.headers.clone();
+        let body = tokio::task::spawn_blocking(move || decode_body(&headers, body))
+            .await
+            .map_err(|e| Problem::internal(format!("inflating: {e}")))?
+            .map_err(|p| p.terminal(&terminal_id))?;
         Ok(Self {
             terminal_id,
             terminal,
@@ -397,18 +457,7 @@ fn require_json(headers: &HeaderMap) -> Result<(), Problem> {
                 .next()
                 .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
         });
-    // Compressed request bodies (gzip, documented as optional) are not implemented yet: refuse them
-    // precisely rather than fail on the compressed bytes as malformed JSON.
-    let encoded = headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    if encoded {
-        Err(Problem::new(
-            415,
-            "unsupported_media_type",
-            "Content-Encoding of request bodies is not supported by this server yet".into(),
-        ))
-    } else if is_json {
+    if is_json {
         Ok(())
     } else {
         Err(Problem::new(

@@ -109,6 +109,35 @@ impl Server {
         .await
     }
 
+    /// A signed upload whose body is sent with `Content-Encoding: coding` (the signature covers `body`,
+    /// the bytes as sent).
+    async fn send_encoded(&self, coding: &str, body: Vec<u8>) -> (u16, Value) {
+        let path = "/v1/terminals/T-1/journal";
+        let n = self.nonce.fetch_add(1, Ordering::SeqCst);
+        let h = SignedHeaders::sign(
+            &self.keys.request,
+            "T-1",
+            "POST",
+            path,
+            self.clock.load(Ordering::SeqCst),
+            [n; 16],
+            &body,
+        );
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .header("content-encoding", coding)
+            .body(body);
+        for (k, v) in h.pairs() {
+            req = req.header(k, v);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let v = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap_or(Value::Null);
+        (status, v)
+    }
+
     async fn head(&self) -> (u16, Value) {
         self.send("GET", "/v1/terminals/T-1/journal/head", Vec::new())
             .await
@@ -368,25 +397,12 @@ async fn malformed_and_oversized_bodies_are_refused_without_writes() {
         (413, Some("body_too_large")),
         "{v}"
     );
-    // A compressed request body (not supported yet) is refused as such, not parsed as JSON.
-    let body = b"\x1f\x8b not really gzip".to_vec();
-    let h = SignedHeaders::sign(&s.keys.request, "T-1", "POST", path, T0, [250; 16], &body);
-    let mut req = s
-        .http
-        .post(format!("{}{path}", s.base))
-        .header("content-type", "application/json")
-        .header("content-encoding", "gzip")
-        .body(body);
-    for (k, v) in h.pairs() {
-        req = req.header(k, v);
-    }
-    let resp = req.send().await.unwrap();
-    assert_eq!(resp.status().as_u16(), 415);
-    assert!(
-        resp.text()
-            .await
-            .unwrap()
-            .contains("unsupported_media_type")
+    // A request body in a coding other than gzip is refused as such, not parsed as JSON.
+    let (st, v) = s.send_encoded("br", b"\x1f\x8b not brotli".to_vec()).await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (415, Some("unsupported_media_type")),
+        "{v}"
     );
     let (st, v) = s.send("GET", "/v1/nothing", Vec::new()).await;
     assert_eq!((st, v["code"].as_str()), (404, Some("not_found")));
@@ -448,4 +464,59 @@ async fn batch_close_reconciles_once_per_day() {
         (400, Some("malformed_request")),
         "{v}"
     );
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_uploads_are_inflated_after_authentication_and_bombs_are_refused() {
+    let s = start().await;
+    let recs = chain(&s.keys, 3, |_| 1);
+    let (st, v) = s.send_encoded("gzip", gzip(&upload_body(1, &recs))).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        (v["acknowledged_seq"].as_u64(), v["stored"].as_u64()),
+        (Some(3), Some(3))
+    );
+
+    // 40 MiB of spaces after a valid start: 40 KiB on the wire, refused while inflating.
+    let mut bomb = b"{\"from_seq\": 4, \"records\": [".to_vec();
+    bomb.resize(40 << 20, b' ');
+    let packed = gzip(&bomb);
+    assert!(packed.len() < 100_000);
+    let (st, v) = s.send_encoded("gzip", packed).await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (413, Some("body_too_large")),
+        "{v}"
+    );
+    // Not gzip at all.
+    let (st, v) = s.send_encoded("gzip", b"plain text".to_vec()).await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (400, Some("malformed_request")),
+        "{v}"
+    );
+    // The body hash is over the bytes as sent: signing the inflated body does not pass.
+    let body = upload_body(4, &chain(&s.keys, 4, |_| 1)[3..]);
+    let (st, v) = s
+        .send_as(
+            &s.keys,
+            "POST",
+            "/v1/terminals/T-1/journal",
+            gzip(&body),
+            |h| h.content_sha256 = hex::encode(redeemd_contract::request::body_sha256(&body)),
+        )
+        .await;
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (401, Some("body_hash_mismatch")),
+        "{v}"
+    );
+    assert_eq!(stored_count(&s), 3);
 }

@@ -495,3 +495,61 @@ fn card_lifecycle_through_the_admin_commands() {
         .unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("CODE:TITLE:USES:PRICE_FEN"));
 }
+
+#[test]
+fn a_replayed_request_is_refused_after_a_server_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.sqlite3");
+    let key = dir.path().join("T-1.key");
+    assert!(enroll(&db, &key).status.success());
+    let keys = TerminalSecret::from_hex_text(&std::fs::read_to_string(&key).unwrap())
+        .unwrap()
+        .derive_all("T-1");
+    let body = common::upload_body(1, &common::chain(&keys, 2, |_| 1));
+    // One captured request, sent again as is.
+    let captured = SignedHeaders::sign(
+        &keys.request,
+        "T-1",
+        "POST",
+        JOURNAL,
+        now_ms(),
+        [42; 16],
+        &body,
+    );
+    let replay = |addr: &str| {
+        let (addr, body, h) = (addr.to_owned(), body.clone(), captured.clone());
+        runtime().block_on(async move {
+            let mut req = reqwest::Client::new()
+                .post(format!("http://{addr}{JOURNAL}"))
+                .header("content-type", "application/json")
+                .body(body);
+            for (k, v) in h.pairs() {
+                req = req.header(k, v);
+            }
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (
+                status,
+                serde_json::from_slice::<Value>(&resp.bytes().await.unwrap()).unwrap(),
+            )
+        })
+    };
+    let mut server = serve(&db);
+    let (st, v) = replay(&server.addr);
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = replay(&server.addr);
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (401, Some("nonce_replayed")),
+        "{v}"
+    );
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let server = serve(&db);
+    let (st, v) = replay(&server.addr);
+    assert_eq!(
+        (st, v["code"].as_str()),
+        (401, Some("nonce_replayed")),
+        "after a restart: {v}"
+    );
+}
