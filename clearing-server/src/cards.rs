@@ -1061,21 +1061,58 @@ pub fn deny_entries(
 // ---------------------------------------------------------------------------------------------
 // Usage from uploaded records
 
-/// Adds `delta` uses (negative for a void) to an item of a card. Returns `false` when the card has no
-/// such package item (the record is kept; the caller notes an exception).
+/// Adds `delta` uses (negative for a void) to an item of a card. Returns the item's new `uses_left`, or
+/// `None` when the card has no such package item (the record is kept; the caller notes an exception).
 pub fn add_usage(
     conn: &Connection,
     card_id: i64,
     package_id: &str,
     service_code: &str,
     delta: i64,
-) -> Result<bool, rusqlite::Error> {
-    let n = conn
-        .prepare_cached(
-            "UPDATE package_item SET used = used + ?4 WHERE card_id = ?1 AND package_id = ?2 AND service_code = ?3",
-        )?
-        .execute(params![card_id, package_id, service_code, delta])?;
-    Ok(n == 1)
+) -> Result<Option<u32>, rusqlite::Error> {
+    conn.prepare_cached(
+        "UPDATE package_item SET used = used + ?4 WHERE card_id = ?1 AND package_id = ?2 AND service_code = ?3
+         RETURNING uses_total, used",
+    )?
+    .query_row(params![card_id, package_id, service_code, delta], |r| {
+        let (total, used): (i64, i64) = (r.get(0)?, r.get(1)?);
+        Ok(u32::try_from((total - used.max(0)).max(0)).unwrap_or(0))
+    })
+    .optional()
+}
+
+/// Writes new `uses_left` figures into a card's stored body and gives it `version`: the upload path's
+/// cheap form of [`refresh`] (one read, one write), for items whose `used` changed by [`add_usage`].
+pub fn patch_uses_left(
+    conn: &Connection,
+    card_id: i64,
+    left: &[(&str, &str, u32)],
+    version: u64,
+) -> Result<(), CardError> {
+    let body: Vec<u8> = conn
+        .prepare_cached("SELECT body FROM card WHERE id = ?1")?
+        .query_row([card_id], |r| r.get(0))?;
+    let mut card = Card::decode(&body).map_err(|e| CardError::Corrupt {
+        what: "body",
+        card_id,
+        reason: e.to_string(),
+    })?;
+    for (package, code, uses_left) in left {
+        let item = card
+            .packages
+            .iter_mut()
+            .filter(|p| p.id == *package)
+            .flat_map(|p| p.items.iter_mut())
+            .find(|i| i.service_code == *code);
+        match item {
+            Some(i) => i.uses_left = *uses_left,
+            // The body is derived from the same rows; a mismatch means it is stale: rebuild it.
+            None => return refresh(conn, card_id, version),
+        }
+    }
+    conn.prepare_cached("UPDATE card SET body = ?2, version = ?3 WHERE id = ?1")?
+        .execute(params![card_id, card.encode(), version as i64])?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -464,7 +464,8 @@ fn store_batch_tx(
 /// record is never refused) and noted in the exceptions list.
 #[derive(Default)]
 struct Usage {
-    touched: std::collections::BTreeSet<i64>,
+    /// Per touched card: (package, service code) → the item's new `uses_left`.
+    touched: std::collections::BTreeMap<i64, std::collections::BTreeMap<(String, String), u32>>,
     /// The index was brought up to date during this batch: a miss now is a truly unknown card.
     index_filled: bool,
 }
@@ -506,9 +507,9 @@ impl Usage {
             )?;
             return Ok(None);
         };
-        if !crate::cards::add_usage(tx, card_id, &rec.package_id, &rec.service_code, delta)
-            .map_err(sql)?
-        {
+        let left = crate::cards::add_usage(tx, card_id, &rec.package_id, &rec.service_code, delta)
+            .map_err(sql)?;
+        let Some(left) = left else {
             note_exception(
                 tx,
                 &keys.terminal_id,
@@ -521,8 +522,11 @@ impl Usage {
                 now_ms,
             )?;
             return Ok(Some(card_id));
-        }
-        self.touched.insert(card_id);
+        };
+        self.touched
+            .entry(card_id)
+            .or_default()
+            .insert((rec.package_id.clone(), rec.service_code.clone()), left);
         Ok(Some(card_id))
     }
 
@@ -531,8 +535,12 @@ impl Usage {
             return Ok(());
         }
         let version = crate::cards::bump_version(tx, now_ms).map_err(sql)?;
-        for card in self.touched {
-            crate::cards::refresh(tx, card, version)
+        for (card, items) in &self.touched {
+            let left: Vec<(&str, &str, u32)> = items
+                .iter()
+                .map(|((p, c), l)| (p.as_str(), c.as_str(), *l))
+                .collect();
+            crate::cards::patch_uses_left(tx, *card, &left, version)
                 .map_err(|e| Problem::internal(e.to_string()))?;
         }
         Ok(())
