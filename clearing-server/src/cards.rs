@@ -953,7 +953,7 @@ pub fn fill_card_refs(
         let mut insert = conn.prepare_cached(
             "INSERT OR IGNORE INTO card_ref (terminal_id, card_ref, card_id) VALUES (?1, ?2, ?3)",
         )?;
-        let mut rows = select.query(params![through, limit as i64])?;
+        let mut rows = select.query(params![through, i64::try_from(limit).unwrap_or(i64::MAX)])?;
         while let Some(r) = rows.next()? {
             let id: i64 = r.get(0)?;
             let number: String = r.get(1)?;
