@@ -841,6 +841,10 @@ fn change_status(
     let version = bump_version(conn, now_ms)?;
     conn.prepare_cached("UPDATE card SET status = ?2 WHERE id = ?1")?
         .execute(params![row.id, to as i64])?;
+    conn.prepare_cached(
+        "INSERT INTO card_status_change (card_id, status, at_ms) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![row.id, to as i64, now_ms])?;
     refresh(conn, row.id, version)?;
     if let Some(deny) = DenyStatus::from_card_status(to) {
         append_deny(conn, row.id, deny, version, now_ms)?;
@@ -1237,7 +1241,8 @@ pub fn show(conn: &Connection, number: &CardNumber) -> Result<String, CardError>
     Ok(out)
 }
 
-fn rfc3339(ms: i64) -> String {
+/// `ms` as RFC 3339 in China Standard Time (the platform's business time zone), or the number if out of range.
+pub fn rfc3339(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
         .and_then(|t| {

@@ -22,7 +22,7 @@ use thiserror::Error;
 use crate::problem::Problem;
 
 /// Schema version in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 /// Longest canonical record accepted (`docs/api/README.md`, "Size limits").
 pub const MAX_RECORD_BYTES: usize = 8192;
 
@@ -153,7 +153,22 @@ CREATE INDEX journal_by_card ON journal(card_id) WHERE card_id IS NOT NULL;
 ";
 
 /// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+/// Version 3: every card status change with its time, so that clearing can tell whether a redemption
+/// was made while the platform held the card as lost, frozen or cancelled (`crate::statements`). A
+/// database migrated from version 2 gets the lost/frozen/cancelled changes its deny lists recorded
+/// (unlocks made before the migration are not known).
+const SCHEMA_V3: &str = "
+CREATE TABLE card_status_change (
+    id      INTEGER PRIMARY KEY,
+    card_id INTEGER NOT NULL REFERENCES card(id),
+    status  INTEGER NOT NULL CHECK (status BETWEEN 1 AND 4),
+    at_ms   INTEGER NOT NULL
+);
+CREATE INDEX card_status_change_by_card ON card_status_change(card_id, at_ms);
+INSERT INTO card_status_change (card_id, status, at_ms)
+    SELECT DISTINCT card_id, status, reported_at_ms FROM deny_entry ORDER BY reported_at_ms;
+";
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
 
 #[derive(Debug, Error)]
 pub enum DbError {

@@ -5,7 +5,8 @@
 //! * [`cards`] — merchants, cards, packages, entitlement versions, card references, deny lists (the admin
 //!   commands' operations).
 //! * [`bundle`] — signed snapshots and deltas, streamed; response compression.
-//! * [`clearing`] — merchant and member statements, exceptions (pure, over decoded records).
+//! * [`clearing`] — merchant and member statements, exceptions (pure, over decoded records);
+//!   [`statements`] gathers their inputs from the database for `admin statement` / `admin exceptions`.
 //! * [`close`] — end-of-day totals; [`problem`] — `application/problem+json` answers with stable codes.
 //! * this module — the HTTP layer (axum): request authentication with `redeemd_contract::request`, body
 //!   limits, and the handlers. Database work runs on blocking threads, one connection behind a mutex;
@@ -22,6 +23,7 @@ pub mod close;
 pub mod db;
 pub mod nonces;
 pub mod problem;
+pub mod statements;
 
 use std::sync::{Arc, Mutex};
 

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use clearing_server::cards::{self, CardError, StatusAction};
+use clearing_server::statements;
 use redeemd_contract::model::{CardNumber, MerchantScope};
 
 #[derive(Parser)]
@@ -73,6 +74,65 @@ enum Admin {
     Card {
         #[command(subcommand)]
         command: CardCommand,
+    },
+    /// Clearing statements from the uploaded records: what a merchant is owed, what a member used.
+    Statement {
+        #[command(subcommand)]
+        command: StatementCommand,
+    },
+    /// Records that need a person before money moves: refused at upload (broken chain, bad MAC),
+    /// redeemed while the card was lost/frozen/cancelled, and over-redemption across shops.
+    Exceptions {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A statement period: `--from` inclusive, `--until` inclusive of that day (dates in China Standard
+/// Time, or RFC 3339 instants); all records when omitted.
+#[derive(clap::Args)]
+struct Period {
+    /// First day (YYYY-MM-DD) or instant (RFC 3339) of the period.
+    #[arg(long)]
+    from: Option<String>,
+    /// Last day (YYYY-MM-DD, included) or end instant (RFC 3339, excluded) of the period.
+    #[arg(long)]
+    until: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Period {
+    fn window(&self) -> Result<(i64, i64), CardError> {
+        Ok((
+            self.from
+                .as_deref()
+                .map_or(Ok(i64::MIN), |s| cards::parse_time("--from", s, false))?,
+            self.until
+                .as_deref()
+                .map_or(Ok(i64::MAX), |s| cards::parse_time("--until", s, true))?,
+        ))
+    }
+}
+
+#[derive(Subcommand)]
+enum StatementCommand {
+    /// Per item: units redeemed, voided, net, settlement amount; commission at the merchant's rate; net payable.
+    Merchant {
+        #[arg(long)]
+        merchant: String,
+        #[command(flatten)]
+        period: Period,
+    },
+    /// One card's usage at every shop, per item and record by record.
+    Member {
+        /// Card number (printed masked).
+        #[arg(long)]
+        number: String,
+        #[command(flatten)]
+        period: Period,
     },
 }
 
@@ -204,6 +264,23 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Admin {
             command: Admin::Card { command },
         } => card_command(conn, command),
+        Command::Admin {
+            command: Admin::Statement { command },
+        } => statement_command(&conn, command).map_err(|e| e.to_string()),
+        Command::Admin {
+            command: Admin::Exceptions { json },
+        } => {
+            let e = statements::exceptions(&conn).map_err(|e| e.to_string())?;
+            if json {
+                print_json(&e)
+            } else {
+                print!(
+                    "{}",
+                    statements::render_exceptions(&conn, &e).map_err(|e| e.to_string())?
+                );
+                Ok(())
+            }
+        }
         Command::Admin {
             command: Admin::Disable { terminal },
         } => set_enabled(&conn, &terminal, false),
@@ -338,6 +415,42 @@ fn card_command(conn: rusqlite::Connection, command: CardCommand) -> Result<(), 
             let n = number("--number", &raw).map_err(|e| e.to_string())?;
             print!("{}", cards::show(&conn, &n).map_err(|e| e.to_string())?);
             Ok(())
+        }
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
+    println!("{text}");
+    Ok(())
+}
+
+fn statement_command(
+    conn: &rusqlite::Connection,
+    command: StatementCommand,
+) -> Result<(), CardError> {
+    match command {
+        StatementCommand::Merchant { merchant, period } => {
+            let (s, name) = statements::merchant_statement(conn, &merchant, period.window()?)?;
+            if period.json {
+                print_json(&s).map_err(CardError::Invalid)
+            } else {
+                print!("{}", statements::render_merchant(&s, &name));
+                Ok(())
+            }
+        }
+        StatementCommand::Member {
+            number: raw,
+            period,
+        } => {
+            let n = number("--number", &raw)?;
+            let s = statements::member_statement(conn, &n, period.window()?)?;
+            if period.json {
+                print_json(&s).map_err(CardError::Invalid)
+            } else {
+                print!("{}", statements::render_member(&s, &n.masked()));
+                Ok(())
+            }
         }
     }
 }

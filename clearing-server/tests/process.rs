@@ -1,5 +1,6 @@
 //! The real `clearing-server` binary: `admin enroll` writes a private key file, `serve` answers requests
-//! signed with that key, and a `kill -9` in the middle of an upload loses nothing and stores nothing twice.
+//! signed with that key, a `kill -9` in the middle of an upload loses nothing and stores nothing twice,
+//! the card admin commands, and the clearing reports (`admin statement`, `admin exceptions`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
@@ -79,7 +80,15 @@ async fn send(
 ) -> Option<(u16, Value)> {
     let mut nonce = [0u8; 16];
     getrandom::fill(&mut nonce).unwrap();
-    let h = SignedHeaders::sign(&keys.request, "T-1", method, path, now_ms(), nonce, &body);
+    let h = SignedHeaders::sign(
+        &keys.request,
+        &keys.terminal_id,
+        method,
+        path,
+        now_ms(),
+        nonce,
+        &body,
+    );
     let mut req = reqwest::Client::new()
         .request(method.parse().unwrap(), format!("http://{addr}{path}"))
         .header("content-type", "application/json")
@@ -551,5 +560,246 @@ fn a_replayed_request_is_refused_after_a_server_restart() {
         (st, v["code"].as_str()),
         (401, Some("nonce_replayed")),
         "after a restart: {v}"
+    );
+}
+
+/// Keys of a terminal enrolled with `admin enroll --key-file`.
+fn enrolled(db: &Path, dir: &Path, terminal: &str) -> TerminalKeys {
+    let key = dir.join(format!("{terminal}.key"));
+    ok(
+        db,
+        &[
+            "enroll",
+            "--terminal",
+            terminal,
+            "--merchant",
+            "M-1",
+            "--key-file",
+            key.to_str().unwrap(),
+        ],
+    );
+    TerminalSecret::from_hex_text(&std::fs::read_to_string(&key).unwrap())
+        .unwrap()
+        .derive_all(terminal)
+}
+
+/// Uploads `recs` (continuing the terminal's chain) and returns the answer.
+fn upload(
+    server: &Server,
+    keys: &TerminalKeys,
+    recs: &[(redeemd_contract::JournalRecord, redeemd_contract::keys::Tag)],
+) -> (u16, Value) {
+    let path = format!("/v1/terminals/{}/journal", keys.terminal_id);
+    runtime()
+        .block_on(send(
+            &server.addr,
+            keys,
+            "POST",
+            &path,
+            redeemd::sync::wire::upload_body(recs),
+        ))
+        .unwrap()
+}
+
+#[test]
+fn clearing_reports_name_over_redemption_across_shops_redemptions_after_a_loss_and_refused_records()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.sqlite3");
+    let t1 = enrolled(&db, dir.path(), "T-1");
+    let t2 = enrolled(&db, dir.path(), "T-2");
+    ok(
+        &db,
+        &[
+            "merchant",
+            "--id",
+            "M-1",
+            "--name",
+            "城东洗车",
+            "--commission-bps",
+            "500",
+        ],
+    );
+    ok(&db, &["card", "create", "--number", CARD_A]);
+    ok(
+        &db,
+        &[
+            "card",
+            "customize",
+            "--number",
+            CARD_A,
+            "--package",
+            "P1",
+            "--title",
+            "洗车套餐",
+            "--valid-from",
+            "2026-01-01",
+            "--valid-until",
+            "2030-12-31",
+            "--item",
+            "WASH:精洗:3:3500",
+        ],
+    );
+    let card = |keys: &TerminalKeys| {
+        redeemd_contract::model::CardNumber::parse(CARD_A)
+            .unwrap()
+            .card_ref(&keys.card_token)
+    };
+    let wash = |keys: &TerminalKeys, q| common::Line::redeem(card(keys), "P1", "WASH", q);
+    let server = serve(&db);
+
+    // Both shops were offline: T-1 redeemed 2 of the 3 washes, T-2 2 and then 1 more, which it voided.
+    let t1_recs = common::lines(&t1, None, &[wash(&t1, 2)]);
+    assert_eq!(upload(&server, &t1, &t1_recs).0, 200);
+    let t2_second = wash(&t2, 1);
+    let t2_recs = common::lines(
+        &t2,
+        None,
+        &[
+            wash(&t2, 2),
+            t2_second.clone(),
+            common::Line::void(&t2_second, 2),
+        ],
+    );
+    assert_eq!(upload(&server, &t2, &t2_recs).0, 200);
+
+    // The card is reported lost; T-1, not yet synced, redeems once more after the report.
+    ok(&db, &["card", "lost", "--number", CARD_A]);
+    let mut late = common::line(&t1, 2, t1_recs[0].1, &wash(&t1, 1));
+    late.wall_ms = now_ms() + 60_000;
+    let late_mac = late.mac(&t1.journal);
+    assert_eq!(upload(&server, &t1, &[(late, late_mac)]).0, 200);
+
+    // T-2's next record was edited in the shop's database: refused, named, never cleared.
+    let mut tampered = common::lines(&t2, Some((3, t2_recs[2].1)), &[wash(&t2, 1)]);
+    tampered[0].0.quantity = 9;
+    let (status, v) = upload(&server, &t2, &tampered);
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (422, Some("record_mac_invalid")),
+        "{v}"
+    );
+
+    let report: Value = serde_json::from_str(&ok(&db, &["exceptions", "--json"])).unwrap();
+    let over = report["over_redeemed"].as_array().unwrap();
+    assert_eq!(over.len(), 1, "{report:#}");
+    assert_eq!(over[0]["net_used"], 5);
+    assert_eq!(over[0]["uses_total"], 3);
+    assert_eq!(over[0]["terminals"], serde_json::json!(["T-1", "T-2"]));
+    assert_eq!(over[0]["records"].as_array().unwrap().len(), 5);
+    let denied = report["redeemed_while_denied"].as_array().unwrap();
+    assert_eq!(denied.len(), 1, "{report:#}");
+    assert_eq!(
+        (
+            &denied[0]["record"]["terminal_id"],
+            &denied[0]["record"]["seq"],
+            &denied[0]["period"]["status"]
+        ),
+        (
+            &serde_json::json!("T-1"),
+            &serde_json::json!(2),
+            &serde_json::json!("lost")
+        )
+    );
+    let noted: Vec<(String, u64, String)> = report["refused_or_unmapped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["terminal_id"].as_str().unwrap().to_owned(),
+                n["seq"].as_u64().unwrap(),
+                n["code"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        noted,
+        [("T-2".to_owned(), 4, "record_mac_invalid".to_owned())]
+    );
+    let text = ok(&db, &["exceptions"]);
+    for want in [
+        "exceptions: 3",
+        "record_mac_invalid terminal T-2 seq 4",
+        "redeemed_while_lost card 622848******5678: terminal T-1 seq 2",
+        "over_redeemed card 622848******5678 P1 WASH: 5 used of 3 across T-1, T-2",
+    ] {
+        assert!(text.contains(want), "{want:?} not in\n{text}");
+    }
+
+    // The merchant statement's totals are the sum of the stored records (the tampered one is not there).
+    let stored: Vec<(i64, i64)> = [&t1_recs[..], &t2_recs[..]]
+        .concat()
+        .iter()
+        .map(|(r, _)| r)
+        .chain([&common::line(&t1, 2, t1_recs[0].1, &wash(&t1, 1))])
+        .map(|r| {
+            let sign = if r.kind == redeemd_contract::RecordKind::Void {
+                -1
+            } else {
+                1
+            };
+            (sign * i64::from(r.quantity), sign * r.amount_fen as i64)
+        })
+        .collect();
+    let (units, amount): (i64, i64) = stored
+        .iter()
+        .fold((0, 0), |(u, a), (du, da)| (u + du, a + da));
+    let s: Value = serde_json::from_str(&ok(
+        &db,
+        &["statement", "merchant", "--merchant", "M-1", "--json"],
+    ))
+    .unwrap();
+    assert_eq!(s["records"], 5);
+    assert_eq!(s["lines"][0]["net_units"], units);
+    assert_eq!(s["net_amount_fen"], amount);
+    assert_eq!(s["commission_fen"], amount * 5 / 100);
+    assert_eq!(s["payable_fen"], amount - amount * 5 / 100);
+    let text = ok(&db, &["statement", "merchant", "--merchant", "M-1"]);
+    assert!(
+        text.contains(
+            "net amount ¥175.00  commission 5.00 % ¥8.75  payable to the merchant ¥166.25"
+        ),
+        "{text}"
+    );
+    // A period that ends before the late redemption leaves it out.
+    let before: Value = serde_json::from_str(&ok(
+        &db,
+        &[
+            "statement",
+            "merchant",
+            "--merchant",
+            "M-1",
+            "--until",
+            "2026-11-20",
+            "--json",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(before["records"], 4);
+
+    let member = ok(&db, &["statement", "member", "--number", CARD_A]);
+    assert!(
+        member.contains("P1 WASH 精洗: used 5 (redeemed 6, voided 1) of 3"),
+        "{member}"
+    );
+    assert_eq!(member.matches(" auth ").count(), 5, "{member}");
+    assert!(!member.contains(CARD_A_DIGITS));
+    refused(
+        &db,
+        &["statement", "merchant", "--merchant", "M-404"],
+        "merchant M-404 does not exist",
+    );
+    refused(
+        &db,
+        &[
+            "statement",
+            "merchant",
+            "--merchant",
+            "M-1",
+            "--from",
+            "yesterday",
+        ],
+        "--from \"yesterday\"",
     );
 }

@@ -1,0 +1,340 @@
+//! Clearing reports from the database: the merchant statement, the member usage statement and the
+//! exceptions list (`clearing-server admin statement …`, `admin exceptions`).
+//!
+//! The rules are pure code in [`crate::clearing`]; this module gathers their inputs — stored journal records
+//! (decoded from the exact bytes the terminals MACed; only verified records are ever stored), the card each
+//! record was mapped to at upload (`journal.card_id`), package totals, card status history
+//! (`card_status_change`) and the records refused at upload (`exception`) — and renders them for a person.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use redeemd_contract::JournalRecord;
+use redeemd_contract::model::{CardNumber, CardStatus};
+use rusqlite::Connection;
+use serde::Serialize;
+
+use crate::cards::{self, CardError};
+use crate::clearing::{
+    self, DenyPeriod, ItemTotals, MemberStatement, MerchantStatement, OverRedeemed,
+    RedeemedWhileDenied,
+};
+
+/// A `[from, until)` window in unix ms.
+pub type Window = (i64, i64);
+
+fn decode(terminal_id: &str, seq: i64, bytes: &[u8]) -> Result<JournalRecord, CardError> {
+    JournalRecord::decode(bytes).map_err(|e| {
+        CardError::Invalid(format!(
+            "journal of {terminal_id} seq {seq}: stored record does not decode: {e}"
+        ))
+    })
+}
+
+/// Every stored record of the terminals enrolled for `merchant_id`, in (terminal, seq) order.
+fn merchant_records(conn: &Connection, merchant_id: &str) -> Result<Vec<JournalRecord>, CardError> {
+    let mut stmt = conn.prepare(
+        "SELECT j.terminal_id, j.seq, j.record FROM journal j JOIN terminal t ON t.id = j.terminal_id
+         WHERE t.merchant_id = ?1 ORDER BY j.terminal_id, j.seq",
+    )?;
+    let mut rows = stmt.query([merchant_id])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let (t, seq, bytes): (String, i64, Vec<u8>) = (r.get(0)?, r.get(1)?, r.get(2)?);
+        out.push(decode(&t, seq, &bytes)?);
+    }
+    Ok(out)
+}
+
+/// The card's stored records (any terminal), in (terminal, seq) order.
+fn card_records(conn: &Connection, card_id: i64) -> Result<Vec<JournalRecord>, CardError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT terminal_id, seq, record FROM journal WHERE card_id = ?1 ORDER BY terminal_id, seq",
+    )?;
+    let mut rows = stmt.query([card_id])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let (t, seq, bytes): (String, i64, Vec<u8>) = (r.get(0)?, r.get(1)?, r.get(2)?);
+        out.push(decode(&t, seq, &bytes)?);
+    }
+    Ok(out)
+}
+
+fn item_totals(conn: &Connection, card_id: i64) -> Result<ItemTotals, CardError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT package_id, service_code, uses_total FROM package_item WHERE card_id = ?1",
+    )?;
+    let rows = stmt.query_map([card_id], |r| {
+        Ok((
+            (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
+            r.get::<_, u32>(2)?,
+        ))
+    })?;
+    Ok(rows.collect::<Result<BTreeMap<_, _>, _>>()?)
+}
+
+/// The periods in which the platform held the card as lost, frozen or cancelled.
+fn deny_periods(conn: &Connection, card_id: i64) -> Result<Vec<DenyPeriod>, CardError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT status, at_ms FROM card_status_change WHERE card_id = ?1 ORDER BY at_ms, id",
+    )?;
+    let changes = stmt
+        .query_map([card_id], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut periods: Vec<DenyPeriod> = Vec::new();
+    for (status, at_ms) in changes {
+        if let Some(open) = periods.last_mut().filter(|p| p.until_ms.is_none()) {
+            open.until_ms = Some(at_ms);
+        }
+        let status = match status {
+            2 => CardStatus::Lost,
+            3 => CardStatus::Frozen,
+            4 => CardStatus::Cancelled,
+            _ => continue,
+        };
+        periods.push(DenyPeriod {
+            status: cards::status_name(status).to_owned(),
+            from_ms: at_ms,
+            until_ms: None,
+        });
+    }
+    Ok(periods)
+}
+
+pub fn merchant_statement(
+    conn: &Connection,
+    merchant_id: &str,
+    window: Window,
+) -> Result<(MerchantStatement, String), CardError> {
+    let merchant = cards::merchant(conn, merchant_id)?
+        .ok_or_else(|| CardError::Invalid(format!("merchant {merchant_id} does not exist")))?;
+    let records = merchant_records(conn, merchant_id)?;
+    Ok((
+        clearing::merchant_statement(merchant_id, window, merchant.commission_bps, &records),
+        merchant.name,
+    ))
+}
+
+pub fn member_statement(
+    conn: &Connection,
+    number: &CardNumber,
+    window: Window,
+) -> Result<MemberStatement, CardError> {
+    let card = cards::card_by_number(conn, number)?;
+    let records = card_records(conn, card.id)?;
+    Ok(clearing::member_statement(
+        card.id,
+        window,
+        &item_totals(conn, card.id)?,
+        &records,
+    ))
+}
+
+/// A record refused at upload (it broke the chain, failed its MAC, …) or stored but not mappable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Noted {
+    pub terminal_id: String,
+    pub seq: Option<u64>,
+    pub code: String,
+    pub detail: String,
+    pub at_ms: i64,
+}
+
+/// Everything that needs a person before money moves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Exceptions {
+    pub refused_or_unmapped: Vec<Noted>,
+    pub redeemed_while_denied: Vec<RedeemedWhileDenied>,
+    pub over_redeemed: Vec<OverRedeemed>,
+}
+
+pub fn exceptions(conn: &Connection) -> Result<Exceptions, CardError> {
+    let mut stmt = conn.prepare(
+        "SELECT terminal_id, seq, code, detail, at_ms FROM exception ORDER BY terminal_id, seq, id",
+    )?;
+    let refused_or_unmapped = stmt
+        .query_map([], |r| {
+            Ok(Noted {
+                terminal_id: r.get(0)?,
+                seq: r.get::<_, Option<i64>>(1)?.map(|s| s.max(0) as u64),
+                code: r.get(2)?,
+                detail: r.get(3)?,
+                at_ms: r.get(4)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let cards_used: Vec<i64> = conn
+        .prepare("SELECT DISTINCT card_id FROM journal WHERE card_id IS NOT NULL ORDER BY card_id")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let (mut denied, mut over) = (Vec::new(), Vec::new());
+    for card_id in cards_used {
+        let records = card_records(conn, card_id)?;
+        denied.extend(clearing::redeemed_while_denied(
+            card_id,
+            &deny_periods(conn, card_id)?,
+            &records,
+        ));
+        over.extend(clearing::over_redeemed(
+            card_id,
+            &item_totals(conn, card_id)?,
+            &records,
+        ));
+    }
+    Ok(Exceptions {
+        refused_or_unmapped,
+        redeemed_while_denied: denied,
+        over_redeemed: over,
+    })
+}
+
+/// The masked number of a platform card, for reports (never the full number).
+pub fn masked_card(conn: &Connection, card_id: i64) -> Result<String, CardError> {
+    Ok(cards::card_by_id(conn, card_id)?.masked())
+}
+
+fn yuan(fen: i64) -> String {
+    let sign = if fen < 0 { "-" } else { "" };
+    let abs = fen.unsigned_abs();
+    format!("{sign}{}.{:02}", abs / 100, abs % 100)
+}
+
+fn time(ms: i64) -> String {
+    crate::cards::rfc3339(ms)
+}
+
+fn window_text((from, until): Window) -> String {
+    match (from, until) {
+        (i64::MIN, i64::MAX) => "all records".into(),
+        (i64::MIN, u) => format!("before {}", time(u)),
+        (f, i64::MAX) => format!("from {}", time(f)),
+        (f, u) => format!("{} to {} (exclusive)", time(f), time(u)),
+    }
+}
+
+pub fn render_merchant(s: &MerchantStatement, name: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "merchant statement  {} {}  {}",
+        s.merchant_id,
+        name,
+        window_text((s.from_ms, s.until_ms))
+    );
+    let _ = writeln!(
+        out,
+        "{:<12} {:<8} {:<12} {:>8} {:>6} {:>5} {:>12}",
+        "package", "item", "title", "redeemed", "voided", "net", "amount ¥"
+    );
+    for l in &s.lines {
+        let _ = writeln!(
+            out,
+            "{:<12} {:<8} {:<12} {:>8} {:>6} {:>5} {:>12}",
+            l.package_id,
+            l.service_code,
+            l.title,
+            l.redeemed,
+            l.voided,
+            l.net_units,
+            yuan(l.net_amount_fen)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "records {}  net amount ¥{}  commission {}.{:02} % ¥{}  payable to the merchant ¥{}",
+        s.records,
+        yuan(s.net_amount_fen),
+        s.commission_bps / 100,
+        s.commission_bps % 100,
+        yuan(s.commission_fen),
+        yuan(s.payable_fen)
+    );
+    out
+}
+
+pub fn render_member(s: &MemberStatement, masked: &str) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "member usage statement  card {masked}  {}",
+        window_text((s.from_ms, s.until_ms))
+    );
+    for i in &s.items {
+        let total = i.uses_total.map_or_else(|| "?".into(), |t| t.to_string());
+        let _ = writeln!(
+            out,
+            "  {} {} {}: used {} (redeemed {}, voided {}) of {total}",
+            i.package_id, i.service_code, i.title, i.net_units, i.redeemed, i.voided
+        );
+    }
+    for r in &s.records {
+        let _ = writeln!(
+            out,
+            "  {}  {} seq {}  {} {} {} ×{}  auth {}",
+            time(r.wall_ms),
+            r.terminal_id,
+            r.seq,
+            r.merchant_id,
+            r.kind,
+            r.service_code,
+            r.quantity,
+            r.auth_code
+        );
+    }
+    out
+}
+
+pub fn render_exceptions(conn: &Connection, e: &Exceptions) -> Result<String, CardError> {
+    let mut out = String::new();
+    let total = e.refused_or_unmapped.len() + e.redeemed_while_denied.len() + e.over_redeemed.len();
+    let _ = writeln!(out, "exceptions: {total}");
+    for n in &e.refused_or_unmapped {
+        let seq = n.seq.map_or_else(|| "-".into(), |s| s.to_string());
+        let _ = writeln!(
+            out,
+            "  {} terminal {} seq {seq}: {} ({})",
+            n.code,
+            n.terminal_id,
+            n.detail,
+            time(n.at_ms)
+        );
+    }
+    for d in &e.redeemed_while_denied {
+        let _ = writeln!(
+            out,
+            "  redeemed_while_{} card {}: terminal {} seq {} at {} ({} {} ×{}, auth {}); {} since {}",
+            d.period.status,
+            masked_card(conn, d.card_id)?,
+            d.record.terminal_id,
+            d.record.seq,
+            time(d.record.wall_ms),
+            d.record.package_id,
+            d.record.service_code,
+            d.record.quantity,
+            d.record.auth_code,
+            d.period.status,
+            time(d.period.from_ms)
+        );
+    }
+    for o in &e.over_redeemed {
+        let records: Vec<String> = o
+            .records
+            .iter()
+            .map(|r| format!("{}#{} {} ×{}", r.terminal_id, r.seq, r.kind, r.quantity))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  over_redeemed card {} {} {}: {} used of {} across {}; records {}",
+            masked_card(conn, o.card_id)?,
+            o.package_id,
+            o.service_code,
+            o.net_used,
+            o.uses_total,
+            o.terminals.join(", "),
+            records.join(", ")
+        );
+    }
+    Ok(out)
+}
