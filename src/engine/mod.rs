@@ -13,6 +13,7 @@ pub mod reason;
 use std::collections::{BTreeMap, HashMap};
 
 pub use reason::DeclineReason;
+use redeemd_contract::deny::{DenyEntry, DenyStatus};
 use redeemd_contract::model::{Card, CardStatus, Item, Package};
 use redeemd_contract::{JournalRecord, RecordKind};
 
@@ -95,6 +96,20 @@ pub struct CardView<'a> {
     pub card: &'a Card,
     pub entry_version: u64,
     pub history: &'a [JournalRecord],
+    /// A verified deny entry newer than this card entry ([`deny_overlay`]): it refuses the card with its
+    /// status, whatever the entry says. There is no way to express "active" here: it can only refuse.
+    pub denied: Option<DenyStatus>,
+}
+
+/// The deny status that applies to a card: the latest of its deny entries (ascending deny-list versions)
+/// that is not superseded by its cache entry, i.e. whose `entry_version` is above the cache entry's
+/// version (`None`: the card is not in the cache, so every entry applies). Rule of `docs/api/README.md`.
+pub fn deny_overlay(entries: &[DenyEntry], cache_entry_version: Option<u64>) -> Option<DenyStatus> {
+    entries
+        .iter()
+        .filter(|e| cache_entry_version.is_none_or(|v| e.entry_version > v))
+        .max_by_key(|e| e.version)
+        .map(|e| e.status)
 }
 
 /// Identity-confirmation attempt state of one card at this terminal.
@@ -187,12 +202,20 @@ pub fn effective_now(ctx: &Context<'_>, now: Now) -> Result<i64, DeclineReason> 
 }
 
 /// The checks every card decision starts with: clock, cache expiry, card status, terminal offline limit.
-fn card_preconditions(ctx: &Context<'_>, card: &Card, now: Now) -> Result<i64, DeclineReason> {
+fn card_preconditions(
+    ctx: &Context<'_>,
+    view: CardView<'_>,
+    now: Now,
+) -> Result<i64, DeclineReason> {
     let eff = effective_now(ctx, now)?;
     if eff >= ctx.cache.expires_at_ms {
         return Err(DeclineReason::CacheExpired);
     }
-    match card.status {
+    // A newer deny entry overrides the signed status (it can only refuse).
+    let status = view
+        .denied
+        .map_or(view.card.status, DenyStatus::card_status);
+    match status {
         CardStatus::Active => {}
         CardStatus::Lost => return Err(DeclineReason::CardLost),
         CardStatus::Frozen => return Err(DeclineReason::CardFrozen),
@@ -322,7 +345,7 @@ fn identity_needed(card: &Card, package: &Package) -> bool {
 /// The menu shown when a card is presented: every usable entry with its uses left, or why there is none.
 pub fn menu(ctx: &Context<'_>, view: CardView<'_>, now: Now) -> Result<Menu, DeclineReason> {
     let card = view.card;
-    let eff = card_preconditions(ctx, card, now)?;
+    let eff = card_preconditions(ctx, view, now)?;
     let today = business_day(eff, ctx.limits.utc_offset_minutes);
     let usage = Usage::fold(
         card,
@@ -384,7 +407,7 @@ pub fn decide_redeem(
     now: Now,
 ) -> RedeemVerdict {
     let card = view.card;
-    let eff = match card_preconditions(ctx, card, now) {
+    let eff = match card_preconditions(ctx, view, now) {
         Ok(eff) => eff,
         Err(r) => return RedeemVerdict::decline(r),
     };

@@ -69,6 +69,7 @@ struct Fixture {
     categories: Vec<String>,
     terminal: TerminalFacts,
     history: Vec<JournalRecord>,
+    denied: Option<DenyStatus>,
     card: Card,
 }
 
@@ -79,6 +80,7 @@ impl Fixture {
             categories: vec!["wash".into(), "repair".into()],
             terminal: TerminalFacts::default(),
             history: Vec::new(),
+            denied: None,
             card: card(),
         }
     }
@@ -100,6 +102,7 @@ impl Fixture {
             card: &self.card,
             entry_version: 7,
             history: &self.history,
+            denied: self.denied,
         }
     }
     fn menu(&self, wall: i64) -> Result<Menu, DeclineReason> {
@@ -281,6 +284,46 @@ fn card_status_is_checked_first() {
         assert_eq!(f.menu(T0), Err(reason));
         assert_eq!(f.redeem(T0, &[(0, 1)]), Err(reason));
     }
+}
+
+#[test]
+fn a_deny_entry_refuses_an_active_card_with_its_status_and_never_enables_one() {
+    for s in [DenyStatus::Lost, DenyStatus::Frozen, DenyStatus::Cancelled] {
+        let mut f = Fixture::new();
+        f.denied = Some(s);
+        let reason = match s {
+            DenyStatus::Lost => DeclineReason::CardLost,
+            DenyStatus::Frozen => DeclineReason::CardFrozen,
+            DenyStatus::Cancelled => DeclineReason::CardCancelled,
+        };
+        assert_eq!(f.menu(T0), Err(reason));
+        assert_eq!(f.redeem(T0, &[(0, 1)]), Err(reason));
+    }
+    // A cancelled card stays refused whatever the deny entry says.
+    let mut f = Fixture::new();
+    f.card.status = CardStatus::Cancelled;
+    f.denied = Some(DenyStatus::Lost);
+    assert!(f.menu(T0).is_err());
+}
+
+#[test]
+fn deny_entries_are_superseded_by_a_cache_entry_at_their_entry_version() {
+    let entry = |version, entry_version, status| DenyEntry {
+        version,
+        card_ref: CardRef([1; 32]),
+        status,
+        entry_version,
+        reported_at_ms: 0,
+    };
+    let lost = entry(3, 10, DenyStatus::Lost);
+    let frozen = entry(5, 12, DenyStatus::Frozen);
+    let both = [lost.clone(), frozen];
+    assert_eq!(deny_overlay(&both, Some(9)), Some(DenyStatus::Frozen));
+    assert_eq!(deny_overlay(&both, Some(10)), Some(DenyStatus::Frozen));
+    assert_eq!(deny_overlay(&both, Some(12)), None, "unlocked at 12");
+    assert_eq!(deny_overlay(&both, None), Some(DenyStatus::Frozen));
+    assert_eq!(deny_overlay(&[lost], Some(10)), None);
+    assert_eq!(deny_overlay(&[], None), None);
 }
 
 #[test]

@@ -1,21 +1,48 @@
-//! Installing a signed snapshot or delta: stream, verify every entry, apply in one transaction.
+//! Installing a signed snapshot or delta without blocking the counter: stream, verify every entry,
+//! stage it in short chunks, swap in one short transaction.
 //!
-//! The bundle is read frame by frame (constant memory for a million cards); each entry is inserted
-//! only after its MAC verified, all inside one `BEGIN IMMEDIATE` transaction that commits only after the
-//! manifest's MAC, count and digest verified. Any failure drops the transaction: the old cache is untouched
-//! and the error names the bad entry. A version not above the installed one is refused (rollback).
+//! The bundle is read frame by frame (constant memory for a million cards) by a [`BundleInstall`],
+//! which verifies each entry's MAC *outside* the store and writes verified entries into a staging table
+//! in chunks of [`CHUNK_ENTRIES`], each chunk one short `BEGIN IMMEDIATE … COMMIT` taken through a
+//! [`StoreAccess`]. Between chunks the store (its lock in the daemon, and SQLite's write lock) is free,
+//! so redemptions interleave with a million-card install instead of waiting ~10 s behind it.
+//!
+//! Only after the manifest verified (MAC, count, digest, terminal, merchant, kind, version) does one
+//! short transaction swap the staged entries in, together with the manifest row and the MACed terminal
+//! state:
+//!
+//! * **full snapshot**: `DROP TABLE cache_entry` and `ALTER TABLE cache_staging RENAME TO cache_entry`
+//!   — the cost of freeing the old table's pages, not of copying a million rows;
+//! * **delta**: the staged upserts and removals are applied to `cache_entry` in that transaction. Its
+//!   time grows with the delta's size (a 1,000-card delta into a million-card cache: `BENCHMARKS.md`,
+//!   "Sync"); the platform sends a full snapshot when it has no delta from the installed version.
+//!
+//! Any failure — bad magic, a truncated stream, a bad entry MAC, unsorted or duplicate card references,
+//! a body that does not decode, a count or digest mismatch, another terminal or merchant, a rollback, a
+//! delta on the wrong base, data after the manifest — drops the staging table: **the old cache is
+//! untouched** and the error names the bad entry. The rollback and delta-base checks are made again
+//! inside the swap transaction against the state as committed then, so an install that raced another
+//! connection's cannot go backwards. A staging table left by a crash is dropped by the next install.
 
 use std::io::Read;
 
 use redeemd_contract::snapshot::{
-    BundleError, BundleKind, BundleVerifier, EntryOp, MAGIC, MAX_FRAME, Manifest, Verified,
-    check_magic,
+    BundleError, BundleKind, BundleVerifier, Entry, EntryOp, MAGIC, MAX_FRAME, Manifest, Preamble,
+    Verified, check_magic,
 };
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 use super::schema::CACHE_ENTRY_DDL;
 use super::{Store, StoreError};
 use crate::engine::Now;
+
+/// Entries written per store call: about 250 KB of rows, a few milliseconds under the lock.
+pub const CHUNK_ENTRIES: usize = 1000;
+/// Staged bytes per store call at most (entries with large bodies).
+const CHUNK_BYTES: usize = 1 << 20;
+
+const STAGING_FULL: &str = "cache_staging";
+const STAGING_DELTA: &str = "cache_delta_staging";
 
 /// What an install changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,120 +52,408 @@ pub struct InstallReport {
     pub removals: u64,
 }
 
-impl Store {
-    /// Verifies and installs the bundle read from `input`.
-    pub fn install_bundle(
+/// How a long operation reaches the store: one short call per step, the store free for others in
+/// between. The daemon implements it with its store lock (`daemon::store_owner::StoreHandle`); a tool
+/// that owns the store uses [`Exclusive`].
+pub trait StoreAccess {
+    fn with<T>(
         &mut self,
-        mut input: impl Read,
-        now: Now,
-    ) -> Result<InstallReport, StoreError> {
-        // The rollback floor is the installed version in the MACed terminal state, and also the manifest
-        // row's version column, so that neither editing that row nor the state can let an old snapshot in.
-        let column: Option<i64> = self
-            .conn
-            .query_row("SELECT version FROM cache_manifest WHERE id = 1", [], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        let floor = column
-            .map_or(0, |v| u64::try_from(v).unwrap_or(u64::MAX))
-            .max(self.state.cache_version);
-        let installed = (floor > 0).then_some(floor);
-        let installed_verified = self.cache.as_ref().map(|m| m.version);
-        let read = |buf: &mut [u8], input: &mut dyn Read| {
-            input.read_exact(buf).map_err(StoreError::BundleRead)
-        };
-        let mut magic = [0u8; MAGIC.len()];
-        read(&mut magic, &mut input)?;
-        check_magic(&magic)?;
-        let mut verifier = BundleVerifier::new(&self.keys.cache, &self.cfg.terminal_id);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let (mut upserts, mut removals) = (0u64, 0u64);
-        let mut buf = Vec::new();
-        let mut frame_index = 0u64;
-        let mut bundle_version = 0i64;
-        let manifest = loop {
-            let mut len = [0u8; 4];
-            input.read_exact(&mut len).map_err(|e| match e.kind() {
-                std::io::ErrorKind::UnexpectedEof => StoreError::Bundle(BundleError::Frame {
-                    index: frame_index,
-                    reason: "bundle ends before its manifest (truncated)".into(),
-                }),
-                _ => StoreError::BundleRead(e),
-            })?;
-            let len = u32::from_be_bytes(len) as usize;
+        f: impl FnOnce(&mut Store, Now) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError>;
+}
+
+/// [`StoreAccess`] to a store owned by the caller, at a fixed time.
+pub struct Exclusive<'a> {
+    pub store: &'a mut Store,
+    pub now: Now,
+}
+
+impl StoreAccess for Exclusive<'_> {
+    fn with<T>(
+        &mut self,
+        f: impl FnOnce(&mut Store, Now) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        f(self.store, self.now)
+    }
+}
+
+/// One install in progress: feed it the bundle's bytes as they arrive, then [`BundleInstall::finish`].
+/// On any error it has already dropped its staging table; a caller that gives up for another reason
+/// (a network timeout) calls [`BundleInstall::abort`].
+pub struct BundleInstall {
+    verifier: BundleVerifier,
+    /// Unparsed input (at most one partial frame plus what the last feed brought).
+    input: Vec<u8>,
+    magic_checked: bool,
+    frames: u64,
+    preamble: Option<Preamble>,
+    staged: bool,
+    pending: Vec<Entry>,
+    pending_bytes: usize,
+    upserts: u64,
+    removals: u64,
+    manifest: Option<Manifest>,
+    chunks_written: u64,
+}
+
+impl BundleInstall {
+    /// A new install for `store`'s terminal (the verifier needs only its cache key).
+    pub fn new(store: &Store) -> BundleInstall {
+        BundleInstall {
+            verifier: BundleVerifier::new(&store.keys.cache, &store.cfg.terminal_id),
+            input: Vec::new(),
+            magic_checked: false,
+            frames: 0,
+            preamble: None,
+            staged: false,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            upserts: 0,
+            removals: 0,
+            manifest: None,
+            chunks_written: 0,
+        }
+    }
+
+    /// Chunks written to the staging table so far (for tests and benches).
+    pub fn chunks_written(&self) -> u64 {
+        self.chunks_written
+    }
+
+    /// Feeds the next bytes of the bundle. Verifies every complete frame and writes full chunks.
+    pub fn feed<A: StoreAccess>(&mut self, access: &mut A, bytes: &[u8]) -> Result<(), StoreError> {
+        match self.feed_inner(access, bytes) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.fail(access, e)),
+        }
+    }
+
+    /// The input ended: checks that the manifest came last, writes the rest and swaps the cache in.
+    pub fn finish<A: StoreAccess>(mut self, access: &mut A) -> Result<InstallReport, StoreError> {
+        match self.finish_inner(access) {
+            Ok(r) => Ok(r),
+            Err(e) => Err(self.fail(access, e)),
+        }
+    }
+
+    /// Gives up: drops the staging table, the old cache stays.
+    pub fn abort<A: StoreAccess>(mut self, access: &mut A) {
+        self.drop_staging(access);
+    }
+
+    fn fail<A: StoreAccess>(&mut self, access: &mut A, e: StoreError) -> StoreError {
+        self.drop_staging(access);
+        e
+    }
+
+    fn drop_staging<A: StoreAccess>(&mut self, access: &mut A) {
+        if self.staged {
+            self.staged = false;
+            if let Err(e) = access.with(|s, _| s.drop_staging()) {
+                // The next install drops it; nothing of it is ever read.
+                tracing::warn!(error = %e, "cannot drop the cache staging table");
+            }
+        }
+        self.pending.clear();
+    }
+
+    fn feed_inner<A: StoreAccess>(
+        &mut self,
+        access: &mut A,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        self.input.extend_from_slice(bytes);
+        let mut pos = 0usize;
+        if !self.magic_checked {
+            if self.input.len() < MAGIC.len() {
+                return Ok(());
+            }
+            check_magic(&self.input[..MAGIC.len()])?;
+            self.magic_checked = true;
+            pos = MAGIC.len();
+        }
+        loop {
+            let rest = &self.input[pos..];
+            if rest.is_empty() {
+                break;
+            }
+            if self.manifest.is_some() {
+                return Err(BundleError::Frame {
+                    index: self.frames,
+                    reason: "data after the manifest".into(),
+                }
+                .into());
+            }
+            let Some(len) = rest.get(..4) else { break };
+            let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
             if len > MAX_FRAME {
                 return Err(BundleError::Frame {
-                    index: frame_index,
+                    index: self.frames,
                     reason: format!("frame of {len} bytes exceeds {MAX_FRAME}"),
                 }
                 .into());
             }
-            buf.resize(len, 0);
-            read(&mut buf, &mut input)?;
-            frame_index += 1;
-            match verifier.frame(&buf)? {
+            let Some(frame) = rest.get(4..4 + len) else {
+                break;
+            };
+            self.frames += 1;
+            let verified = self.verifier.frame(frame)?;
+            pos += 4 + len;
+            match verified {
                 Verified::Preamble(p) => {
-                    if p.merchant_id != self.cfg.merchant_id {
-                        return Err(StoreError::WrongMerchant {
-                            expected: self.cfg.merchant_id.clone(),
-                            found: p.merchant_id,
-                        });
-                    }
-                    if let Some(v) = installed
-                        && p.version <= v
-                    {
-                        return Err(StoreError::Rollback {
-                            offered: p.version,
-                            installed: v,
-                        });
-                    }
-                    bundle_version = i64::try_from(p.version).unwrap_or(i64::MAX);
-                    match p.kind {
-                        BundleKind::Full => tx.execute_batch(&format!(
-                            "DROP TABLE cache_entry; {CACHE_ENTRY_DDL};"
-                        ))?,
-                        BundleKind::Delta if installed_verified.is_none() => {
-                            return Err(StoreError::DeltaBase {
-                                base: 0,
-                                installed: installed.unwrap_or(0),
-                            });
-                        }
-                        BundleKind::Delta => {}
+                    access.with(|s, _| s.begin_staging(&p))?;
+                    self.staged = true;
+                    self.preamble = Some(p);
+                }
+                Verified::Entry(e) => {
+                    self.pending_bytes += e.body.len() + 80;
+                    self.pending.push(e);
+                    if self.pending.len() >= CHUNK_ENTRIES || self.pending_bytes >= CHUNK_BYTES {
+                        self.write_pending(access)?;
                     }
                 }
-                Verified::Entry(e) => match e.op {
-                    EntryOp::Upsert => {
-                        tx.prepare_cached("INSERT OR REPLACE INTO cache_entry (card_ref, version, body, mac) VALUES (?1, ?2, ?3, ?4)")?
-                            .execute(params![&e.card_ref.0[..], bundle_version, &e.body, &e.mac[..]])?;
-                        upserts += 1;
-                    }
-                    EntryOp::Remove => {
-                        tx.prepare_cached("DELETE FROM cache_entry WHERE card_ref = ?1")?
-                            .execute([&e.card_ref.0[..]])?;
-                        removals += 1;
-                    }
-                },
-                Verified::Manifest(m) => break m,
+                Verified::Manifest(m) => self.manifest = Some(m),
             }
+        }
+        self.input.drain(..pos);
+        Ok(())
+    }
+
+    fn write_pending<A: StoreAccess>(&mut self, access: &mut A) -> Result<(), StoreError> {
+        let Some(p) = &self.preamble else {
+            return Ok(());
         };
-        let mut extra = [0u8; 1];
-        if input.read(&mut extra).map_err(StoreError::BundleRead)? != 0 {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let (kind, version) = (p.kind, p.version);
+        let pending = &self.pending;
+        access.with(|s, _| s.write_staging(kind, version, pending))?;
+        for e in &self.pending {
+            match e.op {
+                EntryOp::Upsert => self.upserts += 1,
+                EntryOp::Remove => self.removals += 1,
+            }
+        }
+        self.pending.clear();
+        self.pending_bytes = 0;
+        self.chunks_written += 1;
+        Ok(())
+    }
+
+    fn finish_inner<A: StoreAccess>(
+        &mut self,
+        access: &mut A,
+    ) -> Result<InstallReport, StoreError> {
+        let Some(manifest) = self.manifest.clone() else {
+            if !self.magic_checked {
+                // Fewer bytes than the magic: name it as the old reader did.
+                return Err(StoreError::BundleRead(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "bundle shorter than its magic",
+                )));
+            }
             return Err(BundleError::Frame {
-                index: frame_index,
+                index: self.frames,
+                reason: "bundle ends before its manifest (truncated)".into(),
+            }
+            .into());
+        };
+        if !self.input.is_empty() {
+            return Err(BundleError::Frame {
+                index: self.frames,
                 reason: "data after the manifest".into(),
             }
             .into());
         }
-        if manifest.kind == BundleKind::Delta && Some(manifest.prev_version) != installed_verified {
-            return Err(StoreError::DeltaBase {
-                base: manifest.prev_version,
-                installed: installed_verified.unwrap_or(0),
+        self.write_pending(access)?;
+        let report = access.with(|s, now| {
+            s.swap_staging(&manifest, now)?;
+            Ok(())
+        });
+        report?;
+        self.staged = false;
+        Ok(InstallReport {
+            manifest,
+            upserts: self.upserts,
+            removals: self.removals,
+        })
+    }
+}
+
+/// Installs the bundle read from `input` through `access`, in chunks.
+pub fn install_from_reader<A: StoreAccess>(
+    access: &mut A,
+    mut input: impl Read,
+) -> Result<InstallReport, StoreError> {
+    let mut install = access.with(|s, _| Ok(BundleInstall::new(s)))?;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                install.abort(access);
+                return Err(StoreError::BundleRead(e));
+            }
+        };
+        install.feed(access, &buf[..n])?;
+    }
+    install.finish(access)
+}
+
+/// The installed version that a new bundle must exceed: the version in the MACed terminal state, and
+/// also the manifest row's version column, so that neither editing that row nor the state can let an
+/// old snapshot in. Read from `conn` (inside the caller's transaction when there is one).
+fn rollback_floor(
+    conn: &rusqlite::Connection,
+    keys: &redeemd_contract::TerminalKeys,
+) -> Result<u64, StoreError> {
+    let state = super::read_terminal_row(conn, keys)?;
+    let column: Option<i64> = conn
+        .query_row("SELECT version FROM cache_manifest WHERE id = 1", [], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    Ok(column
+        .map_or(0, |v| u64::try_from(v).unwrap_or(u64::MAX))
+        .max(state.cache_version))
+}
+
+impl Store {
+    /// Verifies and installs the bundle read from `input` (the caller owns the store meanwhile; the
+    /// daemon uses [`install_from_reader`] or [`BundleInstall`] with its lock instead).
+    pub fn install_bundle(
+        &mut self,
+        input: impl Read,
+        now: Now,
+    ) -> Result<InstallReport, StoreError> {
+        install_from_reader(&mut Exclusive { store: self, now }, input)
+    }
+
+    /// Checks a preamble against the installed cache and creates an empty staging table.
+    fn begin_staging(&mut self, p: &Preamble) -> Result<(), StoreError> {
+        if p.merchant_id != self.cfg.merchant_id {
+            return Err(StoreError::WrongMerchant {
+                expected: self.cfg.merchant_id.clone(),
+                found: p.merchant_id.clone(),
             });
         }
-        let mut state = self.state.clone();
+        let floor = rollback_floor(&self.conn, &self.keys)?;
+        if floor > 0 && p.version <= floor {
+            return Err(StoreError::Rollback {
+                offered: p.version,
+                installed: floor,
+            });
+        }
+        if p.kind == BundleKind::Delta && self.cache.is_none() {
+            return Err(StoreError::DeltaBase {
+                base: 0,
+                installed: floor,
+            });
+        }
+        let ddl = match p.kind {
+            BundleKind::Full => CACHE_ENTRY_DDL.replacen("cache_entry", STAGING_FULL, 1),
+            BundleKind::Delta => format!(
+                "CREATE TABLE {STAGING_DELTA} (card_ref BLOB PRIMARY KEY, op INTEGER NOT NULL, \
+                 version INTEGER NOT NULL, body BLOB NOT NULL, mac BLOB NOT NULL) WITHOUT ROWID"
+            ),
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(&format!(
+            "DROP TABLE IF EXISTS {STAGING_FULL}; DROP TABLE IF EXISTS {STAGING_DELTA}; {ddl};"
+        ))?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Writes verified entries into the staging table, in one short transaction.
+    fn write_staging(
+        &mut self,
+        kind: BundleKind,
+        version: u64,
+        entries: &[Entry],
+    ) -> Result<(), StoreError> {
+        let version = i64::try_from(version).unwrap_or(i64::MAX);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut stmt = match kind {
+                BundleKind::Full => tx.prepare_cached(
+                    "INSERT INTO cache_staging (card_ref, version, body, mac) VALUES (?1, ?2, ?3, ?4)",
+                )?,
+                BundleKind::Delta => tx.prepare_cached(
+                    "INSERT INTO cache_delta_staging (card_ref, op, version, body, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?,
+            };
+            for e in entries {
+                match kind {
+                    BundleKind::Full => {
+                        stmt.execute(params![&e.card_ref.0[..], version, &e.body, &e.mac[..]])?
+                    }
+                    BundleKind::Delta => stmt.execute(params![
+                        &e.card_ref.0[..],
+                        e.op as u8,
+                        version,
+                        &e.body,
+                        &e.mac[..]
+                    ])?,
+                };
+            }
+        }
+        tx.commit()?;
+        self.commits_since_checkpoint = self.commits_since_checkpoint.saturating_add(1);
+        Ok(())
+    }
+
+    /// Drops the staging tables (a failed or abandoned install).
+    fn drop_staging(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch(&format!(
+            "DROP TABLE IF EXISTS {STAGING_FULL}; DROP TABLE IF EXISTS {STAGING_DELTA};"
+        ))?;
+        Ok(())
+    }
+
+    /// The one short transaction that makes a verified bundle the installed cache.
+    fn swap_staging(&mut self, manifest: &Manifest, now: Now) -> Result<(), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Again, against the state as committed now.
+        let mut state = super::read_terminal_row(&tx, &self.keys)?;
+        let floor = rollback_floor(&tx, &self.keys)?;
+        if floor > 0 && manifest.version <= floor {
+            return Err(StoreError::Rollback {
+                offered: manifest.version,
+                installed: floor,
+            });
+        }
+        match manifest.kind {
+            BundleKind::Full => tx.execute_batch(&format!(
+                "DROP TABLE cache_entry; ALTER TABLE {STAGING_FULL} RENAME TO cache_entry;"
+            ))?,
+            BundleKind::Delta => {
+                let installed = super::read_manifest(&tx, &self.keys, &self.cfg.merchant_id)?
+                    .map(|m| m.version);
+                if Some(manifest.prev_version) != installed {
+                    return Err(StoreError::DeltaBase {
+                        base: manifest.prev_version,
+                        installed: installed.unwrap_or(0),
+                    });
+                }
+                tx.execute_batch(&format!(
+                    "INSERT OR REPLACE INTO cache_entry (card_ref, version, body, mac) \
+                         SELECT card_ref, version, body, mac FROM {STAGING_DELTA} WHERE op = 1; \
+                     DELETE FROM cache_entry WHERE card_ref IN \
+                         (SELECT card_ref FROM {STAGING_DELTA} WHERE op = 2); \
+                     DROP TABLE {STAGING_DELTA};"
+                ))?;
+            }
+        }
         state.cache_version = manifest.version;
         state.last_trusted_wall_ms = state
             .last_trusted_wall_ms
@@ -149,11 +464,8 @@ impl Store {
             params![manifest.version as i64, manifest.signed_bytes(&self.keys.cache), now.wall_ms],
         )?;
         tx.commit()?;
+        self.commits_since_checkpoint = self.commits_since_checkpoint.saturating_add(1);
         self.reload().map_err(StoreError::from)?;
-        Ok(InstallReport {
-            manifest,
-            upserts,
-            removals,
-        })
+        Ok(())
     }
 }

@@ -14,6 +14,7 @@
 //! * every MACed row is verified before it is used; a failed check declines with `IntegrityFailure`
 //!   and names the row, it never decides from tampered data.
 
+pub mod deny;
 mod install;
 pub mod rows;
 pub mod schema;
@@ -34,7 +35,8 @@ use crate::engine::{
     self, CacheFacts, CardView, Context, DeclineReason, IdentityInput, IdentityState, Limits, Line,
     Menu, Now, TerminalFacts, Usage,
 };
-pub use install::InstallReport;
+pub use deny::{DenyError, DenyInfo, DenyList, DenyReport};
+pub use install::{BundleInstall, Exclusive, InstallReport, StoreAccess};
 pub use rows::Integrity;
 use rows::{
     JOURNAL_FROM, JOURNAL_GROUP, JOURNAL_INSERT, TerminalRow, UsageRow, check_record,
@@ -116,6 +118,10 @@ pub enum StoreError {
         head: u64,
         current: u64,
     },
+    #[error("deny list refused, nothing applied: {0}")]
+    Deny(#[from] DenyError),
+    #[error("the store is not usable (a panic poisoned its lock)")]
+    Unavailable,
     #[error("sqlite: {0}")]
     Sql(#[from] rusqlite::Error),
 }
@@ -306,6 +312,8 @@ pub struct Store {
     state: TerminalRow,
     offline_redemptions: u64,
     cache: Option<Manifest>,
+    /// Verified deny entries by card (see [`deny`]), loaded with the terminal state.
+    deny: deny::DenySet,
     data_version: i64,
     /// Boot time of the last `data_version` check by a menu.
     checked_at_boot_ms: u64,
@@ -448,9 +456,12 @@ impl Store {
                 last_trusted_wall_ms: 0,
                 synced_through_seq: 0,
                 cache_version: 0,
+                deny_version: 0,
+                deny_count: 0,
             },
             offline_redemptions: 0,
             cache: None,
+            deny: deny::DenySet::new(),
             data_version: 0,
             checked_at_boot_ms: 0,
             // Unknown WAL contents at open: let the first maintenance call checkpoint.
@@ -498,6 +509,8 @@ impl Store {
             last_trusted_wall_ms: 0,
             synced_through_seq: 0,
             cache_version: 0,
+            deny_version: 0,
+            deny_count: 0,
         };
         let tx = self
             .conn
@@ -546,6 +559,7 @@ impl Store {
             )
             .into());
         }
+        self.deny = deny::load(&self.conn, &self.keys.cache, &self.state)?;
         self.offline_redemptions = self.conn.query_row(
             "SELECT count(*) FROM journal WHERE kind = 1 AND line = 0 AND seq > ?1",
             [self.state.synced_through_seq as i64],
@@ -821,12 +835,13 @@ impl Store {
         };
         let card_ref = number.card_ref(&self.keys.card_token);
         let Some(loaded) = self.load_card(&card_ref, cache)? else {
-            return declined(DeclineReason::CardUnknown);
+            return declined(unknown_card_reason(self.deny_status(&card_ref, None)));
         };
         let view = CardView {
             card: &loaded.card,
             entry_version: loaded.entry_version,
             history: &loaded.history,
+            denied: self.deny_status(&card_ref, Some(loaded.entry_version)),
         };
         Ok(match engine::menu(&self.context(cache), view, now) {
             Ok(m) => MenuOutcome::Menu(m),
@@ -900,7 +915,7 @@ impl Store {
             return decline(DeclineReason::NoCache);
         };
         let Some(loaded) = self.load_card(&card_ref, cache)? else {
-            return decline(DeclineReason::CardUnknown);
+            return decline(unknown_card_reason(self.deny_status(&card_ref, None)));
         };
         if req
             .menu_entry_version
@@ -927,6 +942,7 @@ impl Store {
             card: &loaded.card,
             entry_version: loaded.entry_version,
             history: &loaded.history,
+            denied: self.deny_status(&card_ref, Some(loaded.entry_version)),
         };
         let verdict = engine::decide_redeem(&ctx, view, req.items, identity_state, identity, now);
         let identity_write = verdict.identity_update.map(|s| (card_ref, s));
@@ -1171,22 +1187,42 @@ impl Store {
         if let Some(o) = replay(&self.conn, reader_id, reader_txn_id, digest)? {
             return Ok(o);
         }
-        match self.decide(true, now, decide)? {
-            Ok((decision, write)) => self.commit(
-                reader_id,
-                reader_txn_id,
-                digest,
-                decision,
-                write,
-                now,
-                render,
-            ),
-            Err(i) => Ok(transient(integrity_decline(&i), render)),
+        let mut render = Some(render);
+        // Another connection (`redeemd sync`, `cache install`) may commit between the decision's
+        // refresh and this commit's write lock: then decide again on what it wrote.
+        for _ in 0..3 {
+            match self.decide(true, now, &decide)? {
+                Ok((decision, write)) => {
+                    if let Some(o) = self.commit(
+                        reader_id,
+                        reader_txn_id,
+                        digest,
+                        decision,
+                        write,
+                        now,
+                        &mut render,
+                    )? {
+                        return Ok(o);
+                    }
+                }
+                Err(i) => {
+                    let d = integrity_decline(&i);
+                    return Ok(match render.take() {
+                        Some(r) => transient(d, r),
+                        None => transient(d, |_| Vec::new()),
+                    });
+                }
+            }
         }
+        Err(StoreError::Integrity(Integrity::new(
+            "database",
+            "another connection kept changing it during a decision",
+        )))
     }
 
     /// Commits a decision: journal rows (chained), usage anchor, identity counter, chain head and the
-    /// rendered reply, in one transaction; then advances the in-memory state.
+    /// rendered reply, in one transaction; then advances the in-memory state. `None` (nothing written,
+    /// `render` not called) when another connection committed since the decision read the database.
     #[allow(clippy::too_many_arguments)]
     fn commit(
         &mut self,
@@ -1196,8 +1232,8 @@ impl Store {
         decision: Decision,
         write: Option<Write>,
         now: Now,
-        render: impl FnOnce(&Decision) -> Vec<u8>,
-    ) -> Result<Outcome, StoreError> {
+        render: &mut Option<impl FnOnce(&Decision) -> Vec<u8>>,
+    ) -> Result<Option<Outcome>, StoreError> {
         let durable = match &decision {
             Decision::Declined(d) => d.reason.is_durable(),
             _ => true,
@@ -1205,6 +1241,16 @@ impl Store {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Under the write lock: the decision was made from `self.state` as of `data_version`.
+        let version: i64 = tx
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?;
+        if version != self.data_version {
+            return Ok(None);
+        }
+        let Some(render) = render.take() else {
+            return Ok(None);
+        };
         let mut next_state = self.state.clone();
         let mut first_seq = None;
         let mut counts = false;
@@ -1239,11 +1285,11 @@ impl Store {
         if counts {
             self.offline_redemptions += 1;
         }
-        Ok(Outcome {
+        Ok(Some(Outcome {
             reply,
             decision: Some(decision),
             replay_mismatch: false,
-        })
+        }))
     }
 
     /// Housekeeping for idle moments: the daemon calls it whenever no request is waiting (after each
@@ -1294,15 +1340,34 @@ impl Store {
                 current: self.state.synced_through_seq,
             });
         }
-        let mut next = self.state.clone();
-        next.synced_through_seq = through_seq;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // The row as committed now: another connection may have written it since we loaded it.
+        let mut next = read_terminal_row(&tx, &self.keys)?;
+        if through_seq <= next.synced_through_seq {
+            return Ok(());
+        }
+        if through_seq > next.head_seq {
+            return Err(StoreError::BadSyncAck {
+                through: through_seq,
+                head: next.head_seq,
+                current: next.synced_through_seq,
+            });
+        }
+        next.synced_through_seq = through_seq;
         write_terminal_row(&tx, &next, &self.keys)?;
         tx.commit()?;
-        self.state = next;
         self.reload().map_err(StoreError::from)
+    }
+
+    /// Wall time of the oldest record the platform has not acknowledged, if any.
+    pub fn oldest_unsynced_wall_ms(&self) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT wall_ms FROM journal WHERE seq = ?1")?
+            .query_row([self.state.synced_through_seq as i64 + 1], |r| r.get(0))
+            .optional()?)
     }
 
     /// Journal records with seq ≥ `from_seq`, in order, each verified on its own (not the chain: use
@@ -1497,12 +1562,13 @@ pub(crate) fn write_terminal_row(
     keys: &TerminalKeys,
 ) -> rusqlite::Result<()> {
     tx.prepare_cached(
-        "INSERT INTO terminal_state (id, terminal_id, merchant_id, head_seq, head_mac, last_trusted_wall_ms, synced_through_seq, cache_version, mac)
-         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+        "INSERT INTO terminal_state (id, terminal_id, merchant_id, head_seq, head_mac, last_trusted_wall_ms, synced_through_seq, cache_version, deny_version, deny_count, mac)
+         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
          ON CONFLICT (id) DO UPDATE SET terminal_id = excluded.terminal_id, merchant_id = excluded.merchant_id,
              head_seq = excluded.head_seq, head_mac = excluded.head_mac,
              last_trusted_wall_ms = excluded.last_trusted_wall_ms,
              synced_through_seq = excluded.synced_through_seq, cache_version = excluded.cache_version,
+             deny_version = excluded.deny_version, deny_count = excluded.deny_count,
              mac = excluded.mac",
     )?
     .execute(params![
@@ -1513,18 +1579,33 @@ pub(crate) fn write_terminal_row(
         row.last_trusted_wall_ms,
         row.synced_through_seq as i64,
         row.cache_version as i64,
+        i64::try_from(row.deny_version).unwrap_or(i64::MAX),
+        i64::try_from(row.deny_count).unwrap_or(i64::MAX),
         &row.mac(&keys.journal)[..],
     ])?;
     Ok(())
 }
 
+/// `terminal_state` as selected by [`read_terminal_row`] (the deny fields paired at the end).
+type TerminalColumns = (
+    String,
+    String,
+    i64,
+    Vec<u8>,
+    i64,
+    i64,
+    i64,
+    Vec<u8>,
+    (i64, i64),
+);
+
 fn read_terminal_row(conn: &Connection, keys: &TerminalKeys) -> Result<TerminalRow, Fault> {
     let what = "terminal state";
-    let r: (String, String, i64, Vec<u8>, i64, i64, i64, Vec<u8>) = conn
+    let r: TerminalColumns = conn
         .query_row(
-            "SELECT terminal_id, merchant_id, head_seq, head_mac, last_trusted_wall_ms, synced_through_seq, cache_version, mac FROM terminal_state WHERE id = 1",
+            "SELECT terminal_id, merchant_id, head_seq, head_mac, last_trusted_wall_ms, synced_through_seq, cache_version, mac, deny_version, deny_count FROM terminal_state WHERE id = 1",
             [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, (r.get(8)?, r.get(9)?))),
         )
         .map_err(|e| match e {
             rusqlite::Error::QueryReturnedNoRows | rusqlite::Error::InvalidColumnType(..) => Fault::Integrity(Integrity::new(what, e.to_string())),
@@ -1543,6 +1624,10 @@ fn read_terminal_row(conn: &Connection, keys: &TerminalKeys) -> Result<TerminalR
             .map_err(|_| Integrity::new(what, "negative sync seq"))?,
         cache_version: u64::try_from(r.6)
             .map_err(|_| Integrity::new(what, "negative cache version"))?,
+        deny_version: u64::try_from(r.8.0)
+            .map_err(|_| Integrity::new(what, "negative deny-list version"))?,
+        deny_count: u64::try_from(r.8.1)
+            .map_err(|_| Integrity::new(what, "negative deny-list count"))?,
     };
     if !tags_equal(&row.mac(&keys.journal), &r.7) {
         return Err(Integrity::new(what, "MAC mismatch (row edited)").into());
@@ -1723,6 +1808,17 @@ fn replay(
         decision: None,
         replay_mismatch: stored != digest,
     }))
+}
+
+/// The refusal for a card that is not in the cache: its deny status when the platform reported it
+/// (more useful at the counter than "unknown"), else `CardUnknown`.
+fn unknown_card_reason(denied: Option<redeemd_contract::DenyStatus>) -> DeclineReason {
+    match denied {
+        Some(redeemd_contract::DenyStatus::Lost) => DeclineReason::CardLost,
+        Some(redeemd_contract::DenyStatus::Frozen) => DeclineReason::CardFrozen,
+        Some(redeemd_contract::DenyStatus::Cancelled) => DeclineReason::CardCancelled,
+        None => DeclineReason::CardUnknown,
+    }
 }
 
 /// A plain refusal that writes nothing but its outcome.

@@ -174,10 +174,27 @@ pub struct TerminalRow {
     pub last_trusted_wall_ms: i64,
     pub synced_through_seq: u64,
     pub cache_version: u64,
+    /// Highest deny-list version applied (0: none).
+    pub deny_version: u64,
+    /// Number of deny-list rows stored: a deleted row is caught by the count.
+    pub deny_count: u64,
 }
 
 impl TerminalRow {
+    /// MAC over the row. The deny fields are appended only when either is non-zero, so that a row
+    /// written before schema version 4 (which had none) verifies unchanged after the migration, and
+    /// needs no key-holding migration step. The fields are fixed-width, so the two forms cannot collide.
     pub fn mac(&self, journal_key: &MacKey) -> Tag {
+        let deny = [
+            self.deny_version.to_be_bytes(),
+            self.deny_count.to_be_bytes(),
+        ]
+        .concat();
+        let deny: &[u8] = if self.deny_version == 0 && self.deny_count == 0 {
+            &[]
+        } else {
+            &deny
+        };
         journal_key.mac(&[
             b"redeemd/terminal-state/v1",
             &(self.terminal_id.len() as u64).to_be_bytes(),
@@ -189,6 +206,7 @@ impl TerminalRow {
             &self.last_trusted_wall_ms.to_be_bytes(),
             &self.synced_through_seq.to_be_bytes(),
             &self.cache_version.to_be_bytes(),
+            deny,
         ])
     }
 }

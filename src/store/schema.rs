@@ -136,6 +136,24 @@ DROP TABLE outcome;
 ALTER TABLE outcome_v3 RENAME TO outcome;
 ";
 
+/// The deny overlay (`docs/api/README.md`, "GET deny-list"): verified deny entries, one row per
+/// deny-list version, each with the platform's MAC. The MACed terminal state gains the highest applied
+/// deny-list version and the number of rows, so that a deleted row is caught when the store loads the
+/// list (at open, and whenever another connection changed the database). Existing rows get 0/0, which
+/// the terminal-state MAC encodes exactly as version 3 did, so no row needs re-MACing here.
+const V4: &str = "
+CREATE TABLE deny_entry (
+    version        INTEGER PRIMARY KEY,      -- deny-list version (per merchant, strictly increasing)
+    card_ref       BLOB NOT NULL,
+    status         INTEGER NOT NULL,         -- 2 lost, 3 frozen, 4 cancelled
+    entry_version  INTEGER NOT NULL,         -- a cache entry of this card at this version or later supersedes it
+    reported_at_ms INTEGER NOT NULL,
+    mac            BLOB NOT NULL             -- the platform's deny MAC (cache key)
+);
+ALTER TABLE terminal_state ADD COLUMN deny_version INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE terminal_state ADD COLUMN deny_count INTEGER NOT NULL DEFAULT 0;
+";
+
 /// Every migration, in order. Append new ones; never edit a released one.
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -149,6 +167,10 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 3,
         sql: V3,
+    },
+    Migration {
+        version: 4,
+        sql: V4,
     },
 ];
 

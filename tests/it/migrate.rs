@@ -24,9 +24,9 @@ fn user_version(conn: &Connection) -> i64 {
 fn a_version_1_database_with_unsynced_rows_migrates_keeping_every_row() {
     let dir = populated();
     let file = dir.path().join(DB_FILE);
-    // Take it back to schema 1: drop what migrations 2 and 3 created.
+    // Take it back to schema 1: drop what migrations 2, 3 and 4 created.
     let conn = Connection::open(&file).unwrap();
-    conn.execute_batch("DROP TABLE outcome; DROP TABLE reader_last; DROP TABLE identity_attempt; DROP INDEX journal_voids; PRAGMA user_version = 1;").unwrap();
+    conn.execute_batch("DROP TABLE outcome; DROP TABLE reader_last; DROP TABLE identity_attempt; DROP INDEX journal_voids; DROP TABLE deny_entry; ALTER TABLE terminal_state DROP COLUMN deny_version; ALTER TABLE terminal_state DROP COLUMN deny_count; PRAGMA user_version = 1;").unwrap();
     drop(conn);
     let mut s = open(dir.path());
     assert_eq!(user_version(s.connection()), latest_version());
@@ -147,7 +147,7 @@ fn version_3_moves_outcomes_into_one_b_tree_keeping_each_readers_latest() {
         )
         .unwrap();
     }
-    migrate_with(&mut conn, MIGRATIONS).unwrap();
+    migrate_with(&mut conn, &MIGRATIONS[..3]).unwrap();
     assert_eq!(user_version(&conn), 3);
     let rows: Vec<(String, i64, Vec<u8>)> = conn
         .prepare(
@@ -176,4 +176,27 @@ fn version_3_moves_outcomes_into_one_b_tree_keeping_each_readers_latest() {
         )
         .unwrap();
     assert_eq!(indexes, 0, "one B-tree per outcome: no index left");
+}
+
+#[test]
+fn version_4_adds_the_deny_overlay_keeping_unsynced_rows_and_the_macs_of_version_3() {
+    let dir = populated();
+    let file = dir.path().join(DB_FILE);
+    {
+        let mut s = open(dir.path());
+        s.mark_synced(2).unwrap();
+    }
+    // Take it back to schema 3, as an older redeemd left it: 6 rows, 4 of them unsynced.
+    let conn = Connection::open(&file).unwrap();
+    conn.execute_batch("DROP TABLE deny_entry; ALTER TABLE terminal_state DROP COLUMN deny_version; ALTER TABLE terminal_state DROP COLUMN deny_count; PRAGMA user_version = 3;").unwrap();
+    drop(conn);
+    let mut s = open(dir.path());
+    assert_eq!(user_version(s.connection()), 4);
+    // The terminal state written by version 3 verifies unchanged (its MAC had no deny fields).
+    let j = s.journal_info();
+    assert_eq!((j.head_seq, j.synced_through_seq), (6, 2));
+    assert_eq!(journal_rows(&s), 6);
+    assert_eq!(s.deny_info(), redeemd::store::DenyInfo::default());
+    assert!(verify::journal(s.connection(), &keys()).unwrap().is_clean());
+    approved(&redeem(&mut s, "r", 100, 0, &[(0, 1)], T0));
 }

@@ -1,0 +1,272 @@
+//! The deny overlay: verified deny-list entries (`docs/api/README.md`, "`GET deny-list`") that refuse
+//! a card lost, frozen or cancelled since its cache entry was signed.
+//!
+//! * **Apply** ([`Store::apply_deny_list`]): every entry of an answer is verified first (MAC with the
+//!   cache key, merchant, strictly ascending versions above the applied one); one bad entry refuses
+//!   the whole answer and nothing is written. The rows and the MACed terminal state (highest applied
+//!   version, row count) are written in one short transaction.
+//! * **Load** (at open and whenever another connection changed the database, see `Store::reload`):
+//!   every row's MAC is verified again, and the row count and highest version must equal the MACed
+//!   terminal state — an edited row fails its MAC, a **deleted** row fails the count. Either makes the
+//!   store refuse to open (or, in a running daemon, decline every card with `IntegrityFailure`) until
+//!   an operator restores the database: a loss report that silently vanished must never re-enable a card.
+//! * **Lookup**: the verified entries live in memory (a deny list is small: the cards of one merchant
+//!   reported since their last cache entry), so a lookup costs a hash probe and cannot be fooled by an
+//!   edit made after the load.
+//!
+//! A deny entry can only refuse: [`crate::engine::deny_overlay`] picks the status, and its type has no
+//! "active".
+
+use std::collections::HashMap;
+
+use redeemd_contract::deny::{DenyEntry, DenyStatus};
+use redeemd_contract::keys::{MacKey, Tag};
+use redeemd_contract::model::CardRef;
+use rusqlite::{Connection, TransactionBehavior, params};
+use thiserror::Error;
+
+use super::rows::{Integrity, TerminalRow};
+use super::{Fault, Store, StoreError};
+
+/// A deny-list answer as received (`GET deny-list?since=N`), not yet verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DenyList {
+    pub merchant_id: String,
+    /// The server's current deny-list version.
+    pub version: u64,
+    /// Entries with their MACs as sent (any length: a wrong one simply fails).
+    pub entries: Vec<(DenyEntry, Vec<u8>)>,
+}
+
+/// Why a deny-list answer was refused. Nothing of it was applied.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DenyError {
+    #[error("the list is for merchant {found:?}, this terminal is {expected:?}")]
+    WrongMerchant { expected: String, found: String },
+    #[error("entry {index} (card {card}): bad MAC")]
+    BadMac { index: usize, card: String },
+    #[error(
+        "entry {index} (card {card}): version {version} is not above {floor} (entries must ascend above the applied version)"
+    )]
+    NotAscending {
+        index: usize,
+        card: String,
+        version: u64,
+        floor: u64,
+    },
+    #[error("entry {index} (card {card}): version {version} is above the list's version {list}")]
+    AboveList {
+        index: usize,
+        card: String,
+        version: u64,
+        list: u64,
+    },
+    #[error(
+        "the server's deny-list version {server} is below the applied {applied} (server restored from an older backup?)"
+    )]
+    Rollback { server: u64, applied: u64 },
+}
+
+/// What [`Store::apply_deny_list`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DenyReport {
+    pub applied: usize,
+    /// The highest deny-list version now applied.
+    pub version: u64,
+}
+
+/// The applied deny list, as stored in the MACed terminal state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DenyInfo {
+    pub version: u64,
+    pub entries: u64,
+}
+
+/// Verified deny entries by card, in ascending deny-list version.
+pub(super) type DenySet = HashMap<CardRef, Vec<DenyEntry>>;
+
+/// Checks a whole answer against the applied version; returns the entries to store.
+pub fn verify_answer(
+    cache_key: &MacKey,
+    merchant_id: &str,
+    applied_version: u64,
+    list: &DenyList,
+) -> Result<Vec<(DenyEntry, Tag)>, DenyError> {
+    if list.merchant_id != merchant_id {
+        return Err(DenyError::WrongMerchant {
+            expected: merchant_id.to_owned(),
+            found: list.merchant_id.clone(),
+        });
+    }
+    if list.version < applied_version {
+        return Err(DenyError::Rollback {
+            server: list.version,
+            applied: applied_version,
+        });
+    }
+    let mut floor = applied_version;
+    let mut out = Vec::with_capacity(list.entries.len());
+    for (index, (e, mac)) in list.entries.iter().enumerate() {
+        let card = || e.card_ref.to_hex();
+        // The MAC first: an entry that does not verify is named as such, whatever else is wrong.
+        let tag: Option<Tag> = mac.as_slice().try_into().ok();
+        let Some(tag) = tag.filter(|_| e.verify(cache_key, merchant_id, mac)) else {
+            return Err(DenyError::BadMac {
+                index,
+                card: card(),
+            });
+        };
+        if e.version <= floor {
+            return Err(DenyError::NotAscending {
+                index,
+                card: card(),
+                version: e.version,
+                floor,
+            });
+        }
+        if e.version > list.version {
+            return Err(DenyError::AboveList {
+                index,
+                card: card(),
+                version: e.version,
+                list: list.version,
+            });
+        }
+        floor = e.version;
+        out.push((e.clone(), tag));
+    }
+    Ok(out)
+}
+
+/// Reads and verifies every stored deny row against the MACed terminal state.
+pub(super) fn load(
+    conn: &Connection,
+    cache_key: &MacKey,
+    state: &TerminalRow,
+) -> Result<DenySet, Fault> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT version, card_ref, status, entry_version, reported_at_ms, mac FROM deny_entry ORDER BY version",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut set = DenySet::new();
+    let (mut count, mut max_version) = (0u64, 0u64);
+    while let Some(row) = rows.next()? {
+        let raw_version = row.get_ref(0)?;
+        let what = format!("deny entry {raw_version:?}");
+        let bad = |reason: &str| Fault::Integrity(Integrity::new(&what, reason));
+        let int = |i: usize| -> Result<i64, Fault> {
+            match row.get_ref(i)? {
+                rusqlite::types::ValueRef::Integer(v) => Ok(v),
+                _ => Err(bad("bad column type (row edited)")),
+            }
+        };
+        let blob = |i: usize| -> Result<Vec<u8>, Fault> {
+            match row.get_ref(i)? {
+                rusqlite::types::ValueRef::Blob(b) => Ok(b.to_vec()),
+                _ => Err(bad("bad column type (row edited)")),
+            }
+        };
+        let version = u64::try_from(int(0)?).map_err(|_| bad("negative version"))?;
+        let what = format!("deny entry {version}");
+        let bad = |reason: &str| Fault::Integrity(Integrity::new(&what, reason));
+        let card_ref: [u8; 32] = blob(1)?
+            .try_into()
+            .map_err(|_| bad("card reference is not 32 bytes"))?;
+        let status = match int(2)? {
+            2 => DenyStatus::Lost,
+            3 => DenyStatus::Frozen,
+            4 => DenyStatus::Cancelled,
+            _ => return Err(bad("status is not lost, frozen or cancelled")),
+        };
+        let entry = DenyEntry {
+            version,
+            card_ref: CardRef(card_ref),
+            status,
+            entry_version: u64::try_from(int(3)?).map_err(|_| bad("negative entry version"))?,
+            reported_at_ms: int(4)?,
+        };
+        if !entry.verify(cache_key, &state.merchant_id, &blob(5)?) {
+            return Err(bad("MAC mismatch (row edited)"));
+        }
+        count += 1;
+        max_version = max_version.max(version);
+        set.entry(entry.card_ref).or_default().push(entry);
+    }
+    if count != state.deny_count || max_version != state.deny_version {
+        return Err(Fault::Integrity(Integrity::new(
+            "deny list",
+            format!(
+                "{count} rows up to version {max_version}, but the MACed terminal state says {} rows up to version {}: rows were removed or added",
+                state.deny_count, state.deny_version
+            ),
+        )));
+    }
+    Ok(set)
+}
+
+impl Store {
+    /// The applied deny list's version and size.
+    pub fn deny_info(&self) -> DenyInfo {
+        DenyInfo {
+            version: self.state.deny_version,
+            entries: self.state.deny_count,
+        }
+    }
+
+    /// Verifies a deny-list answer and stores it, all or nothing, in one short transaction.
+    pub fn apply_deny_list(&mut self, list: &DenyList) -> Result<DenyReport, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // The state as committed now (another connection may have applied entries since we loaded).
+        let state = super::read_terminal_row(&tx, &self.keys)?;
+        let entries = verify_answer(
+            &self.keys.cache,
+            &self.cfg.merchant_id,
+            state.deny_version,
+            list,
+        )?;
+        if entries.is_empty() {
+            return Ok(DenyReport {
+                applied: 0,
+                version: state.deny_version,
+            });
+        }
+        let mut next = state.clone();
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO deny_entry (version, card_ref, status, entry_version, reported_at_ms, mac) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for (e, mac) in &entries {
+                insert.execute(params![
+                    i64::try_from(e.version).unwrap_or(i64::MAX),
+                    &e.card_ref.0[..],
+                    e.status.code(),
+                    i64::try_from(e.entry_version).unwrap_or(i64::MAX),
+                    e.reported_at_ms,
+                    &mac[..],
+                ])?;
+                next.deny_version = e.version;
+                next.deny_count += 1;
+            }
+        }
+        super::write_terminal_row(&tx, &next, &self.keys)?;
+        tx.commit()?;
+        self.reload().map_err(StoreError::from)?;
+        Ok(DenyReport {
+            applied: entries.len(),
+            version: next.deny_version,
+        })
+    }
+
+    /// The deny status that refuses `card_ref`, given the version of its verified cache entry
+    /// (`None`: the card is not in the cache).
+    pub(crate) fn deny_status(
+        &self,
+        card_ref: &CardRef,
+        cache_entry_version: Option<u64>,
+    ) -> Option<DenyStatus> {
+        let entries = self.deny.get(card_ref)?;
+        crate::engine::deny_overlay(entries, cache_entry_version)
+    }
+}
