@@ -14,6 +14,7 @@
 //! | 74 | I/O error reading or writing a file |
 //! | 77 | key refused (loose permissions, missing credential, bad format) |
 //! | 70 | internal error (SQLite) |
+//! | 75 | `sync`: a step failed or uploading is halted (each printed with its reason); try again later |
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -64,8 +65,17 @@ pub enum Command {
     Run,
     /// Validate the configuration file and print what it configures; exit 64 if it is wrong.
     CheckConfig,
-    /// Readers' link state and last transaction, cache version and age, journal head, unsynced.
+    /// Readers' link state and last transaction, sync state, cache and deny-list versions and ages,
+    /// journal head, unsynced records.
     Status,
+    /// Run one sync pass now against the configured server (deny list, journal upload, entitlements)
+    /// and print what happened. Works while the daemon runs: the two take turns on the state
+    /// directory's sync lock, and SQLite serialises their writes. Exits 75 if a step failed.
+    Sync {
+        /// How long to wait for a pass the daemon is running.
+        #[arg(long, default_value_t = 300)]
+        wait_secs: u64,
+    },
     /// Check this install: config, key, state directory, database, readers, clock, cache, backlog.
     /// Prints OK or the problem and its fix for each; exits 1 if any problem is found.
     Doctor {
@@ -183,6 +193,8 @@ pub enum CliError {
     Daemon(#[from] DaemonError),
     #[error(transparent)]
     Simulator(#[from] crate::simulator::SimError),
+    #[error("sync: {0}")]
+    Sync(String),
 }
 
 impl CliError {
@@ -193,6 +205,7 @@ impl CliError {
             CliError::Daemon(DaemonError::Store { source, .. }) => store_exit_code(source),
             CliError::Daemon(DaemonError::Io(_)) => 74,
             CliError::Simulator(_) => 1,
+            CliError::Sync(_) => 75,
             CliError::Findings(_) => 1,
             CliError::Usage(_) => 2,
             CliError::Key(_) => 77,
@@ -326,6 +339,11 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
             let secret = secret(cli, Some(&config))?;
             return status(&config, &secret, out);
         }
+        Command::Sync { wait_secs } => {
+            let config = required_config(cli)?;
+            let secret = secret(cli, Some(&config))?;
+            return sync_once(&config, &secret, *wait_secs, out);
+        }
         _ => {}
     }
     let config = optional_config(cli)?;
@@ -340,6 +358,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
         | Command::CheckConfig
         | Command::Status
         | Command::Doctor { .. }
+        | Command::Sync { .. }
         | Command::SimulateReader(_) => Ok(()),
         Command::Cache(CacheCommand::Verify) | Command::Journal(JournalCommand::Verify) => {
             // Verification works on the raw database, so it can report even when `open` refuses.
@@ -438,6 +457,22 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
                 path: bundle.clone(),
                 source,
             })?;
+            // The daemon's sync installs through the same staging table: take turns.
+            let lock_path = crate::sync::pass::lock_path(&state_dir);
+            let _lock = crate::sync::pass::SyncLock::acquire(
+                &state_dir,
+                std::time::Duration::from_secs(300),
+            )
+            .map_err(|source| CliError::File {
+                path: lock_path.clone(),
+                source,
+            })?
+            .ok_or_else(|| {
+                CliError::Usage(format!(
+                    "{}: a sync pass has held the lock for 5 minutes; try again",
+                    lock_path.display()
+                ))
+            })?;
             let report = store
                 .install_bundle(std::io::BufReader::with_capacity(1 << 16, file), wall_now())?;
             w(writeln!(
@@ -486,6 +521,85 @@ fn simulate_reader(args: &SimulateReaderArgs) -> Result<(), CliError> {
         .build()
         .map_err(CliError::Output)?;
     Ok(runtime.block_on(crate::simulator::run_cli(options))?)
+}
+
+/// `redeemd sync`: one pass with the daemon's configuration, through the same code as the daemon's
+/// task (a store handle, the sync lock), printing one line per step.
+fn sync_once(
+    config: &Config,
+    secret: &TerminalSecret,
+    wait_secs: u64,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    use crate::sync::pass::{SyncLock, Syncer};
+    let w = |r: std::io::Result<()>| r.map_err(CliError::Output);
+    let Some(url) = &config.sync.server_url else {
+        return Err(CliError::Config(ConfigError::Invalid {
+            path: PathBuf::from("configuration"),
+            key: "sync.server_url".into(),
+            reason: "not set: sync is disabled".into(),
+        }));
+    };
+    let keys = secret.derive_all(&config.terminal_id);
+    let request_key = keys.request.clone();
+    let store = Store::open(
+        &config.state_dir,
+        keys,
+        crate::store::StoreConfig {
+            terminal_id: config.terminal_id.clone(),
+            merchant_id: config.merchant_id.clone(),
+            limits: config.limits(),
+        },
+    )?;
+    let lock = SyncLock::acquire(&config.state_dir, std::time::Duration::from_secs(wait_secs))
+        .map_err(|source| CliError::File {
+            path: crate::sync::pass::lock_path(&config.state_dir),
+            source,
+        })?
+        .ok_or_else(|| {
+            CliError::Sync(format!(
+                "another sync pass held {} for {wait_secs} s",
+                crate::sync::pass::lock_path(&config.state_dir).display()
+            ))
+        })?;
+    let client = crate::sync::client::Client::new(
+        url,
+        &config.terminal_id,
+        request_key,
+        crate::daemon::sync::client_options(&config.sync),
+    )
+    .map_err(|e| CliError::Sync(e.to_string()))?;
+    let handle = crate::daemon::store_owner::StoreHandle::new(
+        store,
+        crate::daemon::store_owner::Clock::new(),
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(CliError::Output)?;
+    let report = runtime.block_on(async {
+        let mut syncer = Syncer::new(client);
+        syncer.pass(&handle).await
+    });
+    drop(lock);
+    w(writeln!(out, "server        {url}"))?;
+    for line in report.lines() {
+        w(writeln!(out, "{line}"))?;
+    }
+    if let Some(d) = report.halted {
+        w(writeln!(out, "HALTED        {d}"))?;
+    }
+    if report.ok() {
+        Ok(())
+    } else {
+        let mut reasons: Vec<String> = report.failures().iter().map(|e| e.to_string()).collect();
+        if let Some(d) = report.halted {
+            reasons.push(format!("journal upload halted: {d}"));
+        }
+        reasons.dedup();
+        Err(CliError::Sync(reasons.join("; ")))
+    }
 }
 
 fn print_config(c: &Config, out: &mut dyn Write) -> std::io::Result<()> {
@@ -571,26 +685,89 @@ fn status(config: &Config, secret: &TerminalSecret, out: &mut dyn Write) -> Resu
         }
         Err(e) => w(writeln!(out, "daemon         no status published ({e})"))?,
     }
+    let published = crate::daemon::status::read(&config.state_dir)
+        .ok()
+        .and_then(|s| s.sync);
+    let ago = |ms: i64| age((now - ms).max(0));
+    match (&config.sync.server_url, &published) {
+        (None, _) => w(writeln!(out, "sync           disabled (no server_url)"))?,
+        (Some(url), None) => w(writeln!(out, "sync           {url}: no pass reported yet"))?,
+        (Some(url), Some(s)) => {
+            w(writeln!(out, "sync           {url}"))?;
+            if let Some(at) = s.last_attempt_at_ms {
+                w(writeln!(
+                    out,
+                    "  last attempt {} ago: {}",
+                    ago(at),
+                    s.last_result.as_deref().unwrap_or("?")
+                ))?;
+            }
+            match s.last_success_at_ms {
+                Some(at) => w(writeln!(out, "  last success {} ago", ago(at)))?,
+                None => w(writeln!(
+                    out,
+                    "  last success never (since the daemon started)"
+                ))?,
+            }
+            if let Some(at) = s.next_attempt_at_ms {
+                w(writeln!(
+                    out,
+                    "  next attempt in {} ({} failures in a row)",
+                    age((at - now).max(0)),
+                    s.consecutive_failures
+                ))?;
+            }
+            if let Some(h) = &s.halted {
+                w(writeln!(out, "  HALTED       {h}"))?;
+            }
+        }
+    }
     let store = Store::open_existing(&config.state_dir, secret, config.limits())?;
     let j = store.journal_info();
     match store.cache_info()? {
         Some(c) => w(writeln!(
             out,
-            "cache          version {}, {} entries, issued {} min ago, expires in {} min",
+            "cache          version {}, {} entries, installed {} ago, issued {} min ago, expires in {} min",
             c.manifest.version,
             c.entries,
+            ago(c.installed_wall_ms),
             (now - c.manifest.issued_at_ms).max(0) / 60_000,
             (c.manifest.expires_at_ms - now) / 60_000
         ))?,
         None => w(writeln!(out, "cache          none installed"))?,
     }
+    let deny = store.deny_info();
+    let checked = published
+        .as_ref()
+        .and_then(|s| s.deny_checked_at_ms)
+        .map_or_else(
+            || "not checked since the daemon started".to_owned(),
+            |at| format!("checked {} ago", ago(at)),
+        );
     w(writeln!(
         out,
-        "journal        head seq {}, platform acknowledged through {}, {} unsynced",
+        "deny list      version {}, {} entries, {checked}",
+        deny.version, deny.entries
+    ))?;
+    let oldest = store
+        .oldest_unsynced_wall_ms()?
+        .map_or_else(String::new, |at| format!(", oldest {} old", ago(at)));
+    w(writeln!(
+        out,
+        "journal        head seq {}, platform acknowledged through {}, {} unsynced{oldest}",
         j.head_seq,
         j.synced_through_seq,
         j.head_seq.saturating_sub(j.synced_through_seq)
     ))
+}
+
+/// A duration in ms as `42 s`, `17 min` or `5 h`.
+fn age(ms: i64) -> String {
+    match ms / 1000 {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7200 => format!("{} min", s / 60),
+        s => format!("{} h", s / 3600),
+    }
 }
 
 /// One exported journal row (card reference, never a card number).

@@ -93,6 +93,11 @@ pub struct SyncConfig {
     /// `None`: sync disabled (a stand-alone test install).
     pub server_url: Option<String>,
     pub interval: Duration,
+    pub connect_timeout: Duration,
+    /// A JSON request's whole time, and the longest stall while reading any answer.
+    pub request_timeout: Duration,
+    /// A whole entitlement bundle download.
+    pub bundle_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -195,6 +200,9 @@ impl Default for RawVoid {
 struct RawSync {
     server_url: Option<String>,
     interval_secs: u64,
+    connect_timeout_secs: u64,
+    request_timeout_secs: u64,
+    bundle_timeout_secs: u64,
 }
 
 impl Default for RawSync {
@@ -202,6 +210,9 @@ impl Default for RawSync {
         Self {
             server_url: None,
             interval_secs: 60,
+            connect_timeout_secs: 10,
+            request_timeout_secs: 30,
+            bundle_timeout_secs: 900,
         }
     }
 }
@@ -412,6 +423,15 @@ impl Validator<'_> {
                 format!("{} is below the minimum of 5", raw.sync.interval_secs),
             ));
         }
+        for (key, secs) in [
+            ("sync.connect_timeout_secs", raw.sync.connect_timeout_secs),
+            ("sync.request_timeout_secs", raw.sync.request_timeout_secs),
+            ("sync.bundle_timeout_secs", raw.sync.bundle_timeout_secs),
+        ] {
+            if !(1..=86_400).contains(&secs) {
+                return Err(self.invalid(key, format!("{secs} is outside 1..=86400")));
+            }
+        }
         let server_url = match raw.sync.server_url {
             Some(url) => Some(self.server_url(&url)?),
             None => None,
@@ -450,6 +470,9 @@ impl Validator<'_> {
             sync: SyncConfig {
                 server_url,
                 interval: Duration::from_secs(raw.sync.interval_secs),
+                connect_timeout: Duration::from_secs(raw.sync.connect_timeout_secs),
+                request_timeout: Duration::from_secs(raw.sync.request_timeout_secs),
+                bundle_timeout: Duration::from_secs(raw.sync.bundle_timeout_secs),
             },
             log: LogConfig {
                 format: raw.log.format,
@@ -591,6 +614,8 @@ file = "/etc/redeemd/terminal.key"
         assert!(e.contains("sync.server_url") && e.contains("https"), "{e}");
         assert!(error_of(&with("ftp://x")).contains("scheme"));
         assert!(error_of(&with("nonsense")).contains("not a URL"));
+        let zero = format!("{MINIMAL}\n[sync]\nrequest_timeout_secs = 0\n");
+        assert!(error_of(&zero).contains("sync.request_timeout_secs"));
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod reader;
 pub mod render;
 pub mod status;
 pub mod store_owner;
+pub mod sync;
 
 use std::time::Duration;
 
@@ -59,6 +60,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         "store open"
     );
 
+    let request_key = store.keys().request.clone();
     let store = store_owner::StoreHandle::new(store, store_owner::Clock::new());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -66,7 +68,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         .thread_name("redeemd")
         .enable_all()
         .build()?;
-    let result = runtime.block_on(serve(&config, store));
+    let result = runtime.block_on(serve(&config, store, request_key));
     // Ends the reader tasks; their store handles go with them and the database closes. A store
     // operation that hangs (a dead disk) is not waited for beyond this.
     runtime.shutdown_timeout(Duration::from_secs(5));
@@ -74,8 +76,26 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     result
 }
 
-async fn serve(config: &Config, store: store_owner::StoreHandle) -> Result<(), DaemonError> {
+async fn serve(
+    config: &Config,
+    store: store_owner::StoreHandle,
+    request_key: redeemd_contract::MacKey,
+) -> Result<(), DaemonError> {
     let board = status::StatusBoard::new(&config.state_dir);
+    match &config.sync.server_url {
+        Some(url) => {
+            tokio::spawn(sync::run(sync::SyncContext {
+                server_url: url.clone(),
+                config: config.sync.clone(),
+                state_dir: config.state_dir.clone(),
+                terminal_id: config.terminal_id.clone(),
+                request_key,
+                store: store.clone(),
+                status: board.clone(),
+            }));
+        }
+        None => tracing::info!("sync disabled: no [sync] server_url configured"),
+    }
     for reader in &config.readers {
         let ctx = reader::ReaderContext {
             config: reader.clone(),

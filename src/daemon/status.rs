@@ -22,6 +22,31 @@ pub struct DaemonStatus {
     pub started_at_ms: i64,
     pub updated_at_ms: i64,
     pub readers: BTreeMap<String, ReaderStatus>,
+    /// `None` when sync is not configured.
+    #[serde(default)]
+    pub sync: Option<SyncStatus>,
+}
+
+/// The sync task's view, updated after every pass (`crate::daemon::sync`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SyncStatus {
+    pub server_url: String,
+    pub last_attempt_at_ms: Option<i64>,
+    /// `ok`, or the failed steps' errors joined by `; `.
+    pub last_result: Option<String>,
+    pub last_success_at_ms: Option<i64>,
+    pub next_attempt_at_ms: Option<i64>,
+    pub consecutive_failures: u32,
+    /// Why uploading is halted (the journal diverged from the server's): an operator must look.
+    pub halted: Option<String>,
+    /// Records the platform has not acknowledged, and the wall time of the oldest of them.
+    pub unsynced_records: u64,
+    pub oldest_unsynced_at_ms: Option<i64>,
+    pub cache_version: u64,
+    pub cache_installed_at_ms: Option<i64>,
+    pub deny_version: u64,
+    /// The last time a deny-list answer was checked and applied (how fresh loss reports are).
+    pub deny_checked_at_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -59,28 +84,32 @@ impl StatusBoard {
             started_at_ms: wall_ms(),
             updated_at_ms: wall_ms(),
             readers: BTreeMap::new(),
+            sync: None,
         };
         let board = StatusBoard {
             inner: Arc::new(Mutex::new(status)),
             path: state_dir.join(STATUS_FILE),
         };
-        board.update_reader(None, |_| {});
+        board.update(|_| {});
         board
     }
 
     /// Changes one reader's entry (created on first use) and republishes the file.
     pub fn reader(&self, name: &str, change: impl FnOnce(&mut ReaderStatus)) {
-        self.update_reader(Some(name), change);
+        self.update(|s| change(s.readers.entry(name.to_owned()).or_default()));
     }
 
-    fn update_reader(&self, name: Option<&str>, change: impl FnOnce(&mut ReaderStatus)) {
+    /// Changes the sync entry (created on first use) and republishes the file.
+    pub fn sync(&self, change: impl FnOnce(&mut SyncStatus)) {
+        self.update(|s| change(s.sync.get_or_insert_with(SyncStatus::default)));
+    }
+
+    fn update(&self, change: impl FnOnce(&mut DaemonStatus)) {
         let json = {
             // A poisoned lock only means another task panicked mid-update: the data is still a
             // plain status snapshot, so keep publishing.
             let mut status = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(name) = name {
-                change(status.readers.entry(name.to_owned()).or_default());
-            }
+            change(&mut status);
             status.updated_at_ms = wall_ms();
             serde_json::to_vec_pretty(&*status)
         };

@@ -74,6 +74,18 @@ impl StoreHandle {
     }
 }
 
+/// Long store work (a bundle install) takes the lock once per short step and releases it in between,
+/// so that readers interleave. Call from a thread that may block (`spawn_blocking`).
+impl crate::store::StoreAccess for StoreHandle {
+    fn with<T>(
+        &mut self,
+        f: impl FnOnce(&mut Store, Now) -> Result<T, crate::store::StoreError>,
+    ) -> Result<T, crate::store::StoreError> {
+        self.run_blocking(f)
+            .map_err(|StoreGone| crate::store::StoreError::Unavailable)?
+    }
+}
+
 /// The daemon's clocks: wall time (may be wrong or set back: the engine checks it) and time since
 /// boot (CLOCK_BOOTTIME, read from /proc/uptime once and advanced with the monotonic clock), which
 /// the journal records for the platform's forensics.

@@ -2,10 +2,17 @@
 //!
 //! * [`plan`] — pure planning: resuming from the server's head, batching the unacknowledged journal,
 //!   applying upload answers (refusing hostile acknowledgements), backoff with jitter and `Retry-After`.
-//! * [`wire`] — the API's JSON bodies, terminal side: the upload body, reading heads, acks and problems.
+//! * [`wire`] — the API's JSON bodies, terminal side: the upload body, reading heads, acks, deny lists
+//!   and problems.
+//! * [`client`] — the thin HTTP driver: reqwest + rustls, every request signed with
+//!   `redeemd_contract::request`, timeouts, streaming decompression; one error enum naming what failed.
+//! * [`pass`] — one sync pass (deny list, journal, entitlements) through the daemon's store handle in
+//!   short pieces, and the lock that keeps two processes from syncing one state directory at once.
 //!
-//! The HTTP client that drives it (reqwest + rustls, signing each request with
-//! `redeemd_contract::request`) is a thin layer still to be written; it must never block the counter.
+//! The periodic task that runs passes in the daemon is `crate::daemon::sync`; `redeemd sync` runs one.
+//! Sync never blocks the counter: redemptions are decided from the local cache whatever sync does.
 
+pub mod client;
+pub mod pass;
 pub mod plan;
 pub mod wire;

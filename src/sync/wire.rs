@@ -8,7 +8,10 @@ use redeemd_contract::keys::{TAG_LEN, Tag};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use redeemd_contract::{CardRef, DenyEntry, DenyStatus};
+
 use super::plan::{Problem, ServerHead};
+use crate::store::DenyList;
 
 /// Why a server answer could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -145,6 +148,98 @@ pub fn parse_problem(status: u16, retry_after_ms: Option<u64>, body: &[u8]) -> P
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DenyEntryJson {
+    version: u64,
+    card_ref: String,
+    status: String,
+    entry_version: u64,
+    reported_at_ms: i64,
+    mac: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DenyListJson {
+    merchant_id: String,
+    version: u64,
+    entries: Vec<DenyEntryJson>,
+}
+
+/// Most entries accepted in one deny-list answer (a merchant's whole list fits many times over).
+pub const MAX_DENY_ENTRIES: usize = 100_000;
+
+/// Reads a `GET deny-list` answer. Only the shape is checked here; the MACs, the merchant and the
+/// versions are checked by the store before anything is applied
+/// ([`crate::store::Store::apply_deny_list`]).
+pub fn parse_deny_list(body: &[u8]) -> Result<DenyList, WireError> {
+    let l: DenyListJson =
+        serde_json::from_slice(body).map_err(|e| WireError::Json(e.to_string()))?;
+    if l.entries.len() > MAX_DENY_ENTRIES {
+        return Err(WireError::Field {
+            field: "entries",
+            reason: "more entries than the terminal accepts in one answer",
+        });
+    }
+    let entries = l
+        .entries
+        .into_iter()
+        .map(|e| {
+            let status = DenyStatus::parse(&e.status).map_err(|_| WireError::Field {
+                field: "entries[].status",
+                reason: "not lost, frozen or cancelled",
+            })?;
+            Ok((
+                DenyEntry {
+                    version: e.version,
+                    card_ref: CardRef(tag("entries[].card_ref", &e.card_ref)?),
+                    status,
+                    entry_version: e.entry_version,
+                    reported_at_ms: e.reported_at_ms,
+                },
+                tag("entries[].mac", &e.mac)?.to_vec(),
+            ))
+        })
+        .collect::<Result<Vec<_>, WireError>>()?;
+    Ok(DenyList {
+        merchant_id: l.merchant_id,
+        version: l.version,
+        entries,
+    })
+}
+
+#[derive(Deserialize)]
+struct ProblemExtrasJson {
+    detail: Option<String>,
+    server_time_ms: Option<i64>,
+}
+
+/// The parts of a problem answer that are for people and for the clock, not for the planner.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProblemExtras {
+    /// `detail`, cut to 200 characters and stripped of control characters (it goes into logs).
+    pub detail: Option<String>,
+    /// The server's clock, sent with `clock_skew`.
+    pub server_time_ms: Option<i64>,
+}
+
+/// Reads `detail` and `server_time_ms` of a problem answer, if it is one.
+pub fn problem_extras(body: &[u8]) -> ProblemExtras {
+    match serde_json::from_slice::<ProblemExtrasJson>(body) {
+        Ok(p) => ProblemExtras {
+            detail: p.detail.map(|d| {
+                d.chars()
+                    .filter(|c| !c.is_control())
+                    .take(200)
+                    .collect::<String>()
+            }),
+            server_time_ms: p.server_time_ms,
+        },
+        Err(_) => ProblemExtras::default(),
+    }
+}
+
 /// `Retry-After` in milliseconds: delay-seconds only (an HTTP date needs a clock: treat as absent).
 pub fn retry_after_ms(header: Option<&str>) -> Option<u64> {
     let t = header?.trim();
@@ -263,6 +358,42 @@ mod tests {
         assert_eq!(retry_after_ms(None), None);
     }
 
+    #[test]
+    fn deny_lists_are_read_strictly() {
+        let mac = hex::encode([7u8; 32]);
+        let card = hex::encode([5u8; 32]);
+        let ok = format!(
+            r#"{{"merchant_id":"M-1","version":17,"entries":[{{"version":17,"card_ref":"{card}","status":"lost","entry_version":43,"reported_at_ms":1795000000000,"mac":"{mac}"}}]}}"#
+        );
+        let l = parse_deny_list(ok.as_bytes()).unwrap();
+        assert_eq!((l.merchant_id.as_str(), l.version), ("M-1", 17));
+        assert_eq!(l.entries[0].0.status, DenyStatus::Lost);
+        assert_eq!(l.entries[0].0.card_ref, CardRef([5; 32]));
+        assert_eq!(l.entries[0].1, vec![7u8; 32]);
+        for bad in [
+            ok.replace("lost", "active"),
+            ok.replace(&card, "5f0c"),
+            ok.replace(&mac, &mac.to_uppercase()),
+            ok.replace(r#""entry_version":43"#, r#""entry_version":-1"#),
+            ok.replace(r#""mac""#, r#""extra":1,"mac""#),
+            "[]".to_owned(),
+        ] {
+            assert!(parse_deny_list(bad.as_bytes()).is_err(), "{bad}");
+        }
+        let empty = br#"{"merchant_id":"M-1","version":0,"entries":[]}"#;
+        assert!(parse_deny_list(empty).unwrap().entries.is_empty());
+    }
+
+    #[test]
+    fn problem_extras_are_sanitised() {
+        let p = problem_extras(
+            br#"{"code":"clock_skew","detail":"off by\n 400 s","server_time_ms":1795000000000}"#,
+        );
+        assert_eq!(p.detail.as_deref(), Some("off by 400 s"));
+        assert_eq!(p.server_time_ms, Some(1_795_000_000_000));
+        assert_eq!(problem_extras(b"<html>"), ProblemExtras::default());
+    }
+
     proptest! {
         #[test]
         fn garbage_answers_never_panic(body in proptest::collection::vec(any::<u8>(), 0..200), status in 0u16..1000) {
@@ -270,6 +401,8 @@ mod tests {
             let _ = parse_ack(&body);
             let _ = parse_problem(status, None, &body);
             let _ = retry_after_ms(std::str::from_utf8(&body).ok());
+            let _ = parse_deny_list(&body);
+            let _ = problem_extras(&body);
         }
     }
 }

@@ -1,0 +1,477 @@
+//! One sync pass, in the order of `docs/api/README.md`: the deny list first (cheap, and a loss report
+//! must reach the counter within one poll), then the journal (resume from the server's head, upload
+//! what it has not acknowledged, in batches), then the entitlements (a delta or a snapshot, installed in
+//! chunks so that the counter never waits behind it).
+//!
+//! The steps are independent: a refused deny list does not stop the upload, and a halted upload does
+//! not stop loss reports or new entitlements. Only when the server is unreachable or overloaded
+//! ([`SyncError::server_unreachable`]) are the remaining steps of the pass skipped.
+//!
+//! Store work goes through the daemon's [`StoreHandle`] in short pieces on the blocking pool (a batch
+//! of records read, an acknowledgement recorded, a chunk of a bundle staged), so reader tasks are never
+//! starved and no async worker is blocked.
+//!
+//! Two processes may sync the same state directory (the daemon and `redeemd sync`): each pass holds
+//! [`SyncLock`] (`flock` on `sync.lock` in the state directory), so they take turns; the store's writes
+//! re-read the state under SQLite's write lock, so neither overwrites what the other committed.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use redeemd_contract::keys::Tag;
+
+use super::client::{Client, SyncError, UploadAnswer, server_error};
+use super::plan::{self, Divergence, LocalJournal, Next, Resume, Uploader};
+use super::wire;
+use crate::daemon::store_owner::StoreHandle;
+use crate::engine::Now;
+use crate::store::{BundleInstall, DenyReport, InstallReport, Store, StoreError};
+
+/// Decoded bundle bytes handed to the installer per blocking call.
+const FEED_BYTES: usize = 1 << 20;
+/// Re-reads of the server's head within one pass (after `sequence_gap`) before giving up.
+const MAX_HEAD_READS: u32 = 3;
+
+/// What the journal step did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UploadReport {
+    /// Records sent and acknowledged in this pass.
+    pub uploaded: u64,
+    pub batches: u64,
+    /// The server already held records the terminal had not recorded as acknowledged (lost acks, a
+    /// restored backup): acknowledged from its head without sending them again.
+    pub resumed_through: Option<u64>,
+    /// The local acknowledged seq after the step.
+    pub acknowledged_through: u64,
+}
+
+/// What the entitlements step did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntitlementsReport {
+    UpToDate { version: u64 },
+    Installed(InstallReport),
+}
+
+/// One step's outcome.
+#[derive(Debug)]
+pub enum Step<T> {
+    Done(T),
+    Failed(SyncError),
+    Skipped(String),
+}
+
+impl<T> Step<T> {
+    pub fn error(&self) -> Option<&SyncError> {
+        match self {
+            Step::Failed(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// What one pass did, step by step.
+#[derive(Debug)]
+pub struct PassReport {
+    pub deny: Step<DenyReport>,
+    pub journal: Step<UploadReport>,
+    pub entitlements: Step<EntitlementsReport>,
+    /// Set when uploading is halted (found in this pass or an earlier one).
+    pub halted: Option<Divergence>,
+}
+
+impl PassReport {
+    /// The failed steps' errors, in order.
+    pub fn failures(&self) -> Vec<&SyncError> {
+        [
+            self.deny.error(),
+            self.journal.error(),
+            self.entitlements.error(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
+    /// Everything done, nothing halted.
+    pub fn ok(&self) -> bool {
+        self.failures().is_empty() && self.halted.is_none()
+    }
+
+    /// The longest `Retry-After` any step was given.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        self.failures()
+            .iter()
+            .filter_map(|e| e.retry_after_ms())
+            .max()
+    }
+
+    /// One line per step, for `redeemd sync` and the log.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        out.push(match &self.deny {
+            Step::Done(d) if d.applied == 0 => {
+                format!("deny list     up to date (version {})", d.version)
+            }
+            Step::Done(d) => format!(
+                "deny list     {} entries applied, now version {}",
+                d.applied, d.version
+            ),
+            Step::Failed(e) => format!("deny list     FAILED: {e}"),
+            Step::Skipped(why) => format!("deny list     skipped: {why}"),
+        });
+        out.push(match &self.journal {
+            Step::Done(u) => {
+                let mut line = format!(
+                    "journal       {} records uploaded in {} batches, acknowledged through seq {}",
+                    u.uploaded, u.batches, u.acknowledged_through
+                );
+                if let Some(r) = u.resumed_through {
+                    line.push_str(&format!(
+                        " (server already held through seq {r}: not sent again)"
+                    ));
+                }
+                line
+            }
+            Step::Failed(e) => format!("journal       FAILED: {e}"),
+            Step::Skipped(why) => format!("journal       skipped: {why}"),
+        });
+        out.push(match &self.entitlements {
+            Step::Done(EntitlementsReport::UpToDate { version }) => {
+                format!("entitlements  up to date (version {version})")
+            }
+            Step::Done(EntitlementsReport::Installed(r)) => format!(
+                "entitlements  installed version {} ({:?}): {} entries written, {} removed",
+                r.manifest.version, r.manifest.kind, r.upserts, r.removals
+            ),
+            Step::Failed(e) => format!("entitlements  FAILED: {e}"),
+            Step::Skipped(why) => format!("entitlements  skipped: {why}"),
+        });
+        out
+    }
+}
+
+/// Sync state that lives across passes: the client, the upload planner (batch size, a record the
+/// server refused) and a halt, which only an operator (and a restart) lifts.
+pub struct Syncer {
+    pub client: Client,
+    pub uploader: Uploader,
+    pub halted: Option<Divergence>,
+}
+
+impl Syncer {
+    pub fn new(client: Client) -> Syncer {
+        Syncer {
+            client,
+            uploader: Uploader::default(),
+            halted: None,
+        }
+    }
+
+    /// Runs one pass against the server.
+    pub async fn pass(&mut self, store: &StoreHandle) -> PassReport {
+        let unreachable = |e: &SyncError| {
+            e.server_unreachable()
+                .then(|| format!("server unreachable ({e})"))
+        };
+        let deny = match self.deny_step(store).await {
+            Ok(d) => Step::Done(d),
+            Err(e) => Step::Failed(e),
+        };
+        let mut skip = deny.error().and_then(unreachable);
+        let journal = if let Some(why) = &skip {
+            Step::Skipped(why.clone())
+        } else if let Some(d) = self.halted {
+            Step::Skipped(format!("halted: {d}"))
+        } else {
+            match self.journal_step(store).await {
+                Ok(u) => Step::Done(u),
+                Err(e) => {
+                    skip = unreachable(&e);
+                    Step::Failed(e)
+                }
+            }
+        };
+        let entitlements = if let Some(why) = skip {
+            Step::Skipped(why)
+        } else {
+            match self.entitlements_step(store).await {
+                Ok(r) => Step::Done(r),
+                Err(e) => Step::Failed(e),
+            }
+        };
+        PassReport {
+            deny,
+            journal,
+            entitlements,
+            halted: self.halted,
+        }
+    }
+
+    async fn deny_step(&self, store: &StoreHandle) -> Result<DenyReport, SyncError> {
+        let since = on_store(store, |s, _| Ok(s.deny_info().version))
+            .await
+            .map_err(SyncError::Store)?;
+        let list = self.client.deny_list(since).await?;
+        on_store(store, move |s, _| s.apply_deny_list(&list))
+            .await
+            .map_err(SyncError::Deny)
+    }
+
+    /// Compares the server's head with the local journal; records lost acknowledgements.
+    async fn resume(&mut self, store: &StoreHandle) -> Result<Option<u64>, SyncError> {
+        let head = self.client.journal_head().await?;
+        let h = head.acknowledged_seq;
+        let (local, mine) = on_store(store, move |s, _| {
+            let local = LocalJournal::from(s.journal_info());
+            let mine = if h > 0 && h <= local.head_seq {
+                s.journal_records(h, 1)?
+                    .into_iter()
+                    .find(|(r, _)| r.seq == h)
+                    .map(|(_, m)| m)
+            } else {
+                None
+            };
+            Ok((local, mine))
+        })
+        .await
+        .map_err(SyncError::Store)?;
+        match plan::resume(local, &head, mine.as_ref()) {
+            Resume::Halt(d) => {
+                self.halted = Some(d);
+                Err(SyncError::Diverged(d))
+            }
+            Resume::Continue { mark_synced: None } => Ok(None),
+            Resume::Continue {
+                mark_synced: Some(seq),
+            } => {
+                on_store(store, move |s, _| s.mark_synced(seq))
+                    .await
+                    .map_err(SyncError::Store)?;
+                Ok(Some(seq))
+            }
+        }
+    }
+
+    async fn journal_step(&mut self, store: &StoreHandle) -> Result<UploadReport, SyncError> {
+        let mut report = UploadReport {
+            resumed_through: self.resume(store).await?,
+            ..UploadReport::default()
+        };
+        let mut head_reads = 1;
+        loop {
+            let uploader = self.uploader;
+            let (local, batch) = on_store(store, move |s, _| {
+                let local = LocalJournal::from(s.journal_info());
+                let Some(batch) = uploader.next_batch(local) else {
+                    return Ok((local, None));
+                };
+                let records = s.journal_records(
+                    batch.from_seq,
+                    usize::try_from(batch.records()).unwrap_or(usize::MAX),
+                )?;
+                Ok((local, Some((batch, records))))
+            })
+            .await
+            .map_err(SyncError::Store)?;
+            report.acknowledged_through = local.acked_seq;
+            let Some((batch, records)) = batch else {
+                return Ok(report);
+            };
+            if records.len() as u64 != batch.records() {
+                return Err(SyncError::Store(StoreError::Integrity(
+                    crate::store::Integrity::new(
+                        format!("journal seq {}..={}", batch.from_seq, batch.through_seq),
+                        format!("{} rows found", records.len()),
+                    ),
+                )));
+            }
+            let macs: Vec<(u64, Tag)> = records.iter().map(|(r, m)| (r.seq, *m)).collect();
+            let sent_mac = |seq: u64| macs.iter().find(|(s, _)| *s == seq).map(|(_, m)| *m);
+            let next = match self.client.upload(wire::upload_body(&records)).await? {
+                UploadAnswer::Acknowledged(ack) => {
+                    self.uploader
+                        .apply_ack(batch, local.acked_seq, &ack, sent_mac)?
+                }
+                UploadAnswer::Refused(problem, extras) => {
+                    match self.uploader.apply_problem(batch, &problem)? {
+                        Next::Retry { .. } => {
+                            return Err(server_error("journal upload", &problem, extras));
+                        }
+                        other => other,
+                    }
+                }
+            };
+            match next {
+                Next::Acknowledged { mark_synced } => {
+                    on_store(store, move |s, _| s.mark_synced(mark_synced))
+                        .await
+                        .map_err(SyncError::Store)?;
+                    report.uploaded += mark_synced - local.acked_seq;
+                    report.batches += 1;
+                    report.acknowledged_through = mark_synced;
+                }
+                Next::ReadHead if head_reads < MAX_HEAD_READS => {
+                    head_reads += 1;
+                    if let Some(r) = self.resume(store).await? {
+                        report.resumed_through = Some(r);
+                    }
+                }
+                Next::ReadHead => {
+                    return Err(SyncError::Server {
+                        what: "journal upload",
+                        status: 409,
+                        code: "sequence_gap".into(),
+                        detail: Some(format!("still after {MAX_HEAD_READS} reads of the head")),
+                        retry_after_ms: None,
+                        needs_operator: false,
+                    });
+                }
+                Next::Replan => {}
+                Next::Halt(d) => {
+                    self.halted = Some(d);
+                    return Err(SyncError::Diverged(d));
+                }
+                Next::Retry { .. } => unreachable_retry()?,
+            }
+        }
+    }
+
+    async fn entitlements_step(
+        &self,
+        store: &StoreHandle,
+    ) -> Result<EntitlementsReport, SyncError> {
+        let (since, install) = on_store(store, |s, _| {
+            let version = s.cache_info()?.map_or(0, |c| c.manifest.version);
+            Ok((version, BundleInstall::new(s)))
+        })
+        .await
+        .map_err(SyncError::Store)?;
+        let Some(mut body) = self.client.entitlements(since).await? else {
+            return Ok(EntitlementsReport::UpToDate { version: since });
+        };
+        let mut install = Some(install);
+        let mut buf: Vec<u8> = Vec::with_capacity(FEED_BYTES);
+        loop {
+            let chunk = match body.chunk().await {
+                Ok(c) => c,
+                Err(e) => {
+                    if let Some(i) = install.take() {
+                        abort(store, i).await;
+                    }
+                    return Err(e);
+                }
+            };
+            let end = chunk.is_none();
+            if let Some(c) = chunk {
+                buf.extend_from_slice(&c);
+            }
+            if buf.len() >= FEED_BYTES || (end && !buf.is_empty()) {
+                let Some(i) = install.take() else {
+                    return Err(SyncError::Setup("install state lost".into()));
+                };
+                let bytes = std::mem::take(&mut buf);
+                let (i, result) = blocking(store, move |access| {
+                    let mut i = i;
+                    let r = i.feed(access, &bytes);
+                    (i, r)
+                })
+                .await
+                .map_err(SyncError::Install)?;
+                // On an error the installer has dropped its staging table already.
+                result.map_err(SyncError::Install)?;
+                install = Some(i);
+            }
+            if end {
+                break;
+            }
+        }
+        let Some(i) = install.take() else {
+            return Err(SyncError::Setup("install state lost".into()));
+        };
+        let report = blocking(store, move |access| i.finish(access))
+            .await
+            .map_err(SyncError::Install)?
+            .map_err(SyncError::Install)?;
+        Ok(EntitlementsReport::Installed(report))
+    }
+}
+
+fn unreachable_retry() -> Result<(), SyncError> {
+    // `Retry` answers returned above; kept as an error rather than a panic.
+    Err(SyncError::Setup(
+        "planner asked to retry an acknowledged batch".into(),
+    ))
+}
+
+async fn abort(store: &StoreHandle, install: BundleInstall) {
+    let _ = blocking(store, move |access| install.abort(access)).await;
+}
+
+/// Runs `f` with the store on the blocking pool (the store's lock taken inside `f`'s call).
+pub async fn on_store<T: Send + 'static>(
+    store: &StoreHandle,
+    f: impl FnOnce(&mut Store, Now) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let handle = store.clone();
+    tokio::task::spawn_blocking(move || handle.run_blocking(f))
+        .await
+        .map_err(|_| StoreError::Unavailable)?
+        .map_err(|_| StoreError::Unavailable)?
+}
+
+/// Runs `f` on the blocking pool with a [`crate::store::StoreAccess`] that takes the store's lock for
+/// each short call `f` makes (and releases it in between).
+async fn blocking<T: Send + 'static>(
+    store: &StoreHandle,
+    f: impl FnOnce(&mut StoreHandle) -> T + Send + 'static,
+) -> Result<T, StoreError> {
+    let mut handle = store.clone();
+    tokio::task::spawn_blocking(move || f(&mut handle))
+        .await
+        .map_err(|_| StoreError::Unavailable)
+}
+
+/// Exclusive right to sync one state directory: `flock` on `sync.lock` in it (released when dropped,
+/// or when the process dies). Also taken by `redeemd cache install`, which uses the same staging table.
+#[derive(Debug)]
+pub struct SyncLock {
+    _file: std::fs::File,
+}
+
+/// The lock file of a state directory.
+pub fn lock_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("sync.lock")
+}
+
+impl SyncLock {
+    /// Takes the lock, waiting up to `wait` (polling: a blocking `flock` could not be given up).
+    /// `Ok(None)`: another process held it all that time.
+    pub fn acquire(state_dir: &Path, wait: Duration) -> std::io::Result<Option<SyncLock>> {
+        let path = lock_path(state_dir);
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+        {
+            Ok(f) => f,
+            // Created by another account (root running a tool): a read-only descriptor locks too.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                std::fs::File::open(&path)?
+            }
+            Err(e) => return Err(e),
+        };
+        let deadline = Instant::now() + wait;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(Some(SyncLock { _file: file })),
+                Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+                Err(std::fs::TryLockError::Error(e)) => return Err(e),
+            }
+        }
+    }
+}
