@@ -1,0 +1,416 @@
+//! The sync client and passes against a fake platform on loopback (`platform.rs`): an honest pass
+//! (signatures verified by the server, zstd and gzip bundles, clock skew adopted), and a server that
+//! misbehaves in each way the client must survive — each case logged with its reason (the error's
+//! text), nothing installed or marked, redemptions still served, and the next pass (after backoff)
+//! succeeding once the server behaves.
+
+use std::time::Duration;
+
+use redeemd::daemon::store_owner::{Clock, StoreHandle};
+use redeemd::daemon::sync::next_delay;
+use redeemd::store::{DenyInfo, Store};
+use redeemd::sync::client::{Client, ClientOptions};
+use redeemd::sync::pass::{EntitlementsReport, PassReport, Step, Syncer};
+use redeemd::sync::plan::Backoff;
+use redeemd_contract::deny::{DenyEntry, DenyStatus};
+use redeemd_contract::snapshot::BundleKind;
+
+use crate::platform::{Honest, Platform, Reply};
+use crate::support::*;
+
+const CARDS: u64 = 5;
+/// The installed cache version at the start of each test.
+const INSTALLED: u64 = 5;
+
+fn cards() -> Vec<(u64, Option<redeemd_contract::Card>)> {
+    (0..CARDS).map(|i| (i, Some(card(i, 10)))).collect()
+}
+
+fn full_bundle(version: u64) -> Vec<u8> {
+    bundle(BundleKind::Full, version, 0, &cards(), T0 + 1000 * HOUR)
+}
+
+/// A store with the cards at version [`INSTALLED`] and three redemptions (seqs 1..=3), behind a handle.
+fn shop_store(dir: &std::path::Path) -> StoreHandle {
+    let mut s = open(dir);
+    s.install_bundle(&full_bundle(INSTALLED)[..], now(T0))
+        .unwrap();
+    for txn in 1..=3 {
+        approved(&redeem(&mut s, "r", txn, txn % CARDS, &[(0, 1)], T0));
+    }
+    StoreHandle::new(s, Clock::new())
+}
+
+fn lost_entry(version: u64, card: u64) -> DenyEntry {
+    DenyEntry {
+        version,
+        card_ref: card_ref(card),
+        status: DenyStatus::Lost,
+        entry_version: INSTALLED + 1,
+        reported_at_ms: T0,
+    }
+}
+
+/// An honest platform: card 4 reported lost, a full bundle at version 6.
+fn honest() -> Honest {
+    let mut h = Honest::new(keys());
+    h.deny = vec![lost_entry(1, 4)];
+    h.bundle = Some((INSTALLED + 1, full_bundle(INSTALLED + 1)));
+    h
+}
+
+fn syncer(p: &Platform) -> Syncer {
+    let options = ClientOptions {
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(1),
+        bundle_timeout: Duration::from_secs(5),
+        ..ClientOptions::default()
+    };
+    Syncer::new(Client::new(&p.url, TERMINAL, keys().request, options).unwrap())
+}
+
+/// (cache version, acknowledged seq, deny list, leftover staging tables).
+fn facts(h: &StoreHandle) -> (u64, u64, DenyInfo, i64) {
+    h.run_blocking(|s: &mut Store, _| {
+        let staging: i64 = s
+            .connection()
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name LIKE 'cache%staging'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        (
+            s.cache_info().unwrap().unwrap().manifest.version,
+            s.journal_info().synced_through_seq,
+            s.deny_info(),
+            staging,
+        )
+    })
+    .unwrap()
+}
+
+/// A redemption still goes through (the counter is never blocked by sync).
+fn redeems(h: &StoreHandle, txn: u64) {
+    h.run_blocking(|s, _| {
+        approved(&redeem(s, "r2", txn, 1, &[(0, 1)], T0));
+    })
+    .unwrap();
+}
+
+fn failure_text(r: &PassReport) -> String {
+    r.failures()
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+async fn pass(s: &mut Syncer, h: &StoreHandle) -> PassReport {
+    s.pass(h).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_honest_pass_applies_the_deny_list_uploads_and_installs_compressed_bundles() {
+    for encoding in [Some("zstd"), Some("gzip"), None] {
+        let dir = tempfile::tempdir().unwrap();
+        let h = shop_store(dir.path());
+        let mut honest = honest();
+        honest.encoding = encoding;
+        let p = Platform::start(honest).await;
+        let mut s = syncer(&p);
+        let r = pass(&mut s, &h).await;
+        assert!(r.ok(), "{encoding:?}: {}", r.lines().join("\n"));
+        let (version, acked, deny, staging) = facts(&h);
+        assert_eq!(
+            (version, acked, deny.version, staging),
+            (INSTALLED + 1, 3, 1, 0)
+        );
+        assert!(
+            matches!(&r.entitlements, Step::Done(EntitlementsReport::Installed(i)) if i.upserts == CARDS)
+        );
+        let honest = p.honest.lock().unwrap();
+        assert_eq!(honest.journal.len(), 3);
+        assert_eq!(honest.bad_signatures, 0, "every request signed correctly");
+        drop(honest);
+        // Card 4 was reported lost at entry version 6, and version 6 is installed: superseded.
+        // A second pass has nothing to do.
+        let r = pass(&mut s, &h).await;
+        assert!(r.ok(), "{}", r.lines().join("\n"));
+        assert!(matches!(
+            r.entitlements,
+            Step::Done(EntitlementsReport::UpToDate { version: 6 })
+        ));
+        assert_eq!(p.count("POST", "journal"), 1, "nothing uploaded twice");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loss_report_declines_the_card_after_one_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = shop_store(dir.path());
+    let mut honest = honest();
+    honest.bundle = None; // the snapshot carrying the new status is not ready yet
+    let p = Platform::start(honest).await;
+    let r = pass(&mut syncer(&p), &h).await;
+    assert!(r.ok(), "{}", r.lines().join("\n"));
+    h.run_blocking(|s, _| {
+        assert_eq!(
+            declined(&redeem(s, "r", 50, 4, &[(0, 1)], T0)),
+            redeemd::engine::DeclineReason::CardLost
+        );
+        approved(&redeem(s, "r", 51, 3, &[(0, 1)], T0));
+    })
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_clock_skew_answer_is_adopted_for_signing() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = shop_store(dir.path());
+    let p = Platform::start(honest()).await;
+    let mut once = true;
+    p.misbehave(move |_, _| {
+        std::mem::take(&mut once).then(|| {
+            let body = serde_json::json!({
+                "code": "clock_skew", "status": 401,
+                "server_time_ms": crate::shop::wall_now() + 3_600_000,
+            });
+            Reply::json(401, body.to_string())
+        })
+    });
+    let mut s = syncer(&p);
+    let r = pass(&mut s, &h).await;
+    // The server's own checks use the real clock, so signing an hour ahead is refused from now on:
+    // what matters here is that the client resent with the adopted offset.
+    let offset = s.client.skew_offset_ms();
+    assert!((3_500_000..3_700_000).contains(&offset), "{offset}");
+    assert!(
+        failure_text(&r).contains("clock_skew"),
+        "{}",
+        r.lines().join("\n")
+    );
+}
+
+/// One misbehaviour: the hook, what the failure says, and what must not have changed.
+struct Case {
+    name: &'static str,
+    hook: Box<dyn FnMut(&crate::platform::Request, &mut Honest) -> Option<Reply> + Send>,
+    says: &'static str,
+    retry_after_ms: Option<u64>,
+}
+
+fn cases() -> Vec<Case> {
+    let keys = keys();
+    let mut bad_mac = full_bundle(INSTALLED + 1);
+    // Flip a byte inside entry 1's body (frame 2): walk the frames.
+    let mut pos = 8;
+    for _ in 0..2 {
+        let len = u32::from_be_bytes(bad_mac[pos..pos + 4].try_into().unwrap()) as usize;
+        pos += 4 + len;
+    }
+    bad_mac[pos + 4 + 40] ^= 1;
+    let rollback = full_bundle(INSTALLED - 2);
+    let good = full_bundle(INSTALLED + 1);
+    let forged = {
+        let good_entry = lost_entry(1, 4);
+        let forged = lost_entry(2, 3);
+        let body = serde_json::json!({
+        "merchant_id": MERCHANT, "version": 2, "entries": [
+            crate::platform::deny_entry_json(&good_entry, &hex::encode(good_entry.mac(&keys.cache, MERCHANT))),
+            crate::platform::deny_entry_json(&forged, &hex::encode([0u8; 32])),
+        ]});
+        body.to_string()
+    };
+    vec![
+        Case {
+            name: "times out",
+            hook: Box::new(|r, _| r.is("GET", "journal/head").then_some(Reply::Hang)),
+            says: "journal head: cannot reach the server: timed out",
+            retry_after_ms: None,
+        },
+        Case {
+            name: "closes mid-body",
+            hook: Box::new(move |r, _| {
+                r.is("GET", "entitlements").then(|| Reply::CutBody {
+                    declared: good.len(),
+                    sent: good[..good.len() / 2].to_vec(),
+                })
+            }),
+            says: "entitlements: cannot reach the server",
+            retry_after_ms: None,
+        },
+        Case {
+            name: "answers 500",
+            hook: Box::new(|r, _| {
+                r.is("GET", "journal/head")
+                    .then(|| Reply::problem(500, "internal", "database is locked", None))
+            }),
+            says: "journal head: server answered 500 internal: database is locked",
+            retry_after_ms: None,
+        },
+        Case {
+            name: "answers garbage JSON",
+            hook: Box::new(|r, _| {
+                r.is("GET", "journal/head")
+                    .then(|| Reply::json(200, "<html>maintenance</html>"))
+            }),
+            says: "journal head: unusable answer: answer is not the expected JSON",
+            retry_after_ms: None,
+        },
+        Case {
+            name: "acks a seq higher than sent",
+            hook: Box::new(|r, _| {
+                r.is("POST", "journal").then(|| {
+                    Reply::json(
+                        200,
+                        serde_json::json!({"acknowledged_seq": 9, "acknowledged_mac": hex::encode([1u8; 32])})
+                            .to_string(),
+                    )
+                })
+            }),
+            says: "journal: server acknowledged seq 9 but only 3 was sent: refused as hostile",
+            retry_after_ms: None,
+        },
+        Case {
+            name: "serves a bundle with a bad MAC",
+            hook: Box::new(move |r, _| {
+                r.is("GET", "entitlements").then(|| Reply::Status {
+                    status: 200,
+                    headers: vec![],
+                    body: bad_mac.clone(),
+                })
+            }),
+            says: "entitlements: bundle refused, cache unchanged: entry 1 (card ",
+            retry_after_ms: None,
+        },
+        Case {
+            name: "serves an older version",
+            hook: Box::new(move |r, _| {
+                r.is("GET", "entitlements").then(|| Reply::Status {
+                    status: 200,
+                    headers: vec![],
+                    body: rollback.clone(),
+                })
+            }),
+            says: "version 3 is not newer than the installed 5 (rollback)",
+            retry_after_ms: None,
+        },
+        Case {
+            name: "serves a deny entry with a bad MAC",
+            hook: Box::new(move |r, _| {
+                r.is("GET", "deny-list")
+                    .then(|| Reply::json(200, forged.clone()))
+            }),
+            says: "deny list: deny list refused, nothing applied: entry 1 (card ",
+            retry_after_ms: None,
+        },
+        Case {
+            name: "answers 429 with Retry-After",
+            hook: Box::new(|r, _| {
+                r.is("GET", "deny-list")
+                    .then(|| Reply::problem(429, "rate_limited", "slow down", Some(120)))
+            }),
+            says: "deny list: server answered 429 rate_limited: slow down",
+            retry_after_ms: Some(120_000),
+        },
+        Case {
+            name: "answers 503 with Retry-After",
+            hook: Box::new(|r, _| {
+                r.is("POST", "journal")
+                    .then(|| Reply::problem(503, "unavailable", "maintenance", Some(7)))
+            }),
+            says: "journal upload: server answered 503 unavailable: maintenance",
+            retry_after_ms: Some(7_000),
+        },
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misbehaving_server_changes_nothing_and_the_next_pass_retries_after_backoff() {
+    for (i, case) in cases().into_iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = shop_store(dir.path());
+        let p = Platform::start(honest()).await;
+        let before = facts(&h);
+        p.misbehave(case.hook);
+        let mut s = syncer(&p);
+        let r = pass(&mut s, &h).await;
+        let text = failure_text(&r);
+        assert!(
+            text.contains(case.says),
+            "{}: {}",
+            case.name,
+            r.lines().join("\n")
+        );
+        // Nothing installed or marked by the failing step, no staging table left behind.
+        let after = facts(&h);
+        if case.says.starts_with("entitlements") || case.says.contains("rollback") {
+            assert_eq!(after.0, INSTALLED, "{}", case.name);
+        }
+        if case.says.starts_with("journal") {
+            assert_eq!(after.1, before.1, "{}: nothing marked", case.name);
+        }
+        if case.says.starts_with("deny") {
+            assert_eq!(after.2, before.2, "{}: nothing applied", case.name);
+        }
+        assert_eq!(after.3, 0, "{}: staging dropped", case.name);
+        // The counter still works.
+        redeems(&h, 100 + i as u64);
+        // The next pass waits for the backoff (and at least Retry-After), then succeeds.
+        let mut backoff = Backoff::default();
+        let delay = next_delay(&r, &mut backoff, Duration::from_secs(60));
+        assert_eq!(backoff.failures(), 1, "{}", case.name);
+        assert!(delay <= Duration::from_millis(case.retry_after_ms.unwrap_or(1_000).max(1_000)));
+        if let Some(ms) = case.retry_after_ms {
+            assert!(
+                delay >= Duration::from_millis(ms),
+                "{}: {delay:?}",
+                case.name
+            );
+            assert_eq!(r.retry_after_ms(), Some(ms));
+        }
+        p.behave();
+        let r = pass(&mut s, &h).await;
+        assert!(r.ok(), "{} (retry): {}", case.name, r.lines().join("\n"));
+        let (version, acked, deny, _) = facts(&h);
+        assert_eq!(
+            (version, acked, deny.version),
+            (INSTALLED + 1, 4, 1),
+            "{}",
+            case.name
+        );
+        assert_eq!(
+            next_delay(&r, &mut backoff, Duration::from_secs(60)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(backoff.failures(), 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_head_behind_the_acknowledged_seq_halts_uploading_for_good() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = shop_store(dir.path());
+    let p = Platform::start(honest()).await;
+    let mut s = syncer(&p);
+    assert!(pass(&mut s, &h).await.ok());
+    // The server loses what it acknowledged (restored from an older backup).
+    p.honest.lock().unwrap().journal.truncate(1);
+    redeems(&h, 7);
+    let r = pass(&mut s, &h).await;
+    assert!(
+        failure_text(&r).contains("server head 1 is below the acknowledged seq 3"),
+        "{}",
+        r.lines().join("\n")
+    );
+    assert!(r.halted.is_some());
+    // Later passes do not upload (never re-upload differently), but still fetch deny lists.
+    let posts = p.count("POST", "journal");
+    let r = pass(&mut s, &h).await;
+    assert!(matches!(r.journal, Step::Skipped(ref why) if why.contains("halted")));
+    assert!(matches!(r.deny, Step::Done(_)));
+    assert!(!r.ok());
+    assert_eq!(p.count("POST", "journal"), posts);
+    assert_eq!(facts(&h).1, 3);
+}
