@@ -380,6 +380,8 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
             let what = if matches!(cli.command, Command::Cache(_)) {
                 let (manifest, report) = verify::cache(&conn, &keys).map_err(StoreError::Sql)?;
                 findings.extend(report.findings);
+                let deny = verify::deny(&conn, &keys).map_err(StoreError::Sql)?;
+                findings.extend(deny.findings);
                 match manifest {
                     Some(m) => format!(
                         "cache version {} for merchant {}: {} entries checked",

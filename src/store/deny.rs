@@ -138,69 +138,120 @@ pub fn verify_answer(
     Ok(out)
 }
 
-/// Reads and verifies every stored deny row against the MACed terminal state.
+/// Reads every stored deny row in version order, verifying each on its own (MAC, column types);
+/// `on_row` gets the entry or the named failure.
+pub(crate) fn each_row(
+    conn: &Connection,
+    cache_key: &MacKey,
+    merchant_id: &str,
+    mut on_row: impl FnMut(Result<DenyEntry, Integrity>),
+) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT version, card_ref, status, entry_version, reported_at_ms, mac FROM deny_entry ORDER BY version",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        on_row(check_row(row, cache_key, merchant_id)?);
+    }
+    Ok(())
+}
+
+fn check_row(
+    row: &rusqlite::Row<'_>,
+    cache_key: &MacKey,
+    merchant_id: &str,
+) -> rusqlite::Result<Result<DenyEntry, Integrity>> {
+    use rusqlite::types::ValueRef;
+    let what = match row.get_ref(0)? {
+        ValueRef::Integer(v) => format!("deny entry {v}"),
+        other => format!("deny entry {other:?}"),
+    };
+    let bad = |reason: &str| Ok(Err(Integrity::new(&what, reason)));
+    let int = |i: usize| -> rusqlite::Result<Option<i64>> {
+        Ok(match row.get_ref(i)? {
+            ValueRef::Integer(v) => Some(v),
+            _ => None,
+        })
+    };
+    let blob = |i: usize| -> rusqlite::Result<Option<Vec<u8>>> {
+        Ok(match row.get_ref(i)? {
+            ValueRef::Blob(b) => Some(b.to_vec()),
+            _ => None,
+        })
+    };
+    let (Some(version), Some(card), Some(status), Some(entry_version), Some(reported), Some(mac)) =
+        (int(0)?, blob(1)?, int(2)?, int(3)?, int(4)?, blob(5)?)
+    else {
+        return bad("bad column type (row edited)");
+    };
+    let (Ok(version), Ok(card_ref), Ok(entry_version)) = (
+        u64::try_from(version),
+        <[u8; 32]>::try_from(card.as_slice()),
+        u64::try_from(entry_version),
+    ) else {
+        return bad("MAC mismatch (row edited)");
+    };
+    let status = match status {
+        2 => DenyStatus::Lost,
+        3 => DenyStatus::Frozen,
+        4 => DenyStatus::Cancelled,
+        _ => return bad("MAC mismatch (row edited): status is not lost, frozen or cancelled"),
+    };
+    let entry = DenyEntry {
+        version,
+        card_ref: CardRef(card_ref),
+        status,
+        entry_version,
+        reported_at_ms: reported,
+    };
+    if !entry.verify(cache_key, merchant_id, &mac) {
+        return bad("MAC mismatch (row edited)");
+    }
+    Ok(Ok(entry))
+}
+
+/// The check a deleted (or added) row cannot pass: count and highest version against the MACed state.
+pub(crate) fn count_matches(
+    rows: u64,
+    max_version: u64,
+    state: &TerminalRow,
+) -> Result<(), Integrity> {
+    if rows == state.deny_count && max_version == state.deny_version {
+        return Ok(());
+    }
+    Err(Integrity::new(
+        "deny list",
+        format!(
+            "{rows} rows up to version {max_version}, but the MACed terminal state says {} rows up to version {}: rows were removed or added",
+            state.deny_count, state.deny_version
+        ),
+    ))
+}
+
+/// Reads and verifies every stored deny row against the MACed terminal state (fails at the first bad
+/// row: the store then refuses to decide, see the module docs).
 pub(super) fn load(
     conn: &Connection,
     cache_key: &MacKey,
     state: &TerminalRow,
 ) -> Result<DenySet, Fault> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT version, card_ref, status, entry_version, reported_at_ms, mac FROM deny_entry ORDER BY version",
-    )?;
-    let mut rows = stmt.query([])?;
     let mut set = DenySet::new();
     let (mut count, mut max_version) = (0u64, 0u64);
-    while let Some(row) = rows.next()? {
-        let raw_version = row.get_ref(0)?;
-        let what = format!("deny entry {raw_version:?}");
-        let bad = |reason: &str| Fault::Integrity(Integrity::new(&what, reason));
-        let int = |i: usize| -> Result<i64, Fault> {
-            match row.get_ref(i)? {
-                rusqlite::types::ValueRef::Integer(v) => Ok(v),
-                _ => Err(bad("bad column type (row edited)")),
-            }
-        };
-        let blob = |i: usize| -> Result<Vec<u8>, Fault> {
-            match row.get_ref(i)? {
-                rusqlite::types::ValueRef::Blob(b) => Ok(b.to_vec()),
-                _ => Err(bad("bad column type (row edited)")),
-            }
-        };
-        let version = u64::try_from(int(0)?).map_err(|_| bad("negative version"))?;
-        let what = format!("deny entry {version}");
-        let bad = |reason: &str| Fault::Integrity(Integrity::new(&what, reason));
-        let card_ref: [u8; 32] = blob(1)?
-            .try_into()
-            .map_err(|_| bad("card reference is not 32 bytes"))?;
-        let status = match int(2)? {
-            2 => DenyStatus::Lost,
-            3 => DenyStatus::Frozen,
-            4 => DenyStatus::Cancelled,
-            _ => return Err(bad("status is not lost, frozen or cancelled")),
-        };
-        let entry = DenyEntry {
-            version,
-            card_ref: CardRef(card_ref),
-            status,
-            entry_version: u64::try_from(int(3)?).map_err(|_| bad("negative entry version"))?,
-            reported_at_ms: int(4)?,
-        };
-        if !entry.verify(cache_key, &state.merchant_id, &blob(5)?) {
-            return Err(bad("MAC mismatch (row edited)"));
+    let mut first_bad = None;
+    each_row(conn, cache_key, &state.merchant_id, |r| match r {
+        Ok(e) => {
+            count += 1;
+            max_version = max_version.max(e.version);
+            set.entry(e.card_ref).or_default().push(e);
         }
-        count += 1;
-        max_version = max_version.max(version);
-        set.entry(entry.card_ref).or_default().push(entry);
+        Err(i) => {
+            first_bad.get_or_insert(i);
+        }
+    })?;
+    if let Some(i) = first_bad {
+        return Err(Fault::Integrity(i));
     }
-    if count != state.deny_count || max_version != state.deny_version {
-        return Err(Fault::Integrity(Integrity::new(
-            "deny list",
-            format!(
-                "{count} rows up to version {max_version}, but the MACed terminal state says {} rows up to version {}: rows were removed or added",
-                state.deny_count, state.deny_version
-            ),
-        )));
-    }
+    count_matches(count, max_version, state)?;
     Ok(set)
 }
 

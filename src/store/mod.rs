@@ -36,7 +36,9 @@ use crate::engine::{
     Menu, Now, TerminalFacts, Usage,
 };
 pub use deny::{DenyError, DenyInfo, DenyList, DenyReport};
-pub use install::{BundleInstall, Exclusive, InstallReport, StoreAccess};
+pub use install::{
+    BundleInstall, CHUNK_ENTRIES, Exclusive, InstallReport, StoreAccess, install_from_reader,
+};
 pub use rows::Integrity;
 use rows::{
     JOURNAL_FROM, JOURNAL_GROUP, JOURNAL_INSERT, TerminalRow, UsageRow, check_record,

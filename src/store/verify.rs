@@ -278,3 +278,48 @@ pub fn cache(
     }
     Ok((Some(manifest), report))
 }
+
+/// Verifies every deny-list row's MAC and the row count and highest version against the terminal
+/// state (whose own MAC `journal` checks with the chain head): an edited row and a deleted row are both
+/// named.
+pub fn deny(conn: &Connection, keys: &TerminalKeys) -> Result<VerifyReport, rusqlite::Error> {
+    let mut report = VerifyReport::default();
+    let state: Option<(String, i64, i64)> = conn
+        .query_row(
+            "SELECT merchant_id, deny_version, deny_count FROM terminal_state WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let Some((merchant_id, version, count)) = state else {
+        return Ok(report);
+    };
+    let (mut rows, mut max_version) = (0u64, 0u64);
+    super::deny::each_row(conn, &keys.cache, &merchant_id, |r| {
+        report.checked += 1;
+        match r {
+            Ok(e) => {
+                rows += 1;
+                max_version = max_version.max(e.version);
+            }
+            Err(i) => report.findings.push(i),
+        }
+    })?;
+    if report.findings.is_empty() {
+        let state = super::rows::TerminalRow {
+            terminal_id: keys.terminal_id.clone(),
+            merchant_id,
+            head_seq: 0,
+            head_mac: [0; 32],
+            last_trusted_wall_ms: 0,
+            synced_through_seq: 0,
+            cache_version: 0,
+            deny_version: u64::try_from(version).unwrap_or(u64::MAX),
+            deny_count: u64::try_from(count).unwrap_or(u64::MAX),
+        };
+        if let Err(i) = super::deny::count_matches(rows, max_version, &state) {
+            report.findings.push(i);
+        }
+    }
+    Ok(report)
+}

@@ -9,6 +9,7 @@
 mod cli;
 mod crash;
 mod daemon;
+mod deny;
 mod doctor;
 mod migrate;
 mod platform;

@@ -195,3 +195,83 @@ fn bundles_for_another_terminal_merchant_or_key_are_refused() {
     );
     assert!(s.cache_info().unwrap().is_none());
 }
+
+/// A full install runs in chunks with the store free in between: redemptions made from another thread
+/// while the install is in progress are decided (from the old cache) and committed between chunks;
+/// the swap then installs the whole new cache at once.
+#[test]
+fn redemptions_go_through_while_a_big_full_snapshot_installs() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use redeemd::daemon::store_owner::{Clock, StoreHandle};
+
+    const N: u64 = 12_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let plenty = |i| card(i, 1_000_000);
+    s.install_bundle(
+        &bundle(
+            BundleKind::Full,
+            1,
+            0,
+            &[(0, Some(plenty(0)))],
+            T0 + 1000 * HOUR,
+        )[..],
+        now(T0),
+    )
+    .unwrap();
+    let cards: Vec<_> = (0..N).map(|i| (i, Some(plenty(i)))).collect();
+    let big = bundle(BundleKind::Full, 2, 1, &cards, T0 + 1000 * HOUR);
+    let handle = StoreHandle::new(s, Clock::new());
+    let done = Arc::new(AtomicBool::new(false));
+    let installer = {
+        let mut h = handle.clone();
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let r = redeemd::store::install_from_reader(&mut h, &big[..]);
+            done.store(true, Ordering::SeqCst);
+            r
+        })
+    };
+    // (redemptions approved while staged rows existed, all redemptions)
+    let (mut during, mut total) = (0u64, 0u64);
+    while !done.load(Ordering::SeqCst) && total < 900 {
+        total += 1;
+        handle
+            .run_blocking(|s, _| {
+                let staging: bool = s
+                    .connection()
+                    .query_row(
+                        "SELECT count(*) > 0 FROM sqlite_master WHERE name = 'cache_staging'",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .unwrap();
+                let staged = staging
+                    && s.connection()
+                        .query_row("SELECT EXISTS (SELECT 1 FROM cache_staging)", [], |r| {
+                            r.get::<_, bool>(0)
+                        })
+                        .unwrap();
+                approved(&redeem(s, "r", total, 0, &[(0, 1)], T0));
+                during += u64::from(staged);
+            })
+            .unwrap();
+    }
+    let report = installer.join().unwrap().unwrap();
+    eprintln!("{during} of {total} redemptions made while entries were staged");
+    assert_eq!((report.manifest.version, report.upserts), (2, N));
+    assert!(
+        during >= 3,
+        "only {during} of {total} redemptions interleaved with the staged install"
+    );
+    handle
+        .run_blocking(|s, _| {
+            assert_eq!(s.cache_info().unwrap().unwrap().entries, N);
+            assert_eq!(s.journal_info().head_seq, total);
+            // The redemptions made during the install still count against the card afterwards.
+            approved(&redeem(s, "r", 10_000, 0, &[(0, 1)], T0));
+        })
+        .unwrap();
+}

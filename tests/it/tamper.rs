@@ -434,3 +434,127 @@ fn an_older_copy_of_a_card_usage_row_is_found_by_journal_verify() {
         "{f:?}"
     );
 }
+
+/// The pristine database plus two verified deny entries: card 0 lost, card 1 frozen (both above the
+/// installed entries' version 1, so both refuse).
+fn pristine_with_deny() -> (tempfile::TempDir, PathBuf) {
+    let (dir, db) = pristine();
+    let mut s = Store::open(dir.path(), keys(), config()).unwrap();
+    let k = keys();
+    let entry = |version, card, status| redeemd_contract::DenyEntry {
+        version,
+        card_ref: card_ref(card),
+        status,
+        entry_version: 2,
+        reported_at_ms: T0,
+    };
+    let entries = [
+        entry(1, 0, redeemd_contract::DenyStatus::Lost),
+        entry(2, 1, redeemd_contract::DenyStatus::Frozen),
+    ];
+    s.apply_deny_list(&redeemd::store::DenyList {
+        merchant_id: MERCHANT.into(),
+        version: 2,
+        entries: entries
+            .iter()
+            .map(|e| (e.clone(), e.mac(&k.cache, MERCHANT).to_vec()))
+            .collect(),
+    })
+    .unwrap();
+    drop(s);
+    (dir, db)
+}
+
+fn deny_findings(db: &Path) -> Vec<String> {
+    let conn = redeemd::store::open_database(db).unwrap();
+    verify::deny(&conn, &keys())
+        .unwrap()
+        .findings
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[test]
+fn an_edited_or_deleted_deny_row_is_caught_at_open_and_by_verify() {
+    let (_d, db) = pristine_with_deny();
+    assert_eq!(deny_findings(&db), Vec::<String>::new());
+    let d = copy(&db);
+    assert_eq!(
+        menu_reason(d.path(), 0).unwrap(),
+        Some(DeclineReason::CardLost)
+    );
+    assert_eq!(
+        menu_reason(d.path(), 1).unwrap(),
+        Some(DeclineReason::CardFrozen)
+    );
+    // Every column edited, e.g. to move the loss report to another card or turn "lost" into
+    // something else, or to lower its entry version below the cache's: the MAC fails; the store
+    // refuses to decide from a deny list it cannot trust, and verify names the row.
+    let cols = columns(&db, "deny_entry");
+    assert_eq!(cols.len(), 6);
+    for col in &cols {
+        let d = copy(&db);
+        let file = d.path().join(DB_FILE);
+        flip(&file, "deny_entry", col, "version = 1");
+        let f = deny_findings(&file);
+        assert!(
+            f.iter()
+                .any(|f| f.starts_with("deny entry") && f.contains("MAC mismatch")),
+            "column {col}: {f:?}"
+        );
+        let e = menu_reason(d.path(), 0).unwrap_err();
+        assert!(
+            matches!(e, StoreError::Integrity(ref i) if i.what.starts_with("deny entry")),
+            "column {col}: {e}"
+        );
+    }
+    // A deleted row (the loss report "never arrived"): the count in the MACed state catches it.
+    for version in [1, 2] {
+        let d = copy(&db);
+        let file = d.path().join(DB_FILE);
+        exec(
+            &file,
+            &format!("DELETE FROM deny_entry WHERE version = {version}"),
+        );
+        assert!(
+            deny_findings(&file)
+                .iter()
+                .any(|f| f.starts_with("deny list") && f.contains("removed or added")),
+            "row {version}"
+        );
+        let e = menu_reason(d.path(), 0).unwrap_err();
+        assert!(e.to_string().contains("rows were removed or added"), "{e}");
+    }
+    // All rows deleted and the state's fields zeroed: the terminal state's MAC catches that.
+    let d = copy(&db);
+    let file = d.path().join(DB_FILE);
+    exec(
+        &file,
+        "DELETE FROM deny_entry; UPDATE terminal_state SET deny_version = 0, deny_count = 0;",
+    );
+    assert!(matches!(
+        menu_reason(d.path(), 0),
+        Err(StoreError::Integrity(ref i)) if i.what == "terminal state"
+    ));
+    // `cache verify` reports deny findings too, by row.
+    let d = copy(&db);
+    let file = d.path().join(DB_FILE);
+    flip(&file, "deny_entry", "status", "version = 2");
+    let key = d.path().join("k");
+    std::fs::write(&key, format!("{SECRET_HEX}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_redeemd"))
+        .args(["--state-dir"])
+        .arg(d.path())
+        .arg("--key-file")
+        .arg(&key)
+        .args(["cache", "verify"])
+        .env_remove("REDEEMD_CONFIG")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAIL deny entry 2: MAC mismatch"), "{text}");
+}
