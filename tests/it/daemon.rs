@@ -51,7 +51,7 @@ pub fn shop(readers: usize, extra: &str) -> Shop {
     Shop::build(None, readers, extra, &shop_cards())
 }
 
-async fn reader(shop: &Shop, i: usize, serial: &str) -> SimReader {
+pub async fn reader(shop: &Shop, i: usize, serial: &str) -> SimReader {
     let line = Line::open(&LineSpec::CreatePty, BAUD, Some(&shop.port(i))).unwrap();
     let settings = ReaderSettings {
         serial: serial.into(),
@@ -64,34 +64,34 @@ async fn reader(shop: &Shop, i: usize, serial: &str) -> SimReader {
     r
 }
 
-async fn swipe(r: &mut SimReader, card: u64) -> SwipeResult {
+pub async fn swipe(r: &mut SimReader, card: u64) -> SwipeResult {
     r.swipe(&support::number(card), EntryMode::Magstripe, "cashier-7")
         .await
         .unwrap()
 }
 
-fn menu(s: SwipeResult) -> redeemd::simulator::Menu {
+pub fn menu(s: SwipeResult) -> redeemd::simulator::Menu {
     match s {
         SwipeResult::Menu(m) => m,
         SwipeResult::Declined(d) => panic!("expected a menu, got {d:?}"),
     }
 }
 
-fn approved(r: RedeemResult) -> redeemd::simulator::Approval {
+pub fn approved(r: RedeemResult) -> redeemd::simulator::Approval {
     match r {
         RedeemResult::Approved(a) => a,
         RedeemResult::Declined(d) => panic!("expected an approval, got {d:?}"),
     }
 }
 
-fn declined(r: RedeemResult) -> Wire {
+pub fn declined(r: RedeemResult) -> Wire {
     match r {
         RedeemResult::Declined(d) => d.reason,
         RedeemResult::Approved(a) => panic!("expected a decline, got {a:?}"),
     }
 }
 
-fn wire(reason: DeclineReason) -> Wire {
+pub fn wire(reason: DeclineReason) -> Wire {
     Wire(reason.code())
 }
 

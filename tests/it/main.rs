@@ -18,4 +18,5 @@ mod snapshot;
 mod store;
 mod support;
 mod sync;
+mod sync_e2e;
 mod tamper;

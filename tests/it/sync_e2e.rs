@@ -1,0 +1,427 @@
+//! End to end: the real `redeemd run` against the real reference `clearing-server` binary over
+//! loopback HTTP, with simulated readers on ptys.
+//!
+//! **Where the server binary comes from.** Cargo builds only the binaries of the package under test
+//! for its integration tests, so `clearing-server` is looked for next to `redeemd`
+//! (`env!("CARGO_BIN_EXE_redeemd")`'s directory: it is there after any workspace build). If it is
+//! missing, it is built once with the cargo that runs these tests (`$CARGO build -p clearing-server
+//! --bin clearing-server`, same target directory and profile), so `cargo test -p redeemd` works on a
+//! fresh checkout too.
+//!
+//! The terminal is enrolled with `clearing-server admin enroll`, which writes the secret the daemon
+//! then uses; the shop's cache is signed with that secret (the reference server does not serve
+//! entitlements yet: see the status in `docs/api/README.md`), so its `deny-list` and `entitlements`
+//! steps fail with `404 not_found` and are reported, while the journal steps are real.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use redeemd::store::{Store, StoreConfig};
+use redeemd_contract::model::{CardNumber, CardRef};
+use redeemd_contract::snapshot::{BundleKind, BundleSigner};
+use redeemd_contract::{TerminalKeys, TerminalSecret};
+
+use crate::daemon::{approved, menu, reader, swipe};
+use crate::shop::{Daemon, Shop, live_card, wall_now};
+use crate::support::{self, HOUR, MERCHANT, TERMINAL};
+
+/// The `clearing-server` binary, built on first use if the workspace build did not leave one.
+fn clearing_server() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let redeemd = Path::new(env!("CARGO_BIN_EXE_redeemd"));
+        let dir = redeemd.parent().unwrap();
+        let bin = dir.join("clearing-server");
+        if !bin.is_file() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut c = Command::new(cargo);
+            c.args(["build", "-p", "clearing-server", "--bin", "clearing-server"])
+                .arg("--target-dir")
+                .arg(dir.parent().unwrap());
+            if dir.file_name().is_some_and(|n| n == "release") {
+                c.arg("--release");
+            }
+            let status = c.status().unwrap();
+            assert!(status.success(), "building clearing-server failed");
+        }
+        bin
+    })
+}
+
+/// A running `clearing-server serve`; killed (SIGKILL) on drop.
+struct Server {
+    child: Child,
+    addr: String,
+    db: PathBuf,
+}
+
+impl Server {
+    fn start(db: &Path, listen: &str) -> Server {
+        let mut child = Command::new(clearing_server())
+            .arg("--db")
+            .arg(db)
+            .args(["serve", "--listen", listen])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("server exited").unwrap();
+            if let Some(a) = line.split("listening on http://").nth(1) {
+                break a.trim().to_owned();
+            }
+        };
+        // Keep draining its log so that it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.by_ref() {});
+        Server {
+            child,
+            addr,
+            db: db.to_owned(),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// kill -9, as a power cut or an OOM kill would.
+    fn kill9(mut self) -> (PathBuf, String) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        (self.db.clone(), self.addr.clone())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the server holds for the terminal: (rows, highest seq, MAC at the highest seq).
+fn server_journal(db: &Path) -> (u64, u64, Vec<u8>) {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    conn.query_row(
+        "SELECT count(*), coalesce(max(seq), 0), coalesce((SELECT mac FROM journal WHERE terminal_id = ?1 ORDER BY seq DESC LIMIT 1), x'') FROM journal WHERE terminal_id = ?1",
+        [TERMINAL],
+        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get(2)?)),
+    )
+    .unwrap()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if done() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what}: not within {timeout:?}");
+}
+
+/// A platform with the terminal enrolled, and a shop whose key is the enrolled secret.
+struct Setup {
+    root: tempfile::TempDir,
+    server_db: PathBuf,
+    keys: TerminalKeys,
+    shop: Shop,
+}
+
+fn card_ref(keys: &TerminalKeys, i: u64) -> CardRef {
+    CardNumber::parse(&support::number(i))
+        .unwrap()
+        .card_ref(&keys.card_token)
+}
+
+/// Enrolls the terminal, lays out a shop (one reader, cards 0..4 with ten washes each, signed with the
+/// enrolled secret) whose `[sync]` points at `server_url` (set later by [`Setup::point_at`]).
+fn setup() -> Setup {
+    let root = tempfile::tempdir().unwrap();
+    let server_db = root.path().join("clearing.sqlite3");
+    let key = root.path().join("terminal.key");
+    let out = Command::new(clearing_server())
+        .arg("--db")
+        .arg(&server_db)
+        .args([
+            "admin",
+            "enroll",
+            "--terminal",
+            TERMINAL,
+            "--merchant",
+            MERCHANT,
+        ])
+        .arg("--key-file")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let secret = TerminalSecret::from_hex_text(&std::fs::read_to_string(&key).unwrap()).unwrap();
+    let keys = secret.derive_all(TERMINAL);
+    let dir = tempfile::Builder::new()
+        .prefix("redeemd-shop-")
+        .tempdir()
+        .unwrap();
+    let shop_key = dir.path().join("terminal.key");
+    std::fs::copy(&key, &shop_key).unwrap();
+    std::fs::set_permissions(&shop_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let state = dir.path().join("state");
+    let mut store = Store::open(
+        &state,
+        keys.clone(),
+        StoreConfig {
+            terminal_id: TERMINAL.into(),
+            merchant_id: MERCHANT.into(),
+            limits: support::limits(),
+        },
+    )
+    .unwrap();
+    let mut cards: Vec<(CardRef, redeemd_contract::Card)> = (0..5)
+        .map(|i| (card_ref(&keys, i), live_card(i, 10)))
+        .collect();
+    cards.sort_by_key(|(r, _)| *r);
+    let mut signer = BundleSigner::new(&keys.cache, BundleKind::Full, MERCHANT, 1);
+    let mut bundle = signer.header();
+    for (r, c) in &cards {
+        bundle.extend(signer.entry(r, Some(c)).unwrap());
+    }
+    bundle.extend(
+        signer
+            .finish(
+                TERMINAL,
+                &[],
+                0,
+                wall_now() - HOUR,
+                wall_now() + 1000 * HOUR,
+            )
+            .1,
+    );
+    store
+        .install_bundle(&bundle[..], support::now(wall_now()))
+        .unwrap();
+    drop(store);
+    let config = dir.path().join("redeemd.toml");
+    let shop = Shop { dir, config, state };
+    Setup {
+        root,
+        server_db,
+        keys,
+        shop,
+    }
+}
+
+impl Setup {
+    /// Writes the shop's config for `server_url`.
+    fn point_at(&self, server_url: &str) {
+        let toml = format!(
+            "terminal_id = \"{TERMINAL}\"\nmerchant_id = \"{MERCHANT}\"\nstate_dir = \"{}\"\n\
+             [key]\nfile = \"{}\"\n[[reader]]\nname = \"counter-0\"\nport = \"{}\"\nbaud = {}\n\
+             [risk]\nmax_offline_uses_per_card = 1000000\nmax_offline_redemptions = 1000000\n\
+             [sync]\nserver_url = \"{server_url}\"\ninterval_secs = 5\nrequest_timeout_secs = 5\n",
+            self.shop.state.display(),
+            self.shop.dir.path().join("terminal.key").display(),
+            self.shop.port(0).display(),
+            crate::shop::BAUD,
+        );
+        std::fs::write(&self.shop.config, toml).unwrap();
+    }
+
+    fn open_store(&self) -> Store {
+        Store::open(
+            &self.shop.state,
+            self.keys.clone(),
+            StoreConfig {
+                terminal_id: TERMINAL.into(),
+                merchant_id: MERCHANT.into(),
+                limits: support::limits(),
+            },
+        )
+        .unwrap()
+    }
+
+    /// Appends `n` records straight into the journal (the daemon must not be running).
+    fn seed(&self, n: u64) {
+        let mut s = self.open_store();
+        let mut it = (0..n).map(|i| {
+            let mut r = [0u8; 32];
+            r[..8].copy_from_slice(&(i % 997).to_be_bytes());
+            (CardRef(r), "P-wash".to_owned(), "WASH".to_owned(), 1)
+        });
+        s.seed_redemptions(&mut it, support::now(wall_now()))
+            .unwrap();
+    }
+
+    /// (head, acknowledged) of the local journal, read beside a running daemon.
+    fn local(&self) -> (u64, u64) {
+        let j = self.open_store().journal_info();
+        (j.head_seq, j.synced_through_seq)
+    }
+
+    fn local_head_mac(&self) -> Vec<u8> {
+        let s = self.open_store();
+        let head = s.journal_info().head_seq;
+        s.journal_records(head, 1).unwrap()[0].1.to_vec()
+    }
+
+    /// `redeemd sync` (a second process beside the daemon): exit code and output.
+    fn sync_cli(&self) -> (Option<i32>, String) {
+        let out = self.shop.redeemd().arg("sync").output().unwrap();
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn redemptions_at_the_reader_reach_the_real_clearing_server() {
+    let s = setup();
+    let server = Server::start(&s.server_db, "127.0.0.1:0");
+    s.point_at(&server.url());
+    let daemon = Daemon::start(&s.shop);
+    let mut r = reader(&s.shop, 0, "R-E2E").await;
+    let m = menu(swipe(&mut r, 1).await);
+    assert_eq!(m.entries.len(), 3, "{m:?}");
+    approved(r.redeem(&[(0, 2)], None).await.unwrap());
+    menu(swipe(&mut r, 2).await);
+    approved(r.redeem(&[(0, 1), (1, 1)], None).await.unwrap());
+    // Three records (one line, then two): the daemon's own passes upload them.
+    wait_for("records on the server", Duration::from_secs(60), || {
+        server_journal(&server.db).1 == 3
+    });
+    wait_for("acknowledged locally", Duration::from_secs(30), || {
+        s.local() == (3, 3)
+    });
+    assert_eq!(server_journal(&server.db).2, s.local_head_mac());
+    // The steps the reference server does not serve yet are reported, by name, in the log and status.
+    daemon.wait_log(
+        "deny list: server answered 404 not_found",
+        Duration::from_secs(10),
+    );
+    let status = redeemd::daemon::status::read(&s.shop.state).unwrap();
+    let sync = status.sync.expect("sync status");
+    assert!(sync.last_attempt_at_ms.is_some());
+    assert!(sync.last_result.unwrap().contains("404"));
+    assert_eq!(sync.halted, None);
+    let out = s.shop.redeemd().arg("status").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("last attempt"), "{text}");
+    assert!(text.contains("deny list      version 0"), "{text}");
+    assert!(text.contains("0 unsynced"), "{text}");
+}
+
+#[test]
+fn a_server_killed_mid_upload_and_restarted_ends_with_every_record_once() {
+    const RECORDS: u64 = 12_000;
+    let s = setup();
+    s.seed(RECORDS);
+    let server = Server::start(&s.server_db, "127.0.0.1:0");
+    s.point_at(&server.url());
+    let daemon = Daemon::start(&s.shop);
+    // Kill the server as soon as the first batches are stored, while the rest are in flight.
+    wait_for("first batch stored", Duration::from_secs(60), || {
+        server_journal(&server.db).0 >= 1000
+    });
+    let (db, addr) = server.kill9();
+    let held = server_journal(&db).0;
+    eprintln!("server killed holding {held} of {RECORDS} records");
+    std::thread::sleep(Duration::from_millis(500));
+    let server = Server::start(&db, &addr);
+    // `redeemd sync` (a second process beside the daemon) pushes the rest now; the daemon's own
+    // retries may get there first, and either way nothing is sent twice.
+    let (code, out) = s.sync_cli();
+    assert!(out.contains("journal "), "{out}");
+    assert!(code.is_some(), "{out}");
+    wait_for(
+        "every record on the server",
+        Duration::from_secs(120),
+        || server_journal(&server.db).0 == RECORDS,
+    );
+    let (rows, max, mac) = server_journal(&server.db);
+    assert_eq!(
+        (rows, max),
+        (RECORDS, RECORDS),
+        "nothing lost, nothing doubled"
+    );
+    assert_eq!(
+        mac,
+        s.local_head_mac(),
+        "the server holds exactly our records"
+    );
+    wait_for("acknowledged locally", Duration::from_secs(30), || {
+        s.local() == (RECORDS, RECORDS)
+    });
+    assert!(!daemon.has_log("HALTED"), "{}", daemon.log_text());
+}
+
+#[test]
+fn a_daemon_restored_from_a_backup_behind_the_server_resumes_without_duplicates() {
+    let s = setup();
+    s.seed(50);
+    // The backup: 50 records, none acknowledged yet.
+    let backup = s.root.path().join("backup");
+    std::fs::create_dir(&backup).unwrap();
+    let db = s.shop.state.join(redeemd::store::DB_FILE);
+    std::fs::copy(&db, backup.join(redeemd::store::DB_FILE)).unwrap();
+    let server = Server::start(&s.server_db, "127.0.0.1:0");
+    s.point_at(&server.url());
+    let (_, out) = s.sync_cli();
+    assert!(out.contains("50 records uploaded"), "{out}");
+    assert_eq!(s.local(), (50, 50));
+    // The shop PC's disk dies; the state is restored from the backup (acknowledged: 0).
+    for f in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(s.shop.state.join(format!("{}{f}", redeemd::store::DB_FILE)));
+    }
+    std::fs::copy(backup.join(redeemd::store::DB_FILE), &db).unwrap();
+    assert_eq!(s.local(), (50, 0));
+    let daemon = Daemon::start(&s.shop);
+    wait_for(
+        "acknowledged from the server's head",
+        Duration::from_secs(30),
+        || s.local() == (50, 50),
+    );
+    daemon.wait_log(
+        "server already held through seq 50: not sent again",
+        Duration::from_secs(10),
+    );
+    drop(daemon);
+    assert_eq!(server_journal(&server.db).0, 50);
+    // New records after the restore continue the chain and upload once.
+    s.seed(5);
+    let (_, out) = s.sync_cli();
+    assert!(out.contains("5 records uploaded"), "{out}");
+    assert_eq!(server_journal(&server.db).0, 55);
+
+    // A backup *older* than what the server holds (its head above the local journal): halted, reported,
+    // nothing uploaded — the next redemptions would reuse seqs the server holds with other content.
+    for f in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(s.shop.state.join(format!("{}{f}", redeemd::store::DB_FILE)));
+    }
+    std::fs::copy(backup.join(redeemd::store::DB_FILE), &db).unwrap();
+    s.seed(3);
+    let (code, out) = s.sync_cli();
+    assert_eq!(code, Some(75), "{out}");
+    assert!(
+        out.contains("HALTED        server head 55 is above the local journal head 53"),
+        "{out}"
+    );
+    assert_eq!(server_journal(&server.db).0, 55);
+}
