@@ -97,8 +97,11 @@ fn install_child(dir: &Path, bundle: &Path) {
     );
 }
 
-/// The entry frames of a bundle file: (card ref, op, body, mac), without any verification.
-fn entries(bundle: &Path) -> Vec<([u8; 32], u8, Vec<u8>, Vec<u8>)> {
+/// One entry frame: (card ref, op, body, mac).
+type RawEntry = ([u8; 32], u8, Vec<u8>, Vec<u8>);
+
+/// The entry frames of a bundle file, without any verification.
+fn entries(bundle: &Path) -> Vec<RawEntry> {
     let mut bytes = Vec::new();
     std::fs::File::open(bundle)
         .unwrap()

@@ -129,10 +129,11 @@ async fn an_honest_pass_applies_the_deny_list_uploads_and_installs_compressed_bu
         assert!(
             matches!(&r.entitlements, Step::Done(EntitlementsReport::Installed(i)) if i.upserts == CARDS)
         );
-        let honest = p.honest.lock().unwrap();
-        assert_eq!(honest.journal.len(), 3);
-        assert_eq!(honest.bad_signatures, 0, "every request signed correctly");
-        drop(honest);
+        {
+            let honest = p.honest.lock().unwrap();
+            assert_eq!(honest.journal.len(), 3);
+            assert_eq!(honest.bad_signatures, 0, "every request signed correctly");
+        }
         // Card 4 was reported lost at entry version 6, and version 6 is installed: superseded.
         // A second pass has nothing to do.
         let r = pass(&mut s, &h).await;
