@@ -8,10 +8,9 @@
 //! --bin clearing-server`, same target directory and profile), so `cargo test -p redeemd` works on a
 //! fresh checkout too.
 //!
-//! The terminal is enrolled with `clearing-server admin enroll`, which writes the secret the daemon
-//! then uses; the shop's cache is signed with that secret (the reference server does not serve
-//! entitlements yet: see the status in `docs/api/README.md`), so its `deny-list` and `entitlements`
-//! steps fail with `404 not_found` and are reported, while the journal steps are real.
+//! Everything the shop knows comes from the platform: the terminal is enrolled with `clearing-server
+//! admin enroll` (which writes the secret the daemon uses), the cards are created and customized with
+//! `clearing-server admin card …`, and the daemon's first pass installs the server's snapshot.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -20,14 +19,16 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use firmware_protocol::message::EntryMode;
+use redeemd::engine::DeclineReason;
+use redeemd::simulator::SwipeResult;
 use redeemd::store::{Store, StoreConfig};
-use redeemd_contract::model::{CardNumber, CardRef};
-use redeemd_contract::snapshot::{BundleKind, BundleSigner};
+use redeemd_contract::model::CardRef;
 use redeemd_contract::{TerminalKeys, TerminalSecret};
 
-use crate::daemon::{approved, menu, reader, swipe};
-use crate::shop::{Daemon, Shop, live_card, wall_now};
-use crate::support::{self, HOUR, MERCHANT, TERMINAL};
+use crate::daemon::{approved, menu, reader, swipe, wire};
+use crate::shop::{Daemon, Shop, wall_now};
+use crate::support::{self, MERCHANT, TERMINAL};
 
 /// The `clearing-server` binary, built on first use if the workspace build did not leave one.
 fn clearing_server() -> &'static Path {
@@ -138,38 +139,83 @@ struct Setup {
     shop: Shop,
 }
 
-fn card_ref(keys: &TerminalKeys, i: u64) -> CardRef {
-    CardNumber::parse(&support::number(i))
-        .unwrap()
-        .card_ref(&keys.card_token)
+/// `clearing-server --db <db> admin …`, which must succeed.
+fn admin(db: &Path, args: &[&str]) {
+    let out = Command::new(clearing_server())
+        .arg("--db")
+        .arg(db)
+        .arg("admin")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "admin {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
-/// Enrolls the terminal, lays out a shop (one reader, cards 0..4 with ten washes each, signed with the
-/// enrolled secret) whose `[sync]` points at `server_url` (set later by [`Setup::point_at`]).
+/// Issues card `i` on the platform with a car-wash package: WASH ×10 (entry 0), WAX ×2 (entry 1).
+fn issue_card(db: &Path, i: u64) {
+    let number = support::number(i);
+    admin(db, &["card", "create", "--number", &number]);
+    admin(
+        db,
+        &[
+            "card",
+            "customize",
+            "--number",
+            &number,
+            "--package",
+            "P1",
+            "--title",
+            "洗车套餐",
+            "--valid-from",
+            "2026-01-01",
+            "--valid-until",
+            "2099-12-31",
+            "--item",
+            "WASH:精洗:10:3500",
+            "--item",
+            "WAX:打蜡:2:8000",
+        ],
+    );
+}
+
+/// Enrolls the terminal, issues cards 0..4 on the platform, and lays out a shop (one reader) whose
+/// key is the enrolled secret and whose state directory is empty: its cache comes from the server.
 fn setup() -> Setup {
     let root = tempfile::tempdir().unwrap();
     let server_db = root.path().join("clearing.sqlite3");
     let key = root.path().join("terminal.key");
-    let out = Command::new(clearing_server())
-        .arg("--db")
-        .arg(&server_db)
-        .args([
-            "admin",
+    admin(
+        &server_db,
+        &[
+            "merchant",
+            "--id",
+            MERCHANT,
+            "--name",
+            "城东洗车",
+            "--commission-bps",
+            "500",
+        ],
+    );
+    let key_text = key.display().to_string();
+    admin(
+        &server_db,
+        &[
             "enroll",
             "--terminal",
             TERMINAL,
             "--merchant",
             MERCHANT,
-        ])
-        .arg("--key-file")
-        .arg(&key)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+            "--key-file",
+            &key_text,
+        ],
     );
+    for i in 0..5 {
+        issue_card(&server_db, i);
+    }
     let secret = TerminalSecret::from_hex_text(&std::fs::read_to_string(&key).unwrap()).unwrap();
     let keys = secret.derive_all(TERMINAL);
     let dir = tempfile::Builder::new()
@@ -180,40 +226,6 @@ fn setup() -> Setup {
     std::fs::copy(&key, &shop_key).unwrap();
     std::fs::set_permissions(&shop_key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let state = dir.path().join("state");
-    let mut store = Store::open(
-        &state,
-        keys.clone(),
-        StoreConfig {
-            terminal_id: TERMINAL.into(),
-            merchant_id: MERCHANT.into(),
-            limits: support::limits(),
-        },
-    )
-    .unwrap();
-    let mut cards: Vec<(CardRef, redeemd_contract::Card)> = (0..5)
-        .map(|i| (card_ref(&keys, i), live_card(i, 10)))
-        .collect();
-    cards.sort_by_key(|(r, _)| *r);
-    let mut signer = BundleSigner::new(&keys.cache, BundleKind::Full, MERCHANT, 1);
-    let mut bundle = signer.header();
-    for (r, c) in &cards {
-        bundle.extend(signer.entry(r, Some(c)).unwrap());
-    }
-    bundle.extend(
-        signer
-            .finish(
-                TERMINAL,
-                &[],
-                0,
-                wall_now() - HOUR,
-                wall_now() + 1000 * HOUR,
-            )
-            .1,
-    );
-    store
-        .install_bundle(&bundle[..], support::now(wall_now()))
-        .unwrap();
-    drop(store);
     let config = dir.path().join("redeemd.toml");
     let shop = Shop { dir, config, state };
     Setup {
@@ -265,6 +277,14 @@ impl Setup {
             .unwrap();
     }
 
+    /// The installed cache version (0: none), read beside a running daemon.
+    fn cache_version(&self) -> u64 {
+        self.open_store()
+            .cache_info()
+            .unwrap()
+            .map_or(0, |c| c.manifest.version)
+    }
+
     /// (head, acknowledged) of the local journal, read beside a running daemon.
     fn local(&self) -> (u64, u64) {
         let j = self.open_store().journal_info();
@@ -297,9 +317,14 @@ async fn redemptions_at_the_reader_reach_the_real_clearing_server() {
     let server = Server::start(&s.server_db, "127.0.0.1:0");
     s.point_at(&server.url());
     let daemon = Daemon::start(&s.shop);
+    wait_for(
+        "the platform's snapshot installed",
+        Duration::from_secs(30),
+        || s.cache_version() > 0,
+    );
     let mut r = reader(&s.shop, 0, "R-E2E").await;
     let m = menu(swipe(&mut r, 1).await);
-    assert_eq!(m.entries.len(), 3, "{m:?}");
+    assert_eq!(m.entries.len(), 2, "{m:?}");
     approved(r.redeem(&[(0, 2)], None).await.unwrap());
     menu(swipe(&mut r, 2).await);
     approved(r.redeem(&[(0, 1), (1, 1)], None).await.unwrap());
@@ -311,15 +336,20 @@ async fn redemptions_at_the_reader_reach_the_real_clearing_server() {
         s.local() == (3, 3)
     });
     assert_eq!(server_journal(&server.db).2, s.local_head_mac());
-    // The steps the reference server does not serve yet are reported, by name, in the log and status.
-    daemon.wait_log(
-        "deny list: server answered 404 not_found",
-        Duration::from_secs(10),
-    );
-    let status = redeemd::daemon::status::read(&s.shop.state).unwrap();
-    let sync = status.sync.expect("sync status");
-    assert!(sync.last_attempt_at_ms.is_some());
-    assert!(sync.last_result.unwrap().contains("404"));
+    // The pass is reported in the log and in status.json.
+    daemon.wait_log("sync pass", Duration::from_secs(10));
+    wait_for("a clean pass published", Duration::from_secs(30), || {
+        redeemd::daemon::status::read(&s.shop.state)
+            .ok()
+            .and_then(|st| st.sync)
+            .is_some_and(|sy| sy.last_result.as_deref() == Some("ok") && sy.unsynced_records == 0)
+    });
+    let sync = redeemd::daemon::status::read(&s.shop.state)
+        .unwrap()
+        .sync
+        .unwrap();
+    assert!(sync.last_success_at_ms.is_some() && sync.deny_checked_at_ms.is_some());
+    assert!(sync.cache_version > 0);
     assert_eq!(sync.halted, None);
     let out = s.shop.redeemd().arg("status").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -349,7 +379,7 @@ fn a_server_killed_mid_upload_and_restarted_ends_with_every_record_once() {
     // retries may get there first, and either way nothing is sent twice.
     let (code, out) = s.sync_cli();
     assert!(out.contains("journal "), "{out}");
-    assert!(code.is_some(), "{out}");
+    assert_eq!(code, Some(0), "{out}");
     wait_for(
         "every record on the server",
         Duration::from_secs(120),
@@ -424,4 +454,71 @@ fn a_daemon_restored_from_a_backup_behind_the_server_resumes_without_duplicates(
         "{out}"
     );
     assert_eq!(server_journal(&server.db).0, 55);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_card_issued_on_the_platform_is_redeemable_and_a_loss_report_declines_it_after_one_sync()
+{
+    let s = setup();
+    let server = Server::start(&s.server_db, "127.0.0.1:0");
+    s.point_at(&server.url());
+    let _daemon = Daemon::start(&s.shop);
+    wait_for(
+        "the platform's snapshot installed",
+        Duration::from_secs(30),
+        || s.cache_version() > 0,
+    );
+    let mut r = reader(&s.shop, 0, "R-E2E").await;
+    // A card issued and customized on the platform while the shop runs: one sync, then redeemable.
+    let unknown = r
+        .swipe(&support::number(7), EntryMode::Magstripe, "cashier-7")
+        .await
+        .unwrap();
+    assert!(
+        matches!(&unknown, SwipeResult::Declined(d) if d.reason == wire(DeclineReason::CardUnknown)),
+        "{unknown:?}"
+    );
+    issue_card(&server.db, 7);
+    let (code, out) = s.sync_cli();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("entitlements  installed version"), "{out}");
+    // Another process changed the database: the daemon notices within a second.
+    std::thread::sleep(Duration::from_millis(1200));
+    let m = menu(swipe(&mut r, 7).await);
+    assert_eq!(m.entries.len(), 2, "{m:?}");
+    let a = approved(r.redeem(&[(0, 1)], None).await.unwrap());
+    assert_eq!(a.uses_left, vec![(0, 9)]);
+    // Card 1 reported lost on the platform: after one sync, declined at the reader with that reason.
+    menu(swipe(&mut r, 1).await);
+    admin(
+        &server.db,
+        &["card", "lost", "--number", &support::number(1)],
+    );
+    let (code, out) = s.sync_cli();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("deny list     1 entries applied"), "{out}");
+    std::thread::sleep(Duration::from_millis(1200));
+    let lost = r
+        .swipe(&support::number(1), EntryMode::Magstripe, "cashier-7")
+        .await
+        .unwrap();
+    assert!(
+        matches!(&lost, SwipeResult::Declined(d) if d.reason == wire(DeclineReason::CardLost)),
+        "{lost:?}"
+    );
+    // Unlocked on the platform: the newer cache entry supersedes the loss report.
+    admin(
+        &server.db,
+        &["card", "unlock", "--number", &support::number(1)],
+    );
+    let (code, out) = s.sync_cli();
+    assert_eq!(code, Some(0), "{out}");
+    std::thread::sleep(Duration::from_millis(1200));
+    menu(swipe(&mut r, 1).await);
+    // The redemption reached the platform.
+    wait_for(
+        "the redemption on the platform",
+        Duration::from_secs(30),
+        || server_journal(&server.db).0 == 1,
+    );
 }
