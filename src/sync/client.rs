@@ -13,9 +13,10 @@
 //! * **Timeouts.** Connecting ([`ClientOptions::connect_timeout`]); every read of a body may stall at
 //!   most [`ClientOptions::request_timeout`]; a JSON request must finish within `request_timeout`; a
 //!   bundle download within [`ClientOptions::bundle_timeout`] (a deadline for the whole body).
-//! * **Compression.** `Accept-Encoding: zstd, gzip`; reqwest decodes while streaming, and the caller
-//!   counts the decoded bytes against [`ClientOptions::max_bundle_bytes`] (a decompression bomb ends
-//!   there, not in memory: decoded bytes go straight into the verifier).
+//! * **Compression.** `Accept-Encoding: zstd, gzip`; every answer is decoded chunk by chunk as it
+//!   arrives ([`super::decode`]), bounded by [`ClientOptions::max_bundle_bytes`] for bundles and
+//!   [`MAX_JSON_BYTES`] for JSON (a decompression bomb ends there, not in memory: decoded bundle bytes go
+//!   straight into the verifier).
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -24,6 +25,7 @@ use redeemd_contract::keys::MacKey;
 use redeemd_contract::request::{NONCE_BYTES, SignedHeaders};
 use thiserror::Error;
 
+use super::decode::ContentDecoder;
 use super::plan::{AnswerError, Divergence, Problem, ServerHead};
 use super::wire::{self, ProblemExtras, WireError};
 use crate::daemon::store_owner::wall_clock_ms;
@@ -131,31 +133,77 @@ pub enum UploadAnswer {
     Refused(Problem, ProblemExtras),
 }
 
-/// A streaming bundle answer: decoded chunks in order.
-pub struct BundleStream {
+/// An answer's body, decoded as it arrives.
+pub struct BodyStream {
+    what: &'static str,
     response: reqwest::Response,
-    decoded: u64,
+    decoder: ContentDecoder,
     limit: u64,
+    done: bool,
 }
 
-impl BundleStream {
-    /// The next decoded chunk, `None` at the end of the body.
+/// A streaming bundle answer.
+pub type BundleStream = BodyStream;
+
+impl BodyStream {
+    fn new(
+        what: &'static str,
+        response: reqwest::Response,
+        limit: u64,
+    ) -> Result<BodyStream, SyncError> {
+        let encoding = response
+            .headers()
+            .get(reqwest::header::CONTENT_ENCODING)
+            .map(|v| v.to_str().unwrap_or("(not text)").to_owned());
+        let decoder = ContentDecoder::new(encoding.as_deref(), limit)
+            .map_err(|e| decode_error(what, e, limit))?;
+        Ok(BodyStream {
+            what,
+            response,
+            decoder,
+            limit,
+            done: false,
+        })
+    }
+
+    /// The next decoded bytes (possibly empty), `None` at the end of the body.
     pub async fn chunk(&mut self) -> Result<Option<Vec<u8>>, SyncError> {
-        let chunk = self
+        if self.done {
+            return Ok(None);
+        }
+        let (what, limit) = (self.what, self.limit);
+        let mut out = Vec::new();
+        match self
             .response
             .chunk()
             .await
-            .map_err(|e| transport("entitlements", &e))?;
-        if let Some(c) = &chunk {
-            self.decoded += c.len() as u64;
-            if self.decoded > self.limit {
-                return Err(SyncError::TooLarge {
-                    what: "entitlements",
-                    limit: self.limit,
-                });
+            .map_err(|e| transport(what, &e))?
+        {
+            Some(c) => self
+                .decoder
+                .feed(&c, &mut out)
+                .map_err(|e| decode_error(what, e, limit))?,
+            None => {
+                self.done = true;
+                self.decoder
+                    .finish(&mut out)
+                    .map_err(|e| decode_error(what, e, limit))?;
+                if out.is_empty() {
+                    return Ok(None);
+                }
             }
         }
-        Ok(chunk.map(|c| c.to_vec()))
+        Ok(Some(out))
+    }
+}
+
+fn decode_error(what: &'static str, e: super::decode::DecodeError, limit: u64) -> SyncError {
+    match e {
+        super::decode::DecodeError::TooLarge { .. } => SyncError::TooLarge { what, limit },
+        e => SyncError::Transport {
+            what,
+            detail: format!("body undecodable: {e}"),
+        },
     }
 }
 
@@ -373,11 +421,11 @@ impl Client {
             .await?;
         match resp.status().as_u16() {
             204 => Ok(None),
-            200 => Ok(Some(BundleStream {
-                response: resp,
-                decoded: 0,
-                limit: self.options.max_bundle_bytes,
-            })),
+            200 => Ok(Some(BodyStream::new(
+                WHAT,
+                resp,
+                self.options.max_bundle_bytes,
+            )?)),
             _ => Err(self.problem(WHAT, resp).await),
         }
     }
@@ -438,20 +486,15 @@ fn retry_after_of(resp: &reqwest::Response) -> Option<u64> {
     )
 }
 
-/// Reads a whole (decoded) body of at most `limit` bytes.
+/// Reads a whole body, decoded, of at most `limit` decoded bytes.
 async fn read_limited(
     what: &'static str,
-    mut resp: reqwest::Response,
+    resp: reqwest::Response,
     limit: usize,
 ) -> Result<Vec<u8>, SyncError> {
+    let mut body = BodyStream::new(what, resp, limit as u64)?;
     let mut out = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| transport(what, &e))? {
-        if out.len() + chunk.len() > limit {
-            return Err(SyncError::TooLarge {
-                what,
-                limit: limit as u64,
-            });
-        }
+    while let Some(chunk) = body.chunk().await? {
         out.extend_from_slice(&chunk);
     }
     Ok(out)

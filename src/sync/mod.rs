@@ -6,6 +6,7 @@
 //!   and problems.
 //! * [`client`] — the thin HTTP driver: reqwest + rustls, every request signed with
 //!   `redeemd_contract::request`, timeouts, streaming decompression; one error enum naming what failed.
+//! * [`decode`] — bounded streaming `Content-Encoding` decoding (zstd, gzip), pure.
 //! * [`pass`] — one sync pass (deny list, journal, entitlements) through the daemon's store handle in
 //!   short pieces, and the lock that keeps two processes from syncing one state directory at once.
 //!
@@ -13,6 +14,7 @@
 //! Sync never blocks the counter: redemptions are decided from the local cache whatever sync does.
 
 pub mod client;
+pub mod decode;
 pub mod pass;
 pub mod plan;
 pub mod wire;
