@@ -29,6 +29,8 @@ use crate::store::{BundleInstall, DenyReport, InstallReport, Store, StoreError};
 
 /// Decoded bundle bytes handed to the installer per blocking call.
 const FEED_BYTES: usize = 1 << 20;
+/// Deny-list answers (pages of up to 10,000 entries) applied in one pass at most.
+const MAX_DENY_PAGES: u32 = 100;
 /// Re-reads of the server's head within one pass (after `sequence_gap`) before giving up.
 const MAX_HEAD_READS: u32 = 3;
 
@@ -207,14 +209,30 @@ impl Syncer {
         }
     }
 
+    /// Applies the deny list from the applied version on. The server answers at most 10,000 entries at
+    /// a time (`openapi.yaml`): while its list version is above what was applied, ask again from there.
     async fn deny_step(&self, store: &StoreHandle) -> Result<DenyReport, SyncError> {
-        let since = on_store(store, |s, _| Ok(s.deny_info().version))
+        let mut since = on_store(store, |s, _| Ok(s.deny_info().version))
             .await
             .map_err(SyncError::Store)?;
-        let list = self.client.deny_list(since).await?;
-        on_store(store, move |s, _| s.apply_deny_list(&list))
-            .await
-            .map_err(SyncError::Deny)
+        let mut total = DenyReport {
+            applied: 0,
+            version: since,
+        };
+        for _ in 0..MAX_DENY_PAGES {
+            let list = self.client.deny_list(since).await?;
+            let server_version = list.version;
+            let r = on_store(store, move |s, _| s.apply_deny_list(&list))
+                .await
+                .map_err(SyncError::Deny)?;
+            total.applied += r.applied;
+            total.version = r.version;
+            if r.applied == 0 || r.version >= server_version {
+                break;
+            }
+            since = r.version;
+        }
+        Ok(total)
     }
 
     /// Compares the server's head with the local journal; records lost acknowledgements.

@@ -360,7 +360,7 @@ mod tests {
 
     #[test]
     fn deny_lists_are_read_strictly() {
-        let mac = hex::encode([7u8; 32]);
+        let mac = hex::encode([0xa7u8; 32]);
         let card = hex::encode([5u8; 32]);
         let ok = format!(
             r#"{{"merchant_id":"M-1","version":17,"entries":[{{"version":17,"card_ref":"{card}","status":"lost","entry_version":43,"reported_at_ms":1795000000000,"mac":"{mac}"}}]}}"#
@@ -369,7 +369,7 @@ mod tests {
         assert_eq!((l.merchant_id.as_str(), l.version), ("M-1", 17));
         assert_eq!(l.entries[0].0.status, DenyStatus::Lost);
         assert_eq!(l.entries[0].0.card_ref, CardRef([5; 32]));
-        assert_eq!(l.entries[0].1, vec![7u8; 32]);
+        assert_eq!(l.entries[0].1, vec![0xa7u8; 32]);
         for bad in [
             ok.replace("lost", "active"),
             ok.replace(&card, "5f0c"),

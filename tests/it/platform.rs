@@ -87,6 +87,8 @@ pub struct Honest {
     /// Compress bundles with this encoding when the request accepts it.
     pub encoding: Option<&'static str>,
     pub bad_signatures: u64,
+    /// Entries per deny-list answer at most (the real server pages at 10,000).
+    pub deny_page: usize,
     nonces: MemoryNonces,
 }
 
@@ -99,6 +101,7 @@ impl Honest {
             bundle: None,
             encoding: None,
             bad_signatures: 0,
+            deny_page: 10_000,
             nonces: MemoryNonces::new(),
         }
     }
@@ -108,6 +111,7 @@ impl Honest {
             .deny
             .iter()
             .filter(|e| e.version > since)
+            .take(self.deny_page)
             .map(|e| deny_entry_json(e, &hex::encode(e.mac(&self.keys.cache, MERCHANT))))
             .collect();
         serde_json::json!({

@@ -166,6 +166,21 @@ async fn a_loss_report_declines_the_card_after_one_pass() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deny_list_longer_than_one_answer_is_applied_page_by_page_in_one_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = shop_store(dir.path());
+    let mut honest = honest();
+    honest.deny = (1..=3).map(|v| lost_entry(v, v)).collect();
+    honest.deny_page = 1;
+    let p = Platform::start(honest).await;
+    let r = pass(&mut syncer(&p), &h).await;
+    assert!(r.ok(), "{}", r.lines().join("\n"));
+    assert!(matches!(r.deny, Step::Done(d) if d.applied == 3 && d.version == 3));
+    assert_eq!(p.count("GET", "deny-list"), 3);
+    assert_eq!(facts(&h).2.entries, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_clock_skew_answer_is_adopted_for_signing() {
     let dir = tempfile::tempdir().unwrap();
     let h = shop_store(dir.path());
