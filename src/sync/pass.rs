@@ -349,7 +349,12 @@ impl Syncer {
                     self.halted = Some(d);
                     return Err(SyncError::Diverged(d));
                 }
-                Next::Retry { .. } => unreachable_retry()?,
+                // Answered above (a refusal to retry later ends the step with its problem).
+                Next::Retry { .. } => {
+                    return Err(SyncError::Setup(
+                        "planner asked to retry an acknowledged batch".into(),
+                    ));
+                }
             }
         }
     }
@@ -412,13 +417,6 @@ impl Syncer {
             .map_err(SyncError::Install)?;
         Ok(EntitlementsReport::Installed(report))
     }
-}
-
-fn unreachable_retry() -> Result<(), SyncError> {
-    // `Retry` answers returned above; kept as an error rather than a panic.
-    Err(SyncError::Setup(
-        "planner asked to retry an acknowledged batch".into(),
-    ))
 }
 
 async fn abort(store: &StoreHandle, install: BundleInstall) {
