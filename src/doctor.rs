@@ -103,28 +103,94 @@ pub fn examine(config: &Config, options: &DoctorOptions) -> Vec<Finding> {
     let user = Account::lookup(&options.service_user);
     let secret = key_check(config, options, &mut findings);
     findings.push(state_dir_check(&config.state_dir));
-    if let Some(secret) = secret {
-        store_checks(config, &secret, &mut findings);
+    if let Some(secret) = &secret {
+        store_checks(config, secret, &mut findings);
     }
     for reader in &config.readers {
         findings.push(port_check(reader, user.as_ref(), &options.service_user));
     }
     findings.push(clock_sync_check());
-    findings.push(match &config.sync.server_url {
-        None => Finding::ok(
+    findings.push(match (&config.sync.server_url, &secret) {
+        (None, _) => Finding::ok(
             "server",
             "sync disabled (no server_url): stand-alone install",
         ),
-        Some(url) => Finding {
+        (Some(url), None) => Finding {
             check: "server".into(),
             verdict: Verdict::Skipped,
-            detail: format!(
-                "{url}: reachability and signature check not built yet (sync lands with issue 5)"
-            ),
+            detail: format!("{url}: not checked without the terminal secret (see \"key\")"),
             fix: None,
         },
+        (Some(url), Some(secret)) => server_check(config, url, secret),
     });
     findings
+}
+
+/// Asks the server for this terminal's journal head with a signed request: proves the server is
+/// reachable, knows the terminal, and accepts its signature (the secret is the platform's).
+fn server_check(config: &Config, url: &str, secret: &redeemd_contract::TerminalSecret) -> Finding {
+    use crate::sync::client::{Client, ClientOptions, SyncError};
+    let options = ClientOptions {
+        connect_timeout: std::time::Duration::from_secs(5),
+        request_timeout: std::time::Duration::from_secs(10),
+        ..ClientOptions::default()
+    };
+    let keys = secret.derive_all(&config.terminal_id);
+    let asked = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| SyncError::Setup(e.to_string()))
+        .and_then(|rt| {
+            let client = Client::new(url, &config.terminal_id, keys.request, options)?;
+            rt.block_on(client.journal_head())
+        });
+    match asked {
+        Ok(head) => Finding::ok(
+            "server",
+            format!(
+                "{url}: reachable, signature accepted; the platform holds this terminal's journal through seq {}",
+                head.acknowledged_seq
+            ),
+        ),
+        Err(e @ SyncError::Transport { .. }) => Finding::bad(
+            Verdict::Problem,
+            "server",
+            format!("{url}: {e}"),
+            "check the network and server_url in [sync]; redemptions go on offline meanwhile, within the risk limits",
+        ),
+        Err(SyncError::Server {
+            status,
+            code,
+            detail,
+            ..
+        }) if matches!(
+            code.as_str(),
+            "bad_signature" | "unknown_terminal" | "terminal_disabled" | "terminal_mismatch"
+        ) =>
+        {
+            Finding::bad(
+                Verdict::Problem,
+                "server",
+                format!(
+                    "{url}: the platform refused this terminal ({status} {code}{})",
+                    detail.map(|d| format!(": {d}")).unwrap_or_default()
+                ),
+                "check terminal_id and the key file against the platform's enrolment (a re-enrolled terminal gets a new secret); ask the platform whether the terminal is enabled",
+            )
+        }
+        Err(SyncError::Server { code, .. }) if code == "clock_skew" => Finding::bad(
+            Verdict::Problem,
+            "server",
+            format!("{url}: the platform says this PC's clock is more than 5 minutes off"),
+            "enable time synchronization (timedatectl set-ntp true)",
+        ),
+        Err(e) => Finding::bad(
+            Verdict::Problem,
+            "server",
+            format!("{url}: {e}"),
+            "see `redeemd status` and the log (journalctl -u redeemd); the server may be misconfigured",
+        ),
+    }
 }
 
 /// Prints findings; returns whether any is a problem.

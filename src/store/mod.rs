@@ -1390,6 +1390,29 @@ impl Store {
         Ok(out)
     }
 
+    /// Journal rows `from_seq..` (at most `limit`) **as stored**, for upload: a row whose MAC or record id
+    /// does not check is returned anyway, with its finding. The platform verifies every record itself and
+    /// refuses such a row (`record_mac_invalid`), which names it (terminal, seq) in its exceptions list and
+    /// keeps it out of clearing; withholding it would only leave the platform with a silent gap. A row whose
+    /// columns cannot make a record at all is an error, as in [`Self::journal_records`].
+    pub fn journal_records_as_stored(
+        &self,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<(Vec<(JournalRecord, Tag)>, Vec<Integrity>), StoreError> {
+        let mut stmt = self.conn.prepare_cached(JOURNAL_FROM)?;
+        let mut rows = stmt.query(params![from_seq as i64, limit as i64])?;
+        let (mut out, mut findings) = (Vec::new(), Vec::new());
+        while let Some(row) = rows.next()? {
+            let (rec, mac, record_id) = record_from_row(row, &self.cfg.terminal_id)?;
+            if let Err(finding) = check_record(&rec, &mac, &record_id, &self.keys.journal) {
+                findings.push(finding);
+            }
+            out.push((rec, mac));
+        }
+        Ok((out, findings))
+    }
+
     /// Bench/test support: appends `n` approved single-line redemptions in one transaction through the
     /// normal chain and anchor code, bypassing the engine (to build a million-row journal quickly).
     #[doc(hidden)]

@@ -84,6 +84,8 @@ pub enum SyncError {
     Ack(#[from] AnswerError),
     #[error("journal upload halted: {0}")]
     Diverged(Divergence),
+    #[error("{0}; the records from that seq on wait for an operator (`redeemd journal verify`)")]
+    RecordRefused(String),
     #[error("deny list: {0}")]
     Deny(StoreError),
     #[error("entitlements: {0}")]

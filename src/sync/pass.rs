@@ -158,7 +158,18 @@ pub struct Syncer {
     pub client: Client,
     pub uploader: Uploader,
     pub halted: Option<Divergence>,
+    /// The platform's answer refusing a record (`uploader.refused_at`): reported by every pass until an
+    /// operator intervenes, since the records from it on cannot be cleared.
+    pub refused_record: Option<String>,
 }
+
+/// Problem codes by which the platform refuses one record of a batch (`docs/api/README.md`).
+const RECORD_REFUSALS: [&str; 4] = [
+    "record_malformed",
+    "record_mismatch",
+    "record_mac_invalid",
+    "chain_broken",
+];
 
 impl Syncer {
     pub fn new(client: Client) -> Syncer {
@@ -166,6 +177,7 @@ impl Syncer {
             client,
             uploader: Uploader::default(),
             halted: None,
+            refused_record: None,
         }
     }
 
@@ -283,16 +295,31 @@ impl Syncer {
                 let Some(batch) = uploader.next_batch(local) else {
                     return Ok((local, None));
                 };
-                let records = s.journal_records(
+                let (records, findings) = s.journal_records_as_stored(
                     batch.from_seq,
                     usize::try_from(batch.records()).unwrap_or(usize::MAX),
                 )?;
+                for finding in findings {
+                    tracing::error!(
+                        %finding,
+                        "journal row fails its check; uploading it as stored so that the platform names it (it will not be cleared)"
+                    );
+                }
                 Ok((local, Some((batch, records))))
             })
             .await
             .map_err(SyncError::Store)?;
             report.acknowledged_through = local.acked_seq;
             let Some((batch, records)) = batch else {
+                // Records wait behind one the platform refused: not a clean pass, whatever was sent.
+                if let Some(refused) = &self.refused_record
+                    && self
+                        .uploader
+                        .refused_at
+                        .is_some_and(|seq| seq <= local.head_seq)
+                {
+                    return Err(SyncError::RecordRefused(refused.clone()));
+                }
                 return Ok(report);
             };
             if records.len() as u64 != batch.records() {
@@ -311,6 +338,11 @@ impl Syncer {
                         .apply_ack(batch, local.acked_seq, &ack, sent_mac)?
                 }
                 UploadAnswer::Refused(problem, extras) => {
+                    if RECORD_REFUSALS.contains(&problem.code.as_str()) {
+                        self.refused_record = Some(
+                            server_error("journal upload", &problem, extras.clone()).to_string(),
+                        );
+                    }
                     match self.uploader.apply_problem(batch, &problem)? {
                         Next::Retry { .. } => {
                             return Err(server_error("journal upload", &problem, extras));

@@ -6,6 +6,7 @@
     clippy::type_complexity
 )]
 
+mod clearing_e2e;
 mod cli;
 mod crash;
 mod daemon;

@@ -31,7 +31,7 @@ use crate::shop::{Daemon, Shop, wall_now};
 use crate::support::{self, MERCHANT, TERMINAL};
 
 /// The `clearing-server` binary, built on first use if the workspace build did not leave one.
-fn clearing_server() -> &'static Path {
+pub(crate) fn clearing_server() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let redeemd = Path::new(env!("CARGO_BIN_EXE_redeemd"));
@@ -54,14 +54,14 @@ fn clearing_server() -> &'static Path {
 }
 
 /// A running `clearing-server serve`; killed (SIGKILL) on drop.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    addr: String,
-    db: PathBuf,
+    pub(crate) addr: String,
+    pub(crate) db: PathBuf,
 }
 
 impl Server {
-    fn start(db: &Path, listen: &str) -> Server {
+    pub(crate) fn start(db: &Path, listen: &str) -> Server {
         let mut child = Command::new(clearing_server())
             .arg("--db")
             .arg(db)
@@ -87,12 +87,12 @@ impl Server {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
     /// kill -9, as a power cut or an OOM kill would.
-    fn kill9(mut self) -> (PathBuf, String) {
+    pub(crate) fn kill9(mut self) -> (PathBuf, String) {
         let _ = self.child.kill();
         let _ = self.child.wait();
         (self.db.clone(), self.addr.clone())
@@ -107,7 +107,7 @@ impl Drop for Server {
 }
 
 /// What the server holds for the terminal: (rows, highest seq, MAC at the highest seq).
-fn server_journal(db: &Path) -> (u64, u64, Vec<u8>) {
+pub(crate) fn server_journal(db: &Path) -> (u64, u64, Vec<u8>) {
     let conn =
         rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap();
@@ -120,7 +120,7 @@ fn server_journal(db: &Path) -> (u64, u64, Vec<u8>) {
     .unwrap()
 }
 
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if done() {
@@ -132,15 +132,15 @@ fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
 }
 
 /// A platform with the terminal enrolled, and a shop whose key is the enrolled secret.
-struct Setup {
-    root: tempfile::TempDir,
-    server_db: PathBuf,
-    keys: TerminalKeys,
-    shop: Shop,
+pub(crate) struct Setup {
+    pub(crate) root: tempfile::TempDir,
+    pub(crate) server_db: PathBuf,
+    pub(crate) keys: TerminalKeys,
+    pub(crate) shop: Shop,
 }
 
 /// `clearing-server --db <db> admin …`, which must succeed.
-fn admin(db: &Path, args: &[&str]) {
+pub(crate) fn admin(db: &Path, args: &[&str]) {
     let out = Command::new(clearing_server())
         .arg("--db")
         .arg(db)
@@ -156,7 +156,7 @@ fn admin(db: &Path, args: &[&str]) {
 }
 
 /// Issues card `i` on the platform with a car-wash package: WASH ×10 (entry 0), WAX ×2 (entry 1).
-fn issue_card(db: &Path, i: u64) {
+pub(crate) fn issue_card(db: &Path, i: u64) {
     let number = support::number(i);
     admin(db, &["card", "create", "--number", &number]);
     admin(
@@ -184,7 +184,7 @@ fn issue_card(db: &Path, i: u64) {
 
 /// Enrolls the terminal, issues cards 0..4 on the platform, and lays out a shop (one reader) whose
 /// key is the enrolled secret and whose state directory is empty: its cache comes from the server.
-fn setup() -> Setup {
+pub(crate) fn setup() -> Setup {
     let root = tempfile::tempdir().unwrap();
     let server_db = root.path().join("clearing.sqlite3");
     let key = root.path().join("terminal.key");
@@ -236,23 +236,34 @@ fn setup() -> Setup {
     }
 }
 
+/// The config of a shop with one reader (`counter-0` on `shop.port(0)`) for `terminal`, syncing every 5 s
+/// with `server_url`, with the `[risk]` lines `risk`.
+pub(crate) fn write_config(shop: &Shop, terminal: &str, server_url: &str, risk: &str) {
+    let toml = format!(
+        "terminal_id = \"{terminal}\"\nmerchant_id = \"{MERCHANT}\"\nstate_dir = \"{}\"\n\
+         [key]\nfile = \"{}\"\n[[reader]]\nname = \"counter-0\"\nport = \"{}\"\nbaud = {}\n\
+         [risk]\n{risk}\n\
+         [sync]\nserver_url = \"{server_url}\"\ninterval_secs = 5\nrequest_timeout_secs = 5\n",
+        shop.state.display(),
+        shop.dir.path().join("terminal.key").display(),
+        shop.port(0).display(),
+        crate::shop::BAUD,
+    );
+    std::fs::write(&shop.config, toml).unwrap();
+}
+
 impl Setup {
     /// Writes the shop's config for `server_url`.
-    fn point_at(&self, server_url: &str) {
-        let toml = format!(
-            "terminal_id = \"{TERMINAL}\"\nmerchant_id = \"{MERCHANT}\"\nstate_dir = \"{}\"\n\
-             [key]\nfile = \"{}\"\n[[reader]]\nname = \"counter-0\"\nport = \"{}\"\nbaud = {}\n\
-             [risk]\nmax_offline_uses_per_card = 1000000\nmax_offline_redemptions = 1000000\n\
-             [sync]\nserver_url = \"{server_url}\"\ninterval_secs = 5\nrequest_timeout_secs = 5\n",
-            self.shop.state.display(),
-            self.shop.dir.path().join("terminal.key").display(),
-            self.shop.port(0).display(),
-            crate::shop::BAUD,
+    pub(crate) fn point_at(&self, server_url: &str) {
+        write_config(
+            &self.shop,
+            TERMINAL,
+            server_url,
+            "max_offline_uses_per_card = 1000000\nmax_offline_redemptions = 1000000",
         );
-        std::fs::write(&self.shop.config, toml).unwrap();
     }
 
-    fn open_store(&self) -> Store {
+    pub(crate) fn open_store(&self) -> Store {
         Store::open(
             &self.shop.state,
             self.keys.clone(),
@@ -266,7 +277,7 @@ impl Setup {
     }
 
     /// Appends `n` records straight into the journal (the daemon must not be running).
-    fn seed(&self, n: u64) {
+    pub(crate) fn seed(&self, n: u64) {
         let mut s = self.open_store();
         let mut it = (0..n).map(|i| {
             let mut r = [0u8; 32];
@@ -278,7 +289,7 @@ impl Setup {
     }
 
     /// The installed cache version (0: none), read beside a running daemon.
-    fn cache_version(&self) -> u64 {
+    pub(crate) fn cache_version(&self) -> u64 {
         self.open_store()
             .cache_info()
             .unwrap()
@@ -286,19 +297,19 @@ impl Setup {
     }
 
     /// (head, acknowledged) of the local journal, read beside a running daemon.
-    fn local(&self) -> (u64, u64) {
+    pub(crate) fn local(&self) -> (u64, u64) {
         let j = self.open_store().journal_info();
         (j.head_seq, j.synced_through_seq)
     }
 
-    fn local_head_mac(&self) -> Vec<u8> {
+    pub(crate) fn local_head_mac(&self) -> Vec<u8> {
         let s = self.open_store();
         let head = s.journal_info().head_seq;
         s.journal_records(head, 1).unwrap()[0].1.to_vec()
     }
 
     /// `redeemd sync` (a second process beside the daemon): exit code and output.
-    fn sync_cli(&self) -> (Option<i32>, String) {
+    pub(crate) fn sync_cli(&self) -> (Option<i32>, String) {
         let out = self.shop.redeemd().arg("sync").output().unwrap();
         (
             out.status.code(),
