@@ -40,6 +40,9 @@ pub use install::{
     BundleInstall, CHUNK_ENTRIES, Exclusive, InstallReport, StoreAccess, install_from_reader,
 };
 pub use rows::Integrity;
+
+/// Journal rows with their MACs, as stored, and the findings of the rows that failed their check.
+pub type RowsAsStored = (Vec<(JournalRecord, Tag)>, Vec<Integrity>);
 use rows::{
     JOURNAL_FROM, JOURNAL_GROUP, JOURNAL_INSERT, TerminalRow, UsageRow, check_record,
     decode_history, encode_history, identity_mac, record_from_row,
@@ -1399,7 +1402,7 @@ impl Store {
         &self,
         from_seq: u64,
         limit: usize,
-    ) -> Result<(Vec<(JournalRecord, Tag)>, Vec<Integrity>), StoreError> {
+    ) -> Result<RowsAsStored, StoreError> {
         let mut stmt = self.conn.prepare_cached(JOURNAL_FROM)?;
         let mut rows = stmt.query(params![from_seq as i64, limit as i64])?;
         let (mut out, mut findings) = (Vec::new(), Vec::new());
