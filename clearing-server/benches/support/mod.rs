@@ -1,0 +1,104 @@
+//! Shared by the clearing-server benches (`mod support;`): the card numbers, the package and the
+//! N-card seeding of the database, and a signed-request client for terminal `T-1`.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use clearing_server::cards::{self, ItemSpec, NewCard, PackageSpec};
+use redeemd_contract::keys::TerminalKeys;
+use redeemd_contract::model::{CardNumber, MerchantScope};
+use redeemd_contract::request::SignedHeaders;
+
+/// The merchant category every seeded package is scoped to: a merchant of it sees every card.
+pub const CATEGORY: &str = "car-wash";
+
+pub fn number(i: u64) -> CardNumber {
+    CardNumber::parse(&format!("62284800{i:08}")).unwrap()
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+pub fn package(now: i64) -> PackageSpec {
+    PackageSpec {
+        id: "P1".into(),
+        title: "洗车保养套餐".into(),
+        valid_from_ms: now - 86_400_000,
+        valid_until_ms: now + 365 * 86_400_000,
+        scope: MerchantScope::Categories(vec![CATEGORY.into()]),
+        daily_cap: Some(2),
+        identity_required: false,
+        items: vec![
+            ItemSpec::parse("WASH:精洗:10:3500").unwrap(),
+            ItemSpec::parse("OIL:换机油:3:12000").unwrap(),
+        ],
+    }
+}
+
+/// N cards, every tenth named with identity data, in one transaction with one version.
+pub fn seed(conn: &mut rusqlite::Connection, n: u64) -> Duration {
+    let now = now_ms();
+    let t = Instant::now();
+    let tx = conn.transaction().unwrap();
+    let version = cards::bump_version(&tx, now).unwrap();
+    let p = [package(now)];
+    for i in 0..n {
+        let named = i % 10 == 0;
+        let new = NewCard {
+            number: number(i),
+            holder_name: named.then(|| "张三".to_owned()),
+            identity_data: named.then(|| "1234".to_owned()),
+        };
+        cards::insert_card(&tx, &new, &p, version, now).unwrap();
+    }
+    tx.commit().unwrap();
+    t.elapsed()
+}
+
+/// A terminal `T-1` speaking the signed API over reqwest.
+pub struct Client {
+    pub base: String,
+    pub keys: TerminalKeys,
+    pub http: reqwest::Client,
+    pub nonce: u64,
+}
+
+impl Client {
+    pub fn headers(&mut self, method: &str, path: &str, body: &[u8]) -> SignedHeaders {
+        self.nonce += 1;
+        let mut n = [0u8; 16];
+        n[..8].copy_from_slice(&self.nonce.to_be_bytes());
+        SignedHeaders::sign(&self.keys.request, "T-1", method, path, now_ms(), n, body)
+    }
+
+    /// Streams a bundle, dropping the bytes. Returns (wire bytes, kind header, last frame).
+    pub async fn bundle(&mut self, since: u64, accept: Option<&str>) -> (u64, String, Vec<u8>) {
+        let path = format!("/v1/terminals/T-1/entitlements?since={since}");
+        let h = self.headers("GET", &path, b"");
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        for (k, v) in h.pairs() {
+            req = req.header(k, v);
+        }
+        if let Some(a) = accept {
+            req = req.header("accept-encoding", a);
+        }
+        let mut resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        let kind = resp.headers()["x-redeemd-bundle-kind"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let (mut bytes, mut tail) = (0u64, Vec::new());
+        while let Some(chunk) = resp.chunk().await.unwrap() {
+            bytes += chunk.len() as u64;
+            tail.extend_from_slice(&chunk);
+            let keep = tail.len().saturating_sub(4096);
+            tail.drain(..keep);
+        }
+        (bytes, kind, tail)
+    }
+}
