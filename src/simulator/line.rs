@@ -9,15 +9,24 @@
 //! While no process holds the slave open, reads on the master fail with `EIO` (and the
 //! descriptor polls as ready, so a naive loop would spin): that means "nobody connected yet",
 //! and [`Line::read`] backs off for [`IDLE_BACKOFF`] and reports no data.
+//!
+//! That hang-up is also why a pty master is driven through tokio's pipe types ([`Port::Master`])
+//! rather than `tokio_serial::SerialStream`: tokio keeps a hang-up it has seen as a final state of
+//! the registration ("read closed"), so once the slave was closed — right after the pair is
+//! created, and whenever the daemon restarts — every later wait on the master returned at once and
+//! each read found `EAGAIN`, forever: the simulator spun a CPU core for as long as it waited for
+//! an answer (and distorted every latency measured with it on a small machine). The master's
+//! handles expose that readiness, and one that finds `EAGAIN` behind a hang-up is registered
+//! afresh, so that it waits properly again.
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_serial::{
-    DataBits, FlowControl, Parity, SerialPort, SerialPortBuilderExt, SerialStream, StopBits,
-};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::unix::pipe;
+use tokio_serial::{DataBits, FlowControl, Parity, SerialPortBuilderExt, SerialStream, StopBits};
 
 use super::SimError;
 
@@ -50,10 +59,73 @@ enum Kind {
     },
 }
 
+/// The reader's end of the line, registered with the runtime.
+enum Port {
+    /// A real device (a hang-up there means it is gone).
+    Device(SerialStream),
+    /// A pty master: one handle for reading and one for writing (see the module docs). `None`
+    /// only while being registered afresh, or after that failed.
+    Master {
+        rx: Option<pipe::Receiver>,
+        tx: Option<pipe::Sender>,
+    },
+}
+
+fn lost() -> io::Error {
+    io::Error::other("pty handle lost while registering it again")
+}
+
+impl Port {
+    /// One read of what is there: waits until something is (or the other end hangs up).
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let rx = match self {
+            Port::Device(stream) => return stream.read(buf).await,
+            Port::Master { rx, .. } => rx,
+        };
+        loop {
+            let handle = rx.as_ref().ok_or_else(lost)?;
+            let ready = handle.ready(Interest::READABLE).await?;
+            match handle.try_read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Nothing to read though a hang-up said "ready": the other end is back.
+                    if ready.is_read_closed() {
+                        let fd = rx.take().ok_or_else(lost)?.into_nonblocking_fd()?;
+                        *rx = Some(pipe::Receiver::from_owned_fd_unchecked(fd)?);
+                    }
+                }
+                done => return done,
+            }
+        }
+    }
+
+    async fn write_all(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        let tx = match self {
+            Port::Device(stream) => return stream.write_all(bytes).await,
+            Port::Master { tx, .. } => tx,
+        };
+        while !bytes.is_empty() {
+            let handle = tx.as_ref().ok_or_else(lost)?;
+            let ready = handle.ready(Interest::WRITABLE).await?;
+            match handle.try_write(bytes) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => bytes = bytes.get(n..).unwrap_or_default(),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if ready.is_write_closed() {
+                        let fd = tx.take().ok_or_else(lost)?.into_nonblocking_fd()?;
+                        *tx = Some(pipe::Sender::from_owned_fd_unchecked(fd)?);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
 /// An open line (see the module docs).
 pub struct Line {
     /// `None` while unplugged.
-    stream: Option<SerialStream>,
+    stream: Option<Port>,
     kind: Kind,
     baud: u32,
     /// Bytes the reader transmitted that went nowhere (unplugged, nobody on the other end).
@@ -96,7 +168,7 @@ impl Line {
                     reason: format!("cannot lock exclusively: {e}"),
                 })?;
                 Ok(Line {
-                    stream: Some(stream),
+                    stream: Some(Port::Device(stream)),
                     kind: Kind::Port { path: path.clone() },
                     baud,
                     dropped_bytes: 0,
@@ -255,19 +327,44 @@ impl Drop for Line {
     }
 }
 
-/// A new pty pair: keeps the master, learns the slave's path, closes the slave handle.
-fn new_pty() -> Result<(SerialStream, PathBuf), SimError> {
-    let (master, slave) = SerialStream::pair().map_err(|e| SimError::Open {
+/// A new pty pair: keeps the master, learns the slave's path, and opens the slave once to make it
+/// raw (8 bits through, no echo, no line editing) before closing it again: from then on, until a
+/// daemon opens it, the master sees a closed line (reads fail with `EIO`).
+fn new_pty() -> Result<(Port, PathBuf), SimError> {
+    use rustix::pty::OpenptFlags;
+    let failed = |e: &dyn std::fmt::Display| SimError::Open {
         path: "new pseudo-terminal".into(),
         reason: e.to_string(),
-    })?;
-    let slave_path = slave
-        .name()
-        .map(PathBuf::from)
-        .ok_or_else(|| SimError::Setup("the new pseudo-terminal has no slave path".into()))?;
-    // The daemon locks the slave exclusively when it opens it: our handle must be gone by then.
-    drop(slave);
-    Ok((master, slave_path))
+    };
+    let master =
+        rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).map_err(|e| failed(&e))?;
+    rustix::pty::grantpt(&master).map_err(|e| failed(&e))?;
+    rustix::pty::unlockpt(&master).map_err(|e| failed(&e))?;
+    let name = rustix::pty::ptsname(&master, Vec::new()).map_err(|e| failed(&e))?;
+    let slave_path = PathBuf::from(
+        <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(name.into_bytes()),
+    );
+    {
+        use rustix::fs::{Mode, OFlags};
+        let slave = rustix::fs::open(
+            &slave_path,
+            OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| failed(&e))?;
+        let mut termios = rustix::termios::tcgetattr(&slave).map_err(|e| failed(&e))?;
+        termios.make_raw();
+        rustix::termios::tcsetattr(&slave, rustix::termios::OptionalActions::Now, &termios)
+            .map_err(|e| failed(&e))?;
+        // The daemon locks the slave exclusively when it opens it: our handle must be gone by then.
+    }
+    rustix::fs::fcntl_setfl(&master, rustix::fs::OFlags::NONBLOCK).map_err(|e| failed(&e))?;
+    let writer: OwnedFd = master.try_clone().map_err(|e| failed(&e))?;
+    let port = Port::Master {
+        rx: Some(pipe::Receiver::from_owned_fd_unchecked(master).map_err(|e| failed(&e))?),
+        tx: Some(pipe::Sender::from_owned_fd_unchecked(writer).map_err(|e| failed(&e))?),
+    };
+    Ok((port, slave_path))
 }
 
 /// Points `link` at `target` atomically: a temporary symlink next to it, renamed over it, so a
