@@ -441,7 +441,7 @@ async fn bench(rounds: usize, idle_secs: u64, cards: u64) {
     let cpu_pct = (ticks1 - ticks0) as f64 / clock_ticks_per_sec() / wall.as_secs_f64() * 100.0;
     let cpu_pct_ns = ns1.saturating_sub(ns0) as f64 / 1e9 / wall.as_secs_f64() * 100.0;
     let wakeups = sw1.saturating_sub(sw0) as f64 / wall.as_secs_f64();
-    // The daemon's own view (request delivered → answer written, 0.1 ms resolution).
+    // The daemon's own view (request delivered → answer written).
     let logged = |kind: &str| -> Vec<f64> {
         let needle = format!("kind=\"{kind}\"");
         let log = daemon.log.lock().unwrap();

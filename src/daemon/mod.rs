@@ -2,12 +2,13 @@
 //!
 //! Start-up is strictly ordered so that a problem is reported before anything is half running:
 //! configuration (validated by the caller), the terminal secret, the store (opened and verified),
-//! then one task per reader, then READY=1 to systemd. The runtime has two workers: a reader's
-//! store decision blocks its worker in place (see [`store_owner`] for why), and the other worker
-//! keeps every other link served meanwhile.
+//! then one thread per reader, then READY=1 to systemd. Each reader's thread has its own
+//! current-thread runtime and takes the store's lock in place for its decisions (see
+//! [`store_owner`] for why); the main thread's runtime runs the sync task (its store work on the
+//! blocking pool), signals and the watchdog.
 //!
-//! The watchdog ping takes the store's lock (a no-op): a wedged runtime *or* a wedged store stops
-//! the pings, and systemd restarts the daemon.
+//! The watchdog ping needs every reader thread to answer a probe and the store's lock (a no-op):
+//! a wedged reader thread *or* a wedged store stops the pings, and systemd restarts the daemon.
 
 pub mod reader;
 pub mod render;
@@ -62,16 +63,46 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
 
     let request_key = store.keys().request.clone();
     let store = store_owner::StoreHandle::new(store, store_owner::Clock::new());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let board = status::StatusBoard::new(&config.state_dir);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut readers = Vec::with_capacity(config.readers.len());
+    for (index, reader) in config.readers.iter().enumerate() {
+        let ctx = reader::ReaderContext {
+            config: reader.clone(),
+            store: store.clone(),
+            language: config.language,
+            utc_offset_minutes: config.utc_offset_minutes,
+            status: board.clone(),
+        };
+        let wedge = (index == 0)
+            .then(|| test_wedge_delay("REDEEMD_TEST_WEDGE_READER_AFTER_MS"))
+            .flatten();
+        readers.push(reader::ReaderThread::spawn(
+            ctx,
+            index,
+            stopped.clone(),
+            wedge,
+        )?);
+    }
+    // Sync, signals, the watchdog and its probes (store work on the blocking pool: a wedged store
+    // parks a pool thread, not this one).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .max_blocking_threads(4)
         .thread_name("redeemd")
         .enable_all()
         .build()?;
-    let result = runtime.block_on(serve(&config, store, request_key));
-    // Ends the reader tasks; their store handles go with them and the database closes. A store
-    // operation that hangs (a dead disk) is not waited for beyond this.
-    runtime.shutdown_timeout(Duration::from_secs(5));
+    let result = runtime.block_on(serve(&config, store, &board, request_key, &readers));
+    // Ends the reader threads and (with the runtime) the sync task; their store handles go with
+    // them and the database closes. A store operation that hangs (a dead disk) is not waited for
+    // beyond this.
+    let _ = stop.send(true);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while readers.iter().any(|r| !r.is_finished()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    // The last transactions' entries, if their readers stopped before publishing them.
+    board.publish();
     tracing::info!("stopped");
     result
 }
@@ -79,9 +110,10 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
 async fn serve(
     config: &Config,
     store: store_owner::StoreHandle,
+    board: &status::StatusBoard,
     request_key: redeemd_contract::MacKey,
+    readers: &[reader::ReaderThread],
 ) -> Result<(), DaemonError> {
-    let board = status::StatusBoard::new(&config.state_dir);
     match &config.sync.server_url {
         Some(url) => {
             tokio::spawn(sync::run(sync::SyncContext {
@@ -96,17 +128,7 @@ async fn serve(
         }
         None => tracing::info!("sync disabled: no [sync] server_url configured"),
     }
-    for reader in &config.readers {
-        let ctx = reader::ReaderContext {
-            config: reader.clone(),
-            store: store.clone(),
-            language: config.language,
-            utc_offset_minutes: config.utc_offset_minutes,
-            status: board.clone(),
-        };
-        tokio::spawn(reader::run(ctx));
-    }
-    if let Some(after) = test_wedge_delay() {
+    if let Some(after) = test_wedge_delay("REDEEMD_TEST_WEDGE_STORE_AFTER_MS") {
         let store = store.clone();
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
@@ -126,14 +148,14 @@ async fn serve(
     notify(&[sd_notify::NotifyState::Ready]);
     tracing::info!("serving");
 
-    // Ping at half the watchdog period; a store that does not answer a no-op within one period is
-    // wedged, and the ping is withheld so that systemd restarts us. The wait is bounded so that
-    // SIGTERM is still served while the store hangs.
+    // Ping at half the watchdog period; a store or a reader thread that does not answer within
+    // one period is wedged, and the ping is withheld so that systemd restarts us. The waits are
+    // bounded so that SIGTERM is still served while something hangs.
     let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
     let period = watchdog.unwrap_or(Duration::from_secs(3600));
     let mut ping = tokio::time::interval(period);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut store_ok = true;
+    let mut healthy = true;
     loop {
         tokio::select! {
             _ = sigterm.recv() => break,
@@ -142,13 +164,27 @@ async fn serve(
                 break;
             }
             _ = ping.tick(), if watchdog.is_some() => {
-                // Through the store's lock: the runtime and the store must both be alive.
-                if store.answers_within(period).await {
+                // Every reader thread's runtime and the store's lock must answer.
+                let (store_answers, readers_answer) = tokio::join!(
+                    store.answers_within(period),
+                    async {
+                        for reader in readers {
+                            if !reader.answers_within(period).await {
+                                return false;
+                            }
+                        }
+                        true
+                    }
+                );
+                if store_answers && readers_answer {
                     notify(&[sd_notify::NotifyState::Watchdog]);
-                    store_ok = true;
-                } else if store_ok {
-                    tracing::error!("store not answering: withholding the watchdog ping");
-                    store_ok = false;
+                    healthy = true;
+                } else if healthy {
+                    tracing::error!(
+                        store_answers, readers_answer,
+                        "store or a reader thread not answering: withholding the watchdog ping"
+                    );
+                    healthy = false;
                 }
             }
         }
@@ -158,11 +194,11 @@ async fn serve(
     Ok(())
 }
 
-/// Test-only trigger (`REDEEMD_TEST_WEDGE_STORE_AFTER_MS`): wedge the store thread after this long,
-/// so tests can watch the watchdog pings stop without systemd. Harmless when unset, which it always
-/// is in production.
-fn test_wedge_delay() -> Option<Duration> {
-    let ms = std::env::var("REDEEMD_TEST_WEDGE_STORE_AFTER_MS").ok()?;
+/// Test-only triggers (`REDEEMD_TEST_WEDGE_STORE_AFTER_MS`, `REDEEMD_TEST_WEDGE_READER_AFTER_MS`):
+/// wedge the store, or the first reader's thread, after this long, so tests can watch the watchdog
+/// pings stop without systemd. Harmless when unset, which they always are in production.
+fn test_wedge_delay(variable: &str) -> Option<Duration> {
+    let ms = std::env::var(variable).ok()?;
     ms.parse().ok().map(Duration::from_millis)
 }
 

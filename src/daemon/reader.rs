@@ -7,14 +7,17 @@
 //! * open the port exclusively; when it fails or the device goes away (a read of 0 bytes, EIO, a
 //!   write that cannot complete) close it, log once per change, and reopen with backoff — an
 //!   unplugged USB reader must not become a busy loop;
-//! * decide each application message with the store, in place (`store_owner`), and send the
-//!   stored reply back;
+//! * decide each application message with the store, in place on this reader's thread
+//!   (`store_owner`), and send the stored reply back;
 //! * remember the card of the current transaction: REDEEM quotes the txn id of CARD_PRESENTED, not
 //!   the card, and a card number never leaves this task except into the store.
 //!
-//! Requests are answered in order (readers are stop-and-wait). While one reader's decision holds
-//! the store (an fsync: about a millisecond), the other readers' links go on being served by the
-//! runtime's other worker.
+//! Each reader has its own thread with a current-thread runtime ([`ReaderThread`]): a request is
+//! read, decided and answered on the thread that was woken by its bytes, with no hand-over to
+//! another thread (each costs a wake-up, more than a menu decision). Requests are answered in
+//! order (readers are stop-and-wait). While one reader's decision holds the store (an fsync:
+//! about a millisecond), the other readers' threads go on serving their links until they need
+//! the store themselves.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -24,11 +27,12 @@ use firmware_protocol::message::{ErrorCode, Message, MessageType, Query, Text, T
 use firmware_protocol::session::Config as LinkConfig;
 use firmware_protocol::{HostSession, Instant as LinkInstant, OwnedEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_serial::SerialStream;
 use zeroize::Zeroizing;
 
 use super::render::{Presentation, StoredReply};
-use super::status::{LastTransaction, StatusBoard};
+use super::status::{LastTransaction, PUBLISH_DELAY, StatusBoard};
 use super::store_owner::{StoreGone, StoreHandle};
 use crate::config::{Language, Parity, ReaderConfig};
 use crate::engine::DeclineReason;
@@ -50,6 +54,71 @@ pub struct ReaderContext {
     pub language: Language,
     pub utc_offset_minutes: i32,
     pub status: StatusBoard,
+}
+
+/// A reader's own thread, running [`run`] on a current-thread runtime until told to stop.
+pub struct ReaderThread {
+    thread: std::thread::JoinHandle<()>,
+    /// Liveness probes for the watchdog: the thread's runtime answers each one.
+    probe: mpsc::Sender<oneshot::Sender<()>>,
+}
+
+impl ReaderThread {
+    /// Starts the thread for `ctx`'s reader; it ends when `stop` turns true (or its sender goes).
+    /// `wedge_after` is the test-only trigger that parks the thread for good after that long, as a
+    /// bug stuck in a loop would (the watchdog must notice).
+    pub fn spawn(
+        ctx: ReaderContext,
+        index: usize,
+        mut stop: watch::Receiver<bool>,
+        wedge_after: Option<Duration>,
+    ) -> std::io::Result<ReaderThread> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (probe, mut probes) = mpsc::channel::<oneshot::Sender<()>>(1);
+        let thread = std::thread::Builder::new()
+            // Linux keeps 15 bytes of a thread name: "redeemd-rdr-" and up to three digits.
+            .name(format!("redeemd-rdr-{index}"))
+            .spawn(move || {
+                runtime.spawn(async move {
+                    while let Some(answer) = probes.recv().await {
+                        let _ = answer.send(());
+                    }
+                });
+                if let Some(after) = wedge_after {
+                    runtime.spawn(async move {
+                        tokio::time::sleep(after).await;
+                        tracing::warn!("test trigger: wedging a reader thread");
+                        loop {
+                            std::thread::park();
+                        }
+                    });
+                }
+                runtime.block_on(async move {
+                    tokio::select! {
+                        () = run(ctx) => {}
+                        _ = stop.wait_for(|stop| *stop) => {}
+                    }
+                });
+            })?;
+        Ok(ReaderThread { thread, probe })
+    }
+
+    /// Whether the thread's runtime answers a probe within `within` (for the watchdog): a thread
+    /// that died, is stuck in a loop or waits for a wedged store does not.
+    pub async fn answers_within(&self, within: Duration) -> bool {
+        let probe = async {
+            let (answer, answered) = oneshot::channel();
+            self.probe.send(answer).await.is_ok() && answered.await.is_ok()
+        };
+        matches!(tokio::time::timeout(within, probe).await, Ok(true))
+    }
+
+    /// Whether the thread has ended.
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
 }
 
 /// Serves one configured reader forever: open, serve, reopen.
@@ -184,6 +253,8 @@ struct Link<'a> {
     was_up: bool,
     /// Transactions answered in this turn of the loop, logged once their answers are written.
     answered: Vec<Answered>,
+    /// When the status entries of answered transactions are due in the status file.
+    publish_status: Option<tokio::time::Instant>,
 }
 
 /// A transaction whose answer is queued: its log line and status entry wait until the answer
@@ -206,6 +277,7 @@ impl<'a> Link<'a> {
             backlog: VecDeque::new(),
             was_up: false,
             answered: Vec::new(),
+            publish_status: None,
         }
     }
 
@@ -247,6 +319,10 @@ impl<'a> Link<'a> {
                     self.session.handle_timeout(now);
                     self.drain_events();
                 }
+                () = sleep_until(self.publish_status), if self.publish_status.is_some() => {
+                    self.publish_status = None;
+                    self.ctx.status.publish();
+                }
             }
             self.answer_backlog();
             let now = self.now();
@@ -261,9 +337,11 @@ impl<'a> Link<'a> {
                     break;
                 }
             }
-            // Log and publish what was answered only now that the answer is written: the status
-            // file (a write and a rename) took up to ~8 ms while the store's fsync kept the disk
-            // busy, and the cashier was waiting for it (benches/daemon.rs).
+            // Log what was answered only now that the answer is written, and publish it in the
+            // status file a moment later: replacing that file (a write and a rename, which frees
+            // the old file's blocks with a synchronous discard) took up to ~8 ms while the
+            // store's fsync kept the disk busy, and the next request would wait behind it
+            // (benches/daemon.rs, `status`).
             let answered_any = !self.answered.is_empty();
             for answered in std::mem::take(&mut self.answered) {
                 self.log_done(answered);
@@ -271,7 +349,7 @@ impl<'a> Link<'a> {
             // Checkpoints belong in idle moments, after the cashier has the answer, not inside
             // the next redemption's commit (`Store::maintenance`).
             if answered_any && self.backlog.is_empty() {
-                match self.ctx.store.run(|store, _| store.maintenance()) {
+                match self.ctx.store.run_blocking(|store, _| store.maintenance()) {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => tracing::warn!(error = %e, "store maintenance failed"),
                     Err(StoreGone) => tracing::error!("store unusable during maintenance"),
@@ -368,8 +446,9 @@ impl<'a> Link<'a> {
         }
     }
 
-    /// Answers the received requests, in order. Each store decision runs here, in place (see
-    /// `store_owner`); the answers are queued on the session and written by the caller.
+    /// Answers the received requests, in order. Each store decision runs here, in place on this
+    /// reader's thread (see `store_owner`); the answers are queued on the session and written by
+    /// the caller.
     fn answer_backlog(&mut self) {
         loop {
             let Some((msg_type, payload)) = self.backlog.pop_front() else {
@@ -411,7 +490,7 @@ impl<'a> Link<'a> {
                 self.memory.cashier.clone_from(&cashier);
                 // A new swipe ends the previous transaction.
                 self.memory.swipe = None;
-                store.run_quick(move |store, now| {
+                store.run_blocking(move |store, now| {
                     let (reply, outcome, entry_version) = match store.menu(&card, now) {
                         Ok(MenuOutcome::Menu(menu)) => (
                             presentation.menu(txn_id, &menu),
@@ -464,7 +543,7 @@ impl<'a> Link<'a> {
                     .as_ref()
                     .filter(|s| s.txn_id == txn_id)
                     .map(|s| (s.card.clone(), s.cashier.clone(), s.entry_version));
-                store.run(move |store, now| {
+                store.run_blocking(move |store, now| {
                     let Some((card, cashier, entry_version)) = swipe else {
                         // No card for this txn in memory (daemon restarted, or a retransmitted
                         // REDEEM after a new swipe): a stored outcome is the answer, else "swipe".
@@ -497,7 +576,7 @@ impl<'a> Link<'a> {
                 let auth = v.original_auth_code.to_owned();
                 let reason = format!("{:?}", v.reason);
                 let cashier = self.memory.cashier.clone();
-                store.run(move |store, now| {
+                store.run_blocking(move |store, now| {
                     let request = VoidRequest {
                         reader_id: &reader_id,
                         reader_txn_id: u64::from(txn_id),
@@ -526,7 +605,7 @@ impl<'a> Link<'a> {
                     });
                     return Ok(None);
                 }
-                store.run_quick(move |store, _now| {
+                store.run_blocking(move |store, _now| {
                     let found = match q {
                         Query::Last => store.last_outcome(&reader_id).map(|o| {
                             o.map(|(txn, bytes)| (u32::try_from(txn).unwrap_or(0), bytes))
@@ -592,8 +671,9 @@ impl<'a> Link<'a> {
         });
     }
 
-    /// The transaction's log line (latency up to its answer written) and status entry.
-    fn log_done(&self, answered: Answered) {
+    /// The transaction's log line (latency up to its answer written) and status entry (published
+    /// within [`PUBLISH_DELAY`]).
+    fn log_done(&mut self, answered: Answered) {
         let Answered {
             txn_id,
             kind,
@@ -602,12 +682,12 @@ impl<'a> Link<'a> {
         } = answered;
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
         tracing::info!(
-            reader = %self.name(), txn = txn_id, kind, outcome, latency_ms = format_args!("{latency_ms:.1}"),
+            reader = %self.name(), txn = txn_id, kind, outcome, latency_ms = format_args!("{latency_ms:.3}"),
             "transaction"
         );
         let at_ms = super::store_owner::wall_clock_ms();
         let kind = kind.to_owned();
-        self.ctx.status.reader(self.name(), |s| {
+        self.ctx.status.later(self.name(), |s| {
             s.last_transaction = Some(LastTransaction {
                 txn_id,
                 kind,
@@ -615,6 +695,8 @@ impl<'a> Link<'a> {
                 at_ms,
             });
         });
+        self.publish_status
+            .get_or_insert_with(|| tokio::time::Instant::now() + PUBLISH_DELAY);
     }
 
     fn send_reply(&mut self, reply: &StoredReply) {

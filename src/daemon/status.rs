@@ -5,16 +5,27 @@
 //! and still says something useful when the daemon is gone (the `updated_at` and `pid` tell how
 //! stale it is). It is replaced atomically (write, then rename), never fsynced: it is a view, not a
 //! record.
+//!
+//! State changes (port, link, sync) are published at once; a transaction's entry is published a
+//! moment later ([`PUBLISH_DELAY`], by the reader's thread once the answer is out,
+//! [`StatusBoard::later`]): replacing the file is not cheap on ext4 — the rename over the old file
+//! frees its inode's blocks, which on a disk mounted with `discard` waits for a synchronous
+//! discard, and flushes the new file's data (auto_da_alloc) — and the next request must not queue
+//! behind it. Transactions in quick succession share one publication.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::store_owner::wall_clock_ms as wall_ms;
 
 pub const STATUS_FILE: &str = "status.json";
+
+/// How long after a transaction its status entry is published at the latest.
+pub const PUBLISH_DELAY: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DaemonStatus {
@@ -73,8 +84,17 @@ pub struct LastTransaction {
 /// Shared, published status. Cheap to clone.
 #[derive(Clone)]
 pub struct StatusBoard {
-    inner: Arc<Mutex<DaemonStatus>>,
+    inner: Arc<Mutex<Board>>,
+    /// Held while the file is written: one writer at a time, each with the latest state, and
+    /// changes in memory never wait for the disk.
+    writing: Arc<Mutex<()>>,
     path: PathBuf,
+}
+
+struct Board {
+    status: DaemonStatus,
+    /// Changed since the file was last written.
+    unpublished: bool,
 }
 
 impl StatusBoard {
@@ -87,31 +107,58 @@ impl StatusBoard {
             sync: None,
         };
         let board = StatusBoard {
-            inner: Arc::new(Mutex::new(status)),
+            inner: Arc::new(Mutex::new(Board {
+                status,
+                unpublished: true,
+            })),
+            writing: Arc::new(Mutex::new(())),
             path: state_dir.join(STATUS_FILE),
         };
-        board.update(|_| {});
+        board.publish();
         board
     }
 
     /// Changes one reader's entry (created on first use) and republishes the file.
     pub fn reader(&self, name: &str, change: impl FnOnce(&mut ReaderStatus)) {
-        self.update(|s| change(s.readers.entry(name.to_owned()).or_default()));
+        self.later(name, change);
+        self.publish();
+    }
+
+    /// Changes one reader's entry in memory only: the caller [`publish`](Self::publish)es within
+    /// [`PUBLISH_DELAY`] (see the module docs), or the next immediate change takes it along.
+    pub fn later(&self, name: &str, change: impl FnOnce(&mut ReaderStatus)) {
+        self.change(|s| change(s.readers.entry(name.to_owned()).or_default()));
     }
 
     /// Changes the sync entry (created on first use) and republishes the file.
     pub fn sync(&self, change: impl FnOnce(&mut SyncStatus)) {
-        self.update(|s| change(s.sync.get_or_insert_with(SyncStatus::default)));
+        self.change(|s| change(s.sync.get_or_insert_with(SyncStatus::default)));
+        self.publish();
     }
 
-    fn update(&self, change: impl FnOnce(&mut DaemonStatus)) {
+    fn change(&self, change: impl FnOnce(&mut DaemonStatus)) {
+        let mut board = self.lock();
+        change(&mut board.status);
+        board.status.updated_at_ms = wall_ms();
+        board.unpublished = true;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Board> {
+        // A poisoned lock only means another thread panicked mid-update: the data is still a
+        // plain status snapshot, so keep publishing.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the file if anything changed since it was last written.
+    pub fn publish(&self) {
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let json = {
-            // A poisoned lock only means another task panicked mid-update: the data is still a
-            // plain status snapshot, so keep publishing.
-            let mut status = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-            change(&mut status);
-            status.updated_at_ms = wall_ms();
-            serde_json::to_vec_pretty(&*status)
+            let mut board = self.lock();
+            if !board.unpublished {
+                return;
+            }
+            board.unpublished = false;
+            serde_json::to_vec_pretty(&board.status)
         };
         let Ok(json) = json else { return };
         let tmp = self.path.with_extension("json.tmp");

@@ -1,16 +1,16 @@
-//! The one owner of the [`Store`]: a mutex that serialises every decision, used in place by the
-//! reader task that needs it.
+//! The one owner of the [`Store`]: a mutex that serialises every decision, taken in place by the
+//! reader thread that needs it.
 //!
-//! rusqlite is synchronous and every redemption waits for an fsync. Two designs were measured
-//! (`benches/daemon.rs`): a dedicated store thread fed by a channel, and the requesting task
-//! taking the store under a mutex inside [`tokio::task::block_in_place`]. Both serialise
-//! decisions — two readers redeeming the last use of a card at the same instant take the lock in
-//! turn, and the second sees the first's commit — but the channel costs two thread wake-ups per
-//! request (≈50–100 µs each on a small VM, more than the menu decision itself), while
-//! `block_in_place` runs the decision on the worker that received the request and hands that
-//! worker's other tasks (other readers' links, heartbeats) to the second worker meanwhile.
-//!
-//! This needs the multi-threaded runtime (`block_in_place` panics on a current-thread one).
+//! rusqlite is synchronous and every redemption waits for an fsync. Three designs were measured
+//! (`benches/daemon.rs`): a dedicated store thread fed by a channel; reader tasks on a 2-worker
+//! runtime taking the mutex inside [`tokio::task::block_in_place`]; and (this one) one thread per
+//! reader, each with its own current-thread runtime, taking the mutex directly. All three
+//! serialise decisions — two readers redeeming the last use of a card at the same instant take
+//! the lock in turn, and the second sees the first's commit — but a channel costs two thread
+//! wake-ups per request and the multi-threaded runtime one or two more (work-stealing
+//! notifications, `block_in_place` handing the worker's other tasks to another thread), each
+//! ≈50–100 µs on a small VM: more than the menu decision itself. A reader's thread serves one
+//! link only, so blocking it on the store (an fsync, a checkpoint) delays nobody else's link.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,23 +39,10 @@ impl StoreHandle {
         }
     }
 
-    /// Runs `f` with the store from an async task of the multi-threaded runtime: the calling
-    /// worker blocks (its other tasks move to another worker) until the lock is free and `f` is
-    /// done. `f` gets the clock reading taken once it holds the lock, so decisions are timed when
-    /// they are made, not when they were requested.
-    pub fn run<T>(&self, f: impl FnOnce(&mut Store, Now) -> T) -> Result<T, StoreGone> {
-        tokio::task::block_in_place(|| self.run_blocking(f))
-    }
-
-    /// As [`StoreHandle::run`], for a short read (a menu, a stored answer: tens of µs): the worker
-    /// simply holds the lock. Handing the worker over, as `run` does, costs more than such a read
-    /// (a thread wake-up); waiting behind another reader's commit blocks this worker for that
-    /// commit (about a millisecond), which the links' timers tolerate a hundredfold.
-    pub fn run_quick<T>(&self, f: impl FnOnce(&mut Store, Now) -> T) -> Result<T, StoreGone> {
-        self.run_blocking(f)
-    }
-
-    /// As [`StoreHandle::run`], from a thread that may block (a `spawn_blocking` task).
+    /// Runs `f` with the store, blocking the calling thread until the lock is free and `f` is
+    /// done: call it from a reader's own thread or a `spawn_blocking` task, never from a runtime
+    /// that serves anything else. `f` gets the clock reading taken once it holds the lock, so
+    /// decisions are timed when they are made, not when they were requested.
     pub fn run_blocking<T>(&self, f: impl FnOnce(&mut Store, Now) -> T) -> Result<T, StoreGone> {
         // A poisoned lock means a panic inside a store operation: its SQLite transaction rolled
         // back, but the in-memory state may not match. Refuse to decide; the watchdog probe
@@ -66,7 +53,7 @@ impl StoreHandle {
     }
 
     /// Whether the store answers a no-op within `within` (for the watchdog). Runs on the blocking
-    /// pool, so a wedged store costs one parked thread, not a worker.
+    /// pool, so a wedged store costs one parked thread, not the caller's runtime.
     pub async fn answers_within(&self, within: Duration) -> bool {
         let probe = self.clone();
         let task = tokio::task::spawn_blocking(move || probe.run_blocking(|_, _| ()).is_ok());

@@ -136,7 +136,18 @@ async fn menu_redeem_and_receipt_for_a_card_with_two_packages() {
         "card number in the log"
     );
 
-    // `redeemd status`, a separate process, sees the link and the last transaction.
+    // `redeemd status`, a separate process, sees the link and the last transaction (published a
+    // moment after the answer, off the cashier's path).
+    let txn = r.card_txn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redeemd::daemon::status::read(&shop.state)
+        .ok()
+        .and_then(|s| s.readers.get("counter-0")?.last_transaction.clone())
+        .is_none_or(|t| t.txn_id != txn || t.kind != "swipe")
+    {
+        assert!(Instant::now() < deadline, "status never showed swipe {txn}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let out = shop.redeemd().arg("status").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -538,7 +549,19 @@ fn notifications(socket: &std::os::unix::net::UnixDatagram, for_: Duration) -> V
 
 #[test]
 fn the_watchdog_is_pinged_while_healthy_and_withheld_when_the_store_hangs() {
-    let shop = shop(0, "");
+    watchdog_pings_stop_when_wedged(&shop(0, ""), "REDEEMD_TEST_WEDGE_STORE_AFTER_MS");
+}
+
+#[test]
+fn the_watchdog_is_withheld_when_a_reader_thread_hangs() {
+    // The reader's port does not exist: its thread is idle between reopen attempts, as a
+    // reader's thread mostly is, and must still answer the watchdog's probes until it wedges.
+    watchdog_pings_stop_when_wedged(&shop(1, ""), "REDEEMD_TEST_WEDGE_READER_AFTER_MS");
+}
+
+/// Runs the daemon with a 200 ms watchdog and the test trigger `wedge` set to 1.5 s: pings
+/// every 100 ms while healthy, none once wedged, and SIGTERM still served.
+fn watchdog_pings_stop_when_wedged(shop: &Shop, wedge: &str) {
     let socket_path = shop.dir.path().join("notify.sock");
     let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
     let mut child = shop
@@ -546,7 +569,7 @@ fn the_watchdog_is_pinged_while_healthy_and_withheld_when_the_store_hangs() {
         .arg("run")
         .env("NOTIFY_SOCKET", &socket_path)
         .env("WATCHDOG_USEC", "200000")
-        .env("REDEEMD_TEST_WEDGE_STORE_AFTER_MS", "1500")
+        .env(wedge, "1500")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -567,15 +590,15 @@ fn the_watchdog_is_pinged_while_healthy_and_withheld_when_the_store_hangs() {
         "a healthy daemon pings every 100 ms: {healthy:?}"
     );
 
-    // The store thread wedges at 1.5 s: after that, no more pings.
+    // The wedge comes at 1.5 s: after that, no more pings.
     std::thread::sleep(Duration::from_millis(800));
     let _ = notifications(&socket, Duration::from_millis(10));
     let wedged = notifications(&socket, Duration::from_millis(1500));
     assert!(
         !wedged.iter().any(|m| m == "WATCHDOG=1"),
-        "pings went on with the store hung: {wedged:?}"
+        "pings went on after {wedge}: {wedged:?}"
     );
-    // SIGTERM is still served while the store hangs (the ping wait is bounded).
+    // SIGTERM is still served while something hangs (the probe waits are bounded).
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
