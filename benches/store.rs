@@ -328,7 +328,13 @@ fn main() {
     let mut floor_ckpt = Vec::with_capacity(commits);
     let mut wal_frames = 0u64;
     let mut rng = Rng(99);
-    let render = |d: &Decision| format!("{d:?}").into_bytes();
+    // The reply bytes as the daemon renders them (receipt text, the reader's encoding).
+    let presentation = redeemd::daemon::render::Presentation {
+        language: redeemd::config::Language::Zh,
+        encoding: firmware_protocol::message::TextEncoding::Utf8,
+        utc_offset_minutes: 480,
+    };
+    let render = |d: &Decision| presentation.decision(1, d).0;
     for txn in 0..commits {
         let num = number(rng.next() % n);
         let items = [(0u16, 1u64)];

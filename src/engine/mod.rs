@@ -334,6 +334,12 @@ fn closeness(reason: DeclineReason) -> u8 {
     }
 }
 
+/// Whether any redemption on `card` can ask for the holder's identity (else its attempt counter
+/// plays no part in a decision and need not be read).
+pub fn identity_ever_needed(card: &Card) -> bool {
+    card.packages.iter().any(|p| identity_needed(card, p))
+}
+
 fn identity_needed(card: &Card, package: &Package) -> bool {
     package.identity_required
         && card

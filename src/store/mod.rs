@@ -27,7 +27,7 @@ use redeemd_contract::keys::{Tag, TerminalKeys, tags_equal};
 use redeemd_contract::model::{Card, CardNumber, CardRef, identity_matches};
 use redeemd_contract::snapshot::{BundleError, EntryOp, Manifest, verify_entry_mac};
 use redeemd_contract::{JournalRecord, RecordKind};
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
@@ -928,7 +928,13 @@ impl Store {
         {
             return decline(DeclineReason::MenuChanged);
         }
-        let identity_state = self.load_identity_state(&card_ref)?;
+        // The attempt counter only matters (and its row is only read and MAC-checked) when the
+        // card can ask for identity at all: one B-tree probe less for every other redemption.
+        let identity_state = if engine::identity_ever_needed(&loaded.card) {
+            self.load_identity_state(&card_ref)?
+        } else {
+            IdentityState::default()
+        };
         let verifier = loaded
             .card
             .holder
@@ -1187,90 +1193,119 @@ impl Store {
         render: impl FnOnce(&Decision) -> Vec<u8>,
         decide: impl Fn(&Self) -> Result<(Decision, Option<Write>), Fault>,
     ) -> Result<Outcome, StoreError> {
-        // The replay check needs no transaction: this connection is the only writer of outcomes, and
-        // the outcome's primary key would refuse a second row for the same id anyway.
-        if let Some(o) = replay(&self.conn, reader_id, reader_txn_id, digest)? {
-            return Ok(o);
-        }
-        let mut render = Some(render);
-        // Another connection (`redeemd sync`, `cache install`) may commit between the decision's
-        // refresh and this commit's write lock: then decide again on what it wrote.
-        for _ in 0..3 {
-            match self.decide(true, now, &decide)? {
-                Ok((decision, write)) => {
-                    if let Some(o) = self.commit(
-                        reader_id,
-                        reader_txn_id,
-                        digest,
-                        decision,
-                        write,
-                        now,
-                        &mut render,
-                    )? {
-                        return Ok(o);
+        // One write transaction from the replay check to the commit. Each lookup on the way (stored
+        // outcome, data version, card, identity counter) would otherwise be a read transaction of
+        // its own, and each of those begins and ends with locks on the WAL index (fcntl calls).
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let result = self.respond_in_transaction(reader_id, reader_txn_id, digest, now, decide);
+        let (outcome, pending) = match result {
+            Ok(Responded::Replay(o)) => {
+                self.end_transaction(false)?;
+                return Ok(o);
+            }
+            Ok(Responded::Transient(i)) => {
+                self.end_transaction(false)?;
+                return Ok(transient(integrity_decline(&i), render));
+            }
+            Ok(Responded::Decided(decision, write)) => {
+                match self.write_decision(
+                    reader_id,
+                    reader_txn_id,
+                    digest,
+                    decision,
+                    write,
+                    now,
+                    render,
+                ) {
+                    Ok(done) => done,
+                    Err(e) => {
+                        let _ = self.end_transaction(false);
+                        return Err(e);
                     }
                 }
-                Err(i) => {
-                    let d = integrity_decline(&i);
-                    return Ok(match render.take() {
-                        Some(r) => transient(d, r),
-                        None => transient(d, |_| Vec::new()),
-                    });
-                }
             }
+            Err(e) => {
+                let _ = self.end_transaction(false);
+                return Err(e);
+            }
+        };
+        self.end_transaction(true)?;
+        // Committed: now the in-memory state may advance.
+        self.commits_since_checkpoint = self.commits_since_checkpoint.saturating_add(1);
+        self.state = pending.state;
+        if pending.counts_as_redemption {
+            self.offline_redemptions += 1;
         }
-        Err(StoreError::Integrity(Integrity::new(
-            "database",
-            "another connection kept changing it during a decision",
-        )))
+        Ok(outcome)
     }
 
-    /// Commits a decision: journal rows (chained), usage anchor, identity counter, chain head and the
-    /// rendered reply, in one transaction; then advances the in-memory state. `None` (nothing written,
-    /// `render` not called) when another connection committed since the decision read the database.
-    #[allow(clippy::too_many_arguments)]
-    fn commit(
+    fn respond_in_transaction(
         &mut self,
+        reader_id: &str,
+        reader_txn_id: u64,
+        digest: &[u8],
+        now: Now,
+        decide: impl Fn(&Self) -> Result<(Decision, Option<Write>), Fault>,
+    ) -> Result<Responded, StoreError> {
+        if let Some(o) = replay(&self.conn, reader_id, reader_txn_id, digest)? {
+            return Ok(Responded::Replay(o));
+        }
+        Ok(match self.decide(true, now, decide)? {
+            Ok((decision, write)) => Responded::Decided(decision, write),
+            Err(i) => Responded::Transient(i),
+        })
+    }
+
+    /// Commits (or rolls back) the transaction `respond` opened; after a failed COMMIT, rolls back
+    /// whatever SQLite left open.
+    fn end_transaction(&self, commit: bool) -> Result<(), StoreError> {
+        if self.conn.is_autocommit() {
+            return Ok(());
+        }
+        let result = self
+            .conn
+            .execute_batch(if commit { "COMMIT" } else { "ROLLBACK" });
+        if result.is_err() && !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+        Ok(result?)
+    }
+
+    /// Writes a decision in the open transaction: journal rows (chained), usage anchor, identity
+    /// counter, chain head and the rendered reply. The caller commits, then applies the state.
+    #[allow(clippy::too_many_arguments)]
+    fn write_decision(
+        &self,
         reader_id: &str,
         reader_txn_id: u64,
         digest: &[u8],
         decision: Decision,
         write: Option<Write>,
         now: Now,
-        render: &mut Option<impl FnOnce(&Decision) -> Vec<u8>>,
-    ) -> Result<Option<Outcome>, StoreError> {
+        render: impl FnOnce(&Decision) -> Vec<u8>,
+    ) -> Result<(Outcome, Pending), StoreError> {
         let durable = match &decision {
             Decision::Declined(d) => d.reason.is_durable(),
             _ => true,
         };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        // Under the write lock: the decision was made from `self.state` as of `data_version`.
-        let version: i64 = tx
-            .prepare_cached("PRAGMA data_version")?
-            .query_row([], |r| r.get(0))?;
-        if version != self.data_version {
-            return Ok(None);
-        }
-        let Some(render) = render.take() else {
-            return Ok(None);
+        let tx = &self.conn;
+        let mut pending = Pending {
+            state: self.state.clone(),
+            counts_as_redemption: false,
         };
-        let mut next_state = self.state.clone();
         let mut first_seq = None;
-        let mut counts = false;
         if let Some(w) = write {
-            let (state, first, written) = append(&tx, &self.keys, &self.state, w.records, now)?;
-            next_state = state;
+            let (state, first, written) = append(tx, &self.keys, &self.state, w.records, now)?;
+            pending.state = state;
             first_seq = first;
             if let Some((card, usage, blob)) = w.usage {
-                write_usage(&tx, &self.keys, &card, usage, blob, &written)?;
+                write_usage(tx, &self.keys, &card, usage, blob, &written)?;
             }
             if let Some((card, s)) = w.identity {
                 tx.prepare_cached("INSERT INTO identity_attempt (card_ref, failures, locked_until_ms, mac) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (card_ref) DO UPDATE SET failures = excluded.failures, locked_until_ms = excluded.locked_until_ms, mac = excluded.mac")?
                     .execute(params![&card.0[..], s.failures, s.locked_until_ms, &identity_mac(&self.keys.journal, &card, &s)[..]])?;
             }
-            counts = w.counts_as_redemption;
+            pending.counts_as_redemption = w.counts_as_redemption;
         }
         let reply = render(&decision);
         if durable {
@@ -1284,17 +1319,14 @@ impl Store {
             )?
             .execute(params![reader_id, reader_txn_id as i64])?;
         }
-        tx.commit()?;
-        self.commits_since_checkpoint = self.commits_since_checkpoint.saturating_add(1);
-        self.state = next_state;
-        if counts {
-            self.offline_redemptions += 1;
-        }
-        Ok(Some(Outcome {
-            reply,
-            decision: Some(decision),
-            replay_mismatch: false,
-        }))
+        Ok((
+            Outcome {
+                reply,
+                decision: Some(decision),
+                replay_mismatch: false,
+            },
+            pending,
+        ))
     }
 
     /// Housekeeping for idle moments: the daemon calls it whenever no request is waiting (after each
@@ -1486,6 +1518,21 @@ impl Store {
     }
 }
 
+/// How `respond` goes on after its lookups.
+enum Responded {
+    /// The request was answered before: its stored outcome.
+    Replay(Outcome),
+    /// A row failed its check: declined, nothing written.
+    Transient(Integrity),
+    Decided(Decision, Option<Write>),
+}
+
+/// What the in-memory state becomes once a decision's transaction commits.
+struct Pending {
+    state: TerminalRow,
+    counts_as_redemption: bool,
+}
+
 /// What a decision writes besides its outcome row.
 struct Write {
     records: Vec<JournalRecord>,
@@ -1498,7 +1545,7 @@ struct Write {
 /// Chains and inserts `records` (seqs already assigned from `state.head_seq + 1`), and writes the new
 /// chain head. Returns the new state and the first seq written.
 fn append(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     keys: &TerminalKeys,
     state: &TerminalRow,
     records: Vec<JournalRecord>,
@@ -1554,7 +1601,7 @@ type Appended = (TerminalRow, Option<u64>, Vec<(JournalRecord, Tag)>);
 
 /// Extends a card's usage row with newly written records, in the caller's transaction.
 fn write_usage(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     keys: &TerminalKeys,
     card: &CardRef,
     mut usage: UsageRow,
@@ -1585,7 +1632,7 @@ fn write_usage(
 }
 
 pub(crate) fn write_terminal_row(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     row: &TerminalRow,
     keys: &TerminalKeys,
 ) -> rusqlite::Result<()> {
