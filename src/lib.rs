@@ -3,7 +3,7 @@
 //! * [`engine`] — pure redemption decisions (menu, redeem, void) with time passed in.
 //! * [`store`] — the SQLite store: signed cache, HMAC-chained journal, idempotent outcomes, migrations.
 //! * [`config`] — the daemon's TOML configuration, validated before anything starts.
-//! * [`daemon`] — `redeemd run`: serial readers, the store thread, status and systemd integration.
+//! * [`daemon`] — `redeemd run`: a thread per serial reader, the store's owner, status, systemd.
 //! * [`doctor`] — `redeemd doctor`: checks a live install, each with OK or the fix.
 //! * [`keys`] — loading the terminal secret from a private file or a systemd credential.
 //! * [`sync`] — sync with the platform's clearing server: pure planning (what to upload, how to apply an answer).

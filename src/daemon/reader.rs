@@ -46,7 +46,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Application messages waiting behind the one in flight; more is a misbehaving reader.
 const BACKLOG_MAX: usize = 4;
 
-/// Everything one reader task needs.
+/// Everything one reader thread needs.
 #[derive(Clone)]
 pub struct ReaderContext {
     pub config: ReaderConfig,
@@ -194,7 +194,7 @@ fn open_port(cfg: &ReaderConfig) -> Result<SerialStream, tokio_serial::Error> {
     Ok(stream)
 }
 
-/// What a reader task remembers across link and port losses: the transaction in progress.
+/// What a reader thread remembers across link and port losses: the transaction in progress.
 #[derive(Default)]
 struct ReaderMemory {
     /// The reader's serial number: the idempotency key's first half.
@@ -212,7 +212,7 @@ struct Swipe {
     entry_version: Option<u64>,
 }
 
-/// The result of one store job, back on the reader task.
+/// The result of one store job.
 struct Done {
     txn_id: u32,
     kind: &'static str,
