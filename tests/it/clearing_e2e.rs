@@ -14,27 +14,13 @@ use redeemd::simulator::SwipeResult;
 use crate::daemon::{approved, menu, reader, swipe, wire};
 use crate::shop::{Daemon, Shop};
 use crate::support::{self, MERCHANT};
-use crate::sync_e2e::{
-    Server, Setup, clearing_server, server_journal, setup, wait_for, write_config,
-};
+use crate::sync_e2e::{Server, Setup, admin, server_journal, setup, wait_for, write_config};
 
 const UNLIMITED: &str = "max_offline_uses_per_card = 1000000\nmax_offline_redemptions = 1000000";
 
-/// `clearing-server --db … admin …`: stdout, or the test fails with stderr.
+/// `clearing-server --db <the platform's db> admin …`: stdout.
 fn admin_out(s: &Setup, args: &[&str]) -> String {
-    let out = std::process::Command::new(clearing_server())
-        .arg("--db")
-        .arg(&s.server_db)
-        .arg("admin")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "admin {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    admin(&s.server_db, args)
 }
 
 /// A second shop of the same merchant: terminal `terminal` enrolled on the platform, its own state.

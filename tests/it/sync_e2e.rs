@@ -139,8 +139,8 @@ pub(crate) struct Setup {
     pub(crate) shop: Shop,
 }
 
-/// `clearing-server --db <db> admin …`, which must succeed.
-pub(crate) fn admin(db: &Path, args: &[&str]) {
+/// `clearing-server --db <db> admin …`, which must succeed; its stdout.
+pub(crate) fn admin(db: &Path, args: &[&str]) -> String {
     let out = Command::new(clearing_server())
         .arg("--db")
         .arg(db)
@@ -153,6 +153,7 @@ pub(crate) fn admin(db: &Path, args: &[&str]) {
         "admin {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Issues card `i` on the platform with a car-wash package: WASH ×10 (entry 0), WAX ×2 (entry 1).
