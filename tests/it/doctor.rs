@@ -175,3 +175,63 @@ async fn plain_http_to_a_remote_server_is_refused_by_the_config_check() {
     assert!(out.contains("sync.server_url"), "{out}");
     assert!(out.contains("use https://"), "{out}");
 }
+
+/// Unmounts a test's mount point when dropped, even on a failed assertion.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        == Some("0")
+}
+
+#[test]
+fn a_state_directory_on_a_read_only_filesystem_is_named() {
+    if !running_as_root() {
+        // Mounting needs root; CI runs as root (`.ci/run`), so there this test always runs.
+        eprintln!("skipped: mounting a read-only filesystem needs root");
+        return;
+    }
+    let shop = shop(1, "");
+    let ro = shop.dir.path().join("read-only");
+    std::fs::create_dir(&ro).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"])
+        .arg(&ro)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount of a read-only tmpfs failed");
+    let _mounted = Mounted(ro.clone());
+    let config = std::fs::read_to_string(&shop.config).unwrap();
+    let moved: String = config
+        .lines()
+        .map(|l| {
+            if l.starts_with("state_dir = ") {
+                format!("state_dir = \"{}\"", ro.display())
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&shop.config, moved).unwrap();
+    let (code, out) = doctor(&shop, "root");
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("{} is on a read-only filesystem", ro.display())),
+        "{out}"
+    );
+    assert!(
+        out.contains("fix: put state_dir on a writable disk"),
+        "{out}"
+    );
+}
