@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use clearing_server::{cards, db};
 use redeemd_contract::keys::TerminalSecret;
-use support::{Client, now_ms, seed};
+use support::{Client, bench_cards, now_ms, row, scratch_dir, seed};
 
 /// The release binaries: `BENCH_BIN_DIR`, else `target/release` (this executable is in `…/deps`).
 fn bin(name: &str) -> PathBuf {
@@ -196,18 +196,10 @@ fn bare_insert(dir: &Path, n: u64, body_len: usize) -> Duration {
     t.elapsed()
 }
 
-fn row(what: &str, figure: String, note: String) {
-    println!("| {what} | {figure} | {note} |");
-}
-
 fn main() {
-    let n: u64 = std::env::var("BENCH_CARDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
+    let n = bench_cards();
     let (server_bin, redeemd_bin) = (bin("clearing-server"), bin("redeemd"));
-    let dir =
-        tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/tmp".into())).unwrap();
+    let dir = scratch_dir();
     let db_path = dir.path().join("clearing.sqlite3");
 
     // The server's database: a car-wash merchant that sees all N seeded cards, and terminal T-1.

@@ -20,7 +20,7 @@ use clearing_server::cards::{self, StatusAction};
 use clearing_server::{AppState, db};
 use redeemd_contract::keys::{Tag, TerminalKeys, TerminalSecret};
 use redeemd_contract::snapshot::Manifest;
-use support::{Client, now_ms, number, seed};
+use support::{Client, bench_cards, now_ms, number, row, scratch_dir, seed};
 
 const SECRET: [u8; 32] = [5; 32];
 const UPLOAD_RECORDS: u64 = 100_000;
@@ -59,17 +59,9 @@ fn manifest(tail: &[u8], keys: &TerminalKeys) -> Manifest {
     panic!("no manifest at the end of the bundle");
 }
 
-fn row(what: &str, figure: String, note: String) {
-    println!("| {what} | {figure} | {note} |");
-}
-
 fn main() {
-    let n: u64 = std::env::var("BENCH_CARDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_000_000);
-    let dir =
-        tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/tmp".into())).unwrap();
+    let n = bench_cards();
+    let dir = scratch_dir();
     let path = dir.path().join("clearing.sqlite3");
     let mut conn = db::open(&path).unwrap();
     db::enroll(&conn, "T-1", "M-1", &SECRET, now_ms()).unwrap();

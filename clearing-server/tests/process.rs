@@ -28,19 +28,20 @@ impl Drop for Server {
     }
 }
 
-fn enroll(db: &Path, key: &Path) -> std::process::Output {
-    Command::new(BIN)
-        .args([
-            "--db",
-            db.to_str().unwrap(),
-            "admin",
+/// `admin enroll` of `terminal` for merchant M-1, writing its secret to `key`.
+fn enroll(db: &Path, terminal: &str, key: &Path) -> std::process::Output {
+    admin(
+        db,
+        &[
             "enroll",
             "--terminal",
-            "T-1",
-        ])
-        .args(["--merchant", "M-1", "--key-file", key.to_str().unwrap()])
-        .output()
-        .unwrap()
+            terminal,
+            "--merchant",
+            "M-1",
+            "--key-file",
+            key.to_str().unwrap(),
+        ],
+    )
 }
 
 fn serve(db: &Path) -> Server {
@@ -119,7 +120,7 @@ fn enroll_then_serve_a_signed_request() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("c.sqlite3");
     let key = dir.path().join("T-1.key");
-    let out = enroll(&db, &key);
+    let out = enroll(&db, "T-1", &key);
     assert!(
         out.status.success(),
         "{}",
@@ -133,7 +134,7 @@ fn enroll_then_serve_a_signed_request() {
 
     // Enrolling the same terminal again fails and leaves no orphan key file.
     let again = dir.path().join("again.key");
-    let out = enroll(&db, &again);
+    let out = enroll(&db, "T-1", &again);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already enrolled"));
     assert!(!again.exists());
@@ -183,11 +184,7 @@ fn enroll_then_serve_a_signed_request() {
 fn kill_9_during_an_upload_loses_nothing_and_stores_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("c.sqlite3");
-    let key = dir.path().join("T-1.key");
-    assert!(enroll(&db, &key).status.success());
-    let keys = TerminalSecret::from_hex_text(&std::fs::read_to_string(&key).unwrap())
-        .unwrap()
-        .derive_all("T-1");
+    let keys = enrolled(&db, dir.path(), "T-1");
     const BATCH: u64 = 500;
     let delays_ms = [0u64, 20, 80, 200, 600];
     let recs = common::chain(&keys, BATCH * delays_ms.len() as u64, |_| 1);
@@ -282,9 +279,8 @@ const CARD_B: &str = "6228480099990001";
 fn card_lifecycle_through_the_admin_commands() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("c.sqlite3");
-    let key = dir.path().join("T-1.key");
     // Enrolling for an unknown merchant creates it with defaults.
-    assert!(enroll(&db, &key).status.success());
+    let keys = enrolled(&db, dir.path(), "T-1");
     ok(
         &db,
         &[
@@ -424,9 +420,6 @@ fn card_lifecycle_through_the_admin_commands() {
     ok(&db, &["card", "unlock", "--number", CARD_A]);
 
     // Three washes redeemed at T-1 (uploaded to the real server), then a reissue moves what is left.
-    let keys = TerminalSecret::from_hex_text(&std::fs::read_to_string(&key).unwrap())
-        .unwrap()
-        .derive_all("T-1");
     let card_ref = redeemd_contract::model::CardNumber::parse(CARD_A)
         .unwrap()
         .card_ref(&keys.card_token);
@@ -509,11 +502,7 @@ fn card_lifecycle_through_the_admin_commands() {
 fn a_replayed_request_is_refused_after_a_server_restart() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("c.sqlite3");
-    let key = dir.path().join("T-1.key");
-    assert!(enroll(&db, &key).status.success());
-    let keys = TerminalSecret::from_hex_text(&std::fs::read_to_string(&key).unwrap())
-        .unwrap()
-        .derive_all("T-1");
+    let keys = enrolled(&db, dir.path(), "T-1");
     let body = common::upload_body(1, &common::chain(&keys, 2, |_| 1));
     // One captured request, sent again as is.
     let captured = SignedHeaders::sign(
@@ -563,20 +552,14 @@ fn a_replayed_request_is_refused_after_a_server_restart() {
     );
 }
 
-/// Keys of a terminal enrolled with `admin enroll --key-file`.
+/// Keys of a terminal enrolled with `admin enroll --key-file` (the key file in `dir`).
 fn enrolled(db: &Path, dir: &Path, terminal: &str) -> TerminalKeys {
     let key = dir.join(format!("{terminal}.key"));
-    ok(
-        db,
-        &[
-            "enroll",
-            "--terminal",
-            terminal,
-            "--merchant",
-            "M-1",
-            "--key-file",
-            key.to_str().unwrap(),
-        ],
+    let out = enroll(db, terminal, &key);
+    assert!(
+        out.status.success(),
+        "enroll {terminal}: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
     TerminalSecret::from_hex_text(&std::fs::read_to_string(&key).unwrap())
         .unwrap()

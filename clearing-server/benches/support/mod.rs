@@ -1,5 +1,6 @@
 //! Shared by the clearing-server benches (`mod support;`): the card numbers, the package and the
-//! N-card seeding of the database, and a signed-request client for terminal `T-1`.
+//! N-card seeding of the database, a signed-request client for terminal `T-1`, and the benches' settings
+//! (`BENCH_CARDS`, `BENCH_DIR`) and table rows.
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
@@ -8,6 +9,24 @@ use clearing_server::cards::{self, ItemSpec, NewCard, PackageSpec};
 use redeemd_contract::keys::TerminalKeys;
 use redeemd_contract::model::{CardNumber, MerchantScope};
 use redeemd_contract::request::SignedHeaders;
+
+/// Cards to seed: `BENCH_CARDS`, default 1,000,000.
+pub fn bench_cards() -> u64 {
+    std::env::var("BENCH_CARDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
+}
+
+/// A scratch directory under `BENCH_DIR` (default /tmp), removed when dropped.
+pub fn scratch_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "/tmp".into())).unwrap()
+}
+
+/// One row of a results table.
+pub fn row(what: &str, figure: String, note: String) {
+    println!("| {what} | {figure} | {note} |");
+}
 
 /// The merchant category every seeded package is scoped to: a merchant of it sees every card.
 pub const CATEGORY: &str = "car-wash";
