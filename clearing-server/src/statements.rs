@@ -23,27 +23,33 @@ use crate::clearing::{
 /// A `[from, until)` window in unix ms.
 pub type Window = (i64, i64);
 
-fn decode(terminal_id: &str, seq: i64, bytes: &[u8]) -> Result<JournalRecord, CardError> {
-    JournalRecord::decode(bytes).map_err(|e| {
-        CardError::Invalid(format!(
-            "journal of {terminal_id} seq {seq}: stored record does not decode: {e}"
-        ))
-    })
+/// Decodes the `(terminal_id, seq, record)` rows of `stmt` run with `params`.
+fn decoded(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: impl rusqlite::Params,
+) -> Result<Vec<JournalRecord>, CardError> {
+    let mut rows = stmt.query(params)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let (t, seq, bytes): (String, i64, Vec<u8>) = (r.get(0)?, r.get(1)?, r.get(2)?);
+        out.push(JournalRecord::decode(&bytes).map_err(|e| {
+            CardError::Invalid(format!(
+                "journal of {t} seq {seq}: stored record does not decode: {e}"
+            ))
+        })?);
+    }
+    Ok(out)
 }
 
 /// Every stored record of the terminals enrolled for `merchant_id`, in (terminal, seq) order.
 fn merchant_records(conn: &Connection, merchant_id: &str) -> Result<Vec<JournalRecord>, CardError> {
-    let mut stmt = conn.prepare(
-        "SELECT j.terminal_id, j.seq, j.record FROM journal j JOIN terminal t ON t.id = j.terminal_id
-         WHERE t.merchant_id = ?1 ORDER BY j.terminal_id, j.seq",
-    )?;
-    let mut rows = stmt.query([merchant_id])?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        let (t, seq, bytes): (String, i64, Vec<u8>) = (r.get(0)?, r.get(1)?, r.get(2)?);
-        out.push(decode(&t, seq, &bytes)?);
-    }
-    Ok(out)
+    decoded(
+        &mut conn.prepare(
+            "SELECT j.terminal_id, j.seq, j.record FROM journal j JOIN terminal t ON t.id = j.terminal_id
+             WHERE t.merchant_id = ?1 ORDER BY j.terminal_id, j.seq",
+        )?,
+        [merchant_id],
+    )
 }
 
 /// The card's stored records (any terminal), in (terminal, seq) order.
@@ -51,13 +57,7 @@ fn card_records(conn: &Connection, card_id: i64) -> Result<Vec<JournalRecord>, C
     let mut stmt = conn.prepare_cached(
         "SELECT terminal_id, seq, record FROM journal WHERE card_id = ?1 ORDER BY terminal_id, seq",
     )?;
-    let mut rows = stmt.query([card_id])?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        let (t, seq, bytes): (String, i64, Vec<u8>) = (r.get(0)?, r.get(1)?, r.get(2)?);
-        out.push(decode(&t, seq, &bytes)?);
-    }
-    Ok(out)
+    decoded(&mut stmt, [card_id])
 }
 
 fn item_totals(conn: &Connection, card_id: i64) -> Result<ItemTotals, CardError> {
