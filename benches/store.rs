@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use redeemd::store::{Decision, MenuOutcome, RedeemRequest, Store};
-use redeemd_contract::model::{CardNumber, CardRef};
+use redeemd_contract::model::CardNumber;
 use redeemd_contract::snapshot::{BundleKind, BundleSigner};
 use rusqlite::{Connection, params};
 
@@ -22,7 +22,7 @@ use rusqlite::{Connection, params};
 #[allow(dead_code)]
 #[path = "../tests/it/support.rs"]
 mod support;
-use support::{HOUR, MERCHANT, Rng, T0, TERMINAL, card, keys, now, number};
+use support::{HOUR, MERCHANT, Rng, T0, TERMINAL, card, keys, now, number, sorted_card_refs};
 
 /// The tests' configuration without offline limits: the bench seeds a million offline redemptions.
 fn config() -> redeemd::store::StoreConfig {
@@ -113,17 +113,7 @@ fn main() {
 
     // The snapshot file, streamed in card-reference order.
     let t = Instant::now();
-    let mut refs: Vec<(CardRef, u64)> = (0..n)
-        .map(|i| {
-            (
-                CardNumber::parse(&number(i))
-                    .unwrap()
-                    .card_ref(&k.card_token),
-                i,
-            )
-        })
-        .collect();
-    refs.sort_unstable();
+    let refs = sorted_card_refs(n);
     let bundle_path = tmp.path().join("snapshot.bundle");
     {
         let mut out =

@@ -18,14 +18,14 @@ use std::time::{Duration, Instant};
 
 use redeemd::engine::Now;
 use redeemd::store::{Exclusive, Store, StoreAccess, StoreError, install_from_reader};
-use redeemd_contract::model::{CardNumber, CardRef};
+use redeemd_contract::model::CardRef;
 use redeemd_contract::snapshot::{BundleKind, BundleSigner};
 use rusqlite::{Connection, params};
 
 #[allow(dead_code)]
 #[path = "../tests/it/support.rs"]
 mod support;
-use support::{HOUR, MERCHANT, T0, TERMINAL, card, keys, now, number};
+use support::{HOUR, MERCHANT, T0, TERMINAL, card, keys, now, sorted_card_refs};
 
 const DELTA_CARDS: usize = 1000;
 const DELTA_RUNS: u64 = 5;
@@ -190,19 +190,8 @@ fn main() {
         .prefix("sync-")
         .tempdir_in("target/bench-tmp")
         .unwrap();
-    let k = keys();
     let t = Instant::now();
-    let mut refs: Vec<(CardRef, u64)> = (0..n)
-        .map(|i| {
-            (
-                CardNumber::parse(&number(i))
-                    .unwrap()
-                    .card_ref(&k.card_token),
-                i,
-            )
-        })
-        .collect();
-    refs.sort_unstable();
+    let refs = sorted_card_refs(n);
     let full = tmp.path().join("full.bundle");
     let all: Vec<(CardRef, u64, Option<u32>)> =
         refs.iter().map(|(r, i)| (*r, *i, Some(20))).collect();

@@ -70,6 +70,23 @@ pub fn card_ref(i: u64) -> CardRef {
         .card_ref(&keys().card_token)
 }
 
+/// The references of cards `0..n` with their index, in card-reference order (a bundle's order); one
+/// key derivation for all of them.
+#[allow(dead_code)] // used by the benches (`benches/store.rs`, `benches/sync.rs`)
+pub fn sorted_card_refs(n: u64) -> Vec<(CardRef, u64)> {
+    let card_token = keys().card_token;
+    let mut refs: Vec<(CardRef, u64)> = (0..n)
+        .map(|i| {
+            (
+                CardNumber::parse(&number(i)).unwrap().card_ref(&card_token),
+                i,
+            )
+        })
+        .collect();
+    refs.sort_unstable();
+    refs
+}
+
 /// Card `i`: wash ×`wash` (entry 0, daily cap 1000), wax ×2 (entry 1), oil ×3 with identity (entry 2).
 pub fn card(i: u64, wash: u32) -> Card {
     let cref = card_ref(i);
