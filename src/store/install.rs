@@ -12,7 +12,12 @@
 //! state:
 //!
 //! * **full snapshot**: `DROP TABLE cache_entry` and `ALTER TABLE cache_staging RENAME TO cache_entry`
-//!   — the cost of freeing the old table's pages, not of copying a million rows;
+//!   — the cost of freeing the old table's pages, not of copying a million rows. The terminal's own
+//!   usage columns live in the same rows (one probe per menu, `schema::CACHE_ENTRY_DDL`), so before the
+//!   swap they are carried into the staging table in short chunks too ([`CARRY_SCAN_ROWS`] rows of the
+//!   old table visited per store call, cards the new snapshot dropped kept as usage-only rows), and the
+//!   swap transaction carries again only the cards whose usage changed since the carrying began
+//!   (those with journal rows above the head seq it began at);
 //! * **delta**: the staged upserts and removals are applied to `cache_entry` in that transaction. Its
 //!   time grows with the delta's size (a 1,000-card delta into a million-card cache: `BENCHMARKS.md`,
 //!   "Sync"); the platform sends a full snapshot when it has no delta from the installed version.
@@ -30,9 +35,10 @@ use redeemd_contract::snapshot::{
     BundleError, BundleKind, BundleVerifier, Entry, EntryOp, MAGIC, MAX_FRAME, Manifest, Preamble,
     Verified, check_magic,
 };
+use rusqlite::types::Value;
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
-use super::schema::CACHE_ENTRY_DDL;
+use super::schema::{CACHE_ENTRY_DDL, HAS_USAGE, UPSERT_USAGE_STAGING};
 use super::{Store, StoreError};
 use crate::engine::Now;
 
@@ -40,8 +46,15 @@ use crate::engine::Now;
 pub const CHUNK_ENTRIES: usize = 1000;
 /// Staged bytes per store call at most (entries with large bodies).
 const CHUNK_BYTES: usize = 1 << 20;
+/// Rows of the old cache table visited per store call when carrying usage into a full install's
+/// staging table: bounded by rows visited, not rows carried, so that a cache where few cards have
+/// usage does not scan a million rows under the lock in one call.
+pub const CARRY_SCAN_ROWS: usize = 4096;
 
 const STAGING_FULL: &str = "cache_staging";
+/// Columns `carry_selected` reads from the old cache table (followed by `HAS_USAGE`).
+const CARRY_COLUMNS: &str =
+    "card_ref, usage_rows, usage_last_seq, usage_net_units, usage_history, usage_mac";
 const STAGING_DELTA: &str = "cache_delta_staging";
 
 /// What an install changed.
@@ -94,6 +107,15 @@ pub struct BundleInstall {
     removals: u64,
     manifest: Option<Manifest>,
     chunks_written: u64,
+}
+
+/// Where carrying usage into a full install's staging table stands.
+struct Carry {
+    /// The last card reference of the old table visited (as stored: an edited one of another type
+    /// sorts and is carried like any other).
+    after: Option<Value>,
+    /// The journal's last seq when carrying began: usage changed since is carried again at the swap.
+    from_seq: i64,
 }
 
 impl BundleInstall {
@@ -267,11 +289,11 @@ impl BundleInstall {
             .into());
         }
         self.write_pending(access)?;
-        let report = access.with(|s, now| {
-            s.swap_staging(&manifest, now)?;
-            Ok(())
-        });
-        report?;
+        let carried_from = match manifest.kind {
+            BundleKind::Full => Some(self.carry_usage(access)?),
+            BundleKind::Delta => None,
+        };
+        access.with(|s, now| s.swap_staging(&manifest, now, carried_from))?;
         self.staged = false;
         Ok(InstallReport {
             manifest,
@@ -279,6 +301,60 @@ impl BundleInstall {
             removals: self.removals,
         })
     }
+}
+
+impl BundleInstall {
+    /// Carries the old cache's usage columns into the staging table, a bounded number of rows per
+    /// store call. Returns the journal seq it began at, for the swap to carry what changed since.
+    fn carry_usage<A: StoreAccess>(&mut self, access: &mut A) -> Result<i64, StoreError> {
+        let mut carry = Carry {
+            after: None,
+            from_seq: access.with(|s, _| {
+                Ok(s.conn
+                    .query_row("SELECT coalesce(max(seq), 0) FROM journal", [], |r| {
+                        r.get(0)
+                    })?)
+            })?,
+        };
+        loop {
+            let (visited, last) = access.with(|s, _| s.carry_usage_chunk(carry.after.as_ref()))?;
+            self.chunks_written += 1;
+            if visited < CARRY_SCAN_ROWS {
+                return Ok(carry.from_seq);
+            }
+            carry.after = last;
+        }
+    }
+}
+
+/// Upserts into the staging table the usage columns of the rows `select` yields (card_ref, the five
+/// usage columns, whether the row has usage), copied as stored: an edited value stays edited and is
+/// caught by the lookup's MAC check in the new table as it would have been in the old. Returns the
+/// rows visited and the last card reference.
+fn carry_selected(
+    tx: &rusqlite::Connection,
+    select: &mut rusqlite::Statement<'_>,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<(usize, Option<Value>)> {
+    let mut upsert = tx.prepare_cached(UPSERT_USAGE_STAGING)?;
+    let mut rows = select.query(params)?;
+    let (mut visited, mut last) = (0, None);
+    while let Some(r) = rows.next()? {
+        visited += 1;
+        let card: Value = r.get(0)?;
+        if r.get::<_, bool>(6)? {
+            upsert.execute(rusqlite::params![
+                card,
+                r.get::<_, Value>(1)?,
+                r.get::<_, Value>(2)?,
+                r.get::<_, Value>(3)?,
+                r.get::<_, Value>(4)?,
+                r.get::<_, Value>(5)?,
+            ])?;
+        }
+        last = Some(card);
+    }
+    Ok((visited, last))
 }
 
 /// Installs the bundle read from `input` through `access`, in chunks.
@@ -406,10 +482,14 @@ impl Store {
             }
         }
         tx.commit()?;
-        // Copy this chunk's pages into the database file while we hold the store anyway: SQLite would
-        // otherwise checkpoint the whole WAL (16 MiB) inside some chunk's commit, the longest wait a
-        // redemption would see during an install. Measured at a million cards (BENCHMARKS.md, "Sync"):
-        // the worst hold is 27–58 ms this way, 46–124 ms checkpointing every 8 chunks, 138–211 ms never.
+        self.checkpoint_after_chunk()
+    }
+
+    /// Copies a staged chunk's pages into the database file while we hold the store anyway: SQLite
+    /// would otherwise checkpoint the whole WAL (16 MiB) inside some chunk's commit, the longest wait a
+    /// redemption would see during an install. Measured at a million cards (BENCHMARKS.md, "Sync"):
+    /// the worst hold is 27–58 ms this way, 46–124 ms checkpointing every 8 chunks, 138–211 ms never.
+    fn checkpoint_after_chunk(&self) -> Result<(), StoreError> {
         self.conn
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
         Ok(())
@@ -423,8 +503,46 @@ impl Store {
         Ok(())
     }
 
+    /// Carries the usage of up to [`CARRY_SCAN_ROWS`] rows of the installed cache after `after` into
+    /// the staging table, in one short transaction. Returns the rows visited and the last card ref.
+    fn carry_usage_chunk(
+        &mut self,
+        after: Option<&Value>,
+    ) -> Result<(usize, Option<Value>), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let limit = CARRY_SCAN_ROWS as i64;
+        let carried = match after {
+            None => {
+                let mut first = tx.prepare_cached(&format!(
+                    "SELECT {CARRY_COLUMNS}, {HAS_USAGE} FROM cache_entry ORDER BY card_ref LIMIT ?1"
+                ))?;
+                carry_selected(&tx, &mut first, [limit])?
+            }
+            Some(after) => {
+                let mut next = tx.prepare_cached(&format!(
+                    "SELECT {CARRY_COLUMNS}, {HAS_USAGE} FROM cache_entry WHERE card_ref > ?1 ORDER BY card_ref LIMIT ?2"
+                ))?;
+                carry_selected(&tx, &mut next, params![after, limit])?
+            }
+        };
+        tx.commit()?;
+        self.checkpoint_after_chunk()?;
+        Ok(carried)
+    }
+
     /// The one short transaction that makes a verified bundle the installed cache.
-    fn swap_staging(&mut self, manifest: &Manifest, now: Now) -> Result<(), StoreError> {
+    ///
+    /// `carried_from`: for a full snapshot, the journal seq at which carrying usage into the staging
+    /// table began; the usage of cards with journal rows above it is carried again here, under the
+    /// same lock as the swap, so that no redemption made during the install is lost from its card.
+    fn swap_staging(
+        &mut self,
+        manifest: &Manifest,
+        now: Now,
+        carried_from: Option<i64>,
+    ) -> Result<(), StoreError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -438,9 +556,19 @@ impl Store {
             });
         }
         match manifest.kind {
-            BundleKind::Full => tx.execute_batch(&format!(
-                "DROP TABLE cache_entry; ALTER TABLE {STAGING_FULL} RENAME TO cache_entry;"
-            ))?,
+            BundleKind::Full => {
+                // Without a chunked carry before, everything is carried here (from seq 0).
+                let from_seq = carried_from.unwrap_or(0);
+                let mut changed = tx.prepare(&format!(
+                    "SELECT {CARRY_COLUMNS}, {HAS_USAGE} FROM cache_entry WHERE card_ref IN \
+                     (SELECT card_ref FROM journal WHERE seq > ?1)"
+                ))?;
+                carry_selected(&tx, &mut changed, [from_seq])?;
+                drop(changed);
+                tx.execute_batch(&format!(
+                    "DROP TABLE cache_entry; ALTER TABLE {STAGING_FULL} RENAME TO cache_entry;"
+                ))?
+            }
             BundleKind::Delta => {
                 let installed = super::read_manifest(&tx, &self.keys, &self.cfg.merchant_id)?
                     .map(|m| m.version);
@@ -450,11 +578,17 @@ impl Store {
                         installed: installed.unwrap_or(0),
                     });
                 }
+                // Upserts replace the entry columns and keep the usage columns; a removed card
+                // keeps its row, entry columns NULL, if it has usage here.
                 tx.execute_batch(&format!(
-                    "INSERT OR REPLACE INTO cache_entry (card_ref, version, body, mac) \
-                         SELECT card_ref, version, body, mac FROM {STAGING_DELTA} WHERE op = 1; \
+                    "INSERT INTO cache_entry (card_ref, version, body, mac) \
+                         SELECT card_ref, version, body, mac FROM {STAGING_DELTA} WHERE op = 1 \
+                         ON CONFLICT (card_ref) DO UPDATE SET version = excluded.version, \
+                         body = excluded.body, mac = excluded.mac; \
+                     UPDATE cache_entry SET version = NULL, body = NULL, mac = NULL WHERE card_ref IN \
+                         (SELECT card_ref FROM {STAGING_DELTA} WHERE op = 2) AND {HAS_USAGE}; \
                      DELETE FROM cache_entry WHERE card_ref IN \
-                         (SELECT card_ref FROM {STAGING_DELTA} WHERE op = 2); \
+                         (SELECT card_ref FROM {STAGING_DELTA} WHERE op = 2) AND NOT {HAS_USAGE}; \
                      DROP TABLE {STAGING_DELTA};"
                 ))?;
             }

@@ -37,7 +37,8 @@ use crate::engine::{
 };
 pub use deny::{DenyError, DenyInfo, DenyList, DenyReport};
 pub use install::{
-    BundleInstall, CHUNK_ENTRIES, Exclusive, InstallReport, StoreAccess, install_from_reader,
+    BundleInstall, CARRY_SCAN_ROWS, CHUNK_ENTRIES, Exclusive, InstallReport, StoreAccess,
+    install_from_reader,
 };
 pub use rows::Integrity;
 
@@ -693,19 +694,23 @@ impl Store {
     }
 
     /// Loads and verifies a card's entry (MAC re-checked on every lookup) and its history (the card's
-    /// journal records kept with its MACed usage anchor), in one statement: two B-tree probes. The
-    /// columns are verified where SQLite holds them (no copies); only the decoded card, the history and
-    /// the history blob (to extend on commit) are kept.
+    /// journal records kept with its MACed usage anchor), from one row: one B-tree probe. The columns
+    /// are verified where SQLite holds them (no copies); only the decoded card, the history and the
+    /// history blob (to extend on commit) are kept. A row with usage but no entry is a card the cache
+    /// no longer holds: unknown here.
     fn load_card(&self, card_ref: &CardRef, cache: &Manifest) -> Result<Option<LoadedCard>, Fault> {
         let what = || format!("cache entry {}", card_ref.to_hex());
         let mut stmt = self.conn.prepare_cached(
-            "SELECT e.version, e.body, e.mac, u.rows, u.last_seq, u.net_units, u.history, u.mac \
-             FROM cache_entry e LEFT JOIN card_usage u ON u.card_ref = e.card_ref WHERE e.card_ref = ?1",
+            "SELECT version, body, mac, usage_rows, usage_last_seq, usage_net_units, usage_history, usage_mac \
+             FROM cache_entry WHERE card_ref = ?1",
         )?;
         let mut rows = stmt.query([&card_ref.0[..]])?;
         let Some(row) = rows.next()? else {
             return Ok(None);
         };
+        if entry_columns_absent(row)? {
+            return Ok(None);
+        }
         let version = column_i64(row, 0, &what, "version")?;
         let body = column_blob(row, 1, &what, "body")?;
         let mac = column_blob(row, 2, &what, "mac")?;
@@ -780,7 +785,8 @@ impl Store {
         card_ref: &CardRef,
     ) -> Result<(UsageRow, Vec<JournalRecord>, Vec<u8>), Fault> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT rows, last_seq, net_units, history, mac FROM card_usage WHERE card_ref = ?1",
+            "SELECT usage_rows, usage_last_seq, usage_net_units, usage_history, usage_mac \
+             FROM cache_entry WHERE card_ref = ?1",
         )?;
         let mut rows = stmt.query([&card_ref.0[..]])?;
         match rows.next()? {
@@ -1490,7 +1496,9 @@ impl Store {
             };
             let prev: Option<(i64, i64, i64, Vec<u8>)> = tx
                 .prepare_cached(
-                    "SELECT rows, last_seq, net_units, history FROM card_usage WHERE card_ref = ?1",
+                    "SELECT coalesce(usage_rows, 0), coalesce(usage_last_seq, 0), \
+                     coalesce(usage_net_units, 0), coalesce(usage_history, x'') \
+                     FROM cache_entry WHERE card_ref = ?1",
                 )?
                 .query_row([&card_ref.0[..]], |r| {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
@@ -1615,12 +1623,7 @@ fn write_usage(
         usage.last_seq = usage.last_seq.max(add.last_seq);
         usage.net_units += add.net_units;
     }
-    tx.prepare_cached(
-        "INSERT INTO card_usage (card_ref, rows, last_seq, net_units, history, mac) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-         ON CONFLICT (card_ref) DO UPDATE SET rows = excluded.rows, last_seq = excluded.last_seq, \
-         net_units = excluded.net_units, history = excluded.history, mac = excluded.mac",
-    )?
-    .execute(params![
+    tx.prepare_cached(schema::UPSERT_USAGE)?.execute(params![
         &card.0[..],
         usage.rows as i64,
         usage.last_seq as i64,
@@ -1767,6 +1770,18 @@ fn read_manifest(
         );
     }
     Ok(Some(m))
+}
+
+/// Whether a cache-entry row's entry columns (the first three selected: version, body, mac) are all
+/// NULL: a card whose usage this terminal keeps but that the installed cache no longer holds. Some NULL
+/// and some not is an edited row, caught by the column checks that follow.
+fn entry_columns_absent(row: &rusqlite::Row<'_>) -> Result<bool, Fault> {
+    for i in 0..3 {
+        if row.get_ref(i)? != rusqlite::types::ValueRef::Null {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// A card's usage-row columns as SQLite holds them (all `None`: the card has no row).

@@ -17,13 +17,49 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-/// The cache entry table, also recreated by full snapshot installs (keep it the latest shape).
+/// The card table: the platform's signed cache entry and this terminal's usage of the card, in one row
+/// (schema 5), so that a menu is one B-tree probe. Also the shape of a full install's staging table.
+///
+/// * entry columns (`version`, `body`, `mac`): all set, or all NULL for a card the installed cache no
+///   longer holds but whose usage this terminal keeps (a void may still name it; it may come back);
+/// * usage columns (`usage_*`): all NULL until the card's first journal record here, then the MACed
+///   anchor and history copy (`rows::UsageRow`), rewritten by every redemption or void of the card.
 pub(crate) const CACHE_ENTRY_DDL: &str = "CREATE TABLE cache_entry (
-    card_ref BLOB PRIMARY KEY,   -- HMAC(card-token key, card number): never the number
-    version  INTEGER NOT NULL,   -- bundle version that signed this entry
-    body     BLOB NOT NULL,      -- canonical card encoding, as signed
-    mac      BLOB NOT NULL       -- entry MAC (docs/entitlement-format.md), checked on every lookup
+    card_ref        BLOB PRIMARY KEY,   -- HMAC(card-token key, card number): never the number
+    version         INTEGER,            -- bundle version that signed this entry
+    body            BLOB,               -- canonical card encoding, as signed
+    mac             BLOB,               -- entry MAC (docs/entitlement-format.md), checked on every lookup
+    usage_rows      INTEGER,            -- journal rows of this card
+    usage_last_seq  INTEGER,            -- the latest of them
+    usage_net_units INTEGER,            -- redeemed minus voided quantity, all time
+    usage_history   BLOB,               -- copies of the card's journal records
+    usage_mac       BLOB                -- HMAC(journal key) over the usage columns, history by SHA-256
 ) WITHOUT ROWID";
+
+/// SQL: the cache-entry row holds usage of this terminal (any usage column set; all or none unless
+/// edited, which the usage checks name).
+pub(crate) const HAS_USAGE: &str =
+    "coalesce(usage_rows, usage_last_seq, usage_net_units, usage_history, usage_mac) IS NOT NULL";
+
+/// SQL: upsert of one card's usage columns (`?1` card, `?2`…`?6` the columns) into a table of the
+/// cache-entry shape, leaving its entry columns alone.
+macro_rules! upsert_usage_into {
+    ($table:literal) => {
+        concat!(
+            "INSERT INTO ",
+            $table,
+            " (card_ref, usage_rows, usage_last_seq, usage_net_units, usage_history, usage_mac) ",
+            "VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (card_ref) DO UPDATE SET ",
+            "usage_rows = excluded.usage_rows, usage_last_seq = excluded.usage_last_seq, ",
+            "usage_net_units = excluded.usage_net_units, usage_history = excluded.usage_history, ",
+            "usage_mac = excluded.usage_mac"
+        )
+    };
+}
+/// Into the installed cache (a redemption or void extending the card's usage).
+pub(crate) const UPSERT_USAGE: &str = upsert_usage_into!("cache_entry");
+/// Into a full install's staging table (`install::STAGING_FULL`), carrying usage over.
+pub(crate) const UPSERT_USAGE_STAGING: &str = upsert_usage_into!("cache_staging");
 
 const V1: &str = "
 CREATE TABLE terminal_state (
@@ -154,6 +190,34 @@ ALTER TABLE terminal_state ADD COLUMN deny_version INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE terminal_state ADD COLUMN deny_count INTEGER NOT NULL DEFAULT 0;
 ";
 
+/// One probe per menu: the card's usage anchor moves from `card_usage` into its cache-entry row (see
+/// [`CACHE_ENTRY_DDL`]); a card with usage but no entry keeps a row with NULL entry columns. The usage
+/// MAC does not cover where the columns live, so every row moves as it is, MACs and all. Rewrites the
+/// cache table once (a million-card cache: the time of a full install).
+const V5: &str = "
+CREATE TABLE cache_entry_v5 (
+    card_ref        BLOB PRIMARY KEY,
+    version         INTEGER,
+    body            BLOB,
+    mac             BLOB,
+    usage_rows      INTEGER,
+    usage_last_seq  INTEGER,
+    usage_net_units INTEGER,
+    usage_history   BLOB,
+    usage_mac       BLOB
+) WITHOUT ROWID;
+INSERT INTO cache_entry_v5
+    SELECT e.card_ref, e.version, e.body, e.mac, u.rows, u.last_seq, u.net_units, u.history, u.mac
+    FROM cache_entry e LEFT JOIN card_usage u ON u.card_ref = e.card_ref;
+INSERT INTO cache_entry_v5 (card_ref, usage_rows, usage_last_seq, usage_net_units, usage_history, usage_mac)
+    SELECT card_ref, rows, last_seq, net_units, history, mac FROM card_usage
+    WHERE card_ref NOT IN (SELECT card_ref FROM cache_entry);
+DROP TABLE cache_entry;
+DROP TABLE card_usage;
+DROP TABLE IF EXISTS cache_staging;
+ALTER TABLE cache_entry_v5 RENAME TO cache_entry;
+";
+
 /// Every migration, in order. Append new ones; never edit a released one.
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -171,6 +235,10 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 4,
         sql: V4,
+    },
+    Migration {
+        version: 5,
+        sql: V5,
     },
 ];
 

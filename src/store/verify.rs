@@ -11,6 +11,7 @@ use rusqlite::{Connection, OptionalExtension};
 use super::rows::{
     Integrity, JOURNAL_COLUMNS, UsageRow, check_record, encode_history, record_from_row,
 };
+use super::schema::HAS_USAGE;
 
 /// Result of a verification: how many rows were checked and what failed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -105,8 +106,12 @@ pub fn journal(conn: &Connection, keys: &TerminalKeys) -> Result<VerifyReport, r
         None => report.findings.push(Integrity::new("journal head", "terminal state row missing")),
     }
     // Usage anchors against the fold of the journal.
-    let mut anchors =
-        conn.prepare("SELECT card_ref, rows, last_seq, net_units, history, mac FROM card_usage")?;
+    // (Rows whose usage columns are all NULL are cards never used here; partly NULL is an edit,
+    // reported below as a column of the wrong type.)
+    let mut anchors = conn.prepare(&format!(
+        "SELECT card_ref, usage_rows, usage_last_seq, usage_net_units, usage_history, usage_mac \
+         FROM cache_entry WHERE {HAS_USAGE}"
+    ))?;
     let mut arows = anchors.query([])?;
     let mut seen = std::collections::BTreeSet::new();
     while let Some(r) = arows.next()? {
@@ -207,8 +212,11 @@ pub fn cache(
             return Ok((None, report));
         }
     };
-    let mut stmt =
-        conn.prepare("SELECT card_ref, version, body, mac FROM cache_entry ORDER BY card_ref")?;
+    // Rows with all entry columns NULL hold only the usage of a card the cache dropped.
+    let mut stmt = conn.prepare(
+        "SELECT card_ref, version, body, mac FROM cache_entry \
+         WHERE NOT (version IS NULL AND body IS NULL AND mac IS NULL) ORDER BY card_ref",
+    )?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         report.checked += 1;

@@ -15,6 +15,20 @@ fn populated() -> tempfile::TempDir {
     dir
 }
 
+/// Takes a database back to schema 4, as redeemd before version 5 left it: usage anchors in their
+/// own table, cache rows of entry columns only (cards with usage but no entry lose their cache row).
+const DOWN_TO_4: &str = "
+    CREATE TABLE card_usage (card_ref BLOB PRIMARY KEY, rows INTEGER NOT NULL, last_seq INTEGER NOT NULL,
+        net_units INTEGER NOT NULL, history BLOB NOT NULL, mac BLOB NOT NULL) WITHOUT ROWID;
+    INSERT INTO card_usage SELECT card_ref, usage_rows, usage_last_seq, usage_net_units, usage_history, usage_mac
+        FROM cache_entry WHERE usage_rows IS NOT NULL;
+    CREATE TABLE cache_entry_v4 (card_ref BLOB PRIMARY KEY, version INTEGER NOT NULL, body BLOB NOT NULL,
+        mac BLOB NOT NULL) WITHOUT ROWID;
+    INSERT INTO cache_entry_v4 SELECT card_ref, version, body, mac FROM cache_entry WHERE version IS NOT NULL;
+    DROP TABLE cache_entry;
+    ALTER TABLE cache_entry_v4 RENAME TO cache_entry;
+    PRAGMA user_version = 4;";
+
 fn user_version(conn: &Connection) -> i64 {
     conn.query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap()
@@ -24,8 +38,9 @@ fn user_version(conn: &Connection) -> i64 {
 fn a_version_1_database_with_unsynced_rows_migrates_keeping_every_row() {
     let dir = populated();
     let file = dir.path().join(DB_FILE);
-    // Take it back to schema 1: drop what migrations 2, 3 and 4 created.
+    // Take it back to schema 1: undo migration 5, drop what migrations 2, 3 and 4 created.
     let conn = Connection::open(&file).unwrap();
+    conn.execute_batch(DOWN_TO_4).unwrap();
     conn.execute_batch("DROP TABLE outcome; DROP TABLE reader_last; DROP TABLE identity_attempt; DROP INDEX journal_voids; DROP TABLE deny_entry; ALTER TABLE terminal_state DROP COLUMN deny_version; ALTER TABLE terminal_state DROP COLUMN deny_count; PRAGMA user_version = 1;").unwrap();
     drop(conn);
     let mut s = open(dir.path());
@@ -188,15 +203,63 @@ fn version_4_adds_the_deny_overlay_keeping_unsynced_rows_and_the_macs_of_version
     }
     // Take it back to schema 3, as an older redeemd left it: 6 rows, 4 of them unsynced.
     let conn = Connection::open(&file).unwrap();
+    conn.execute_batch(DOWN_TO_4).unwrap();
     conn.execute_batch("DROP TABLE deny_entry; ALTER TABLE terminal_state DROP COLUMN deny_version; ALTER TABLE terminal_state DROP COLUMN deny_count; PRAGMA user_version = 3;").unwrap();
     drop(conn);
     let mut s = open(dir.path());
-    assert_eq!(user_version(s.connection()), 4);
+    assert_eq!(user_version(s.connection()), latest_version());
     // The terminal state written by version 3 verifies unchanged (its MAC had no deny fields).
     let j = s.journal_info();
     assert_eq!((j.head_seq, j.synced_through_seq), (6, 2));
     assert_eq!(journal_rows(&s), 6);
     assert_eq!(s.deny_info(), redeemd::store::DenyInfo::default());
     assert!(verify::journal(s.connection(), &keys()).unwrap().is_clean());
+    approved(&redeem(&mut s, "r", 100, 0, &[(0, 1)], T0));
+}
+
+#[test]
+fn version_5_moves_each_cards_usage_into_its_cache_row_keeping_cards_the_cache_dropped() {
+    let dir = populated();
+    let file = dir.path().join(DB_FILE);
+    let before = {
+        let mut s = open(dir.path());
+        [0, 1].map(|card| menu_left(&mut s, card, T0))
+    };
+    // Schema 4, where card 2's entry was since removed from the cache while its usage stays.
+    let conn = Connection::open(&file).unwrap();
+    conn.execute_batch(DOWN_TO_4).unwrap();
+    conn.execute(
+        "DELETE FROM cache_entry WHERE card_ref = ?1",
+        [&card_ref(2).0[..]],
+    )
+    .unwrap();
+    drop(conn);
+    let mut s = open(dir.path());
+    assert_eq!(user_version(s.connection()), 5);
+    let tables: Vec<String> = s
+        .connection()
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'card_usage'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(tables.is_empty(), "card_usage left behind");
+    // Every row, usage MACs included, moved unchanged: the journal still verifies against them.
+    assert_eq!(journal_rows(&s), 6);
+    assert!(verify::journal(s.connection(), &keys()).unwrap().is_clean());
+    assert!(verify::cache(s.connection(), &keys()).unwrap().1.is_clean());
+    assert_eq!(menu_left(&mut s, 0, T0), before[0]);
+    assert_eq!(menu_left(&mut s, 1, T0), before[1]);
+    // Card 2 is unknown to the cache now, but its usage row is kept (entry columns NULL).
+    let usage_only: (Option<i64>, i64) = s
+        .connection()
+        .query_row(
+            "SELECT version, usage_rows FROM cache_entry WHERE card_ref = ?1",
+            [&card_ref(2).0[..]],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(usage_only, (None, 2));
     approved(&redeem(&mut s, "r", 100, 0, &[(0, 1)], T0));
 }

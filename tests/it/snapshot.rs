@@ -275,3 +275,131 @@ fn redemptions_go_through_while_a_big_full_snapshot_installs() {
         })
         .unwrap();
 }
+
+/// A card's usage lives in its cache row, so a full install must carry every card's usage into the
+/// new table: in chunks while the store is free, and again at the swap for what changed meanwhile. A
+/// card the new snapshot drops keeps its usage (a void may still name it; it may come back).
+#[test]
+fn a_full_install_carries_every_cards_usage_including_redemptions_made_while_it_ran() {
+    use redeemd::engine::Now;
+    use redeemd::store::{CARRY_SCAN_ROWS, Store, StoreAccess};
+
+    /// Redeems one use of card 1 after every step of the install once usage carrying has begun.
+    struct RedeemingBetweenSteps<'a> {
+        store: &'a mut Store,
+        redeemed: u64,
+    }
+    impl StoreAccess for RedeemingBetweenSteps<'_> {
+        fn with<T>(
+            &mut self,
+            f: impl FnOnce(&mut Store, Now) -> Result<T, StoreError>,
+        ) -> Result<T, StoreError> {
+            let out = f(self.store, now(T0));
+            let carrying: bool = self
+                .store
+                .connection()
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'cache_staging') \
+                     AND (SELECT count(*) FROM journal) >= 4",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            if carrying {
+                self.redeemed += 1;
+                approved(&redeem(
+                    self.store,
+                    "r",
+                    1000 + self.redeemed,
+                    1,
+                    &[(0, 1)],
+                    T0,
+                ));
+            }
+            out
+        }
+    }
+
+    let n = 2 * CARRY_SCAN_ROWS as u64 + 100;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let cards: Vec<_> = (0..n).map(|i| (i, Some(card(i, 1000)))).collect();
+    s.install_bundle(
+        &bundle(BundleKind::Full, 1, 0, &cards, T0 + 1000 * HOUR)[..],
+        now(T0),
+    )
+    .unwrap();
+    // Usage spread over the carry's chunks, and on the card the next snapshot drops.
+    let dropped = n - 1;
+    for (txn, c) in [0, CARRY_SCAN_ROWS as u64 + 7, dropped]
+        .into_iter()
+        .enumerate()
+    {
+        approved(&redeem(&mut s, "r", txn as u64, c, &[(0, 2)], T0));
+    }
+    approved(&redeem(&mut s, "r", 3, 1, &[(0, 1)], T0));
+    let next = bundle(
+        BundleKind::Full,
+        2,
+        1,
+        &cards[..cards.len() - 1],
+        T0 + 1000 * HOUR,
+    );
+    let mut access = RedeemingBetweenSteps {
+        store: &mut s,
+        redeemed: 0,
+    };
+    redeemd::store::install_from_reader(&mut access, &next[..]).unwrap();
+    let during = access.redeemed;
+    assert!(during >= 3, "only {during} redemptions between carry steps");
+    assert_eq!(version(&s), 2);
+    assert_eq!(menu_left(&mut s, 0, T0)[0], (0, 998));
+    assert_eq!(
+        menu_left(&mut s, CARRY_SCAN_ROWS as u64 + 7, T0)[0],
+        (0, 998)
+    );
+    // Card 1: one use before the install and one after each step of it, every one still counted.
+    assert_eq!(menu_left(&mut s, 1, T0)[0], (0, 999 - during as u32));
+    assert_eq!(menu_left(&mut s, 2, T0)[0], (0, 1000));
+    assert!(matches!(
+        s.menu(&number(dropped), now(T0)).unwrap(),
+        MenuOutcome::Declined(d) if d.reason == DeclineReason::CardUnknown
+    ));
+    // Nothing lost: the usage of every card, the dropped one included, matches the journal.
+    let journal = redeemd::store::verify::journal(s.connection(), &keys()).unwrap();
+    assert!(journal.is_clean(), "{:?}", journal.findings);
+    let cache = redeemd::store::verify::cache(s.connection(), &keys())
+        .unwrap()
+        .1;
+    assert!(cache.is_clean(), "{:?}", cache.findings);
+    assert_eq!(cache.checked, n - 1);
+}
+
+/// A delta that removes a card with usage keeps the usage (entry columns cleared); one that brings the
+/// card back finds it again.
+#[test]
+fn a_delta_removing_a_used_card_keeps_its_usage_for_when_it_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store_with_cards(dir.path(), 3);
+    approved(&redeem(&mut s, "r", 1, 2, &[(0, 3)], T0));
+    let remove = bundle(BundleKind::Delta, 2, 1, &[(2, None)], T0 + 1000 * HOUR);
+    s.install_bundle(&remove[..], now(T0)).unwrap();
+    assert!(matches!(
+        s.menu(&number(2), now(T0)).unwrap(),
+        MenuOutcome::Declined(d) if d.reason == DeclineReason::CardUnknown
+    ));
+    assert!(
+        redeemd::store::verify::journal(s.connection(), &keys())
+            .unwrap()
+            .is_clean()
+    );
+    let back = bundle(
+        BundleKind::Delta,
+        3,
+        2,
+        &[(2, Some(card(2, 10)))],
+        T0 + 1000 * HOUR,
+    );
+    s.install_bundle(&back[..], now(T0)).unwrap();
+    assert_eq!(menu_left(&mut s, 2, T0)[0], (0, 7));
+}

@@ -5,13 +5,6 @@ use redeemd::store::{Decision, MenuOutcome, RedeemRequest, Store, VoidRequest, v
 
 use crate::support::*;
 
-fn menu_left(s: &mut Store, card: u64, at: i64) -> Vec<(u16, u32)> {
-    match s.menu(&number(card), now(at)).unwrap() {
-        MenuOutcome::Menu(m) => m.entries.iter().map(|e| (e.index, e.uses_left)).collect(),
-        MenuOutcome::Declined(d) => panic!("menu declined: {d:?}"),
-    }
-}
-
 fn void(s: &mut Store, reader: &str, txn: u64, code: &str, at: i64) -> redeemd::store::Outcome {
     let req = VoidRequest {
         reader_id: reader,

@@ -226,6 +226,16 @@ pub fn declined(o: &Outcome) -> redeemd::engine::DeclineReason {
     }
 }
 
+/// The menu of `card` at `at` as (entry index, uses left); panics on a decline.
+pub fn menu_left(s: &mut Store, card: u64, at: i64) -> Vec<(u16, u32)> {
+    match s.menu(&number(card), now(at)).unwrap() {
+        redeemd::store::MenuOutcome::Menu(m) => {
+            m.entries.iter().map(|e| (e.index, e.uses_left)).collect()
+        }
+        redeemd::store::MenuOutcome::Declined(d) => panic!("menu declined: {d:?}"),
+    }
+}
+
 pub fn journal_rows(s: &Store) -> i64 {
     s.connection()
         .query_row("SELECT count(*) FROM journal", [], |r| r.get(0))

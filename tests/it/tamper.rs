@@ -162,7 +162,7 @@ fn a_flipped_byte_in_any_journal_column_is_named_by_verify() {
                 .any(|f| f.starts_with("journal seq 2") || f.starts_with("journal seq 258")),
             "column {col}: {findings:?}"
         );
-        // Decisions are made from the card's MACed history copy (card_usage), which the edit did not
+        // Decisions are made from the card's MACed history copy (its usage columns), which the edit did not
         // touch: card 1 still gets its true uses left. Only a flipped seq that moves the row past the
         // chain head makes the store refuse to open.
         match menu_reason(d.path(), 1) {
@@ -181,8 +181,22 @@ fn a_flipped_byte_in_any_cache_column_is_caught_at_the_counter_and_by_verify() {
     let cref = card_ref(1).0;
     let filter = format!("card_ref = x'{}'", hex::encode(cref));
     let cols = columns(&db, "cache_entry");
-    assert_eq!(cols, vec!["card_ref", "version", "body", "mac"]);
-    for col in &cols {
+    assert_eq!(
+        cols,
+        vec![
+            "card_ref",
+            "version",
+            "body",
+            "mac",
+            "usage_rows",
+            "usage_last_seq",
+            "usage_net_units",
+            "usage_history",
+            "usage_mac"
+        ]
+    );
+    // The entry columns here; the card's usage columns in `edited_local_state_rows_are_caught`.
+    for col in &cols[..4] {
         let d = copy(&db);
         let file = d.path().join(DB_FILE);
         flip(&file, "cache_entry", col, &filter);
@@ -292,20 +306,26 @@ fn edited_local_state_rows_are_caught() {
         );
     }
     let filter = format!("card_ref = x'{}'", hex::encode(card_ref(1).0));
-    for col in ["rows", "last_seq", "net_units", "history", "mac"] {
+    for col in [
+        "usage_rows",
+        "usage_last_seq",
+        "usage_net_units",
+        "usage_history",
+        "usage_mac",
+    ] {
         let d = copy(&db);
         let file = d.path().join(DB_FILE);
-        flip(&file, "card_usage", col, &filter);
+        flip(&file, "cache_entry", col, &filter);
         assert_eq!(
             menu_reason(d.path(), 1).unwrap(),
             Some(DeclineReason::IntegrityFailure),
-            "card_usage.{col}"
+            "cache_entry.{col}"
         );
         assert!(
             journal_findings(&file)
                 .iter()
                 .any(|f| f.starts_with("card usage ")),
-            "card_usage.{col}"
+            "cache_entry.{col}"
         );
     }
     // Deleting a card's usage anchor and its rows together is still caught by the chain.
@@ -313,7 +333,10 @@ fn edited_local_state_rows_are_caught() {
     let file = d.path().join(DB_FILE);
     exec(
         &file,
-        &format!("DELETE FROM card_usage WHERE {filter}; DELETE FROM journal WHERE seq IN (1, 2);"),
+        &format!(
+            "UPDATE cache_entry SET usage_rows = NULL, usage_last_seq = NULL, usage_net_units = NULL, \
+             usage_history = NULL, usage_mac = NULL WHERE {filter}; DELETE FROM journal WHERE seq IN (1, 2);"
+        ),
     );
     assert!(journal_findings(&file).iter().any(|f| f.contains("gap")));
     // The identity attempt counter: editing it (to reset a lockout) is refused.
@@ -410,7 +433,8 @@ fn an_older_copy_of_a_card_usage_row_is_found_by_journal_verify() {
     let saved: (i64, i64, i64, Vec<u8>, Vec<u8>) = Connection::open(&file)
         .unwrap()
         .query_row(
-            "SELECT rows, last_seq, net_units, history, mac FROM card_usage WHERE card_ref = ?1",
+            "SELECT usage_rows, usage_last_seq, usage_net_units, usage_history, usage_mac \
+             FROM cache_entry WHERE card_ref = ?1",
             [&card_ref(1).0[..]],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         )
@@ -422,8 +446,16 @@ fn an_older_copy_of_a_card_usage_row_is_found_by_journal_verify() {
     Connection::open(&file)
         .unwrap()
         .execute(
-            "UPDATE card_usage SET rows = ?1, last_seq = ?2, net_units = ?3, history = ?4, mac = ?5 WHERE card_ref = ?6",
-            rusqlite::params![saved.0, saved.1, saved.2, saved.3, saved.4, &card_ref(1).0[..]],
+            "UPDATE cache_entry SET usage_rows = ?1, usage_last_seq = ?2, usage_net_units = ?3, \
+             usage_history = ?4, usage_mac = ?5 WHERE card_ref = ?6",
+            rusqlite::params![
+                saved.0,
+                saved.1,
+                saved.2,
+                saved.3,
+                saved.4,
+                &card_ref(1).0[..]
+            ],
         )
         .unwrap();
     let f = journal_findings(&file);
