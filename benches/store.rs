@@ -205,9 +205,7 @@ fn main() {
     let bare_join = Connection::open(state.join(redeemd::store::DB_FILE)).unwrap();
     same_settings(&bare_join);
     let mut join = bare_join
-        .prepare(
-            "SELECT body, mac, usage_history, usage_mac FROM cache_entry WHERE card_ref = ?1",
-        )
+        .prepare("SELECT body, mac, usage_history, usage_mac FROM cache_entry WHERE card_ref = ?1")
         .unwrap();
     let mut with_history = (Vec::new(), 0usize);
     let mut stmt = bare

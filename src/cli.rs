@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use redeemd_contract::{JournalRecord, TerminalSecret};
+use redeemd_contract::{JournalRecord, TerminalSecret, close};
 use serde::Serialize;
 
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, LogFormat};
@@ -875,46 +875,9 @@ fn for_each_record(
     }
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Inverse of [`days_from_civil`].
-pub(crate) fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-fn parse_date(s: &str) -> Option<i64> {
-    let mut it = s.split('-');
-    let (y, m, d) = (
-        it.next()?.parse::<i64>().ok()?,
-        it.next()?.parse::<i64>().ok()?,
-        it.next()?.parse::<i64>().ok()?,
-    );
-    if it.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
-        return None;
-    }
-    let days = days_from_civil(y, m, d);
-    (civil_from_days(days) == (y, m, d)).then_some(days)
-}
-
 fn iso(ms: i64) -> String {
     let (days, rem) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
-    let (y, m, d) = civil_from_days(days);
+    let (y, m, d) = close::civil_from_days(days);
     format!(
         "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
         rem / 3_600_000,
@@ -924,10 +887,9 @@ fn iso(ms: i64) -> String {
 }
 
 fn report(store: &Store, date: &str, offset_min: i32, out: &mut dyn Write) -> Result<(), CliError> {
-    let day = parse_date(date)
+    let day = close::parse_date(date)
         .ok_or_else(|| CliError::Usage(format!("--date {date:?}: expected a valid YYYY-MM-DD")))?;
-    let start = day * 86_400_000 - i64::from(offset_min) * 60_000;
-    let end = start + 86_400_000;
+    let (start, end) = close::day_window(day, offset_min);
     #[derive(Default)]
     struct Totals {
         title: String,
@@ -999,20 +961,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dates() {
-        assert_eq!(parse_date("1970-01-01"), Some(0));
-        assert_eq!(
-            parse_date("2026-11-27"),
-            Some(days_from_civil(2026, 11, 27))
-        );
-        assert_eq!(parse_date("2026-02-30"), None);
-        assert_eq!(parse_date("2026-13-01"), None);
-        assert_eq!(parse_date("x"), None);
+    fn timestamps_print_as_utc() {
         assert_eq!(iso(0), "1970-01-01T00:00:00Z");
-        for z in [-1000, 0, 19_000, 20_419] {
-            let (y, m, d) = civil_from_days(z);
-            assert_eq!(days_from_civil(y, m, d), z);
-        }
+        assert_eq!(iso(1_764_253_845_000), "2025-11-27T14:30:45Z");
+        assert_eq!(iso(-1000), "1969-12-31T23:59:59Z");
     }
 
     #[test]

@@ -19,7 +19,7 @@
 pub mod bundle;
 pub mod cards;
 pub mod clearing;
-pub mod close;
+pub use redeemd_contract::close;
 pub mod db;
 pub mod nonces;
 pub mod problem;

@@ -9,11 +9,13 @@
 //! * signed snapshots, deltas and manifests ([`snapshot`]): both the signing side and the verifying side;
 //! * the journal record encoding, HMAC chain and authorization codes ([`journal`]);
 //! * deny-list entries and their MAC ([`deny`]): the fast path for loss reports;
-//! * request signing and its verification for the clearing API ([`request`], `docs/api/README.md`).
+//! * request signing and its verification for the clearing API ([`request`], `docs/api/README.md`);
+//! * end-of-day close totals and their reconciliation ([`close`]), computed alike by terminal and server.
 //!
 //! The format is specified for humans in `docs/entitlement-format.md` and `docs/journal.md`.
 #![forbid(unsafe_code)]
 
+pub mod close;
 pub mod codec;
 pub mod deny;
 pub mod journal;

@@ -11,10 +11,10 @@ use firmware_protocol::message::{
     List, MenuEntry, Message, MessageType, Text, TextEncoding, UsesLeft,
 };
 
-use crate::cli::civil_from_days;
 use crate::config::Language;
 use crate::engine::{DeclineReason, Menu};
 use crate::store::{Approval, Decision, VoidApproval};
+use redeemd_contract::close::civil_from_days;
 
 /// Largest payload we ever render (the protocol's reassembly limit).
 const MAX_PAYLOAD: usize = firmware_protocol::message::MAX_MESSAGE_LEN;

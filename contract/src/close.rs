@@ -1,11 +1,13 @@
-//! End-of-day close (批结算): the terminal's day totals per item against the records the server holds.
+//! End-of-day close (批结算): the terminal's day totals per item against the records the server holds
+//! (`docs/api/README.md`, "`POST batch-close`"). Both sides compute the totals with [`totals`], so a
+//! close can only mismatch when the records themselves differ.
 //!
 //! The business day is `[date 00:00, +24 h)` in the terminal's UTC offset, on each record's `wall_ms` —
 //! the same window as `redeemd report --date … --utc-offset-minutes …`.
 
 use std::collections::BTreeMap;
 
-use redeemd_contract::{JournalRecord, RecordKind};
+use crate::{JournalRecord, RecordKind};
 use serde::{Deserialize, Serialize};
 
 const DAY_MS: i64 = 86_400_000;
@@ -85,6 +87,31 @@ pub fn parse_date(s: &str) -> Option<i64> {
     let doy = (153 * mp + 2) / 5 + d - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     Some(era * 146_097 + doe - 719_468)
+}
+
+/// The proleptic Gregorian (year, month, day) of a day number (days since 1970-01-01; Howard Hinnant's
+/// `civil_from_days`, the inverse of [`parse_date`]).
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// The `YYYY-MM-DD` of a day number.
+pub fn format_date(days: i64) -> String {
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// The business day (days since 1970-01-01) that a wall-clock time falls in, at a UTC offset.
+pub fn business_day(wall_ms: i64, utc_offset_minutes: i32) -> i64 {
+    (wall_ms + i64::from(utc_offset_minutes) * 60_000).div_euclid(DAY_MS)
 }
 
 /// The `[start, end)` wall-clock window of a business day, unix ms.
@@ -188,5 +215,20 @@ mod tests {
             day_window(1, 480),
             (86_400_000 - 28_800_000, 2 * 86_400_000 - 28_800_000)
         );
+    }
+
+    #[test]
+    fn formatting_a_day_inverts_parsing_and_business_days_follow_the_offset() {
+        for days in [-719_468, -1, 0, 11_017, 19_782, 20_419, 2_932_896] {
+            assert_eq!(parse_date(&format_date(days)), Some(days), "{days}");
+        }
+        assert_eq!(format_date(20_419), "2025-11-27");
+        // 2026-11-27 16:30 UTC is already 2026-11-28 in Beijing (UTC+8), still the 27th in UTC.
+        let t = (20_784 * 24 + 16) * 3_600_000 + 30 * 60_000;
+        assert_eq!(format_date(business_day(t, 0)), "2026-11-27");
+        assert_eq!(format_date(business_day(t, 480)), "2026-11-28");
+        assert_eq!(format_date(business_day(t, -600)), "2026-11-27");
+        let (start, end) = day_window(business_day(t, 480), 480);
+        assert!(start <= t && t < end);
     }
 }
