@@ -581,7 +581,7 @@ fn sync_once(
         .build()
         .map_err(CliError::Output)?;
     let report = runtime.block_on(async {
-        let mut syncer = Syncer::new(client);
+        let mut syncer = Syncer::new(client, config.utc_offset_minutes);
         syncer.pass(&handle).await
     });
     drop(lock);
@@ -760,7 +760,18 @@ fn status(config: &Config, secret: &TerminalSecret, out: &mut dyn Write) -> Resu
         j.head_seq,
         j.synced_through_seq,
         j.head_seq.saturating_sub(j.synced_through_seq)
-    ))
+    ))?;
+    match store.last_close()? {
+        Some(c) => w(writeln!(
+            out,
+            "batch close    {} {} (through seq {}, {} ago)",
+            c.business_date,
+            c.result.as_str(),
+            c.through_seq,
+            ago(c.closed_wall_ms)
+        )),
+        None => w(writeln!(out, "batch close    none yet")),
+    }
 }
 
 /// A duration in ms as `42 s`, `17 min` or `5 h`.

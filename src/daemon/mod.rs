@@ -121,6 +121,7 @@ async fn serve(
                 config: config.sync.clone(),
                 state_dir: config.state_dir.clone(),
                 terminal_id: config.terminal_id.clone(),
+                utc_offset_minutes: config.utc_offset_minutes,
                 request_key,
                 store: store.clone(),
                 status: board.clone(),

@@ -28,6 +28,8 @@ pub struct SyncContext {
     pub config: SyncConfig,
     pub state_dir: PathBuf,
     pub terminal_id: String,
+    /// The shop's business day for end-of-day closes.
+    pub utc_offset_minutes: i32,
     pub request_key: MacKey,
     pub store: StoreHandle,
     pub status: StatusBoard,
@@ -60,7 +62,7 @@ pub async fn run(ctx: SyncContext) {
     };
     ctx.status
         .sync(|s| s.server_url.clone_from(&ctx.server_url));
-    let mut syncer = Syncer::new(client);
+    let mut syncer = Syncer::new(client, ctx.utc_offset_minutes);
     let mut backoff = Backoff::default();
     loop {
         let delay = match take_lock(&ctx).await {

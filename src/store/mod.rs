@@ -14,6 +14,7 @@
 //! * every MACed row is verified before it is used; a failed check declines with `IntegrityFailure`
 //!   and names the row, it never decides from tampered data.
 
+pub mod close;
 pub mod deny;
 mod install;
 pub mod rows;

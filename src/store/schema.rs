@@ -218,6 +218,22 @@ DROP TABLE IF EXISTS cache_staging;
 ALTER TABLE cache_entry_v5 RENAME TO cache_entry;
 ";
 
+/// End-of-day closes sent to the platform (`store::close`): which business days are closed, through
+/// which journal seq, and the platform's answer. Bookkeeping, not MACed: an edited row can only make
+/// the terminal close a day again (the platform answers a resent close with its stored answer) or skip
+/// one (the platform's own clearing does not depend on closes).
+const V6: &str = "
+CREATE TABLE batch_close (
+    business_date      TEXT PRIMARY KEY,     -- YYYY-MM-DD at the offset below
+    utc_offset_minutes INTEGER NOT NULL,
+    first_seq          INTEGER NOT NULL,
+    through_seq        INTEGER NOT NULL,     -- the day's last journal seq: the next close starts after it
+    result             TEXT NOT NULL,        -- matched | mismatched | conflict
+    answer             TEXT NOT NULL,        -- the platform's answer (JSON), or its problem for a conflict
+    closed_wall_ms     INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
 /// Every migration, in order. Append new ones; never edit a released one.
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -239,6 +255,10 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 5,
         sql: V5,
+    },
+    Migration {
+        version: 6,
+        sql: V6,
     },
 ];
 

@@ -393,6 +393,27 @@ impl Client {
         ))
     }
 
+    /// `POST batch-close` for one business day: the platform's verdict, or the problem it answered.
+    pub async fn batch_close(
+        &self,
+        close: &redeemd_contract::close::BatchClose,
+    ) -> Result<redeemd_contract::close::BatchCloseResult, SyncError> {
+        const WHAT: &str = "batch close";
+        let body = serde_json::to_vec(close).map_err(|e| SyncError::Setup(e.to_string()))?;
+        let resp = self
+            .send(
+                WHAT,
+                reqwest::Method::POST,
+                "batch-close",
+                body,
+                self.options.request_timeout,
+            )
+            .await?;
+        let body = self.expect_ok(WHAT, resp).await?;
+        wire::parse_close_answer(close, &body)
+            .map_err(|source| SyncError::Answer { what: WHAT, source })
+    }
+
     /// `GET deny-list?since=N`.
     pub async fn deny_list(&self, since: u64) -> Result<DenyList, SyncError> {
         const WHAT: &str = "deny list";

@@ -7,13 +7,16 @@
 //! * [`client`] — the thin HTTP driver: reqwest + rustls, every request signed with
 //!   `redeemd_contract::request`, timeouts, streaming decompression; one error enum naming what failed.
 //! * [`decode`] — bounded streaming `Content-Encoding` decoding (zstd, gzip), pure.
-//! * [`pass`] — one sync pass (deny list, journal, entitlements) through the daemon's store handle in
+//! * [`close`] — pure planning of end-of-day closes: which ended, fully acknowledged days to close, with
+//!   the platform's own totals.
+//! * [`pass`] — one sync pass (deny list, journal, entitlements, closes) through the daemon's store handle in
 //!   short pieces, and the lock that keeps two processes from syncing one state directory at once.
 //!
 //! The periodic task that runs passes in the daemon is `crate::daemon::sync`; `redeemd sync` runs one.
 //! Sync never blocks the counter: redemptions are decided from the local cache whatever sync does.
 
 pub mod client;
+pub mod close;
 pub mod decode;
 pub mod pass;
 pub mod plan;

@@ -1,7 +1,8 @@
 //! One sync pass, in the order of `docs/api/README.md`: the deny list first (cheap, and a loss report
 //! must reach the counter within one poll), then the journal (resume from the server's head, upload
 //! what it has not acknowledged, in batches), then the entitlements (a delta or a snapshot, installed in
-//! chunks so that the counter never waits behind it).
+//! chunks so that the counter never waits behind it), then the end-of-day closes of the business days
+//! that ended with every record acknowledged ([`super::close`]).
 //!
 //! The steps are independent: a refused deny list does not stop the upload, and a halted upload does
 //! not stop loss reports or new entitlements. Only when the server is unreachable or overloaded
@@ -20,11 +21,16 @@ use std::time::{Duration, Instant};
 
 use redeemd_contract::keys::Tag;
 
+use redeemd_contract::JournalRecord;
+use redeemd_contract::close::business_day;
+
 use super::client::{Client, SyncError, UploadAnswer, server_error};
+use super::close::closes_due;
 use super::plan::{self, Divergence, LocalJournal, Next, Resume, Uploader};
 use super::wire;
 use crate::daemon::store_owner::StoreHandle;
 use crate::engine::Now;
+use crate::store::close::CloseResult;
 use crate::store::{BundleInstall, DenyReport, InstallReport, Store, StoreError};
 
 /// Decoded bundle bytes handed to the installer per blocking call.
@@ -33,6 +39,11 @@ const FEED_BYTES: usize = 1 << 20;
 const MAX_DENY_PAGES: u32 = 100;
 /// Re-reads of the server's head within one pass (after `sequence_gap`) before giving up.
 const MAX_HEAD_READS: u32 = 3;
+/// Journal records read per store call when planning closes (the store is free in between).
+const CLOSE_READ_RECORDS: usize = 5000;
+/// Business days closed in one pass at most (a terminal back after weeks offline catches up over a
+/// few passes).
+const MAX_CLOSES_PER_PASS: usize = 62;
 
 /// What the journal step did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -52,6 +63,12 @@ pub struct UploadReport {
 pub enum EntitlementsReport {
     UpToDate { version: u64 },
     Installed(InstallReport),
+}
+
+/// What the close step did: the days closed in this pass and the platform's verdicts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CloseReport {
+    pub closed: Vec<(String, CloseResult)>,
 }
 
 /// One step's outcome.
@@ -77,6 +94,7 @@ pub struct PassReport {
     pub deny: Step<DenyReport>,
     pub journal: Step<UploadReport>,
     pub entitlements: Step<EntitlementsReport>,
+    pub closes: Step<CloseReport>,
     /// Set when uploading is halted (found in this pass or an earlier one).
     pub halted: Option<Divergence>,
 }
@@ -88,6 +106,7 @@ impl PassReport {
             self.deny.error(),
             self.journal.error(),
             self.entitlements.error(),
+            self.closes.error(),
         ]
         .into_iter()
         .flatten()
@@ -148,6 +167,19 @@ impl PassReport {
             Step::Failed(e) => format!("entitlements  FAILED: {e}"),
             Step::Skipped(why) => format!("entitlements  skipped: {why}"),
         });
+        out.push(match &self.closes {
+            Step::Done(c) if c.closed.is_empty() => "batch close   nothing due".to_owned(),
+            Step::Done(c) => format!(
+                "batch close   {}",
+                c.closed
+                    .iter()
+                    .map(|(day, r)| format!("{day} {}", r.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Step::Failed(e) => format!("batch close   FAILED: {e}"),
+            Step::Skipped(why) => format!("batch close   skipped: {why}"),
+        });
         out
     }
 }
@@ -161,6 +193,8 @@ pub struct Syncer {
     /// The platform's answer refusing a record (`uploader.refused_at`): reported by every pass until an
     /// operator intervenes, since the records from it on cannot be cleared.
     pub refused_record: Option<String>,
+    /// The shop's business day for closes: its offset from UTC (`utc_offset_minutes` in the config).
+    pub utc_offset_minutes: i32,
 }
 
 /// Problem codes by which the platform refuses one record of a batch (`docs/api/README.md`).
@@ -172,12 +206,13 @@ const RECORD_REFUSALS: [&str; 4] = [
 ];
 
 impl Syncer {
-    pub fn new(client: Client) -> Syncer {
+    pub fn new(client: Client, utc_offset_minutes: i32) -> Syncer {
         Syncer {
             client,
             uploader: Uploader::default(),
             halted: None,
             refused_record: None,
+            utc_offset_minutes,
         }
     }
 
@@ -205,10 +240,25 @@ impl Syncer {
                 }
             }
         };
-        let entitlements = if let Some(why) = skip {
-            Step::Skipped(why)
+        let entitlements = if let Some(why) = &skip {
+            Step::Skipped(why.clone())
         } else {
             match self.entitlements_step(store).await {
+                Ok(r) => Step::Done(r),
+                Err(e) => {
+                    skip = unreachable(&e);
+                    Step::Failed(e)
+                }
+            }
+        };
+        // A close needs its day's records acknowledged: nothing to do while uploading is halted
+        // or failed (the next pass retries).
+        let closes = if let Some(why) = skip {
+            Step::Skipped(why)
+        } else if !matches!(journal, Step::Done(_)) {
+            Step::Skipped("the journal step did not complete".into())
+        } else {
+            match self.close_step(store).await {
                 Ok(r) => Step::Done(r),
                 Err(e) => Step::Failed(e),
             }
@@ -217,8 +267,81 @@ impl Syncer {
             deny,
             journal,
             entitlements,
+            closes,
             halted: self.halted,
         }
+    }
+
+    /// Closes the business days that ended with every record acknowledged, oldest first, and records
+    /// each verdict. A mismatch is logged as an error with the items that differ (the platform lists the
+    /// day in its exceptions too); a conflict (the platform holds another close for the day) likewise,
+    /// and the next day goes on.
+    async fn close_step(&self, store: &StoreHandle) -> Result<CloseReport, SyncError> {
+        let offset = self.utc_offset_minutes;
+        let mut report = CloseReport::default();
+        while report.closed.len() < MAX_CLOSES_PER_PASS {
+            // The first unclosed day's records, read in short store calls until a record of a later
+            // day (or the journal's head) shows that the day is whole.
+            let mut records: Vec<JournalRecord> = Vec::new();
+            let (complete, acknowledged, today) = loop {
+                let next = records.last().map(|r| r.seq + 1);
+                let (chunk, info, now) = on_store(store, move |s, now| {
+                    let from = match next {
+                        Some(seq) => seq,
+                        None => s.closed_through_seq()? + 1,
+                    };
+                    let chunk = s.journal_records(from, CLOSE_READ_RECORDS)?;
+                    Ok((chunk, s.journal_info(), now))
+                })
+                .await
+                .map_err(SyncError::Store)?;
+                records.extend(chunk.into_iter().map(|(r, _)| r));
+                let first_day = records.first().map(|r| business_day(r.wall_ms, offset));
+                let at_head = records.last().is_none_or(|r| r.seq >= info.head_seq);
+                let day_ended_in_read = records
+                    .last()
+                    .is_some_and(|r| Some(business_day(r.wall_ms, offset)) != first_day);
+                if at_head || day_ended_in_read {
+                    break (
+                        at_head,
+                        info.synced_through_seq,
+                        business_day(now.wall_ms, offset),
+                    );
+                }
+            };
+            let due = closes_due(&records, complete, acknowledged, offset, today);
+            if due.is_empty() {
+                break;
+            }
+            for close in due {
+                let (result, answer) = match self.client.batch_close(&close).await {
+                    Ok(a) => {
+                        let answer = serde_json::to_string(&a).unwrap_or_default();
+                        if a.result == "matched" {
+                            tracing::info!(business_date = %close.business_date, through_seq = close.through_seq, "batch close matched");
+                            (CloseResult::Matched, answer)
+                        } else {
+                            tracing::error!(business_date = %close.business_date, differences = %answer, "batch close MISMATCHED: the platform's totals for the day differ from the terminal's");
+                            (CloseResult::Mismatched, answer)
+                        }
+                    }
+                    Err(e) if matches!(&e, SyncError::Server { code, .. } if code == "batch_close_conflict") =>
+                    {
+                        tracing::error!(business_date = %close.business_date, error = %e, "batch close CONFLICT: the platform holds another close for this day");
+                        (CloseResult::Conflict, e.to_string())
+                    }
+                    Err(e) => return Err(e),
+                };
+                let date = close.business_date.clone();
+                on_store(store, move |s, now| {
+                    s.record_close(&close, result, &answer, now.wall_ms)
+                })
+                .await
+                .map_err(SyncError::Store)?;
+                report.closed.push((date, result));
+            }
+        }
+        Ok(report)
     }
 
     /// Applies the deny list from the applied version on. The server answers at most 10,000 entries at

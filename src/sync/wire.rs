@@ -82,6 +82,34 @@ struct HeadJson {
 }
 
 /// Reads a `GET journal/head` answer, checking it is about `terminal_id`.
+/// Reads the answer to `POST batch-close` for `close`: the platform's verdict on that business day.
+pub fn parse_close_answer(
+    close: &redeemd_contract::close::BatchClose,
+    body: &[u8],
+) -> Result<redeemd_contract::close::BatchCloseResult, WireError> {
+    let a: redeemd_contract::close::BatchCloseResult =
+        serde_json::from_slice(body).map_err(|e| WireError::Json(e.to_string()))?;
+    if a.business_date != close.business_date {
+        return Err(WireError::Field {
+            field: "business_date",
+            reason: "another day's answer",
+        });
+    }
+    if !matches!(a.result.as_str(), "matched" | "mismatched") {
+        return Err(WireError::Field {
+            field: "result",
+            reason: "neither matched nor mismatched",
+        });
+    }
+    if a.result == "matched" && !a.differences.is_empty() {
+        return Err(WireError::Field {
+            field: "differences",
+            reason: "listed for a matched close",
+        });
+    }
+    Ok(a)
+}
+
 pub fn parse_head(terminal_id: &str, body: &[u8]) -> Result<ServerHead, WireError> {
     let h: HeadJson = serde_json::from_slice(body).map_err(|e| WireError::Json(e.to_string()))?;
     if h.terminal_id != terminal_id {

@@ -89,6 +89,8 @@ pub struct Honest {
     pub bad_signatures: u64,
     /// Entries per deny-list answer at most (the real server pages at 10,000).
     pub deny_page: usize,
+    /// End-of-day closes received, in order.
+    pub closes: Vec<redeemd_contract::close::BatchClose>,
     nonces: MemoryNonces,
 }
 
@@ -102,6 +104,7 @@ impl Honest {
             encoding: None,
             bad_signatures: 0,
             deny_page: 10_000,
+            closes: Vec::new(),
             nonces: MemoryNonces::new(),
         }
     }
@@ -174,6 +177,26 @@ impl Honest {
         }
         if req.is("GET", "deny-list") {
             return Reply::json(200, self.deny_json(since()));
+        }
+        if req.is("POST", "batch-close") {
+            use redeemd_contract::close;
+            let c: close::BatchClose = serde_json::from_slice(&req.body).unwrap();
+            let head = self.journal.last().map_or(0, |(s, _, _)| *s);
+            assert!(
+                c.through_seq <= head,
+                "close through {} above the head {head}",
+                c.through_seq
+            );
+            let records: Vec<JournalRecord> = self
+                .journal
+                .iter()
+                .map(|(_, bytes, _)| JournalRecord::decode(bytes).unwrap())
+                .collect();
+            let day = close::parse_date(&c.business_date).unwrap();
+            let server = close::totals(&records, close::day_window(day, c.utc_offset_minutes));
+            let answer = close::reconcile(&c, &server);
+            self.closes.push(c);
+            return Reply::json(200, serde_json::to_string(&answer).unwrap());
         }
         if req.is("GET", "entitlements") {
             return match &self.bundle {

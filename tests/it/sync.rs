@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use redeemd::daemon::store_owner::{Clock, StoreHandle};
 use redeemd::daemon::sync::next_delay;
+use redeemd::store::close::CloseResult;
 use redeemd::store::{DenyInfo, Store};
 use redeemd::sync::client::{Client, ClientOptions};
 use redeemd::sync::pass::{EntitlementsReport, PassReport, Step, Syncer};
@@ -66,7 +67,10 @@ fn syncer(p: &Platform) -> Syncer {
         bundle_timeout: Duration::from_secs(5),
         ..ClientOptions::default()
     };
-    Syncer::new(Client::new(&p.url, TERMINAL, keys().request, options).unwrap())
+    Syncer::new(
+        Client::new(&p.url, TERMINAL, keys().request, options).unwrap(),
+        480,
+    )
 }
 
 /// (cache version, acknowledged seq, deny list, leftover staging tables).
@@ -133,7 +137,21 @@ async fn an_honest_pass_applies_the_deny_list_uploads_and_installs_compressed_bu
             let honest = p.honest.lock().unwrap();
             assert_eq!(honest.journal.len(), 3);
             assert_eq!(honest.bad_signatures, 0, "every request signed correctly");
+            // The records' day (T0) has ended: closed once, through the last of them.
+            let closes: Vec<_> = honest
+                .closes
+                .iter()
+                .map(|c| (c.first_seq, c.through_seq, c.items.len()))
+                .collect();
+            assert_eq!(closes, [(1, 3, 1)]);
         }
+        assert!(
+            matches!(&r.closes, Step::Done(c) if c.closed == [(close_date(), CloseResult::Matched)])
+        );
+        assert_eq!(
+            last_close(&h),
+            Some((close_date(), CloseResult::Matched, 3))
+        );
         // Card 4 was reported lost at entry version 6, and version 6 is installed: superseded.
         // A second pass has nothing to do.
         let r = pass(&mut s, &h).await;
@@ -143,7 +161,56 @@ async fn an_honest_pass_applies_the_deny_list_uploads_and_installs_compressed_bu
             Step::Done(EntitlementsReport::UpToDate { version: 6 })
         ));
         assert_eq!(p.count("POST", "journal"), 1, "nothing uploaded twice");
+        assert_eq!(p.count("POST", "batch-close"), 1, "a day is closed once");
     }
+}
+
+/// The business date of T0 in the tests' offset (UTC+8).
+fn close_date() -> String {
+    use redeemd_contract::close;
+    close::format_date(close::business_day(T0, 480))
+}
+
+fn last_close(h: &StoreHandle) -> Option<(String, CloseResult, u64)> {
+    h.run_blocking(|s: &mut Store, _| {
+        s.last_close()
+            .unwrap()
+            .map(|c| (c.business_date, c.result, c.through_seq))
+    })
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_the_platform_holds_otherwise_is_recorded_as_a_conflict_and_not_resent() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = shop_store(dir.path());
+    let p = Platform::start(honest()).await;
+    p.misbehave(
+        |r: &crate::platform::Request, _: &mut crate::platform::Honest| {
+            r.is("POST", "batch-close").then(|| {
+                Reply::problem(
+                    409,
+                    "batch_close_conflict",
+                    "already closed with other totals",
+                    None,
+                )
+            })
+        },
+    );
+    let mut s = syncer(&p);
+    let r = pass(&mut s, &h).await;
+    assert!(r.ok(), "{}", r.lines().join("\n"));
+    assert_eq!(
+        last_close(&h),
+        Some((close_date(), CloseResult::Conflict, 3))
+    );
+    assert!(
+        r.lines().iter().any(|l| l.contains("conflict")),
+        "{:?}",
+        r.lines()
+    );
+    pass(&mut s, &h).await;
+    assert_eq!(p.count("POST", "batch-close"), 1, "not resent every pass");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,6 +398,19 @@ fn cases() -> Vec<Case> {
             retry_after_ms: Some(120_000),
         },
         Case {
+            name: "answers a batch close with another day's verdict",
+            hook: Box::new(|r, _| {
+                r.is("POST", "batch-close").then(|| {
+                    Reply::json(
+                        200,
+                        r#"{"result":"matched","business_date":"1999-01-01","differences":[]}"#,
+                    )
+                })
+            }),
+            says: "batch close: unusable answer: answer field business_date: another day's answer",
+            retry_after_ms: None,
+        },
+        Case {
             name: "answers 503 with Retry-After",
             hook: Box::new(|r, _| {
                 r.is("POST", "journal")
@@ -369,6 +449,9 @@ async fn a_misbehaving_server_changes_nothing_and_the_next_pass_retries_after_ba
         }
         if case.says.starts_with("deny") {
             assert_eq!(after.2, before.2, "{}: nothing applied", case.name);
+        }
+        if case.says.starts_with("batch close") {
+            assert_eq!(last_close(&h), None, "{}: nothing recorded", case.name);
         }
         assert_eq!(after.3, 0, "{}: staging dropped", case.name);
         // The counter still works.
