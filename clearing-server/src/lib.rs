@@ -52,11 +52,6 @@ const NONCE_PRUNE_EVERY_MS: i64 = 30_000;
 pub const MAX_RECORDS: usize = 5000;
 /// Most entries in one deny-list answer (the terminal asks again from the last one it applied).
 pub const MAX_DENY_ENTRIES: usize = 10_000;
-/// A bundle's `expires_at_ms` is its `issued_at_ms` plus this (72 h).
-pub const CACHE_VALIDITY_MS: i64 = 72 * 3_600_000;
-/// The version counter is bumped when it has not moved for this long (24 h), so that a terminal polling
-/// a quiet platform gets a fresh manifest well before its cache expires.
-pub const CACHE_REFRESH_AFTER_MS: i64 = 24 * 3_600_000;
 /// Bundle bytes per chunk sent to the response body, and chunks buffered between producer and socket.
 const STREAM_CHUNK: usize = 64 * 1024;
 const STREAM_CHUNKS_IN_FLIGHT: usize = 8;
@@ -81,9 +76,9 @@ pub struct AppState {
     /// When expired nonces were last pruned (server clock).
     nonces_pruned_ms: Arc<std::sync::atomic::AtomicI64>,
     clock: Clock,
-    /// [`CACHE_VALIDITY_MS`] and [`CACHE_REFRESH_AFTER_MS`] (tests shorten them).
-    pub cache_validity_ms: i64,
-    pub cache_refresh_after_ms: i64,
+    /// How long the bundles it signs are valid, and when a quiet platform renews them
+    /// (`serve --cache-validity-hours`; [`bundle::CachePolicy::default`] otherwise).
+    pub cache: bundle::CachePolicy,
 }
 
 impl AppState {
@@ -97,9 +92,13 @@ impl AppState {
             db_path,
             nonces_pruned_ms: Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN)),
             clock,
-            cache_validity_ms: CACHE_VALIDITY_MS,
-            cache_refresh_after_ms: CACHE_REFRESH_AFTER_MS,
+            cache: bundle::CachePolicy::default(),
         }
+    }
+
+    /// The same state signing bundles under `cache`.
+    pub fn with_cache_policy(self, cache: bundle::CachePolicy) -> Self {
+        Self { cache, ..self }
     }
 
     /// Runs `f` on the connection on a blocking thread.
@@ -644,8 +643,7 @@ async fn entitlements(
         merchant_id: terminal.merchant_id,
         since,
         now_ms: (state.clock)(),
-        validity_ms: state.cache_validity_ms,
-        refresh_after_ms: state.cache_refresh_after_ms,
+        cache: state.cache,
     };
     let (decided_tx, decided_rx) = tokio::sync::oneshot::channel();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Chunk>(STREAM_CHUNKS_IN_FLIGHT);

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use clearing_server::bundle::CachePolicy;
 use clearing_server::cards::{self, CardError, StatusAction};
 use clearing_server::statements;
 use redeemd_contract::model::{CardNumber, MerchantScope};
@@ -27,6 +28,16 @@ enum Command {
     Serve {
         #[arg(long, default_value = "127.0.0.1:8787")]
         listen: SocketAddr,
+        /// How long a signed cache lets a shop redeem without reaching the platform, in hours (1 to
+        /// 720 = 30 days); past it the shop declines every card until it syncs. A quiet platform
+        /// renews caches every 24 h (every third of the validity when that is shorter).
+        #[arg(
+            long = "cache-validity-hours",
+            value_name = "HOURS",
+            default_value_t = CachePolicy::default(),
+            value_parser = CachePolicy::parse_hours
+        )]
+        cache_validity: CachePolicy,
     },
     /// Platform administration.
     Admin {
@@ -228,18 +239,31 @@ fn run(cli: Cli) -> Result<(), String> {
     let conn =
         clearing_server::db::open(&cli.db).map_err(|e| format!("{}: {e}", cli.db.display()))?;
     match cli.command {
-        Command::Serve { listen } => {
+        Command::Serve {
+            listen,
+            cache_validity,
+        } => {
             let rt = tokio::runtime::Runtime::new().map_err(|e| format!("runtime: {e}"))?;
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(listen)
                     .await
                     .map_err(|e| format!("listen on {listen}: {e}"))?;
                 let addr = listener.local_addr().map_err(|e| e.to_string())?;
+                // Before the listening line, which tools wait for (and may stop reading after).
+                let refresh_min = cache_validity.refresh_after_ms() / 60_000;
+                let refresh = if refresh_min % 60 == 0 {
+                    format!("{} h", refresh_min / 60)
+                } else {
+                    format!("{refresh_min} min")
+                };
+                eprintln!(
+                    "clearing-server: signed caches valid {cache_validity} h, renewed after {refresh} on a quiet platform"
+                );
                 eprintln!("clearing-server: listening on http://{addr}");
-                let app = clearing_server::router(clearing_server::AppState::new(
-                    conn,
-                    clearing_server::system_clock(),
-                ));
+                let app = clearing_server::router(
+                    clearing_server::AppState::new(conn, clearing_server::system_clock())
+                        .with_cache_policy(cache_validity),
+                );
                 axum::serve(listener, app)
                     .with_graceful_shutdown(async {
                         let _ = tokio::signal::ctrl_c().await;

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 
+use clearing_server::bundle::CachePolicy;
 use clearing_server::cards::{self, ItemSpec, NewCard, PackageSpec, StatusAction};
 use clearing_server::{AppState, db};
 use common::{Line, T0, lines, upload_body};
@@ -74,6 +75,11 @@ fn admin<T>(s: &Server, f: impl FnOnce(&rusqlite::Transaction<'_>) -> T) -> T {
 }
 
 async fn start() -> Server {
+    start_with(CachePolicy::default()).await
+}
+
+/// [`start`] with the server signing bundles under `cache` (`serve --cache-validity-hours`).
+async fn start_with(cache: CachePolicy) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("clearing.sqlite3");
     let conn = db::open(&db_path).unwrap();
@@ -112,7 +118,8 @@ async fn start() -> Server {
 
     let clock = Arc::new(AtomicI64::new(T0));
     let c = clock.clone();
-    let state = AppState::new(conn, Arc::new(move || c.load(Ordering::SeqCst)));
+    let state =
+        AppState::new(conn, Arc::new(move || c.load(Ordering::SeqCst))).with_cache_policy(cache);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
@@ -352,7 +359,7 @@ async fn a_snapshot_verifies_installs_and_counts_usage_from_every_terminal() {
     assert_eq!(b.manifest.merchant_categories, ["car-wash"]);
     assert_eq!(
         b.manifest.expires_at_ms,
-        T0 + clearing_server::CACHE_VALIDITY_MS
+        T0 + CachePolicy::default().validity_ms()
     );
     // A and B (C is only for M-3), in ascending reference order.
     let mut want = vec![a1, card_ref("T-1", CARD_B)];
@@ -478,11 +485,28 @@ async fn deltas_hold_exactly_the_changed_cards_and_the_current_version_gets_204(
     let current = f.manifest.version;
     assert_eq!(s.entitlements("T-1", current).await.status, 204);
     s.clock
-        .fetch_add(clearing_server::CACHE_REFRESH_AFTER_MS, Ordering::SeqCst);
+        .fetch_add(CachePolicy::default().refresh_after_ms(), Ordering::SeqCst);
     let a = s.entitlements("T-1", current).await;
     let d = verify("T-1", &a.body);
     assert_eq!((d.manifest.kind, d.entries.len()), (BundleKind::Delta, 0));
     assert!(d.manifest.expires_at_ms > f.manifest.expires_at_ms);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_cache_validity_is_signed_and_renewed_at_a_third_of_it() {
+    // 6 h: expiry 6 h after issue, renewed once the counter has not moved for 2 h.
+    let s = start_with(CachePolicy::from_hours(6).unwrap()).await;
+    let a = s.entitlements("T-1", 0).await;
+    let f = verify("T-1", &a.body);
+    assert_eq!(f.manifest.issued_at_ms, T0);
+    assert_eq!(f.manifest.expires_at_ms, T0 + 6 * 3_600_000);
+    let current = f.manifest.version;
+    s.clock.fetch_add(2 * 3_600_000 - 1, Ordering::SeqCst);
+    assert_eq!(s.entitlements("T-1", current).await.status, 204);
+    s.clock.fetch_add(1, Ordering::SeqCst);
+    let d = verify("T-1", &s.entitlements("T-1", current).await.body);
+    assert_eq!((d.manifest.kind, d.entries.len()), (BundleKind::Delta, 0));
+    assert_eq!(d.manifest.expires_at_ms, T0 + 8 * 3_600_000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,23 +45,43 @@ fn enroll(db: &Path, terminal: &str, key: &Path) -> std::process::Output {
 }
 
 fn serve(db: &Path) -> Server {
-    let mut child = Command::new(BIN)
-        .args([
-            "--db",
-            db.to_str().unwrap(),
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-        ])
+    serve_with(db, &[]).0
+}
+
+/// `clearing-server --db <db> serve --listen 127.0.0.1:0 <args>`.
+fn serve_command(db: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args([
+        "--db",
+        db.to_str().unwrap(),
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .args(args);
+    c
+}
+
+/// [`serve_command`] started: the server and its log lines up to the listening line.
+fn serve_with(db: &Path, args: &[&str]) -> (Server, Vec<String>) {
+    let mut child = serve_command(db, args)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stderr.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line.trim().rsplit("http://").next().unwrap().to_owned();
-    Server { child, addr }
+    let mut log = Vec::new();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "server exited: {log:?}"
+        );
+        log.push(line.trim().to_owned());
+        if let Some(addr) = line.trim().split("listening on http://").nth(1) {
+            break addr.to_owned();
+        }
+    };
+    (Server { child, addr }, log)
 }
 
 fn now_ms() -> i64 {
@@ -178,6 +198,46 @@ fn enroll_then_serve_a_signed_request() {
     let out = admin("disable", "T-404");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("T-404 is not enrolled"));
+}
+
+#[test]
+fn the_cache_validity_is_a_checked_serve_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.sqlite3");
+    let (_server, log) = serve_with(&db, &[]);
+    assert_eq!(
+        log[0],
+        "clearing-server: signed caches valid 72 h, renewed after 24 h on a quiet platform"
+    );
+    let (_server, log) = serve_with(&db, &["--cache-validity-hours", "192"]);
+    assert!(
+        log[0].contains("valid 192 h, renewed after 24 h"),
+        "{log:?}"
+    );
+    let (_server, log) = serve_with(&db, &["--cache-validity-hours", "1"]);
+    assert!(
+        log[0].contains("valid 1 h, renewed after 20 min"),
+        "{log:?}"
+    );
+    for (hours, why) in [
+        (
+            "0",
+            "0 h is out of range: a cache is valid for at least 1 h and at most 720 h (30 days)",
+        ),
+        ("721", "721 h is out of range"),
+        (
+            "3d",
+            "\"3d\" is not a number of hours (a whole number from 1 to 720)",
+        ),
+    ] {
+        let out = serve_command(&db, &["--cache-validity-hours", hours])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{hours}: {err}");
+        assert!(err.contains("--cache-validity-hours"), "{err}");
+        assert!(err.contains(why), "{err}");
+    }
 }
 
 #[test]

@@ -13,6 +13,7 @@ mod daemon;
 mod deny;
 mod doctor;
 mod migrate;
+mod offline_week;
 mod platform;
 mod shop;
 mod snapshot;

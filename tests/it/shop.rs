@@ -2,6 +2,7 @@
 //! (`tests/it/daemon.rs`, `tests/it/doctor.rs`) and the daemon benchmark (`benches/daemon.rs`,
 //! which includes this file by path next to `support.rs`).
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -114,9 +115,16 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(shop: &Shop) -> Daemon {
+        Daemon::start_with(shop, &[])
+    }
+
+    /// [`Daemon::start`] with `env` added to the process's environment (e.g. a faked wall clock:
+    /// `tests/it/offline_week.rs`).
+    pub fn start_with(shop: &Shop, env: &[(&str, OsString)]) -> Daemon {
         let mut child = shop
             .redeemd()
             .arg("run")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -12,6 +12,7 @@
 //! admin enroll` (which writes the secret the daemon uses), the cards are created and customized with
 //! `clearing-server admin card …`, and the daemon's first pass installs the server's snapshot.
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -62,10 +63,23 @@ pub(crate) struct Server {
 
 impl Server {
     pub(crate) fn start(db: &Path, listen: &str) -> Server {
+        Server::start_with(db, listen, &[], &[])
+    }
+
+    /// [`Server::start`] with more `serve` arguments and `env` added to the process's environment
+    /// (e.g. a faked wall clock: `offline_week.rs`).
+    pub(crate) fn start_with(
+        db: &Path,
+        listen: &str,
+        serve_args: &[&str],
+        env: &[(&str, OsString)],
+    ) -> Server {
         let mut child = Command::new(clearing_server())
             .arg("--db")
             .arg(db)
             .args(["serve", "--listen", listen])
+            .args(serve_args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
