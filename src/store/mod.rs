@@ -1390,7 +1390,11 @@ impl Store {
         // The row as committed now: another connection may have written it since we loaded it.
         let mut next = read_terminal_row(&tx, &self.keys)?;
         if through_seq <= next.synced_through_seq {
-            return Ok(());
+            // Another connection (`redeemd sync` beside the daemon) recorded it first: nothing to
+            // write, but our view must catch up, or the caller would see the records as still
+            // unacknowledged and send them again, and again.
+            drop(tx);
+            return self.reload().map_err(StoreError::from);
         }
         if through_seq > next.head_seq {
             return Err(StoreError::BadSyncAck {

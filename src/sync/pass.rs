@@ -476,9 +476,20 @@ impl Syncer {
             };
             match next {
                 Next::Acknowledged { mark_synced } => {
-                    on_store(store, move |s, _| s.mark_synced(mark_synced))
-                        .await
-                        .map_err(SyncError::Store)?;
+                    let recorded = on_store(store, move |s, _| {
+                        s.mark_synced(mark_synced)?;
+                        Ok(s.journal_info().synced_through_seq)
+                    })
+                    .await
+                    .map_err(SyncError::Store)?;
+                    // Every turn of this loop must move the acknowledged seq on: a store whose view
+                    // lagged would otherwise have the same batch sent forever.
+                    if recorded < mark_synced {
+                        return Err(SyncError::Setup(format!(
+                            "the store did not record the acknowledgement through seq {mark_synced} \
+                             (it reads {recorded}): stopping this pass"
+                        )));
+                    }
                     report.uploaded += mark_synced - local.acked_seq;
                     report.batches += 1;
                     report.acknowledged_through = mark_synced;

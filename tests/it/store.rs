@@ -412,3 +412,25 @@ fn maintenance_checkpoints_off_the_commit_path_and_loses_nothing() {
     ));
     assert!(s.stored_outcome("r", 100).unwrap().is_some());
 }
+
+/// `redeemd sync` and the daemon each hold a store on the same state directory: an acknowledgement the
+/// other one recorded first must still show in this one's view (a stale view had the sync pass send the
+/// same batch forever).
+#[test]
+fn an_acknowledgement_recorded_by_another_connection_shows_in_this_ones_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = store_with_cards(dir.path(), 2);
+    approved(&redeem(&mut daemon, "r", 1, 0, &[(0, 1)], T0));
+    approved(&redeem(&mut daemon, "r", 2, 1, &[(0, 1)], T0));
+    let mut cli = open(dir.path());
+    cli.mark_synced(2).unwrap();
+    assert_eq!(
+        daemon.journal_info().synced_through_seq,
+        0,
+        "not reloaded yet"
+    );
+    daemon.mark_synced(1).unwrap();
+    assert_eq!(daemon.journal_info().synced_through_seq, 2);
+    daemon.mark_synced(2).unwrap();
+    assert_eq!(daemon.journal_info().synced_through_seq, 2);
+}
