@@ -30,6 +30,7 @@ use redeemd::engine::DeclineReason::{
 };
 use redeemd::simulator::SwipeResult;
 use redeemd_contract::JournalRecord;
+use redeemd_contract::close;
 use redeemd_contract::model::{CardNumber, CardRef};
 use redeemd_contract::snapshot::Manifest;
 
@@ -170,6 +171,22 @@ fn received_ms(db: &Path) -> Vec<i64> {
 
 /// Asserts that `at` (a faked process's wall time) fell on `day` of the fake clock, the real time
 /// having been within `real` meanwhile.
+/// The platform's end-of-day closes of the terminal, oldest first: (business date, verdict).
+fn server_closes(db: &Path) -> Vec<(String, String)> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT business_date, answer FROM batch_close WHERE terminal_id = ?1 ORDER BY business_date")
+        .unwrap();
+    stmt.query_map([TERMINAL], |r| {
+        let answer: String = r.get(1)?;
+        let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        Ok((r.get(0)?, v["result"].as_str().unwrap_or("?").to_owned()))
+    })
+    .unwrap()
+    .collect::<Result<_, _>>()
+    .unwrap()
+}
+
 fn on_day(what: &str, at: i64, day: i64, real: (i64, i64)) {
     let window = real.0 + day * DAY..=real.1 + day * DAY;
     assert!(
@@ -309,6 +326,28 @@ async fn a_shop_offline_for_a_week_redeems_within_its_risk_limits_fails_closed_p
             (back, wall_now()),
         );
     }
+    // The same pass closes every business day of the week that has records (批结算): the platform
+    // recomputes each day's totals from what it now holds and finds them equal.
+    let mut days: Vec<String> = local
+        .iter()
+        .map(|r| close::format_date(close::business_day(r.wall_ms, 480)))
+        .collect();
+    days.dedup();
+    assert!(days.len() >= 6, "{days:?}");
+    wait_for("the week's days closed", Duration::from_secs(30), || {
+        s.open_store()
+            .last_close()
+            .unwrap()
+            .map(|c| c.business_date)
+            == days.last().cloned()
+    });
+    assert_eq!(
+        server_closes(&server.db),
+        days.iter()
+            .map(|d| (d.clone(), "matched".to_owned()))
+            .collect::<Vec<_>>(),
+        "one close per day with records, each matched"
+    );
     // The same pass renews the cache: issued on day 9, valid 8 days more.
     wait_for("the cache renewed", Duration::from_secs(30), || {
         s.cache_version() > first.version
