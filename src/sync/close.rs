@@ -72,29 +72,9 @@ mod tests {
 
     fn rec(seq: u64, wall_ms: i64, kind: RecordKind, code: &str, quantity: u32) -> JournalRecord {
         JournalRecord {
-            terminal_id: "T-1".into(),
-            seq,
             kind,
-            auth_code: String::new(),
-            merchant_id: "M-1".into(),
-            card_ref: redeemd_contract::CardRef([7; 32]),
-            package_id: "P1".into(),
             service_code: code.into(),
-            item_title: String::new(),
-            quantity,
-            amount_fen: 1000 * u64::from(quantity),
-            original_seq: 0,
-            group_seq: seq,
-            line: 0,
-            line_count: 1,
-            reader_id: "r".into(),
-            reader_txn_id: seq,
-            cashier_id: "c".into(),
-            wall_ms,
-            boot_ms: 0,
-            cache_version: 1,
-            entry_version: 1,
-            prev_mac: [0; 32],
+            ..crate::sync::test_record(seq, wall_ms, quantity)
         }
     }
 

@@ -21,3 +21,38 @@ pub mod decode;
 pub mod pass;
 pub mod plan;
 pub mod wire;
+
+/// A redemption record of terminal `T-1` for the sync modules' unit tests: one line of `quantity`
+/// units of `WASH` at 10.00 each, at `wall_ms`; callers change what their test is about.
+#[cfg(test)]
+pub(crate) fn test_record(
+    seq: u64,
+    wall_ms: i64,
+    quantity: u32,
+) -> redeemd_contract::JournalRecord {
+    redeemd_contract::JournalRecord {
+        terminal_id: "T-1".into(),
+        seq,
+        kind: redeemd_contract::RecordKind::Redeem,
+        auth_code: format!("{seq:06}00"),
+        merchant_id: "M-1".into(),
+        card_ref: redeemd_contract::CardRef([2; 32]),
+        package_id: "P1".into(),
+        service_code: "WASH".into(),
+        item_title: "洗车".into(),
+        quantity,
+        amount_fen: 1000 * u64::from(quantity),
+        original_seq: 0,
+        group_seq: seq,
+        line: 0,
+        line_count: 1,
+        reader_id: "r".into(),
+        reader_txn_id: seq,
+        cashier_id: "c".into(),
+        wall_ms,
+        boot_ms: 1,
+        cache_version: 1,
+        entry_version: 1,
+        prev_mac: [0; 32],
+    }
+}

@@ -284,7 +284,7 @@ mod tests {
     use proptest::prelude::*;
     use redeemd_contract::journal::genesis_mac;
     use redeemd_contract::keys::{Purpose, TerminalSecret};
-    use redeemd_contract::{CardRef, RecordKind};
+    use redeemd_contract::CardRef;
 
     fn records(n: u64) -> Vec<(JournalRecord, Tag)> {
         let key = TerminalSecret::from_bytes(&[4; 32])
@@ -294,29 +294,8 @@ mod tests {
         (1..=n)
             .map(|seq| {
                 let r = JournalRecord {
-                    terminal_id: "T-1".into(),
-                    seq,
-                    kind: RecordKind::Redeem,
-                    auth_code: format!("{seq:06}00"),
-                    merchant_id: "M-1".into(),
-                    card_ref: CardRef([2; 32]),
-                    package_id: "P".into(),
-                    service_code: "WASH".into(),
-                    item_title: "洗车".into(),
-                    quantity: 1,
-                    amount_fen: 100,
-                    original_seq: 0,
-                    group_seq: seq,
-                    line: 0,
-                    line_count: 1,
-                    reader_id: "r".into(),
-                    reader_txn_id: seq,
-                    cashier_id: "c".into(),
-                    wall_ms: 1,
-                    boot_ms: 1,
-                    cache_version: 1,
-                    entry_version: 1,
                     prev_mac: prev,
+                    ..crate::sync::test_record(seq, 1, 1)
                 };
                 prev = r.mac(&key);
                 (r, prev)
