@@ -282,9 +282,9 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use proptest::prelude::*;
+    use redeemd_contract::CardRef;
     use redeemd_contract::journal::genesis_mac;
     use redeemd_contract::keys::{Purpose, TerminalSecret};
-    use redeemd_contract::CardRef;
 
     fn records(n: u64) -> Vec<(JournalRecord, Tag)> {
         let key = TerminalSecret::from_bytes(&[4; 32])
