@@ -130,6 +130,22 @@ impl Honest {
             self.bad_signatures += 1;
             return Reply::problem(401, e.code(), &e.to_string(), None);
         }
+        // A compressed body was authenticated as sent; inflate it for reading, as the real server does.
+        let inflated;
+        let req = if req.header("content-encoding") == Some("gzip") {
+            use std::io::Read;
+            let mut body = Vec::new();
+            flate2::read::GzDecoder::new(&req.body[..])
+                .read_to_end(&mut body)
+                .unwrap();
+            inflated = Request {
+                body,
+                ..req.clone()
+            };
+            &inflated
+        } else {
+            req
+        };
         let since = || {
             req.path
                 .split("since=")

@@ -162,6 +162,25 @@ async fn an_honest_pass_applies_the_deny_list_uploads_and_installs_compressed_bu
         ));
         assert_eq!(p.count("POST", "journal"), 1, "nothing uploaded twice");
         assert_eq!(p.count("POST", "batch-close"), 1, "a day is closed once");
+        // The upload went compressed (and was authenticated as sent); the small close did not.
+        let encodings: Vec<(String, Option<String>)> = p
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.method == "POST")
+            .map(|r| {
+                let path = r.path.rsplit('/').next().unwrap_or_default().to_owned();
+                (path, r.header("content-encoding").map(str::to_owned))
+            })
+            .collect();
+        assert_eq!(
+            encodings,
+            [
+                ("journal".to_owned(), Some("gzip".to_owned())),
+                ("batch-close".to_owned(), None)
+            ]
+        );
     }
 }
 
