@@ -382,7 +382,7 @@ fn store_checks(
                     ),
                     "connect the shop PC to the network so that sync can fetch a fresh snapshot",
                 )
-            } else if hours_left < 24 {
+            } else if m.expires_at_ms - now < expiry_warning_ms(m) {
                 Finding::bad(
                     Verdict::Warning,
                     "cache",
@@ -616,6 +616,15 @@ fn clock_sync_check() -> Finding {
     }
 }
 
+/// How close to its expiry a cache gets a warning: a day, or a third of its validity when that is
+/// shorter. A platform renews a polled cache after at most a third of its validity
+/// (`clearing-server serve --cache-validity-hours`), so a syncing shop never gets there; with a 6 h
+/// validity a warning at 24 h would never go away.
+fn expiry_warning_ms(m: &redeemd_contract::snapshot::Manifest) -> i64 {
+    const DAY_MS: i64 = 86_400_000;
+    DAY_MS.min((m.expires_at_ms - m.issued_at_ms).max(0) / 3)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -635,5 +644,25 @@ mod tests {
             }
         );
         assert!(Account::from_files("nobody", passwd, group).is_none());
+    }
+
+    #[test]
+    fn a_cache_is_warned_about_a_day_or_a_third_of_its_validity_before_it_expires() {
+        let valid_for = |hours: i64| redeemd_contract::snapshot::Manifest {
+            kind: redeemd_contract::BundleKind::Full,
+            terminal_id: "T-1".into(),
+            merchant_id: "M-1".into(),
+            merchant_categories: Vec::new(),
+            version: 1,
+            prev_version: 0,
+            entry_count: 0,
+            digest: [0; 32],
+            issued_at_ms: 1_000,
+            expires_at_ms: 1_000 + hours * 3_600_000,
+        };
+        assert_eq!(expiry_warning_ms(&valid_for(72)), 24 * 3_600_000);
+        assert_eq!(expiry_warning_ms(&valid_for(720)), 24 * 3_600_000);
+        assert_eq!(expiry_warning_ms(&valid_for(6)), 2 * 3_600_000);
+        assert_eq!(expiry_warning_ms(&valid_for(-1)), 0);
     }
 }
