@@ -62,8 +62,14 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     );
 
     let request_key = store.keys().request.clone();
+    let db_path = store.path().to_owned();
     let store = store_owner::StoreHandle::new(store, store_owner::Clock::new());
     let board = status::StatusBoard::new(&config.state_dir);
+    check_journal_at_start(
+        db_path,
+        secret.derive_all(&config.terminal_id),
+        board.clone(),
+    );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut readers = Vec::with_capacity(config.readers.len());
     for (index, reader) in config.readers.iter().enumerate() {
@@ -105,6 +111,59 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     board.publish();
     tracing::info!("stopped");
     result
+}
+
+/// Findings of the start-up journal check logged one by one at most; the rest are counted.
+const JOURNAL_CHECK_LOGGED: usize = 20;
+
+/// Verifies the whole journal once, on a thread of its own with its own read-only connection, while the
+/// counter is already open: every row's MAC and chain link, the gap-free sequence, the chain head, and
+/// each card's usage against its rows — what `redeemd journal verify` does. Opening the store checks
+/// only the chain head; a row edited in the middle of an already-acknowledged journal would otherwise
+/// wait for the next `journal verify` to be noticed (unacknowledged rows are also named by the platform
+/// when they are uploaded). Findings are ERROR lines and the status's `journal_check`; decisions go on
+/// (the platform clears nothing it cannot verify).
+fn check_journal_at_start(
+    db: std::path::PathBuf,
+    keys: redeemd_contract::TerminalKeys,
+    board: status::StatusBoard,
+) {
+    board.journal_check("running".into());
+    let spawned = std::thread::Builder::new()
+        .name("journal-check".into())
+        .spawn(move || {
+            let started = std::time::Instant::now();
+            let report = rusqlite::Connection::open_with_flags(
+                &db,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .and_then(|conn| {
+                conn.busy_timeout(Duration::from_secs(5))?;
+                crate::store::verify::journal(&conn, &keys)
+            });
+            let state = match report {
+                Err(e) => {
+                    tracing::warn!(error = %e, "journal check at start: cannot read the journal");
+                    format!("not run: {e}")
+                }
+                Ok(r) if r.is_clean() => {
+                    tracing::info!(rows = r.checked, elapsed_ms = started.elapsed().as_millis() as u64, "journal check at start: clean");
+                    format!("clean ({} rows)", r.checked)
+                }
+                Ok(r) => {
+                    for finding in r.findings.iter().take(JOURNAL_CHECK_LOGGED) {
+                        tracing::error!(%finding, "journal check at start: a row fails its check (run `redeemd journal verify`; keep the database as evidence)");
+                    }
+                    let first = r.findings.first().map(ToString::to_string).unwrap_or_default();
+                    tracing::error!(findings = r.findings.len(), rows = r.checked, "journal check at start: NOT clean");
+                    format!("{} findings in {} rows; first: {first}", r.findings.len(), r.checked)
+                }
+            };
+            board.journal_check(state);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "journal check at start: no thread for it");
+    }
 }
 
 async fn serve(

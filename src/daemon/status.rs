@@ -36,6 +36,10 @@ pub struct DaemonStatus {
     /// `None` when sync is not configured.
     #[serde(default)]
     pub sync: Option<SyncStatus>,
+    /// The full journal check run at start (`crate::daemon::check_journal_at_start`): `running`, then
+    /// `clean (N rows)` or the findings.
+    #[serde(default)]
+    pub journal_check: Option<String>,
 }
 
 /// The sync task's view, updated after every pass (`crate::daemon::sync`).
@@ -105,6 +109,7 @@ impl StatusBoard {
             updated_at_ms: wall_ms(),
             readers: BTreeMap::new(),
             sync: None,
+            journal_check: None,
         };
         let board = StatusBoard {
             inner: Arc::new(Mutex::new(Board {
@@ -133,6 +138,12 @@ impl StatusBoard {
     /// Changes the sync entry (created on first use) and republishes the file.
     pub fn sync(&self, change: impl FnOnce(&mut SyncStatus)) {
         self.change(|s| change(s.sync.get_or_insert_with(SyncStatus::default)));
+        self.publish();
+    }
+
+    /// Sets the start-up journal check's state and republishes the file.
+    pub fn journal_check(&self, state: String) {
+        self.change(|s| s.journal_check = Some(state));
         self.publish();
     }
 

@@ -210,6 +210,22 @@ fn a_journal_row_tampered_with_in_the_shop_is_named_by_the_platform_and_not_clea
         statement["records"], 1,
         "only the verified record is cleared"
     );
+    // The daemon, started on that database, checks the whole journal in the background and names
+    // the row in its log and its status, while the counter is open.
+    let daemon = Daemon::start(&s.shop);
+    let check = || {
+        redeemd::daemon::status::read(&s.shop.state)
+            .ok()
+            .and_then(|st| st.journal_check)
+            .unwrap_or_default()
+    };
+    wait_for(
+        "the start-up journal check",
+        Duration::from_secs(20),
+        || check().contains("findings") && daemon.has_log("journal check at start: NOT clean"),
+    );
+    assert!(check().contains("first: journal seq 2"), "{}", check());
+    assert!(daemon.has_log("journal seq 2"), "{}", daemon.log_text());
 }
 
 #[tokio::test(flavor = "current_thread")]

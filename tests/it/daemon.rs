@@ -406,6 +406,8 @@ fn a_missing_port_is_logged_once_and_retried() {
     assert!(d.child.try_wait().unwrap().is_none());
     let status = redeemd::daemon::status::read(&shop.state).unwrap();
     assert_eq!(status.readers["counter-0"].state, "port error");
+    // The journal checked at start (empty here) is reported clean.
+    assert_eq!(status.journal_check.as_deref(), Some("clean (0 rows)"));
 }
 
 fn rss_kib(pid: u32) -> u64 {
