@@ -116,25 +116,25 @@ fn menu_reason(dir: &Path, card: u64) -> Result<Option<DeclineReason>, StoreErro
     })
 }
 
-fn journal_findings(db: &Path) -> Vec<String> {
+/// The findings of one `verify` function on the database file, as text.
+fn findings(
+    db: &Path,
+    verify: impl FnOnce(&rusqlite::Connection) -> verify::VerifyReport,
+) -> Vec<String> {
     let conn = redeemd::store::open_database(db).unwrap();
-    verify::journal(&conn, &keys())
-        .unwrap()
+    verify(&conn)
         .findings
         .iter()
         .map(ToString::to_string)
         .collect()
 }
 
+fn journal_findings(db: &Path) -> Vec<String> {
+    findings(db, |c| verify::journal(c, &keys()).unwrap())
+}
+
 fn cache_findings(db: &Path) -> Vec<String> {
-    let conn = redeemd::store::open_database(db).unwrap();
-    verify::cache(&conn, &keys())
-        .unwrap()
-        .1
-        .findings
-        .iter()
-        .map(ToString::to_string)
-        .collect()
+    findings(db, |c| verify::cache(c, &keys()).unwrap().1)
 }
 
 #[test]
@@ -498,13 +498,7 @@ fn pristine_with_deny() -> (tempfile::TempDir, PathBuf) {
 }
 
 fn deny_findings(db: &Path) -> Vec<String> {
-    let conn = redeemd::store::open_database(db).unwrap();
-    verify::deny(&conn, &keys())
-        .unwrap()
-        .findings
-        .iter()
-        .map(ToString::to_string)
-        .collect()
+    findings(db, |c| verify::deny(c, &keys()).unwrap())
 }
 
 #[test]
