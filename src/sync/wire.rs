@@ -410,6 +410,43 @@ mod tests {
             let _ = retry_after_ms(std::str::from_utf8(&body).ok());
             let _ = parse_deny_list(&body);
             let _ = problem_extras(&body);
+            let _ = parse_close_answer(&close_of("2026-11-27"), &body);
+        }
+
+        /// Only a well-formed verdict on the day that was closed is accepted.
+        #[test]
+        fn a_close_answer_must_be_about_that_day_and_consistent(
+            day in 1u32..=28,
+            answered in 1u32..=28,
+            result in prop_oneof![Just("matched"), Just("mismatched"), Just("unknown")],
+            differences in any::<bool>(),
+        ) {
+            let date = format!("2026-11-{day:02}");
+            let body = serde_json::json!({
+                "result": result,
+                "business_date": format!("2026-11-{answered:02}"),
+                "differences": if differences {
+                    serde_json::json!([{"package_id": "P1", "service_code": "WASH", "terminal": null, "server": null}])
+                } else {
+                    serde_json::json!([])
+                },
+            })
+            .to_string();
+            let parsed = parse_close_answer(&close_of(&date), body.as_bytes());
+            let valid = day == answered
+                && result != "unknown"
+                && !(result == "matched" && differences);
+            prop_assert_eq!(parsed.is_ok(), valid, "{}", body);
+        }
+    }
+
+    fn close_of(date: &str) -> redeemd_contract::close::BatchClose {
+        redeemd_contract::close::BatchClose {
+            business_date: date.into(),
+            utc_offset_minutes: 480,
+            first_seq: 1,
+            through_seq: 2,
+            items: Vec::new(),
         }
     }
 }
