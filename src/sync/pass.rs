@@ -295,9 +295,11 @@ impl Syncer {
                 })
                 .await
                 .map_err(SyncError::Store)?;
+                let read_nothing = chunk.is_empty();
                 records.extend(chunk.into_iter().map(|(r, _)| r));
                 let first_day = records.first().map(|r| business_day(r.wall_ms, offset));
-                let at_head = records.last().is_none_or(|r| r.seq >= info.head_seq);
+                // (An empty read ends it too: nothing more can come from reading on.)
+                let at_head = read_nothing || records.last().is_none_or(|r| r.seq >= info.head_seq);
                 let day_ended_in_read = records
                     .last()
                     .is_some_and(|r| Some(business_day(r.wall_ms, offset)) != first_day);
