@@ -100,7 +100,7 @@ async fn take_lock(ctx: &SyncContext) -> Option<SyncLock> {
 
 /// After a pass: the interval when nothing failed, else the backoff (honouring `Retry-After`).
 pub fn next_delay(report: &PassReport, backoff: &mut Backoff, interval: Duration) -> Duration {
-    if report.failures().is_empty() {
+    if report.backoff_failures().is_empty() {
         backoff.reset();
         return interval;
     }

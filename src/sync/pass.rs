@@ -113,6 +113,23 @@ impl PassReport {
         .collect()
     }
 
+    /// The failures that call for backing off: every step's, except a close that failed on its own
+    /// (the platform reachable). A day's close waits for the next pass anyway; backing the whole sync
+    /// off for it would delay loss reports and uploads by up to the backoff's ten minutes.
+    pub fn backoff_failures(&self) -> Vec<&SyncError> {
+        [
+            self.deny.error(),
+            self.journal.error(),
+            self.entitlements.error(),
+            self.closes
+                .error()
+                .filter(|e| e.server_unreachable() || e.retry_after_ms().is_some()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
     /// Everything done, nothing halted.
     pub fn ok(&self) -> bool {
         self.failures().is_empty() && self.halted.is_none()
@@ -195,6 +212,9 @@ pub struct Syncer {
     pub refused_record: Option<String>,
     /// The shop's business day for closes: its offset from UTC (`utc_offset_minutes` in the config).
     pub utc_offset_minutes: i32,
+    /// The platform answered `404` to a close: it has no `batch-close` (an older platform). Closes
+    /// are skipped for the life of the process (one warning, not one per pass).
+    pub closes_unsupported: bool,
 }
 
 /// Problem codes by which the platform refuses one record of a batch (`docs/api/README.md`).
@@ -213,6 +233,7 @@ impl Syncer {
             halted: None,
             refused_record: None,
             utc_offset_minutes,
+            closes_unsupported: false,
         }
     }
 
@@ -257,10 +278,18 @@ impl Syncer {
             Step::Skipped(why)
         } else if !matches!(journal, Step::Done(_)) {
             Step::Skipped("the journal step did not complete".into())
+        } else if self.closes_unsupported {
+            Step::Skipped("the platform has no batch-close endpoint".into())
         } else {
             match self.close_step(store).await {
                 Ok(r) => Step::Done(r),
-                Err(e) => Step::Failed(e),
+                Err(e) => {
+                    if matches!(&e, SyncError::Server { status: 404, .. }) {
+                        tracing::warn!(error = %e, "the platform has no batch-close endpoint: end-of-day closes are off until the daemon restarts");
+                        self.closes_unsupported = true;
+                    }
+                    Step::Failed(e)
+                }
             }
         };
         PassReport {

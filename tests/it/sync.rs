@@ -199,6 +199,39 @@ fn last_close(h: &StoreHandle) -> Option<(String, CloseResult, u64)> {
     .unwrap()
 }
 
+/// An older platform without `batch-close`: the close fails once, without backing the sync off (loss
+/// reports and uploads keep their interval), and is not tried again by this process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_without_closes_costs_one_warning_not_a_backoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = shop_store(dir.path());
+    let p = Platform::start(honest()).await;
+    p.misbehave(
+        |r: &crate::platform::Request, _: &mut crate::platform::Honest| {
+            r.is("POST", "batch-close")
+                .then(|| Reply::problem(404, "not_found", "no such route", None))
+        },
+    );
+    let mut s = syncer(&p);
+    let r = pass(&mut s, &h).await;
+    assert!(
+        failure_text(&r).contains("batch close: server answered 404"),
+        "{}",
+        r.lines().join("\n")
+    );
+    let mut backoff = Backoff::default();
+    assert_eq!(
+        next_delay(&r, &mut backoff, Duration::from_secs(60)),
+        Duration::from_secs(60)
+    );
+    assert_eq!(facts(&h).1, 3, "the records were still uploaded");
+    let r = pass(&mut s, &h).await;
+    assert!(r.ok(), "{}", r.lines().join("\n"));
+    assert!(matches!(r.closes, Step::Skipped(_)));
+    assert_eq!(p.count("POST", "batch-close"), 1);
+    assert_eq!(last_close(&h), None);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_close_the_platform_holds_otherwise_is_recorded_as_a_conflict_and_not_resent() {
     let dir = tempfile::tempdir().unwrap();
@@ -475,11 +508,24 @@ async fn a_misbehaving_server_changes_nothing_and_the_next_pass_retries_after_ba
         assert_eq!(after.3, 0, "{}: staging dropped", case.name);
         // The counter still works.
         redeems(&h, 100 + i as u64);
-        // The next pass waits for the backoff (and at least Retry-After), then succeeds.
+        // The next pass waits for the backoff (and at least Retry-After), then succeeds. A close that
+        // failed by itself (the platform reachable) waits for the next interval instead: backing off
+        // would delay loss reports.
         let mut backoff = Backoff::default();
         let delay = next_delay(&r, &mut backoff, Duration::from_secs(60));
-        assert_eq!(backoff.failures(), 1, "{}", case.name);
-        assert!(delay <= Duration::from_millis(case.retry_after_ms.unwrap_or(1_000).max(1_000)));
+        if case.says.starts_with("batch close") {
+            assert_eq!(
+                (backoff.failures(), delay),
+                (0, Duration::from_secs(60)),
+                "{}",
+                case.name
+            );
+        } else {
+            assert_eq!(backoff.failures(), 1, "{}", case.name);
+            assert!(
+                delay <= Duration::from_millis(case.retry_after_ms.unwrap_or(1_000).max(1_000))
+            );
+        }
         if let Some(ms) = case.retry_after_ms {
             assert!(
                 delay >= Duration::from_millis(ms),
