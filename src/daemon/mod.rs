@@ -129,6 +129,7 @@ fn check_journal_at_start(
     board: status::StatusBoard,
 ) {
     board.journal_check("running".into());
+    let board_on_error = board.clone();
     let spawned = std::thread::Builder::new()
         .name("journal-check".into())
         .spawn(move || {
@@ -163,6 +164,7 @@ fn check_journal_at_start(
         });
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "journal check at start: no thread for it");
+        board_on_error.journal_check(format!("not run: no thread ({e})"));
     }
 }
 

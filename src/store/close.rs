@@ -20,6 +20,9 @@ pub enum CloseResult {
     Mismatched,
     /// The platform holds another close for that day (`409 batch_close_conflict`).
     Conflict,
+    /// The platform refused the close itself (`400`, `413`, `422`): recorded so that later days are
+    /// still closed; an operator looks (the answer is kept).
+    Refused,
 }
 
 impl CloseResult {
@@ -28,6 +31,7 @@ impl CloseResult {
             CloseResult::Matched => "matched",
             CloseResult::Mismatched => "mismatched",
             CloseResult::Conflict => "conflict",
+            CloseResult::Refused => "refused",
         }
     }
 
@@ -36,6 +40,7 @@ impl CloseResult {
             CloseResult::Matched,
             CloseResult::Mismatched,
             CloseResult::Conflict,
+            CloseResult::Refused,
         ]
         .into_iter()
         .find(|r| r.as_str() == s)
@@ -63,8 +68,8 @@ impl Store {
     }
 
     /// Records the platform's answer to a close. A second close of a day already closed (records
-    /// stamped into that day after it was closed, a clock set back) replaces the day's row and moves
-    /// its `through_seq` on, so that those records are not planned again in every pass.
+    /// stamped into that day after it was closed, a clock set back) is a row of its own, so the first
+    /// verdict stays as evidence; its `through_seq` moves the next close on past those records.
     pub fn record_close(
         &mut self,
         close: &BatchClose,
@@ -75,9 +80,7 @@ impl Store {
         self.conn
             .prepare_cached(
                 "INSERT INTO batch_close (business_date, utc_offset_minutes, first_seq, through_seq, \
-                 result, answer, closed_wall_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
-                 ON CONFLICT (business_date) DO UPDATE SET through_seq = excluded.through_seq, \
-                 result = excluded.result, answer = excluded.answer, closed_wall_ms = excluded.closed_wall_ms",
+                 result, answer, closed_wall_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
             .execute(params![
                 close.business_date,

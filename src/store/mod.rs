@@ -664,7 +664,12 @@ impl Store {
         )?;
         let entries: i64 = self
             .conn
-            .query_row("SELECT count(*) FROM cache_entry", [], |r| r.get(0))?;
+            // Cards the cache holds, not the usage-only rows of cards it dropped.
+            .query_row(
+                "SELECT count(*) FROM cache_entry WHERE version IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )?;
         Ok(Some(CacheInfo {
             manifest: m.clone(),
             installed_wall_ms,
@@ -1623,10 +1628,7 @@ fn write_usage(
 ) -> rusqlite::Result<()> {
     for (rec, _) in written.iter().filter(|(r, _)| r.card_ref == *card) {
         encode_history(&mut blob, rec);
-        let add = UsageRow::fold(std::slice::from_ref(rec));
-        usage.rows += add.rows;
-        usage.last_seq = usage.last_seq.max(add.last_seq);
-        usage.net_units += add.net_units;
+        usage.add(rec);
     }
     tx.prepare_cached(schema::UPSERT_USAGE)?.execute(params![
         &card.0[..],

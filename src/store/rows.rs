@@ -239,15 +239,20 @@ impl UsageRow {
     pub fn fold(history: &[JournalRecord]) -> Self {
         let mut u = UsageRow::default();
         for r in history {
-            u.rows += 1;
-            u.last_seq = u.last_seq.max(r.seq);
-            u.net_units += match r.kind {
-                RecordKind::Redeem => i64::from(r.quantity),
-                RecordKind::Void => -i64::from(r.quantity),
-                RecordKind::BatchClose => 0,
-            };
+            u.add(r);
         }
         u
+    }
+
+    /// Extends the anchor with one more of the card's records.
+    pub fn add(&mut self, r: &JournalRecord) {
+        self.rows += 1;
+        self.last_seq = self.last_seq.max(r.seq);
+        self.net_units += match r.kind {
+            RecordKind::Redeem => i64::from(r.quantity),
+            RecordKind::Void => -i64::from(r.quantity),
+            RecordKind::BatchClose => 0,
+        };
     }
 }
 

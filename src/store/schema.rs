@@ -224,13 +224,14 @@ ALTER TABLE cache_entry_v5 RENAME TO cache_entry;
 /// one (the platform's own clearing does not depend on closes).
 const V6: &str = "
 CREATE TABLE batch_close (
-    business_date      TEXT PRIMARY KEY,     -- YYYY-MM-DD at the offset below
+    business_date      TEXT NOT NULL,        -- YYYY-MM-DD at the offset below
     utc_offset_minutes INTEGER NOT NULL,
     first_seq          INTEGER NOT NULL,
     through_seq        INTEGER NOT NULL,     -- the day's last journal seq: the next close starts after it
-    result             TEXT NOT NULL,        -- matched | mismatched | conflict
-    answer             TEXT NOT NULL,        -- the platform's answer (JSON), or its problem for a conflict
-    closed_wall_ms     INTEGER NOT NULL
+    result             TEXT NOT NULL,        -- matched | mismatched | conflict | refused
+    answer             TEXT NOT NULL,        -- the platform's answer (JSON), or its problem
+    closed_wall_ms     INTEGER NOT NULL,
+    PRIMARY KEY (business_date, through_seq) -- a day closed again (records stamped into it later) adds a row
 ) WITHOUT ROWID;
 ";
 

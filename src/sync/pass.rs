@@ -41,9 +41,12 @@ const MAX_DENY_PAGES: u32 = 100;
 const MAX_HEAD_READS: u32 = 3;
 /// Journal records read per store call when planning closes (the store is free in between).
 const CLOSE_READ_RECORDS: usize = 5000;
-/// Business days closed in one pass at most (a terminal back after weeks offline catches up over a
-/// few passes).
-const MAX_CLOSES_PER_PASS: usize = 62;
+/// Business days closed in one pass at most: a terminal back after weeks offline (or upgraded with a
+/// long journal: closes start at its first record) catches up over a few passes, and the next deny-list
+/// poll does not wait behind hundreds of closes.
+const MAX_CLOSES_PER_PASS: usize = 31;
+/// After a `404` to a close, how long closes wait before they are tried again.
+pub const CLOSES_RETRY_AFTER_404: Duration = Duration::from_secs(6 * 3600);
 
 /// What the journal step did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -212,9 +215,10 @@ pub struct Syncer {
     pub refused_record: Option<String>,
     /// The shop's business day for closes: its offset from UTC (`utc_offset_minutes` in the config).
     pub utc_offset_minutes: i32,
-    /// The platform answered `404` to a close: it has no `batch-close` (an older platform). Closes
-    /// are skipped for the life of the process (one warning, not one per pass).
-    pub closes_unsupported: bool,
+    /// The platform answered `404` to a close: it has no `batch-close` (an older platform), or
+    /// something in between answered for it. Closes are skipped until then (one warning, not one per
+    /// pass), and tried again after [`CLOSES_RETRY_AFTER_404`].
+    pub closes_unsupported_until: Option<Instant>,
 }
 
 /// Problem codes by which the platform refuses one record of a batch (`docs/api/README.md`).
@@ -233,7 +237,7 @@ impl Syncer {
             halted: None,
             refused_record: None,
             utc_offset_minutes,
-            closes_unsupported: false,
+            closes_unsupported_until: None,
         }
     }
 
@@ -278,15 +282,19 @@ impl Syncer {
             Step::Skipped(why)
         } else if !matches!(journal, Step::Done(_)) {
             Step::Skipped("the journal step did not complete".into())
-        } else if self.closes_unsupported {
-            Step::Skipped("the platform has no batch-close endpoint".into())
+        } else if self
+            .closes_unsupported_until
+            .is_some_and(|until| Instant::now() < until)
+        {
+            Step::Skipped("the platform has no batch-close endpoint (tried again later)".into())
         } else {
             match self.close_step(store).await {
                 Ok(r) => Step::Done(r),
                 Err(e) => {
                     if matches!(&e, SyncError::Server { status: 404, .. }) {
-                        tracing::warn!(error = %e, "the platform has no batch-close endpoint: end-of-day closes are off until the daemon restarts");
-                        self.closes_unsupported = true;
+                        tracing::warn!(error = %e, retry_in_h = CLOSES_RETRY_AFTER_404.as_secs() / 3600, "the platform has no batch-close endpoint: end-of-day closes wait");
+                        self.closes_unsupported_until =
+                            Some(Instant::now() + CLOSES_RETRY_AFTER_404);
                     }
                     Step::Failed(e)
                 }
@@ -344,7 +352,8 @@ impl Syncer {
             if due.is_empty() {
                 break;
             }
-            for close in due {
+            let room = MAX_CLOSES_PER_PASS - report.closed.len();
+            for close in due.into_iter().take(room) {
                 let (result, answer) = match self.client.batch_close(&close).await {
                     Ok(a) => {
                         let answer = serde_json::to_string(&a).unwrap_or_default();
@@ -360,6 +369,20 @@ impl Syncer {
                     {
                         tracing::error!(business_date = %close.business_date, error = %e, "batch close CONFLICT: the platform holds another close for this day");
                         (CloseResult::Conflict, e.to_string())
+                    }
+                    // The platform refuses this close as such: sending it again cannot help, and
+                    // the days after it must still be closed.
+                    Err(e)
+                        if matches!(
+                            &e,
+                            SyncError::Server {
+                                status: 400 | 413 | 422,
+                                ..
+                            }
+                        ) =>
+                    {
+                        tracing::error!(business_date = %close.business_date, error = %e, "batch close REFUSED by the platform: an operator must look");
+                        (CloseResult::Refused, e.to_string())
                     }
                     Err(e) => return Err(e),
                 };

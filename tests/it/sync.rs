@@ -199,6 +199,80 @@ fn last_close(h: &StoreHandle) -> Option<(String, CloseResult, u64)> {
     .unwrap()
 }
 
+/// One redemption a day on `days` more days after T0 (seqs 4.., cards in turn).
+fn redeem_on_days(h: &StoreHandle, days: u64) {
+    h.run_blocking(move |s: &mut Store, _| {
+        for d in 1..=days {
+            let at = T0 + i64::try_from(d).unwrap() * 24 * HOUR;
+            approved(&redeem(s, "r3", d, d % CARDS, &[(0, 1)], at));
+        }
+    })
+    .unwrap();
+}
+
+/// A long backlog of days is closed 31 a pass (the deny list's next poll does not wait behind hundreds
+/// of closes), oldest first, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_days_is_closed_a_month_a_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = shop_store(dir.path());
+    redeem_on_days(&h, 39);
+    let p = Platform::start(honest()).await;
+    let mut s = syncer(&p);
+    let r = pass(&mut s, &h).await;
+    assert!(
+        matches!(&r.closes, Step::Done(c) if c.closed.len() == 31),
+        "{}",
+        r.lines().join("\n")
+    );
+    let r = pass(&mut s, &h).await;
+    assert!(
+        matches!(&r.closes, Step::Done(c) if c.closed.len() == 9),
+        "{}",
+        r.lines().join("\n")
+    );
+    let honest = p.honest.lock().unwrap();
+    let dates: Vec<&str> = honest
+        .closes
+        .iter()
+        .map(|c| c.business_date.as_str())
+        .collect();
+    let mut sorted = dates.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(
+        (dates.len(), sorted),
+        (40, dates.clone()),
+        "oldest first, each once"
+    );
+}
+
+/// A close the platform refuses as such is recorded (the operator looks) and the next days are still
+/// closed: one bad day does not stop reconciliation for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_close_is_recorded_and_later_days_are_still_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = shop_store(dir.path());
+    redeem_on_days(&h, 1);
+    let p = Platform::start(honest()).await;
+    let first = close_date();
+    p.misbehave(
+        move |r: &crate::platform::Request, _: &mut crate::platform::Honest| {
+            (r.is("POST", "batch-close") && String::from_utf8_lossy(&r.body).contains(&first))
+                .then(|| Reply::problem(422, "close_inconsistent", "refused for the test", None))
+        },
+    );
+    let mut s = syncer(&p);
+    let r = pass(&mut s, &h).await;
+    assert!(r.ok(), "{}", r.lines().join("\n"));
+    let results: Vec<CloseResult> = match &r.closes {
+        Step::Done(c) => c.closed.iter().map(|(_, r)| *r).collect(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(results, [CloseResult::Refused, CloseResult::Matched]);
+    assert_eq!(last_close(&h).map(|c| c.2), Some(4));
+}
+
 /// An older platform without `batch-close`: the close fails once, without backing the sync off (loss
 /// reports and uploads keep their interval), and is not tried again by this process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -584,3 +584,27 @@ fn an_edited_or_deleted_deny_row_is_caught_at_open_and_by_verify() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("FAIL deny entry 2: MAC mismatch"), "{text}");
 }
+
+/// A card reference edited into another type is named by `journal verify` (as the card's usage row and
+/// as missing usage for the card's journal rows), not an error that stops the check.
+#[test]
+fn a_card_reference_of_another_type_is_a_finding_not_an_error() {
+    let (_d, db) = pristine();
+    let d = copy(&db);
+    let file = d.path().join(DB_FILE);
+    exec(
+        &file,
+        &format!(
+            "UPDATE cache_entry SET card_ref = 'not a blob' WHERE card_ref = x'{}'",
+            hex::encode(card_ref(1).0)
+        ),
+    );
+    let f = journal_findings(&file);
+    assert!(
+        f.iter()
+            .any(|f| f.starts_with("card usage") && f.contains("not 32 bytes")),
+        "{f:?}"
+    );
+    let missing = format!("card usage {}: missing", card_ref(1).to_hex());
+    assert!(f.iter().any(|f| f.starts_with(&missing)), "{f:?}");
+}
