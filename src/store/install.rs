@@ -53,8 +53,7 @@ pub const CARRY_SCAN_ROWS: usize = 4096;
 
 const STAGING_FULL: &str = "cache_staging";
 /// Columns `carry_selected` reads from the old cache table (followed by `HAS_USAGE`).
-const CARRY_COLUMNS: &str =
-    "card_ref, usage_rows, usage_last_seq, usage_net_units, usage_history, usage_mac";
+const CARRY_COLUMNS: &str = concat!("card_ref, ", super::schema::usage_columns!());
 const STAGING_DELTA: &str = "cache_delta_staging";
 
 /// What an install changed.
@@ -107,15 +106,6 @@ pub struct BundleInstall {
     removals: u64,
     manifest: Option<Manifest>,
     chunks_written: u64,
-}
-
-/// Where carrying usage into a full install's staging table stands.
-struct Carry {
-    /// The last card reference of the old table visited (as stored: an edited one of another type
-    /// sorts and is carried like any other).
-    after: Option<Value>,
-    /// The journal's last seq when carrying began: usage changed since is carried again at the swap.
-    from_seq: i64,
 }
 
 impl BundleInstall {
@@ -307,22 +297,22 @@ impl BundleInstall {
     /// Carries the old cache's usage columns into the staging table, a bounded number of rows per
     /// store call. Returns the journal seq it began at, for the swap to carry what changed since.
     fn carry_usage<A: StoreAccess>(&mut self, access: &mut A) -> Result<i64, StoreError> {
-        let mut carry = Carry {
-            after: None,
-            from_seq: access.with(|s, _| {
-                Ok(s.conn
-                    .query_row("SELECT coalesce(max(seq), 0) FROM journal", [], |r| {
-                        r.get(0)
-                    })?)
-            })?,
-        };
+        let from_seq = access.with(|s, _| {
+            Ok(s.conn
+                .query_row("SELECT coalesce(max(seq), 0) FROM journal", [], |r| {
+                    r.get(0)
+                })?)
+        })?;
+        // The last card reference of the old table visited, as stored (an edited one of another
+        // type sorts, and is carried, like any other).
+        let mut after: Option<Value> = None;
         loop {
-            let (visited, last) = access.with(|s, _| s.carry_usage_chunk(carry.after.as_ref()))?;
+            let (visited, last) = access.with(|s, _| s.carry_usage_chunk(after.as_ref()))?;
             self.chunks_written += 1;
             if visited < CARRY_SCAN_ROWS {
-                return Ok(carry.from_seq);
+                return Ok(from_seq);
             }
-            carry.after = last;
+            after = last;
         }
     }
 }

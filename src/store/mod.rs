@@ -706,10 +706,11 @@ impl Store {
     /// no longer holds: unknown here.
     fn load_card(&self, card_ref: &CardRef, cache: &Manifest) -> Result<Option<LoadedCard>, Fault> {
         let what = || format!("cache entry {}", card_ref.to_hex());
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT version, body, mac, usage_rows, usage_last_seq, usage_net_units, usage_history, usage_mac \
-             FROM cache_entry WHERE card_ref = ?1",
-        )?;
+        let mut stmt = self.conn.prepare_cached(concat!(
+            "SELECT version, body, mac, ",
+            schema::usage_columns!(),
+            " FROM cache_entry WHERE card_ref = ?1"
+        ))?;
         let mut rows = stmt.query([&card_ref.0[..]])?;
         let Some(row) = rows.next()? else {
             return Ok(None);
@@ -790,10 +791,11 @@ impl Store {
         &self,
         card_ref: &CardRef,
     ) -> Result<(UsageRow, Vec<JournalRecord>, Vec<u8>), Fault> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT usage_rows, usage_last_seq, usage_net_units, usage_history, usage_mac \
-             FROM cache_entry WHERE card_ref = ?1",
-        )?;
+        let mut stmt = self.conn.prepare_cached(concat!(
+            "SELECT ",
+            schema::usage_columns!(),
+            " FROM cache_entry WHERE card_ref = ?1"
+        ))?;
         let mut rows = stmt.query([&card_ref.0[..]])?;
         match rows.next()? {
             Some(row) => self.check_usage(card_ref, UsageColumns::at(row, 0)?),

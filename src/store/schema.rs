@@ -36,10 +36,18 @@ pub(crate) const CACHE_ENTRY_DDL: &str = "CREATE TABLE cache_entry (
     usage_mac       BLOB                -- HMAC(journal key) over the usage columns, history by SHA-256
 ) WITHOUT ROWID";
 
+/// SQL: the five usage columns of a cache-entry row, in the order the store reads them (anchor,
+/// history copy, MAC). A macro so that the statements using it are built at compile time.
+macro_rules! usage_columns {
+    () => {
+        "usage_rows, usage_last_seq, usage_net_units, usage_history, usage_mac"
+    };
+}
+pub(crate) use usage_columns;
+
 /// SQL: the cache-entry row holds usage of this terminal (any usage column set; all or none unless
 /// edited, which the usage checks name).
-pub(crate) const HAS_USAGE: &str =
-    "coalesce(usage_rows, usage_last_seq, usage_net_units, usage_history, usage_mac) IS NOT NULL";
+pub(crate) const HAS_USAGE: &str = concat!("coalesce(", usage_columns!(), ") IS NOT NULL");
 
 /// SQL: upsert of one card's usage columns (`?1` card, `?2`…`?6` the columns) into a table of the
 /// cache-entry shape, leaving its entry columns alone.
@@ -48,7 +56,9 @@ macro_rules! upsert_usage_into {
         concat!(
             "INSERT INTO ",
             $table,
-            " (card_ref, usage_rows, usage_last_seq, usage_net_units, usage_history, usage_mac) ",
+            " (card_ref, ",
+            usage_columns!(),
+            ") ",
             "VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (card_ref) DO UPDATE SET ",
             "usage_rows = excluded.usage_rows, usage_last_seq = excluded.usage_last_seq, ",
             "usage_net_units = excluded.usage_net_units, usage_history = excluded.usage_history, ",

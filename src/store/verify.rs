@@ -139,8 +139,8 @@ fn journal_in_snapshot(
     // (Rows whose usage columns are all NULL are cards never used here; partly NULL is an edit,
     // reported below as a column of the wrong type.)
     let mut anchors = conn.prepare(&format!(
-        "SELECT card_ref, usage_rows, usage_last_seq, usage_net_units, usage_history, usage_mac \
-         FROM cache_entry WHERE {HAS_USAGE}"
+        "SELECT card_ref, {} FROM cache_entry WHERE {HAS_USAGE}",
+        super::schema::usage_columns!()
     ))?;
     let mut arows = anchors.query([])?;
     let mut seen = std::collections::BTreeSet::new();
