@@ -62,14 +62,10 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     );
 
     let request_key = store.keys().request.clone();
-    let db_path = store.path().to_owned();
+    let (db_path, keys) = (store.path().to_owned(), store.keys().clone());
     let store = store_owner::StoreHandle::new(store, store_owner::Clock::new());
     let board = status::StatusBoard::new(&config.state_dir);
-    check_journal_at_start(
-        db_path,
-        secret.derive_all(&config.terminal_id),
-        board.clone(),
-    );
+    check_journal_at_start(db_path, keys, board.clone());
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut readers = Vec::with_capacity(config.readers.len());
     for (index, reader) in config.readers.iter().enumerate() {

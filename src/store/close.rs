@@ -1,7 +1,7 @@
 //! The terminal's record of its end-of-day closes (批结算, `docs/api/README.md`, "`POST batch-close`").
 //!
 //! A business day is closed once it has ended (in the configured UTC offset) and every record of it is
-//! acknowledged by the platform; the sync pass plans the closes (`sync::plan::closes_due`), sends them,
+//! acknowledged by the platform; the sync pass plans the closes (`sync::close::closes_due`), sends them,
 //! and records each answer here. The journal seq a close ran through is where the next day's close
 //! starts, so each record is counted in exactly one close.
 

@@ -105,28 +105,27 @@ pub struct PassReport {
 impl PassReport {
     /// The failed steps' errors, in order.
     pub fn failures(&self) -> Vec<&SyncError> {
-        [
-            self.deny.error(),
-            self.journal.error(),
-            self.entitlements.error(),
-            self.closes.error(),
-        ]
-        .into_iter()
-        .flatten()
-        .collect()
+        self.step_errors(self.closes.error())
     }
 
     /// The failures that call for backing off: every step's, except a close that failed on its own
     /// (the platform reachable). A day's close waits for the next pass anyway; backing the whole sync
     /// off for it would delay loss reports and uploads by up to the backoff's ten minutes.
     pub fn backoff_failures(&self) -> Vec<&SyncError> {
+        self.step_errors(
+            self.closes
+                .error()
+                .filter(|e| e.server_unreachable() || e.retry_after_ms().is_some()),
+        )
+    }
+
+    /// The failed steps' errors in order, with `close` standing for the close step's.
+    fn step_errors<'a>(&'a self, close: Option<&'a SyncError>) -> Vec<&'a SyncError> {
         [
             self.deny.error(),
             self.journal.error(),
             self.entitlements.error(),
-            self.closes
-                .error()
-                .filter(|e| e.server_unreachable() || e.retry_after_ms().is_some()),
+            close,
         ]
         .into_iter()
         .flatten()
