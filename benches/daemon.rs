@@ -11,7 +11,10 @@
 //!      `synchronous=FULL`, in a database file in the daemon's state directory.
 //!
 //!    Floor of a swipe = the pty floor alone (a menu commits nothing); floor of a redemption =
-//!    pty floor + commit floor, added sample by sample.
+//!    pty floor + commit floor, added sample by sample. The swipe is also reported against the
+//!    issue's own floor (pty + commit, the one it names for both exchanges). Each exchange is
+//!    timed twice: around the simulator's call (the reader's encoding, parsing and ACK included)
+//!    and on the wire (`SimReader::last_round_trip`: request write → answer read, as the floor).
 //! 2. The wire time of those frames at 115,200 and 9,600 baud (8N1), from their real sizes.
 //! 3. Idle: both readers linked, heartbeats only, for 60 s: the daemon's RSS (`VmRSS`, `VmHWM`)
 //!    and CPU (`utime + stime` of all its threads over the wall time).
@@ -390,6 +393,9 @@ async fn bench(rounds: usize, idle_secs: u64, cards: u64) {
     let mut pty_redeem = Vec::with_capacity(rounds);
     let mut commits = Vec::with_capacity(rounds);
     let mut redeem_floor = Vec::with_capacity(rounds);
+    let mut swipe_issue_floor = Vec::with_capacity(rounds);
+    let mut swipes_on_wire = Vec::with_capacity(rounds);
+    let mut redeems_on_wire = Vec::with_capacity(rounds);
     let mut reply_sizes = (usize::MAX, 0usize, usize::MAX, 0usize);
     let started = Instant::now();
     for i in 0..rounds {
@@ -400,6 +406,7 @@ async fn bench(rounds: usize, idle_secs: u64, cards: u64) {
             .await
             .unwrap();
         swipes.push(t.elapsed());
+        swipes_on_wire.push(r0.last_round_trip().unwrap());
         menu_of(s);
         let len = r0.last_reply().unwrap().payload.len();
         reply_sizes.0 = reply_sizes.0.min(len);
@@ -408,17 +415,20 @@ async fn bench(rounds: usize, idle_secs: u64, cards: u64) {
         let t = Instant::now();
         let a = r0.redeem(&[(0, 1)], None).await.unwrap();
         redeems.push(t.elapsed());
+        redeems_on_wire.push(r0.last_round_trip().unwrap());
         approved(a);
         let len = r0.last_reply().unwrap().payload.len();
         reply_sizes.2 = reply_sizes.2.min(len);
         reply_sizes.3 = reply_sizes.3.max(len);
 
-        pty_swipe.push(echo_round_trip(&mut floor_line, &swipe_x).await);
-        let pty = echo_round_trip(&mut floor_line, &redeem_x).await;
-        pty_redeem.push(pty);
+        let swipe_pty = echo_round_trip(&mut floor_line, &swipe_x).await;
+        pty_swipe.push(swipe_pty);
+        let redeem_pty = echo_round_trip(&mut floor_line, &redeem_x).await;
+        pty_redeem.push(redeem_pty);
         let commit = bare.commit();
         commits.push(commit);
-        redeem_floor.push(pty + commit);
+        redeem_floor.push(redeem_pty + commit);
+        swipe_issue_floor.push(swipe_pty + commit);
     }
     let measured_for = started.elapsed();
 
@@ -470,6 +480,9 @@ async fn bench(rounds: usize, idle_secs: u64, cards: u64) {
     let pty_redeem = sorted(pty_redeem);
     let commits = sorted(commits);
     let redeem_floor = sorted(redeem_floor);
+    let swipe_issue_floor = sorted(swipe_issue_floor);
+    let swipes_on_wire = sorted(swipes_on_wire);
+    let redeems_on_wire = sorted(redeems_on_wire);
     println!(
         "\n{rounds} swipe+redeem rounds on one reader (second reader linked, idle), {cards} cards, \
          {:.1} s",
@@ -493,8 +506,23 @@ async fn bench(rounds: usize, idle_secs: u64, cards: u64) {
     };
     row("swipe→menu (floor: pty round trip)", &swipes, &pty_swipe);
     row(
+        "swipe→menu on the wire (floor: pty round trip)",
+        &swipes_on_wire,
+        &pty_swipe,
+    );
+    row(
+        "swipe→menu (the issue's floor: pty round trip + bare commit)",
+        &swipes,
+        &swipe_issue_floor,
+    );
+    row(
         "redeem→approved (floor: pty round trip + bare commit)",
         &redeems,
+        &redeem_floor,
+    );
+    row(
+        "redeem→approved on the wire (floor: pty round trip + bare commit)",
+        &redeems_on_wire,
         &redeem_floor,
     );
     for (name, v) in [("swipe", &daemon_swipe), ("redeem", &daemon_redeem)] {

@@ -22,7 +22,7 @@
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::unix::pipe;
@@ -130,6 +130,10 @@ pub struct Line {
     baud: u32,
     /// Bytes the reader transmitted that went nowhere (unplugged, nobody on the other end).
     dropped_bytes: u64,
+    /// When the latest write began and the latest read that returned bytes came back: the two
+    /// ends of a request's round trip on the wire (see [`crate::simulator::SimReader::last_round_trip`]).
+    last_write_started: Option<Instant>,
+    last_read_returned: Option<Instant>,
 }
 
 impl std::fmt::Debug for Line {
@@ -167,12 +171,11 @@ impl Line {
                     path: path.display().to_string(),
                     reason: format!("cannot lock exclusively: {e}"),
                 })?;
-                Ok(Line {
-                    stream: Some(Port::Device(stream)),
-                    kind: Kind::Port { path: path.clone() },
+                Ok(Line::opened(
+                    Port::Device(stream),
+                    Kind::Port { path: path.clone() },
                     baud,
-                    dropped_bytes: 0,
-                })
+                ))
             }
             LineSpec::CreatePty => {
                 let (master, slave_path) = new_pty()?;
@@ -180,12 +183,7 @@ impl Line {
                 if let Some(link) = &link {
                     point_symlink(link, &slave_path)?;
                 }
-                Ok(Line {
-                    stream: Some(master),
-                    kind: Kind::Pty { slave_path, link },
-                    baud,
-                    dropped_bytes: 0,
-                })
+                Ok(Line::opened(master, Kind::Pty { slave_path, link }, baud))
             }
         }
     }
@@ -225,6 +223,27 @@ impl Line {
         self.dropped_bytes
     }
 
+    fn opened(port: Port, kind: Kind, baud: u32) -> Line {
+        Line {
+            stream: Some(port),
+            kind,
+            baud,
+            dropped_bytes: 0,
+            last_write_started: None,
+            last_read_returned: None,
+        }
+    }
+
+    /// When the latest write began (`None` before the first).
+    pub fn last_write_started(&self) -> Option<Instant> {
+        self.last_write_started
+    }
+
+    /// When the latest read that returned bytes came back (`None` before the first).
+    pub fn last_read_returned(&self) -> Option<Instant> {
+        self.last_read_returned
+    }
+
     fn is_pty(&self) -> bool {
         matches!(self.kind, Kind::Pty { .. })
     }
@@ -243,7 +262,10 @@ impl Line {
                 tokio::time::sleep(IDLE_BACKOFF).await;
                 Ok(0)
             }
-            Ok(n) => Ok(n),
+            Ok(n) => {
+                self.last_read_returned = Some(Instant::now());
+                Ok(n)
+            }
             Err(e) if is_pty && e.raw_os_error() == Some(EIO) => {
                 tokio::time::sleep(IDLE_BACKOFF).await;
                 Ok(0)
@@ -264,6 +286,7 @@ impl Line {
             self.dropped_bytes += bytes.len() as u64;
             return Ok(());
         };
+        self.last_write_started = Some(Instant::now());
         match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(bytes)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) if is_pty && e.raw_os_error() == Some(EIO) => {

@@ -103,6 +103,8 @@ pub struct SimReader {
     /// The last REDEEM's payload, for [`SimReader::redeem_again`].
     last_redeem: Option<Vec<u8>>,
     last_reply: Option<Reply>,
+    /// The last answered request's round trip on the wire (see [`SimReader::last_round_trip`]).
+    last_round_trip: Option<Duration>,
     /// Things worth telling a person that are not answers (stale answers, link drops, recovery).
     notes: Vec<String>,
 }
@@ -182,6 +184,7 @@ impl SimReader {
             card_txn: None,
             last_redeem: None,
             last_reply: None,
+            last_round_trip: None,
             notes: Vec::new(),
             settings,
         })
@@ -224,6 +227,16 @@ impl SimReader {
     /// The last answer received (any request).
     pub fn last_reply(&self) -> Option<&Reply> {
         self.last_reply.as_ref()
+    }
+
+    /// How long the last answered request took on the wire: from the start of its write to the
+    /// return of the read that completed its answer. The reader's own work around it (encoding the
+    /// request, parsing the answer, acknowledging it) is left out, so this is what the daemon and
+    /// the line cost, comparable with a bare round trip of the same bytes. `None` before the first
+    /// answer; after a link drop it spans the recovery too, and a request that had to wait behind
+    /// an unacknowledged frame of ours is timed from that frame's write.
+    pub fn last_round_trip(&self) -> Option<Duration> {
+        self.last_round_trip
     }
 
     /// Takes the notes gathered since the last call (link drops, recoveries, stale answers).
@@ -430,6 +443,10 @@ impl SimReader {
         // Answers to earlier transactions still in the inbox are stale now.
         self.inbox.clear();
         self.send(msg_type, &payload)?;
+        // Transmitted now rather than at the loop's first step, so that its write is the one
+        // the round trip is timed from.
+        self.flush().await?;
+        let written_at = self.line.last_write_started();
         let what = match awaiting {
             Awaiting::Txn(id) => format!("answer to {} txn {id}", msg_type.name()),
             Awaiting::Any => format!("answer to {}", msg_type.name()),
@@ -508,6 +525,9 @@ impl SimReader {
                                         recovered,
                                     };
                                     self.last_reply = Some(reply.clone());
+                                    self.last_round_trip = written_at
+                                        .zip(self.line.last_read_returned())
+                                        .map(|(out, back)| back.saturating_duration_since(out));
                                     return Ok(reply);
                                 }
                                 self.notes.push(format!(

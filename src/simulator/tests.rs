@@ -387,7 +387,15 @@ async fn handshake_swipe_redeem_and_redeem_again_is_byte_identical() {
     reader.wait_link_up(LINK_WAIT).await.unwrap();
     assert_eq!(reader.link_info().unwrap().encoding, TextEncoding::Utf8);
 
+    assert_eq!(reader.last_round_trip(), None);
+    let called = std::time::Instant::now();
     let m = menu(reader.swipe(CARD, EntryMode::Chip, "c01").await.unwrap());
+    let whole_call = called.elapsed();
+    let on_the_wire = reader.last_round_trip().unwrap();
+    assert!(
+        !on_the_wire.is_zero() && on_the_wire <= whole_call,
+        "round trip {on_the_wire:?} must lie inside the call's {whole_call:?}"
+    );
     assert_eq!(m.txn_id, 41);
     assert_eq!(m.holder, "张三");
     assert_eq!(m.entries.len(), 2);
