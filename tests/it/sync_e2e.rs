@@ -31,26 +31,32 @@ use crate::daemon::{approved, menu, reader, swipe, wire};
 use crate::shop::{Daemon, Shop, wall_now};
 use crate::support::{self, MERCHANT, TERMINAL};
 
-/// The `clearing-server` binary, built on first use if the workspace build did not leave one.
+/// The `clearing-server` binary beside `redeemd`, brought up to date on first use: Cargo builds
+/// only this package's binaries for its tests, and `cargo test -p redeemd` would otherwise run
+/// whatever server an earlier build left there, however old (a no-op build when it is current).
 pub(crate) fn clearing_server() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let redeemd = Path::new(env!("CARGO_BIN_EXE_redeemd"));
         let dir = redeemd.parent().unwrap();
-        let bin = dir.join("clearing-server");
-        if !bin.is_file() {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut c = Command::new(cargo);
-            c.args(["build", "-p", "clearing-server", "--bin", "clearing-server"])
-                .arg("--target-dir")
-                .arg(dir.parent().unwrap());
-            if dir.file_name().is_some_and(|n| n == "release") {
-                c.arg("--release");
-            }
-            let status = c.status().unwrap();
-            assert!(status.success(), "building clearing-server failed");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut c = Command::new(cargo);
+        c.args([
+            "build",
+            "--quiet",
+            "-p",
+            "clearing-server",
+            "--bin",
+            "clearing-server",
+        ])
+        .arg("--target-dir")
+        .arg(dir.parent().unwrap());
+        if dir.file_name().is_some_and(|n| n == "release") {
+            c.arg("--release");
         }
-        bin
+        let status = c.status().unwrap();
+        assert!(status.success(), "building clearing-server failed");
+        dir.join("clearing-server")
     })
 }
 
