@@ -75,6 +75,11 @@ pub fn load_secret_with(
         path: path.clone(),
         source,
     };
+    // Checked before opening too: opening a FIFO for reading blocks until a writer comes, which
+    // would hang the daemon's start (and every tool) on a mistyped path instead of refusing it.
+    if !std::fs::metadata(&path).map_err(io)?.is_file() {
+        return Err(KeyError::NotAFile { path });
+    }
     let file = std::fs::File::open(&path).map_err(io)?;
     let meta = file.metadata().map_err(io)?;
     if !meta.is_file() {
@@ -137,6 +142,34 @@ mod tests {
             load_secret_with(&KeySource::File(dir.path().to_path_buf()), None),
             Err(KeyError::LoosePermissions { .. } | KeyError::NotAFile { .. })
         ));
+    }
+
+    #[test]
+    fn a_fifo_as_key_file_is_refused_without_waiting_for_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.key");
+        let made = std::process::Command::new("mkfifo")
+            .arg("-m")
+            .arg("600")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(load_secret_with(&KeySource::File(path), None));
+        });
+        // Without the check the open blocks until a writer comes: give it ample time, then fail.
+        let result = rx.recv_timeout(std::time::Duration::from_secs(20));
+        if result.is_err() {
+            // Unblock the thread so the test process can end.
+            let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
+        }
+        match result {
+            Ok(Err(KeyError::NotAFile { path })) => assert_eq!(path, fifo),
+            other => panic!("FIFO key file: {other:?}"),
+        }
     }
 
     #[test]
