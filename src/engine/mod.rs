@@ -459,7 +459,13 @@ pub fn decide_redeem(
         if qty32 > left {
             return RedeemVerdict::decline(DeclineReason::InsufficientUses);
         }
-        let Some(amount_fen) = it.price_fen.checked_mul(qty) else {
+        // The journal keeps amounts in SQLite's signed 64-bit integers: a line that does not fit
+        // would be committed as a row that reads back as tampered (and never reaches the platform).
+        let Some(amount_fen) = it
+            .price_fen
+            .checked_mul(qty)
+            .filter(|a| i64::try_from(*a).is_ok())
+        else {
             return RedeemVerdict::decline(DeclineReason::BadQuantity);
         };
         *per_package.entry(&p.id).or_default() += i64::from(qty32);

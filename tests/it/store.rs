@@ -434,3 +434,29 @@ fn an_acknowledgement_recorded_by_another_connection_shows_in_this_ones_view() {
     daemon.mark_synced(2).unwrap();
     assert_eq!(daemon.journal_info().synced_through_seq, 2);
 }
+
+#[test]
+fn a_price_the_journal_cannot_hold_is_declined_not_approved_into_an_unreadable_row() {
+    // The journal keeps amounts in a signed 64-bit column: a signed entry whose price × quantity
+    // does not fit must be refused before anything is written, not approved into a row that every
+    // later read (upload, export, report) takes for a tampered one.
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = open(dir.path());
+    let mut c = card(0, 10);
+    c.packages[0].items[0].price_fen = 1 << 62; // × 2 = 2^63, one more than i64::MAX
+    let b = bundle(
+        redeemd_contract::snapshot::BundleKind::Full,
+        1,
+        0,
+        &[(0, Some(c))],
+        T0 + 1000 * HOUR,
+    );
+    s.install_bundle(&b[..], now(T0)).unwrap();
+    let o = redeem(&mut s, "r", 1, 0, &[(0, 2)], T0);
+    assert_eq!(declined(&o), DeclineReason::BadQuantity);
+    assert_eq!(journal_rows(&s), 0);
+    // One of them fits, and its row reads back.
+    approved(&redeem(&mut s, "r", 2, 0, &[(0, 1)], T0));
+    let rows = s.journal_records(1, 10).unwrap();
+    assert_eq!(rows[0].0.amount_fen, 1 << 62);
+}
