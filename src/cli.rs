@@ -100,9 +100,14 @@ pub enum Command {
         /// Day, YYYY-MM-DD, in local business time.
         #[arg(long)]
         date: String,
-        /// Business-day offset from UTC in minutes (China: 480).
-        #[arg(long, default_value_t = 480, allow_negative_numbers = true)]
-        utc_offset_minutes: i32,
+        /// Business-day offset from UTC in minutes, -840..=840 (China: 480) [default: the
+        /// configuration's utc_offset_minutes, else 480].
+        #[arg(
+            long,
+            allow_negative_numbers = true,
+            value_parser = clap::value_parser!(i32).range(-840..=840)
+        )]
+        utc_offset_minutes: Option<i32>,
     },
 }
 
@@ -492,7 +497,10 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
             utc_offset_minutes,
         } => {
             let store = store?;
-            report(&store, date, *utc_offset_minutes, out)
+            let offset = utc_offset_minutes
+                .or(config.as_ref().map(|c| c.utc_offset_minutes))
+                .unwrap_or(480);
+            report(&store, date, offset, out)
         }
     }
 }

@@ -197,3 +197,66 @@ fn exit_codes_for_bad_keys_missing_state_and_refused_bundles() {
     let r = run(&state, &key, &["cache", "info"]);
     assert_eq!(r.code, 65, "{}", r.stderr);
 }
+
+#[test]
+fn report_refuses_an_offset_no_business_day_has() {
+    let (dir, state) = populated();
+    let key = key_file(dir.path(), 0o600);
+    for offset in ["-2147483648", "100000", "841"] {
+        let arg = format!("--utc-offset-minutes={offset}");
+        let r = run(&state, &key, &["report", "--date", "2026-09-21", &arg]);
+        assert_eq!(r.code, 2, "{offset}: {}{}", r.stdout, r.stderr);
+        assert!(r.stderr.contains("--utc-offset-minutes"), "{}", r.stderr);
+    }
+    let r = run(
+        &state,
+        &key,
+        &[
+            "report",
+            "--date",
+            "2026-09-21",
+            "--utc-offset-minutes=-840",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+#[test]
+fn report_counts_days_in_the_configured_offset() {
+    // One redemption at 2026-09-21 23:13 UTC, which is already the 22nd in China (UTC+8): with
+    // utc_offset_minutes = 0 configured, `report --date 2026-09-21` must count it.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut s = store_with_cards(&state, 1);
+    approved(&redeem(&mut s, "r", 1, 0, &[(0, 1)], T0 + 9 * HOUR));
+    drop(s);
+    let key = key_file(dir.path(), 0o600);
+    let config = dir.path().join("redeemd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "terminal_id = \"{TERMINAL}\"\nmerchant_id = \"{MERCHANT}\"\nstate_dir = \"{}\"\n\
+             utc_offset_minutes = 0\n[key]\nfile = \"{}\"\n",
+            state.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_redeemd"))
+        .arg("--config")
+        .arg(&config)
+        .args(["report", "--date", "2026-09-21"])
+        .env_remove("REDEEMD_STATE_DIR")
+        .env_remove("REDEEMD_KEY_FILE")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("(UTC+00:00)"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("TOTAL") && l.ends_with(" 3000")),
+        "{stdout}"
+    );
+}
