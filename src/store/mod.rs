@@ -1433,7 +1433,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<(JournalRecord, Tag)>, StoreError> {
         let mut stmt = self.conn.prepare_cached(JOURNAL_FROM)?;
-        let mut rows = stmt.query(params![from_seq as i64, limit as i64])?;
+        let mut rows = stmt.query(params![seq_param(from_seq), limit as i64])?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
             let (rec, mac, record_id) = record_from_row(row, &self.cfg.terminal_id)?;
@@ -1454,7 +1454,7 @@ impl Store {
         limit: usize,
     ) -> Result<RowsAsStored, StoreError> {
         let mut stmt = self.conn.prepare_cached(JOURNAL_FROM)?;
-        let mut rows = stmt.query(params![from_seq as i64, limit as i64])?;
+        let mut rows = stmt.query(params![seq_param(from_seq), limit as i64])?;
         let (mut out, mut findings) = (Vec::new(), Vec::new());
         while let Some(row) = rows.next()? {
             let (rec, mac, record_id) = record_from_row(row, &self.cfg.terminal_id)?;
@@ -1872,6 +1872,13 @@ fn column_blob<'r>(
         )
         .into()),
     }
+}
+
+/// A seq bound as SQLite holds it: seqs are below `i64::MAX`, so a larger `from_seq` (a typo on
+/// `journal export --from-seq`) selects nothing, instead of wrapping to a negative bound that selects
+/// everything.
+fn seq_param(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
 fn request_digest_redeem(card_ref: Option<&CardRef>, req: &RedeemRequest<'_>) -> Vec<u8> {

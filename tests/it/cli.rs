@@ -260,3 +260,18 @@ fn report_counts_days_in_the_configured_offset() {
         "{stdout}"
     );
 }
+
+#[test]
+fn export_from_a_seq_beyond_the_journal_exports_nothing() {
+    let (dir, state) = populated();
+    let key = key_file(dir.path(), 0o600);
+    for from in [
+        "4",
+        "9223372036854775807",
+        "9223372036854775808",
+        "18446744073709551615",
+    ] {
+        let r = run(&state, &key, &["journal", "export", "--from-seq", from]);
+        assert_eq!((r.code, r.stdout.as_str()), (0, ""), "{from}: {}", r.stderr);
+    }
+}
