@@ -668,7 +668,7 @@ fn status(config: &Config, secret: &TerminalSecret, out: &mut dyn Write) -> Resu
                 "daemon         pid {} ({}), status updated {} s ago",
                 s.pid,
                 if alive { "running" } else { "not running" },
-                (now - s.updated_at_ms).max(0) / 1000
+                now.saturating_sub(s.updated_at_ms).max(0) / 1000
             ))?;
             for (name, r) in &s.readers {
                 w(writeln!(out, "reader {name}: {} on {}", r.state, r.port))?;
@@ -688,7 +688,7 @@ fn status(config: &Config, secret: &TerminalSecret, out: &mut dyn Write) -> Resu
                         t.kind,
                         t.txn_id,
                         t.outcome,
-                        (now - t.at_ms).max(0) / 1000
+                        now.saturating_sub(t.at_ms).max(0) / 1000
                     ))?;
                 }
             }
@@ -698,7 +698,8 @@ fn status(config: &Config, secret: &TerminalSecret, out: &mut dyn Write) -> Resu
     let published = crate::daemon::status::read(&config.state_dir)
         .ok()
         .and_then(|s| s.sync);
-    let ago = |ms: i64| age((now - ms).max(0));
+    // Times from status.json (a file anyone may have damaged) may be absurd: saturate, never overflow.
+    let ago = |ms: i64| age(now.saturating_sub(ms).max(0));
     match (&config.sync.server_url, &published) {
         (None, _) => w(writeln!(out, "sync           disabled (no server_url)"))?,
         (Some(url), None) => w(writeln!(out, "sync           {url}: no pass reported yet"))?,
@@ -723,7 +724,7 @@ fn status(config: &Config, secret: &TerminalSecret, out: &mut dyn Write) -> Resu
                 w(writeln!(
                     out,
                     "  next attempt in {} ({} failures in a row)",
-                    age((at - now).max(0)),
+                    age(at.saturating_sub(now).max(0)),
                     s.consecutive_failures
                 ))?;
             }
@@ -741,8 +742,8 @@ fn status(config: &Config, secret: &TerminalSecret, out: &mut dyn Write) -> Resu
             c.manifest.version,
             c.entries,
             ago(c.installed_wall_ms),
-            (now - c.manifest.issued_at_ms).max(0) / 60_000,
-            (c.manifest.expires_at_ms - now) / 60_000
+            now.saturating_sub(c.manifest.issued_at_ms).max(0) / 60_000,
+            c.manifest.expires_at_ms.saturating_sub(now) / 60_000
         ))?,
         None => w(writeln!(out, "cache          none installed"))?,
     }

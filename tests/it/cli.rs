@@ -275,3 +275,47 @@ fn export_from_a_seq_beyond_the_journal_exports_nothing() {
         assert_eq!((r.code, r.stdout.as_str()), (0, ""), "{from}: {}", r.stderr);
     }
 }
+
+#[test]
+fn status_reads_a_status_file_with_absurd_times_without_panicking() {
+    let (dir, state) = populated();
+    let key = key_file(dir.path(), 0o600);
+    let config = dir.path().join("redeemd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "terminal_id = \"{TERMINAL}\"\nmerchant_id = \"{MERCHANT}\"\nstate_dir = \"{}\"\n\
+             [key]\nfile = \"{}\"\n[sync]\nserver_url = \"http://127.0.0.1:9\"\n",
+            state.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let min = i64::MIN;
+    std::fs::write(
+        state.join("status.json"),
+        format!(
+            r#"{{"pid":1,"started_at_ms":{min},"updated_at_ms":{min},
+            "readers":{{"a":{{"port":"/dev/x","state":"link up","last_transaction":
+                {{"txn_id":1,"kind":"redeem","outcome":"approved","at_ms":{min}}}}}}},
+            "sync":{{"server_url":"x","last_attempt_at_ms":{min},"last_success_at_ms":{min},
+                "next_attempt_at_ms":{min},"consecutive_failures":0,"unsynced_records":0,
+                "cache_version":0,"deny_version":0,"deny_checked_at_ms":{min}}}}}"#
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_redeemd"))
+        .arg("--config")
+        .arg(&config)
+        .arg("status")
+        .env_remove("REDEEMD_STATE_DIR")
+        .env_remove("REDEEMD_KEY_FILE")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("reader a: link up"), "{stdout}");
+}
