@@ -406,6 +406,11 @@ impl Store {
                 found: p.merchant_id.clone(),
             });
         }
+        // Versions live in SQLite's signed integers (manifest row, terminal state, entries): a
+        // larger one would be committed as rows that no longer verify, and the store not open.
+        if i64::try_from(p.version).is_err() {
+            return Err(StoreError::VersionTooLarge { offered: p.version });
+        }
         let floor = rollback_floor(&self.conn, &self.keys)?;
         if floor > 0 && p.version <= floor {
             return Err(StoreError::Rollback {

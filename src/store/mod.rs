@@ -110,6 +110,11 @@ pub enum StoreError {
     )]
     Rollback { offered: u64, installed: u64 },
     #[error(
+        "bundle refused, cache unchanged: version {offered} is larger than the store can hold (at most {})",
+        i64::MAX
+    )]
+    VersionTooLarge { offered: u64 },
+    #[error(
         "bundle refused, cache unchanged: delta applies to version {base}, installed is {installed}"
     )]
     DeltaBase { base: u64, installed: u64 },

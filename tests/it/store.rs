@@ -460,3 +460,27 @@ fn a_price_the_journal_cannot_hold_is_declined_not_approved_into_an_unreadable_r
     let rows = s.journal_records(1, 10).unwrap();
     assert_eq!(rows[0].0.amount_fen, 1 << 62);
 }
+
+#[test]
+fn a_bundle_version_the_store_cannot_hold_is_refused_and_the_cache_kept() {
+    // Versions are kept in SQLite's signed 64-bit integers: a signed bundle with a larger version
+    // must be refused like any bad bundle, not installed into rows that no longer verify (which
+    // left a store that refused to open).
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store_with_cards(dir.path(), 2);
+    let huge = 1u64 << 63;
+    let b = bundle(
+        redeemd_contract::snapshot::BundleKind::Full,
+        huge,
+        1,
+        &[(0, Some(card(0, 10)))],
+        T0 + 1000 * HOUR,
+    );
+    let e = s.install_bundle(&b[..], now(T0)).unwrap_err();
+    assert!(e.to_string().contains(&huge.to_string()), "{e}");
+    assert_eq!(s.cache_info().unwrap().unwrap().manifest.version, 1);
+    drop(s);
+    let mut s = open(dir.path());
+    assert_eq!(s.cache_info().unwrap().unwrap().manifest.version, 1);
+    approved(&redeem(&mut s, "r", 1, 1, &[(0, 1)], T0));
+}
