@@ -906,6 +906,11 @@ fn iso(ms: i64) -> String {
     )
 }
 
+/// A record's amount as the totals add it (journal amounts fit i64: the engine declines others).
+fn amount_of(r: &JournalRecord) -> i64 {
+    i64::try_from(r.amount_fen).unwrap_or(i64::MAX)
+}
+
 fn report(store: &Store, date: &str, offset_min: i32, out: &mut dyn Write) -> Result<(), CliError> {
     let day = close::parse_date(date)
         .ok_or_else(|| CliError::Usage(format!("--date {date:?}: expected a valid YYYY-MM-DD")))?;
@@ -932,13 +937,14 @@ fn report(store: &Store, date: &str, offset_min: i32, out: &mut dyn Write) -> Re
             t.title.clone_from(&r.item_title);
             t.records += 1;
             match r.kind {
+                // Saturating, as the end-of-day close adds (redeemd_contract::close::totals).
                 redeemd_contract::RecordKind::Redeem => {
-                    t.redeemed += u64::from(r.quantity);
-                    t.amount += r.amount_fen as i64;
+                    t.redeemed = t.redeemed.saturating_add(u64::from(r.quantity));
+                    t.amount = t.amount.saturating_add(amount_of(r));
                 }
                 redeemd_contract::RecordKind::Void => {
-                    t.voided += u64::from(r.quantity);
-                    t.amount -= r.amount_fen as i64;
+                    t.voided = t.voided.saturating_add(u64::from(r.quantity));
+                    t.amount = t.amount.saturating_sub(amount_of(r));
                 }
                 redeemd_contract::RecordKind::BatchClose => {}
             }
@@ -960,9 +966,10 @@ fn report(store: &Store, date: &str, offset_min: i32, out: &mut dyn Write) -> Re
     ))?;
     let (mut tn, mut ta) = (0i64, 0i64);
     for (code, t) in &totals {
-        let net = t.redeemed as i64 - t.voided as i64;
-        tn += net;
-        ta += t.amount;
+        let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let net = as_i64(t.redeemed).saturating_sub(as_i64(t.voided));
+        tn = tn.saturating_add(net);
+        ta = ta.saturating_add(t.amount);
         w(writeln!(
             out,
             "{code:<12} {:<16} {:>9} {:>7} {:>7} {:>12}",

@@ -145,13 +145,19 @@ pub fn totals<'a>(
                 net_units: 0,
                 net_amount_fen: 0,
             });
+        // Saturating: a signed price can be absurd (the engine only keeps each line within i64),
+        // and both sides of a close add with this one function, so they saturate alike.
+        let quantity = u64::from(r.quantity);
+        let amount = i64::try_from(r.amount_fen).unwrap_or(i64::MAX);
         if sign > 0 {
-            t.redeemed += u64::from(r.quantity);
+            t.redeemed = t.redeemed.saturating_add(quantity);
+            t.net_units = t.net_units.saturating_add(i64::from(r.quantity));
+            t.net_amount_fen = t.net_amount_fen.saturating_add(amount);
         } else {
-            t.voided += u64::from(r.quantity);
+            t.voided = t.voided.saturating_add(quantity);
+            t.net_units = t.net_units.saturating_sub(i64::from(r.quantity));
+            t.net_amount_fen = t.net_amount_fen.saturating_sub(amount);
         }
-        t.net_units += sign * i64::from(r.quantity);
-        t.net_amount_fen += sign * i64::try_from(r.amount_fen).unwrap_or(i64::MAX);
     }
     out
 }
@@ -195,6 +201,27 @@ pub fn reconcile(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absurd_amounts_saturate_instead_of_overflowing() {
+        let mut big = crate::journal::tests::record(1, [0; 32]);
+        big.amount_fen = i64::MAX as u64;
+        let mut void = big.clone();
+        void.kind = RecordKind::Void;
+        let window = (big.wall_ms, big.wall_ms + 1);
+        let redeemed_twice = totals([&big, &big], window);
+        let t = redeemed_twice.values().next().unwrap();
+        assert_eq!(
+            (t.redeemed, t.net_units, t.net_amount_fen),
+            (4, 4, i64::MAX)
+        );
+        let voided_thrice = totals([&void, &void, &void], window);
+        let t = voided_thrice.values().next().unwrap();
+        assert_eq!(
+            (t.voided, t.net_units, t.net_amount_fen),
+            (6, -6, -i64::MAX - 1)
+        );
+    }
 
     #[test]
     fn dates_parse_like_the_calendar() {

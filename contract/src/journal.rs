@@ -200,7 +200,7 @@ fn check_digits(journal_key: &MacKey, terminal_id: &str, seq: u64) -> u8 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::keys::{Purpose, TerminalSecret};

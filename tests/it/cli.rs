@@ -128,7 +128,7 @@ fn export_report_and_info() {
     let lines: Vec<&str> = r.stdout.lines().collect();
     assert!(lines[0].starts_with("record_id,seq,kind,auth_code"));
     assert_eq!(lines.len(), 3);
-    // T0 is 2026-09-21 20:53 in China (UTC+8).
+    // T0 is 2026-09-21 22:13 in China (UTC+8).
     let r = run(&state, &key, &["report", "--date", "2026-09-21"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(
@@ -318,4 +318,38 @@ fn status_reads_a_status_file_with_absurd_times_without_panicking() {
     );
     assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("reader a: link up"), "{stdout}");
+}
+
+#[test]
+fn report_totals_saturate_on_absurd_signed_prices() {
+    // Each amount fits the journal (2^62 fen), their sum does not: the report must still print,
+    // its totals held at i64::MAX (as the end-of-day close's are), not overflow.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut s = open(&state);
+    let mut c = card(0, 10);
+    c.packages[0].items[0].price_fen = 1 << 62;
+    let b = bundle(
+        redeemd_contract::snapshot::BundleKind::Full,
+        1,
+        0,
+        &[(0, Some(c))],
+        T0 + 1000 * HOUR,
+    );
+    s.install_bundle(&b[..], now(T0)).unwrap();
+    for txn in 1..=3 {
+        approved(&redeem(&mut s, "r", txn, 0, &[(0, 1)], T0));
+    }
+    drop(s);
+    let key = key_file(dir.path(), 0o600);
+    let r = run(&state, &key, &["report", "--date", "2026-09-21"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let total = format!(" {}", i64::MAX);
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.starts_with("TOTAL") && l.ends_with(&total)),
+        "{}",
+        r.stdout
+    );
 }

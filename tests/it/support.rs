@@ -11,7 +11,7 @@ use redeemd_contract::{Card, CardStatus, Item, Package, TerminalKeys, TerminalSe
 pub const SECRET_HEX: &str = "4242424242424242424242424242424242424242424242424242424242424242";
 pub const TERMINAL: &str = "T-0001";
 pub const MERCHANT: &str = "M-0001";
-/// 2026-09-21T12:53:20Z, a fixed "now" for tests.
+/// 2026-09-21T14:13:20Z (22:13 in China), a fixed "now" for tests.
 pub const T0: i64 = 1_790_000_000_000;
 pub const HOUR: i64 = 3_600_000;
 pub const PHONE_LAST4: &[u8] = b"1234";
