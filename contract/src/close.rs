@@ -200,6 +200,7 @@ pub fn reconcile(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
