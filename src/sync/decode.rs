@@ -126,6 +126,7 @@ impl ContentDecoder {
                 return Ok(());
             };
             let mut outb = OutBuffer::around(&mut step[..]);
+            let consumed_before = inb.pos();
             let hint = raw
                 .run(&mut inb, &mut outb)
                 .map_err(|e| DecodeError::Corrupt {
@@ -133,7 +134,11 @@ impl ContentDecoder {
                     detail: e.to_string(),
                 })?;
             let written = outb.pos();
-            *at_frame_end = hint == 0;
+            // A call that moved nothing (the input used up by a previous step that filled its
+            // output exactly) says where a *next* frame would start, not whether this one ended.
+            if written > 0 || inb.pos() > consumed_before {
+                *at_frame_end = hint == 0;
+            }
             self.count(written)?;
             out.extend_from_slice(&step[..written]);
             // Done when the input is used up and the decoder had room to spare (nothing left inside).
@@ -217,6 +222,25 @@ mod tests {
             ContentDecoder::new(Some("br"), 1),
             Err(DecodeError::Unsupported(_))
         ));
+    }
+
+    /// A body whose decoded size is a whole number of steps ends a step exactly at the end of the
+    /// frame: the decoder is then called once more with no input, and that call must not make a
+    /// complete stream look truncated.
+    #[test]
+    fn a_body_of_a_whole_number_of_steps_is_complete() {
+        for steps in [1, 2, 5] {
+            let data: Vec<u8> = (0..steps * STEP).map(|i| (i % 251) as u8).collect();
+            let z = zstd::encode_all(&data[..], 3).unwrap();
+            for chunk in [z.len(), 7, 4096] {
+                let decoded = decode_in_chunks(Some("zstd"), &z, chunk, u64::MAX);
+                assert!(
+                    decoded.as_ref() == Ok(&data),
+                    "{steps} steps in chunks of {chunk}: {:?}",
+                    decoded.map(|d| d.len())
+                );
+            }
+        }
     }
 
     #[test]
