@@ -98,7 +98,10 @@ pub fn merchant_statement<'a>(
             net_amount_fen: t.net_amount_fen,
         })
         .collect();
-    let net: i64 = lines.iter().map(|l| l.net_amount_fen).sum();
+    // Saturating, like the lines' own totals (`close::totals`): never a panic or a wrap.
+    let net = lines
+        .iter()
+        .fold(0i64, |sum, l| sum.saturating_add(l.net_amount_fen));
     let commission = commission_fen(net, commission_bps);
     MerchantStatement {
         merchant_id: merchant_id.to_owned(),
@@ -377,6 +380,22 @@ mod tests {
         assert_eq!(s.net_amount_fen, 7_000);
         assert_eq!(s.commission_fen, 350);
         assert_eq!(s.payable_fen, 6_650);
+    }
+
+    #[test]
+    fn amounts_beyond_int64_saturate_in_lines_and_statement() {
+        let mut records = Vec::new();
+        for (seq, code) in [(1, "WASH"), (2, "WASH"), (3, "OIL")] {
+            let mut r = record("T-1", seq, RecordKind::Redeem, 1, 120);
+            r.service_code = code.into();
+            r.amount_fen = u64::MAX;
+            records.push(r);
+        }
+        let s = merchant_statement("M-1", (100, 200), 500, &records);
+        assert_eq!(s.lines.len(), 2);
+        assert!(s.lines.iter().all(|l| l.net_amount_fen == i64::MAX));
+        assert_eq!(s.net_amount_fen, i64::MAX);
+        assert_eq!(s.payable_fen, i64::MAX - s.commission_fen);
     }
 
     #[test]

@@ -520,3 +520,40 @@ async fn gzip_uploads_are_inflated_after_authentication_and_bombs_are_refused() 
     );
     assert_eq!(stored_count(&s), 3);
 }
+
+/// A terminal holds its own journal key, so it can upload records with any amount: fen totals at the
+/// limits of the API's int64 must be answered like any others, and the server must go on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_of_amounts_beyond_int64_is_answered_and_the_server_keeps_serving() {
+    use redeemd_contract::close;
+    let s = start().await;
+    let mut prev = redeemd_contract::journal::genesis_mac(&s.keys.journal, "T-1");
+    let recs: Vec<(JournalRecord, Tag)> = (1..=3)
+        .map(|seq| {
+            let l = common::Line::redeem(redeemd_contract::CardRef([3; 32]), "P1", "WASH", 1);
+            let mut r = common::line(&s.keys, seq, prev, &l);
+            r.amount_fen = u64::MAX;
+            prev = r.mac(&s.keys.journal);
+            (r, prev)
+        })
+        .collect();
+    assert_eq!(s.upload(1, &recs).await.0, 200);
+    let date = "2026-11-18";
+    let window = close::day_window(close::parse_date(date).unwrap(), 480);
+    let items: Vec<close::ItemTotal> = close::totals(recs.iter().map(|(r, _)| r), window)
+        .into_values()
+        .collect();
+    assert_eq!(items[0].net_amount_fen, i64::MAX, "saturated, not wrapped");
+    let body = serde_json::to_vec(&close::BatchClose {
+        business_date: date.into(),
+        utc_offset_minutes: 480,
+        first_seq: 1,
+        through_seq: 3,
+        items,
+    })
+    .unwrap();
+    let (st, v) = s.send("POST", "/v1/terminals/T-1/batch-close", body).await;
+    assert_eq!((st, v["result"].as_str()), (200, Some("matched")), "{v}");
+    let (st, v) = s.head().await;
+    assert_eq!((st, v["acknowledged_seq"].as_u64()), (200, Some(3)), "{v}");
+}
