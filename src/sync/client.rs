@@ -349,7 +349,9 @@ impl Client {
             let problem = wire::parse_problem(401, retry_after, &text);
             let extras = wire::problem_extras(&text);
             match (problem.code.as_str(), extras.server_time_ms) {
-                ("clock_skew", Some(server_ms)) => {
+                // A time before 1970 would sign negative timestamps, which no server accepts (nor
+                // answers with its clock): sync would stay refused after the server came right.
+                ("clock_skew", Some(server_ms)) if server_ms >= 0 => {
                     let offset = server_ms.saturating_sub(wall_clock_ms());
                     tracing::warn!(
                         offset_ms = offset,

@@ -401,6 +401,35 @@ async fn a_server_clock_skew_answer_is_adopted_for_signing() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_clock_before_1970_is_not_adopted_for_signing() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = shop_store(dir.path());
+    let p = Platform::start(honest()).await;
+    let mut once = true;
+    p.misbehave(move |_, _| {
+        std::mem::take(&mut once).then(|| {
+            let body = serde_json::json!({
+                "code": "clock_skew", "status": 401, "server_time_ms": i64::MIN,
+            });
+            Reply::json(401, body.to_string())
+        })
+    });
+    let mut s = syncer(&p);
+    let r = pass(&mut s, &h).await;
+    assert!(
+        failure_text(&r).contains("clock_skew"),
+        "{}",
+        r.lines().join("\n")
+    );
+    // Signing with it would give negative timestamps, which no server accepts: sync would stay
+    // refused (auth_malformed) after the server came back to its senses.
+    assert_eq!(s.client.skew_offset_ms(), 0);
+    p.behave();
+    let r = pass(&mut s, &h).await;
+    assert!(r.ok(), "{}", r.lines().join("\n"));
+}
+
 /// One misbehaviour: the hook, what the failure says, and what must not have changed.
 struct Case {
     name: &'static str,
