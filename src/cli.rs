@@ -209,6 +209,7 @@ impl CliError {
             CliError::Daemon(DaemonError::Key(_)) => 77,
             CliError::Daemon(DaemonError::Store { source, .. }) => store_exit_code(source),
             CliError::Daemon(DaemonError::Io(_)) => 74,
+            CliError::Daemon(DaemonError::SyncStopped(_)) => 70,
             CliError::Simulator(_) => 1,
             CliError::Sync(_) => 75,
             CliError::Findings(_) => 1,

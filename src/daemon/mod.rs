@@ -35,6 +35,10 @@ pub enum DaemonError {
     },
     #[error("cannot start: {0}")]
     Io(#[from] std::io::Error),
+    /// The sync task died (a bug): exiting lets systemd restart the daemon, instead of serving on
+    /// while no record reaches the platform and the cache runs out.
+    #[error("the sync task stopped: {0}")]
+    SyncStopped(String),
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -171,9 +175,11 @@ async fn serve(
     request_key: redeemd_contract::MacKey,
     readers: &[reader::ReaderThread],
 ) -> Result<(), DaemonError> {
-    match &config.sync.server_url {
+    // Supervised: `sync::run` returns only when sync cannot work at all (logged there); a panic
+    // in a pass ends the daemon (below), so that systemd restarts it.
+    let mut sync_task = match &config.sync.server_url {
         Some(url) => {
-            tokio::spawn(sync::run(sync::SyncContext {
+            let context = sync::SyncContext {
                 server_url: url.clone(),
                 config: config.sync.clone(),
                 state_dir: config.state_dir.clone(),
@@ -182,10 +188,21 @@ async fn serve(
                 request_key,
                 store: store.clone(),
                 status: board.clone(),
-            }));
+            };
+            let panic_after = test_wedge_delay("REDEEMD_TEST_PANIC_SYNC_AFTER_MS");
+            Some(tokio::spawn(async move {
+                if let Some(after) = panic_after {
+                    tokio::time::sleep(after).await;
+                    panic!("test trigger: the sync task panics");
+                }
+                sync::run(context).await;
+            }))
         }
-        None => tracing::info!("sync disabled: no [sync] server_url configured"),
-    }
+        None => {
+            tracing::info!("sync disabled: no [sync] server_url configured");
+            None
+        }
+    };
     if let Some(after) = test_wedge_delay("REDEEMD_TEST_WEDGE_STORE_AFTER_MS") {
         let store = store.clone();
         tokio::spawn(async move {
@@ -217,6 +234,15 @@ async fn serve(
     loop {
         tokio::select! {
             _ = sigterm.recv() => break,
+            ended = async { sync_task.as_mut()?.await.err() }, if sync_task.is_some() => {
+                sync_task = None;
+                if let Some(failure) = ended {
+                    let reason = panic_message(failure);
+                    tracing::error!(%reason, "the sync task stopped; exiting so that systemd restarts the daemon");
+                    notify(&[sd_notify::NotifyState::Stopping]);
+                    return Err(DaemonError::SyncStopped(reason));
+                }
+            }
             r = tokio::signal::ctrl_c() => {
                 r?;
                 break;
@@ -252,9 +278,22 @@ async fn serve(
     Ok(())
 }
 
-/// Test-only triggers (`REDEEMD_TEST_WEDGE_STORE_AFTER_MS`, `REDEEMD_TEST_WEDGE_READER_AFTER_MS`):
-/// wedge the store, or the first reader's thread, after this long, so tests can watch the watchdog
-/// pings stop without systemd. Harmless when unset, which they always are in production.
+/// What a task's [`tokio::task::JoinError`] says: its panic message, or that it was cancelled.
+fn panic_message(failure: tokio::task::JoinError) -> String {
+    match failure.try_into_panic() {
+        Ok(payload) => payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .map_or_else(|| "panicked".to_owned(), |m| format!("panicked: {m}")),
+        Err(_) => "cancelled".to_owned(),
+    }
+}
+
+/// Test-only triggers (`REDEEMD_TEST_WEDGE_STORE_AFTER_MS`, `REDEEMD_TEST_WEDGE_READER_AFTER_MS`,
+/// `REDEEMD_TEST_PANIC_SYNC_AFTER_MS`): wedge the store or the first reader's thread, or make the
+/// sync task panic, after this long, so tests can watch the watchdog pings stop without systemd
+/// and the daemon exit. Harmless when unset, which they always are in production.
 fn test_wedge_delay(variable: &str) -> Option<Duration> {
     let ms = std::env::var(variable).ok()?;
     ms.parse().ok().map(Duration::from_millis)

@@ -624,3 +624,44 @@ fn json_logs_are_one_object_per_line() {
     let log = daemon.log_text();
     assert!(log.contains(r#""reader":"counter-0""#), "{log}");
 }
+
+#[test]
+fn a_sync_task_that_panics_ends_the_daemon_for_systemd_to_restart() {
+    // Sync pointed at a port nobody listens on (the daemon keeps retrying), and the test trigger
+    // makes the sync task panic after 500 ms: the daemon must not serve on without sync.
+    let shop = shop(0, "[sync]\nserver_url = \"http://127.0.0.1:9\"\n");
+    let started = std::time::Instant::now();
+    let out = shop
+        .redeemd()
+        .arg("run")
+        .env("REDEEMD_TEST_PANIC_SYNC_AFTER_MS", "500")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_with_deadline(out, Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(70), "{stderr}");
+    assert!(
+        stderr.contains("the sync task stopped")
+            && stderr.contains("test trigger: the sync task panics"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(500));
+}
+
+/// The child's output once it exits; killed (and the test failed) if it runs past `deadline`.
+fn wait_with_deadline(mut child: std::process::Child, deadline: Duration) -> std::process::Output {
+    let until = std::time::Instant::now() + deadline;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > until {
+            let _ = child.kill();
+            panic!(
+                "still running after {deadline:?}: {:?}",
+                child.wait_with_output()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
