@@ -37,7 +37,7 @@ pub enum DecodeError {
 
 enum Codec {
     Identity,
-    Gzip(Box<flate2::write::GzDecoder<Vec<u8>>>),
+    Gzip(Box<flate2::write::MultiGzDecoder<Vec<u8>>>),
     Zstd {
         raw: Box<ZstdRaw<'static>>,
         /// The last call ended exactly at the end of a frame.
@@ -60,7 +60,7 @@ impl ContentDecoder {
             None => Codec::Identity,
             Some(e) if e.is_empty() || e == "identity" => Codec::Identity,
             Some(e) if e == "gzip" || e == "x-gzip" => {
-                Codec::Gzip(Box::new(flate2::write::GzDecoder::new(Vec::new())))
+                Codec::Gzip(Box::new(flate2::write::MultiGzDecoder::new(Vec::new())))
             }
             Some(e) if e == "zstd" => Codec::Zstd {
                 raw: Box::new(ZstdRaw::new().map_err(|e| DecodeError::Corrupt {
@@ -241,6 +241,25 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// RFC 1952 allows a gzip stream of several members (what some proxies and `cat a.gz b.gz`
+    /// produce); HTTP's `gzip` coding is that format, so every member is decoded.
+    #[test]
+    fn a_gzip_body_of_several_members_is_decoded_whole() {
+        let (first, second) = (vec![1u8; 70_000], vec![2u8; 5_000]);
+        let mut both = gzip(&first);
+        both.extend_from_slice(&gzip(&second));
+        let whole: Vec<u8> = first.iter().chain(&second).copied().collect();
+        for chunk in [both.len(), 7, 4096] {
+            assert_eq!(
+                decode_in_chunks(Some("gzip"), &both, chunk, u64::MAX),
+                Ok(whole.clone()),
+                "chunks of {chunk}"
+            );
+        }
+        let cut = both.len() - 3;
+        assert!(decode_in_chunks(Some("gzip"), &both[..cut], 100, u64::MAX).is_err());
     }
 
     #[test]
