@@ -39,6 +39,40 @@ fn run(state: &Path, key: &Path, args: &[&str]) -> Run {
     }
 }
 
+/// Writes a configuration for `state` and `key` — `top` adds top-level keys, `tables` tables after
+/// `[key]` — and runs `redeemd --config` with `args`.
+fn run_configured(
+    dir: &Path,
+    (state, key): (&Path, &Path),
+    (top, tables): (&str, &str),
+    args: &[&str],
+) -> Run {
+    let config = dir.join("redeemd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "terminal_id = \"{TERMINAL}\"\nmerchant_id = \"{MERCHANT}\"\nstate_dir = \"{}\"\n\
+             {top}[key]\nfile = \"{}\"\n{tables}",
+            state.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_redeemd"))
+        .arg("--config")
+        .arg(&config)
+        .args(args)
+        .env_remove("REDEEMD_STATE_DIR")
+        .env_remove("REDEEMD_KEY_FILE")
+        .output()
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    }
+}
+
 fn populated() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
@@ -231,27 +265,14 @@ fn report_counts_days_in_the_configured_offset() {
     approved(&redeem(&mut s, "r", 1, 0, &[(0, 1)], T0 + 9 * HOUR));
     drop(s);
     let key = key_file(dir.path(), 0o600);
-    let config = dir.path().join("redeemd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "terminal_id = \"{TERMINAL}\"\nmerchant_id = \"{MERCHANT}\"\nstate_dir = \"{}\"\n\
-             utc_offset_minutes = 0\n[key]\nfile = \"{}\"\n",
-            state.display(),
-            key.display()
-        ),
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_redeemd"))
-        .arg("--config")
-        .arg(&config)
-        .args(["report", "--date", "2026-09-21"])
-        .env_remove("REDEEMD_STATE_DIR")
-        .env_remove("REDEEMD_KEY_FILE")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
+    let r = run_configured(
+        dir.path(),
+        (&state, &key),
+        ("utc_offset_minutes = 0\n", ""),
+        &["report", "--date", "2026-09-21"],
+    );
+    let stdout = r.stdout;
+    assert_eq!(r.code, 0, "{stdout}{}", r.stderr);
     assert!(stdout.contains("(UTC+00:00)"), "{stdout}");
     assert!(
         stdout
@@ -280,17 +301,6 @@ fn export_from_a_seq_beyond_the_journal_exports_nothing() {
 fn status_reads_a_status_file_with_absurd_times_without_panicking() {
     let (dir, state) = populated();
     let key = key_file(dir.path(), 0o600);
-    let config = dir.path().join("redeemd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "terminal_id = \"{TERMINAL}\"\nmerchant_id = \"{MERCHANT}\"\nstate_dir = \"{}\"\n\
-             [key]\nfile = \"{}\"\n[sync]\nserver_url = \"http://127.0.0.1:9\"\n",
-            state.display(),
-            key.display()
-        ),
-    )
-    .unwrap();
     let min = i64::MIN;
     std::fs::write(
         state.join("status.json"),
@@ -304,19 +314,14 @@ fn status_reads_a_status_file_with_absurd_times_without_panicking() {
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_redeemd"))
-        .arg("--config")
-        .arg(&config)
-        .arg("status")
-        .env_remove("REDEEMD_STATE_DIR")
-        .env_remove("REDEEMD_KEY_FILE")
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
+    let r = run_configured(
+        dir.path(),
+        (&state, &key),
+        ("", "[sync]\nserver_url = \"http://127.0.0.1:9\"\n"),
+        &["status"],
     );
-    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let stdout = r.stdout;
+    assert_eq!(r.code, 0, "{stdout}{}", r.stderr);
     assert!(stdout.contains("reader a: link up"), "{stdout}");
 }
 

@@ -373,21 +373,25 @@ async fn a_deny_list_longer_than_one_answer_is_applied_page_by_page_in_one_pass(
     assert_eq!(facts(&h).2.entries, 3);
 }
 
+/// The platform answers the next request, once, with `401 clock_skew` and this server time.
+fn skew_once(p: &Platform, server_time_ms: i64) {
+    let mut once = true;
+    p.misbehave(move |_, _| {
+        std::mem::take(&mut once).then(|| {
+            let body = serde_json::json!({
+                "code": "clock_skew", "status": 401, "server_time_ms": server_time_ms,
+            });
+            Reply::json(401, body.to_string())
+        })
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_clock_skew_answer_is_adopted_for_signing() {
     let dir = tempfile::tempdir().unwrap();
     let h = shop_store(dir.path());
     let p = Platform::start(honest()).await;
-    let mut once = true;
-    p.misbehave(move |_, _| {
-        std::mem::take(&mut once).then(|| {
-            let body = serde_json::json!({
-                "code": "clock_skew", "status": 401,
-                "server_time_ms": crate::shop::wall_now() + 3_600_000,
-            });
-            Reply::json(401, body.to_string())
-        })
-    });
+    skew_once(&p, crate::shop::wall_now() + 3_600_000);
     let mut s = syncer(&p);
     let r = pass(&mut s, &h).await;
     // The server's own checks use the real clock, so signing an hour ahead is refused from now on:
@@ -406,15 +410,7 @@ async fn a_server_clock_before_1970_is_not_adopted_for_signing() {
     let dir = tempfile::tempdir().unwrap();
     let h = shop_store(dir.path());
     let p = Platform::start(honest()).await;
-    let mut once = true;
-    p.misbehave(move |_, _| {
-        std::mem::take(&mut once).then(|| {
-            let body = serde_json::json!({
-                "code": "clock_skew", "status": 401, "server_time_ms": i64::MIN,
-            });
-            Reply::json(401, body.to_string())
-        })
-    });
+    skew_once(&p, i64::MIN);
     let mut s = syncer(&p);
     let r = pass(&mut s, &h).await;
     assert!(
