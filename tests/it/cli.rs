@@ -22,20 +22,33 @@ fn key_file(dir: &Path, mode: u32) -> PathBuf {
 }
 
 fn run(state: &Path, key: &Path, args: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_redeemd"))
-        .arg("--state-dir")
-        .arg(state)
-        .arg("--key-file")
-        .arg(key)
-        .args(args)
+    redeemd(&[
+        "--state-dir".as_ref(),
+        state.as_os_str(),
+        "--key-file".as_ref(),
+        key.as_os_str(),
+    ])
+    .args(args)
+    .into()
+}
+
+/// `redeemd` with `leading` arguments, and none of the environment's settings.
+fn redeemd(leading: &[&std::ffi::OsStr]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_redeemd"));
+    c.args(leading)
         .env_remove("REDEEMD_STATE_DIR")
-        .env_remove("REDEEMD_KEY_FILE")
-        .output()
-        .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into(),
-        stderr: String::from_utf8_lossy(&out.stderr).into(),
+        .env_remove("REDEEMD_KEY_FILE");
+    c
+}
+
+impl From<&mut Command> for Run {
+    fn from(c: &mut Command) -> Run {
+        let out = c.output().unwrap();
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into(),
+            stderr: String::from_utf8_lossy(&out.stderr).into(),
+        }
     }
 }
 
@@ -58,19 +71,9 @@ fn run_configured(
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_redeemd"))
-        .arg("--config")
-        .arg(&config)
+    redeemd(&["--config".as_ref(), config.as_os_str()])
         .args(args)
-        .env_remove("REDEEMD_STATE_DIR")
-        .env_remove("REDEEMD_KEY_FILE")
-        .output()
-        .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into(),
-        stderr: String::from_utf8_lossy(&out.stderr).into(),
-    }
+        .into()
 }
 
 fn populated() -> (tempfile::TempDir, PathBuf) {
