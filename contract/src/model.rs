@@ -294,7 +294,8 @@ impl Card {
                 None
             };
             let identity_required = r.bool("identity required")?;
-            let k = r.count(28)?;
+            // An item is at least 24 bytes: two empty strings (4 + 4), two u32, one u64.
+            let k = r.count(24)?;
             let mut items = Vec::with_capacity(k);
             for _ in 0..k {
                 items.push(Item {
@@ -374,6 +375,24 @@ pub(crate) mod tests {
     fn card_roundtrips() {
         let c = sample_card();
         assert_eq!(Card::decode(&c.encode()).unwrap(), c);
+    }
+
+    #[test]
+    fn a_card_of_minimal_items_roundtrips() {
+        // An item is at least 24 bytes (two empty strings, two u32, one u64); a last item list of
+        // such items is valid and must not be refused as truncated.
+        let mut c = sample_card();
+        c.packages[0].items = vec![
+            Item {
+                service_code: "W".into(),
+                title: String::new(),
+                uses_total: 1,
+                uses_left: 1,
+                price_fen: 0,
+            };
+            3
+        ];
+        assert_eq!(Card::decode(&c.encode()), Ok(c));
     }
 
     #[test]
