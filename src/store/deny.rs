@@ -62,6 +62,16 @@ pub enum DenyError {
         list: u64,
     },
     #[error(
+        "entry {index} (card {card}): {field} {value} is above {max}, the largest the store can keep",
+        max = i64::MAX
+    )]
+    VersionTooLarge {
+        index: usize,
+        card: String,
+        field: &'static str,
+        value: u64,
+    },
+    #[error(
         "the server's deny-list version {server} is below the applied {applied} (server restored from an older backup?)"
     )]
     Rollback { server: u64, applied: u64 },
@@ -123,6 +133,18 @@ pub fn verify_answer(
                 version: e.version,
                 floor,
             });
+        }
+        // Rows and the terminal state keep versions in SQLite's signed integers: a larger one would
+        // be committed as another number, fail its MAC at the next load and leave the store unopenable.
+        for (field, value) in [("version", e.version), ("entry version", e.entry_version)] {
+            if i64::try_from(value).is_err() {
+                return Err(DenyError::VersionTooLarge {
+                    index,
+                    card: card(),
+                    field,
+                    value,
+                });
+            }
         }
         if e.version > list.version {
             return Err(DenyError::AboveList {

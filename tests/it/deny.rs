@@ -200,3 +200,30 @@ fn one_bad_entry_refuses_the_whole_answer() {
     assert_eq!(s.apply_deny_list(&list(2, &[])).unwrap().applied, 0);
     assert_eq!(s.deny_info().entries, 2);
 }
+
+#[test]
+fn versions_beyond_int64_are_refused_and_leave_the_store_openable() {
+    // Deny rows live in SQLite's signed integers: a larger version would be stored as another number,
+    // fail its MAC at the next load and leave the store refusing to open.
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store_with_cards(dir.path(), 2);
+    let big = i64::MAX as u64 + 1;
+    for l in [
+        list(big, &[entry(big, 0, DenyStatus::Lost, 2)]),
+        list(1, &[entry(1, 0, DenyStatus::Lost, big)]),
+    ] {
+        let e = s.apply_deny_list(&l).unwrap_err();
+        assert!(e.to_string().contains("9223372036854775807"), "{e}");
+        assert_eq!(s.deny_info().entries, 0);
+    }
+    drop(s);
+    let mut s = open(dir.path());
+    assert_eq!(menu_reason(&mut s, 0), None);
+    // The largest representable versions are applied and survive a restart.
+    let max = i64::MAX as u64;
+    s.apply_deny_list(&list(max, &[entry(max, 0, DenyStatus::Lost, max)]))
+        .unwrap();
+    drop(s);
+    let mut s = open(dir.path());
+    assert_eq!(menu_reason(&mut s, 0), Some(DeclineReason::CardLost));
+}
