@@ -56,6 +56,92 @@ pub const MAX_DENY_ENTRIES: usize = 10_000;
 const STREAM_CHUNK: usize = 64 * 1024;
 const STREAM_CHUNKS_IN_FLIGHT: usize = 8;
 
+/// What one client may hold of the server (`docs/api/README.md`, "Size limits"): connections at once,
+/// and how long a request's head and body may take to arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections served at once; further ones wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// Time for a request's head to arrive, counted from the connection's start or the end of the
+    /// previous response: a slow head, or an idle keep-alive connection, is closed after it.
+    pub header_timeout: std::time::Duration,
+    /// Time for a request's whole body to arrive (`408 request_timeout` after it).
+    pub body_timeout: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 512,
+            header_timeout: std::time::Duration::from_secs(30),
+            body_timeout: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
+/// Serves [`router`]`(state)` on `listener` until `shutdown` completes, then lets the open
+/// connections finish. Unlike `axum::serve`, it enforces [`AppState::limits`]: at most
+/// `max_connections` at once (the rest wait in the listen backlog, so a flood of idle sockets cannot
+/// take every file descriptor), and a request head not received within `header_timeout` closes the
+/// connection (slow loris; also an idle keep-alive connection). The body timeout is enforced where
+/// the body is read, before authentication.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let limits = state.limits;
+    let app = router(state);
+    let max = u32::try_from(limits.max_connections.max(1)).unwrap_or(u32::MAX);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max as usize));
+    let (closing, _) = tokio::sync::watch::channel(());
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot,
+            () = &mut shutdown => break,
+        };
+        let Ok(slot) = slot else { break };
+        let stream = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let stream = match stream {
+            Ok((stream, _peer)) => stream,
+            Err(e) => {
+                // Out of file descriptors, or a connection reset before it was accepted: try again
+                // shortly rather than spin or stop serving.
+                eprintln!("clearing-server: accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let mut closing = closing.subscribe();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout);
+            let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            // Errors are the client's (reset, timed out, malformed head): nothing to do but close.
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = closing.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    drop(closing);
+    // Every connection gives its slot back when it ends.
+    let _all = slots.acquire_many(max).await;
+    Ok(())
+}
+
 /// The server clock, unix milliseconds (injectable for tests).
 pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
@@ -79,6 +165,8 @@ pub struct AppState {
     /// How long the bundles it signs are valid, and when a quiet platform renews them
     /// (`serve --cache-validity-hours`; [`bundle::CachePolicy::default`] otherwise).
     pub cache: bundle::CachePolicy,
+    /// Connection and request limits ([`serve`]; [`Limits::default`] otherwise).
+    pub limits: Limits,
 }
 
 impl AppState {
@@ -93,12 +181,18 @@ impl AppState {
             nonces_pruned_ms: Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN)),
             clock,
             cache: bundle::CachePolicy::default(),
+            limits: Limits::default(),
         }
     }
 
     /// The same state signing bundles under `cache`.
     pub fn with_cache_policy(self, cache: bundle::CachePolicy) -> Self {
         Self { cache, ..self }
+    }
+
+    /// The same state served under `limits`.
+    pub fn with_limits(self, limits: Limits) -> Self {
+        Self { limits, ..self }
     }
 
     /// Runs `f` on the connection on a blocking thread.
@@ -141,8 +235,13 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Reads the body up to [`MAX_BODY_BYTES`]; a declared or actual larger body is `body_too_large`.
-async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, Problem> {
+/// Reads the body up to [`MAX_BODY_BYTES`]; a declared or actual larger body is `body_too_large`, one
+/// not received within `body_timeout` (a client trickling bytes, or stalled) is `request_timeout`.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    body_timeout: std::time::Duration,
+) -> Result<Bytes, Problem> {
     let too_large = || {
         Problem::new(
             413,
@@ -157,9 +256,17 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, Problem> {
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| too_large())
+    match tokio::time::timeout(body_timeout, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+        Ok(read) => read.map_err(|_| too_large()),
+        Err(_) => Err(Problem::new(
+            408,
+            "request_timeout",
+            format!(
+                "request body not received within {} s",
+                body_timeout.as_secs_f64()
+            ),
+        )),
+    }
 }
 
 /// Authenticates a request for `path_terminal` (`docs/api/README.md`, "Authentication").
@@ -304,7 +411,7 @@ impl FromRequest<AppState> for Authenticated {
         let Path(terminal_id) = Path::<String>::from_request_parts(&mut parts, state)
             .await
             .map_err(|e| Problem::new(404, "not_found", e.body_text()))?;
-        let body = read_body(&parts.headers, body).await?;
+        let body = read_body(&parts.headers, body, state.limits.body_timeout).await?;
         let terminal = authenticate(
             state,
             &parts.method,

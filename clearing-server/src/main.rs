@@ -260,16 +260,13 @@ fn run(cli: Cli) -> Result<(), String> {
                     "clearing-server: signed caches valid {cache_validity} h, renewed after {refresh} on a quiet platform"
                 );
                 eprintln!("clearing-server: listening on http://{addr}");
-                let app = clearing_server::router(
-                    clearing_server::AppState::new(conn, clearing_server::system_clock())
-                        .with_cache_policy(cache_validity),
-                );
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = tokio::signal::ctrl_c().await;
-                    })
-                    .await
-                    .map_err(|e| format!("serve: {e}"))
+                let state = clearing_server::AppState::new(conn, clearing_server::system_clock())
+                    .with_cache_policy(cache_validity);
+                clearing_server::serve(listener, state, async {
+                    let _ = tokio::signal::ctrl_c().await;
+                })
+                .await
+                .map_err(|e| format!("serve: {e}"))
             })
         }
         Command::Admin {
