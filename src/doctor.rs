@@ -360,14 +360,15 @@ fn store_checks(
     match store.cache_info() {
         Ok(Some(c)) => {
             let m = &c.manifest;
-            let hours_left = (m.expires_at_ms - now) / 3_600_000;
+            // Signed times may sit at the ends of i64: differences saturate.
+            let hours_left = m.expires_at_ms.saturating_sub(now) / 3_600_000;
             if now < m.issued_at_ms {
                 findings.push(Finding::bad(
                     Verdict::Problem,
                     "clock",
                     format!(
                         "the clock is {} h before the cache was issued: the system clock is wrong",
-                        (m.issued_at_ms - now) / 3_600_000
+                        m.issued_at_ms.saturating_sub(now) / 3_600_000
                     ),
                     "set the time: `timedatectl set-ntp true` (or set it by hand), then check again",
                 ));
@@ -378,11 +379,12 @@ fn store_checks(
                     "cache",
                     format!(
                         "version {} expired {} h ago: redemptions are refused",
-                        m.version, -hours_left
+                        m.version,
+                        hours_left.saturating_neg()
                     ),
                     "connect the shop PC to the network so that sync can fetch a fresh snapshot",
                 )
-            } else if m.expires_at_ms - now < expiry_warning_ms(m) {
+            } else if m.expires_at_ms.saturating_sub(now) < expiry_warning_ms(m) {
                 Finding::bad(
                     Verdict::Warning,
                     "cache",
@@ -622,7 +624,7 @@ fn clock_sync_check() -> Finding {
 /// validity a warning at 24 h would never go away.
 fn expiry_warning_ms(m: &redeemd_contract::snapshot::Manifest) -> i64 {
     const DAY_MS: i64 = 86_400_000;
-    DAY_MS.min((m.expires_at_ms - m.issued_at_ms).max(0) / 3)
+    DAY_MS.min(m.expires_at_ms.saturating_sub(m.issued_at_ms).max(0) / 3)
 }
 
 #[cfg(test)]

@@ -235,3 +235,29 @@ fn a_state_directory_on_a_read_only_filesystem_is_named() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_cache_signed_with_extreme_times_is_reported_without_overflowing() {
+    // Signed times at the ends of int64 (a platform bug): the differences doctor prints and compares
+    // do not fit in an i64, and must neither panic nor flip the verdict.
+    for (issued, expires, says) in [
+        (i64::MIN, i64::MIN + 1, "expired"),
+        (-1, i64::MAX, "OK       cache"),
+    ] {
+        let (shop, _line) = shop_with_reader();
+        let keys = support::keys();
+        let mut signer = BundleSigner::new(&keys.cache, BundleKind::Full, MERCHANT, 2);
+        let mut bundle = signer.header();
+        let card = support::card(1, 10);
+        bundle.extend(signer.entry(&support::card_ref(1), Some(&card)).unwrap());
+        bundle.extend(signer.finish(TERMINAL, &[], 0, issued, expires).1);
+        let mut store = redeemd::store::Store::open(&shop.state, keys, support::config()).unwrap();
+        store
+            .install_bundle(&bundle[..], support::now(support::T0))
+            .unwrap();
+        drop(store);
+        let (_, out) = doctor(&shop, "root");
+        assert!(!out.contains("panicked"), "{out}");
+        assert!(out.contains(says), "{out}");
+    }
+}
