@@ -271,7 +271,7 @@ impl Honest {
             &self.keys.request,
             &req.method,
             &req.path,
-            &req.body,
+            redeemd_contract::request::body_sha256(&req.body),
             now,
             300_000,
             &mut self.nonces,
