@@ -63,7 +63,10 @@ impl StoredReply {
 impl Presentation {
     /// `text` in the link's encoding, cut to at most `max` bytes at a character boundary.
     fn encode(&self, text: &str, max: usize) -> Vec<u8> {
-        let mut end = text.len();
+        // Every character takes at least one byte in either encoding, so at most `max` of them
+        // can fit; starting the cut from the whole text would re-encode it once per character
+        // (texts come from the platform, with no length limit).
+        let mut end = text.char_indices().nth(max).map_or(text.len(), |(i, _)| i);
         loop {
             let part = &text[..end];
             let bytes = match self.encoding {
@@ -404,6 +407,34 @@ mod tests {
         );
         assert_eq!(e.identity, IdentityCheck::PhoneLast4);
         assert_eq!(m.holder_name.to_str(), Some("张*"));
+    }
+
+    #[test]
+    fn a_huge_title_is_cut_without_encoding_it_once_per_character() {
+        // A platform title of 256 KiB (the bundle format has no limit). Encoding every prefix
+        // while cutting one character at a time is quadratic: minutes with the store locked.
+        let title = "洗".repeat(256 * 1024 / 3);
+        for enc in [TextEncoding::Utf8, TextEncoding::Gb18030] {
+            let cut = p(Language::Zh, enc).encode(&title, TITLE_MAX);
+            let expected = match enc {
+                TextEncoding::Utf8 => 63,
+                TextEncoding::Gb18030 => 64,
+            };
+            assert_eq!(cut.len(), expected, "{enc:?}");
+        }
+    }
+
+    #[test]
+    fn gb18030_cut_never_splits_a_four_byte_character() {
+        // U+20000 is four bytes in GB18030; ASCII before it shifts the boundary.
+        for pad in 0..4 {
+            let text = format!("{}{}", "a".repeat(pad), "\u{20000}".repeat(30));
+            let cut = p(Language::Zh, TextEncoding::Gb18030).encode(&text, TITLE_MAX);
+            assert!(cut.len() <= TITLE_MAX);
+            let (decoded, _, bad) = encoding_rs::GB18030.decode(&cut);
+            assert!(!bad, "pad {pad}");
+            assert!(text.starts_with(&*decoded));
+        }
     }
 
     #[test]
