@@ -26,6 +26,30 @@ const DECLINE_TEXT_MAX: usize = 128;
 const RECEIPT_LINE_MAX: usize = 64;
 const RECEIPT_LINES_MAX: usize = 48;
 const MENU_ENTRIES_MAX: usize = 32;
+const MASKED_CARD_MAX: usize = 32;
+
+/// The platform's masked card number as CARD_MENU.masked_card (printable ASCII, at most 32
+/// bytes): anything else in it shows as `?`, and it is cut to fit, rather than failing the menu.
+fn masked_card(masked: &str) -> String {
+    let shown: String = masked
+        .chars()
+        .map(|c| {
+            if c == ' ' || c.is_ascii_graphic() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(MASKED_CARD_MAX)
+        .collect();
+    if shown != masked {
+        tracing::warn!(
+            masked_number_bytes = masked.len(),
+            "masked card number is not up to 32 printable ASCII characters: shown as {shown:?}"
+        );
+    }
+    shown
+}
 
 /// How texts are shown on one reader's link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +134,15 @@ impl Presentation {
         let titles: Vec<Vec<u8>> = menu
             .entries
             .iter()
-            .map(|e| self.encode(&e.title, TITLE_MAX))
+            .map(|e| {
+                // CARD_MENU needs a title of at least one byte: an entry the platform left
+                // untitled is shown by its package or service name rather than failing the menu.
+                let title = [&e.title, &e.package_title, &e.service_code]
+                    .into_iter()
+                    .find(|t| !t.is_empty())
+                    .map_or("?", |t| t.as_str());
+                self.encode(title, TITLE_MAX)
+            })
             .collect();
         let entries: Vec<MenuEntry<'_>> = menu
             .entries
@@ -132,10 +164,11 @@ impl Presentation {
             .take(MENU_ENTRIES_MAX)
             .collect();
         let holder = self.encode(menu.holder_name.as_deref().unwrap_or(""), HOLDER_MAX);
+        let masked_card = masked_card(&menu.masked_number);
         self.emit(&Message::CardMenu(CardMenu {
             txn_id,
             holder_name: Text::new(&holder),
-            masked_card: &menu.masked_number,
+            masked_card: &masked_card,
             entries: List::new(&entries),
         }))
     }
@@ -407,6 +440,59 @@ mod tests {
         );
         assert_eq!(e.identity, IdentityCheck::PhoneLast4);
         assert_eq!(m.holder_name.to_str(), Some("张*"));
+    }
+
+    fn one_entry_menu(masked_number: &str, title: &str) -> Menu {
+        Menu {
+            masked_number: masked_number.into(),
+            holder_name: None,
+            entry_version: 1,
+            entries: vec![EngineEntry {
+                index: 0,
+                package_id: "P1".into(),
+                package_title: "套餐".into(),
+                service_code: "WASH".into(),
+                title: title.into(),
+                uses_left: 3,
+                valid_until_ms: 0,
+                identity_required: false,
+                price_fen: 100,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_masked_number_that_does_not_fit_the_wire_still_gives_a_menu() {
+        // The platform's masked number is free text: longer than the 32 bytes of
+        // CARD_MENU.masked_card, or not ASCII. The card's menu must still reach the reader.
+        for masked in [
+            "6228 48** **** **** **** **** **** 1234",
+            "622848******1234 会员",
+        ] {
+            for enc in [TextEncoding::Utf8, TextEncoding::Gb18030] {
+                let r = p(Language::Zh, enc).menu(5, &one_entry_menu(masked, "精洗"));
+                let Message::CardMenu(m) = parse(&r, enc) else {
+                    panic!(
+                        "{masked:?} on {enc:?}: not CARD_MENU but {:?}",
+                        parse(&r, enc)
+                    )
+                };
+                assert_eq!(m.entries.len(), 1);
+                assert!(m.masked_card.len() <= 32);
+                assert!(m.masked_card.starts_with("6228"), "{:?}", m.masked_card);
+            }
+        }
+    }
+
+    #[test]
+    fn an_empty_title_does_not_cost_the_whole_menu() {
+        let r =
+            p(Language::Zh, TextEncoding::Utf8).menu(5, &one_entry_menu("622848******1234", ""));
+        let Message::CardMenu(m) = parse(&r, TextEncoding::Utf8) else {
+            panic!("not CARD_MENU but {:?}", parse(&r, TextEncoding::Utf8))
+        };
+        let e = m.entries.iter().next().unwrap();
+        assert!(!e.title.as_bytes().is_empty());
     }
 
     #[test]
