@@ -711,8 +711,8 @@ pub fn decline_reason_from_str(s: &str) -> Option<DeclineReason> {
         return Some(DeclineReason(code));
     }
     let wanted = s.to_ascii_uppercase().replace('-', "_");
-    (1..=20u16)
-        .chain([0xFFFF])
+    // Every code, so that names added to the protocol are known here without a second list.
+    (0..=u16::MAX)
         .map(DeclineReason)
         .find(|r| r.name() == Some(wanted.as_str()))
 }

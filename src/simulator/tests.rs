@@ -701,6 +701,31 @@ fn parser_reads_every_step() {
 }
 
 #[test]
+fn every_decline_reason_of_the_protocol_can_be_expected_by_name() {
+    // PROTOCOL.md §7.1 names 1..=30 and OTHER; a scenario may expect any of them.
+    for code in (1..=30u16).chain([0xFFFF]) {
+        let reason = DeclineReason(code);
+        let name = reason.name().unwrap();
+        assert_eq!(
+            reader::decline_reason_from_str(name),
+            Some(reason),
+            "{name}"
+        );
+        let text = format!(
+            "expect declined reason={}",
+            name.to_lowercase().replace('_', "-")
+        );
+        let s = scenario::parse("s", &text).unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(
+            s.steps[0].1,
+            Step::Expect(Expectation::Declined {
+                reason: Some(reason)
+            })
+        );
+    }
+}
+
+#[test]
 fn interactive_shortcuts() {
     assert!(matches!(
         interactive_step("6222020000000001").unwrap(),
