@@ -739,7 +739,8 @@ fn declined_done(
     Done::answer(
         txn_id,
         kind,
-        presentation.declined(txn_id.max(1), reason),
+        // DECLINED carries the request's txn id, 0 for QUERY LAST (PROTOCOL.md §5.15).
+        presentation.declined(txn_id, reason),
         declined_outcome(reason, None),
         started,
     )

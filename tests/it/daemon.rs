@@ -261,6 +261,21 @@ async fn a_repeated_redeem_and_a_reboot_get_the_stored_answer_and_deduct_once() 
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn query_last_with_nothing_to_report_names_no_transaction() {
+    // PROTOCOL.md §5.15: DECLINED TXN_UNKNOWN carries the queried txn id; for LAST that is 0.
+    // Any other id would tell the reader that one of its own transactions is unknown.
+    let shop = shop(1, "");
+    let _daemon = Daemon::start(&shop);
+    let mut r = reader(&shop, 0, "R-Q").await;
+    let last = r.query_last().await.unwrap();
+    let Answer::Declined(d) = &last.answer else {
+        panic!("expected DECLINED, got {:?}", last.answer)
+    };
+    assert_eq!(d.reason, Wire::TXN_UNKNOWN);
+    assert_eq!(d.txn_id, 0, "QUERY LAST answered about txn {}", d.txn_id);
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn void_within_the_window_restores_uses_and_after_it_is_refused() {
     let shop = shop(1, "[void]\nwindow_secs = 3\n");
     let _daemon = Daemon::start(&shop);
