@@ -662,7 +662,11 @@ impl<'a> Link<'a> {
             self.memory.swipe = Some(swipe);
         }
         self.send_reply(&done.reply);
-        self.memory.last_answer = Some((done.txn_id, done.reply));
+        // A QUERY's answer is not a transaction's: remembering it would make QUERY LAST answer
+        // the txn last asked about (or TXN_UNKNOWN) instead of the reader's last transaction.
+        if done.kind != "query" {
+            self.memory.last_answer = Some((done.txn_id, done.reply));
+        }
         self.answered.push(Answered {
             txn_id: done.txn_id,
             kind: done.kind,

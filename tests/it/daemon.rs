@@ -276,6 +276,34 @@ async fn query_last_with_nothing_to_report_names_no_transaction() {
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn query_last_answers_the_last_transaction_even_after_other_queries() {
+    // A QUERY is not a transaction: asking about another txn must not change what LAST means.
+    let shop = shop(1, "");
+    let _daemon = Daemon::start(&shop);
+    let mut r = reader(&shop, 0, "R-L").await;
+    menu(swipe(&mut r, CARD_TWO_PACKAGES).await);
+    let older = approved(r.redeem(&[(0, 1)], None).await.unwrap());
+    menu(swipe(&mut r, CARD_TWO_PACKAGES).await);
+    let latest = approved(r.redeem(&[(1, 1)], None).await.unwrap());
+
+    let unknown = r.query(latest.txn_id + 50).await.unwrap();
+    assert!(matches!(&unknown.answer, Answer::Declined(d) if d.reason == Wire::TXN_UNKNOWN));
+    let last = r.query_last().await.unwrap();
+    assert_eq!(
+        last.payload, latest.payload,
+        "QUERY LAST after a QUERY of an unknown txn"
+    );
+
+    let by_id = r.query(older.txn_id).await.unwrap();
+    assert_eq!(by_id.payload, older.payload);
+    let last = r.query_last().await.unwrap();
+    assert_eq!(
+        last.payload, latest.payload,
+        "QUERY LAST after a QUERY of an older txn"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn void_within_the_window_restores_uses_and_after_it_is_refused() {
     let shop = shop(1, "[void]\nwindow_secs = 3\n");
     let _daemon = Daemon::start(&shop);
