@@ -407,21 +407,23 @@ impl<'a> Link<'a> {
                     "link up"
                 );
                 let encoding = format!("{:?}", info.encoding);
-                self.ctx.status.reader(&name, |s| {
+                self.ctx.status.later(&name, |s| {
                     s.state = "link up".into();
                     s.detail = None;
                     s.reader_serial = Some(serial);
                     s.firmware = Some(firmware);
                     s.encoding = Some(encoding);
                 });
+                self.publish_soon();
             }
             OwnedEvent::LinkDown(reason) => {
                 tracing::warn!(reader = %name, reason = ?reason, "link down");
                 self.backlog.clear();
-                self.ctx.status.reader(&name, |s| {
+                self.ctx.status.later(&name, |s| {
                     s.state = "waiting for reader".into();
                     s.detail = Some(format!("link down: {reason:?}"));
                 });
+                self.publish_soon();
             }
             OwnedEvent::Unconfirmed { msg_type, .. } => {
                 tracing::info!(reader = %name, msg_type = %msg_type, "answer not confirmed; the reader will QUERY");
@@ -699,6 +701,13 @@ impl<'a> Link<'a> {
                 at_ms,
             });
         });
+        self.publish_soon();
+    }
+
+    /// Publishes the status file within [`PUBLISH_DELAY`], together with whatever else changes by
+    /// then: transactions in quick succession, and a reader that keeps re-linking (a HELLO flood
+    /// from a faulty reader), cost one file replacement per delay, not one per event.
+    fn publish_soon(&mut self) {
         self.publish_status
             .get_or_insert_with(|| tokio::time::Instant::now() + PUBLISH_DELAY);
     }

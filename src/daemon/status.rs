@@ -6,12 +6,13 @@
 //! stale it is). It is replaced atomically (write, then rename), never fsynced: it is a view, not a
 //! record.
 //!
-//! State changes (port, link, sync) are published at once; a transaction's entry is published a
-//! moment later ([`PUBLISH_DELAY`], by the reader's thread once the answer is out,
+//! Port and sync changes are published at once; a transaction's entry and a link going up or down
+//! are published a moment later ([`PUBLISH_DELAY`], by the reader's thread once the answer is out,
 //! [`StatusBoard::later`]): replacing the file is not cheap on ext4 — the rename over the old file
 //! frees its inode's blocks, which on a disk mounted with `discard` waits for a synchronous
 //! discard, and flushes the new file's data (auto_da_alloc) — and the next request must not queue
-//! behind it. Transactions in quick succession share one publication.
+//! behind it. Transactions in quick succession, and a reader re-linking over and over, share one
+//! publication.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
