@@ -109,9 +109,12 @@ pub fn format_date(days: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
-/// The business day (days since 1970-01-01) that a wall-clock time falls in, at a UTC offset.
+/// The business day (days since 1970-01-01) that a wall-clock time falls in, at a UTC offset. Saturates
+/// at the ends of i64 (a time read from a damaged row or a wild clock must not overflow).
 pub fn business_day(wall_ms: i64, utc_offset_minutes: i32) -> i64 {
-    (wall_ms + i64::from(utc_offset_minutes) * 60_000).div_euclid(DAY_MS)
+    wall_ms
+        .saturating_add(i64::from(utc_offset_minutes) * 60_000)
+        .div_euclid(DAY_MS)
 }
 
 /// The `[start, end)` wall-clock window of a business day, unix ms.
@@ -202,6 +205,14 @@ pub fn reconcile(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn business_days_of_extreme_times_saturate() {
+        assert_eq!(business_day(i64::MAX, 840), i64::MAX.div_euclid(DAY_MS));
+        assert_eq!(business_day(i64::MIN, -840), i64::MIN.div_euclid(DAY_MS));
+        assert_eq!(business_day(0, 480), 0);
+        assert_eq!(business_day(-1, 0), -1);
+    }
 
     #[test]
     fn absurd_amounts_saturate_instead_of_overflowing() {

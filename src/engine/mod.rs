@@ -21,7 +21,6 @@ use redeemd_contract::{JournalRecord, RecordKind};
 pub const MAX_QUANTITY_PER_LINE: u64 = 999;
 /// Most lines in one redemption.
 pub const MAX_LINES: usize = 16;
-const DAY_MS: i64 = 86_400_000;
 
 /// The time of a request, read by the driver: wall clock and monotonic time since boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,10 +179,8 @@ impl RedeemVerdict {
     }
 }
 
-/// Local business day number of a wall time.
-pub fn business_day(wall_ms: i64, utc_offset_minutes: i32) -> i64 {
-    (wall_ms.saturating_add(i64::from(utc_offset_minutes) * 60_000)).div_euclid(DAY_MS)
-}
+/// Local business day number of a wall time: the one calendar the terminal and the platform share.
+pub use redeemd_contract::close::business_day;
 
 /// Checks the wall clock and returns the effective time used for every rule: the latest of the wall clock,
 /// the last trusted time and the cache's issued-at, so that setting the clock back cannot revive an

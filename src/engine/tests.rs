@@ -380,7 +380,7 @@ fn daily_cap_counts_the_business_day_and_voids_give_it_back() {
     f.void(T0 + 1, 1).unwrap();
     assert_eq!(f.redeem(T0 + 2, &[(0, 2)]).map(|l| l.len()), Ok(1));
     // Next business day (China time) the cap starts again.
-    let next_day = (business_day(T0, 480) + 1) * DAY_MS - 480 * 60_000;
+    let next_day = (business_day(T0, 480) + 1) * 86_400_000 - 480 * 60_000;
     assert!(f.redeem(next_day, &[(0, 3)]).is_ok());
 }
 
