@@ -922,6 +922,13 @@ pub fn reissue(
     note_scope_change(conn, new_id, version, &[], &scopes_of_specs(&moved))?;
     conn.prepare_cached("UPDATE card SET reissued_to = ?2 WHERE id = ?1")?
         .execute(params![old.id, new_id])?;
+    // What moved is no longer the old card's: its totals become what it had used (never raised), so
+    // a use made offline before the reissue and uploaded after it is reported as over_redeemed
+    // instead of silently adding to what the new card received.
+    conn.prepare_cached(
+        "UPDATE package_item SET uses_total = min(uses_total, max(used, 0)) WHERE card_id = ?1",
+    )?
+    .execute([old.id])?;
     change_status(conn, &old, CardStatus::Cancelled, now_ms)?;
     Ok(new_id)
 }

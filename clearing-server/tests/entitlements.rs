@@ -667,3 +667,45 @@ async fn unauthenticated_tampered_and_malformed_requests_are_refused() {
     let a = s.get("T-1", "/v1/terminals/T-1/deny-list", None).await;
     assert_eq!(a.status, 400);
 }
+
+/// A use made offline before a reissue but uploaded after it was not in what the reissue moved: the
+/// member gets it on top of the new card's uses. Clearing must name it, not lose it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_use_of_the_old_card_uploaded_after_a_reissue_is_reported_as_over_redeemed() {
+    let s = start().await;
+    // B: P2 WASH 5 uses. T-1 uploads 2; T-2 redeemed 2 while offline (before the reissue).
+    let t1 = s
+        .upload(
+            "T-1",
+            None,
+            &[Line::redeem(card_ref("T-1", CARD_B), "P2", "WASH", 2)],
+        )
+        .await;
+    const NEW: &str = "6228480099990001";
+    let reissued_at = T0 + 10_000;
+    admin(&s, |tx| {
+        cards::reissue(tx, &number(CARD_B), &number(NEW), reissued_at).unwrap()
+    });
+    // The new card got what was left then (3), and uses all of it.
+    s.upload(
+        "T-1",
+        Some(t1),
+        &[Line::redeem(card_ref("T-1", NEW), "P2", "WASH", 3)],
+    )
+    .await;
+    // T-2's offline use (wall clock before the reissue: not a redemption while cancelled) arrives.
+    s.upload(
+        "T-2",
+        None,
+        &[Line::redeem(card_ref("T-2", CARD_B), "P2", "WASH", 2)],
+    )
+    .await;
+    let c = db::open(&s.db_path).unwrap();
+    let e = clearing_server::statements::exceptions(&c).unwrap();
+    assert!(e.redeemed_while_denied.is_empty(), "{e:?}");
+    // 2 + 2 + 3 = 7 uses of a 5-use package.
+    assert_eq!(e.over_redeemed.len(), 1, "{e:?}");
+    let o = &e.over_redeemed[0];
+    assert_eq!((o.uses_total, o.net_used), (2, 4));
+    assert_eq!(o.terminals, ["T-1", "T-2"]);
+}
