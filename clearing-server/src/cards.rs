@@ -693,7 +693,8 @@ fn scopes(packages: &[StoredPackage]) -> Vec<MerchantScope> {
 }
 
 /// Customizes a package onto a card: adds it, or replaces the package of the same id (validity, scope,
-/// cap, items; the items' usage is kept by service code, and an item that was used cannot be dropped).
+/// cap, items; the items' usage is kept by service code, and an item that was used cannot be dropped
+/// nor get a total below its uses).
 /// Returns the card's new version.
 pub fn customize(
     conn: &Connection,
@@ -718,14 +719,23 @@ pub fn customize(
         Some(pos) => {
             let old = &before[pos];
             for (item, used) in old.spec.items.iter().zip(&old.used) {
-                let kept = spec
+                let new = spec
                     .items
                     .iter()
-                    .any(|i| i.service_code == item.service_code);
+                    .find(|i| i.service_code == item.service_code);
+                let kept = new.is_some();
                 if !kept && *used > 0 {
                     return Err(CardError::Invalid(format!(
                         "package {}: item {} was used {used} times and cannot be dropped",
                         spec.id, item.service_code
+                    )));
+                }
+                // Below what shops already redeemed, those redemptions would be reported as
+                // over-redeemed and every shop would be signed 0 left without a word.
+                if let Some(n) = new.filter(|n| n.uses_total < *used) {
+                    return Err(CardError::Invalid(format!(
+                        "package {}: item {} was used {used} times: its total cannot be {}",
+                        spec.id, item.service_code, n.uses_total
                     )));
                 }
                 if !kept {

@@ -709,3 +709,34 @@ async fn a_use_of_the_old_card_uploaded_after_a_reissue_is_reported_as_over_rede
     assert_eq!((o.uses_total, o.net_used), (2, 4));
     assert_eq!(o.terminals, ["T-1", "T-2"]);
 }
+
+/// Lowering an item's total below what shops already redeemed would make those redemptions look
+/// over-redeemed (an exception naming shops that did nothing wrong) and sign `uses_left` 0 silently:
+/// refused with the reason, like dropping a used item.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_total_below_the_uses_already_made_is_refused() {
+    let s = start().await;
+    s.upload(
+        "T-1",
+        None,
+        &[Line::redeem(card_ref("T-1", CARD_B), "P2", "WASH", 3)],
+    )
+    .await;
+    let lowered = package("P2", MerchantScope::All, &["WASH:普洗:2:2000"]);
+    let e = admin(&s, |tx| {
+        cards::customize(tx, &number(CARD_B), &lowered, T0).unwrap_err()
+    });
+    assert!(e.to_string().contains("WASH was used 3 times"), "{e}");
+    // Down to exactly what was used is fine.
+    let exact = package("P2", MerchantScope::All, &["WASH:普洗:3:2000"]);
+    admin(&s, |tx| {
+        cards::customize(tx, &number(CARD_B), &exact, T0).unwrap()
+    });
+    let c = db::open(&s.db_path).unwrap();
+    assert!(
+        clearing_server::statements::exceptions(&c)
+            .unwrap()
+            .over_redeemed
+            .is_empty()
+    );
+}
