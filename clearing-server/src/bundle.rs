@@ -174,11 +174,8 @@ pub fn prepare(conn: &mut Connection, req: &BundleRequest) -> Result<(), BundleE
     if !unindexed && !stale {
         return Ok(());
     }
-    let mut done = !unindexed;
-    while !done {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        done = cards::fill_card_refs(&tx, &req.keys, FILL_CHUNK)?;
-        tx.commit()?;
+    if unindexed {
+        fill(conn, &req.keys)?;
     }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let (_, bumped_ms) = cards::current_version(&tx)?;
@@ -188,6 +185,23 @@ pub fn prepare(conn: &mut Connection, req: &BundleRequest) -> Result<(), BundleE
     tx.commit()?;
     Ok(())
 }
+
+/// Indexes every card issued since the terminal's last fill, in chunks of [`FILL_CHUNK`] per write
+/// transaction.
+fn fill(conn: &Connection, keys: &TerminalKeys) -> Result<(), BundleError> {
+    loop {
+        let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+        let done = cards::fill_card_refs(&tx, keys, FILL_CHUNK)?;
+        tx.commit()?;
+        if done {
+            return Ok(());
+        }
+    }
+}
+
+/// How many times [`plan`] indexes cards issued under its feet before it gives up (the next poll
+/// retries): a bound, not an expectation — one retry is already a race with an admin command.
+const PLAN_ATTEMPTS: u32 = 8;
 
 /// A decided bundle, holding the read transaction it will be written from.
 pub struct Planned<'c> {
@@ -207,8 +221,35 @@ pub struct Written {
 }
 
 /// Step 2: `None` when `since` is the current version (answer `204`).
+///
+/// Every card at or below the bundle's version must be in the terminal's reference index (the bundle
+/// is read through it, and no later delta carries a card whose version is not above this bundle's), so
+/// a card issued since [`prepare`] is indexed first and the read transaction opened again.
 pub fn plan(conn: &mut Connection, req: BundleRequest) -> Result<Option<Planned<'_>>, BundleError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+    // Shared from here on: the transaction handed out and the retries' fills borrow it alike.
+    let conn: &Connection = conn;
+    let mut attempts = 0;
+    let tx = loop {
+        let tx = Transaction::new_unchecked(conn, TransactionBehavior::Deferred)?;
+        let unindexed: bool = tx.query_row(
+            "SELECT coalesce((SELECT max(id) FROM card), 0) > card_refs_through FROM terminal WHERE id = ?1",
+            [&req.keys.terminal_id],
+            |r| r.get(0),
+        )?;
+        if !unindexed {
+            break tx;
+        }
+        drop(tx);
+        attempts += 1;
+        if attempts == PLAN_ATTEMPTS {
+            return Err(CardError::Invalid(format!(
+                "cards of terminal {}: still being issued after {PLAN_ATTEMPTS} indexing passes",
+                req.keys.terminal_id
+            ))
+            .into());
+        }
+        fill(conn, &req.keys)?;
+    };
     let (version, _) = cards::current_version(&tx)?;
     if req.since == version {
         return Ok(None);
@@ -437,6 +478,56 @@ pub fn compress(encoding: Encoding, body: &[u8]) -> std::io::Result<Vec<u8>> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// A card issued between `prepare` (which indexes the terminal's card references) and `plan` has
+    /// a version at or below the bundle's: left out of that bundle, no later delta would carry it.
+    #[test]
+    fn a_card_issued_after_prepare_is_in_the_bundle() {
+        use redeemd_contract::keys::TerminalSecret;
+        use redeemd_contract::model::CardNumber;
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = crate::db::open(&dir.path().join("c.sqlite3")).unwrap();
+        crate::db::enroll(&conn, "T-1", "M-1", &[1; 32], 0).unwrap();
+        let issue = |conn: &Connection, n: &str| {
+            let new = cards::NewCard {
+                number: CardNumber::parse(n).unwrap(),
+                holder_name: None,
+                identity_data: None,
+            };
+            let p = cards::PackageSpec {
+                id: "P1".into(),
+                title: "t".into(),
+                valid_from_ms: 0,
+                valid_until_ms: 1,
+                scope: MerchantScope::All,
+                daily_cap: None,
+                identity_required: false,
+                items: vec![cards::ItemSpec::parse("WASH:w:1:1").unwrap()],
+            };
+            let v = cards::bump_version(conn, 0).unwrap();
+            cards::insert_card(conn, &new, &[p], v, 0).unwrap();
+        };
+        issue(&conn, "6228480012345678");
+        let req = BundleRequest {
+            keys: TerminalSecret::from_bytes(&[1; 32])
+                .unwrap()
+                .derive_all("T-1"),
+            merchant_id: "M-1".into(),
+            since: 0,
+            now_ms: 0,
+            cache: CachePolicy::default(),
+        };
+        prepare(&mut conn, &req).unwrap();
+        issue(&conn, "6228480055550001");
+        let planned = plan(&mut conn, req).unwrap().unwrap();
+        let version = planned.version;
+        let written = planned.write(&mut Vec::new()).unwrap();
+        assert_eq!(version, 2);
+        assert_eq!(
+            written.upserts, 2,
+            "both cards, at or below version {version}"
+        );
+    }
 
     #[test]
     fn cache_policy_validity_and_refresh() {
