@@ -16,6 +16,9 @@
 //!     clock against the platform's status history): the shop had not synced the report yet, or ignored it;
 //!   - over-redemption across shops: net uses of one item of one card's package, summed over every terminal,
 //!     above the package's total (shops that were offline at the same time each decided from their own cache).
+//!   - a void that does not reverse exactly one earlier redemption of its own terminal's journal, line for
+//!     line (same card, package, item, quantity and amount): it would be netted against money or uses it
+//!     does not match. A genuine terminal never writes one; only a holder of its key can.
 
 use std::collections::BTreeMap;
 
@@ -315,6 +318,65 @@ pub fn over_redeemed<'a>(
         .collect()
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnmatchedVoid {
+    pub reason: String,
+    pub record: RecordRef,
+}
+
+/// Voids among `records` (one terminal's journal, any order) that do not reverse exactly one earlier
+/// redemption of that journal with the same card, package, item, quantity and amount.
+pub fn unmatched_voids<'a>(
+    records: impl IntoIterator<Item = &'a JournalRecord>,
+) -> Vec<UnmatchedVoid> {
+    let mut by_seq: BTreeMap<u64, &JournalRecord> = BTreeMap::new();
+    for r in records {
+        by_seq.insert(r.seq, r);
+    }
+    let mut voided: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut out = Vec::new();
+    for v in by_seq.values().filter(|r| r.kind == RecordKind::Void) {
+        let o = v.original_seq;
+        let reason = match by_seq.get(&o) {
+            _ if o >= v.seq => Some(format!("voids seq {o}, which is not before it")),
+            None => Some(format!("voids seq {o}, which the platform does not hold")),
+            Some(r) if r.kind != RecordKind::Redeem => {
+                Some(format!("voids seq {o}, a {} record", r.kind.name()))
+            }
+            Some(r)
+                if (
+                    &r.card_ref,
+                    &r.package_id,
+                    &r.service_code,
+                    r.quantity,
+                    r.amount_fen,
+                ) != (
+                    &v.card_ref,
+                    &v.package_id,
+                    &v.service_code,
+                    v.quantity,
+                    v.amount_fen,
+                ) =>
+            {
+                Some(format!(
+                    "voids seq {o} ({} {} ×{}, {} fen) with other content",
+                    r.package_id, r.service_code, r.quantity, r.amount_fen
+                ))
+            }
+            Some(_) => voided
+                .insert(o, v.seq)
+                .map(|first| format!("voids seq {o}, already voided by seq {first}")),
+        };
+        if let Some(reason) = reason {
+            out.push(UnmatchedVoid {
+                reason,
+                record: RecordRef::from(*v),
+            });
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -452,6 +514,36 @@ mod tests {
         // Exactly the total is fine.
         let exact = [record("T-1", 1, RecordKind::Redeem, 3, 10)];
         assert!(over_redeemed(7, &totals, &exact).is_empty());
+    }
+
+    #[test]
+    fn a_void_must_reverse_exactly_one_earlier_redemption_line_for_line() {
+        let void = |seq, of: u64, qty| {
+            let mut v = record("T-1", seq, RecordKind::Void, qty, 10);
+            v.original_seq = of;
+            v
+        };
+        let mut cheap = void(8, 2, 1);
+        cheap.amount_fen = 0;
+        let records = [
+            record("T-1", 1, RecordKind::Redeem, 1, 10),
+            record("T-1", 2, RecordKind::Redeem, 1, 10),
+            record("T-1", 3, RecordKind::Redeem, 2, 10),
+            void(4, 1, 1),  // fine
+            void(5, 1, 1),  // twice
+            void(6, 99, 1), // nothing there
+            void(7, 4, 1),  // a void of a void
+            cheap,          // restores a use, keeps the money
+            void(9, 3, 1),  // part of a line
+            void(10, 10, 1),
+        ];
+        let found: Vec<(u64, String)> = unmatched_voids(&records)
+            .into_iter()
+            .map(|u| (u.record.seq, u.reason))
+            .collect();
+        let seqs: Vec<u64> = found.iter().map(|f| f.0).collect();
+        assert_eq!(seqs, [5, 6, 7, 8, 9, 10], "{found:?}");
+        assert!(found[0].1.contains("already voided by seq 4"), "{found:?}");
     }
 
     #[test]

@@ -92,7 +92,8 @@ enum Admin {
         command: StatementCommand,
     },
     /// Records that need a person before money moves: refused at upload (broken chain, bad MAC),
-    /// redeemed while the card was lost/frozen/cancelled, and over-redemption across shops.
+    /// redeemed while the card was lost/frozen/cancelled, over-redemption across shops, and voids
+    /// that match no redemption line for line.
     Exceptions {
         /// Print JSON instead of text.
         #[arg(long)]

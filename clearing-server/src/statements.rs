@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::cards::{self, CardError};
 use crate::clearing::{
     self, DenyPeriod, ItemTotals, MemberStatement, MerchantStatement, OverRedeemed,
-    RedeemedWhileDenied,
+    RedeemedWhileDenied, UnmatchedVoid,
 };
 
 /// A `[from, until)` window in unix ms.
@@ -148,6 +148,8 @@ pub struct Exceptions {
     pub refused_or_unmapped: Vec<Noted>,
     pub redeemed_while_denied: Vec<RedeemedWhileDenied>,
     pub over_redeemed: Vec<OverRedeemed>,
+    /// Voids that do not reverse exactly one earlier redemption of their terminal, line for line.
+    pub unmatched_voids: Vec<UnmatchedVoid>,
 }
 
 pub fn exceptions(conn: &Connection) -> Result<Exceptions, CardError> {
@@ -183,10 +185,23 @@ pub fn exceptions(conn: &Connection) -> Result<Exceptions, CardError> {
             &records,
         ));
     }
+    let terminals: Vec<String> = conn
+        .prepare("SELECT DISTINCT terminal_id FROM journal ORDER BY terminal_id")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut journal = conn.prepare(
+        "SELECT terminal_id, seq, record FROM journal WHERE terminal_id = ?1 ORDER BY seq",
+    )?;
+    let mut unmatched_voids = Vec::new();
+    for t in terminals {
+        let records = decoded(&mut journal, [&t])?;
+        unmatched_voids.extend(clearing::unmatched_voids(&records));
+    }
     Ok(Exceptions {
         refused_or_unmapped,
         redeemed_while_denied: denied,
         over_redeemed: over,
+        unmatched_voids,
     })
 }
 
@@ -288,7 +303,10 @@ pub fn render_member(s: &MemberStatement, masked: &str) -> String {
 
 pub fn render_exceptions(conn: &Connection, e: &Exceptions) -> Result<String, CardError> {
     let mut out = String::new();
-    let total = e.refused_or_unmapped.len() + e.redeemed_while_denied.len() + e.over_redeemed.len();
+    let total = e.refused_or_unmapped.len()
+        + e.redeemed_while_denied.len()
+        + e.over_redeemed.len()
+        + e.unmatched_voids.len();
     let _ = writeln!(out, "exceptions: {total}");
     for n in &e.refused_or_unmapped {
         let seq = n.seq.map_or_else(|| "-".into(), |s| s.to_string());
@@ -334,6 +352,22 @@ pub fn render_exceptions(conn: &Connection, e: &Exceptions) -> Result<String, Ca
             o.uses_total,
             o.terminals.join(", "),
             records.join(", ")
+        );
+    }
+    for u in &e.unmatched_voids {
+        let r = &u.record;
+        let _ = writeln!(
+            out,
+            "  void_unmatched terminal {} seq {} at {} ({} {} ×{}, {} fen, auth {}): {}",
+            r.terminal_id,
+            r.seq,
+            time(r.wall_ms),
+            r.package_id,
+            r.service_code,
+            r.quantity,
+            r.amount_fen,
+            r.auth_code,
+            u.reason
         );
     }
     Ok(out)

@@ -740,3 +740,32 @@ async fn a_total_below_the_uses_already_made_is_refused() {
             .is_empty()
     );
 }
+
+/// A second void of the same redemption restores the uses and takes the money back twice: clearing
+/// names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_void_that_matches_no_redemption_is_an_exception() {
+    let s = start().await;
+    let wash = Line::redeem(card_ref("T-1", CARD_B), "P2", "WASH", 1);
+    s.upload(
+        "T-1",
+        None,
+        &[wash.clone(), Line::void(&wash, 1), Line::void(&wash, 1)],
+    )
+    .await;
+    let c = db::open(&s.db_path).unwrap();
+    let e = clearing_server::statements::exceptions(&c).unwrap();
+    let found: Vec<(&str, u64)> = e
+        .unmatched_voids
+        .iter()
+        .map(|u| (u.record.terminal_id.as_str(), u.record.seq))
+        .collect();
+    assert_eq!(found, [("T-1", 3)]);
+    let text = clearing_server::statements::render_exceptions(&c, &e).unwrap();
+    assert!(text.starts_with("exceptions: 1\n"), "{text}");
+    assert!(
+        text.contains("void_unmatched terminal T-1 seq 3")
+            && text.contains("already voided by seq 2"),
+        "{text}"
+    );
+}
