@@ -117,15 +117,25 @@ struct Period {
 }
 
 impl Period {
+    /// `[from, until)` in unix ms; a period that ends before it starts is refused (it would be an
+    /// empty statement that reads like a quiet period).
     fn window(&self) -> Result<(i64, i64), CardError> {
-        Ok((
-            self.from
-                .as_deref()
-                .map_or(Ok(i64::MIN), |s| cards::parse_time("--from", s, false))?,
-            self.until
-                .as_deref()
-                .map_or(Ok(i64::MAX), |s| cards::parse_time("--until", s, true))?,
-        ))
+        let from = self
+            .from
+            .as_deref()
+            .map_or(Ok(i64::MIN), |s| cards::parse_time("--from", s, false))?;
+        let until = self
+            .until
+            .as_deref()
+            .map_or(Ok(i64::MAX), |s| cards::parse_time("--until", s, true))?;
+        if until <= from {
+            return Err(CardError::Invalid(format!(
+                "--from {} is not before --until {}",
+                self.from.as_deref().unwrap_or(""),
+                self.until.as_deref().unwrap_or("")
+            )));
+        }
+        Ok((from, until))
     }
 }
 

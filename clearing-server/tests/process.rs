@@ -845,4 +845,18 @@ fn clearing_reports_name_over_redemption_across_shops_redemptions_after_a_loss_a
         ],
         "--from \"yesterday\"",
     );
+    refused(
+        &db,
+        &[
+            "statement",
+            "merchant",
+            "--merchant",
+            "M-1",
+            "--from",
+            "2026-11-21",
+            "--until",
+            "2026-11-20",
+        ],
+        "--from 2026-11-21 is not before --until 2026-11-20",
+    );
 }
