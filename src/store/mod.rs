@@ -594,6 +594,15 @@ impl Store {
         }
     }
 
+    /// Catches up with what other connections committed since this one last looked: the daemon's
+    /// redemptions and uploads when `redeemd sync` opened its store before it got the sync lock, or an
+    /// acknowledgement `redeemd sync` recorded beside the daemon. A sync step plans from
+    /// [`Self::journal_info`], the deny version and the cache version, so it refreshes first: a view
+    /// older than the server's head looks like a database restored from a backup.
+    pub fn refresh(&mut self) -> Result<(), StoreError> {
+        self.refresh_if_changed().map_err(StoreError::from)
+    }
+
     /// Runs a read-only decision step: after a refresh when forced or when a second of boot time has
     /// passed since the last check (menus are frequent; an external install is noticed within a second,
     /// or at once when a newer entry than the manifest in memory is met), retrying once after a reload.

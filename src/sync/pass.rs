@@ -400,9 +400,12 @@ impl Syncer {
     /// Applies the deny list from the applied version on. The server answers at most 10,000 entries at
     /// a time (`openapi.yaml`): while its list version is above what was applied, ask again from there.
     async fn deny_step(&self, store: &StoreHandle) -> Result<DenyReport, SyncError> {
-        let mut since = on_store(store, |s, _| Ok(s.deny_info().version))
-            .await
-            .map_err(SyncError::Store)?;
+        let mut since = on_store(store, |s, _| {
+            s.refresh()?;
+            Ok(s.deny_info().version)
+        })
+        .await
+        .map_err(SyncError::Store)?;
         let mut total = DenyReport {
             applied: 0,
             version: since,
@@ -428,6 +431,7 @@ impl Syncer {
         let head = self.client.journal_head().await?;
         let h = head.acknowledged_seq;
         let (local, mine) = on_store(store, move |s, _| {
+            s.refresh()?;
             let local = LocalJournal::from(s.journal_info());
             let mine = if h > 0 && h <= local.head_seq {
                 s.journal_records(h, 1)?
@@ -583,6 +587,7 @@ impl Syncer {
         store: &StoreHandle,
     ) -> Result<EntitlementsReport, SyncError> {
         let (since, install) = on_store(store, |s, _| {
+            s.refresh()?;
             let version = s.cache_info()?.map_or(0, |c| c.manifest.version);
             Ok((version, BundleInstall::new(s)))
         })

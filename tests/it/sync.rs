@@ -677,3 +677,26 @@ async fn a_server_head_behind_the_acknowledged_seq_halts_uploading_for_good() {
     assert_eq!(p.count("POST", "journal"), posts);
     assert_eq!(facts(&h).1, 3);
 }
+
+/// `redeemd sync` opens its own store and then waits for the sync lock, while the daemon redeems and
+/// uploads on its own connection: by the time it syncs, the server's head is beyond the journal head it
+/// loaded at open. That is the same database, not a restore: it must resume, not halt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_that_opened_before_the_daemon_uploaded_resumes_without_halting() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = shop_store(dir.path());
+    let cli = StoreHandle::new(open(dir.path()), Clock::new());
+    redeems(&daemon, 7); // seq 4
+    let p = Platform::start(honest()).await;
+    assert!(pass(&mut syncer(&p), &daemon).await.ok());
+    redeems(&daemon, 8); // seq 5
+    let r = pass(&mut syncer(&p), &cli).await;
+    assert!(r.ok(), "{}", r.lines().join("\n"));
+    assert_eq!(p.honest.lock().unwrap().journal.len(), 5);
+    assert_eq!(p.count("POST", "journal"), 2, "each record sent once");
+    // And the daemon's next pass catches up with the acknowledgement instead of resending.
+    let r = pass(&mut syncer(&p), &daemon).await;
+    assert!(r.ok(), "{}", r.lines().join("\n"));
+    assert_eq!(p.count("POST", "journal"), 2, "each record sent once");
+    assert_eq!(facts(&daemon).1, 5);
+}
