@@ -535,6 +535,20 @@ impl Store {
     /// (Re)reads and verifies the terminal row, chain head and manifest: at open, and whenever another
     /// connection (e.g. `redeemd cache install`) changed the database.
     fn reload(&mut self) -> Result<(), Fault> {
+        if !self.conn.is_autocommit() {
+            return self.reload_in_transaction();
+        }
+        // Every read from one snapshot: another connection (the daemon beside `redeemd sync`) may
+        // commit between two statements, and a chain head and a last row from different moments
+        // would read as rows removed or added.
+        self.conn.execute_batch("BEGIN")?;
+        let result = self.reload_in_transaction();
+        let end = self.conn.execute_batch("ROLLBACK");
+        result?;
+        Ok(end?)
+    }
+
+    fn reload_in_transaction(&mut self) -> Result<(), Fault> {
         self.data_version = self
             .conn
             .prepare_cached("PRAGMA data_version")?

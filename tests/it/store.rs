@@ -484,3 +484,36 @@ fn a_bundle_version_the_store_cannot_hold_is_refused_and_the_cache_kept() {
     assert_eq!(s.cache_info().unwrap().unwrap().manifest.version, 1);
     approved(&redeem(&mut s, "r", 1, 1, &[(0, 1)], T0));
 }
+
+/// `redeemd sync` beside the daemon: a connection reloads its view (after recording an
+/// acknowledgement, or when it sees another connection's commit) while the daemon's appends. The reload
+/// reads the MACed chain head and the journal's last row; if a commit lands between the two reads, they
+/// are from different moments, and the view must not call that removed or added rows. (Bounded soak:
+/// several reloading connections, five hundred commits; the window is two statements wide.)
+#[test]
+fn a_view_reloaded_while_another_connection_appends_sees_one_consistent_moment() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut daemon = store_with_cards(dir.path(), 200);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reloaders: Vec<_> = (0..4)
+        .map(|_| {
+            let mut cli = open(dir.path());
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    cli.refresh().map_err(|e| e.to_string())?;
+                }
+                Ok::<(), String>(())
+            })
+        })
+        .collect();
+    let mut approvals = 0;
+    for txn in 0..500 {
+        let o = redeem(&mut daemon, "r1", txn, txn % 200, &[(0, 1)], T0);
+        approvals += u64::from(matches!(o.decision, Some(Decision::Redeemed(_))));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reloads: Vec<_> = reloaders.into_iter().map(|r| r.join().unwrap()).collect();
+    assert_eq!(approvals, 500);
+    assert!(reloads.iter().all(Result::is_ok), "{reloads:?}");
+}
