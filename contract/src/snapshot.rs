@@ -256,6 +256,9 @@ pub struct Entry {
     /// Canonical card body as signed (empty for a removal).
     pub body: Vec<u8>,
     pub mac: Tag,
+    /// The card's [`Card::usage_through_seq`] (0 for a removal): how far the platform had counted
+    /// this terminal's journal when it signed the entry.
+    pub usage_through_seq: u64,
 }
 
 /// Signing side: produces the frames of one bundle, in order. Used by tests, benches and the clearing
@@ -495,10 +498,12 @@ impl BundleVerifier {
                         "not in strictly ascending card-reference order (duplicate?)".into(),
                     ));
                 }
+                let mut usage_through_seq = 0;
                 match op {
                     EntryOp::Upsert => {
-                        Card::decode(&body)
-                            .map_err(|e| entry_err(&card_hex, format!("card body: {e}")))?;
+                        usage_through_seq = Card::decode(&body)
+                            .map_err(|e| entry_err(&card_hex, format!("card body: {e}")))?
+                            .usage_through_seq;
                     }
                     EntryOp::Remove if !body.is_empty() => {
                         return Err(entry_err(&card_hex, "removal with a body".into()));
@@ -516,6 +521,7 @@ impl BundleVerifier {
                     op,
                     body,
                     mac,
+                    usage_through_seq,
                 }))
             }
             (FRAME_MANIFEST, Some(p)) => {

@@ -106,6 +106,11 @@ pub struct BundleInstall {
     removals: u64,
     manifest: Option<Manifest>,
     chunks_written: u64,
+    /// The local journal's head when the install began (it only grows). An entry that counts this
+    /// terminal's records beyond it was signed from another journal than this one: after a restore
+    /// from an older backup, the records this terminal writes at those seqs would be taken as
+    /// already counted, and a card could be redeemed beyond its uses.
+    journal_head: u64,
 }
 
 impl BundleInstall {
@@ -124,6 +129,7 @@ impl BundleInstall {
             removals: 0,
             manifest: None,
             chunks_written: 0,
+            journal_head: store.journal_info().head_seq,
         }
     }
 
@@ -218,6 +224,13 @@ impl BundleInstall {
                     self.preamble = Some(p);
                 }
                 Verified::Entry(e) => {
+                    if e.usage_through_seq > self.journal_head {
+                        return Err(StoreError::AheadOfJournal {
+                            card: e.card_ref.to_hex(),
+                            through: e.usage_through_seq,
+                            head: self.journal_head,
+                        });
+                    }
                     self.pending_bytes += e.body.len() + 80;
                     self.pending.push(e);
                     if self.pending.len() >= CHUNK_ENTRIES || self.pending_bytes >= CHUNK_BYTES {

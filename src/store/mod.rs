@@ -115,6 +115,14 @@ pub enum StoreError {
     )]
     VersionTooLarge { offered: u64 },
     #[error(
+        "bundle refused, cache unchanged: entry {card} counts this terminal's journal through seq {through}, but the local journal ends at seq {head}: this database is older than what the platform holds (restored from a backup?); entitlements wait for an operator, as uploading does"
+    )]
+    AheadOfJournal {
+        card: String,
+        through: u64,
+        head: u64,
+    },
+    #[error(
         "bundle refused, cache unchanged: delta applies to version {base}, installed is {installed}"
     )]
     DeltaBase { base: u64, installed: u64 },

@@ -403,3 +403,47 @@ fn a_delta_removing_a_used_card_keeps_its_usage_for_when_it_comes_back() {
     s.install_bundle(&back[..], now(T0)).unwrap();
     assert_eq!(menu_left(&mut s, 2, T0)[0], (0, 7));
 }
+
+#[test]
+fn an_entry_counting_records_beyond_the_local_journal_is_refused() {
+    // A terminal restored from an older backup: the platform counted this terminal's records
+    // through seq 3, the restored journal ends at seq 1. Installing that entry would take the
+    // records the counter writes next at seqs 2 and 3 as already counted.
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store_with_cards(dir.path(), 2);
+    approved(&redeem(&mut s, "r", 1, 0, &[(0, 1)], T0));
+    let mut ahead = card(0, 10);
+    ahead.usage_through_seq = 3;
+    let b = bundle(
+        BundleKind::Delta,
+        2,
+        1,
+        &[(0, Some(ahead))],
+        T0 + 1000 * HOUR,
+    );
+    match s.install_bundle(&b[..], now(T0)) {
+        Err(
+            e @ StoreError::AheadOfJournal {
+                through: 3,
+                head: 1,
+                ..
+            },
+        ) => {
+            assert!(e.to_string().contains("restored from a backup"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(version(&s), 1, "the old cache stays");
+    // Counted through the journal's own head, the same entry installs.
+    let mut caught_up = card(0, 10);
+    caught_up.usage_through_seq = 1;
+    let b = bundle(
+        BundleKind::Delta,
+        2,
+        1,
+        &[(0, Some(caught_up))],
+        T0 + 1000 * HOUR,
+    );
+    s.install_bundle(&b[..], now(T0)).unwrap();
+    assert_eq!(version(&s), 2);
+}
