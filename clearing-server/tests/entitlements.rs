@@ -388,14 +388,22 @@ async fn a_snapshot_verifies_installs_and_counts_usage_from_every_terminal() {
     assert!(b3.card(&card_ref("T-3", CARD_C)).is_some());
     assert!(b3.card(&card_ref("T-3", CARD_B)).is_some());
 
-    // The terminal's own store installs it and shows what is left.
+    // A terminal's store whose journal is not the one the platform counted — here an empty one: the
+    // uploads above were made by hand — refuses T-1's bundle, which counts records through seq 1
+    // (what a terminal restored from an older backup meets).
     let mut store = terminal_store(&s, "T-1", "M-1");
-    let report = store.install_bundle(&a.body[..], now()).unwrap();
+    assert!(matches!(
+        store.install_bundle(&a.body[..], now()),
+        Err(redeemd::store::StoreError::AheadOfJournal { through, head: 0, .. }) if through == t1.0
+    ));
+    // T-3 uploaded nothing: its own store installs its bundle and shows what is left.
+    let mut store = terminal_store(&s, "T-3", "M-3");
+    let report = store
+        .install_bundle(&s.entitlements("T-3", 0).await.body[..], now())
+        .unwrap();
     assert_eq!((report.upserts, report.removals), (2, 0));
-    assert_eq!(
-        menu_uses(&mut store, CARD_A),
-        [("WASH".to_owned(), 5), ("OIL".to_owned(), 3)]
-    );
+    assert_eq!(menu_uses(&mut store, CARD_C), [("TYRE".to_owned(), 4)]);
+    assert_eq!(menu_uses(&mut store, CARD_B), [("WASH".to_owned(), 5)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
