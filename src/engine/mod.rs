@@ -294,6 +294,34 @@ impl<'h> Usage<'h> {
     }
 }
 
+/// The card's usage for a decision at effective time `eff`. The daily-cap counts are those of the
+/// busier of two business days: the day of `eff` (the rules' clock) and the day of the wall clock,
+/// which stamps the records this decision writes and so is the day the fold books them on. They
+/// differ only while the wall clock is behind the last trusted time (within the tolerance) across
+/// midnight; counting one day only would let every record written then escape the cap.
+fn fold_usage<'h>(ctx: &Context<'_>, view: CardView<'h>, eff: i64, now: Now) -> Usage<'h> {
+    let offset = ctx.limits.utc_offset_minutes;
+    let fold = |day| {
+        Usage::fold(
+            view.card,
+            view.history,
+            ctx.terminal.synced_through_seq,
+            day,
+            offset,
+        )
+    };
+    let today = business_day(eff, offset);
+    let mut usage = fold(today);
+    let booked = business_day(now.wall_ms, offset);
+    if booked != today {
+        for (package, used) in fold(booked).today_by_package {
+            let n = usage.today_by_package.entry(package).or_default();
+            *n = (*n).max(used);
+        }
+    }
+    usage
+}
+
 /// Why an entry cannot be used at all right now (independent of quantity), if it cannot.
 fn entry_blocked(
     ctx: &Context<'_>,
@@ -349,14 +377,7 @@ fn identity_needed(card: &Card, package: &Package) -> bool {
 pub fn menu(ctx: &Context<'_>, view: CardView<'_>, now: Now) -> Result<Menu, DeclineReason> {
     let card = view.card;
     let eff = card_preconditions(ctx, view, now)?;
-    let today = business_day(eff, ctx.limits.utc_offset_minutes);
-    let usage = Usage::fold(
-        card,
-        view.history,
-        ctx.terminal.synced_through_seq,
-        today,
-        ctx.limits.utc_offset_minutes,
-    );
+    let usage = fold_usage(ctx, view, eff, now);
     if usage.offline_units >= i64::from(ctx.limits.max_offline_uses_per_card) {
         return Err(DeclineReason::CardOfflineLimitReached);
     }
@@ -433,14 +454,7 @@ pub fn decide_redeem(
             return RedeemVerdict::decline(DeclineReason::BadQuantity);
         }
     }
-    let today = business_day(eff, ctx.limits.utc_offset_minutes);
-    let usage = Usage::fold(
-        card,
-        view.history,
-        ctx.terminal.synced_through_seq,
-        today,
-        ctx.limits.utc_offset_minutes,
-    );
+    let usage = fold_usage(ctx, view, eff, now);
     let mut per_package: HashMap<&str, i64> = HashMap::new();
     let mut total_units: i64 = 0;
     let mut lines = Vec::with_capacity(wanted.len());

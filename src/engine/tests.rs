@@ -575,3 +575,50 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_clock_set_back_across_midnight_within_the_tolerance_does_not_lift_the_daily_cap() {
+    // Records are stamped with the wall clock, and the fold books them on its business day; the rules
+    // run on the effective time (the last trusted time when the clock is a little behind). Around
+    // midnight the two days differ: the cap must count the day the new records will be booked on too.
+    let midnight = (business_day(T0, 480) + 1) * 86_400_000 - 480 * 60_000;
+    let mut f = Fixture::new();
+    f.terminal.last_trusted_wall_ms = midnight + 60_000;
+    let behind = midnight - 2 * 60_000; // within the 5 min tolerance
+    f.redeem(behind, &[(0, 3)]).unwrap();
+    assert_eq!(
+        f.redeem(behind, &[(0, 1)]),
+        Err(DeclineReason::DailyCapReached)
+    );
+    assert_eq!(f.menu(behind).map(|m| m.entries.len()), Ok(1)); // only the oil entry
+    // The other way round: the cap used after midnight is not reopened by stepping the clock back.
+    let mut f = Fixture::new();
+    f.redeem(midnight + 60_000, &[(0, 3)]).unwrap();
+    assert_eq!(
+        f.redeem(behind, &[(0, 1)]),
+        Err(DeclineReason::DailyCapReached)
+    );
+}
+
+proptest! {
+    /// Whatever the wall clock does (forward, or back within and beyond the tolerance, around
+    /// midnight), the journal never books more than the daily cap on one business day.
+    #[test]
+    fn the_journal_never_books_more_than_the_cap_on_a_day(steps in proptest::collection::vec((-6i64..10, 1u64..4, 0u16..2), 1..40)) {
+        let midnight = (business_day(T0, 480) + 1) * 86_400_000 - 480 * 60_000;
+        let mut f = Fixture::new();
+        f.card.packages[0].items[0].uses_left = 1000;
+        f.card.packages[0].items[1].uses_left = 1000;
+        f.limits.max_offline_uses_per_card = 10_000;
+        let mut wall = midnight - 10 * 60_000;
+        for (minutes, qty, index) in steps {
+            wall += minutes * 60_000;
+            let _ = f.redeem(wall, &[(index, qty)]);
+            let mut per_day: HashMap<i64, i64> = HashMap::new();
+            for r in f.history.iter().filter(|r| r.package_id == "P-wash") {
+                *per_day.entry(business_day(r.wall_ms, 480)).or_default() += i64::from(r.quantity);
+            }
+            prop_assert!(per_day.values().all(|&n| n <= 3), "{per_day:?}");
+        }
+    }
+}
