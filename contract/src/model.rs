@@ -296,14 +296,29 @@ impl Card {
             let identity_required = r.bool("identity required")?;
             // An item is at least 24 bytes: two empty strings (4 + 4), two u32, one u64.
             let k = r.count(24)?;
-            let mut items = Vec::with_capacity(k);
+            let mut items: Vec<Item> = Vec::with_capacity(k);
             for _ in 0..k {
-                items.push(Item {
+                let item = Item {
                     service_code: r.string("service code")?,
                     title: r.string("item title")?,
                     uses_total: r.u32()?,
                     uses_left: r.u32()?,
                     price_fen: r.u64()?,
+                };
+                // Usage is counted per (package, service code): two entries sharing one count
+                // would each be checked against their own uses left, and over-drawn together.
+                if items.iter().any(|i| i.service_code == item.service_code) {
+                    return Err(DecodeError::Invalid {
+                        field: "service code",
+                        reason: "twice in one package",
+                    });
+                }
+                items.push(item);
+            }
+            if packages.iter().any(|p: &Package| p.id == id) {
+                return Err(DecodeError::Invalid {
+                    field: "package id",
+                    reason: "twice in one card",
                 });
             }
             packages.push(Package {
@@ -378,20 +393,43 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_package_or_an_item_twice_in_one_card_is_refused() {
+        let mut c = sample_card();
+        let item = c.packages[0].items[0].clone();
+        c.packages[0].items.push(item);
+        assert_eq!(
+            Card::decode(&c.encode()),
+            Err(DecodeError::Invalid {
+                field: "service code",
+                reason: "twice in one package"
+            })
+        );
+        let mut c = sample_card();
+        let package = c.packages[0].clone();
+        c.packages.push(package);
+        assert_eq!(
+            Card::decode(&c.encode()),
+            Err(DecodeError::Invalid {
+                field: "package id",
+                reason: "twice in one card"
+            })
+        );
+    }
+
+    #[test]
     fn a_card_of_minimal_items_roundtrips() {
         // An item is at least 24 bytes (two empty strings, two u32, one u64); a last item list of
         // such items is valid and must not be refused as truncated.
         let mut c = sample_card();
-        c.packages[0].items = vec![
-            Item {
-                service_code: "W".into(),
+        c.packages[0].items = ["W", "X", "Y"]
+            .map(|code| Item {
+                service_code: code.into(),
                 title: String::new(),
                 uses_total: 1,
                 uses_left: 1,
                 price_fen: 0,
-            };
-            3
-        ];
+            })
+            .to_vec();
         assert_eq!(Card::decode(&c.encode()), Ok(c));
     }
 
