@@ -1,6 +1,6 @@
 //! The daemon's configuration: one TOML file, loaded and validated before the runtime starts.
 //!
-//! Every error names the key it is about (`reader[1].baud: 115201 is not a standard baud rate`) so a
+//! Every error names the key it is about (`reader[1].baud: 115201 is not one of [9600, …]`) so a
 //! technician can fix the file without reading code. `main` maps [`ConfigError`] to exit status 64
 //! (EX_USAGE). The commented reference is `fixtures/redeemd.toml`; keep the two in step.
 
