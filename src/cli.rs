@@ -27,7 +27,7 @@ use serde::Serialize;
 use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, LogFormat};
 use crate::daemon::DaemonError;
 use crate::engine::Now;
-use crate::keys::{KeyError, KeySource, load_secret};
+use crate::keys::{KeyError, KeySource, load_secret_outside_service};
 use crate::store::{Store, StoreError, verify};
 
 #[derive(Debug, Parser)]
@@ -279,7 +279,7 @@ fn secret(cli: &Cli, config: Option<&Config>) -> Result<TerminalSecret, KeyError
         (None, None, Some(config)) => config.key.clone(),
         (None, None, None) => KeySource::Credential("terminal.key".into()),
     };
-    load_secret(&source)
+    load_secret_outside_service(&source)
 }
 
 /// Logs for `run`: human-readable or JSON lines on stderr (journald adds time and unit);

@@ -84,7 +84,7 @@ impl Default for DoctorOptions {
     fn default() -> Self {
         DoctorOptions {
             service_user: "redeemd".into(),
-            credential_source_dir: PathBuf::from("/etc/redeemd"),
+            credential_source_dir: PathBuf::from(crate::keys::CREDENTIAL_SOURCE_DIR),
         }
     }
 }

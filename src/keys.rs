@@ -49,10 +49,23 @@ pub enum KeyError {
     Secret { path: PathBuf, source: SecretError },
 }
 
+/// Where the shipped unit's credential comes from (`LoadCredential=terminal.key:/etc/redeemd/terminal.key`):
+/// the tools read a credential there when they run outside the service (`doctor` defaults to it too).
+pub const CREDENTIAL_SOURCE_DIR: &str = "/etc/redeemd";
+
 /// Loads the secret; `$CREDENTIALS_DIRECTORY` is read from the environment for credentials.
 pub fn load_secret(source: &KeySource) -> Result<TerminalSecret, KeyError> {
     let dir = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
     load_secret_with(source, dir.as_deref())
+}
+
+/// As [`load_secret`] for the command-line tools, which systemd gives no credentials directory: a
+/// credential is then read from its source, [`CREDENTIAL_SOURCE_DIR`] (root-only, as the key file's
+/// permission check demands), so that `sudo redeemd status` works on a packaged install.
+pub fn load_secret_outside_service(source: &KeySource) -> Result<TerminalSecret, KeyError> {
+    let dir = std::env::var_os("CREDENTIALS_DIRECTORY")
+        .map_or_else(|| PathBuf::from(CREDENTIAL_SOURCE_DIR), PathBuf::from);
+    load_secret_with(source, Some(&dir))
 }
 
 /// As [`load_secret`], with the credentials directory passed in (for tests).

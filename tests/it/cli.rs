@@ -361,3 +361,43 @@ fn report_totals_saturate_on_absurd_signed_prices() {
         r.stdout
     );
 }
+
+#[test]
+fn tools_outside_the_service_read_a_credential_from_its_source() {
+    // The shipped config names the `terminal.key` credential, which only the service gets; run by
+    // hand, the tools read it where the unit loads it from (/etc/redeemd), not refuse outright.
+    let (dir, state) = populated();
+    let config = dir.path().join("redeemd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "terminal_id = \"{TERMINAL}\"\nmerchant_id = \"{MERCHANT}\"\nstate_dir = \"{}\"\n\
+             [key]\ncredential = \"terminal.key\"\n",
+            state.display()
+        ),
+    )
+    .unwrap();
+    // (On a machine with a real install that key is not this test's to read: the first half is left out.)
+    if !Path::new("/etc/redeemd/terminal.key").exists() {
+        let r: Run = redeemd(&["--config".as_ref(), config.as_os_str()])
+            .args(["journal", "verify"])
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .into();
+        assert_eq!(r.code, 77, "{}{}", r.stdout, r.stderr);
+        assert!(
+            r.stderr.contains("key file /etc/redeemd/terminal.key"),
+            "{}",
+            r.stderr
+        );
+    }
+    // A credentials directory, as systemd gives the service, is still what counts.
+    let creds = dir.path().join("creds");
+    std::fs::create_dir(&creds).unwrap();
+    let key = key_file(&creds, 0o600);
+    std::fs::rename(&key, creds.join("terminal.key")).unwrap();
+    let r: Run = redeemd(&["--config".as_ref(), config.as_os_str()])
+        .args(["journal", "verify"])
+        .env("CREDENTIALS_DIRECTORY", &creds)
+        .into();
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+}
