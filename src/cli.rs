@@ -258,11 +258,14 @@ fn optional_config(cli: &Cli) -> Result<Option<Config>, ConfigError> {
 
 /// The configuration `run`/`check-config`/`status` need: named, or at the default path.
 fn required_config(cli: &Cli) -> Result<Config, ConfigError> {
-    let path = cli
-        .config
+    Config::load(&config_path(cli))
+}
+
+/// The configuration file named with `--config`, or the default one.
+fn config_path(cli: &Cli) -> PathBuf {
+    cli.config
         .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
-    Config::load(&path)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH))
 }
 
 fn state_dir(cli: &Cli, config: Option<&Config>) -> PathBuf {
@@ -348,7 +351,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
         Command::Sync { wait_secs } => {
             let config = required_config(cli)?;
             let secret = secret(cli, Some(&config))?;
-            return sync_once(&config, &secret, *wait_secs, out);
+            return sync_once((&config, &config_path(cli)), &secret, *wait_secs, out);
         }
         _ => {}
     }
@@ -476,7 +479,8 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
                 source,
             })?
             .ok_or_else(|| {
-                CliError::Usage(format!(
+                // Temporary, as for `redeemd sync`: exit 75, try again later.
+                CliError::Sync(format!(
                     "{}: a sync pass has held the lock for 5 minutes; try again",
                     lock_path.display()
                 ))
@@ -537,7 +541,7 @@ fn simulate_reader(args: &SimulateReaderArgs) -> Result<(), CliError> {
 /// `redeemd sync`: one pass with the daemon's configuration, through the same code as the daemon's
 /// task (a store handle, the sync lock), printing one line per step.
 fn sync_once(
-    config: &Config,
+    (config, config_path): (&Config, &std::path::Path),
     secret: &TerminalSecret,
     wait_secs: u64,
     out: &mut dyn Write,
@@ -546,7 +550,7 @@ fn sync_once(
     let w = |r: std::io::Result<()>| r.map_err(CliError::Output);
     let Some(url) = &config.sync.server_url else {
         return Err(CliError::Config(ConfigError::Invalid {
-            path: PathBuf::from("configuration"),
+            path: config_path.to_owned(),
             key: "sync.server_url".into(),
             reason: "not set: sync is disabled".into(),
         }));

@@ -401,3 +401,17 @@ fn tools_outside_the_service_read_a_credential_from_its_source() {
         .into();
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
 }
+
+#[test]
+fn sync_without_a_server_names_the_configuration_file() {
+    let (dir, state) = populated();
+    let key = key_file(dir.path(), 0o600);
+    let r = run_configured(dir.path(), (&state, &key), ("", ""), &["sync"]);
+    assert_eq!(r.code, 64, "{}{}", r.stdout, r.stderr);
+    let config = dir.path().join("redeemd.toml");
+    assert!(
+        r.stderr.contains(&format!("{}", config.display())) && r.stderr.contains("sync.server_url"),
+        "{}",
+        r.stderr
+    );
+}
