@@ -37,14 +37,15 @@ use crate::store::{Store, StoreError, verify};
     about = "Offline member-card redemption daemon for shop POS readers"
 )]
 pub struct Cli {
-    /// Configuration file. The store tools read the state directory and key from it unless
+    /// Configuration file. Every command reads the state directory and key from it unless
     /// --state-dir / --key-file / --key-credential are given.
     #[arg(long, env = "REDEEMD_CONFIG", global = true)]
     pub config: Option<PathBuf>,
     /// Directory holding the database [default: from the configuration, else /var/lib/redeemd].
     #[arg(long, env = "REDEEMD_STATE_DIR", global = true)]
     pub state_dir: Option<PathBuf>,
-    /// Terminal secret file (hex, mode 0600). Default: the systemd credential `terminal.key`.
+    /// Terminal secret file (hex, mode 0600) [default: the configuration's [key], else the systemd
+    /// credential `terminal.key`].
     #[arg(
         long,
         env = "REDEEMD_KEY_FILE",
@@ -256,9 +257,27 @@ fn optional_config(cli: &Cli) -> Result<Option<Config>, ConfigError> {
     }
 }
 
-/// The configuration `run`/`check-config`/`status` need: named, or at the default path.
+/// The configuration the daemon-side commands need (`run`, `check-config`, `status`, `sync`,
+/// `doctor`): named, or at the default path, with `--state-dir`, `--key-file` and `--key-credential`
+/// applied over it, so that those flags mean the same for every command.
 fn required_config(cli: &Cli) -> Result<Config, ConfigError> {
-    Config::load(&config_path(cli))
+    let mut config = Config::load(&config_path(cli))?;
+    if let Some(dir) = &cli.state_dir {
+        config.state_dir.clone_from(dir);
+    }
+    if let Some(source) = key_override(cli) {
+        config.key = source;
+    }
+    Ok(config)
+}
+
+/// The key source named on the command line, if any.
+fn key_override(cli: &Cli) -> Option<KeySource> {
+    match (&cli.key_file, &cli.key_credential) {
+        (Some(f), _) => Some(KeySource::File(f.clone())),
+        (None, Some(c)) => Some(KeySource::Credential(c.clone())),
+        (None, None) => None,
+    }
 }
 
 /// The configuration file named with `--config`, or the default one.
@@ -276,12 +295,10 @@ fn state_dir(cli: &Cli, config: Option<&Config>) -> PathBuf {
 }
 
 fn secret(cli: &Cli, config: Option<&Config>) -> Result<TerminalSecret, KeyError> {
-    let source = match (&cli.key_file, &cli.key_credential, config) {
-        (Some(f), _, _) => KeySource::File(f.clone()),
-        (None, Some(c), _) => KeySource::Credential(c.clone()),
-        (None, None, Some(config)) => config.key.clone(),
-        (None, None, None) => KeySource::Credential("terminal.key".into()),
-    };
+    let source = key_override(cli).unwrap_or_else(|| match config {
+        Some(config) => config.key.clone(),
+        None => KeySource::Credential("terminal.key".into()),
+    });
     load_secret_outside_service(&source)
 }
 

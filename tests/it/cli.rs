@@ -415,3 +415,22 @@ fn sync_without_a_server_names_the_configuration_file() {
         r.stderr
     );
 }
+
+#[test]
+fn state_dir_and_key_flags_override_the_configuration_for_every_command() {
+    // The configuration names a state directory and a key that do not exist; the flags name the
+    // real ones, and `status` (a daemon-side command) must use them as the store tools do.
+    let (dir, state) = populated();
+    let key = key_file(dir.path(), 0o600);
+    let (nowhere, no_key) = (dir.path().join("nowhere"), dir.path().join("no.key"));
+    let state_arg = state.display().to_string();
+    let key_arg = key.display().to_string();
+    let r = run_configured(
+        dir.path(),
+        (&nowhere, &no_key),
+        ("", ""),
+        &["--state-dir", &state_arg, "--key-file", &key_arg, "status"],
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("seq 3"), "{}", r.stdout);
+}
