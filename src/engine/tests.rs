@@ -6,6 +6,11 @@ use super::*;
 use proptest::prelude::*;
 use redeemd_contract::model::{CardRef, Holder, MerchantScope};
 
+/// The first moment of the business day (UTC+8) after the one `wall_ms` falls in.
+fn midnight_after(wall_ms: i64) -> i64 {
+    redeemd_contract::close::day_window(business_day(wall_ms, 480) + 1, 480).0
+}
+
 const T0: i64 = 1_790_000_000_000; // some instant in 2026
 const HOUR: i64 = 3_600_000;
 
@@ -380,7 +385,7 @@ fn daily_cap_counts_the_business_day_and_voids_give_it_back() {
     f.void(T0 + 1, 1).unwrap();
     assert_eq!(f.redeem(T0 + 2, &[(0, 2)]).map(|l| l.len()), Ok(1));
     // Next business day (China time) the cap starts again.
-    let next_day = (business_day(T0, 480) + 1) * 86_400_000 - 480 * 60_000;
+    let next_day = midnight_after(T0);
     assert!(f.redeem(next_day, &[(0, 3)]).is_ok());
 }
 
@@ -581,7 +586,7 @@ fn a_clock_set_back_across_midnight_within_the_tolerance_does_not_lift_the_daily
     // Records are stamped with the wall clock, and the fold books them on its business day; the rules
     // run on the effective time (the last trusted time when the clock is a little behind). Around
     // midnight the two days differ: the cap must count the day the new records will be booked on too.
-    let midnight = (business_day(T0, 480) + 1) * 86_400_000 - 480 * 60_000;
+    let midnight = midnight_after(T0);
     let mut f = Fixture::new();
     f.terminal.last_trusted_wall_ms = midnight + 60_000;
     let behind = midnight - 2 * 60_000; // within the 5 min tolerance
@@ -605,7 +610,7 @@ proptest! {
     /// midnight), the journal never books more than the daily cap on one business day.
     #[test]
     fn the_journal_never_books_more_than_the_cap_on_a_day(steps in proptest::collection::vec((-6i64..10, 1u64..4, 0u16..2), 1..40)) {
-        let midnight = (business_day(T0, 480) + 1) * 86_400_000 - 480 * 60_000;
+        let midnight = midnight_after(T0);
         let mut f = Fixture::new();
         f.card.packages[0].items[0].uses_left = 1000;
         f.card.packages[0].items[1].uses_left = 1000;
