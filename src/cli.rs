@@ -928,11 +928,6 @@ fn iso(ms: i64) -> String {
     )
 }
 
-/// A record's amount as the totals add it (journal amounts fit i64: the engine declines others).
-fn amount_of(r: &JournalRecord) -> i64 {
-    i64::try_from(r.amount_fen).unwrap_or(i64::MAX)
-}
-
 fn report(store: &Store, date: &str, offset_min: i32, out: &mut dyn Write) -> Result<(), CliError> {
     let day = close::parse_date(date)
         .ok_or_else(|| CliError::Usage(format!("--date {date:?}: expected a valid YYYY-MM-DD")))?;
@@ -962,11 +957,11 @@ fn report(store: &Store, date: &str, offset_min: i32, out: &mut dyn Write) -> Re
                 // Saturating, as the end-of-day close adds (redeemd_contract::close::totals).
                 redeemd_contract::RecordKind::Redeem => {
                     t.redeemed = t.redeemed.saturating_add(u64::from(r.quantity));
-                    t.amount = t.amount.saturating_add(amount_of(r));
+                    t.amount = t.amount.saturating_add(close::amount_fen(r));
                 }
                 redeemd_contract::RecordKind::Void => {
                     t.voided = t.voided.saturating_add(u64::from(r.quantity));
-                    t.amount = t.amount.saturating_sub(amount_of(r));
+                    t.amount = t.amount.saturating_sub(close::amount_fen(r));
                 }
                 redeemd_contract::RecordKind::BatchClose => {}
             }
@@ -987,8 +982,8 @@ fn report(store: &Store, date: &str, offset_min: i32, out: &mut dyn Write) -> Re
         "item", "title", "redeemed", "voided", "net", "amount_fen"
     ))?;
     let (mut tn, mut ta) = (0i64, 0i64);
+    let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     for (code, t) in &totals {
-        let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         let net = as_i64(t.redeemed).saturating_sub(as_i64(t.voided));
         tn = tn.saturating_add(net);
         ta = ta.saturating_add(t.amount);

@@ -123,6 +123,12 @@ pub fn day_window(days: i64, utc_offset_minutes: i32) -> (i64, i64) {
     (start, start + DAY_MS)
 }
 
+/// A record's amount as day totals add it: journal amounts fit i64 (the engine declines others), and
+/// one that does not is held at `i64::MAX` like the sums it goes into.
+pub fn amount_fen(r: &JournalRecord) -> i64 {
+    i64::try_from(r.amount_fen).unwrap_or(i64::MAX)
+}
+
 /// Totals per (package, item) of the records inside `window`.
 pub fn totals<'a>(
     records: impl IntoIterator<Item = &'a JournalRecord>,
@@ -133,9 +139,9 @@ pub fn totals<'a>(
         .into_iter()
         .filter(|r| r.wall_ms >= window.0 && r.wall_ms < window.1)
     {
-        let sign = match r.kind {
-            RecordKind::Redeem => 1,
-            RecordKind::Void => -1,
+        let redeemed = match r.kind {
+            RecordKind::Redeem => true,
+            RecordKind::Void => false,
             RecordKind::BatchClose => continue,
         };
         let t = out
@@ -150,9 +156,8 @@ pub fn totals<'a>(
             });
         // Saturating: a signed price can be absurd (the engine only keeps each line within i64),
         // and both sides of a close add with this one function, so they saturate alike.
-        let quantity = u64::from(r.quantity);
-        let amount = i64::try_from(r.amount_fen).unwrap_or(i64::MAX);
-        if sign > 0 {
+        let (quantity, amount) = (u64::from(r.quantity), amount_fen(r));
+        if redeemed {
             t.redeemed = t.redeemed.saturating_add(quantity);
             t.net_units = t.net_units.saturating_add(i64::from(r.quantity));
             t.net_amount_fen = t.net_amount_fen.saturating_add(amount);
