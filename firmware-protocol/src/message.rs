@@ -15,7 +15,7 @@ pub use crate::codec::{EmitError, ParseError};
 use crate::codec::{Limit, Reader, Writer, err};
 
 /// Protocol version implemented by this crate (PROTOCOL.md §1).
-pub const PROTOCOL_VERSION: Version = Version { major: 1, minor: 0 };
+pub const PROTOCOL_VERSION: Version = Version { major: 1, minor: 1 };
 /// Largest application message (all its frames together) a receiver must accept.
 pub const MAX_MESSAGE_LEN: usize = 4096;
 /// Message type byte of acknowledgement-only frames (no payload, not a message).
@@ -326,7 +326,7 @@ open_code! {
 }
 
 macro_rules! closed_code {
-    ($(#[$doc:meta])* $name:ident : $field:literal { $($(#[$vdoc:meta])* $variant:ident = $value:literal,)* }) => {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $value:literal,)* }) => {
         $(#[$doc])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         #[repr(u8)]
@@ -335,10 +335,12 @@ macro_rules! closed_code {
         }
 
         impl $name {
-            fn read(r: &mut Reader<'_>) -> Result<Self, ParseError> {
-                match r.u8($field)? {
+            /// Reads the value of `field` (its dotted name in PROTOCOL.md, for the error: one
+            /// enumeration may serve several fields).
+            fn read(r: &mut Reader<'_>, field: &'static str) -> Result<Self, ParseError> {
+                match r.u8(field)? {
                     $($value => Ok($name::$variant),)*
-                    other => Err(err($field, ParseErrorKind::OutOfRange(other.into()))),
+                    other => Err(err(field, ParseErrorKind::OutOfRange(other.into()))),
                 }
             }
         }
@@ -347,7 +349,7 @@ macro_rules! closed_code {
 
 closed_code! {
     /// How the card was read.
-    EntryMode: "CARD_PRESENTED.entry_mode" {
+    EntryMode {
         /// Magnetic stripe.
         Magstripe = 1,
         /// Contact chip.
@@ -363,7 +365,7 @@ closed_code! {
 
 closed_code! {
     /// Identity confirmation an entitlement requires, or that REDEEM carries.
-    IdentityCheck: "identity" {
+    IdentityCheck {
         /// None.
         None = 0,
         /// Last four digits of the member's phone number.
@@ -375,7 +377,7 @@ closed_code! {
 
 closed_code! {
     /// Why a redemption is voided.
-    VoidReason: "VOID.reason" {
+    VoidReason {
         /// Cashier picked the wrong item or quantity.
         CashierError = 1,
         /// Member changed their mind.
@@ -648,7 +650,9 @@ pub struct Hello<'a> {
     pub max_payload: u16,
     /// Reader hardware capabilities ([`Capabilities`]).
     pub capabilities: Capabilities,
-    /// Text encodings the reader can display and print; at least one known bit.
+    /// Text encodings the reader can display and print. A sender sets at least one known bit
+    /// (`emit` refuses otherwise); a receiver parses any value (the host answers
+    /// NO_COMMON_ENCODING).
     pub encodings: Encodings,
     /// Random per boot: a new value means the reader rebooted.
     pub boot_nonce: u64,
@@ -698,13 +702,9 @@ impl<'a> Hello<'a> {
         };
         let max_payload = max_payload("HELLO.max_payload", r.u16("HELLO.max_payload")?)?;
         let capabilities = Capabilities(r.u32("HELLO.capabilities")?);
+        // A HELLO offering no encoding this version knows still parses: the host refuses it with
+        // NO_COMMON_ENCODING (PROTOCOL.md §4.3), which names the problem and echoes the nonce.
         let encodings = Encodings(r.u8("HELLO.encodings")?);
-        if encodings.0 & Encodings::BOTH.0 == 0 {
-            return Err(err(
-                "HELLO.encodings",
-                ParseErrorKind::OutOfRange(encodings.0.into()),
-            ));
-        }
         Ok(Hello {
             version,
             max_payload,
@@ -830,7 +830,7 @@ impl<'a> CardPresented<'a> {
     fn read(r: &mut Reader<'a>) -> Result<Self, ParseError> {
         Ok(CardPresented {
             txn_id: nonzero_txn("CARD_PRESENTED.txn_id", r.u32("CARD_PRESENTED.txn_id")?)?,
-            entry_mode: EntryMode::read(r)?,
+            entry_mode: EntryMode::read(r, "CARD_PRESENTED.entry_mode")?,
             card: r.ascii8(&CP_CARD)?,
             cashier_id: r.ascii8(&CP_CASHIER)?,
         })
@@ -869,7 +869,7 @@ impl<'a> ListItem<'a> for MenuEntry<'a> {
                 "CARD_MENU.entries.expiry",
                 r.u32("CARD_MENU.entries.expiry")?,
             )?,
-            identity: IdentityCheck::read(r)?,
+            identity: IdentityCheck::read(r, "CARD_MENU.entries.identity")?,
         })
     }
 
@@ -1026,7 +1026,7 @@ impl<'a> Redeem<'a> {
     fn read(r: &mut Reader<'a>, encoding: TextEncoding) -> Result<Self, ParseError> {
         let txn_id = nonzero_txn("REDEEM.txn_id", r.u32("REDEEM.txn_id")?)?;
         let items = List::read(r, &REDEEM_ITEMS, encoding)?;
-        let check = IdentityCheck::read(r)?;
+        let check = IdentityCheck::read(r, "REDEEM.identity_check")?;
         let identity = Identity {
             check,
             data: r.ascii8(&REDEEM_IDENTITY)?,
@@ -1133,7 +1133,7 @@ impl<'a> Void<'a> {
         Ok(Void {
             txn_id: nonzero_txn("VOID.txn_id", r.u32("VOID.txn_id")?)?,
             original_auth_code: r.ascii8(&VOID_AUTH)?,
-            reason: VoidReason::read(r)?,
+            reason: VoidReason::read(r, "VOID.reason")?,
         })
     }
 
@@ -1331,6 +1331,49 @@ mod tests {
                 .kind,
             ParseErrorKind::Truncated
         );
+    }
+
+    #[test]
+    fn one_enumeration_names_each_field_it_serves() {
+        let mut buf = [0u8; 64];
+        let items = [RedeemItem {
+            entry_index: 0,
+            quantity: 1,
+        }];
+        let n = Message::Redeem(Redeem {
+            txn_id: 1,
+            items: List::new(&items),
+            identity: Identity::NONE,
+        })
+        .emit(&mut buf)
+        .unwrap();
+        // identity_check is the byte before identity_data's (empty) length.
+        buf[n - 2] = 3;
+        let e = Message::parse(0x21, &buf[..n], TextEncoding::Utf8).unwrap_err();
+        assert_eq!(e.to_string(), "REDEEM.identity_check: value 3 out of range");
+    }
+
+    #[test]
+    fn a_hello_without_a_known_encoding_parses_but_is_not_emitted() {
+        let mut hello = Hello {
+            version: PROTOCOL_VERSION,
+            max_payload: 256,
+            capabilities: Capabilities(0),
+            encodings: Encodings::UTF8,
+            boot_nonce: 7,
+            serial: "S",
+            firmware: "F",
+        };
+        let mut buf = [0u8; 64];
+        let n = Message::Hello(hello).emit(&mut buf).unwrap();
+        buf[8] = 0x04; // encodings: an unknown bit only
+        let Message::Hello(parsed) = Message::parse(0x01, &buf[..n], TextEncoding::Utf8).unwrap()
+        else {
+            panic!("not a HELLO")
+        };
+        assert_eq!(parsed.encodings, Encodings(0x04));
+        hello.encodings = Encodings(0x04);
+        assert!(Message::Hello(hello).emit(&mut buf).is_err());
     }
 
     #[test]
