@@ -13,7 +13,7 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use redeemd::store::{Decision, MenuOutcome, RedeemRequest, Store};
+use redeemd::store::{Decision, MenuOutcome, Request, Store};
 use redeemd_contract::model::CardNumber;
 use redeemd_contract::snapshot::{BundleKind, BundleSigner};
 use rusqlite::{Connection, params};
@@ -22,7 +22,9 @@ use rusqlite::{Connection, params};
 #[allow(dead_code)]
 #[path = "../tests/it/support.rs"]
 mod support;
-use support::{HOUR, MERCHANT, Rng, T0, TERMINAL, card, keys, now, number, sorted_card_refs};
+use support::{
+    HOUR, MERCHANT, REPLIES, Rng, T0, TERMINAL, card, keys, now, number, sorted_card_refs, swipe,
+};
 
 /// The tests' configuration without offline limits: the bench seeds a million offline redemptions.
 fn config() -> redeemd::store::StoreConfig {
@@ -315,27 +317,23 @@ fn main() {
     let mut floor_ckpt = Vec::with_capacity(commits);
     let mut wal_frames = 0u64;
     let mut rng = Rng(99);
-    // The reply bytes as the daemon renders them (receipt text, the reader's encoding).
-    let presentation = redeemd::daemon::render::Presentation {
-        language: redeemd::config::Language::Zh,
-        encoding: firmware_protocol::message::TextEncoding::Utf8,
-        utc_offset_minutes: 480,
-    };
-    let render = |d: &Decision| presentation.decision(1, d).0;
     for txn in 0..commits {
-        let num = number(rng.next() % n);
-        let items = [(0u16, 1u64)];
-        let req = RedeemRequest {
+        // The transaction's swipe is stored first (a commit of its own, without an fsync, not
+        // timed here); then its REDEEM, as a reader sends it, with the reply bytes as the daemon
+        // renders them (the receipt text in the reader's encoding).
+        let card = rng.next() % n;
+        let at = T0 + txn as i64;
+        swipe(&mut s, "bench", txn as u64 + 1, card, at);
+        let body = support::payload(&format!("redeem {txn} [(0, 1)]"));
+        let request = Request {
             reader_id: "bench",
-            reader_txn_id: txn as u64,
-            card_number: &num,
-            items: &items,
-            identity: None,
-            cashier_id: "c",
-            menu_entry_version: None,
+            txn_id: u32::try_from(txn + 1).unwrap(),
+            payload: &body,
         };
         let t = Instant::now();
-        let o = s.redeem(&req, now(T0 + txn as i64), render).unwrap();
+        let o = s
+            .answer_redeem(request, &[(0, 1)], None, now(at), &REPLIES)
+            .unwrap();
         let dc = t.elapsed();
         let t = Instant::now();
         floor

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::store_owner::wall_clock_ms as wall_ms;
+use crate::store::owner::wall_clock_ms as wall_ms;
 
 pub const STATUS_FILE: &str = "status.json";
 

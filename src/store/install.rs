@@ -65,7 +65,7 @@ pub struct InstallReport {
 }
 
 /// How a long operation reaches the store: one short call per step, the store free for others in
-/// between. The daemon implements it with its store lock (`daemon::store_owner::StoreHandle`); a tool
+/// between. The daemon implements it with its store lock (`store::owner::StoreHandle`); a tool
 /// that owns the store uses [`Exclusive`].
 pub trait StoreAccess {
     fn with<T>(

@@ -1,22 +1,29 @@
-//! The SQLite store: signed entitlement cache, HMAC-chained append-only journal, idempotent outcomes,
-//! identity-attempt counters and per-card usage anchors, in one database file.
+//! The SQLite store: signed entitlement cache, HMAC-chained append-only journal, the stored answers
+//! to each reader's requests, identity-attempt counters and per-card usage anchors, in one database
+//! file.
 //!
-//! A [`Store`] is synchronous and owned by one thread (the daemon runs it on a dedicated thread and
-//! sends it requests). Each decision reads and verifies its inputs, asks the pure [`crate::engine`], and
-//! commits journal rows, chain head, usage anchor, identity counter and the reply bytes in **one**
-//! `BEGIN IMMEDIATE … COMMIT` with `synchronous=FULL`, before the reply leaves the store. WAL
-//! checkpoints are not part of any commit: the owner calls [`Store::maintenance`] when idle.
+//! A [`Store`] is synchronous, with one connection. In the daemon it has one owner, [`owner::StoreHandle`]
+//! (a mutex that every reader thread and the sync task take in turn). Each answer to a reader's request
+//! (`answers`: `Store::answer_card_presented`, `answer_redeem`, `answer_void`) reads and verifies its
+//! inputs, applies the idempotency rules (`crate::conversation::rules`), asks the pure [`crate::engine`],
+//! and commits journal rows, chain head, usage anchor, identity counter and the reply bytes in **one**
+//! `BEGIN IMMEDIATE … COMMIT` — with `synchronous=FULL` for a REDEEM or VOID, `NORMAL` for a
+//! CARD_PRESENTED (it deducts nothing) — before the reply leaves the store. WAL checkpoints are not
+//! part of any commit: the owner calls [`Store::maintenance`] when idle.
 //!
 //! Invariants (tested in `tests/it`):
 //! * no card number is ever written: only its keyed reference and the masked number;
 //! * no journal row is ever updated or deleted (triggers refuse it), and seqs are gap-free;
-//! * a reply for a (reader, transaction id) is stored with the rows it reports, and replayed byte-identically;
+//! * the answer to a (reader, transaction id, request type) is stored with the rows it reports, and
+//!   replayed byte-identically; a request under that key with another payload deducts nothing;
 //! * every MACed row is verified before it is used; a failed check declines with `IntegrityFailure`
-//!   and names the row, it never decides from tampered data.
+//!   and names the row, it never decides from (or sends) tampered data.
 
+pub mod answers;
 pub mod close;
 pub mod deny;
 mod install;
+pub mod owner;
 pub mod rows;
 pub mod schema;
 pub mod verify;
@@ -29,13 +36,13 @@ use redeemd_contract::model::{Card, CardNumber, CardRef, identity_matches};
 use redeemd_contract::snapshot::{BundleError, EntryOp, Manifest, verify_entry_mac};
 use redeemd_contract::{JournalRecord, RecordKind};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::engine::{
     self, CacheFacts, CardView, Context, DeclineReason, IdentityInput, IdentityState, Limits, Line,
     Menu, Now, TerminalFacts, Usage,
 };
+pub use answers::{Outcome, Queried, Replies, Request, Source, SwipeFacts};
 pub use deny::{DenyError, DenyInfo, DenyList, DenyReport};
 pub use install::{
     BundleInstall, CARRY_SCAN_ROWS, CHUNK_ENTRIES, Exclusive, InstallReport, StoreAccess,
@@ -196,24 +203,14 @@ pub struct VoidApproval {
     pub lines: Vec<VoidLine>,
 }
 
-/// What the caller's `render` turns into reply bytes.
+/// A decision, which the caller's [`Replies`] turns into reply bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
+    /// A CARD_PRESENTED's menu.
+    Menu(Menu),
     Redeemed(Approval),
     Voided(VoidApproval),
     Declined(Declined),
-}
-
-/// The reply for a redeem or void request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
-    /// Exactly the bytes to send to the reader (stored, so replays are byte-identical).
-    pub reply: Vec<u8>,
-    /// The fresh decision, or `None` when this is a replay of a stored outcome.
-    pub decision: Option<Decision>,
-    /// A replay whose request differs from the stored one (same id reused with other content): the
-    /// stored reply is returned anyway — a transaction id means one answer — and this flags it for logs.
-    pub replay_mismatch: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,47 +219,30 @@ pub enum MenuOutcome {
     Declined(Declined),
 }
 
-/// A redemption request. `Debug` masks the card number and hides identity data, so that logging a
-/// request never writes either in clear.
+/// What a redemption is decided from: the REDEEM's items and identity data, and its
+/// transaction's stored swipe (card reference, cashier, the entry version its menu showed).
 #[derive(Clone, Copy)]
-pub struct RedeemRequest<'a> {
-    pub reader_id: &'a str,
-    pub reader_txn_id: u64,
-    pub card_number: &'a str,
+struct RedeemFacts<'a> {
+    reader_id: &'a str,
+    txn_id: u32,
+    card_ref: CardRef,
+    /// A different current version declines with `MenuChanged` instead of redeeming indexes that
+    /// may now mean other items.
+    entry_version: u64,
+    cashier_id: &'a str,
     /// (entry index from the menu, quantity).
-    pub items: &'a [(u16, u64)],
+    items: &'a [(u16, u64)],
     /// Identity confirmation data typed by the member, if asked.
-    pub identity: Option<&'a [u8]>,
-    pub cashier_id: &'a str,
-    /// The menu's entry version, if the caller showed one: a different current version declines with
-    /// `MenuChanged` instead of redeeming indexes that may now mean other items.
-    pub menu_entry_version: Option<u64>,
+    identity: Option<&'a [u8]>,
 }
 
-impl std::fmt::Debug for RedeemRequest<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let card = CardNumber::parse(self.card_number)
-            .map_or_else(|_| "<unparsable>".to_owned(), |n| n.masked());
-        f.debug_struct("RedeemRequest")
-            .field("reader_id", &self.reader_id)
-            .field("reader_txn_id", &self.reader_txn_id)
-            .field("card", &card)
-            .field("items", &self.items)
-            .field("identity", &self.identity.map(|_| "<given>"))
-            .field("cashier_id", &self.cashier_id)
-            .field("menu_entry_version", &self.menu_entry_version)
-            .finish()
-    }
-}
-
-/// A void request.
-#[derive(Debug, Clone, Copy)]
-pub struct VoidRequest<'a> {
-    pub reader_id: &'a str,
-    pub reader_txn_id: u64,
-    pub original_auth_code: &'a str,
-    pub reason: &'a str,
-    pub cashier_id: &'a str,
+/// What a void is decided from.
+#[derive(Clone, Copy)]
+struct VoidFacts<'a> {
+    reader_id: &'a str,
+    txn_id: u32,
+    original_auth_code: &'a str,
+    cashier_id: &'a str,
 }
 
 /// Summary of the installed cache, for `cache info` and status.
@@ -339,6 +319,9 @@ pub struct Store {
     checked_at_boot_ms: u64,
     /// Write transactions since the last complete checkpoint (see [`Store::maintenance`]).
     commits_since_checkpoint: u32,
+    /// The connection commits with `synchronous=NORMAL` (only while a CARD_PRESENTED's answer is
+    /// written: see `answers`).
+    synchronous_normal: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -486,6 +469,7 @@ impl Store {
             checked_at_boot_ms: 0,
             // Unknown WAL contents at open: let the first maintenance call checkpoint.
             commits_since_checkpoint: CHECKPOINT_EVERY_COMMITS,
+            synchronous_normal: false,
         };
         store.init_terminal_row()?;
         store.reload().map_err(|f| match f {
@@ -864,17 +848,22 @@ impl Store {
         Ok(s)
     }
 
-    /// The menu for a presented card: usable entries with uses left, or a decline.
+    /// The menu for a presented card: usable entries with uses left, or a decline. Stores nothing
+    /// (a reader's CARD_PRESENTED is answered by [`Store::answer_card_presented`], which stores it).
     pub fn menu(&mut self, card_number: &str, now: Now) -> Result<MenuOutcome, StoreError> {
+        let card_ref = CardNumber::parse(card_number)
+            .ok()
+            .map(|n| n.card_ref(&self.keys.card_token));
         Ok(
-            match self.decide(false, now, |s| s.menu_inner(card_number, now))? {
+            match self.decide(false, now, |s| s.menu_inner(card_ref.as_ref(), now))? {
                 Ok(o) => o,
                 Err(i) => MenuOutcome::Declined(integrity_decline(&i)),
             },
         )
     }
 
-    fn menu_inner(&self, card_number: &str, now: Now) -> Result<MenuOutcome, Fault> {
+    /// The menu for a card reference (`None`: the card number did not parse).
+    fn menu_inner(&self, card_ref: Option<&CardRef>, now: Now) -> Result<MenuOutcome, Fault> {
         let declined = |reason| {
             Ok(MenuOutcome::Declined(Declined {
                 reason,
@@ -882,13 +871,12 @@ impl Store {
                 detail: None,
             }))
         };
-        let Ok(number) = CardNumber::parse(card_number) else {
+        let Some(card_ref) = card_ref.copied() else {
             return declined(DeclineReason::BadCardNumber);
         };
         let Some(cache) = self.cache.as_ref() else {
             return declined(DeclineReason::NoCache);
         };
-        let card_ref = number.card_ref(&self.keys.card_token);
         let Some(loaded) = self.load_card(&card_ref, cache)? else {
             return declined(unknown_card_reason(self.deny_status(&card_ref, None)));
         };
@@ -908,74 +896,19 @@ impl Store {
         })
     }
 
-    /// The stored reply for (reader, transaction id), if any.
-    pub fn stored_outcome(
-        &self,
-        reader_id: &str,
-        reader_txn_id: u64,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "SELECT reply FROM outcome WHERE reader_id = ?1 AND reader_txn_id = ?2",
-            )?
-            .query_row(params![reader_id, reader_txn_id as i64], |r| r.get(0))
-            .optional()?)
-    }
-
-    /// The latest stored (transaction id, reply) of a reader ("repeat last receipt").
-    pub fn last_outcome(&self, reader_id: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "SELECT o.reader_txn_id, o.reply FROM reader_last l \
-                 JOIN outcome o ON o.reader_id = l.reader_id AND o.reader_txn_id = l.reader_txn_id \
-                 WHERE l.reader_id = ?1",
-            )?
-            .query_row([reader_id], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
-            .optional()?)
-    }
-
-    /// Redeems `req.items` all-or-nothing. The reply bytes produced by `render` are committed in the same
-    /// transaction as the journal rows; the same (reader, transaction id) later returns them unchanged.
-    pub fn redeem(
-        &mut self,
-        req: &RedeemRequest<'_>,
-        now: Now,
-        render: impl FnOnce(&Decision) -> Vec<u8>,
-    ) -> Result<Outcome, StoreError> {
-        let number = CardNumber::parse(req.card_number).ok();
-        let card_ref = number.as_ref().map(|n| n.card_ref(&self.keys.card_token));
-        let digest = request_digest_redeem(card_ref.as_ref(), req);
-        self.respond(
-            req.reader_id,
-            req.reader_txn_id,
-            &digest,
-            now,
-            render,
-            |s| s.decide_redeem(card_ref, req, now),
-        )
-    }
-
     fn decide_redeem(
         &self,
-        card_ref: Option<CardRef>,
-        req: &RedeemRequest<'_>,
+        req: &RedeemFacts<'_>,
         now: Now,
     ) -> Result<(Decision, Option<Write>), Fault> {
-        let Some(card_ref) = card_ref else {
-            return decline(DeclineReason::BadCardNumber);
-        };
+        let card_ref = req.card_ref;
         let Some(cache) = self.cache.as_ref() else {
             return decline(DeclineReason::NoCache);
         };
         let Some(loaded) = self.load_card(&card_ref, cache)? else {
             return decline(unknown_card_reason(self.deny_status(&card_ref, None)));
         };
-        if req
-            .menu_entry_version
-            .is_some_and(|v| v != loaded.entry_version)
-        {
+        if req.entry_version != loaded.entry_version {
             return decline(DeclineReason::MenuChanged);
         }
         // The attempt counter only matters (and its row is only read and MAC-checked) when the
@@ -1049,7 +982,7 @@ impl Store {
                         line: i as u16,
                         line_count: count,
                         reader_id: req.reader_id.to_owned(),
-                        reader_txn_id: req.reader_txn_id,
+                        reader_txn_id: u64::from(req.txn_id),
                         cashier_id: req.cashier_id.to_owned(),
                         wall_ms: now.wall_ms,
                         boot_ms: now.boot_ms,
@@ -1080,35 +1013,11 @@ impl Store {
         }
     }
 
-    /// Voids the redemption with `original_auth_code`: a new journal record per line that restores the
-    /// uses. Allowed once, within the configured window.
-    pub fn void(
-        &mut self,
-        req: &VoidRequest<'_>,
-        now: Now,
-        render: impl FnOnce(&Decision) -> Vec<u8>,
-    ) -> Result<Outcome, StoreError> {
-        let digest = {
-            let mut h = Sha256::new();
-            h.update(b"void\0");
-            h.update(req.original_auth_code.as_bytes());
-            h.update(b"\0");
-            h.update(req.cashier_id.as_bytes());
-            h.finalize().to_vec()
-        };
-        self.respond(
-            req.reader_id,
-            req.reader_txn_id,
-            &digest,
-            now,
-            render,
-            |s| s.decide_void(req, now),
-        )
-    }
-
+    /// Voids the redemption with `original_auth_code`: a new journal record per line that restores
+    /// the uses. Allowed once, within the configured window.
     fn decide_void(
         &self,
-        req: &VoidRequest<'_>,
+        req: &VoidFacts<'_>,
         now: Now,
     ) -> Result<(Decision, Option<Write>), Fault> {
         let Some(group) = parse_auth_code(
@@ -1154,7 +1063,7 @@ impl Store {
                 line: i as u16,
                 line_count: count,
                 reader_id: req.reader_id.to_owned(),
-                reader_txn_id: req.reader_txn_id,
+                reader_txn_id: u64::from(req.txn_id),
                 cashier_id: req.cashier_id.to_owned(),
                 wall_ms: now.wall_ms,
                 boot_ms: now.boot_ms,
@@ -1201,7 +1110,6 @@ impl Store {
             wall_ms: now.wall_ms,
             lines,
         };
-        let _ = req.reason; // the reason is for the cashier's log; the record carries the quoted original.
         Ok((
             Decision::Voided(approval),
             Some(Write {
@@ -1232,82 +1140,8 @@ impl Store {
         Ok(out)
     }
 
-    /// The common shape of redeem and void: a stored reply if this (reader, transaction id) was answered
-    /// before, else decide and commit.
-    fn respond(
-        &mut self,
-        reader_id: &str,
-        reader_txn_id: u64,
-        digest: &[u8],
-        now: Now,
-        render: impl FnOnce(&Decision) -> Vec<u8>,
-        decide: impl Fn(&Self) -> Result<(Decision, Option<Write>), Fault>,
-    ) -> Result<Outcome, StoreError> {
-        // One write transaction from the replay check to the commit. Each lookup on the way (stored
-        // outcome, data version, card, identity counter) would otherwise be a read transaction of
-        // its own, and each of those begins and ends with locks on the WAL index (fcntl calls).
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        let result = self.respond_in_transaction(reader_id, reader_txn_id, digest, now, decide);
-        let (outcome, pending) = match result {
-            Ok(Responded::Replay(o)) => {
-                self.end_transaction(false)?;
-                return Ok(o);
-            }
-            Ok(Responded::Transient(i)) => {
-                self.end_transaction(false)?;
-                return Ok(transient(integrity_decline(&i), render));
-            }
-            Ok(Responded::Decided(decision, write)) => {
-                match self.write_decision(
-                    reader_id,
-                    reader_txn_id,
-                    digest,
-                    decision,
-                    write,
-                    now,
-                    render,
-                ) {
-                    Ok(done) => done,
-                    Err(e) => {
-                        let _ = self.end_transaction(false);
-                        return Err(e);
-                    }
-                }
-            }
-            Err(e) => {
-                let _ = self.end_transaction(false);
-                return Err(e);
-            }
-        };
-        self.end_transaction(true)?;
-        // Committed: now the in-memory state may advance.
-        self.commits_since_checkpoint = self.commits_since_checkpoint.saturating_add(1);
-        self.state = pending.state;
-        if pending.counts_as_redemption {
-            self.offline_redemptions += 1;
-        }
-        Ok(outcome)
-    }
-
-    fn respond_in_transaction(
-        &mut self,
-        reader_id: &str,
-        reader_txn_id: u64,
-        digest: &[u8],
-        now: Now,
-        decide: impl Fn(&Self) -> Result<(Decision, Option<Write>), Fault>,
-    ) -> Result<Responded, StoreError> {
-        if let Some(o) = replay(&self.conn, reader_id, reader_txn_id, digest)? {
-            return Ok(Responded::Replay(o));
-        }
-        Ok(match self.decide(true, now, decide)? {
-            Ok((decision, write)) => Responded::Decided(decision, write),
-            Err(i) => Responded::Transient(i),
-        })
-    }
-
-    /// Commits (or rolls back) the transaction `respond` opened; after a failed COMMIT, rolls back
-    /// whatever SQLite left open.
+    /// Commits (or rolls back) the transaction an answer opened (`answers`); after a failed COMMIT,
+    /// rolls back whatever SQLite left open.
     fn end_transaction(&self, commit: bool) -> Result<(), StoreError> {
         if self.conn.is_autocommit() {
             return Ok(());
@@ -1321,23 +1155,14 @@ impl Store {
         Ok(result?)
     }
 
-    /// Writes a decision in the open transaction: journal rows (chained), usage anchor, identity
-    /// counter, chain head and the rendered reply. The caller commits, then applies the state.
-    #[allow(clippy::too_many_arguments)]
+    /// Writes what a decision writes, in the open transaction: journal rows (chained), usage anchor,
+    /// identity counter, chain head. Returns the state to apply once committed and the first journal
+    /// seq written.
     fn write_decision(
         &self,
-        reader_id: &str,
-        reader_txn_id: u64,
-        digest: &[u8],
-        decision: Decision,
         write: Option<Write>,
         now: Now,
-        render: impl FnOnce(&Decision) -> Vec<u8>,
-    ) -> Result<(Outcome, Pending), StoreError> {
-        let durable = match &decision {
-            Decision::Declined(d) => d.reason.is_durable(),
-            _ => true,
-        };
+    ) -> Result<(Pending, Option<u64>), StoreError> {
         let tx = &self.conn;
         let mut pending = Pending {
             state: self.state.clone(),
@@ -1357,26 +1182,21 @@ impl Store {
             }
             pending.counts_as_redemption = w.counts_as_redemption;
         }
-        let reply = render(&decision);
-        if durable {
-            tx.prepare_cached(
-                "INSERT INTO outcome (reader_id, reader_txn_id, request_digest, reply, first_seq, wall_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![reader_id, reader_txn_id as i64, digest, &reply, first_seq.map(|s| s as i64), now.wall_ms])?;
-            tx.prepare_cached(
-                "INSERT INTO reader_last (reader_id, reader_txn_id) VALUES (?1, ?2) \
-                 ON CONFLICT (reader_id) DO UPDATE SET reader_txn_id = excluded.reader_txn_id",
-            )?
-            .execute(params![reader_id, reader_txn_id as i64])?;
+        Ok((pending, first_seq))
+    }
+
+    /// Switches the connection's commits between `synchronous=NORMAL` (a CARD_PRESENTED's answer,
+    /// `answers`) and `FULL` (everything else), between transactions.
+    fn set_synchronous_normal(&mut self, normal: bool) -> Result<(), StoreError> {
+        if self.synchronous_normal != normal {
+            self.conn.execute_batch(if normal {
+                "PRAGMA synchronous = NORMAL"
+            } else {
+                "PRAGMA synchronous = FULL"
+            })?;
+            self.synchronous_normal = normal;
         }
-        Ok((
-            Outcome {
-                reply,
-                decision: Some(decision),
-                replay_mismatch: false,
-            },
-            pending,
-        ))
+        Ok(())
     }
 
     /// Housekeeping for idle moments: the daemon calls it whenever no request is waiting (after each
@@ -1574,22 +1394,13 @@ impl Store {
     }
 }
 
-/// How `respond` goes on after its lookups.
-enum Responded {
-    /// The request was answered before: its stored outcome.
-    Replay(Outcome),
-    /// A row failed its check: declined, nothing written.
-    Transient(Integrity),
-    Decided(Decision, Option<Write>),
-}
-
 /// What the in-memory state becomes once a decision's transaction commits.
 struct Pending {
     state: TerminalRow,
     counts_as_redemption: bool,
 }
 
-/// What a decision writes besides its outcome row.
+/// What a decision writes besides its answer.
 struct Write {
     records: Vec<JournalRecord>,
     /// The card whose usage row to extend: its anchor and history blob as loaded.
@@ -1917,41 +1728,6 @@ fn seq_param(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
-fn request_digest_redeem(card_ref: Option<&CardRef>, req: &RedeemRequest<'_>) -> Vec<u8> {
-    let mut h = Sha256::new();
-    h.update(b"redeem\0");
-    h.update(card_ref.map_or(&[0u8; 32][..], |c| &c.0[..]));
-    for (i, q) in req.items {
-        h.update(i.to_be_bytes());
-        h.update(q.to_be_bytes());
-    }
-    h.update([u8::from(req.identity.is_some())]);
-    h.update(req.cashier_id.as_bytes());
-    h.finalize().to_vec()
-}
-
-/// The stored outcome for (reader, txn), if any.
-fn replay(
-    tx: &Connection,
-    reader_id: &str,
-    txn: u64,
-    digest: &[u8],
-) -> rusqlite::Result<Option<Outcome>> {
-    let row: Option<(Vec<u8>, Vec<u8>)> = tx
-        .prepare_cached(
-            "SELECT reply, request_digest FROM outcome WHERE reader_id = ?1 AND reader_txn_id = ?2",
-        )?
-        .query_row(params![reader_id, txn as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .optional()?;
-    Ok(row.map(|(reply, stored)| Outcome {
-        reply,
-        decision: None,
-        replay_mismatch: stored != digest,
-    }))
-}
-
 /// The refusal for a card that is not in the cache: its deny status when the platform reported it
 /// (more useful at the counter than "unknown"), else `CardUnknown`.
 fn unknown_card_reason(denied: Option<redeemd_contract::DenyStatus>) -> DeclineReason {
@@ -1980,15 +1756,5 @@ fn integrity_decline(i: &Integrity) -> Declined {
         reason: DeclineReason::IntegrityFailure,
         remaining: None,
         detail: Some(i.to_string()),
-    }
-}
-
-/// An outcome that is not stored (the terminal's fault, not the request's).
-fn transient(d: Declined, render: impl FnOnce(&Decision) -> Vec<u8>) -> Outcome {
-    let decision = Decision::Declined(d);
-    Outcome {
-        reply: render(&decision),
-        decision: Some(decision),
-        replay_mismatch: false,
     }
 }

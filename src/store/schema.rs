@@ -245,6 +245,37 @@ CREATE TABLE batch_close (
 ) WITHOUT ROWID;
 ";
 
+/// Stored answers as PROTOCOL.md 1.1 defines them (`store::answers`): keyed by (reader, txn id,
+/// request type), answers to CARD_PRESENTED included, each row MACed with the journal key, and the
+/// reader's latest transaction MACed too. The unMACed answers of version 6 (keyed by reader and txn
+/// only, their request type unknown) are kept as `outcome_v6` for an investigator: no MAC can be
+/// given to them here (a migration holds no key), so they are never sent to a reader again.
+const V7: &str = "
+ALTER TABLE outcome RENAME TO outcome_v6;
+DROP TABLE reader_last;
+CREATE TABLE outcome (
+    reader_id      TEXT NOT NULL,
+    reader_txn_id  INTEGER NOT NULL,
+    request_type   INTEGER NOT NULL,         -- 32 CARD_PRESENTED, 33 REDEEM, 34 VOID (PROTOCOL.md §5.2)
+    request_mac    BLOB NOT NULL,            -- HMAC(journal key) over the request payload: same payload or not
+    reply          BLOB NOT NULL,            -- the answer as sent: type byte, then payload
+    card_ref       BLOB,                     -- a CARD_PRESENTED answered with a menu: the card, for its REDEEM
+    entry_version  INTEGER,                  -- ... and the entry version that menu showed
+    redeemed       INTEGER NOT NULL,         -- a CARD_PRESENTED whose REDEEM was answered: 1 (its deletion is caught)
+    cashier_id     TEXT NOT NULL,
+    first_seq      INTEGER,                  -- first journal seq written, if any
+    wall_ms        INTEGER NOT NULL,
+    mac            BLOB NOT NULL,            -- HMAC(journal key) over every column above
+    PRIMARY KEY (reader_id, reader_txn_id, request_type)
+) WITHOUT ROWID;
+CREATE TABLE reader_last (
+    reader_id     TEXT PRIMARY KEY,
+    reader_txn_id INTEGER NOT NULL,          -- the transaction of the reader's latest stored answer
+    cashier_id    TEXT NOT NULL,             -- the cashier of that answer (a VOID names none: it keeps it)
+    mac           BLOB NOT NULL              -- HMAC(journal key) over the row
+) WITHOUT ROWID;
+";
+
 /// Every migration, in order. Append new ones; never edit a released one.
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -270,6 +301,10 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 6,
         sql: V6,
+    },
+    Migration {
+        version: 7,
+        sql: V7,
     },
 ];
 

@@ -1,6 +1,7 @@
-//! Full verification of the journal chain and the cache, for `redeemd journal verify` / `cache verify`
-//! and the platform's reconciliation. Every finding names the row (`journal seq 1042`, `cache entry <ref>`)
-//! and the reason; verification never stops at the first finding of a kind that can be skipped.
+//! Full verification of the journal chain (with the stored answers to the readers) and the cache, for
+//! `redeemd journal verify` / `cache verify` and the platform's reconciliation. Every finding names the
+//! row (`journal seq 1042`, `cache entry <ref>`, `outcome reader R-1 txn 7`) and the reason;
+//! verification never stops at the first finding of a kind that can be skipped.
 
 use redeemd_contract::journal::genesis_mac;
 use redeemd_contract::keys::{TerminalKeys, tags_equal};
@@ -52,7 +53,8 @@ struct CardFold {
 }
 
 /// Walks the whole journal: gap-free seqs from 1, each row's MAC and record id, each chain link, the
-/// MACed chain head, and every card's usage anchor against the fold of its rows.
+/// MACed chain head, and every card's usage anchor against the fold of its rows; then every stored
+/// answer and every reader's latest-transaction row (their MACs: `super::answers::verify`).
 ///
 /// All of it reads one snapshot (a read transaction, or the caller's): it runs beside a daemon that
 /// keeps committing, and a redemption landing between the journal scan and the head or usage reads
@@ -207,6 +209,10 @@ fn journal_in_snapshot(
             "missing for a card with journal rows",
         ));
     }
+    // The answers stored for the readers, and each reader's latest transaction (`answers`).
+    report
+        .findings
+        .extend(super::answers::verify(conn, &keys.journal)?);
     Ok(report)
 }
 

@@ -1,7 +1,7 @@
 //! Schema migrations never lose journal rows; bad database files give named errors.
 
 use redeemd::store::schema::{MIGRATIONS, Migration, latest_version, migrate_with};
-use redeemd::store::{DB_FILE, Store, StoreError, verify};
+use redeemd::store::{DB_FILE, Queried, Store, StoreError, verify};
 use rusqlite::Connection;
 
 use crate::support::*;
@@ -15,10 +15,14 @@ fn populated() -> tempfile::TempDir {
     dir
 }
 
-/// Takes a database back to schema 4, as redeemd before version 5 left it: no close records, usage
-/// anchors in their own table, cache rows of entry columns only (cards with usage but no entry lose
-/// their cache row).
+/// Takes a database back to schema 4, as redeemd before version 5 left it: the answers of version 6
+/// (those stored before version 7 are none here), no close records, usage anchors in their own
+/// table, cache rows of entry columns only (cards with usage but no entry lose their cache row).
 const DOWN_TO_4: &str = "
+    DROP TABLE outcome;
+    DROP TABLE reader_last;
+    ALTER TABLE outcome_v6 RENAME TO outcome;
+    CREATE TABLE reader_last (reader_id TEXT PRIMARY KEY, reader_txn_id INTEGER NOT NULL) WITHOUT ROWID;
     DROP TABLE batch_close;
     CREATE TABLE card_usage (card_ref BLOB PRIMARY KEY, rows INTEGER NOT NULL, last_seq INTEGER NOT NULL,
         net_units INTEGER NOT NULL, history BLOB NOT NULL, mac BLOB NOT NULL) WITHOUT ROWID;
@@ -193,6 +197,41 @@ fn version_3_moves_outcomes_into_one_b_tree_keeping_each_readers_latest() {
         )
         .unwrap();
     assert_eq!(indexes, 0, "one B-tree per outcome: no index left");
+}
+
+#[test]
+fn version_7_sets_the_unmaced_answers_of_version_6_aside_and_never_sends_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(DB_FILE);
+    {
+        let mut conn = Connection::open(&file).unwrap();
+        migrate_with(&mut conn, &MIGRATIONS[..6]).unwrap();
+        conn.execute(
+            "INSERT INTO outcome (reader_id, reader_txn_id, request_digest, reply, first_seq, wall_ms) VALUES ('r', 5, x'00', x'4105000000', 1, 0)",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO reader_last (reader_id, reader_txn_id) VALUES ('r', 5)",
+            [],
+        )
+        .unwrap();
+    }
+    let mut s = open(dir.path());
+    assert_eq!(user_version(s.connection()), latest_version());
+    let kept: (String, i64, Vec<u8>) = s
+        .connection()
+        .query_row(
+            "SELECT reader_id, reader_txn_id, reply FROM outcome_v6",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(kept, ("r".into(), 5, vec![0x41, 5, 0, 0, 0]));
+    // No MAC could be given to it: it is not an answer any more, for QUERY or for LAST.
+    assert_eq!(s.answer_query("r", Some(5)).unwrap(), Queried::Unknown);
+    assert_eq!(s.answer_query("r", None).unwrap(), Queried::Unknown);
+    assert!(verify::journal(s.connection(), &keys()).unwrap().is_clean());
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use redeemd::engine::DeclineReason;
-use redeemd::store::{DB_FILE, MenuOutcome, Store, StoreError, verify};
+use redeemd::store::{DB_FILE, MenuOutcome, Queried, Store, StoreError, verify};
 use rusqlite::Connection;
 use rusqlite::types::Value;
 
@@ -18,30 +18,14 @@ fn pristine() -> (tempfile::TempDir, PathBuf) {
     let mut s = store_with_cards(dir.path(), 3);
     approved(&redeem(&mut s, "r", 1, 1, &[(0, 2), (1, 1)], T0));
     let a = approved(&redeem(&mut s, "r", 2, 0, &[(0, 1)], T0)).clone();
-    let v = redeemd::store::VoidRequest {
-        reader_id: "r",
-        reader_txn_id: 3,
-        original_auth_code: &a.auth_code,
-        reason: "x",
-        cashier_id: "c",
-    };
     assert!(matches!(
-        s.void(&v, now(T0), render).unwrap().decision,
+        void(&mut s, "r", 3, &a.auth_code, T0).decision,
         Some(redeemd::store::Decision::Voided(_))
     ));
     approved(&redeem(&mut s, "r", 4, 2, &[(0, 1)], T0));
-    let n = number(2);
-    let req = redeemd::store::RedeemRequest {
-        reader_id: "r",
-        reader_txn_id: 5,
-        card_number: &n,
-        items: &[(2, 1)],
-        identity: Some(b"0000"),
-        cashier_id: "c",
-        menu_entry_version: None,
-    };
+    swipe(&mut s, "r", 5, 2, T0);
     assert_eq!(
-        declined(&s.redeem(&req, now(T0), render).unwrap()),
+        declined(&redeem_swiped(&mut s, "r", 5, &[(2, 1)], Some(b"0000"), T0)),
         DeclineReason::IdentityWrong
     );
     drop(s);
@@ -345,22 +329,92 @@ fn edited_local_state_rows_are_caught() {
         let d = copy(&db);
         flip(&d.path().join(DB_FILE), "identity_attempt", col, &filter2);
         let mut s = Store::open(d.path(), keys(), config()).unwrap();
-        let n = number(2);
-        let req = redeemd::store::RedeemRequest {
-            reader_id: "r",
-            reader_txn_id: 9,
-            card_number: &n,
-            items: &[(2, 1)],
-            identity: Some(PHONE_LAST4),
-            cashier_id: "c",
-            menu_entry_version: None,
-        };
+        swipe(&mut s, "r", 9, 2, T0);
         assert_eq!(
-            declined(&s.redeem(&req, now(T0), render).unwrap()),
+            declined(&redeem_swiped(
+                &mut s,
+                "r",
+                9,
+                &[(2, 1)],
+                Some(PHONE_LAST4),
+                T0
+            )),
             DeclineReason::IntegrityFailure,
             "identity_attempt.{col}"
         );
     }
+}
+
+#[test]
+fn an_edited_stored_answer_or_reader_pointer_is_never_sent_and_is_named_by_verify() {
+    let (_d, db) = pristine();
+    // Reader r, txn 2: card 0's swipe (a menu) and its REDEEM (approved).
+    let query = |dir: &Path, txn: Option<u32>| {
+        Store::open(dir, keys(), config())
+            .unwrap()
+            .answer_query("r", txn)
+            .unwrap()
+    };
+    let pristine_answer = query(copy(&db).path(), Some(2));
+    assert!(matches!(pristine_answer, Queried::Stored { .. }));
+    for col in columns(&db, "outcome") {
+        let d = copy(&db);
+        let file = d.path().join(DB_FILE);
+        // The REDEEM's row; the swipe's for the columns only a swipe answered with a menu fills.
+        let kind = if ["card_ref", "entry_version"].contains(&col.as_str()) {
+            32
+        } else {
+            33
+        };
+        flip(
+            &file,
+            "outcome",
+            &col,
+            &format!("reader_txn_id = 2 AND request_type = {kind}"),
+        );
+        let found = journal_findings(&file);
+        assert!(
+            found.iter().any(|f| f.starts_with("outcome reader ")),
+            "outcome.{col}: {found:?}"
+        );
+        // QUERY of txn 2 never sends the edited bytes, nor the swipe's menu as if the REDEEM had not
+        // been answered (the reader would send its REDEEM again).
+        let answer = query(d.path(), Some(2));
+        assert!(
+            matches!(answer, Queried::Unverified(_)),
+            "outcome.{col}: {answer:?}"
+        );
+    }
+    for col in columns(&db, "reader_last") {
+        let d = copy(&db);
+        let file = d.path().join(DB_FILE);
+        flip(&file, "reader_last", &col, "reader_id = 'r'");
+        let found = journal_findings(&file);
+        assert!(
+            found.iter().any(|f| f.starts_with("reader_last ")),
+            "reader_last.{col}: {found:?}"
+        );
+        let answer = query(d.path(), None);
+        assert!(
+            matches!(answer, Queried::Unverified(_) | Queried::Unknown),
+            "reader_last.{col}: {answer:?}"
+        );
+    }
+    // A deleted answer: the swipe it belongs to says it was answered.
+    let d = copy(&db);
+    let file = d.path().join(DB_FILE);
+    exec(
+        &file,
+        "DELETE FROM outcome WHERE reader_txn_id = 2 AND request_type = 33",
+    );
+    let found = journal_findings(&file);
+    assert!(
+        found
+            .iter()
+            .any(|f| f.contains("outcome reader r txn 2") && f.contains("missing")),
+        "{found:?}"
+    );
+    assert!(matches!(query(d.path(), Some(2)), Queried::Unverified(_)));
 }
 
 #[test]
