@@ -135,15 +135,25 @@ pub struct SimulateReaderArgs {
     /// Text encodings the reader can show: utf8, gb18030 or both.
     #[arg(long, default_value = "both", value_parser = ["utf8", "utf-8", "gb18030", "both"])]
     pub encoding: String,
-    /// First transaction id (a real reader keeps its counter in flash).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
-    pub txn_id: u32,
+    /// First transaction id [default: the one after the daemon's latest transaction of this
+    /// reader, asked with QUERY LAST: a real reader keeps its counter in flash, and a txn id is
+    /// never used twice].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub txn_id: Option<u32>,
     /// Seconds to wait for the daemon to answer the handshake.
     #[arg(long, default_value_t = 60)]
     pub connect_timeout: u64,
     /// Scenario file to play; without it, read steps from the keyboard.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "conformance")]
     pub script: Option<PathBuf>,
+    /// Play the conformance flows of PROTOCOL.md §11.1 against the daemon: one PASS or FAIL line
+    /// per rule, exit 1 if any failed. Needs --card.
+    #[arg(long, requires = "card")]
+    pub conformance: bool,
+    /// With --conformance: a member card the daemon knows, with an entry that asks no identity and
+    /// has two uses left (every redemption the flows make is voided again).
+    #[arg(long, requires = "conformance")]
+    pub card: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -318,7 +328,7 @@ fn init_logging(config: &Config) {
 }
 
 fn wall_now() -> Now {
-    let wall_ms = crate::daemon::store_owner::wall_clock_ms();
+    let wall_ms = crate::store::owner::wall_clock_ms();
     Now {
         wall_ms,
         boot_ms: 0,
@@ -542,11 +552,16 @@ fn simulate_reader(args: &SimulateReaderArgs) -> Result<(), CliError> {
             serial: args.serial.clone(),
             firmware: args.firmware.clone(),
             encodings,
-            next_txn_id: args.txn_id,
+            next_txn_id: args.txn_id.unwrap_or(1),
             ..ReaderSettings::default()
         },
+        txn_id_given: args.txn_id.is_some(),
         connect_timeout: std::time::Duration::from_secs(args.connect_timeout),
-        mode: args.script.clone().map_or(Mode::Interactive, Mode::Script),
+        mode: match (&args.script, &args.card) {
+            (Some(script), _) => Mode::Script(script.clone()),
+            (None, Some(card)) if args.conformance => Mode::Conformance { card: card.clone() },
+            _ => Mode::Interactive,
+        },
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -601,10 +616,7 @@ fn sync_once(
         crate::daemon::sync::client_options(&config.sync),
     )
     .map_err(|e| CliError::Sync(e.to_string()))?;
-    let handle = crate::daemon::store_owner::StoreHandle::new(
-        store,
-        crate::daemon::store_owner::Clock::new(),
-    );
+    let handle = crate::store::owner::StoreHandle::new(store, crate::store::owner::Clock::new());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

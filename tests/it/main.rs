@@ -12,6 +12,7 @@ mod crash;
 mod daemon;
 mod deny;
 mod doctor;
+mod exactly_once;
 mod migrate;
 mod offline_week;
 mod platform;
