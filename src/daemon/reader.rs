@@ -19,9 +19,9 @@
 
 use std::time::Duration;
 
-use firmware_protocol::WIRE_BUF_LEN;
 use firmware_protocol::session::Config as LinkConfig;
 use firmware_protocol::{HostSession, Instant as LinkInstant, OwnedEvent};
+use firmware_protocol::{MessageType, WIRE_BUF_LEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_serial::SerialStream;
@@ -432,6 +432,9 @@ impl Driver<'_> {
                     payload,
                     answered,
                 } => {
+                    if msg_type == MessageType::Display {
+                        tracing::info!(reader = %self.name(), "a decision waits for the store: DISPLAY sent to the reader");
+                    }
                     if let Err(e) = session.send_raw(msg_type, &payload) {
                         // Down or full: a stored answer is recovered by the reader's QUERY.
                         tracing::warn!(reader = %self.name(), msg_type = %msg_type, error = %e, "not sent; the reader will QUERY");

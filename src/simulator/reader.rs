@@ -640,8 +640,13 @@ impl SimReader {
                 }
             }
             if Instant::now() >= deadline {
+                let shown = if displays.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (the screen showed: {})", displays.join(" / "))
+                };
                 return Err(SimError::Timeout {
-                    waiting_for: what,
+                    waiting_for: format!("{what}{shown}"),
                     after: timeout,
                 });
             }

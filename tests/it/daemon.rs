@@ -520,6 +520,17 @@ async fn a_garbage_flood_leaves_memory_flat_and_the_link_usable() {
     );
 }
 
+/// `redeemd simulate-reader` on a new pty behind the shop's reader port 0, as reader `serial`.
+pub fn simulate_reader(shop: &Shop, serial: &str) -> Command {
+    let mut c = shop.redeemd();
+    c.arg("simulate-reader")
+        .arg("--pty")
+        .arg("--link")
+        .arg(shop.port(0))
+        .args(["--serial", serial, "--connect-timeout", "20"]);
+    c
+}
+
 /// Every shipped scenario, played by `redeemd simulate-reader --script` (a second real process)
 /// against the daemon: the CLI a technician runs, end to end.
 #[test]
@@ -535,19 +546,8 @@ fn shipped_scenarios_pass_against_the_daemon() {
     for file in files {
         let shop = shop(1, "");
         let daemon = Daemon::start(&shop);
-        let out = shop
-            .redeemd()
-            .arg("simulate-reader")
-            .arg("--pty")
-            .arg("--link")
-            .arg(shop.port(0))
-            .args([
-                "--serial",
-                "SCENARIO",
-                "--connect-timeout",
-                "20",
-                "--script",
-            ])
+        let out = simulate_reader(&shop, "SCENARIO")
+            .arg("--script")
             .arg(&file)
             .output()
             .unwrap();
@@ -575,13 +575,7 @@ fn the_conformance_flows_pass_against_the_daemon_twice_in_a_row() {
     let daemon = Daemon::start(&shop);
     let rules = firmware_protocol::conformance::flows().len();
     for run in 1..=2 {
-        let out = shop
-            .redeemd()
-            .arg("simulate-reader")
-            .arg("--pty")
-            .arg("--link")
-            .arg(shop.port(0))
-            .args(["--serial", "CONFORMANCE", "--connect-timeout", "20"])
+        let out = simulate_reader(&shop, "CONFORMANCE")
             .args(["--conformance", "--card"])
             .arg(support::number(CARD_TWO_PACKAGES))
             .output()

@@ -10,7 +10,9 @@ use std::time::Duration;
 use firmware_protocol::message::{DeclineReason as Wire, ErrorCode, Message, MessageType};
 use redeemd::simulator::{Answer, Reply, SimReader, SwipeResult};
 
-use crate::daemon::{CARD_LOST, CARD_TWO_PACKAGES, approved, declined, menu, reader, shop, swipe};
+use crate::daemon::{
+    CARD_LOST, CARD_TWO_PACKAGES, approved, declined, menu, reader, shop, simulate_reader, swipe,
+};
 use crate::shop::Daemon;
 use crate::support;
 
@@ -202,13 +204,7 @@ fn seen_1_the_readmes_hand_played_session_twice_deducts_twice_with_two_receipts(
     let daemon = Daemon::start(&shop);
     let mut auth_codes = Vec::new();
     for run in 1..=2 {
-        let mut child = shop
-            .redeemd()
-            .arg("simulate-reader")
-            .arg("--pty")
-            .arg("--link")
-            .arg(shop.port(0))
-            .args(["--connect-timeout", "20"])
+        let mut child = simulate_reader(&shop, "SIM-0001")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -307,4 +303,52 @@ async fn an_edited_stored_answer_never_reaches_a_reader_and_journal_verify_names
     // Nothing was decided again.
     let m = menu(swipe(&mut r, CARD_TWO_PACKAGES).await);
     assert_eq!(m.entries[0].uses_left, 9);
+}
+
+/// PROTOCOL.md §5.16, §8.6: a decision that cannot start within T_DISPLAY (the store held: here by
+/// the daemon's test trigger that takes its lock for good) gets DISPLAY "please wait", once.
+#[tokio::test(flavor = "current_thread")]
+async fn a_decision_waiting_for_the_store_gets_one_display_please_wait() {
+    let shop = shop(1, "");
+    let daemon = Daemon::start_with(
+        &shop,
+        &[("REDEEMD_TEST_WEDGE_STORE_AFTER_MS", "1500".into())],
+    );
+    let line = redeemd::simulator::Line::open(
+        &redeemd::simulator::LineSpec::CreatePty,
+        crate::shop::BAUD,
+        Some(&shop.port(0)),
+    )
+    .unwrap();
+    let settings = redeemd::simulator::ReaderSettings {
+        serial: "R-WAIT".into(),
+        txn_timeout: Duration::from_secs(3),
+        ..redeemd::simulator::ReaderSettings::default()
+    };
+    let mut r = SimReader::new(line, settings).unwrap();
+    r.wait_link_up(LINK).await.unwrap();
+    daemon.wait_log("test trigger: wedging the store", Duration::from_secs(10));
+    let started = std::time::Instant::now();
+    let e = r
+        .swipe(
+            &support::number(CARD_TWO_PACKAGES),
+            firmware_protocol::message::EntryMode::Magstripe,
+            "cashier-7",
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    // DISPLAY after about a second restarted the reader's 3 s timer once: ~4 s, not 3 s.
+    assert!(e.contains("the screen showed: 请稍候 / please wait"), "{e}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(3900),
+        "{:?}",
+        started.elapsed()
+    );
+    let log = daemon.log_text();
+    assert_eq!(
+        log.matches("DISPLAY sent to the reader").count(),
+        1,
+        "{log}"
+    );
 }
