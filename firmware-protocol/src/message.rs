@@ -624,7 +624,7 @@ limits! {
     MENU_HOLDER = "CARD_MENU.holder_name", 0..=64;
     MENU_MASKED = "CARD_MENU.masked_card", 0..=32;
     MENU_ENTRIES = "CARD_MENU.entries", 0..=32;
-    ENTRY_TITLE = "CARD_MENU.entries.title", 1..=64;
+    ENTRY_TITLE = "CARD_MENU.entry.title", 1..=64;
     DECLINED_TEXT = "DECLINED.text", 0..=128;
     REDEEM_ITEMS = "REDEEM.items", 1..=16;
     REDEEM_IDENTITY = "REDEEM.identity_data", 0..=12;
@@ -862,14 +862,11 @@ pub struct MenuEntry<'a> {
 impl<'a> ListItem<'a> for MenuEntry<'a> {
     fn read(r: &mut Reader<'a>, encoding: TextEncoding) -> Result<Self, ParseError> {
         Ok(MenuEntry {
-            index: r.u8("CARD_MENU.entries.index")?,
+            index: r.u8("CARD_MENU.entry.index")?,
             title: Text(r.text8(&ENTRY_TITLE, encoding)?),
-            uses_left: r.u16("CARD_MENU.entries.uses_left")?,
-            expiry: Date::from_wire(
-                "CARD_MENU.entries.expiry",
-                r.u32("CARD_MENU.entries.expiry")?,
-            )?,
-            identity: IdentityCheck::read(r, "CARD_MENU.entries.identity")?,
+            uses_left: r.u16("CARD_MENU.entry.uses_left")?,
+            expiry: Date::from_wire("CARD_MENU.entry.expiry", r.u32("CARD_MENU.entry.expiry")?)?,
+            identity: IdentityCheck::read(r, "CARD_MENU.entry.identity")?,
         })
     }
 
@@ -878,7 +875,7 @@ impl<'a> ListItem<'a> for MenuEntry<'a> {
         w.bytes8(&ENTRY_TITLE, self.title.0)?;
         w.u16(self.uses_left)?;
         let expiry = Date::to_wire(self.expiry);
-        Date::from_wire("CARD_MENU.entries.expiry", expiry).map_err(EmitError::Invalid)?;
+        Date::from_wire("CARD_MENU.entry.expiry", expiry).map_err(EmitError::Invalid)?;
         w.u32(expiry)?;
         w.u8(self.identity as u8)
     }
@@ -953,8 +950,8 @@ pub struct RedeemItem {
 
 impl ListItem<'_> for RedeemItem {
     fn read(r: &mut Reader<'_>, _: TextEncoding) -> Result<Self, ParseError> {
-        let entry_index = r.u8("REDEEM.items.entry_index")?;
-        let quantity = quantity(r.u16("REDEEM.items.quantity")?)?;
+        let entry_index = r.u8("REDEEM.item.entry_index")?;
+        let quantity = quantity(r.u16("REDEEM.item.quantity")?)?;
         Ok(RedeemItem {
             entry_index,
             quantity,
@@ -972,7 +969,7 @@ fn quantity(v: u16) -> Result<u16, ParseError> {
         Ok(v)
     } else {
         Err(err(
-            "REDEEM.items.quantity",
+            "REDEEM.item.quantity",
             ParseErrorKind::OutOfRange(v.into()),
         ))
     }
@@ -1334,7 +1331,7 @@ mod tests {
     }
 
     #[test]
-    fn one_enumeration_names_each_field_it_serves() {
+    fn errors_name_the_fields_as_the_tables_do() {
         let mut buf = [0u8; 64];
         let items = [RedeemItem {
             entry_index: 0,
@@ -1351,6 +1348,11 @@ mod tests {
         buf[n - 2] = 3;
         let e = Message::parse(0x21, &buf[..n], TextEncoding::Utf8).unwrap_err();
         assert_eq!(e.to_string(), "REDEEM.identity_check: value 3 out of range");
+        // A field of a list element, as the table writes it: `item.quantity`.
+        buf[n - 2] = 0;
+        buf[6] = 0; // the item's quantity, after txn id (4), count (1) and entry index (1)
+        let e = Message::parse(0x21, &buf[..n], TextEncoding::Utf8).unwrap_err();
+        assert_eq!(e.to_string(), "REDEEM.item.quantity: value 0 out of range");
     }
 
     #[test]
