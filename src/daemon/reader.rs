@@ -203,6 +203,8 @@ struct Waiting {
     ticket: Ticket,
     task: tokio::task::JoinHandle<Decided>,
     started: std::time::Instant,
+    /// The answer if the job panics (STORAGE_FAILURE): the conversation must not wait forever.
+    if_it_panics: Decided,
 }
 
 /// The driver of one reader: its conversation and what is in flight for it.
@@ -414,6 +416,7 @@ impl Driver<'_> {
                             // Another reader or a sync step holds the store: wait for it off this
                             // thread, and keep the link served (DISPLAY after T_DISPLAY).
                             let store = self.ctx.store.clone();
+                            let if_it_panics = store_unusable(&job);
                             let task = tokio::task::spawn_blocking(move || {
                                 store
                                     .run_blocking(|store, now| execute(store, &job, now))
@@ -423,6 +426,7 @@ impl Driver<'_> {
                                 ticket,
                                 task,
                                 started,
+                                if_it_panics,
                             });
                         }
                     }
@@ -531,7 +535,8 @@ impl Driver<'_> {
     }
 }
 
-/// The decision of the job waiting on the blocking pool, once it is made.
+/// The decision of the job waiting on the blocking pool, once it is made (`None` only when nothing
+/// waits).
 async fn wait_for(waiting: &mut Option<Waiting>) -> Option<(Ticket, Decided, std::time::Instant)> {
     let w = waiting.as_mut()?;
     let result = (&mut w.task).await;
@@ -539,10 +544,10 @@ async fn wait_for(waiting: &mut Option<Waiting>) -> Option<(Ticket, Decided, std
     match result {
         Ok(decided) => Some((w.ticket, decided, w.started)),
         Err(e) => {
-            // The job panicked inside the store: its lock is poisoned and every later job gets
-            // STORAGE_FAILURE; this one gets no answer (the reader QUERYs), the watchdog stops.
+            // The job panicked inside the store: its lock is poisoned, this job and every later
+            // one are declined STORAGE_FAILURE, and the watchdog stops (systemd restarts us).
             tracing::error!(error = %e, "store job failed");
-            None
+            Some((w.ticket, w.if_it_panics, w.started))
         }
     }
 }
