@@ -105,6 +105,7 @@ fn main() {
         .tempdir_in("target/bench-tmp")
         .unwrap();
     let state = tmp.path().join("state");
+    std::fs::create_dir(&state).unwrap();
     let k = keys();
     eprintln!(
         "bench: {n} cards, {n} journal rows, in {}",

@@ -245,6 +245,35 @@ CREATE TABLE batch_close (
 ) WITHOUT ROWID;
 ";
 
+/// Every stored byte the daemon acts on is MACed (issue 13), and a key check value tells a wrong key
+/// from an edited row:
+///
+/// * `key_check`: one row, written when the database is created, holding HMAC(key, key-check text)
+///   under each of the terminal's derived keys (`store::check::KeyCheck`);
+/// * `terminal_state.identity_count`: the number of `identity_attempt` rows, so that a deleted
+///   lockout counter is caught when the store loads (as `deny_count` does for loss reports);
+/// * `cache_manifest.mac`: the terminal's MAC over the manifest row, `installed_wall_ms` included;
+/// * `batch_close.mac`: the terminal's MAC over each close record;
+/// * `terminal_state.mac_format`: 1 for a row MACed as before (a database migrated here: the new
+///   columns are unset, since a migration holds no key), 2 once the terminal's MAC covers
+///   `identity_count` and the rows above are MACed. The first open with the key seals a migrated
+///   database (`Store::seal`); the MAC of a format-2 row covers its format, so it cannot be set back.
+const V7: &str = "
+CREATE TABLE key_check (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    terminal_id TEXT NOT NULL,               -- the terminal the keys below were derived for
+    cache      BLOB NOT NULL,                -- HMAC(cache key, key-check text)
+    journal    BLOB NOT NULL,                -- HMAC(journal key, key-check text)
+    request    BLOB NOT NULL,
+    card_token BLOB NOT NULL,
+    identity   BLOB NOT NULL
+);
+ALTER TABLE terminal_state ADD COLUMN identity_count INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE terminal_state ADD COLUMN mac_format INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE cache_manifest ADD COLUMN mac BLOB;  -- HMAC(journal key) over the row (format 2)
+ALTER TABLE batch_close ADD COLUMN mac BLOB;     -- HMAC(journal key) over the row (format 2)
+";
+
 /// Every migration, in order. Append new ones; never edit a released one.
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -270,6 +299,10 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 6,
         sql: V6,
+    },
+    Migration {
+        version: 7,
+        sql: V7,
     },
 ];
 

@@ -83,6 +83,8 @@ impl Shop {
         let config = dir.path().join("redeemd.toml");
         std::fs::write(&config, toml).unwrap();
 
+        // As systemd's StateDirectory= does before the first start.
+        std::fs::create_dir(&state).unwrap();
         let mut store =
             redeemd::store::Store::open(&state, support::keys(), support::config()).unwrap();
         let bundle = support::bundle(BundleKind::Full, 1, 0, cards, wall_now() + 1000 * HOUR);

@@ -56,10 +56,31 @@ fn copy(src: &Path) -> tempfile::TempDir {
     dir
 }
 
+/// Runs `edit` on the database as someone with a SQLite tool would: the append-only triggers dropped
+/// first and put back after, so that the edit is all that differs.
+pub fn as_attacker(db: &Path, edit: impl FnOnce(&Connection)) {
+    let conn = Connection::open(db).unwrap();
+    let triggers: Vec<String> = conn
+        .prepare("SELECT sql FROM sqlite_schema WHERE type = 'trigger'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    conn.execute_batch("DROP TRIGGER IF EXISTS journal_append_only_update; DROP TRIGGER IF EXISTS journal_append_only_delete;").unwrap();
+    edit(&conn);
+    for sql in triggers {
+        conn.execute_batch(&sql).unwrap();
+    }
+}
+
 /// Flips one byte of `col` in the selected row, as someone with a SQLite tool would (triggers dropped).
 fn flip(db: &Path, table: &str, col: &str, filter: &str) {
-    let conn = Connection::open(db).unwrap();
-    conn.execute_batch("DROP TRIGGER IF EXISTS journal_append_only_update; DROP TRIGGER IF EXISTS journal_append_only_delete;").unwrap();
+    as_attacker(db, |conn| flip_in(conn, table, col, filter));
+}
+
+/// [`flip`] on an open connection.
+pub fn flip_in(conn: &Connection, table: &str, col: &str, filter: &str) {
     let v: Value = conn
         .query_row(
             &format!("SELECT {col} FROM {table} WHERE {filter}"),
@@ -92,9 +113,7 @@ fn flip(db: &Path, table: &str, col: &str, filter: &str) {
 }
 
 fn exec(db: &Path, sql: &str) {
-    let conn = Connection::open(db).unwrap();
-    conn.execute_batch("DROP TRIGGER IF EXISTS journal_append_only_update; DROP TRIGGER IF EXISTS journal_append_only_delete;").unwrap();
-    conn.execute_batch(sql).unwrap();
+    as_attacker(db, |conn| conn.execute_batch(sql).unwrap());
 }
 
 fn columns(db: &Path, table: &str) -> Vec<String> {
@@ -116,25 +135,28 @@ fn menu_reason(dir: &Path, card: u64) -> Result<Option<DeclineReason>, StoreErro
     })
 }
 
-/// The findings of one `verify` function on the database file, as text.
-fn findings(
-    db: &Path,
-    verify: impl FnOnce(&rusqlite::Connection) -> verify::VerifyReport,
-) -> Vec<String> {
-    let conn = redeemd::store::open_database(db).unwrap();
-    verify(&conn)
-        .findings
-        .iter()
-        .map(ToString::to_string)
-        .collect()
+/// The findings of `journal verify` or `cache verify` (the same function the commands run) on the
+/// database file, as text.
+fn findings(db: &Path, scope: verify::Scope) -> Vec<String> {
+    verify::database(
+        db.parent().unwrap(),
+        &secret(),
+        Some((TERMINAL, MERCHANT)),
+        scope,
+    )
+    .unwrap()
+    .findings
+    .iter()
+    .map(ToString::to_string)
+    .collect()
 }
 
 fn journal_findings(db: &Path) -> Vec<String> {
-    findings(db, |c| verify::journal(c, &keys()).unwrap())
+    findings(db, verify::Scope::Journal)
 }
 
 fn cache_findings(db: &Path) -> Vec<String> {
-    findings(db, |c| verify::cache(c, &keys()).unwrap().1)
+    findings(db, verify::Scope::Cache)
 }
 
 #[test]
@@ -367,11 +389,13 @@ fn edited_local_state_rows_are_caught() {
 fn a_swapped_in_older_snapshot_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = store_with_cards(dir.path(), 2);
-    let old_manifest: (i64, Vec<u8>) = s
+    let old_manifest: (i64, Vec<u8>, i64, Vec<u8>) = s
         .connection()
-        .query_row("SELECT version, signed FROM cache_manifest", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
+        .query_row(
+            "SELECT version, signed, installed_wall_ms, mac FROM cache_manifest",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
         .unwrap();
     let old_entry: Vec<u8> = s
         .connection()
@@ -418,6 +442,20 @@ fn a_swapped_in_older_snapshot_is_refused() {
     conn.execute(
         "UPDATE cache_entry SET version = 1, body = ?1 WHERE card_ref = ?2",
         rusqlite::params![old_entry, &card_ref(0).0[..]],
+    )
+    .unwrap();
+    drop(conn);
+    let err = Store::open(dir.path(), keys(), config()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("cache manifest: MAC mismatch (row edited)"),
+        "{err}"
+    );
+    // Its own MAC copied along too (the row as it was): the MACed terminal state's version catches it.
+    let conn = Connection::open(&file).unwrap();
+    conn.execute(
+        "UPDATE cache_manifest SET installed_wall_ms = ?1, mac = ?2",
+        rusqlite::params![old_manifest.2, old_manifest.3],
     )
     .unwrap();
     drop(conn);
@@ -498,7 +536,7 @@ fn pristine_with_deny() -> (tempfile::TempDir, PathBuf) {
 }
 
 fn deny_findings(db: &Path) -> Vec<String> {
-    findings(db, |c| verify::deny(c, &keys()).unwrap())
+    findings(db, verify::Scope::Cache)
 }
 
 #[test]
