@@ -8,6 +8,7 @@
 
 mod clearing_e2e;
 mod cli;
+mod columns;
 mod crash;
 mod daemon;
 mod deny;
