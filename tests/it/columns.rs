@@ -128,12 +128,17 @@ impl Fixture {
             ),
         )
         .unwrap();
-        Shop { dir, state, config }
+        Shop {
+            _dir: dir,
+            state,
+            config,
+        }
     }
 }
 
 struct Shop {
-    dir: tempfile::TempDir,
+    /// Removed with the shop.
+    _dir: tempfile::TempDir,
     state: PathBuf,
     config: PathBuf,
 }
