@@ -16,6 +16,7 @@ mod doctor;
 mod migrate;
 mod offline_week;
 mod ownership;
+mod packaging;
 mod platform;
 mod shop;
 mod snapshot;
