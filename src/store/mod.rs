@@ -11,8 +11,14 @@
 //! * no card number is ever written: only its keyed reference and the masked number;
 //! * no journal row is ever updated or deleted (triggers refuse it), and seqs are gap-free;
 //! * a reply for a (reader, transaction id) is stored with the rows it reports, and replayed byte-identically;
-//! * every MACed row is verified before it is used; a failed check declines with `IntegrityFailure`
-//!   and names the row, it never decides from tampered data.
+//! * every row the daemon acts on carries a MAC and is verified before it is used; a failed check
+//!   refuses the store or declines with `IntegrityFailure` and names the row, it never decides from
+//!   tampered data. Opening runs [`check`]'s checks, the same that `journal verify` / `cache verify`
+//!   run ([`verify::database`]);
+//! * a key that is not the database's, or another terminal's database, is named as such, not as an
+//!   edit ([`check::identify`], the key check value);
+//! * a database is created only in an existing, empty state directory, never over a missing or
+//!   emptied one ([`state_dir`]).
 
 pub mod check;
 pub mod close;
