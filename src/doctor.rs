@@ -413,57 +413,50 @@ fn store_checks(
         }
     }
     let expected = Some((config.terminal_id.as_str(), config.merchant_id.as_str()));
-    match crate::store::verify::database(
+    let (detail, fix) = match crate::store::verify::database(
         &config.state_dir,
         secret,
         expected,
         crate::store::verify::Scope::All,
     ) {
-        Ok(v) if v.findings.is_empty() => findings.push(Finding::ok(
-            "database",
-            format!(
-                "integrity check passed; journal chain of {} rows and {} cache entries verify",
-                v.journal_rows.unwrap_or(0),
-                v.cache.as_ref().map_or(0, |c| c.1)
-            ),
-        )),
+        Ok(v) if v.findings.is_empty() => {
+            findings.push(Finding::ok(
+                "database",
+                format!(
+                    "integrity check passed; journal chain of {} rows and {} cache entries verify",
+                    v.journal_rows.unwrap_or(0),
+                    v.cache.as_ref().map_or(0, |c| c.1)
+                ),
+            ));
+            (None, "")
+        }
         Ok(v) => {
             let first: Vec<String> = v.findings.iter().take(3).map(ToString::to_string).collect();
-            findings.push(Finding::bad(
-                Verdict::Problem,
-                "database",
-                format!("{} finding(s): {}", v.findings.len(), first.join("; ")),
+            (
+                Some(format!(
+                    "{} finding(s): {}",
+                    v.findings.len(),
+                    first.join("; ")
+                )),
                 "do not edit the database; run `redeemd journal verify` and `redeemd cache verify` for the full list and call support",
-            ));
-            return;
+            )
         }
-        Err(e @ StoreError::WrongKey { .. }) => {
-            findings.push(Finding::bad(
-                Verdict::Problem,
-                "database",
-                e.to_string(),
-                "install the secret the platform issued for this terminal (the key file, or the credential's source); nothing in the database needs repair",
-            ));
-            return;
-        }
-        Err(e @ StoreError::WrongTerminal { .. }) => {
-            findings.push(Finding::bad(
-                Verdict::Problem,
-                "database",
-                e.to_string(),
-                "check terminal_id and merchant_id in the configuration and state_dir: a database of another terminal cannot serve this one",
-            ));
-            return;
-        }
-        Err(e) => {
-            findings.push(Finding::bad(
-                Verdict::Problem,
-                "database",
-                format!("{}: {e}", path.display()),
-                "restore the state directory from the last backup; call support with the file",
-            ));
-            return;
-        }
+        Err(e @ StoreError::WrongKey { .. }) => (
+            Some(e.to_string()),
+            "install the secret the platform issued for this terminal (the key file, or the credential's source); nothing in the database needs repair",
+        ),
+        Err(e @ StoreError::WrongTerminal { .. }) => (
+            Some(e.to_string()),
+            "check terminal_id and merchant_id in the configuration and state_dir: a database of another terminal cannot serve this one",
+        ),
+        Err(e) => (
+            Some(format!("{}: {e}", path.display())),
+            "restore the state directory from the last backup; call support with the file",
+        ),
+    };
+    if let Some(detail) = detail {
+        findings.push(Finding::bad(Verdict::Problem, "database", detail, fix));
+        return;
     }
     let Ok(store) =
         crate::store::Store::open_existing(&config.state_dir, secret, config.limits(), expected)

@@ -1309,14 +1309,15 @@ impl Store {
         let number = CardNumber::parse(req.card_number).ok();
         let card_ref = number.as_ref().map(|n| n.card_ref(&self.keys.card_token));
         let digest = request_digest_redeem(card_ref.as_ref(), req);
-        self.respond(
+        let result = self.respond(
             req.reader_id,
             req.reader_txn_id,
             &digest,
             now,
             render,
             |s| s.decide_redeem(card_ref, req, now),
-        )
+        );
+        self.note_storage(result)
     }
 
     fn decide_redeem(
@@ -1458,14 +1459,15 @@ impl Store {
             h.update(req.cashier_id.as_bytes());
             h.finalize().to_vec()
         };
-        self.respond(
+        let result = self.respond(
             req.reader_id,
             req.reader_txn_id,
             &digest,
             now,
             render,
             |s| s.decide_void(req, now),
-        )
+        );
+        self.note_storage(result)
     }
 
     fn decide_void(
@@ -1597,19 +1599,6 @@ impl Store {
     /// The common shape of redeem and void: a stored reply if this (reader, transaction id) was answered
     /// before, else decide and commit.
     fn respond(
-        &mut self,
-        reader_id: &str,
-        reader_txn_id: u64,
-        digest: &[u8],
-        now: Now,
-        render: impl FnOnce(&Decision) -> Vec<u8>,
-        decide: impl Fn(&Self) -> Result<(Decision, Option<Write>), Fault>,
-    ) -> Result<Outcome, StoreError> {
-        let result = self.respond_inner(reader_id, reader_txn_id, digest, now, render, decide);
-        self.note_storage(result)
-    }
-
-    fn respond_inner(
         &mut self,
         reader_id: &str,
         reader_txn_id: u64,

@@ -193,51 +193,40 @@ impl TerminalRow {
     /// is non-zero, so that a row written before schema version 4 (which had none) verifies unchanged
     /// after the migration. The fields are fixed-width, so the two forms cannot collide.
     pub fn mac(&self, journal_key: &MacKey) -> Tag {
-        let ids: [&[u8]; 4] = [
+        let (domain, tail): (&[u8], Vec<u8>) = if self.sealed {
+            (
+                b"redeemd/terminal-state/v2",
+                [
+                    self.deny_version.to_be_bytes(),
+                    self.deny_count.to_be_bytes(),
+                    self.identity_count.to_be_bytes(),
+                ]
+                .concat(),
+            )
+        } else if self.deny_version == 0 && self.deny_count == 0 {
+            (b"redeemd/terminal-state/v1", Vec::new())
+        } else {
+            (
+                b"redeemd/terminal-state/v1",
+                [
+                    self.deny_version.to_be_bytes(),
+                    self.deny_count.to_be_bytes(),
+                ]
+                .concat(),
+            )
+        };
+        journal_key.mac(&[
+            domain,
             &(self.terminal_id.len() as u64).to_be_bytes(),
             self.terminal_id.as_bytes(),
             &(self.merchant_id.len() as u64).to_be_bytes(),
             self.merchant_id.as_bytes(),
-        ];
-        if self.sealed {
-            return journal_key.mac(&[
-                b"redeemd/terminal-state/v2",
-                ids[0],
-                ids[1],
-                ids[2],
-                ids[3],
-                &self.head_seq.to_be_bytes(),
-                &self.head_mac,
-                &self.last_trusted_wall_ms.to_be_bytes(),
-                &self.synced_through_seq.to_be_bytes(),
-                &self.cache_version.to_be_bytes(),
-                &self.deny_version.to_be_bytes(),
-                &self.deny_count.to_be_bytes(),
-                &self.identity_count.to_be_bytes(),
-            ]);
-        }
-        let deny = [
-            self.deny_version.to_be_bytes(),
-            self.deny_count.to_be_bytes(),
-        ]
-        .concat();
-        let deny: &[u8] = if self.deny_version == 0 && self.deny_count == 0 {
-            &[]
-        } else {
-            &deny
-        };
-        journal_key.mac(&[
-            b"redeemd/terminal-state/v1",
-            ids[0],
-            ids[1],
-            ids[2],
-            ids[3],
             &self.head_seq.to_be_bytes(),
             &self.head_mac,
             &self.last_trusted_wall_ms.to_be_bytes(),
             &self.synced_through_seq.to_be_bytes(),
             &self.cache_version.to_be_bytes(),
-            deny,
+            &tail,
         ])
     }
 

@@ -7,7 +7,7 @@
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -35,9 +35,9 @@ const CHECKED_TABLES: [&str; 8] = [
 ];
 const ANSWER_TABLES: [&str; 2] = ["outcome", "reader_last"];
 
-/// A closed shop database with a row in every table: cards 0–2 installed; card 1 redeemed in two
-/// lines (seq 1, 2), card 0 (seq 3) and voided (seq 4), card 2 (seq 5); a failed identity attempt
-/// on card 2; card 0 reported lost; the day closed through seq 5. Returns the directory, its
+/// A closed shop database with a row in every table: the tamper tests' journal (cards 0–2 installed;
+/// card 1 redeemed in two lines, seq 1 and 2; card 0, seq 3, voided, seq 4; card 2, seq 5; a failed
+/// identity attempt on card 2), card 0 reported lost, the day closed through seq 5. Returns the directory, its
 /// configuration (no reader, no sync) and the void's original authorization code.
 struct Fixture {
     dir: tempfile::TempDir,
@@ -48,28 +48,7 @@ impl Fixture {
     fn build() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
-        let mut s = store_with_cards(&state, 3);
-        let first = approved(&redeem(&mut s, "r", 1, 1, &[(0, 2), (1, 1)], T0)).clone();
-        let a = approved(&redeem(&mut s, "r", 2, 0, &[(0, 1)], T0)).clone();
-        let v = VoidRequest {
-            reader_id: "r",
-            reader_txn_id: 3,
-            original_auth_code: &a.auth_code,
-            reason: "x",
-            cashier_id: "c",
-        };
-        assert!(matches!(
-            s.void(&v, now(T0), render).unwrap().decision,
-            Some(Decision::Voided(_))
-        ));
-        approved(&redeem(&mut s, "r", 4, 2, &[(0, 1)], T0));
-        assert_eq!(
-            declined(
-                &s.redeem(&identity_request(5, b"0000"), now(T0), render)
-                    .unwrap()
-            ),
-            DeclineReason::IdentityWrong
-        );
+        let (mut s, auth_of_group_1) = crate::tamper::shop_journal(&state);
         let k = keys();
         let lost = redeemd_contract::DenyEntry {
             version: 1,
@@ -99,7 +78,7 @@ impl Fixture {
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
         Fixture {
             dir,
-            auth_of_group_1: first.auth_code,
+            auth_of_group_1,
         }
     }
 
@@ -149,22 +128,7 @@ impl Shop {
     }
 
     fn redeemd(&self, args: &[&str]) -> (i32, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_redeemd"))
-            .arg("--config")
-            .arg(&self.config)
-            .args(args)
-            .env_remove("REDEEMD_STATE_DIR")
-            .env_remove("REDEEMD_KEY_FILE")
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        crate::shop::redeemd_with(&self.config, args)
     }
 
     /// Whether `journal verify && cache verify` fails, and what they said.
@@ -180,18 +144,16 @@ impl Shop {
     /// `redeemd run`: `Err(log)` when it exits (refuses) by itself, `Ok(log)` once it serves (then
     /// it is stopped).
     fn run(&self) -> Result<String, String> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_redeemd"))
-            .arg("--config")
-            .arg(&self.config)
-            .arg("run")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = crate::shop::redeemd_command(&[
+            "--config".as_ref(),
+            self.config.as_os_str(),
+            "run".as_ref(),
+        ])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
         let lines = log_lines(&mut child);
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut log = String::new();
@@ -324,49 +286,6 @@ fn reader_of_the_row_declines(shop: &Shop, fixture: &Fixture, table: &str) -> Re
     }
 }
 
-/// Changes one bit of the column's value in the row (as `tamper::flip_in`); `Err` when SQLite
-/// itself refuses the new value (a `CHECK`, a key).
-fn edit(conn: &Connection, table: &str, col: &str, filter: &str) -> Result<(), String> {
-    let v: Value = conn
-        .query_row(
-            &format!("SELECT {col} FROM {table} WHERE {filter}"),
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    let flipped = match v {
-        Value::Integer(i) => Value::Integer(i ^ 0x100),
-        Value::Text(s) => {
-            let mut b = s.into_bytes();
-            b[0] ^= 0x01;
-            String::from_utf8(b).map_or_else(|e| Value::Blob(e.into_bytes()), Value::Text)
-        }
-        Value::Blob(mut b) => {
-            let mid = b.len() / 2;
-            b[mid] ^= 0x01;
-            Value::Blob(b)
-        }
-        other => panic!("{table}.{col}: NULL in the chosen row ({other:?}): pick a fuller row"),
-    };
-    conn.execute(
-        &format!("UPDATE {table} SET {col} = ?1 WHERE {filter}"),
-        [flipped],
-    )
-    .map(|n| assert_eq!(n, 1, "{table}.{col}"))
-    .map_err(|e| e.to_string())
-}
-
-fn columns(db: &Path, table: &str) -> Vec<String> {
-    let conn = Connection::open(db).unwrap();
-    let mut stmt = conn
-        .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))
-        .unwrap();
-    stmt.query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
-}
-
 /// Edits every column of every table in `tables`, one copy each, and checks verify and run.
 fn every_column_of(tables: &[&str]) {
     let fixture = Fixture::build();
@@ -376,11 +295,11 @@ fn every_column_of(tables: &[&str]) {
     assert!(pristine.run().is_ok(), "the pristine database must serve");
     let mut checked = 0;
     for table in tables {
-        for col in columns(&fixture.db(), table) {
+        for col in crate::tamper::columns(&fixture.db(), table) {
             let shop = fixture.copy();
             let mut refused_by_sqlite = None;
             crate::tamper::as_attacker(&shop.db(), |conn| {
-                refused_by_sqlite = edit(conn, table, &col, &row_of(table)).err();
+                refused_by_sqlite = crate::tamper::flip_in(conn, table, &col, &row_of(table)).err();
             });
             if let Some(e) = refused_by_sqlite {
                 // SQLite's own constraint keeps the column from taking another value.

@@ -4,12 +4,12 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use redeemd::store::{DB_FILE, Store, StoreConfig};
 use redeemd_contract::TerminalSecret;
 
-use crate::shop::Shop;
+use crate::shop::{Shop, redeemd_with};
 use crate::support::{self, TERMINAL};
 
 const OTHER_SECRET: &str = "4343434343434343434343434343434343434343434343434343434343434343";
@@ -36,24 +36,8 @@ fn every_command(bundle: &Path) -> Vec<Vec<String>> {
 }
 
 fn run(config: &Path, args: &[String]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_redeemd"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env_remove("REDEEMD_STATE_DIR")
-        .env_remove("REDEEMD_KEY_FILE")
-        .env_remove("NOTIFY_SOCKET")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    redeemd_with(config, &args)
 }
 
 /// The shop's configuration pointed at a key file holding `secret_hex`, with a (dead) sync server.

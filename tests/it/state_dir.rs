@@ -4,7 +4,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use redeemd::simulator::{Line, LineSpec};
@@ -12,29 +12,11 @@ use redeemd::store::DB_FILE;
 use redeemd::store::state_dir::{LOCK_FILE, MARKER_FILE};
 
 use crate::daemon::{approved, declined, menu, reader, shop, swipe, wire};
-use crate::shop::{Daemon, Shop};
+use crate::shop::{Daemon, Mounted, Shop, redeemd_with, running_as_root};
 use crate::support::{MERCHANT, SECRET_HEX, TERMINAL};
 
-/// `redeemd --config CONFIG ARGS…`: (exit code, stdout and stderr).
 fn redeemd(config: &Path, args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_redeemd"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env_remove("REDEEMD_STATE_DIR")
-        .env_remove("REDEEMD_KEY_FILE")
-        .env_remove("NOTIFY_SOCKET")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    redeemd_with(config, args)
 }
 
 /// A shop's configuration and key without any state: `state_dir` as given, one reader port path,
@@ -276,24 +258,6 @@ async fn doctor_before_the_first_start_says_so_and_passes() {
     assert!(out.contains("OK       state dir"), "{out}");
     let left: Vec<_> = std::fs::read_dir(&state).unwrap().collect();
     assert!(left.is_empty(), "doctor left {left:?}");
-}
-
-/// Unmounts a test's mount point when dropped, even on a failed assertion.
-struct Mounted(PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-fn running_as_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        == Some("0")
 }
 
 /// Fills the filesystem of `dir` with a file until the disk refuses.

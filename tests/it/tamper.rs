@@ -15,8 +15,16 @@ use crate::support::*;
 /// card 0's redemption (seq 4), card 2 (seq 5), and a failed identity attempt on card 2.
 fn pristine() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = store_with_cards(dir.path(), 3);
-    approved(&redeem(&mut s, "r", 1, 1, &[(0, 2), (1, 1)], T0));
+    drop(shop_journal(dir.path()));
+    let path = dir.path().join(DB_FILE);
+    (dir, path)
+}
+
+/// The pristine database's store, still open (see [`pristine`]), in `dir` with cards 0–2 installed;
+/// and the authorization code of the first redemption (seq 1).
+pub fn shop_journal(dir: &Path) -> (Store, String) {
+    let mut s = store_with_cards(dir, 3);
+    let first = approved(&redeem(&mut s, "r", 1, 1, &[(0, 2), (1, 1)], T0)).clone();
     let a = approved(&redeem(&mut s, "r", 2, 0, &[(0, 1)], T0)).clone();
     let v = redeemd::store::VoidRequest {
         reader_id: "r",
@@ -44,9 +52,7 @@ fn pristine() -> (tempfile::TempDir, PathBuf) {
         declined(&s.redeem(&req, now(T0), render).unwrap()),
         DeclineReason::IdentityWrong
     );
-    drop(s);
-    let path = dir.path().join(DB_FILE);
-    (dir, path)
+    (s, first.auth_code)
 }
 
 /// A copy of the pristine database in a new directory.
@@ -76,11 +82,12 @@ pub fn as_attacker(db: &Path, edit: impl FnOnce(&Connection)) {
 
 /// Flips one byte of `col` in the selected row, as someone with a SQLite tool would (triggers dropped).
 fn flip(db: &Path, table: &str, col: &str, filter: &str) {
-    as_attacker(db, |conn| flip_in(conn, table, col, filter));
+    as_attacker(db, |conn| flip_in(conn, table, col, filter).unwrap());
 }
 
-/// [`flip`] on an open connection.
-pub fn flip_in(conn: &Connection, table: &str, col: &str, filter: &str) {
+/// [`flip`] on an open connection: one bit of the value changed (an integer's bit 8, a text's or
+/// blob's byte). `Err` when SQLite itself refuses the new value (a `CHECK`, a key).
+pub fn flip_in(conn: &Connection, table: &str, col: &str, filter: &str) -> Result<(), String> {
     let v: Value = conn
         .query_row(
             &format!("SELECT {col} FROM {table} WHERE {filter}"),
@@ -100,23 +107,21 @@ pub fn flip_in(conn: &Connection, table: &str, col: &str, filter: &str) {
             b[mid] ^= 0x01;
             Value::Blob(b)
         }
-        other => panic!("{table}.{col}: unexpected {other:?}"),
+        other => panic!("{table}.{col}: NULL in the chosen row ({other:?}): pick a fuller row"),
     };
-    assert_eq!(
-        conn.execute(
-            &format!("UPDATE {table} SET {col} = ?1 WHERE {filter}"),
-            [flipped]
-        )
-        .unwrap(),
-        1
-    );
+    conn.execute(
+        &format!("UPDATE {table} SET {col} = ?1 WHERE {filter}"),
+        [flipped],
+    )
+    .map(|n| assert_eq!(n, 1, "{table}.{col}"))
+    .map_err(|e| e.to_string())
 }
 
 fn exec(db: &Path, sql: &str) {
     as_attacker(db, |conn| conn.execute_batch(sql).unwrap());
 }
 
-fn columns(db: &Path, table: &str) -> Vec<String> {
+pub fn columns(db: &Path, table: &str) -> Vec<String> {
     let conn = Connection::open(db).unwrap();
     let mut stmt = conn
         .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))
