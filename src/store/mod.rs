@@ -554,17 +554,20 @@ fn is_storage_failure(e: &StoreError) -> bool {
 /// Whether a missing database may be created by the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Create {
-    /// As a daemon's first start: only in an existing, empty state directory.
+    /// As a first start: only in an empty state directory (created if missing, never its parents).
     FirstStart,
     /// Never (`redeemd sync`, the tools).
     Never,
 }
 
 impl Store {
-    /// Opens the store in `state_dir` as the daemon does: the directory must exist (it is never
-    /// created here); a database is created only when the directory is empty (a first start). Checks
-    /// that the database is this terminal's and made with this key, seals a database migrated from
-    /// before schema 7, and runs every opening check ([`check::load_state`]).
+    /// Opens the store in `state_dir`, creating the directory itself (mode 0700, never its parents)
+    /// if it is missing; a database is created only when the directory is empty (a first start).
+    /// Checks that the database is this terminal's and made with this key, seals a database migrated
+    /// from before schema 7, and runs every opening check ([`check::load_state`]).
+    ///
+    /// `redeemd run` creates no directory at all: it takes the directory's lock first
+    /// ([`state_dir::DaemonLock`]), which requires it to exist (systemd's `StateDirectory=` makes it).
     pub fn open(
         state_dir: &Path,
         keys: TerminalKeys,
@@ -581,6 +584,9 @@ impl Store {
         create: Create,
     ) -> Result<Store, StoreError> {
         let path = state_dir.join(DB_FILE);
+        if create == Create::FirstStart {
+            state_dir::create_dir(state_dir)?;
+        }
         let presence = state_dir::presence(state_dir)?;
         let creating = presence == state_dir::Presence::Empty;
         if creating && create == Create::Never {
@@ -618,7 +624,7 @@ impl Store {
     }
 
     /// `redeemd init`: creates the state directory (never its parents) if it is missing, and the
-    /// database in it, which must be empty.
+    /// database in it, which must be empty; an existing database is refused.
     pub fn init(
         state_dir: &Path,
         keys: TerminalKeys,
