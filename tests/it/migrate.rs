@@ -308,3 +308,88 @@ fn version_5_moves_each_cards_usage_into_its_cache_row_keeping_cards_the_cache_d
     assert_eq!(usage_only, (None, 2));
     approved(&redeem(&mut s, "r", 100, 0, &[(0, 1)], T0));
 }
+
+#[test]
+fn version_7_seals_a_version_6_database_at_its_first_keyed_open() {
+    let dir = populated();
+    let file = dir.path().join(DB_FILE);
+    {
+        let mut s = open(dir.path());
+        let n = number(2);
+        let wrong = redeemd::store::RedeemRequest {
+            reader_id: "r",
+            reader_txn_id: 50,
+            card_number: &n,
+            items: &[(2, 1)],
+            identity: Some(b"0000"),
+            cashier_id: "c",
+            menu_entry_version: None,
+        };
+        assert_eq!(
+            declined(&s.redeem(&wrong, now(T0), render).unwrap()),
+            redeemd::engine::DeclineReason::IdentityWrong
+        );
+        let close = redeemd_contract::close::BatchClose {
+            business_date: "2026-09-21".into(),
+            utc_offset_minutes: 480,
+            first_seq: 1,
+            through_seq: 6,
+            items: Vec::new(),
+        };
+        s.record_close(
+            &close,
+            redeemd::store::close::CloseResult::Matched,
+            "{}",
+            T0,
+        )
+        .unwrap();
+    }
+    let conn = Connection::open(&file).unwrap();
+    down_to_6(&conn);
+    drop(conn);
+    // As redeemd before schema 7 left it; migrated without the key, not sealed yet: verify checks
+    // it as before and says OK, since the daemon will open it.
+    let verified = |scope| {
+        verify::database(dir.path(), &secret(), Some((TERMINAL, MERCHANT)), scope)
+            .unwrap()
+            .findings
+    };
+    assert_eq!(verified(verify::Scope::Journal), Vec::new());
+    assert_eq!(verified(verify::Scope::Cache), Vec::new());
+    let sealed = |conn: &Connection| -> (i64, i64, i64, bool, bool) {
+        conn.query_row(
+            "SELECT (SELECT mac_format FROM terminal_state), (SELECT identity_count FROM terminal_state), \
+             (SELECT count(*) FROM key_check), (SELECT mac IS NOT NULL FROM cache_manifest), \
+             (SELECT min(mac IS NOT NULL) FROM batch_close)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .unwrap()
+    };
+    let conn = Connection::open(&file).unwrap();
+    assert_eq!(sealed(&conn), (1, 0, 0, false, false));
+    drop(conn);
+    // The first open with the key seals it.
+    let mut s = open(dir.path());
+    assert_eq!(sealed(s.connection()), (2, 1, 1, true, true));
+    approved(&redeem(&mut s, "r", 100, 0, &[(0, 1)], T0));
+    assert_eq!(s.closed_through_seq().unwrap(), 6);
+    drop(s);
+    assert_eq!(verified(verify::Scope::Journal), Vec::new());
+    assert_eq!(verified(verify::Scope::Cache), Vec::new());
+    // From now on the rows it MACed are checked: the install time edited is refused, and the format
+    // cannot be set back.
+    for edit in [
+        "UPDATE cache_manifest SET installed_wall_ms = installed_wall_ms + 1",
+        "UPDATE terminal_state SET mac_format = 1",
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::copy(&file, d.path().join(DB_FILE)).unwrap();
+        Connection::open(d.path().join(DB_FILE))
+            .unwrap()
+            .execute_batch(edit)
+            .unwrap();
+        let e = Store::open(d.path(), keys(), config()).unwrap_err();
+        assert!(e.to_string().contains("MAC mismatch"), "{edit}: {e}");
+    }
+}
