@@ -415,6 +415,8 @@ impl Shop {
         server_port: u16,
     ) -> Result<Shop> {
         let state = root.join("shop-state");
+        // What systemd's StateDirectory= does for the packaged service: the daemon never creates it.
+        std::fs::create_dir(&state)?;
         let config = root.join("redeemd.toml");
         std::fs::write(
             &config,

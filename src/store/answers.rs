@@ -600,7 +600,8 @@ impl Store {
             // Every other write of this connection must be durable: back to FULL whatever happened.
             self.set_synchronous_normal(false)?;
         }
-        result
+        // A full disk or an I/O error is shown by `redeemd status` until a write succeeds again.
+        self.note_storage(result)
     }
 
     fn answer_in_transaction(

@@ -43,8 +43,11 @@ fn second_shop(s: &Setup, terminal: &str, server_url: &str) -> Shop {
             &key_text,
         ],
     );
+    let state = dir.path().join("state");
+    // Empty, as systemd's StateDirectory= leaves it before the first start.
+    std::fs::create_dir(&state).unwrap();
     let shop = Shop {
-        state: dir.path().join("state"),
+        state,
         config: dir.path().join("redeemd.toml"),
         dir,
     };

@@ -8,6 +8,7 @@
 
 mod clearing_e2e;
 mod cli;
+mod columns;
 mod crash;
 mod daemon;
 mod deny;
@@ -15,9 +16,12 @@ mod doctor;
 mod exactly_once;
 mod migrate;
 mod offline_week;
+mod ownership;
+mod packaging;
 mod platform;
 mod shop;
 mod snapshot;
+mod state_dir;
 mod store;
 mod support;
 mod sync;

@@ -177,7 +177,10 @@ pub fn full(version: u64, n: u64) -> Vec<u8> {
     bundle(BundleKind::Full, version, 0, &cards, T0 + 1000 * HOUR)
 }
 
+/// Opens the store in `dir`, creating the directory first as systemd's `StateDirectory=` would (the
+/// store itself never creates it).
 pub fn open(dir: &Path) -> Store {
+    std::fs::create_dir_all(dir).unwrap();
     Store::open(dir, keys(), config()).unwrap()
 }
 

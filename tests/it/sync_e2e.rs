@@ -247,6 +247,8 @@ pub(crate) fn setup() -> Setup {
     std::fs::copy(&key, &shop_key).unwrap();
     std::fs::set_permissions(&shop_key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let state = dir.path().join("state");
+    // Empty, as systemd's StateDirectory= leaves it before the first start.
+    std::fs::create_dir(&state).unwrap();
     let config = dir.path().join("redeemd.toml");
     let shop = Shop { dir, config, state };
     Setup {
