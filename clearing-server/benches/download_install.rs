@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use clearing_server::{cards, db};
+use clearing_server::storage::{self as db, cards};
 use redeemd_contract::keys::TerminalSecret;
 use support::{Client, bench_cards, now_ms, row, scratch_dir, seed};
 

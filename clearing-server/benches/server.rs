@@ -16,8 +16,8 @@ mod support;
 
 use std::time::Instant;
 
-use clearing_server::cards::{self, StatusAction};
-use clearing_server::{AppState, db};
+use clearing_server::storage::cards::{self, StatusAction};
+use clearing_server::{AppState, storage as db};
 use redeemd_contract::keys::{Tag, TerminalKeys, TerminalSecret};
 use redeemd_contract::snapshot::Manifest;
 use support::{Client, bench_cards, now_ms, number, row, scratch_dir, seed};

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 
-use clearing_server::bundle::CachePolicy;
-use clearing_server::cards::{self, ItemSpec, NewCard, PackageSpec, StatusAction};
-use clearing_server::{AppState, db};
+use clearing_server::core::cache_policy::CachePolicy;
+use clearing_server::storage::cards::{self, ItemSpec, NewCard, PackageSpec, StatusAction};
+use clearing_server::{AppState, storage as db};
 use common::{Line, T0, lines, upload_body};
 use redeemd_contract::keys::{Tag, TerminalKeys, TerminalSecret};
 use redeemd_contract::model::{CardNumber, CardRef, CardStatus, MerchantScope, identity_verifier};
@@ -709,7 +709,7 @@ async fn a_use_of_the_old_card_uploaded_after_a_reissue_is_reported_as_over_rede
     )
     .await;
     let c = db::open(&s.db_path).unwrap();
-    let e = clearing_server::statements::exceptions(&c).unwrap();
+    let e = clearing_server::storage::statements::exceptions(&c).unwrap();
     assert!(e.redeemed_while_denied.is_empty(), "{e:?}");
     // 2 + 2 + 3 = 7 uses of a 5-use package.
     assert_eq!(e.over_redeemed.len(), 1, "{e:?}");
@@ -742,7 +742,7 @@ async fn a_total_below_the_uses_already_made_is_refused() {
     });
     let c = db::open(&s.db_path).unwrap();
     assert!(
-        clearing_server::statements::exceptions(&c)
+        clearing_server::storage::statements::exceptions(&c)
             .unwrap()
             .over_redeemed
             .is_empty()
@@ -762,14 +762,14 @@ async fn a_void_that_matches_no_redemption_is_an_exception() {
     )
     .await;
     let c = db::open(&s.db_path).unwrap();
-    let e = clearing_server::statements::exceptions(&c).unwrap();
+    let e = clearing_server::storage::statements::exceptions(&c).unwrap();
     let found: Vec<(&str, u64)> = e
         .unmatched_voids
         .iter()
         .map(|u| (u.record.terminal_id.as_str(), u.record.seq))
         .collect();
     assert_eq!(found, [("T-1", 3)]);
-    let text = clearing_server::statements::render_exceptions(&c, &e).unwrap();
+    let text = clearing_server::admin::render::exceptions(&c, &e).unwrap();
     assert!(text.starts_with("exceptions: 1\n"), "{text}");
     assert!(
         text.contains("void_unmatched terminal T-1 seq 3")

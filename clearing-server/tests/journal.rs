@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 
-use clearing_server::{AppState, db};
+use clearing_server::{AppState, storage as db};
 use common::{T0, chain, upload_body};
 use redeemd_contract::JournalRecord;
 use redeemd_contract::keys::{Tag, TerminalKeys, TerminalSecret};
@@ -383,7 +383,7 @@ async fn malformed_and_oversized_bodies_are_refused_without_writes() {
     }
     // More records than one upload may carry (schema-valid items, refused by count before any check).
     let item = json!({"seq": 1, "record": "AA==", "mac": "00".repeat(32)});
-    let items: Vec<Value> = (1..=clearing_server::MAX_RECORDS as u64 + 1)
+    let items: Vec<Value> = (1..=clearing_server::http::terminal::MAX_RECORDS as u64 + 1)
         .map(|seq| {
             let mut i = item.clone();
             i["seq"] = json!(seq);

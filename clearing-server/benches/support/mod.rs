@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use clearing_server::cards::{self, ItemSpec, NewCard, PackageSpec};
+use clearing_server::storage::cards::{self, ItemSpec, NewCard, PackageSpec};
 use redeemd_contract::keys::TerminalKeys;
 use redeemd_contract::model::{CardNumber, MerchantScope};
 use redeemd_contract::request::SignedHeaders;

@@ -50,8 +50,8 @@ pub enum CardError {
     },
 }
 
-impl From<crate::db::DbError> for CardError {
-    fn from(e: crate::db::DbError) -> Self {
+impl From<crate::storage::DbError> for CardError {
+    fn from(e: crate::storage::DbError) -> Self {
         CardError::Invalid(e.to_string())
     }
 }
@@ -1146,8 +1146,8 @@ const CST_OFFSET_MINUTES: i32 = 480;
 /// `YYYY-MM-DD` in China Standard Time — its start, or with `end_of_day` the start of the next day (so
 /// `--valid-until 2027-12-31` includes that day; the bound is exclusive).
 pub fn parse_time(flag: &str, s: &str, end_of_day: bool) -> Result<i64, CardError> {
-    if let Some(days) = crate::close::parse_date(s) {
-        let (start, end) = crate::close::day_window(days, CST_OFFSET_MINUTES);
+    if let Some(days) = crate::core::close::parse_date(s) {
+        let (start, end) = crate::core::close::day_window(days, CST_OFFSET_MINUTES);
         return Ok(if end_of_day { end } else { start });
     }
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
@@ -1193,69 +1193,6 @@ impl ItemSpec {
             price_fen,
         })
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Display
-
-/// `card show`: status, holder, packages, uses left. Never the full number.
-pub fn show(conn: &Connection, number: &CardNumber) -> Result<String, CardError> {
-    use std::fmt::Write;
-    let row = card_by_number(conn, number)?;
-    let mut out = String::new();
-    let _ = writeln!(out, "card      {} (#{})", row.masked(), row.id);
-    let _ = writeln!(out, "status    {}", status_name(row.status));
-    let holder = match (&row.holder_name, &row.identity_data) {
-        (Some(n), Some(_)) => format!("{} (identity data on file)", mask_name(n)),
-        (Some(n), None) => mask_name(n),
-        _ => "anonymous".into(),
-    };
-    let _ = writeln!(out, "holder    {holder}");
-    let _ = writeln!(out, "version   {}", row.version);
-    if let Some(to) = row.reissued_to {
-        let new = card_by_id(conn, to)?;
-        let _ = writeln!(out, "reissued  to {}", new.masked());
-    }
-    let pk = packages(conn, row.id)?;
-    if pk.is_empty() {
-        let _ = writeln!(out, "packages  none");
-    }
-    for p in &pk {
-        let scope = match &p.spec.scope {
-            MerchantScope::All => "all merchants".to_owned(),
-            MerchantScope::Merchants(l) => format!("merchants {}", l.join(", ")),
-            MerchantScope::Categories(l) => format!("categories {}", l.join(", ")),
-        };
-        let _ = writeln!(
-            out,
-            "package   {} {}  valid {} .. {}  {scope}{}{}",
-            p.spec.id,
-            p.spec.title,
-            rfc3339(p.spec.valid_from_ms),
-            rfc3339(p.spec.valid_until_ms),
-            p.spec
-                .daily_cap
-                .map(|c| format!("  daily cap {c}"))
-                .unwrap_or_default(),
-            if p.spec.identity_required {
-                "  identity required"
-            } else {
-                ""
-            },
-        );
-        for (i, used) in p.spec.items.iter().zip(&p.used) {
-            let _ = writeln!(
-                out,
-                "  item    {} {}  {} left of {}  ({} fen per use)",
-                i.service_code,
-                i.title,
-                i.uses_total.saturating_sub(*used),
-                i.uses_total,
-                i.price_fen
-            );
-        }
-    }
-    Ok(out)
 }
 
 /// `ms` as RFC 3339 in China Standard Time (the platform's business time zone), or the number if out of range.

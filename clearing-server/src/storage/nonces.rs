@@ -53,7 +53,7 @@ mod tests {
     #[test]
     fn a_nonce_is_seen_once_per_terminal_until_pruned() {
         let dir = tempfile::tempdir().unwrap();
-        let c = crate::db::open(&dir.path().join("n.sqlite3")).unwrap();
+        let c = crate::storage::open(&dir.path().join("n.sqlite3")).unwrap();
         let mut n = SqliteNonces::new(&c);
         assert!(!n.seen_before("T-1", "aa", 1_000));
         assert!(n.seen_before("T-1", "aa", 1_000));

@@ -19,7 +19,12 @@ use redeemd_contract::{JournalRecord, RecordKind};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use thiserror::Error;
 
-use crate::problem::Problem;
+use crate::http::problem::Problem;
+
+pub mod bundle;
+pub mod cards;
+pub mod nonces;
+pub mod statements;
 
 /// Schema version in `PRAGMA user_version`.
 pub const SCHEMA_VERSION: i64 = 3;
@@ -154,7 +159,7 @@ CREATE INDEX journal_by_card ON journal(card_id) WHERE card_id IS NOT NULL;
 
 /// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
 /// Version 3: every card status change with its time, so that clearing can tell whether a redemption
-/// was made while the platform held the card as lost, frozen or cancelled (`crate::statements`). A
+/// was made while the platform held the card as lost, frozen or cancelled (`crate::storage::statements`). A
 /// database migrated from version 2 gets the lost/frozen/cancelled changes its deny lists recorded
 /// (unlocks made before the migration are not known).
 const SCHEMA_V3: &str = "
@@ -228,7 +233,7 @@ pub fn enroll(
     secret: &[u8],
     now_ms: i64,
 ) -> Result<(), DbError> {
-    crate::cards::ensure_merchant(conn, merchant_id)?;
+    crate::storage::cards::ensure_merchant(conn, merchant_id)?;
     let n = conn.execute(
         "INSERT OR IGNORE INTO terminal (id, merchant_id, secret, enrolled_ms) VALUES (?1, ?2, ?3, ?4)",
         params![terminal_id, merchant_id, secret, now_ms],
@@ -493,19 +498,20 @@ impl Usage {
         rec: &JournalRecord,
         now_ms: i64,
     ) -> Result<Option<i64>, Problem> {
-        let card_err = |e: crate::cards::CardError| Problem::internal(e.to_string());
+        let card_err = |e: crate::storage::cards::CardError| Problem::internal(e.to_string());
         let delta = match rec.kind {
             RecordKind::Redeem => i64::from(rec.quantity),
             RecordKind::Void => -i64::from(rec.quantity),
             // A close is about the terminal's day, not a card.
             RecordKind::BatchClose => return Ok(None),
         };
-        let mut card =
-            crate::cards::card_for_ref(tx, &keys.terminal_id, &rec.card_ref).map_err(sql)?;
+        let mut card = crate::storage::cards::card_for_ref(tx, &keys.terminal_id, &rec.card_ref)
+            .map_err(sql)?;
         if card.is_none() && !self.index_filled {
-            crate::cards::fill_card_refs(tx, keys, usize::MAX).map_err(card_err)?;
+            crate::storage::cards::fill_card_refs(tx, keys, usize::MAX).map_err(card_err)?;
             self.index_filled = true;
-            card = crate::cards::card_for_ref(tx, &keys.terminal_id, &rec.card_ref).map_err(sql)?;
+            card = crate::storage::cards::card_for_ref(tx, &keys.terminal_id, &rec.card_ref)
+                .map_err(sql)?;
         }
         let Some(card_id) = card else {
             note_exception(
@@ -522,8 +528,14 @@ impl Usage {
             )?;
             return Ok(None);
         };
-        let left = crate::cards::add_usage(tx, card_id, &rec.package_id, &rec.service_code, delta)
-            .map_err(sql)?;
+        let left = crate::storage::cards::add_usage(
+            tx,
+            card_id,
+            &rec.package_id,
+            &rec.service_code,
+            delta,
+        )
+        .map_err(sql)?;
         let Some(left) = left else {
             note_exception(
                 tx,
@@ -549,13 +561,13 @@ impl Usage {
         if self.touched.is_empty() {
             return Ok(());
         }
-        let version = crate::cards::bump_version(tx, now_ms).map_err(sql)?;
+        let version = crate::storage::cards::bump_version(tx, now_ms).map_err(sql)?;
         for (card, items) in &self.touched {
             let left: Vec<(&str, &str, u32)> = items
                 .iter()
                 .map(|((p, c), l)| (p.as_str(), c.as_str(), *l))
                 .collect();
-            crate::cards::patch_uses_left(tx, *card, &left, version)
+            crate::storage::cards::patch_uses_left(tx, *card, &left, version)
                 .map_err(|e| Problem::internal(e.to_string()))?;
         }
         Ok(())
@@ -617,9 +629,9 @@ pub fn exceptions(
 pub fn batch_close(
     conn: &mut Connection,
     terminal_id: &str,
-    close: &crate::close::BatchClose,
-) -> Result<crate::close::BatchCloseResult, Problem> {
-    use crate::close;
+    close: &crate::core::close::BatchClose,
+) -> Result<crate::core::close::BatchCloseResult, Problem> {
+    use crate::core::close;
     let bad = |detail: String| Problem::new(400, "malformed_request", detail);
     let days = close::parse_date(&close.business_date).ok_or_else(|| {
         bad(format!(
@@ -738,7 +750,7 @@ mod tests {
             .query_row("SELECT card_id FROM journal", [], |r| r.get(0))
             .unwrap();
         assert_eq!(card, None);
-        let m = crate::cards::merchant(&c, "M-9").unwrap().unwrap();
+        let m = crate::storage::cards::merchant(&c, "M-9").unwrap().unwrap();
         assert_eq!((m.name.as_str(), m.commission_bps), ("M-9", 0));
         assert!(terminal(&c, "T-1").unwrap().is_some());
         drop(c);

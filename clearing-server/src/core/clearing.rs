@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use redeemd_contract::{JournalRecord, RecordKind};
 use serde::Serialize;
 
-use crate::close::totals;
+use crate::core::close::totals;
 
 /// Rounds `amount × bps / 10 000` half away from zero.
 pub fn commission_fen(amount_fen: i64, bps: u32) -> i64 {

@@ -1,24 +1,23 @@
 //! Clearing reports from the database: the merchant statement, the member usage statement and the
 //! exceptions list (`clearing-server admin statement …`, `admin exceptions`).
 //!
-//! The rules are pure code in [`crate::clearing`]; this module gathers their inputs — stored journal records
+//! The rules are pure code in [`crate::core::clearing`]; this module gathers their inputs — stored journal records
 //! (decoded from the exact bytes the terminals MACed; only verified records are ever stored), the card each
 //! record was mapped to at upload (`journal.card_id`), package totals, card status history
 //! (`card_status_change`) and the records refused at upload (`exception`) — and renders them for a person.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
 use redeemd_contract::JournalRecord;
 use redeemd_contract::model::{CardNumber, CardStatus};
 use rusqlite::Connection;
 use serde::Serialize;
 
-use crate::cards::{self, CardError};
-use crate::clearing::{
+use crate::core::clearing::{
     self, DenyPeriod, ItemTotals, MemberStatement, MerchantStatement, OverRedeemed,
     RedeemedWhileDenied, UnmatchedVoid,
 };
+use crate::storage::cards::{self, CardError};
 
 /// A `[from, until)` window in unix ms.
 pub type Window = (i64, i64);
@@ -208,167 +207,4 @@ pub fn exceptions(conn: &Connection) -> Result<Exceptions, CardError> {
 /// The masked number of a platform card, for reports (never the full number).
 pub fn masked_card(conn: &Connection, card_id: i64) -> Result<String, CardError> {
     Ok(cards::card_by_id(conn, card_id)?.masked())
-}
-
-fn yuan(fen: i64) -> String {
-    let sign = if fen < 0 { "-" } else { "" };
-    let abs = fen.unsigned_abs();
-    format!("{sign}{}.{:02}", abs / 100, abs % 100)
-}
-
-fn time(ms: i64) -> String {
-    crate::cards::rfc3339(ms)
-}
-
-fn window_text((from, until): Window) -> String {
-    match (from, until) {
-        (i64::MIN, i64::MAX) => "all records".into(),
-        (i64::MIN, u) => format!("before {}", time(u)),
-        (f, i64::MAX) => format!("from {}", time(f)),
-        (f, u) => format!("{} to {} (exclusive)", time(f), time(u)),
-    }
-}
-
-pub fn render_merchant(s: &MerchantStatement, name: &str) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "merchant statement  {} {}  {}",
-        s.merchant_id,
-        name,
-        window_text((s.from_ms, s.until_ms))
-    );
-    let _ = writeln!(
-        out,
-        "{:<12} {:<8} {:<12} {:>8} {:>6} {:>5} {:>12}",
-        "package", "item", "title", "redeemed", "voided", "net", "amount ¥"
-    );
-    for l in &s.lines {
-        let _ = writeln!(
-            out,
-            "{:<12} {:<8} {:<12} {:>8} {:>6} {:>5} {:>12}",
-            l.package_id,
-            l.service_code,
-            l.title,
-            l.redeemed,
-            l.voided,
-            l.net_units,
-            yuan(l.net_amount_fen)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "records {}  net amount ¥{}  commission {}.{:02} % ¥{}  payable to the merchant ¥{}",
-        s.records,
-        yuan(s.net_amount_fen),
-        s.commission_bps / 100,
-        s.commission_bps % 100,
-        yuan(s.commission_fen),
-        yuan(s.payable_fen)
-    );
-    out
-}
-
-pub fn render_member(s: &MemberStatement, masked: &str) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "member usage statement  card {masked}  {}",
-        window_text((s.from_ms, s.until_ms))
-    );
-    for i in &s.items {
-        let total = i.uses_total.map_or_else(|| "?".into(), |t| t.to_string());
-        let _ = writeln!(
-            out,
-            "  {} {} {}: used {} (redeemed {}, voided {}) of {total}",
-            i.package_id, i.service_code, i.title, i.net_units, i.redeemed, i.voided
-        );
-    }
-    for r in &s.records {
-        let _ = writeln!(
-            out,
-            "  {}  {} seq {}  {} {} {} ×{}  auth {}",
-            time(r.wall_ms),
-            r.terminal_id,
-            r.seq,
-            r.merchant_id,
-            r.kind,
-            r.service_code,
-            r.quantity,
-            r.auth_code
-        );
-    }
-    out
-}
-
-pub fn render_exceptions(conn: &Connection, e: &Exceptions) -> Result<String, CardError> {
-    let mut out = String::new();
-    let total = e.refused_or_unmapped.len()
-        + e.redeemed_while_denied.len()
-        + e.over_redeemed.len()
-        + e.unmatched_voids.len();
-    let _ = writeln!(out, "exceptions: {total}");
-    for n in &e.refused_or_unmapped {
-        let seq = n.seq.map_or_else(|| "-".into(), |s| s.to_string());
-        let _ = writeln!(
-            out,
-            "  {} terminal {} seq {seq}: {} ({})",
-            n.code,
-            n.terminal_id,
-            n.detail,
-            time(n.at_ms)
-        );
-    }
-    for d in &e.redeemed_while_denied {
-        let _ = writeln!(
-            out,
-            "  redeemed_while_{} card {}: terminal {} seq {} at {} ({} {} ×{}, auth {}); {} since {}",
-            d.period.status,
-            masked_card(conn, d.card_id)?,
-            d.record.terminal_id,
-            d.record.seq,
-            time(d.record.wall_ms),
-            d.record.package_id,
-            d.record.service_code,
-            d.record.quantity,
-            d.record.auth_code,
-            d.period.status,
-            time(d.period.from_ms)
-        );
-    }
-    for o in &e.over_redeemed {
-        let records: Vec<String> = o
-            .records
-            .iter()
-            .map(|r| format!("{}#{} {} ×{}", r.terminal_id, r.seq, r.kind, r.quantity))
-            .collect();
-        let _ = writeln!(
-            out,
-            "  over_redeemed card {} {} {}: {} used of {} across {}; records {}",
-            masked_card(conn, o.card_id)?,
-            o.package_id,
-            o.service_code,
-            o.net_used,
-            o.uses_total,
-            o.terminals.join(", "),
-            records.join(", ")
-        );
-    }
-    for u in &e.unmatched_voids {
-        let r = &u.record;
-        let _ = writeln!(
-            out,
-            "  void_unmatched terminal {} seq {} at {} ({} {} ×{}, {} fen, auth {}): {}",
-            r.terminal_id,
-            r.seq,
-            time(r.wall_ms),
-            r.package_id,
-            r.service_code,
-            r.quantity,
-            r.amount_fen,
-            r.auth_code,
-            u.reason
-        );
-    }
-    Ok(out)
 }

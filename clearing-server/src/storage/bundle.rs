@@ -27,7 +27,8 @@ use redeemd_contract::snapshot::{BundleKind, BundleSigner};
 use rusqlite::{Connection, Transaction, TransactionBehavior, params};
 use thiserror::Error;
 
-use crate::cards::{self, CardError};
+use crate::core::cache_policy::CachePolicy;
+use crate::storage::cards::{self, CardError};
 
 /// Cards indexed per write transaction by [`prepare`] (keeps uploads from waiting long for the lock).
 const FILL_CHUNK: usize = 50_000;
@@ -57,108 +58,6 @@ pub struct BundleRequest {
     /// `expires_at_ms = now + validity`; the counter is bumped when it has not moved for the
     /// policy's refresh interval (see the module docs).
     pub cache: CachePolicy,
-}
-
-const HOUR_MS: i64 = 3_600_000;
-
-/// How long a signed cache lets a shop redeem without reaching the platform, and how often a quiet
-/// platform renews it: platform policy, set with `clearing-server serve --cache-validity-hours`.
-///
-/// The validity is the longest a shop can stay offline and keep redeeming: past a bundle's
-/// `expires_at_ms` the terminal fails closed (`CacheExpired`) until it reaches the platform again.
-/// Longer is kinder to shops with bad lines and riskier for the platform: a card reported lost
-/// reaches an offline shop only when it syncs, and over-redemption across offline shops grows with
-/// time (each shop's `[risk]` limits still apply).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CachePolicy {
-    validity_ms: i64,
-    refresh_after_ms: i64,
-}
-
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum CachePolicyError {
-    #[error(
-        "{text:?} is not a number of hours (a whole number from {} to {})",
-        CachePolicy::MIN_VALIDITY_HOURS,
-        CachePolicy::MAX_VALIDITY_HOURS
-    )]
-    NotHours { text: String },
-    #[error(
-        "{hours} h is out of range: a cache is valid for at least {} h and at most {} h (30 days)",
-        CachePolicy::MIN_VALIDITY_HOURS,
-        CachePolicy::MAX_VALIDITY_HOURS
-    )]
-    OutOfRange { hours: u64 },
-}
-
-impl CachePolicy {
-    /// Three days: a long weekend with the line down.
-    pub const DEFAULT_VALIDITY_HOURS: u32 = 72;
-    pub const MIN_VALIDITY_HOURS: u32 = 1;
-    /// 30 days. Beyond that a loss report could stay unseen by an offline shop for more than a
-    /// month: an outage that long needs a person, not a longer cache.
-    pub const MAX_VALIDITY_HOURS: u32 = 30 * 24;
-    /// The longest the version counter stays unmoved on a quiet platform (24 h).
-    pub const MAX_REFRESH_AFTER_MS: i64 = 24 * HOUR_MS;
-
-    /// The policy for a validity of `hours` (from [`Self::MIN_VALIDITY_HOURS`] to
-    /// [`Self::MAX_VALIDITY_HOURS`]).
-    pub fn from_hours(hours: u64) -> Result<Self, CachePolicyError> {
-        let range = u64::from(Self::MIN_VALIDITY_HOURS)..=u64::from(Self::MAX_VALIDITY_HOURS);
-        if !range.contains(&hours) {
-            return Err(CachePolicyError::OutOfRange { hours });
-        }
-        // In range, so no overflow: at most 720 h.
-        let validity_ms = hours as i64 * HOUR_MS;
-        // A `204` renews nothing: a terminal's installed cache was issued at most `refresh_after`
-        // after the counter last moved, so a terminal that kept polling holds a cache with at least
-        // `validity - refresh_after` left when its line goes down. Capped at 24 h, so that the
-        // validity the platform sets is what a shop can count on, less at most a day; and at most a
-        // third of the validity, so that a short one (tests, a strict platform) is renewed long
-        // before it runs out. A bump costs each terminal one empty delta. 72 h -> 24 h either way.
-        let refresh_after_ms = (validity_ms / 3).min(Self::MAX_REFRESH_AFTER_MS);
-        Ok(Self {
-            validity_ms,
-            refresh_after_ms,
-        })
-    }
-
-    /// The policy for a validity given as text in hours (the command line's `--cache-validity-hours`).
-    pub fn parse_hours(text: &str) -> Result<Self, CachePolicyError> {
-        let hours = text
-            .trim()
-            .parse::<u64>()
-            .map_err(|_| CachePolicyError::NotHours {
-                text: text.to_owned(),
-            })?;
-        Self::from_hours(hours)
-    }
-
-    /// A bundle's `expires_at_ms` is its `issued_at_ms` plus this.
-    pub fn validity_ms(&self) -> i64 {
-        self.validity_ms
-    }
-
-    /// The version counter is bumped when it has not moved for this long.
-    pub fn refresh_after_ms(&self) -> i64 {
-        self.refresh_after_ms
-    }
-}
-
-impl Default for CachePolicy {
-    fn default() -> Self {
-        Self {
-            validity_ms: i64::from(Self::DEFAULT_VALIDITY_HOURS) * HOUR_MS,
-            refresh_after_ms: Self::MAX_REFRESH_AFTER_MS,
-        }
-    }
-}
-
-/// The validity in hours, as `--cache-validity-hours` takes it.
-impl std::fmt::Display for CachePolicy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.validity_ms / HOUR_MS)
-    }
 }
 
 /// Step 1: index new cards for this terminal and keep the version fresh.
@@ -254,7 +153,7 @@ pub fn plan(conn: &mut Connection, req: BundleRequest) -> Result<Option<Planned<
     if req.since == version {
         return Ok(None);
     }
-    let (usage_through_seq, _) = crate::db::head(&tx, &req.keys.terminal_id)
+    let (usage_through_seq, _) = crate::storage::head(&tx, &req.keys.terminal_id)
         .map_err(|e| CardError::Invalid(e.to_string()))?;
     let merchant = cards::merchant(&tx, &req.merchant_id)?;
     let (categories, full_from) = merchant
@@ -358,122 +257,6 @@ impl Planned<'_> {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Response compression
-
-/// A response content coding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encoding {
-    Identity,
-    Gzip,
-    Zstd,
-}
-
-impl Encoding {
-    /// The `Content-Encoding` value, `None` for identity.
-    pub fn header(self) -> Option<&'static str> {
-        match self {
-            Encoding::Identity => None,
-            Encoding::Gzip => Some("gzip"),
-            Encoding::Zstd => Some("zstd"),
-        }
-    }
-
-    /// Picks a coding from `Accept-Encoding` (RFC 9110 §12.5.3): the highest q-value; among equals the
-    /// server's preference zstd, then gzip, then identity. `*` stands for any coding not listed; a coding
-    /// with `q=0` is refused. Without the header, or when nothing listed is acceptable, identity.
-    pub fn negotiate(accept: Option<&str>) -> Encoding {
-        let Some(accept) = accept else {
-            return Encoding::Identity;
-        };
-        let q = |name: &str| -> Option<f32> {
-            let mut star = None;
-            for part in accept.split(',') {
-                let mut it = part.split(';');
-                let coding = it.next().unwrap_or("").trim();
-                let weight = it
-                    .find_map(|p| {
-                        let (k, v) = p.split_once('=')?;
-                        (k.trim().eq_ignore_ascii_case("q"))
-                            .then(|| v.trim().parse::<f32>().ok())?
-                    })
-                    .unwrap_or(1.0);
-                if coding.eq_ignore_ascii_case(name) {
-                    return Some(weight);
-                }
-                if coding == "*" {
-                    star = Some(weight);
-                }
-            }
-            star
-        };
-        let candidates = [
-            (Encoding::Zstd, q("zstd").unwrap_or(0.0)),
-            (Encoding::Gzip, q("gzip").unwrap_or(0.0)),
-            (Encoding::Identity, q("identity").unwrap_or(0.001)),
-        ];
-        candidates
-            .into_iter()
-            .filter(|(_, w)| *w > 0.0)
-            .fold(None, |best: Option<(Encoding, f32)>, c| match best {
-                Some(b) if b.1 >= c.1 => Some(b),
-                _ => Some(c),
-            })
-            .map_or(Encoding::Identity, |(e, _)| e)
-    }
-}
-
-/// Compresses into `W` with the negotiated coding. Levels are chosen for speed: a snapshot is mostly
-/// MACs and card references, which do not compress at any level.
-pub enum Compressor<W: Write> {
-    Identity(W),
-    Gzip(flate2::write::GzEncoder<W>),
-    Zstd(zstd::stream::write::Encoder<'static, W>),
-}
-
-impl<W: Write> Compressor<W> {
-    pub fn new(encoding: Encoding, inner: W) -> std::io::Result<Self> {
-        Ok(match encoding {
-            Encoding::Identity => Compressor::Identity(inner),
-            Encoding::Gzip => Compressor::Gzip(flate2::write::GzEncoder::new(
-                inner,
-                flate2::Compression::fast(),
-            )),
-            Encoding::Zstd => Compressor::Zstd(zstd::stream::write::Encoder::new(inner, 1)?),
-        })
-    }
-
-    /// Ends the compressed stream and returns the inner writer.
-    pub fn finish(self) -> std::io::Result<W> {
-        match self {
-            Compressor::Identity(w) => Ok(w),
-            Compressor::Gzip(e) => e.finish(),
-            Compressor::Zstd(e) => e.finish(),
-        }
-    }
-}
-
-impl<W: Write> Write for Compressor<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Compressor::Identity(w) => w.write(buf),
-            Compressor::Gzip(e) => e.write(buf),
-            Compressor::Zstd(e) => e.write(buf),
-        }
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        // Flushing a compressor mid-stream would cost ratio; chunks leave when the sink's buffer fills.
-        Ok(())
-    }
-}
-
-/// Compresses a small, complete body (the deny list) in memory.
-pub fn compress(encoding: Encoding, body: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut c = Compressor::new(encoding, Vec::with_capacity(body.len() / 2 + 64))?;
-    c.write_all(body)?;
-    c.finish()
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -486,8 +269,8 @@ mod tests {
         use redeemd_contract::keys::TerminalSecret;
         use redeemd_contract::model::CardNumber;
         let dir = tempfile::tempdir().unwrap();
-        let mut conn = crate::db::open(&dir.path().join("c.sqlite3")).unwrap();
-        crate::db::enroll(&conn, "T-1", "M-1", &[1; 32], 0).unwrap();
+        let mut conn = crate::storage::open(&dir.path().join("c.sqlite3")).unwrap();
+        crate::storage::enroll(&conn, "T-1", "M-1", &[1; 32], 0).unwrap();
         let issue = |conn: &Connection, n: &str| {
             let new = cards::NewCard {
                 number: CardNumber::parse(n).unwrap(),
@@ -526,72 +309,6 @@ mod tests {
         assert_eq!(
             written.upserts, 2,
             "both cards, at or below version {version}"
-        );
-    }
-
-    #[test]
-    fn cache_policy_validity_and_refresh() {
-        let h = |n: u64| CachePolicy::from_hours(n).unwrap();
-        assert_eq!(h(72), CachePolicy::default());
-        assert_eq!(
-            (h(72).validity_ms(), h(72).refresh_after_ms()),
-            (72 * HOUR_MS, 24 * HOUR_MS)
-        );
-        assert_eq!(h(192).refresh_after_ms(), 24 * HOUR_MS, "capped at a day");
-        assert_eq!(h(6).refresh_after_ms(), 2 * HOUR_MS, "a third when shorter");
-        assert_eq!(h(1).refresh_after_ms(), 20 * 60_000);
-        for hours in 1..=720 {
-            let p = h(hours);
-            assert_eq!(p.validity_ms(), hours as i64 * HOUR_MS);
-            assert!(p.refresh_after_ms() > 0);
-            assert!(p.refresh_after_ms() * 3 <= p.validity_ms(), "{hours} h");
-            assert!(p.refresh_after_ms() <= CachePolicy::MAX_REFRESH_AFTER_MS);
-            assert_eq!(CachePolicy::parse_hours(&p.to_string()), Ok(p));
-        }
-        assert_eq!(CachePolicy::parse_hours(" 192 "), Ok(h(192)));
-        for (text, err) in [
-            ("0", CachePolicyError::OutOfRange { hours: 0 }),
-            ("721", CachePolicyError::OutOfRange { hours: 721 }),
-            (
-                "99999999999999999999",
-                CachePolicyError::NotHours {
-                    text: "99999999999999999999".into(),
-                },
-            ),
-            ("-1", CachePolicyError::NotHours { text: "-1".into() }),
-            ("3d", CachePolicyError::NotHours { text: "3d".into() }),
-            (
-                "",
-                CachePolicyError::NotHours {
-                    text: String::new(),
-                },
-            ),
-        ] {
-            assert_eq!(CachePolicy::parse_hours(text), Err(err), "{text:?}");
-        }
-        assert_eq!(
-            CachePolicyError::OutOfRange { hours: 0 }.to_string(),
-            "0 h is out of range: a cache is valid for at least 1 h and at most 720 h (30 days)"
-        );
-    }
-
-    #[test]
-    fn accept_encoding_is_negotiated() {
-        use Encoding::*;
-        let n = |h: &str| Encoding::negotiate(Some(h));
-        assert_eq!(Encoding::negotiate(None), Identity);
-        assert_eq!(n("gzip, zstd"), Zstd, "server preference among equals");
-        assert_eq!(n("zstd;q=0.5, gzip"), Gzip);
-        assert_eq!(n("gzip;q=0"), Identity);
-        assert_eq!(n("br"), Identity);
-        assert_eq!(n("*"), Zstd);
-        assert_eq!(n("*;q=0.1, zstd;q=0"), Gzip);
-        assert_eq!(n("identity, gzip;q=0.5"), Identity);
-        assert_eq!(n("GZIP"), Gzip);
-        assert_eq!(
-            n("gzip;q=nonsense"),
-            Gzip,
-            "an unreadable weight counts as 1"
         );
     }
 }

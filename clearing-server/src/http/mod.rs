@@ -1,0 +1,251 @@
+//! The HTTP layer: the terminal API (`docs/api/openapi.yaml`) served with axum over hyper connections
+//! that enforce the connection limits ([`serve`]).
+//!
+//! * [`auth`] — the body read under its size and time limits, then `redeemd_contract::request`
+//!   verification for the path's terminal (nonces in the database), then gzip inflated;
+//! * [`terminal`] — the handlers: thin, parsing the request and calling [`crate::storage`];
+//! * [`problem`] — `application/problem+json` answers with the stable codes of `docs/api/README.md`;
+//! * [`encoding`] — response compression.
+//!
+//! Database work runs on blocking threads, one connection behind a mutex; a snapshot is produced on its
+//! own connection and thread and streamed through a bounded channel.
+
+pub mod auth;
+pub mod encoding;
+pub mod problem;
+pub mod terminal;
+
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::routing::{get, post};
+use rusqlite::Connection;
+
+use crate::core::cache_policy::CachePolicy;
+use problem::Problem;
+
+/// What one client may hold of the server (`docs/api/README.md`, "Size limits"): connections at once,
+/// and how long a request's head and body may take to arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections served at once; further ones wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// Time for a request's head to arrive, counted from the connection's start or the end of the
+    /// previous response: a slow head, or an idle keep-alive connection, is closed after it.
+    pub header_timeout: std::time::Duration,
+    /// Time for a request's whole body to arrive (`408 request_timeout` after it).
+    pub body_timeout: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 512,
+            header_timeout: std::time::Duration::from_secs(30),
+            body_timeout: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
+/// Serves [`router`]`(state)` on `listener` until `shutdown` completes, then lets the open
+/// connections finish. Unlike `axum::serve`, it enforces [`AppState::limits`]: at most
+/// `max_connections` at once (the rest wait in the listen backlog, so a flood of idle sockets cannot
+/// take every file descriptor), and a request head not received within `header_timeout` closes the
+/// connection (slow loris; also an idle keep-alive connection). The body timeout is enforced where
+/// the body is read, before authentication.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let limits = state.limits;
+    let app = router(state);
+    let max = u32::try_from(limits.max_connections.max(1)).unwrap_or(u32::MAX);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max as usize));
+    let (closing, _) = tokio::sync::watch::channel(());
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot,
+            () = &mut shutdown => break,
+        };
+        let Ok(slot) = slot else { break };
+        let stream = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let stream = match stream {
+            Ok((stream, _peer)) => stream,
+            Err(e) => {
+                // Out of file descriptors, or a connection reset before it was accepted: try again
+                // shortly rather than spin or stop serving.
+                eprintln!("clearing-server: accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let mut closing = closing.subscribe();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout);
+            let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            // Errors are the client's (reset, timed out, malformed head): nothing to do but close.
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = closing.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    drop(closing);
+    // Every connection gives its slot back when it ends.
+    let _all = slots.acquire_many(max).await;
+    Ok(())
+}
+
+/// The server clock, unix milliseconds (injectable for tests).
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            .unwrap_or(0)
+    })
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    conn: Arc<Mutex<Connection>>,
+    /// The database file, for the snapshot producers' own connections.
+    db_path: Option<std::path::PathBuf>,
+    /// When expired nonces were last pruned (server clock).
+    nonces_pruned_ms: Arc<std::sync::atomic::AtomicI64>,
+    clock: Clock,
+    /// How long the bundles it signs are valid, and when a quiet platform renews them
+    /// (`serve --cache-validity-hours`; [`CachePolicy::default`] otherwise).
+    pub cache: CachePolicy,
+    /// Connection and request limits ([`serve`]; [`Limits::default`] otherwise).
+    pub limits: Limits,
+}
+
+impl AppState {
+    pub fn new(conn: Connection, clock: Clock) -> Self {
+        let db_path = conn
+            .path()
+            .filter(|p| !p.is_empty())
+            .map(std::path::PathBuf::from);
+        Self {
+            conn: Arc::new(Mutex::new(conn)),
+            db_path,
+            nonces_pruned_ms: Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN)),
+            clock,
+            cache: CachePolicy::default(),
+            limits: Limits::default(),
+        }
+    }
+
+    /// The same state signing bundles under `cache`.
+    pub fn with_cache_policy(self, cache: CachePolicy) -> Self {
+        Self { cache, ..self }
+    }
+
+    /// The same state served under `limits`.
+    pub fn with_limits(self, limits: Limits) -> Self {
+        Self { limits, ..self }
+    }
+
+    /// Runs `f` on the connection on a blocking thread.
+    async fn with_db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, Problem> + Send + 'static,
+    ) -> Result<T, Problem> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            // A request that panicked while holding the lock answered 500 already; its transaction
+            // rolled back as it unwound, so the connection is sound. Refusing it from then on would
+            // turn one bad request into an outage for every terminal until a restart.
+            let mut c = conn
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            f(&mut c)
+        })
+        .await
+        .map_err(|e| Problem::internal(format!("database task: {e}")))?
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/v1/terminals/{terminal_id}/entitlements",
+            get(terminal::entitlements),
+        )
+        .route(
+            "/v1/terminals/{terminal_id}/deny-list",
+            get(terminal::deny_list),
+        )
+        .route(
+            "/v1/terminals/{terminal_id}/journal/head",
+            get(terminal::journal_head),
+        )
+        .route(
+            "/v1/terminals/{terminal_id}/journal",
+            post(terminal::journal_upload),
+        )
+        .route(
+            "/v1/terminals/{terminal_id}/batch-close",
+            post(terminal::batch_close),
+        )
+        .fallback(|| async { Problem::new(404, "not_found", "no such resource".into()) })
+        .method_not_allowed_fallback(|| async {
+            Problem::new(405, "method_not_allowed", "method not allowed here".into())
+        })
+        .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_that_panics_on_the_database_thread_does_not_take_the_server_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::storage::open(&dir.path().join("c.sqlite3")).unwrap();
+        let state = AppState::new(conn, Arc::new(|| 0));
+        let r: Result<(), Problem> = state
+            .with_db(|c| {
+                let tx = c
+                    .transaction()
+                    .map_err(|e| Problem::internal(e.to_string()))?;
+                tx.execute(
+                    "INSERT INTO merchant (id, name, commission_bps) VALUES ('M-9', 'x', 0)",
+                    [],
+                )
+                .unwrap();
+                panic!("a bug in a handler");
+            })
+            .await;
+        assert_eq!(r.unwrap_err().status, 500);
+        // The next request is served, and the panicked one's write was rolled back.
+        let merchants: i64 = state
+            .with_db(|c| {
+                c.query_row("SELECT count(*) FROM merchant WHERE id = 'M-9'", [], |r| {
+                    r.get(0)
+                })
+                .map_err(|e| Problem::internal(e.to_string()))
+            })
+            .await
+            .unwrap();
+        assert_eq!(merchants, 0);
+    }
+}
