@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use clearing_server::storage::{self as db, cards};
+use clearing_server::storage::{Db, cards};
 use redeemd_contract::keys::TerminalSecret;
 use support::{Client, bench_cards, now_ms, row, scratch_dir, seed};
 
@@ -204,17 +204,19 @@ fn main() {
 
     // The server's database: a car-wash merchant that sees all N seeded cards, and terminal T-1.
     let seeded = {
-        let mut conn = db::open(&db_path).unwrap();
-        cards::upsert_merchant(
-            &conn,
-            "M-1",
-            "城东洗车",
-            500,
-            &[support::CATEGORY.into()],
-            now_ms(),
-        )
+        let db = Db::open(&db_path.display().to_string()).unwrap();
+        db.write(|tx| {
+            cards::upsert_merchant(
+                tx,
+                "M-1",
+                "城东洗车",
+                500,
+                &[support::CATEGORY.into()],
+                now_ms(),
+            )
+        })
         .unwrap();
-        seed(&mut conn, n)
+        seed(&db, n)
     };
     let key_file = dir.path().join("terminal.key");
     let enroll = Command::new(&server_bin)

@@ -2,7 +2,6 @@
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -11,9 +10,10 @@ use clearing_server::core::cache_policy::CachePolicy;
 #[derive(Parser)]
 #[command(version, about = "Reference clearing server for redeemd terminals")]
 struct Cli {
-    /// The server's SQLite database (created if missing).
+    /// The database: an SQLite file (`PATH` or `sqlite:PATH`, created if missing) or PostgreSQL
+    /// (`postgres://user@host/dbname`; a Unix socket directory as the percent-encoded host).
     #[arg(long, env = "CLEARING_DB", default_value = "clearing.sqlite3")]
-    db: PathBuf,
+    db: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -54,8 +54,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), String> {
-    let conn = clearing_server::storage::open(&cli.db)
-        .map_err(|e| format!("{}: {e}", cli.db.display()))?;
+    let db = clearing_server::storage::Db::open(&cli.db).map_err(|e| format!("--db: {e}"))?;
     match cli.command {
         Command::Serve {
             listen,
@@ -78,7 +77,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     "clearing-server: signed caches valid {cache_validity} h, renewed after {refresh} on a quiet platform"
                 );
                 eprintln!("clearing-server: listening on http://{addr}");
-                let state = clearing_server::AppState::new(conn, clearing_server::system_clock())
+                let state = clearing_server::AppState::new(db, clearing_server::system_clock())
                     .with_cache_policy(cache_validity);
                 clearing_server::serve(listener, state, async {
                     let _ = tokio::signal::ctrl_c().await;
@@ -87,6 +86,6 @@ fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| format!("serve: {e}"))
             })
         }
-        Command::Admin { command } => clearing_server::admin::run(conn, command),
+        Command::Admin { command } => clearing_server::admin::run(&db, command),
     }
 }

@@ -6,9 +6,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 
+use clearing_server::AppState;
 use clearing_server::core::cache_policy::CachePolicy;
 use clearing_server::storage::cards::{self, ItemSpec, NewCard, PackageSpec, StatusAction};
-use clearing_server::{AppState, storage as db};
+use clearing_server::storage::{self, Db, StorageError, Tx};
+use common::engines::{Engine, blocking, database};
 use common::{Line, T0, lines, upload_body};
 use redeemd_contract::keys::{Tag, TerminalKeys, TerminalSecret};
 use redeemd_contract::model::{CardNumber, CardRef, CardStatus, MerchantScope, identity_verifier};
@@ -28,7 +30,7 @@ const CARD_C: &str = "6228480077770002";
 
 struct Server {
     base: String,
-    db_path: std::path::PathBuf,
+    db: Arc<Db>,
     clock: Arc<AtomicI64>,
     nonce: AtomicU8,
     http: reqwest::Client,
@@ -66,60 +68,63 @@ fn package(id: &str, scope: MerchantScope, items: &[&str]) -> PackageSpec {
 }
 
 /// Runs `f` on the database in one transaction (the admin commands' operations, as the CLI runs them).
-fn admin<T>(s: &Server, f: impl FnOnce(&rusqlite::Transaction<'_>) -> T) -> T {
-    let mut c = db::open(&s.db_path).unwrap();
-    let tx = c.transaction().unwrap();
-    let out = f(&tx);
-    tx.commit().unwrap();
-    out
+fn admin<T>(s: &Server, f: impl FnMut(&mut dyn Tx) -> T) -> T {
+    admin_db(&s.db, f)
 }
 
-async fn start() -> Server {
-    start_with(CachePolicy::default()).await
+async fn start(engine: Engine) -> Server {
+    start_with(engine, CachePolicy::default()).await
+}
+
+fn admin_db<T>(db: &Db, mut f: impl FnMut(&mut dyn Tx) -> T) -> T {
+    blocking(|| db.write(|tx| Ok::<_, StorageError>(f(tx))).unwrap())
 }
 
 /// [`start`] with the server signing bundles under `cache` (`serve --cache-validity-hours`).
-async fn start_with(cache: CachePolicy) -> Server {
+async fn start_with(engine: Engine, cache: CachePolicy) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let db_path = dir.path().join("clearing.sqlite3");
-    let conn = db::open(&db_path).unwrap();
-    for (t, m) in [("T-1", "M-1"), ("T-2", "M-2"), ("T-3", "M-3")] {
-        let secret = match t {
-            "T-1" => [1u8; 32],
-            "T-2" => [2; 32],
-            _ => [3; 32],
+    let db = blocking(|| Db::open(&database(engine, dir.path())).unwrap());
+    let db = Arc::new(db);
+    let state_db = db.clone();
+    admin_db(&db, |conn| {
+        for (t, m) in [("T-1", "M-1"), ("T-2", "M-2"), ("T-3", "M-3")] {
+            let secret = match t {
+                "T-1" => [1u8; 32],
+                "T-2" => [2; 32],
+                _ => [3; 32],
+            };
+            storage::enroll(conn, t, m, &secret, T0).unwrap();
+        }
+        let wash = ["car-wash".to_owned()];
+        cards::upsert_merchant(conn, "M-1", "城东洗车", 500, &wash, T0).unwrap();
+        cards::upsert_merchant(conn, "M-2", "城西洗车", 300, &wash, T0).unwrap();
+        cards::upsert_merchant(conn, "M-3", "轮胎店", 300, &["tyres".into()], T0).unwrap();
+        let new = |n: &str, named: bool| NewCard {
+            number: number(n),
+            holder_name: named.then(|| "张三".to_owned()),
+            identity_data: named.then(|| "1234".to_owned()),
         };
-        db::enroll(&conn, t, m, &secret, T0).unwrap();
-    }
-    let wash = ["car-wash".to_owned()];
-    cards::upsert_merchant(&conn, "M-1", "城东洗车", 500, &wash, T0).unwrap();
-    cards::upsert_merchant(&conn, "M-2", "城西洗车", 300, &wash, T0).unwrap();
-    cards::upsert_merchant(&conn, "M-3", "轮胎店", 300, &["tyres".into()], T0).unwrap();
-    let new = |n: &str, named: bool| NewCard {
-        number: number(n),
-        holder_name: named.then(|| "张三".to_owned()),
-        identity_data: named.then(|| "1234".to_owned()),
-    };
-    cards::create_card(&conn, &new(CARD_A, true), T0).unwrap();
-    cards::create_card(&conn, &new(CARD_B, false), T0).unwrap();
-    cards::create_card(&conn, &new(CARD_C, false), T0).unwrap();
-    let cat = MerchantScope::Categories(wash.to_vec());
-    let mut p1 = package("P1", cat, &["WASH:精洗:10:3500", "OIL:换机油:3:12000"]);
-    p1.identity_required = true;
-    cards::customize(&conn, &number(CARD_A), &p1, T0).unwrap();
-    let all = package("P2", MerchantScope::All, &["WASH:普洗:5:2000"]);
-    cards::customize(&conn, &number(CARD_B), &all, T0).unwrap();
-    let m3 = package(
-        "P3",
-        MerchantScope::Merchants(vec!["M-3".into()]),
-        &["TYRE:换胎:4:8000"],
-    );
-    cards::customize(&conn, &number(CARD_C), &m3, T0).unwrap();
+        cards::create_card(conn, &new(CARD_A, true), T0).unwrap();
+        cards::create_card(conn, &new(CARD_B, false), T0).unwrap();
+        cards::create_card(conn, &new(CARD_C, false), T0).unwrap();
+        let cat = MerchantScope::Categories(wash.to_vec());
+        let mut p1 = package("P1", cat, &["WASH:精洗:10:3500", "OIL:换机油:3:12000"]);
+        p1.identity_required = true;
+        cards::customize(conn, &number(CARD_A), &p1, T0).unwrap();
+        let all = package("P2", MerchantScope::All, &["WASH:普洗:5:2000"]);
+        cards::customize(conn, &number(CARD_B), &all, T0).unwrap();
+        let m3 = package(
+            "P3",
+            MerchantScope::Merchants(vec!["M-3".into()]),
+            &["TYRE:换胎:4:8000"],
+        );
+        cards::customize(conn, &number(CARD_C), &m3, T0).unwrap();
+    });
 
     let clock = Arc::new(AtomicI64::new(T0));
     let c = clock.clone();
-    let state =
-        AppState::new(conn, Arc::new(move || c.load(Ordering::SeqCst))).with_cache_policy(cache);
+    let state = AppState::shared(state_db, Arc::new(move || c.load(Ordering::SeqCst)))
+        .with_cache_policy(cache);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
@@ -129,7 +134,7 @@ async fn start_with(cache: CachePolicy) -> Server {
     });
     Server {
         base,
-        db_path,
+        db,
         clock,
         nonce: AtomicU8::new(0),
         http: reqwest::Client::new(),
@@ -319,9 +324,8 @@ fn menu_uses(store: &mut redeemd::store::Store, n: &str) -> Vec<(String, u32)> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_snapshot_verifies_installs_and_counts_usage_from_every_terminal() {
-    let s = start().await;
+async fn a_snapshot_verifies_installs_and_counts_usage_from_every_terminal(engine: Engine) {
+    let s = start(engine).await;
     let (a1, a2) = (card_ref("T-1", CARD_A), card_ref("T-2", CARD_A));
     assert_ne!(a1, a2, "card references are per terminal");
     // Two washes at T-1; three and then one at T-2, that one voided.
@@ -406,9 +410,8 @@ async fn a_snapshot_verifies_installs_and_counts_usage_from_every_terminal() {
     assert_eq!(menu_uses(&mut store, CARD_B), [("WASH".to_owned(), 5)]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deltas_hold_exactly_the_changed_cards_and_the_current_version_gets_204() {
-    let s = start().await;
+async fn deltas_hold_exactly_the_changed_cards_and_the_current_version_gets_204(engine: Engine) {
+    let s = start(engine).await;
     let mut store = terminal_store(&s, "T-1", "M-1");
     let full = s.entitlements("T-1", 0).await;
     let v1 = verify("T-1", &full.body).manifest.version;
@@ -500,10 +503,9 @@ async fn deltas_hold_exactly_the_changed_cards_and_the_current_version_gets_204(
     assert!(d.manifest.expires_at_ms > f.manifest.expires_at_ms);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_configured_cache_validity_is_signed_and_renewed_at_a_third_of_it() {
+async fn the_configured_cache_validity_is_signed_and_renewed_at_a_third_of_it(engine: Engine) {
     // 6 h: expiry 6 h after issue, renewed once the counter has not moved for 2 h.
-    let s = start_with(CachePolicy::from_hours(6).unwrap()).await;
+    let s = start_with(engine, CachePolicy::from_hours(6).unwrap()).await;
     let a = s.entitlements("T-1", 0).await;
     let f = verify("T-1", &a.body);
     assert_eq!(f.manifest.issued_at_ms, T0);
@@ -517,9 +519,8 @@ async fn the_configured_cache_validity_is_signed_and_renewed_at_a_third_of_it() 
     assert_eq!(d.manifest.expires_at_ms, T0 + 8 * 3_600_000);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gzip_and_zstd_answers_decode_to_the_same_bundle() {
-    let s = start().await;
+async fn gzip_and_zstd_answers_decode_to_the_same_bundle(engine: Engine) {
+    let s = start(engine).await;
     let path = "/v1/terminals/T-1/entitlements?since=0";
     let plain = s.get("T-1", path, None).await;
     let gz = s.get("T-1", path, Some("gzip")).await;
@@ -548,9 +549,8 @@ async fn gzip_and_zstd_answers_decode_to_the_same_bundle() {
     assert_eq!(zstd::decode_all(&zs.body[..]).unwrap(), plain.body);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deny_list_entries_verify_and_a_loss_report_comes_next() {
-    let s = start().await;
+async fn deny_list_entries_verify_and_a_loss_report_comes_next(engine: Engine) {
+    let s = start(engine).await;
     let v = s.deny("T-1", 0).await;
     assert_eq!(
         v,
@@ -629,9 +629,8 @@ async fn deny_list_entries_verify_and_a_loss_report_comes_next() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unauthenticated_tampered_and_malformed_requests_are_refused() {
-    let s = start().await;
+async fn unauthenticated_tampered_and_malformed_requests_are_refused(engine: Engine) {
+    let s = start(engine).await;
     let path = "/v1/terminals/T-1/entitlements?since=0";
     let a = s
         .http
@@ -678,9 +677,10 @@ async fn unauthenticated_tampered_and_malformed_requests_are_refused() {
 
 /// A use made offline before a reissue but uploaded after it was not in what the reissue moved: the
 /// member gets it on top of the new card's uses. Clearing must name it, not lose it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_use_of_the_old_card_uploaded_after_a_reissue_is_reported_as_over_redeemed() {
-    let s = start().await;
+async fn a_use_of_the_old_card_uploaded_after_a_reissue_is_reported_as_over_redeemed(
+    engine: Engine,
+) {
+    let s = start(engine).await;
     // B: P2 WASH 5 uses. T-1 uploads 2; T-2 redeemed 2 while offline (before the reissue).
     let t1 = s
         .upload(
@@ -708,8 +708,9 @@ async fn a_use_of_the_old_card_uploaded_after_a_reissue_is_reported_as_over_rede
         &[Line::redeem(card_ref("T-2", CARD_B), "P2", "WASH", 2)],
     )
     .await;
-    let c = db::open(&s.db_path).unwrap();
-    let e = clearing_server::storage::statements::exceptions(&c).unwrap();
+    let e = admin(&s, |tx| {
+        clearing_server::storage::statements::exceptions(tx).unwrap()
+    });
     assert!(e.redeemed_while_denied.is_empty(), "{e:?}");
     // 2 + 2 + 3 = 7 uses of a 5-use package.
     assert_eq!(e.over_redeemed.len(), 1, "{e:?}");
@@ -721,9 +722,8 @@ async fn a_use_of_the_old_card_uploaded_after_a_reissue_is_reported_as_over_rede
 /// Lowering an item's total below what shops already redeemed would make those redemptions look
 /// over-redeemed (an exception naming shops that did nothing wrong) and sign `uses_left` 0 silently:
 /// refused with the reason, like dropping a used item.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_total_below_the_uses_already_made_is_refused() {
-    let s = start().await;
+async fn a_total_below_the_uses_already_made_is_refused(engine: Engine) {
+    let s = start(engine).await;
     s.upload(
         "T-1",
         None,
@@ -740,20 +740,20 @@ async fn a_total_below_the_uses_already_made_is_refused() {
     admin(&s, |tx| {
         cards::customize(tx, &number(CARD_B), &exact, T0).unwrap()
     });
-    let c = db::open(&s.db_path).unwrap();
     assert!(
-        clearing_server::storage::statements::exceptions(&c)
-            .unwrap()
-            .over_redeemed
-            .is_empty()
+        admin(&s, |tx| clearing_server::storage::statements::exceptions(
+            tx
+        )
+        .unwrap())
+        .over_redeemed
+        .is_empty()
     );
 }
 
 /// A second void of the same redemption restores the uses and takes the money back twice: clearing
 /// names it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_void_that_matches_no_redemption_is_an_exception() {
-    let s = start().await;
+async fn a_void_that_matches_no_redemption_is_an_exception(engine: Engine) {
+    let s = start(engine).await;
     let wash = Line::redeem(card_ref("T-1", CARD_B), "P2", "WASH", 1);
     s.upload(
         "T-1",
@@ -761,15 +761,18 @@ async fn a_void_that_matches_no_redemption_is_an_exception() {
         &[wash.clone(), Line::void(&wash, 1), Line::void(&wash, 1)],
     )
     .await;
-    let c = db::open(&s.db_path).unwrap();
-    let e = clearing_server::storage::statements::exceptions(&c).unwrap();
+    let e = admin(&s, |tx| {
+        clearing_server::storage::statements::exceptions(tx).unwrap()
+    });
     let found: Vec<(&str, u64)> = e
         .unmatched_voids
         .iter()
         .map(|u| (u.record.terminal_id.as_str(), u.record.seq))
         .collect();
     assert_eq!(found, [("T-1", 3)]);
-    let text = clearing_server::admin::render::exceptions(&c, &e).unwrap();
+    let text = admin(&s, |tx| {
+        clearing_server::admin::render::exceptions(tx, &e).unwrap()
+    });
     assert!(text.starts_with("exceptions: 1\n"), "{text}");
     assert!(
         text.contains("void_unmatched terminal T-1 seq 3")
@@ -777,3 +780,5 @@ async fn a_void_that_matches_no_redemption_is_an_exception() {
         "{text}"
     );
 }
+
+on_both_engines!(async a_snapshot_verifies_installs_and_counts_usage_from_every_terminal, deltas_hold_exactly_the_changed_cards_and_the_current_version_gets_204, the_configured_cache_validity_is_signed_and_renewed_at_a_third_of_it, gzip_and_zstd_answers_decode_to_the_same_bundle, deny_list_entries_verify_and_a_loss_report_comes_next, unauthenticated_tampered_and_malformed_requests_are_refused, a_use_of_the_old_card_uploaded_after_a_reissue_is_reported_as_over_redeemed, a_total_below_the_uses_already_made_is_refused, a_void_that_matches_no_redemption_is_an_exception);

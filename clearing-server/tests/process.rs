@@ -3,142 +3,26 @@
 //! the card admin commands, and the clearing reports (`admin statement`, `admin exceptions`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
+use common::engines::{Engine, database};
 use redeemd_contract::keys::{TerminalKeys, TerminalSecret};
 use redeemd_contract::request::SignedHeaders;
 use serde_json::Value;
 
 mod common;
 
+use common::binary::*;
+
 const BIN: &str = env!("CARGO_BIN_EXE_clearing-server");
-
-/// Kills the server process when dropped, even on a failed assertion.
-struct Server {
-    child: std::process::Child,
-    addr: String,
-}
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `admin enroll` of `terminal` for merchant M-1, writing its secret to `key`.
-fn enroll(db: &Path, terminal: &str, key: &Path) -> std::process::Output {
-    admin(
-        db,
-        &[
-            "enroll",
-            "--terminal",
-            terminal,
-            "--merchant",
-            "M-1",
-            "--key-file",
-            key.to_str().unwrap(),
-        ],
-    )
-}
-
-fn serve(db: &Path) -> Server {
-    serve_with(db, &[]).0
-}
-
-/// `clearing-server --db <db> serve --listen 127.0.0.1:0 <args>`.
-fn serve_command(db: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.args([
-        "--db",
-        db.to_str().unwrap(),
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-    ])
-    .args(args);
-    c
-}
-
-/// [`serve_command`] started: the server and its log lines up to the listening line.
-fn serve_with(db: &Path, args: &[&str]) -> (Server, Vec<String>) {
-    let mut child = serve_command(db, args)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut log = Vec::new();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let addr = loop {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "server exited: {log:?}"
-        );
-        log.push(line.trim().to_owned());
-        if let Some(addr) = line.trim().split("listening on http://").nth(1) {
-            break addr.to_owned();
-        }
-    };
-    (Server { child, addr }, log)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-/// Sends one signed request; `None` when the connection failed (server gone).
-async fn send(
-    addr: &str,
-    keys: &TerminalKeys,
-    method: &str,
-    path: &str,
-    body: Vec<u8>,
-) -> Option<(u16, Value)> {
-    let mut nonce = [0u8; 16];
-    getrandom::fill(&mut nonce).unwrap();
-    let h = SignedHeaders::sign(
-        &keys.request,
-        &keys.terminal_id,
-        method,
-        path,
-        now_ms(),
-        nonce,
-        &body,
-    );
-    let mut req = reqwest::Client::new()
-        .request(method.parse().unwrap(), format!("http://{addr}{path}"))
-        .header("content-type", "application/json")
-        .body(body);
-    for (k, v) in h.pairs() {
-        req = req.header(k, v);
-    }
-    let resp = req.send().await.ok()?;
-    let status = resp.status().as_u16();
-    let v = serde_json::from_slice(&resp.bytes().await.ok()?).unwrap_or(Value::Null);
-    Some((status, v))
-}
-
-/// Multi-threaded, so that a spawned request progresses while the test thread kills the server.
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 const HEAD: &str = "/v1/terminals/T-1/journal/head";
 const JOURNAL: &str = "/v1/terminals/T-1/journal";
 
-#[test]
-fn enroll_then_serve_a_signed_request() {
+fn enroll_then_serve_a_signed_request(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("c.sqlite3");
+    let db = database(engine, dir.path());
     let key = dir.path().join("T-1.key");
     let out = enroll(&db, "T-1", &key);
     assert!(
@@ -170,14 +54,7 @@ fn enroll_then_serve_a_signed_request() {
     // Disabled by the platform: refused until enabled again.
     let admin = |cmd: &str, terminal: &str| {
         Command::new(BIN)
-            .args([
-                "--db",
-                db.to_str().unwrap(),
-                "admin",
-                cmd,
-                "--terminal",
-                terminal,
-            ])
+            .args(["--db", &db, "admin", cmd, "--terminal", terminal])
             .output()
             .unwrap()
     };
@@ -200,10 +77,9 @@ fn enroll_then_serve_a_signed_request() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("T-404 is not enrolled"));
 }
 
-#[test]
-fn the_cache_validity_is_a_checked_serve_setting() {
+fn the_cache_validity_is_a_checked_serve_setting(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("c.sqlite3");
+    let db = database(engine, dir.path());
     let (_server, log) = serve_with(&db, &[]);
     assert_eq!(
         log[0],
@@ -240,10 +116,9 @@ fn the_cache_validity_is_a_checked_serve_setting() {
     }
 }
 
-#[test]
-fn kill_9_during_an_upload_loses_nothing_and_stores_nothing_twice() {
+fn kill_9_during_an_upload_loses_nothing_and_stores_nothing_twice(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("c.sqlite3");
+    let db = database(engine, dir.path());
     let keys = enrolled(&db, dir.path(), "T-1");
     const BATCH: u64 = 500;
     let delays_ms = [0u64, 20, 80, 200, 600];
@@ -291,54 +166,20 @@ fn kill_9_during_an_upload_loses_nothing_and_stores_nothing_twice() {
         acked = to;
     }
     eprintln!("batch committed before the kill, per round: {outcomes:?}");
-    let c = rusqlite::Connection::open(&db).unwrap();
-    let (n, min, max): (i64, i64, i64) = c
-        .query_row(
-            "SELECT count(*), min(seq), max(seq) FROM journal",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
+    let (n, min, max) = query(&db, "SELECT count(*), min(seq), max(seq) FROM journal")
+        .map(|r| (r.i64(0).unwrap(), r.i64(1).unwrap(), r.u64(2).unwrap()))
+        .next()
         .unwrap();
-    assert_eq!((n, min, max as u64), (acked as i64, 1, acked));
-}
-
-/// Runs `clearing-server --db DB admin ARGS…`.
-fn admin(db: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .args(["--db", db.to_str().unwrap(), "admin"])
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-/// Succeeds, or fails the test with the command's stderr. Returns stdout.
-fn ok(db: &Path, args: &[&str]) -> String {
-    let out = admin(db, args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Fails with a message containing `needle`. Returns stderr.
-fn refused(db: &Path, args: &[&str], needle: &str) -> String {
-    let out = admin(db, args);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "{args:?} succeeded");
-    assert!(err.contains(needle), "{args:?}: {err:?} lacks {needle:?}");
-    err
+    assert_eq!((n, min, max), (acked as i64, 1, acked));
 }
 
 const CARD_A: &str = "6228 4800 1234 5678";
 const CARD_A_DIGITS: &str = "6228480012345678";
 const CARD_B: &str = "6228480099990001";
 
-#[test]
-fn card_lifecycle_through_the_admin_commands() {
+fn card_lifecycle_through_the_admin_commands(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("c.sqlite3");
+    let db = database(engine, dir.path());
     // Enrolling for an unknown merchant creates it with defaults.
     let keys = enrolled(&db, dir.path(), "T-1");
     ok(
@@ -533,22 +374,21 @@ fn card_lifecycle_through_the_admin_commands() {
 
     // The deny list of the merchant that sees the card: lost, frozen, cancelled, in that order, each
     // with the card's version at the change.
-    let c = rusqlite::Connection::open(&db).unwrap();
-    let deny: Vec<(i64, i64, i64)> = c
-        .prepare("SELECT version, status, entry_version FROM deny_entry WHERE merchant_id = 'M-1' ORDER BY version")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let deny: Vec<(i64, i64, i64)> = query(
+        &db,
+        "SELECT version, status, entry_version FROM deny_entry WHERE merchant_id = 'M-1' ORDER BY version",
+    )
+    .map(|r| (r.i64(0).unwrap(), r.i64(1).unwrap(), r.i64(2).unwrap()))
+    .collect();
     assert_eq!(
         deny.iter().map(|d| (d.0, d.1)).collect::<Vec<_>>(),
         [(1, 2), (2, 3), (3, 4)]
     );
     assert!(deny.windows(2).all(|w| w[0].2 < w[1].2));
     // The full number is stored (the platform issues cards) but never printed.
-    let stored: String = c
-        .query_row("SELECT number FROM card WHERE id = 1", [], |r| r.get(0))
+    let stored = query(&db, "SELECT number FROM card WHERE id = 1")
+        .map(|r| r.text(0).unwrap())
+        .next()
         .unwrap();
     assert_eq!(stored, CARD_A_DIGITS);
     let help = Command::new(BIN)
@@ -558,10 +398,9 @@ fn card_lifecycle_through_the_admin_commands() {
     assert!(String::from_utf8_lossy(&help.stdout).contains("CODE:TITLE:USES:PRICE_FEN"));
 }
 
-#[test]
-fn a_replayed_request_is_refused_after_a_server_restart() {
+fn a_replayed_request_is_refused_after_a_server_restart(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("c.sqlite3");
+    let db = database(engine, dir.path());
     let keys = enrolled(&db, dir.path(), "T-1");
     let body = common::upload_body(1, &common::chain(&keys, 2, |_| 1));
     // One captured request, sent again as is.
@@ -612,43 +451,11 @@ fn a_replayed_request_is_refused_after_a_server_restart() {
     );
 }
 
-/// Keys of a terminal enrolled with `admin enroll --key-file` (the key file in `dir`).
-fn enrolled(db: &Path, dir: &Path, terminal: &str) -> TerminalKeys {
-    let key = dir.join(format!("{terminal}.key"));
-    let out = enroll(db, terminal, &key);
-    assert!(
-        out.status.success(),
-        "enroll {terminal}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    TerminalSecret::from_hex_text(&std::fs::read_to_string(&key).unwrap())
-        .unwrap()
-        .derive_all(terminal)
-}
-
-/// Uploads `recs` (continuing the terminal's chain) and returns the answer.
-fn upload(
-    server: &Server,
-    keys: &TerminalKeys,
-    recs: &[(redeemd_contract::JournalRecord, redeemd_contract::keys::Tag)],
-) -> (u16, Value) {
-    let path = format!("/v1/terminals/{}/journal", keys.terminal_id);
-    runtime()
-        .block_on(send(
-            &server.addr,
-            keys,
-            "POST",
-            &path,
-            redeemd::sync::wire::upload_body(recs),
-        ))
-        .unwrap()
-}
-
-#[test]
-fn clearing_reports_name_over_redemption_across_shops_redemptions_after_a_loss_and_refused_records()
-{
+fn clearing_reports_name_over_redemption_across_shops_redemptions_after_a_loss_and_refused_records(
+    engine: Engine,
+) {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("c.sqlite3");
+    let db = database(engine, dir.path());
     let t1 = enrolled(&db, dir.path(), "T-1");
     let t2 = enrolled(&db, dir.path(), "T-2");
     ok(
@@ -860,3 +667,5 @@ fn clearing_reports_name_over_redemption_across_shops_redemptions_after_a_loss_a
         "--from 2026-11-21 is not before --until 2026-11-20",
     );
 }
+
+on_both_engines!(sync enroll_then_serve_a_signed_request, the_cache_validity_is_a_checked_serve_setting, kill_9_during_an_upload_loses_nothing_and_stores_nothing_twice, card_lifecycle_through_the_admin_commands, a_replayed_request_is_refused_after_a_server_restart, clearing_reports_name_over_redemption_across_shops_redemptions_after_a_loss_and_refused_records);

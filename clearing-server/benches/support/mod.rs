@@ -5,7 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use clearing_server::storage::cards::{self, ItemSpec, NewCard, PackageSpec};
+use clearing_server::storage::Db;
+use clearing_server::storage::cards::{self, CardError, ItemSpec, NewCard, PackageSpec};
 use redeemd_contract::keys::TerminalKeys;
 use redeemd_contract::model::{CardNumber, MerchantScope};
 use redeemd_contract::request::SignedHeaders;
@@ -59,22 +60,24 @@ pub fn package(now: i64) -> PackageSpec {
 }
 
 /// N cards, every tenth named with identity data, in one transaction with one version.
-pub fn seed(conn: &mut rusqlite::Connection, n: u64) -> Duration {
+pub fn seed(db: &Db, n: u64) -> Duration {
     let now = now_ms();
     let t = Instant::now();
-    let tx = conn.transaction().unwrap();
-    let version = cards::bump_version(&tx, now).unwrap();
     let p = [package(now)];
-    for i in 0..n {
-        let named = i % 10 == 0;
-        let new = NewCard {
-            number: number(i),
-            holder_name: named.then(|| "张三".to_owned()),
-            identity_data: named.then(|| "1234".to_owned()),
-        };
-        cards::insert_card(&tx, &new, &p, version, now).unwrap();
-    }
-    tx.commit().unwrap();
+    db.write(|tx| -> Result<(), CardError> {
+        let version = cards::bump_version(tx, now)?;
+        for i in 0..n {
+            let named = i % 10 == 0;
+            let new = NewCard {
+                number: number(i),
+                holder_name: named.then(|| "张三".to_owned()),
+                identity_data: named.then(|| "1234".to_owned()),
+            };
+            cards::insert_card(tx, &new, &p, version, now)?;
+        }
+        Ok(())
+    })
+    .unwrap();
     t.elapsed()
 }
 

@@ -11,7 +11,7 @@ use clap::Subcommand;
 use redeemd_contract::model::{CardNumber, MerchantScope};
 
 use crate::storage::cards::{self, CardError, StatusAction};
-use crate::storage::{self, statements};
+use crate::storage::{self, Db, statements};
 
 #[derive(Subcommand)]
 pub enum Admin {
@@ -202,37 +202,41 @@ pub enum CardCommand {
     },
 }
 
-/// Runs one admin command against the database at `conn`.
-pub fn run(conn: rusqlite::Connection, command: Admin) -> Result<(), String> {
+/// Runs one admin command against `db`: input parsed first, then one transaction (retried on a
+/// conflict with another server or admin), then what it did printed once it committed.
+pub fn run(db: &Db, command: Admin) -> Result<(), String> {
     match command {
         Admin::Merchant {
             id,
             name,
             commission_bps,
             categories,
-        } => in_transaction(conn, |tx| {
-            cards::upsert_merchant(tx, &id, &name, commission_bps, &categories, now())?;
+        } => {
+            let now = now();
+            db.write(|tx| cards::upsert_merchant(tx, &id, &name, commission_bps, &categories, now))
+                .map_err(|e| e.to_string())?;
             eprintln!("merchant {id} saved");
             Ok(())
-        }),
-        Admin::Card { command } => card_command(conn, command),
-        Admin::Statement { command } => {
-            statement_command(&conn, command).map_err(|e| e.to_string())
         }
+        Admin::Card { command } => card_command(db, command).map_err(|e| e.to_string()),
+        Admin::Statement { command } => statement_command(db, command).map_err(|e| e.to_string()),
         Admin::Exceptions { json } => {
-            let e = statements::exceptions(&conn).map_err(|e| e.to_string())?;
+            let (e, text) = db
+                .read(|tx| -> Result<_, CardError> {
+                    let e = statements::exceptions(tx)?;
+                    let text = render::exceptions(tx, &e)?;
+                    Ok((e, text))
+                })
+                .map_err(|e| e.to_string())?;
             if json {
                 print_json(&e)
             } else {
-                print!(
-                    "{}",
-                    render::exceptions(&conn, &e).map_err(|e| e.to_string())?
-                );
+                print!("{text}");
                 Ok(())
             }
         }
-        Admin::Disable { terminal } => set_enabled(&conn, &terminal, false),
-        Admin::Enable { terminal } => set_enabled(&conn, &terminal, true),
+        Admin::Disable { terminal } => set_enabled(db, &terminal, false),
+        Admin::Enable { terminal } => set_enabled(db, &terminal, true),
         Admin::Enroll {
             terminal,
             merchant,
@@ -240,14 +244,14 @@ pub fn run(conn: rusqlite::Connection, command: Admin) -> Result<(), String> {
         } => {
             let mut secret = [0u8; 32];
             getrandom::fill(&mut secret).map_err(|e| format!("no randomness: {e}"))?;
-            let now = (crate::http::system_clock())();
+            let now = now();
             let text = format!("{}\n", hex::encode(secret));
             // The key file first: a secret the platform holds but nobody received is useless.
             if let Some(path) = &key_file {
                 write_private(path, text.as_bytes())
                     .map_err(|e| format!("{}: {e}", path.display()))?;
             }
-            if let Err(e) = storage::enroll(&conn, &terminal, &merchant, &secret, now) {
+            if let Err(e) = db.write(|tx| storage::enroll(tx, &terminal, &merchant, &secret, now)) {
                 if let Some(path) = &key_file {
                     let _ = std::fs::remove_file(path);
                 }
@@ -266,40 +270,28 @@ fn now() -> i64 {
     (crate::http::system_clock())()
 }
 
-/// Runs `f` in one immediate transaction, committed only if it succeeds.
-fn in_transaction(
-    mut conn: rusqlite::Connection,
-    f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<(), CardError>,
-) -> Result<(), String> {
-    let tx = conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(|e| e.to_string())?;
-    f(&tx).map_err(|e| e.to_string())?;
-    tx.commit().map_err(|e| e.to_string())
-}
-
 fn number(flag: &str, raw: &str) -> Result<CardNumber, CardError> {
     // The input is not echoed: it may be a real card number with a typo.
     CardNumber::parse(raw).map_err(|e| CardError::Invalid(format!("{flag}: {e}")))
 }
 
-fn card_command(conn: rusqlite::Connection, command: CardCommand) -> Result<(), String> {
+fn card_command(db: &Db, command: CardCommand) -> Result<(), CardError> {
     match command {
         CardCommand::Create {
             number: raw,
             holder,
             identity,
-        } => in_transaction(conn, |tx| {
-            let n = number("--number", &raw)?;
+        } => {
             let new = cards::NewCard {
-                number: n.clone(),
+                number: number("--number", &raw)?,
                 holder_name: holder,
                 identity_data: identity,
             };
-            let id = cards::create_card(tx, &new, now())?;
-            eprintln!("card {} issued (#{id})", n.masked());
+            let now = now();
+            let id = db.write(|tx| cards::create_card(tx, &new, now))?;
+            eprintln!("card {} issued (#{id})", new.number.masked());
             Ok(())
-        }),
+        }
         CardCommand::Customize {
             number: raw,
             package,
@@ -311,7 +303,7 @@ fn card_command(conn: rusqlite::Connection, command: CardCommand) -> Result<(), 
             daily_cap,
             identity_required,
             items,
-        } => in_transaction(conn, |tx| {
+        } => {
             let n = number("--number", &raw)?;
             let scope = if !scope_merchants.is_empty() {
                 MerchantScope::Merchants(scope_merchants)
@@ -333,30 +325,32 @@ fn card_command(conn: rusqlite::Connection, command: CardCommand) -> Result<(), 
                     .map(|i| cards::ItemSpec::parse(i))
                     .collect::<Result<_, _>>()?,
             };
-            let v = cards::customize(tx, &n, &spec, now())?;
+            let now = now();
+            let v = db.write(|tx| cards::customize(tx, &n, &spec, now))?;
             eprintln!(
                 "card {}: package {} saved (version {v})",
                 n.masked(),
                 spec.id
             );
             Ok(())
-        }),
-        CardCommand::Lost { number: raw } => status(conn, &raw, StatusAction::ReportLost),
-        CardCommand::Unlock { number: raw } => status(conn, &raw, StatusAction::Unlock),
-        CardCommand::Freeze { number: raw } => status(conn, &raw, StatusAction::Freeze),
-        CardCommand::Reissue { from, to } => in_transaction(conn, |tx| {
+        }
+        CardCommand::Lost { number: raw } => status(db, &raw, StatusAction::ReportLost),
+        CardCommand::Unlock { number: raw } => status(db, &raw, StatusAction::Unlock),
+        CardCommand::Freeze { number: raw } => status(db, &raw, StatusAction::Freeze),
+        CardCommand::Reissue { from, to } => {
             let (f, t) = (number("--from", &from)?, number("--to", &to)?);
-            cards::reissue(tx, &f, &t, now())?;
+            let now = now();
+            db.write(|tx| cards::reissue(tx, &f, &t, now))?;
             eprintln!(
                 "card {} reissued as {}; the old card is cancelled",
                 f.masked(),
                 t.masked()
             );
             Ok(())
-        }),
+        }
         CardCommand::Show { number: raw } => {
-            let n = number("--number", &raw).map_err(|e| e.to_string())?;
-            print!("{}", render::card(&conn, &n).map_err(|e| e.to_string())?);
+            let n = number("--number", &raw)?;
+            print!("{}", db.read(|tx| render::card(tx, &n))?);
             Ok(())
         }
     }
@@ -368,13 +362,11 @@ fn print_json(value: &impl serde::Serialize) -> Result<(), String> {
     Ok(())
 }
 
-fn statement_command(
-    conn: &rusqlite::Connection,
-    command: StatementCommand,
-) -> Result<(), CardError> {
+fn statement_command(db: &Db, command: StatementCommand) -> Result<(), CardError> {
     match command {
         StatementCommand::Merchant { merchant, period } => {
-            let (s, name) = statements::merchant_statement(conn, &merchant, period.window()?)?;
+            let window = period.window()?;
+            let (s, name) = db.read(|tx| statements::merchant_statement(tx, &merchant, window))?;
             if period.json {
                 print_json(&s).map_err(CardError::Invalid)
             } else {
@@ -387,7 +379,8 @@ fn statement_command(
             period,
         } => {
             let n = number("--number", &raw)?;
-            let s = statements::member_statement(conn, &n, period.window()?)?;
+            let window = period.window()?;
+            let s = db.read(|tx| statements::member_statement(tx, &n, window))?;
             if period.json {
                 print_json(&s).map_err(CardError::Invalid)
             } else {
@@ -398,22 +391,23 @@ fn statement_command(
     }
 }
 
-fn status(conn: rusqlite::Connection, raw: &str, action: StatusAction) -> Result<(), String> {
-    in_transaction(conn, |tx| {
-        let n = number("--number", raw)?;
-        let v = cards::set_status(tx, &n, action, now())?;
-        let row = cards::card_by_number(tx, &n)?;
-        eprintln!(
-            "card {} is {} (version {v})",
-            n.masked(),
-            cards::status_name(row.status)
-        );
-        Ok(())
-    })
+fn status(db: &Db, raw: &str, action: StatusAction) -> Result<(), CardError> {
+    let n = number("--number", raw)?;
+    let now = now();
+    let (v, row) = db.write(|tx| {
+        let v = cards::set_status(tx, &n, action, now)?;
+        Ok::<_, CardError>((v, cards::card_by_number(tx, &n)?))
+    })?;
+    eprintln!(
+        "card {} is {} (version {v})",
+        n.masked(),
+        cards::status_name(row.status)
+    );
+    Ok(())
 }
 
-fn set_enabled(conn: &rusqlite::Connection, terminal: &str, enabled: bool) -> Result<(), String> {
-    match storage::set_enabled(conn, terminal, enabled) {
+fn set_enabled(db: &Db, terminal: &str, enabled: bool) -> Result<(), String> {
+    match db.write(|tx| storage::set_enabled(tx, terminal, enabled)) {
         Ok(true) => {
             let state = if enabled { "enabled" } else { "disabled" };
             eprintln!("terminal {terminal} {state}");

@@ -6,9 +6,9 @@ use std::fmt::Write as _;
 use redeemd_contract::model::{CardNumber, MerchantScope};
 
 use crate::core::clearing::{MemberStatement, MerchantStatement};
+use crate::storage::Tx;
 use crate::storage::cards::{self, CardError};
 use crate::storage::statements::{Exceptions, Window, masked_card};
-use rusqlite::Connection;
 
 fn yuan(fen: i64) -> String {
     let sign = if fen < 0 { "-" } else { "" };
@@ -101,7 +101,7 @@ pub fn member(s: &MemberStatement, masked: &str) -> String {
     out
 }
 
-pub fn exceptions(conn: &Connection, e: &Exceptions) -> Result<String, CardError> {
+pub fn exceptions(tx: &mut dyn Tx, e: &Exceptions) -> Result<String, CardError> {
     let mut out = String::new();
     let total = e.refused_or_unmapped.len()
         + e.redeemed_while_denied.len()
@@ -124,7 +124,7 @@ pub fn exceptions(conn: &Connection, e: &Exceptions) -> Result<String, CardError
             out,
             "  redeemed_while_{} card {}: terminal {} seq {} at {} ({} {} ×{}, auth {}); {} since {}",
             d.period.status,
-            masked_card(conn, d.card_id)?,
+            masked_card(tx, d.card_id)?,
             d.record.terminal_id,
             d.record.seq,
             time(d.record.wall_ms),
@@ -145,7 +145,7 @@ pub fn exceptions(conn: &Connection, e: &Exceptions) -> Result<String, CardError
         let _ = writeln!(
             out,
             "  over_redeemed card {} {} {}: {} used of {} across {}; records {}",
-            masked_card(conn, o.card_id)?,
+            masked_card(tx, o.card_id)?,
             o.package_id,
             o.service_code,
             o.net_used,
@@ -174,8 +174,8 @@ pub fn exceptions(conn: &Connection, e: &Exceptions) -> Result<String, CardError
 }
 
 /// `card show`: status, holder, packages, uses left. Never the full number.
-pub fn card(conn: &Connection, number: &CardNumber) -> Result<String, CardError> {
-    let row = cards::card_by_number(conn, number)?;
+pub fn card(tx: &mut dyn Tx, number: &CardNumber) -> Result<String, CardError> {
+    let row = cards::card_by_number(tx, number)?;
     let mut out = String::new();
     let _ = writeln!(out, "card      {} (#{})", row.masked(), row.id);
     let _ = writeln!(out, "status    {}", cards::status_name(row.status));
@@ -187,10 +187,10 @@ pub fn card(conn: &Connection, number: &CardNumber) -> Result<String, CardError>
     let _ = writeln!(out, "holder    {holder}");
     let _ = writeln!(out, "version   {}", row.version);
     if let Some(to) = row.reissued_to {
-        let new = cards::card_by_id(conn, to)?;
+        let new = cards::card_by_id(tx, to)?;
         let _ = writeln!(out, "reissued  to {}", new.masked());
     }
-    let pk = cards::packages(conn, row.id)?;
+    let pk = cards::packages(tx, row.id)?;
     if pk.is_empty() {
         let _ = writeln!(out, "packages  none");
     }

@@ -5,5 +5,6 @@
 //! * [`close`] — end-of-day totals and reconciliation (shared with the terminal: `redeemd_contract::close`).
 
 pub mod cache_policy;
+pub mod cards;
 pub mod clearing;
 pub use redeemd_contract::close;

@@ -9,7 +9,7 @@ use redeemd_contract::request::{self, DEFAULT_SKEW_MS, ParsedAuth, ReceivedHeade
 
 use super::AppState;
 use super::problem::Problem;
-use crate::storage::{self, nonces};
+use crate::storage::{self, Isolation, terminals};
 
 /// Largest request body read, in bytes (as sent, compressed or not).
 pub const MAX_BODY_BYTES: usize = 8 << 20;
@@ -84,62 +84,72 @@ async fn authenticate(
     let clock = state.clock.clone();
     let pruned = state.nonces_pruned_ms.clone();
     // One trip to the database thread: the terminal's keys, then the checks in the documented order;
-    // the nonce is remembered (in SQLite, surviving restarts) only when everything else passed.
+    // the nonce is remembered (in the database: across restarts and server processes) only when
+    // everything else passed. Read committed: the nonce's key alone decides, as in any process.
     state
-        .with_db(move |c| {
-            let terminal = storage::terminal(c, &auth.terminal_id)
-                .map_err(|e| Problem::internal(e.to_string()))?
-                .ok_or_else(|| {
-                    Problem::new(
-                        401,
-                        "unknown_terminal",
-                        format!("terminal {} is not enrolled", auth.terminal_id),
-                    )
-                })?;
-            if !terminal.enabled {
-                return Err(Problem::new(
-                    403,
-                    "terminal_disabled",
-                    format!("terminal {} is disabled", auth.terminal_id),
-                ));
-            }
-            if auth.terminal_id != path_terminal {
-                return Err(Problem::new(
-                    403,
-                    "terminal_mismatch",
-                    format!(
-                        "signed by {} for terminal {path_terminal}",
-                        auth.terminal_id
-                    ),
-                ));
-            }
-            let now = clock();
-            let last = pruned.load(std::sync::atomic::Ordering::Relaxed);
-            if now.saturating_sub(last) >= NONCE_PRUNE_EVERY_MS {
-                nonces::prune(c, now).map_err(|e| Problem::internal(format!("nonces: {e}")))?;
-                pruned.store(now, std::sync::atomic::Ordering::Relaxed);
-            }
-            let mut nonces = nonces::SqliteNonces::new(c);
-            let verified = auth.verify(
-                &terminal.keys.request,
-                &method,
-                &path_and_query,
-                body_hash,
-                now,
-                DEFAULT_SKEW_MS,
-                &mut nonces,
-            );
-            if let Some(e) = nonces.error {
-                return Err(Problem::internal(format!("nonces: {e}")));
-            }
-            verified.map_err(|e| {
-                let mut p = Problem::new(401, e.code(), e.to_string()).terminal(&auth.terminal_id);
-                if e.code() == "clock_skew" {
-                    p.server_time_ms = Some(now);
+        .with_db(move |db| {
+            db.transaction(Isolation::ReadCommitted, |tx| {
+                let terminal = storage::terminal(tx, &auth.terminal_id)
+                    .map_err(|e| Problem::internal(e.to_string()))?
+                    .ok_or_else(|| {
+                        Problem::new(
+                            401,
+                            "unknown_terminal",
+                            format!("terminal {} is not enrolled", auth.terminal_id),
+                        )
+                    })?;
+                if !terminal.enabled {
+                    return Err(Problem::new(
+                        403,
+                        "terminal_disabled",
+                        format!("terminal {} is disabled", auth.terminal_id),
+                    ));
                 }
-                p
-            })?;
-            Ok(terminal)
+                if auth.terminal_id != path_terminal {
+                    return Err(Problem::new(
+                        403,
+                        "terminal_mismatch",
+                        format!(
+                            "signed by {} for terminal {path_terminal}",
+                            auth.terminal_id
+                        ),
+                    ));
+                }
+                let now = clock();
+                let last = pruned.load(std::sync::atomic::Ordering::Relaxed);
+                if now.saturating_sub(last) >= NONCE_PRUNE_EVERY_MS {
+                    terminals::prune_nonces(tx, now)
+                        .map_err(|e| Problem::internal(format!("nonces: {e}")))?;
+                    pruned.store(now, std::sync::atomic::Ordering::Relaxed);
+                }
+                let mut nonces = terminals::TxNonces::new(tx);
+                let verified = auth.verify(
+                    &terminal.keys.request,
+                    &method,
+                    &path_and_query,
+                    body_hash,
+                    now,
+                    DEFAULT_SKEW_MS,
+                    &mut nonces,
+                );
+                if let Some(e) = nonces.error {
+                    // A conflict is retried by the transaction; anything else is the server's fault.
+                    return Err(if e.is_conflict() {
+                        Problem::from(e)
+                    } else {
+                        Problem::internal(format!("nonces: {e}"))
+                    });
+                }
+                verified.map_err(|e| {
+                    let mut p =
+                        Problem::new(401, e.code(), e.to_string()).terminal(&auth.terminal_id);
+                    if e.code() == "clock_skew" {
+                        p.server_time_ms = Some(now);
+                    }
+                    p
+                })?;
+                Ok(terminal)
+            })
         })
         .await
 }

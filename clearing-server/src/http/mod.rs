@@ -7,21 +7,22 @@
 //! * [`problem`] — `application/problem+json` answers with the stable codes of `docs/api/README.md`;
 //! * [`encoding`] — response compression.
 //!
-//! Database work runs on blocking threads, one connection behind a mutex; a snapshot is produced on its
-//! own connection and thread and streamed through a bounded channel.
+//! Database work runs on blocking threads (both drivers are synchronous), each request on a connection
+//! of the database's pool; a snapshot is produced on its own thread and streamed through a bounded
+//! channel.
 
 pub mod auth;
 pub mod encoding;
 pub mod problem;
 pub mod terminal;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::{get, post};
-use rusqlite::Connection;
 
 use crate::core::cache_policy::CachePolicy;
+use crate::storage::Db;
 use problem::Problem;
 
 /// What one client may hold of the server (`docs/api/README.md`, "Size limits"): connections at once,
@@ -124,10 +125,9 @@ pub fn system_clock() -> Clock {
 
 #[derive(Clone)]
 pub struct AppState {
-    conn: Arc<Mutex<Connection>>,
-    /// The database file, for the snapshot producers' own connections.
-    db_path: Option<std::path::PathBuf>,
-    /// When expired nonces were last pruned (server clock).
+    db: Arc<Db>,
+    /// When this process last pruned expired nonces (server clock): a schedule, not state that
+    /// correctness depends on (every process prunes now and then; nonces live in the database).
     nonces_pruned_ms: Arc<std::sync::atomic::AtomicI64>,
     clock: Clock,
     /// How long the bundles it signs are valid, and when a quiet platform renews them
@@ -138,14 +138,14 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(conn: Connection, clock: Clock) -> Self {
-        let db_path = conn
-            .path()
-            .filter(|p| !p.is_empty())
-            .map(std::path::PathBuf::from);
+    pub fn new(db: Db, clock: Clock) -> Self {
+        Self::shared(Arc::new(db), clock)
+    }
+
+    /// A state over a database the caller keeps using too (tests, benches).
+    pub fn shared(db: Arc<Db>, clock: Clock) -> Self {
         Self {
-            conn: Arc::new(Mutex::new(conn)),
-            db_path,
+            db,
             nonces_pruned_ms: Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN)),
             clock,
             cache: CachePolicy::default(),
@@ -163,23 +163,21 @@ impl AppState {
         Self { limits, ..self }
     }
 
-    /// Runs `f` on the connection on a blocking thread.
+    /// The database, for a caller running its own work on it.
+    pub fn db(&self) -> Arc<Db> {
+        self.db.clone()
+    }
+
+    /// Runs `f` with the database on a blocking thread. A panic in `f` answers `500` (its transaction
+    /// rolled back as it unwound) and the server goes on serving.
     async fn with_db<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, Problem> + Send + 'static,
+        f: impl FnOnce(&Db) -> Result<T, Problem> + Send + 'static,
     ) -> Result<T, Problem> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            // A request that panicked while holding the lock answered 500 already; its transaction
-            // rolled back as it unwound, so the connection is sound. Refusing it from then on would
-            // turn one bad request into an outage for every terminal until a restart.
-            let mut c = conn
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            f(&mut c)
-        })
-        .await
-        .map_err(|e| Problem::internal(format!("database task: {e}")))?
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(|e| Problem::internal(format!("database task: {e}")))?
     }
 }
 
@@ -216,33 +214,33 @@ pub fn router(state: AppState) -> Router {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::storage::StorageError;
 
     #[tokio::test]
     async fn a_request_that_panics_on_the_database_thread_does_not_take_the_server_down() {
         let dir = tempfile::tempdir().unwrap();
-        let conn = crate::storage::open(&dir.path().join("c.sqlite3")).unwrap();
-        let state = AppState::new(conn, Arc::new(|| 0));
+        let db = Db::open(&dir.path().join("c.sqlite3").display().to_string()).unwrap();
+        let state = AppState::new(db, Arc::new(|| 0));
         let r: Result<(), Problem> = state
-            .with_db(|c| {
-                let tx = c
-                    .transaction()
-                    .map_err(|e| Problem::internal(e.to_string()))?;
-                tx.execute(
-                    "INSERT INTO merchant (id, name, commission_bps) VALUES ('M-9', 'x', 0)",
-                    [],
-                )
-                .unwrap();
-                panic!("a bug in a handler");
+            .with_db(|db| {
+                db.write(|tx| -> Result<(), Problem> {
+                    tx.execute(
+                        "INSERT INTO merchant (id, name, commission_bps) VALUES ('M-9', 'x', 0)",
+                        &[],
+                    )?;
+                    panic!("a bug in a handler");
+                })
             })
             .await;
         assert_eq!(r.unwrap_err().status, 500);
         // The next request is served, and the panicked one's write was rolled back.
-        let merchants: i64 = state
-            .with_db(|c| {
-                c.query_row("SELECT count(*) FROM merchant WHERE id = 'M-9'", [], |r| {
-                    r.get(0)
+        let merchants = state
+            .with_db(|db| {
+                db.read(|tx| -> Result<i64, StorageError> {
+                    tx.query_one("SELECT count(*) FROM merchant WHERE id = 'M-9'", &[])?
+                        .i64(0)
                 })
-                .map_err(|e| Problem::internal(e.to_string()))
+                .map_err(Problem::from)
             })
             .await
             .unwrap();

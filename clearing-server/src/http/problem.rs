@@ -63,6 +63,13 @@ impl Problem {
     }
 }
 
+/// A database failure is the server's: `500 internal`, nothing committed.
+impl From<crate::storage::StorageError> for Problem {
+    fn from(e: crate::storage::StorageError) -> Self {
+        Problem::internal(e.to_string())
+    }
+}
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -37,7 +37,7 @@ pub(super) async fn journal_head(
 ) -> Result<Response, Problem> {
     let id = terminal_id.clone();
     let (seq, mac) = state
-        .with_db(move |c| storage::head(c, &id).map_err(|e| Problem::internal(e.to_string())))
+        .with_db(move |db| db.read(|tx| storage::head(tx, &id)).map_err(Problem::from))
         .await?;
     Ok(axum::Json(HeadBody {
         terminal_id,
@@ -135,7 +135,7 @@ pub(super) async fn journal_upload(
     let now = (state.clock)();
     let id = terminal_id.clone();
     let ack = state
-        .with_db(move |c| storage::store_batch(c, &id, &terminal.keys, from_seq, &records, now))
+        .with_db(move |db| storage::store_batch(db, &id, &terminal.keys, from_seq, &records, now))
         .await
         .map_err(|p| p.terminal(&terminal_id))?;
     Ok(axum::Json(AckBody {
@@ -189,7 +189,7 @@ pub(super) async fn batch_close(
     }
     let id = terminal_id.clone();
     let result = state
-        .with_db(move |c| storage::batch_close(c, &id, &close))
+        .with_db(move |db| storage::batch_close(db, &id, &close))
         .await
         .map_err(|p| p.terminal(&terminal_id))?;
     Ok(axum::Json(result).into_response())
@@ -258,13 +258,13 @@ impl std::io::Write for ChunkSink {
 }
 
 /// What the producer decided before streaming: `None` for `204`.
-type Decision = Result<Option<(redeemd_contract::BundleKind, u64)>, Problem>;
+type Decision = Result<bundle::Decision, Problem>;
 
-/// Runs on a blocking thread: prepares, plans, reports the decision, then streams the bundle. A failure
-/// after the decision ends the body with an error, so the client sees a cut-short bundle (which the
-/// terminal refuses: the manifest is the last frame).
+/// Runs on a blocking thread: prepares, decides, reports the decision, then streams the bundle. A
+/// failure after the decision ends the body with an error, so the client sees a cut-short bundle (which
+/// the terminal refuses: the manifest is the last frame).
 fn produce_bundle(
-    path: std::path::PathBuf,
+    db: &storage::Db,
     req: bundle::BundleRequest,
     encoding: Encoding,
     decided: tokio::sync::oneshot::Sender<Decision>,
@@ -272,48 +272,34 @@ fn produce_bundle(
 ) {
     let terminal = req.keys.terminal_id.clone();
     let fail = |e: String| Problem::internal(format!("entitlements for {terminal}: {e}"));
-    let mut conn = match storage::connect(&path) {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = decided.send(Err(fail(e.to_string())));
-            return;
-        }
-    };
-    if let Err(e) = bundle::prepare(&mut conn, &req) {
-        let _ = decided.send(Err(fail(e.to_string())));
-        return;
-    }
-    let planned = match bundle::plan(&mut conn, req) {
-        Ok(Some(p)) => p,
-        Ok(None) => {
-            let _ = decided.send(Ok(None));
-            return;
-        }
-        Err(e) => {
-            let _ = decided.send(Err(fail(e.to_string())));
-            return;
-        }
-    };
-    if decided
-        .send(Ok(Some((planned.kind, planned.version))))
-        .is_err()
-    {
-        return;
-    }
+    let mut decided = Some(decided);
     let sink = ChunkSink {
         tx: tx.clone(),
         buf: Vec::with_capacity(STREAM_CHUNK + 4096),
     };
     let result = (|| -> Result<(), bundle::BundleError> {
+        bundle::prepare(db, &req)?;
         let mut out = encoding::Compressor::new(encoding, sink)?;
-        planned.write(&mut out)?;
-        std::io::Write::flush(&mut out.finish()?)?;
+        let written = bundle::produce(
+            db,
+            &req,
+            |d| decided.take().is_some_and(|s| s.send(Ok(d)).is_ok()),
+            &mut out,
+        )?;
+        if written.is_some() {
+            std::io::Write::flush(&mut out.finish()?)?;
+        }
         Ok(())
     })();
-    match result {
-        Ok(()) => {}
-        Err(bundle::BundleError::Write(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-        Err(e) => {
+    match (result, decided) {
+        (Ok(()), _) => {}
+        // Failed before deciding: the handler answers the problem.
+        (Err(e), Some(decided)) => {
+            let _ = decided.send(Err(fail(e.to_string())));
+        }
+        (Err(bundle::BundleError::Write(e)), None)
+            if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        (Err(e), None) => {
             eprintln!("clearing-server: entitlements for {terminal}: stream aborted: {e}");
             let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
         }
@@ -332,10 +318,6 @@ pub(super) async fn entitlements(
 ) -> Result<Response, Problem> {
     let since = query_u64(&uri, "since").map_err(|p| p.terminal(&terminal_id))?;
     let encoding = accept_encoding(&headers);
-    let path = state
-        .db_path
-        .clone()
-        .ok_or_else(|| Problem::internal("entitlements need a database file".into()))?;
     let req = bundle::BundleRequest {
         keys: terminal.keys,
         merchant_id: terminal.merchant_id,
@@ -345,7 +327,8 @@ pub(super) async fn entitlements(
     };
     let (decided_tx, decided_rx) = tokio::sync::oneshot::channel();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Chunk>(STREAM_CHUNKS_IN_FLIGHT);
-    tokio::task::spawn_blocking(move || produce_bundle(path, req, encoding, decided_tx, tx));
+    let db = state.db();
+    tokio::task::spawn_blocking(move || produce_bundle(&db, req, encoding, decided_tx, tx));
     let decision = decided_rx
         .await
         .map_err(|_| Problem::internal("entitlements producer ended without an answer".into()))?
@@ -408,8 +391,8 @@ pub(super) async fn deny_list(
     let merchant_id = terminal.merchant_id.clone();
     let keys = terminal.keys.clone();
     let (version, entries) = state
-        .with_db(move |c| {
-            cards::deny_entries(c, &keys, &merchant_id, since, MAX_DENY_ENTRIES)
+        .with_db(move |db| {
+            db.read(|tx| cards::deny_entries(tx, &keys, &merchant_id, since, MAX_DENY_ENTRIES))
                 .map_err(|e| Problem::internal(e.to_string()))
         })
         .await

@@ -10,28 +10,29 @@ use std::collections::BTreeMap;
 
 use redeemd_contract::JournalRecord;
 use redeemd_contract::model::{CardNumber, CardStatus};
-use rusqlite::Connection;
 use serde::Serialize;
 
+use super::cards::{self, CardError};
+use super::sql::{Param, Tx};
 use crate::core::clearing::{
     self, DenyPeriod, ItemTotals, MemberStatement, MerchantStatement, OverRedeemed,
     RedeemedWhileDenied, UnmatchedVoid,
 };
-use crate::storage::cards::{self, CardError};
+use crate::params;
 
 /// A `[from, until)` window in unix ms.
 pub type Window = (i64, i64);
 
-/// Decodes the `(terminal_id, seq, record)` rows of `stmt` run with `params`.
+/// Decodes the `(terminal_id, seq, record)` rows of `sql` run with `params`.
 fn decoded(
-    stmt: &mut rusqlite::Statement<'_>,
-    params: impl rusqlite::Params,
+    tx: &mut dyn Tx,
+    sql: &str,
+    params: &[Param<'_>],
 ) -> Result<Vec<JournalRecord>, CardError> {
-    let mut rows = stmt.query(params)?;
     let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        let (t, seq, bytes): (String, i64, Vec<u8>) = (r.get(0)?, r.get(1)?, r.get(2)?);
-        out.push(JournalRecord::decode(&bytes).map_err(|e| {
+    for r in tx.query(sql, params)? {
+        let (t, seq, bytes) = (r.text(0)?, r.i64(1)?, r.blob(2)?);
+        out.push(JournalRecord::decode(bytes).map_err(|e| {
             CardError::Invalid(format!(
                 "journal of {t} seq {seq}: stored record does not decode: {e}"
             ))
@@ -41,49 +42,47 @@ fn decoded(
 }
 
 /// Every stored record of the terminals enrolled for `merchant_id`, in (terminal, seq) order.
-fn merchant_records(conn: &Connection, merchant_id: &str) -> Result<Vec<JournalRecord>, CardError> {
+fn merchant_records(tx: &mut dyn Tx, merchant_id: &str) -> Result<Vec<JournalRecord>, CardError> {
     decoded(
-        &mut conn.prepare(
-            "SELECT j.terminal_id, j.seq, j.record FROM journal j JOIN terminal t ON t.id = j.terminal_id
-             WHERE t.merchant_id = ?1 ORDER BY j.terminal_id, j.seq",
-        )?,
-        [merchant_id],
+        tx,
+        "SELECT j.terminal_id, j.seq, j.record FROM journal j JOIN terminal t ON t.id = j.terminal_id
+         WHERE t.merchant_id = $1 ORDER BY j.terminal_id, j.seq",
+        params![merchant_id],
     )
 }
 
 /// The card's stored records (any terminal), in (terminal, seq) order.
-fn card_records(conn: &Connection, card_id: i64) -> Result<Vec<JournalRecord>, CardError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT terminal_id, seq, record FROM journal WHERE card_id = ?1 ORDER BY terminal_id, seq",
-    )?;
-    decoded(&mut stmt, [card_id])
+fn card_records(tx: &mut dyn Tx, card_id: i64) -> Result<Vec<JournalRecord>, CardError> {
+    decoded(
+        tx,
+        "SELECT terminal_id, seq, record FROM journal WHERE card_id = $1 ORDER BY terminal_id, seq",
+        params![card_id],
+    )
 }
 
-fn item_totals(conn: &Connection, card_id: i64) -> Result<ItemTotals, CardError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT package_id, service_code, uses_total FROM package_item WHERE card_id = ?1",
-    )?;
-    let rows = stmt.query_map([card_id], |r| {
-        Ok((
-            (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
-            r.get::<_, u32>(2)?,
-        ))
-    })?;
-    Ok(rows.collect::<Result<BTreeMap<_, _>, _>>()?)
+fn item_totals(tx: &mut dyn Tx, card_id: i64) -> Result<ItemTotals, CardError> {
+    let mut out = BTreeMap::new();
+    for r in tx.query(
+        "SELECT package_id, service_code, uses_total FROM package_item WHERE card_id = $1",
+        params![card_id],
+    )? {
+        out.insert(
+            (r.text(0)?, r.text(1)?),
+            u32::try_from(r.i64(2)?).unwrap_or(0),
+        );
+    }
+    Ok(out)
 }
 
 /// The periods in which the platform held the card as lost, frozen or cancelled.
-fn deny_periods(conn: &Connection, card_id: i64) -> Result<Vec<DenyPeriod>, CardError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT status, at_ms FROM card_status_change WHERE card_id = ?1 ORDER BY at_ms, id",
+fn deny_periods(tx: &mut dyn Tx, card_id: i64) -> Result<Vec<DenyPeriod>, CardError> {
+    let changes = tx.query(
+        "SELECT status, at_ms FROM card_status_change WHERE card_id = $1 ORDER BY at_ms, id",
+        params![card_id],
     )?;
-    let changes = stmt
-        .query_map([card_id], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
     let mut periods: Vec<DenyPeriod> = Vec::new();
-    for (status, at_ms) in changes {
+    for r in changes {
+        let (status, at_ms) = (r.i64(0)?, r.i64(1)?);
         if let Some(open) = periods.last_mut().filter(|p| p.until_ms.is_none()) {
             open.until_ms = Some(at_ms);
         }
@@ -103,13 +102,13 @@ fn deny_periods(conn: &Connection, card_id: i64) -> Result<Vec<DenyPeriod>, Card
 }
 
 pub fn merchant_statement(
-    conn: &Connection,
+    tx: &mut dyn Tx,
     merchant_id: &str,
     window: Window,
 ) -> Result<(MerchantStatement, String), CardError> {
-    let merchant = cards::merchant(conn, merchant_id)?
+    let merchant = cards::merchant(tx, merchant_id)?
         .ok_or_else(|| CardError::Invalid(format!("merchant {merchant_id} does not exist")))?;
-    let records = merchant_records(conn, merchant_id)?;
+    let records = merchant_records(tx, merchant_id)?;
     Ok((
         clearing::merchant_statement(merchant_id, window, merchant.commission_bps, &records),
         merchant.name,
@@ -117,16 +116,16 @@ pub fn merchant_statement(
 }
 
 pub fn member_statement(
-    conn: &Connection,
+    tx: &mut dyn Tx,
     number: &CardNumber,
     window: Window,
 ) -> Result<MemberStatement, CardError> {
-    let card = cards::card_by_number(conn, number)?;
-    let records = card_records(conn, card.id)?;
+    let card = cards::card_by_number(tx, number)?;
+    let records = card_records(tx, card.id)?;
     Ok(clearing::member_statement(
         card.id,
         window,
-        &item_totals(conn, card.id)?,
+        &item_totals(tx, card.id)?,
         &records,
     ))
 }
@@ -151,49 +150,51 @@ pub struct Exceptions {
     pub unmatched_voids: Vec<UnmatchedVoid>,
 }
 
-pub fn exceptions(conn: &Connection) -> Result<Exceptions, CardError> {
-    let mut stmt = conn.prepare(
+pub fn exceptions(tx: &mut dyn Tx) -> Result<Exceptions, CardError> {
+    let mut refused_or_unmapped = Vec::new();
+    for r in tx.query(
         "SELECT terminal_id, seq, code, detail, at_ms FROM exception ORDER BY terminal_id, seq, id",
+        &[],
+    )? {
+        refused_or_unmapped.push(Noted {
+            terminal_id: r.text(0)?,
+            seq: r.opt_i64(1)?.map(|s| u64::try_from(s).unwrap_or(0)),
+            code: r.text(2)?,
+            detail: r.text(3)?,
+            at_ms: r.i64(4)?,
+        });
+    }
+    let cards_used = tx.query(
+        "SELECT DISTINCT card_id FROM journal WHERE card_id IS NOT NULL ORDER BY card_id",
+        &[],
     )?;
-    let refused_or_unmapped = stmt
-        .query_map([], |r| {
-            Ok(Noted {
-                terminal_id: r.get(0)?,
-                seq: r.get::<_, Option<i64>>(1)?.map(|s| s.max(0) as u64),
-                code: r.get(2)?,
-                detail: r.get(3)?,
-                at_ms: r.get(4)?,
-            })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
-    let cards_used: Vec<i64> = conn
-        .prepare("SELECT DISTINCT card_id FROM journal WHERE card_id IS NOT NULL ORDER BY card_id")?
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
     let (mut denied, mut over) = (Vec::new(), Vec::new());
-    for card_id in cards_used {
-        let records = card_records(conn, card_id)?;
+    for r in cards_used {
+        let card_id = r.i64(0)?;
+        let records = card_records(tx, card_id)?;
         denied.extend(clearing::redeemed_while_denied(
             card_id,
-            &deny_periods(conn, card_id)?,
+            &deny_periods(tx, card_id)?,
             &records,
         ));
         over.extend(clearing::over_redeemed(
             card_id,
-            &item_totals(conn, card_id)?,
+            &item_totals(tx, card_id)?,
             &records,
         ));
     }
-    let terminals: Vec<String> = conn
-        .prepare("SELECT DISTINCT terminal_id FROM journal ORDER BY terminal_id")?
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    let mut journal = conn.prepare(
-        "SELECT terminal_id, seq, record FROM journal WHERE terminal_id = ?1 ORDER BY seq",
+    let terminals = tx.query(
+        "SELECT DISTINCT terminal_id FROM journal ORDER BY terminal_id",
+        &[],
     )?;
     let mut unmatched_voids = Vec::new();
     for t in terminals {
-        let records = decoded(&mut journal, [&t])?;
+        let t = t.text(0)?;
+        let records = decoded(
+            tx,
+            "SELECT terminal_id, seq, record FROM journal WHERE terminal_id = $1 ORDER BY seq",
+            params![&t],
+        )?;
         unmatched_voids.extend(clearing::unmatched_voids(&records));
     }
     Ok(Exceptions {
@@ -205,6 +206,6 @@ pub fn exceptions(conn: &Connection) -> Result<Exceptions, CardError> {
 }
 
 /// The masked number of a platform card, for reports (never the full number).
-pub fn masked_card(conn: &Connection, card_id: i64) -> Result<String, CardError> {
-    Ok(cards::card_by_id(conn, card_id)?.masked())
+pub fn masked_card(tx: &mut dyn Tx, card_id: i64) -> Result<String, CardError> {
+    Ok(cards::card_by_id(tx, card_id)?.masked())
 }

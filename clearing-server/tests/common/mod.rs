@@ -1,6 +1,9 @@
 //! Journal records and upload bodies for the server tests.
 #![allow(dead_code)]
 
+pub mod binary;
+pub mod engines;
+
 use redeemd_contract::journal::{auth_code, genesis_mac};
 use redeemd_contract::keys::{Tag, TerminalKeys};
 use redeemd_contract::{CardRef, JournalRecord, RecordKind};
