@@ -781,4 +781,76 @@ async fn a_void_that_matches_no_redemption_is_an_exception(engine: Engine) {
     );
 }
 
-on_both_engines!(async a_snapshot_verifies_installs_and_counts_usage_from_every_terminal, deltas_hold_exactly_the_changed_cards_and_the_current_version_gets_204, the_configured_cache_validity_is_signed_and_renewed_at_a_third_of_it, gzip_and_zstd_answers_decode_to_the_same_bundle, deny_list_entries_verify_and_a_loss_report_comes_next, unauthenticated_tampered_and_malformed_requests_are_refused, a_use_of_the_old_card_uploaded_after_a_reissue_is_reported_as_over_redeemed, a_total_below_the_uses_already_made_is_refused, a_void_that_matches_no_redemption_is_an_exception);
+/// Rows in every table of the database.
+fn row_counts(s: &Server) -> std::collections::BTreeMap<String, i64> {
+    admin(s, |tx| {
+        let list = match tx.backend() {
+            storage::Backend::Sqlite => {
+                "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
+            }
+            storage::Backend::Postgres => {
+                "SELECT CAST(tablename AS TEXT) FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"
+            }
+        };
+        let tables: Vec<String> = tx
+            .query(list, &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.text(0).unwrap())
+            .collect();
+        tables
+            .into_iter()
+            .map(|t| {
+                let n = tx
+                    .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+                    .unwrap()
+                    .i64(0)
+                    .unwrap();
+                (t, n)
+            })
+            .collect()
+    })
+}
+
+/// The database grows with terminals plus cards, never with their product: a terminal's first full
+/// snapshot writes nothing per card (its card references are computed, not stored), and a record of
+/// it is mapped back to its card all the same.
+async fn first_snapshots_store_nothing_per_terminal_and_card(engine: Engine) {
+    let s = start(engine).await;
+    const TERMINALS: usize = 12;
+    admin(&s, |tx| {
+        for t in 0..TERMINALS {
+            storage::enroll(tx, &format!("X-{t}"), "M-1", &[3; 32], T0).unwrap();
+        }
+    });
+    let before = row_counts(&s);
+    for t in 0..TERMINALS {
+        let a = s.entitlements(&format!("X-{t}"), 0).await;
+        assert_eq!(a.status, 200);
+        assert_eq!(verify(&format!("X-{t}"), &a.body).entries.len(), 2);
+    }
+    let after = row_counts(&s);
+    for (table, n) in &after {
+        let grew = n - before.get(table).copied().unwrap_or(0);
+        let allowed = if table == "nonce" {
+            TERMINALS as i64
+        } else {
+            0
+        };
+        assert_eq!(
+            grew, allowed,
+            "table {table} grew by {grew} rows: {after:?}"
+        );
+    }
+    // A redemption at one of them maps to the card through its reference alone.
+    let a = number(CARD_B).card_ref(&keys("X-3").card_token);
+    s.upload("X-3", None, &[Line::redeem(a, "P2", "WASH", 1)])
+        .await;
+    let b = verify("T-1", &s.entitlements("T-1", 0).await.body);
+    assert_eq!(
+        uses_left(b.card(&card_ref("T-1", CARD_B)).unwrap(), "P2", "WASH"),
+        4
+    );
+}
+
+on_both_engines!(async first_snapshots_store_nothing_per_terminal_and_card, a_snapshot_verifies_installs_and_counts_usage_from_every_terminal, deltas_hold_exactly_the_changed_cards_and_the_current_version_gets_204, the_configured_cache_validity_is_signed_and_renewed_at_a_third_of_it, gzip_and_zstd_answers_decode_to_the_same_bundle, deny_list_entries_verify_and_a_loss_report_comes_next, unauthenticated_tampered_and_malformed_requests_are_refused, a_use_of_the_old_card_uploaded_after_a_reissue_is_reported_as_over_redeemed, a_total_below_the_uses_already_made_is_refused, a_void_that_matches_no_redemption_is_an_exception);

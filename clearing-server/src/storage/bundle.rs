@@ -3,15 +3,16 @@
 //! Blocking code, so that a million-card snapshot neither holds a request thread nor builds the body
 //! in memory:
 //!
-//! 1. [`prepare`] (short write transactions): index the card references of cards issued since the
-//!    terminal's last fill, in chunks; and bump the version counter if it has not moved for the
-//!    [`CachePolicy`]'s refresh interval, so that a terminal polling a quiet platform still gets a
-//!    fresh manifest (and `expires_at_ms`) before its cache expires — a `204` renews nothing.
+//! 1. [`keep_fresh`] bumps the version counter if it has not moved for the [`CachePolicy`]'s refresh
+//!    interval, so that a terminal polling a quiet platform still gets a fresh manifest (and
+//!    `expires_at_ms`) before its cache expires — a `204` renews nothing.
 //! 2. [`produce`] opens one read-only snapshot (a card's `uses_left` and the terminal's
-//!    `usage_through_seq` are read together) and decides: current (`204`), full or delta; reports the
-//!    decision; then streams the frames in ascending card reference, pages of [`PAGE`] cards read in
-//!    `card_ref` order, into any [`Write`] — the HTTP layer passes a compressing writer over a bounded
-//!    channel to the response body.
+//!    `usage_through_seq` are read together), decides — current (`204`), full or delta — and reports
+//!    the decision; then computes this terminal's reference of every card in the bundle
+//!    (`CardNumber::card_ref` under its card-token key: nothing is stored per terminal and card),
+//!    sorts them, and streams the frames in ascending reference, bodies read [`PAGE`] cards at a
+//!    time, into any [`Write`] — the HTTP layer passes a compressing writer over a bounded channel to
+//!    the response body. Memory: 40 bytes per card of the bundle (reference and id), nothing per body.
 //!
 //! Which cards a terminal gets: every card with a package whose scope reaches the terminal's merchant
 //! (all merchants, that merchant, or one of its categories), whatever the card's status. A delta holds
@@ -32,10 +33,8 @@ use super::sql::{StorageError, Tx, int};
 use crate::core::cache_policy::CachePolicy;
 use crate::params;
 
-/// Cards indexed per write transaction by [`prepare`] (keeps uploads from waiting long for the lock).
-const FILL_CHUNK: usize = 50_000;
 /// Cards read per query while a bundle is written.
-pub const PAGE: i64 = 2_000;
+pub const PAGE: usize = 1_000;
 
 #[derive(Debug, Error)]
 pub enum BundleError {
@@ -43,17 +42,10 @@ pub enum BundleError {
     Storage(#[from] StorageError),
     #[error("{0}")]
     Card(#[from] CardError),
-    #[error("card_ref index of {terminal}: stored reference of card #{card_id} is not 32 bytes")]
-    BadRef { terminal: String, card_id: i64 },
     #[error("signing: {0}")]
     Sign(#[from] redeemd_contract::snapshot::SignError),
     #[error("writing the bundle: {0}")]
     Write(#[from] std::io::Error),
-    #[error("cards of terminal {0}: still being issued after {PLAN_ATTEMPTS} indexing passes")]
-    StillIssuing(String),
-    /// The read found cards issued since the index was filled (internal: filled and read again).
-    #[error("unindexed cards")]
-    Unindexed,
 }
 
 /// What one request asks for.
@@ -69,28 +61,11 @@ pub struct BundleRequest {
     pub cache: CachePolicy,
 }
 
-fn unindexed(tx: &mut dyn Tx, terminal_id: &str) -> Result<bool, StorageError> {
-    let r = tx.query_one(
-        "SELECT coalesce((SELECT max(id) FROM card), 0), card_refs_through FROM terminal WHERE id = $1",
-        params![terminal_id],
-    )?;
-    Ok(r.i64(0)? > r.i64(1)?)
-}
-
-/// Step 1: index new cards for this terminal and keep the version fresh.
-pub fn prepare(db: &Db, req: &BundleRequest) -> Result<(), BundleError> {
+/// Step 1: moves the version counter when it has not moved for the refresh interval.
+pub fn keep_fresh(db: &Db, req: &BundleRequest) -> Result<(), BundleError> {
     // Read first: most requests find nothing to write and should not queue for the write lock.
-    let (unindexed, bumped_ms) = db.read(|tx| -> Result<_, StorageError> {
-        Ok((
-            unindexed(tx, &req.keys.terminal_id)?,
-            cards::current_version(tx)?.1,
-        ))
-    })?;
-    let stale = req.now_ms.saturating_sub(bumped_ms) >= req.cache.refresh_after_ms();
-    if unindexed {
-        fill(db, &req.keys)?;
-    }
-    if stale {
+    let (_, bumped_ms) = db.read(cards::current_version)?;
+    if req.now_ms.saturating_sub(bumped_ms) >= req.cache.refresh_after_ms() {
         db.write(|tx| -> Result<(), StorageError> {
             let (_, bumped_ms) = cards::current_version(tx)?;
             if req.now_ms.saturating_sub(bumped_ms) >= req.cache.refresh_after_ms() {
@@ -102,17 +77,6 @@ pub fn prepare(db: &Db, req: &BundleRequest) -> Result<(), BundleError> {
     Ok(())
 }
 
-/// Indexes every card issued since the terminal's last fill, in chunks of [`FILL_CHUNK`] per write
-/// transaction.
-fn fill(db: &Db, keys: &TerminalKeys) -> Result<(), BundleError> {
-    while !db.write(|tx| cards::fill_card_refs(tx, keys, FILL_CHUNK))? {}
-    Ok(())
-}
-
-/// How many times [`produce`] indexes cards issued under its feet before it gives up (the next poll
-/// retries): a bound, not an expectation — one retry is already a race with an admin command.
-const PLAN_ATTEMPTS: u32 = 8;
-
 /// What [`produce`] wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Written {
@@ -123,13 +87,9 @@ pub struct Written {
 /// What [`produce`] decided before writing: `None` for `204` (the terminal is current).
 pub type Decision = Option<(BundleKind, u64)>;
 
-/// Steps 2 and 3: decides, tells `decided` (which returns `false` when nobody wants the bundle any
-/// more), then writes the whole bundle (magic, preamble, entries, manifest last) to `out`. Returns
-/// `None` when there was nothing to write.
-///
-/// Every card at or below the bundle's version must be in the terminal's reference index (the bundle
-/// is read through it, and no later delta carries a card whose version is not above this bundle's), so
-/// a card issued since [`prepare`] is indexed first and the snapshot taken again.
+/// Step 2: decides, tells `decided` (which returns `false` when nobody wants the bundle any more),
+/// then writes the whole bundle (magic, preamble, entries, manifest last) to `out`. Returns `None` when
+/// there was nothing to write.
 pub fn produce(
     db: &Db,
     req: &BundleRequest,
@@ -137,46 +97,90 @@ pub fn produce(
     out: &mut impl Write,
 ) -> Result<Option<Written>, BundleError> {
     let mut decided = Some(decided);
-    for _ in 0..PLAN_ATTEMPTS {
-        let result = db.read(|tx| -> Result<Option<Written>, BundleError> {
-            if unindexed(tx, &req.keys.terminal_id)? {
-                return Err(BundleError::Unindexed);
+    db.read(|tx| -> Result<Option<Written>, BundleError> {
+        let (version, _) = cards::current_version(tx)?;
+        if req.since == version {
+            if let Some(f) = decided.take() {
+                f(None);
             }
-            let (version, _) = cards::current_version(tx)?;
-            if req.since == version {
-                if let Some(f) = decided.take() {
-                    f(None);
-                }
-                return Ok(None);
+            return Ok(None);
+        }
+        let (usage_through_seq, _) = super::head(tx, &req.keys.terminal_id)?;
+        let merchant = cards::merchant(tx, &req.merchant_id)?;
+        let (categories, full_from) = merchant
+            .map(|m| (m.categories, m.full_from_version))
+            .unwrap_or_default();
+        let kind = if req.since == 0 || req.since > version || req.since < full_from {
+            BundleKind::Full
+        } else {
+            BundleKind::Delta
+        };
+        if !decided.take().is_some_and(|f| f(Some((kind, version)))) {
+            return Ok(None);
+        }
+        let plan = Plan {
+            req,
+            kind,
+            version,
+            usage_through_seq,
+            categories,
+        };
+        plan.write(tx, out).map(Some)
+    })
+}
+
+/// `SELECT … WHERE id IN ($1, …, $PAGE)`.
+fn page_query() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        let marks: Vec<String> = (1..=PAGE).map(|i| format!("${i}")).collect();
+        format!(
+            "SELECT id, body, identity_data FROM card WHERE id IN ({})",
+            marks.join(", ")
+        )
+    })
+}
+
+/// The bundle's cards in this terminal's reference order: every card for a full snapshot (read in
+/// pages by id), the cards changed since `since` for a delta.
+fn references(
+    tx: &mut dyn Tx,
+    keys: &TerminalKeys,
+    kind: BundleKind,
+    since: u64,
+) -> Result<Vec<(CardRef, i64)>, BundleError> {
+    let mut refs = Vec::new();
+    let mut add = |rows: &[super::Row]| -> Result<(), BundleError> {
+        for r in rows {
+            let card_id = r.i64(0)?;
+            let number = cards::stored_number(card_id, &r.text(1)?)?;
+            refs.push((number.card_ref(&keys.card_token), card_id));
+        }
+        Ok(())
+    };
+    match kind {
+        BundleKind::Full => {
+            let mut after = 0i64;
+            loop {
+                let rows = tx.query(
+                    "SELECT id, number FROM card WHERE id > $1 ORDER BY id LIMIT $2",
+                    params![after, PAGE as i64 * 10],
+                )?;
+                let Some(last) = rows.last() else { break };
+                after = last.i64(0)?;
+                add(&rows)?;
             }
-            let (usage_through_seq, _) = super::head(tx, &req.keys.terminal_id)?;
-            let merchant = cards::merchant(tx, &req.merchant_id)?;
-            let (categories, full_from) = merchant
-                .map(|m| (m.categories, m.full_from_version))
-                .unwrap_or_default();
-            let kind = if req.since == 0 || req.since > version || req.since < full_from {
-                BundleKind::Full
-            } else {
-                BundleKind::Delta
-            };
-            if !decided.take().is_some_and(|f| f(Some((kind, version)))) {
-                return Ok(None);
-            }
-            let plan = Plan {
-                req,
-                kind,
-                version,
-                usage_through_seq,
-                categories,
-            };
-            plan.write(tx, out).map(Some)
-        });
-        match result {
-            Err(BundleError::Unindexed) => fill(db, &req.keys)?,
-            other => return other,
+        }
+        BundleKind::Delta => {
+            let rows = tx.query(
+                "SELECT id, number FROM card WHERE version > $1",
+                params![int("since", since)?],
+            )?;
+            add(&rows)?;
         }
     }
-    Err(BundleError::StillIssuing(req.keys.terminal_id.clone()))
+    refs.sort_unstable();
+    Ok(refs)
 }
 
 struct Plan<'r> {
@@ -204,55 +208,46 @@ impl Plan<'_> {
             upserts: 0,
             removals: 0,
         };
-        let since = int("since", req.since)?;
-        let mut after: Vec<u8> = Vec::new();
-        loop {
-            let rows = tx.query(
-                "SELECT r.card_ref, c.id, c.body, c.identity_data FROM card_ref r JOIN card c ON c.id = r.card_id
-                 WHERE r.terminal_id = $1 AND c.version > $2 AND r.card_ref > $3
-                 ORDER BY r.card_ref LIMIT $4",
-                params![
-                    terminal,
-                    if self.kind == BundleKind::Full { -1 } else { since },
-                    &after,
-                    PAGE
-                ],
-            )?;
-            let Some(last) = rows.last() else { break };
-            after = last.blob(0)?.to_vec();
-            let page = rows.len();
-            for row in rows {
-                let card_id = row.i64(1)?;
-                let card_ref = <[u8; 32]>::try_from(row.blob(0)?)
-                    .map(CardRef)
-                    .map_err(|_| BundleError::BadRef {
-                        terminal: terminal.to_owned(),
-                        card_id,
-                    })?;
-                let identity = row.opt_text(3)?;
+        let refs = references(tx, &req.keys, self.kind, req.since)?;
+        for page in refs.chunks(PAGE) {
+            // One query per page, always PAGE placeholders (the last page padded with id 0, which no
+            // card has), so that it is one prepared statement; both engines look each id up by key.
+            let ids: Vec<super::Param<'_>> = page
+                .iter()
+                .map(|(_, id)| super::Param::Int(*id))
+                .chain(std::iter::repeat(super::Param::Int(0)))
+                .take(PAGE)
+                .collect();
+            let mut bodies: std::collections::HashMap<i64, (Vec<u8>, Option<String>)> = tx
+                .query(page_query(), &ids)?
+                .into_iter()
+                .map(|r| Ok((r.i64(0)?, (r.blob(1)?.to_vec(), r.opt_text(2)?))))
+                .collect::<Result<_, StorageError>>()?;
+            for (card_ref, card_id) in page {
+                let Some((body, identity)) = bodies.remove(card_id) else {
+                    // Read in the same snapshot as the id: never absent.
+                    continue;
+                };
                 let card = cards::terminal_card(
-                    row.blob(2)?,
-                    card_id,
+                    &body,
+                    *card_id,
                     identity.as_deref(),
-                    &card_ref,
+                    card_ref,
                     &req.keys,
                     self.usage_through_seq,
                 )?;
                 if visible(&card, &req.merchant_id, &self.categories) {
-                    out.write_all(&signer.entry(&card_ref, Some(&card))?)?;
+                    out.write_all(&signer.entry(card_ref, Some(&card))?)?;
                     written.upserts += 1;
                 } else if self.kind == BundleKind::Delta {
                     let now: Vec<MerchantScope> =
                         card.packages.iter().map(|p| p.scope.clone()).collect();
-                    let then = cards::scopes_at(tx, card_id, req.since, &now)?;
+                    let then = cards::scopes_at(tx, *card_id, req.since, &now)?;
                     if cards::visible(&then, &req.merchant_id, &self.categories) {
-                        out.write_all(&signer.entry(&card_ref, None)?)?;
+                        out.write_all(&signer.entry(card_ref, None)?)?;
                         written.removals += 1;
                     }
                 }
-            }
-            if (page as i64) < PAGE {
-                break;
             }
         }
         let (_, manifest) = signer.finish(
@@ -272,67 +267,73 @@ impl Plan<'_> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use redeemd_contract::keys::TerminalSecret;
+    use redeemd_contract::model::CardNumber;
+    use redeemd_contract::snapshot::{BundleVerifier, Verified};
 
-    /// A card issued between `prepare` (which indexes the terminal's card references) and the snapshot
-    /// has a version at or below the bundle's: left out of that bundle, no later delta would carry it.
+    /// More cards than one page, issued in an order unrelated to their references: the bundle holds
+    /// every one, in strictly ascending reference (the verifier refuses anything else).
     #[test]
-    fn a_card_issued_after_prepare_is_in_the_bundle() {
-        use redeemd_contract::keys::TerminalSecret;
-        use redeemd_contract::model::CardNumber;
+    fn a_bundle_of_many_pages_is_in_reference_order_and_complete() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("c.sqlite3").display().to_string()).unwrap();
         db.write(|tx| super::super::enroll(tx, "T-1", "M-1", &[1; 32], 0))
             .unwrap();
-        let issue = |n: &str| {
-            db.write(|tx| -> Result<i64, CardError> {
+        let n = PAGE as u64 * 2 + 7;
+        db.write(|tx| -> Result<(), CardError> {
+            let v = cards::bump_version(tx, 0)?;
+            let p = cards::PackageSpec {
+                id: "P1".into(),
+                title: "t".into(),
+                valid_from_ms: 0,
+                valid_until_ms: 1,
+                scope: MerchantScope::All,
+                daily_cap: None,
+                identity_required: false,
+                items: vec![cards::ItemSpec::parse("WASH:w:1:1").unwrap()],
+            };
+            for i in 0..n {
                 let new = cards::NewCard {
-                    number: CardNumber::parse(n).unwrap(),
+                    number: CardNumber::parse(&format!("62284800{:08}", i * 7919 % 100_000_000))
+                        .unwrap(),
                     holder_name: None,
                     identity_data: None,
                 };
-                let p = cards::PackageSpec {
-                    id: "P1".into(),
-                    title: "t".into(),
-                    valid_from_ms: 0,
-                    valid_until_ms: 1,
-                    scope: MerchantScope::All,
-                    daily_cap: None,
-                    identity_required: false,
-                    items: vec![cards::ItemSpec::parse("WASH:w:1:1").unwrap()],
-                };
-                let v = cards::bump_version(tx, 0)?;
-                cards::insert_card(tx, &new, &[p], v, 0)
-            })
-            .unwrap();
-        };
-        issue("6228480012345678");
+                cards::insert_card(tx, &new, std::slice::from_ref(&p), v, 0)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        let keys = TerminalSecret::from_bytes(&[1; 32])
+            .unwrap()
+            .derive_all("T-1");
         let req = BundleRequest {
-            keys: TerminalSecret::from_bytes(&[1; 32])
-                .unwrap()
-                .derive_all("T-1"),
+            keys: keys.clone(),
             merchant_id: "M-1".into(),
             since: 0,
             now_ms: 0,
             cache: CachePolicy::default(),
         };
-        prepare(&db, &req).unwrap();
-        issue("6228480055550001");
-        let mut version = 0;
-        let written = produce(
-            &db,
-            &req,
-            |d| {
-                version = d.unwrap().1;
-                true
-            },
-            &mut Vec::new(),
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!(version, 2);
-        assert_eq!(
-            written.upserts, 2,
-            "both cards, at or below version {version}"
-        );
+        let mut bytes = Vec::new();
+        let written = produce(&db, &req, |_| true, &mut bytes).unwrap().unwrap();
+        assert_eq!(written.upserts, n);
+        let mut v = BundleVerifier::new(&keys.cache, "T-1");
+        let (mut at, mut entries) = (8, 0);
+        loop {
+            let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+            match v.frame(&bytes[at + 4..at + 4 + len]).unwrap() {
+                Verified::Entry(e) => {
+                    assert!(keys.card_token.reveal(&e.card_ref).is_ok());
+                    entries += 1;
+                }
+                Verified::Manifest(m) => {
+                    assert_eq!(m.entry_count, n);
+                    break;
+                }
+                Verified::Preamble(_) => {}
+            }
+            at += 4 + len;
+        }
+        assert_eq!(entries, n);
     }
 }

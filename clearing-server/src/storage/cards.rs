@@ -1,5 +1,6 @@
 //! The platform's card model in the database: merchants, cards, customized packages, their entitlement
-//! versions, the per-terminal card-reference index and the per-merchant deny lists.
+//! versions and the per-merchant deny lists. Nothing is stored per terminal and card: a terminal's card
+//! reference is computed from the number when needed ([`card_for_ref`] reverses one).
 //!
 //! Normalized tables are the truth (`merchant`, `card`, `package`, `package_item`; see
 //! `clearing-server/README.md`, "Tables"). Each card also keeps a derived `body`: its canonical
@@ -15,7 +16,7 @@
 use std::collections::BTreeSet;
 
 use redeemd_contract::deny::DenyStatus;
-use redeemd_contract::keys::{MacKey, TerminalKeys};
+use redeemd_contract::keys::TerminalKeys;
 use redeemd_contract::model::{
     Card, CardNumber, CardNumberError, CardRef, CardStatus, MerchantScope, identity_verifier,
 };
@@ -693,66 +694,41 @@ pub fn reissue(
 // ---------------------------------------------------------------------------------------------
 // Card references and per-terminal bodies
 
-/// `HMAC(card-token key, "redeemd/card/v1" ‖ digits)` of a stored number.
-pub fn card_ref_of(card_token_key: &MacKey, number: &str) -> Result<CardRef, CardNumberError> {
-    Ok(CardNumber::parse(number)?.card_ref(card_token_key))
+/// A stored card number, parsed (a row that does not hold one is named).
+pub fn stored_number(card_id: i64, digits: &str) -> Result<CardNumber, CardError> {
+    CardNumber::parse(digits).map_err(|e| CardError::Corrupt {
+        what: "number",
+        card_id,
+        reason: e.to_string(),
+    })
 }
 
-/// Indexes the card references of cards issued since the terminal's last fill, at most `limit`
-/// cards. Returns `true` when every card is indexed. The index maps an uploaded record's card
-/// reference back to the platform card and orders a snapshot by reference.
-pub fn fill_card_refs(
-    tx: &mut dyn Tx,
-    keys: &TerminalKeys,
-    limit: usize,
-) -> Result<bool, CardError> {
-    let through = tx
-        .query_one(
-            "SELECT card_refs_through FROM terminal WHERE id = $1",
-            params![&keys.terminal_id],
-        )?
-        .i64(0)?;
-    let mut last = through;
-    let rows = tx.query(
-        "SELECT id, number FROM card WHERE id > $1 ORDER BY id LIMIT $2",
-        params![through, i64::try_from(limit).unwrap_or(i64::MAX)],
-    )?;
-    for r in &rows {
-        let id = r.i64(0)?;
-        let card_ref =
-            card_ref_of(&keys.card_token, &r.text(1)?).map_err(|e| CardError::Corrupt {
-                what: "number",
-                card_id: id,
-                reason: e.to_string(),
-            })?;
-        tx.execute(
-            "INSERT INTO card_ref (terminal_id, card_ref, card_id) VALUES ($1, $2, $3)
-             ON CONFLICT (terminal_id, card_ref) DO NOTHING",
-            params![&keys.terminal_id, &card_ref.0, id],
-        )?;
-        last = id;
-    }
-    if last != through {
-        tx.execute(
-            "UPDATE terminal SET card_refs_through = $2 WHERE id = $1",
-            params![&keys.terminal_id, last],
-        )?;
-    }
-    Ok(rows.len() < limit)
-}
-
-/// The platform card behind a terminal's card reference, if indexed.
+/// The platform card behind a card reference a terminal wrote: the reference decrypted under the
+/// terminal's card-token key to the card number, the card found by its number. `Ok(Err(why))` when
+/// there is none: a reference not made with this terminal's key (`CardRefError`), or a number the
+/// platform never issued.
 pub fn card_for_ref(
     tx: &mut dyn Tx,
-    terminal_id: &str,
+    keys: &TerminalKeys,
     card_ref: &CardRef,
-) -> Result<Option<i64>, StorageError> {
-    tx.query_opt(
-        "SELECT card_id FROM card_ref WHERE terminal_id = $1 AND card_ref = $2",
-        params![terminal_id, &card_ref.0],
-    )?
-    .map(|r| r.i64(0))
-    .transpose()
+) -> Result<Result<i64, String>, StorageError> {
+    let number = match keys.card_token.reveal(card_ref) {
+        Ok(n) => n,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    Ok(
+        match tx.query_opt(
+            "SELECT id FROM card WHERE number = $1",
+            params![number.digits()],
+        )? {
+            Some(r) => Ok(r.i64(0)?),
+            None => Err(format!(
+                "card {} (reference {}) is not a card of the platform",
+                number.masked(),
+                card_ref.to_hex()
+            )),
+        },
+    )
 }
 
 /// A stored body made into what one terminal receives: its identity verifier (from its identity key and
@@ -816,8 +792,7 @@ pub fn deny_entries(
         };
         out.push(redeemd_contract::DenyEntry {
             version: r.u64(0)?,
-            card_ref: card_ref_of(&keys.card_token, &r.text(2)?)
-                .map_err(|e| corrupt("number", e.to_string()))?,
+            card_ref: stored_number(card_id, &r.text(2)?)?.card_ref(&keys.card_token),
             status,
             entry_version: r.u64(4)?,
             reported_at_ms: r.i64(5)?,

@@ -187,8 +187,8 @@ fn store_batch_tx(
     })
 }
 
-/// What a batch's new records do to the platform's cards: each record is mapped to its card through the
-/// `(terminal, card_ref)` index, its quantity counted on the card's item (a void subtracts), and every
+/// What a batch's new records do to the platform's cards: each record is mapped to its card (its
+/// reference decrypted under the terminal's card-token key, the card found by number), its quantity counted on the card's item (a void subtracts), and every
 /// touched card gets one new entitlement version at the end of the batch, so that every shop learns
 /// of the usage in its next delta. A record that cannot be mapped is stored all the same (a verified
 /// record is never refused) and noted in the exceptions list.
@@ -196,8 +196,6 @@ fn store_batch_tx(
 struct Usage {
     /// Per touched card: (package, service code) → the item's new `uses_left`.
     touched: BTreeMap<i64, BTreeMap<(String, String), u32>>,
-    /// The index was brought up to date during this batch: a miss now is a truly unknown card.
-    index_filled: bool,
 }
 
 impl Usage {
@@ -208,33 +206,25 @@ impl Usage {
         rec: &JournalRecord,
         now_ms: i64,
     ) -> Result<Option<i64>, Problem> {
-        let card_err = |e: cards::CardError| Problem::internal(e.to_string());
         let delta = match rec.kind {
             RecordKind::Redeem => i64::from(rec.quantity),
             RecordKind::Void => -i64::from(rec.quantity),
             // A close is about the terminal's day, not a card.
             RecordKind::BatchClose => return Ok(None),
         };
-        let mut card = cards::card_for_ref(tx, &keys.terminal_id, &rec.card_ref)?;
-        if card.is_none() && !self.index_filled {
-            cards::fill_card_refs(tx, keys, usize::MAX).map_err(card_err)?;
-            self.index_filled = true;
-            card = cards::card_for_ref(tx, &keys.terminal_id, &rec.card_ref)?;
-        }
-        let Some(card_id) = card else {
-            note_exception(
-                tx,
-                &keys.terminal_id,
-                Some(rec.seq),
-                "unknown_card",
-                &format!(
-                    "journal seq {}: card {} is not a card of the platform for this terminal",
-                    rec.seq,
-                    rec.card_ref.to_hex()
-                ),
-                now_ms,
-            )?;
-            return Ok(None);
+        let card_id = match cards::card_for_ref(tx, keys, &rec.card_ref)? {
+            Ok(id) => id,
+            Err(why) => {
+                note_exception(
+                    tx,
+                    &keys.terminal_id,
+                    Some(rec.seq),
+                    "unknown_card",
+                    &format!("journal seq {}: {why}", rec.seq),
+                    now_ms,
+                )?;
+                return Ok(None);
+            }
         };
         let left = cards::add_usage(tx, card_id, &rec.package_id, &rec.service_code, delta)?;
         let Some(left) = left else {

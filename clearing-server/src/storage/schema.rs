@@ -7,12 +7,15 @@
 //! 2. merchants, cards, packages and items, the entitlement version counter, the
 //!    `(terminal, card_ref) → card` index, scope history, deny lists, persistent nonces, and
 //!    `journal.card_id` (the platform card a record was mapped to);
-//! 3. every card status change with its time.
+//! 3. every card status change with its time;
+//! 4. the `(terminal, card_ref)` index is gone: a terminal's card reference is computed from the card
+//!    number when a bundle is built and decrypted back to it when a record arrives, so storage grows
+//!    with terminals plus cards, not their product.
 //!
 //! SQLite keeps the version in `PRAGMA user_version`, PostgreSQL in the one-row table `schema_version`.
 
 /// The schema version this server reads and writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 pub(super) const SQLITE_V1: &str = "
 CREATE TABLE terminal (
@@ -155,10 +158,16 @@ CREATE INDEX card_status_change_by_card ON card_status_change(card_id, at_ms);
 INSERT INTO card_status_change (card_id, status, at_ms)
     SELECT DISTINCT card_id, status, reported_at_ms FROM deny_entry ORDER BY reported_at_ms;
 ";
-/// SQLite: `SQLITE_STEPS[i]` takes the schema from version `i` to `i + 1`.
-pub(super) const SQLITE_STEPS: &[&str] = &[SQLITE_V1, SQLITE_V2, SQLITE_V3];
+/// Version 4, the same on both engines: card references are no longer stored per terminal.
+const BOTH_V4: &str = "
+DROP TABLE card_ref;
+ALTER TABLE terminal DROP COLUMN card_refs_through;
+";
 
-/// PostgreSQL starts at the latest version in one step: the tables of SQLite's versions 1 to 3 with
+/// SQLite: `SQLITE_STEPS[i]` takes the schema from version `i` to `i + 1`.
+pub(super) const SQLITE_STEPS: &[&str] = &[SQLITE_V1, SQLITE_V2, SQLITE_V3, BOTH_V4];
+
+/// PostgreSQL starts at version 3 in one step: the tables of SQLite's versions 1 to 3 with
 /// PostgreSQL's types (`BIGINT`, `BYTEA`, identity columns). Integer columns are all `BIGINT`, so the
 /// statements bind the same 64-bit integers on both engines; flags are 0/1 like SQLite's.
 const POSTGRES_V3: &str = "
@@ -286,4 +295,4 @@ CREATE INDEX card_status_change_by_card ON card_status_change(card_id, at_ms);
 ";
 
 /// PostgreSQL: `(version, DDL)`, applied above the stored version.
-pub(super) const POSTGRES_STEPS: &[(i64, &str)] = &[(3, POSTGRES_V3)];
+pub(super) const POSTGRES_STEPS: &[(i64, &str)] = &[(3, POSTGRES_V3), (4, BOTH_V4)];
