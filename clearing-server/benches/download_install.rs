@@ -70,7 +70,9 @@ impl Drop for Server {
 
 /// `clearing-server serve` on an ephemeral loopback port; returns it and its base URL.
 fn serve(server_bin: &Path, db_path: &Path) -> (Server, String) {
+    let key = db_path.with_file_name("master.key");
     let mut child = Command::new(server_bin)
+        .env("CLEARING_MASTER_KEY_FILE", &key)
         .arg("--db")
         .arg(db_path)
         .args(["serve", "--listen", "127.0.0.1:0"])
@@ -220,6 +222,10 @@ fn main() {
     };
     let key_file = dir.path().join("terminal.key");
     let enroll = Command::new(&server_bin)
+        .env(
+            "CLEARING_MASTER_KEY_FILE",
+            support::master_key_file(dir.path()),
+        )
         .arg("--db")
         .arg(&db_path)
         .args(["admin", "enroll", "--terminal", "T-1", "--merchant", "M-1"])

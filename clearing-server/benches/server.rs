@@ -68,7 +68,7 @@ fn main() {
     let path = dir.path().join("clearing.sqlite3");
     let db = Arc::new(Db::open(&path.display().to_string()).unwrap());
     db.write(|tx| -> Result<(), cards::CardError> {
-        storage::enroll(tx, "T-1", "M-1", &SECRET, now_ms()).unwrap();
+        storage::enroll(tx, &support::vault(), "T-1", "M-1", &SECRET, now_ms()).unwrap();
         cards::upsert_merchant(
             tx,
             "M-1",
@@ -98,7 +98,11 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let state = AppState::shared(db.clone(), clearing_server::system_clock());
+    let state = AppState::shared(
+        db.clone(),
+        Arc::new(support::vault()),
+        clearing_server::system_clock(),
+    );
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
@@ -144,9 +148,10 @@ fn main() {
     {
         let now = now_ms();
         let step = (n / DELTA_CARDS).max(1);
+        let vault = support::vault();
         db.write(|tx| -> Result<(), cards::CardError> {
             for i in 0..DELTA_CARDS.min(n) {
-                cards::set_status(tx, &number(i * step), StatusAction::Freeze, now)?;
+                cards::set_status(tx, &vault, &number(i * step), StatusAction::Freeze, now)?;
             }
             Ok(())
         })
@@ -228,7 +233,7 @@ fn bare_insert(dir: &std::path::Path, recs: &[(redeemd_contract::JournalRecord, 
     let path = dir.join("bare.sqlite3");
     Db::open(&path.display().to_string())
         .unwrap()
-        .write(|tx| storage::enroll(tx, "T-1", "M-1", &SECRET, 0))
+        .write(|tx| storage::enroll(tx, &support::vault(), "T-1", "M-1", &SECRET, 0))
         .unwrap();
     let mut c = rusqlite::Connection::open(&path).unwrap();
     c.pragma_update(None, "synchronous", "FULL").unwrap();

@@ -15,5 +15,6 @@ pub mod admin;
 pub mod core;
 pub mod http;
 pub mod storage;
+pub mod vault;
 
 pub use http::{AppState, Clock, Limits, router, serve, system_clock};

@@ -5,7 +5,11 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use clearing_server::admin::{Admin, KeyCommand};
 use clearing_server::core::cache_policy::CachePolicy;
+use clearing_server::vault::{KeySource, MasterKey, Vault};
 
 #[derive(Parser)]
 #[command(version, about = "Reference clearing server for redeemd terminals")]
@@ -14,6 +18,17 @@ struct Cli {
     /// (`postgres://user@host/dbname`; a Unix socket directory as the percent-encoded host).
     #[arg(long, env = "CLEARING_DB", default_value = "clearing.sqlite3")]
     db: String,
+    /// The platform master key (hex, a file of mode 0600): card numbers, identity data and terminal
+    /// secrets are stored sealed under it. `admin key generate --out FILE` makes one.
+    #[arg(
+        long,
+        env = "CLEARING_MASTER_KEY_FILE",
+        conflicts_with = "master_key_credential"
+    )]
+    master_key_file: Option<PathBuf>,
+    /// The master key as a systemd credential of this name (`LoadCredential=` in the unit).
+    #[arg(long, env = "CLEARING_MASTER_KEY_CREDENTIAL")]
+    master_key_credential: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -53,8 +68,68 @@ fn main() -> ExitCode {
     }
 }
 
+fn master_key(cli: &Cli) -> Result<MasterKey, String> {
+    let source = match (&cli.master_key_file, &cli.master_key_credential) {
+        (Some(f), _) => KeySource::File(f.clone()),
+        (None, Some(c)) => KeySource::Credential(c.clone()),
+        (None, None) => {
+            return Err(
+                "no platform master key: give --master-key-file FILE (mode 0600; \
+                        `clearing-server admin key generate --out FILE` makes one) or \
+                        --master-key-credential NAME"
+                    .into(),
+            );
+        }
+    };
+    MasterKey::load(&source).map_err(|e| e.to_string())
+}
+
 fn run(cli: Cli) -> Result<(), String> {
+    let now = (clearing_server::system_clock())();
+    let vault = match &cli.command {
+        Command::Admin {
+            command:
+                Admin::Key {
+                    command: KeyCommand::Generate { out },
+                },
+        } => {
+            let text = clearing_server::vault::generate_hex().map_err(|e| e.to_string())?;
+            clearing_server::admin::write_private(out, text.as_bytes())
+                .map_err(|e| format!("{}: {e}", out.display()))?;
+            let key = MasterKey::from_hex_text(&text)?;
+            eprintln!(
+                "master key {} written to {}",
+                key.fingerprint_hex(),
+                out.display()
+            );
+            return Ok(());
+        }
+        Command::Admin {
+            command:
+                Admin::Key {
+                    command:
+                        KeyCommand::Rotate {
+                            new_master_key_file,
+                        },
+                },
+        } => Vault::with_previous(
+            MasterKey::load(&KeySource::File(new_master_key_file.clone()))
+                .map_err(|e| e.to_string())?,
+            master_key(&cli)?,
+        ),
+        _ => Vault::new(master_key(&cli)?),
+    };
     let db = clearing_server::storage::Db::open(&cli.db).map_err(|e| format!("--db: {e}"))?;
+    let sealed =
+        clearing_server::storage::sealing::bind(&db, &vault, now).map_err(|e| e.to_string())?;
+    if sealed.cards + sealed.terminals > 0 {
+        eprintln!(
+            "clearing-server: sealed {} cards and {} terminal secrets under master key {}",
+            sealed.cards,
+            sealed.terminals,
+            vault.current().fingerprint_hex()
+        );
+    }
     match cli.command {
         Command::Serve {
             listen,
@@ -77,7 +152,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     "clearing-server: signed caches valid {cache_validity} h, renewed after {refresh} on a quiet platform"
                 );
                 eprintln!("clearing-server: listening on http://{addr}");
-                let state = clearing_server::AppState::new(db, clearing_server::system_clock())
+                let state = clearing_server::AppState::new(db, vault, clearing_server::system_clock())
                     .with_cache_policy(cache_validity);
                 clearing_server::serve(listener, state, async {
                     let _ = tokio::signal::ctrl_c().await;
@@ -86,6 +161,6 @@ fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| format!("serve: {e}"))
             })
         }
-        Command::Admin { command } => clearing_server::admin::run(&db, command),
+        Command::Admin { command } => clearing_server::admin::run(&db, &vault, command),
     }
 }

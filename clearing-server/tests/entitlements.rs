@@ -10,7 +10,7 @@ use clearing_server::AppState;
 use clearing_server::core::cache_policy::CachePolicy;
 use clearing_server::storage::cards::{self, ItemSpec, NewCard, PackageSpec, StatusAction};
 use clearing_server::storage::{self, Db, StorageError, Tx};
-use common::engines::{Engine, blocking, database};
+use common::engines::{Engine, blocking, database, vault};
 use common::{Line, T0, lines, upload_body};
 use redeemd_contract::keys::{Tag, TerminalKeys, TerminalSecret};
 use redeemd_contract::model::{CardNumber, CardRef, CardStatus, MerchantScope, identity_verifier};
@@ -93,7 +93,7 @@ async fn start_with(engine: Engine, cache: CachePolicy) -> Server {
                 "T-2" => [2; 32],
                 _ => [3; 32],
             };
-            storage::enroll(conn, t, m, &secret, T0).unwrap();
+            storage::enroll(conn, &vault(), t, m, &secret, T0).unwrap();
         }
         let wash = ["car-wash".to_owned()];
         cards::upsert_merchant(conn, "M-1", "城东洗车", 500, &wash, T0).unwrap();
@@ -104,27 +104,31 @@ async fn start_with(engine: Engine, cache: CachePolicy) -> Server {
             holder_name: named.then(|| "张三".to_owned()),
             identity_data: named.then(|| "1234".to_owned()),
         };
-        cards::create_card(conn, &new(CARD_A, true), T0).unwrap();
-        cards::create_card(conn, &new(CARD_B, false), T0).unwrap();
-        cards::create_card(conn, &new(CARD_C, false), T0).unwrap();
+        cards::create_card(conn, &vault(), &new(CARD_A, true), T0).unwrap();
+        cards::create_card(conn, &vault(), &new(CARD_B, false), T0).unwrap();
+        cards::create_card(conn, &vault(), &new(CARD_C, false), T0).unwrap();
         let cat = MerchantScope::Categories(wash.to_vec());
         let mut p1 = package("P1", cat, &["WASH:精洗:10:3500", "OIL:换机油:3:12000"]);
         p1.identity_required = true;
-        cards::customize(conn, &number(CARD_A), &p1, T0).unwrap();
+        cards::customize(conn, &vault(), &number(CARD_A), &p1, T0).unwrap();
         let all = package("P2", MerchantScope::All, &["WASH:普洗:5:2000"]);
-        cards::customize(conn, &number(CARD_B), &all, T0).unwrap();
+        cards::customize(conn, &vault(), &number(CARD_B), &all, T0).unwrap();
         let m3 = package(
             "P3",
             MerchantScope::Merchants(vec!["M-3".into()]),
             &["TYRE:换胎:4:8000"],
         );
-        cards::customize(conn, &number(CARD_C), &m3, T0).unwrap();
+        cards::customize(conn, &vault(), &number(CARD_C), &m3, T0).unwrap();
     });
 
     let clock = Arc::new(AtomicI64::new(T0));
     let c = clock.clone();
-    let state = AppState::shared(state_db, Arc::new(move || c.load(Ordering::SeqCst)))
-        .with_cache_policy(cache);
+    let state = AppState::shared(
+        state_db,
+        Arc::new(vault()),
+        Arc::new(move || c.load(Ordering::SeqCst)),
+    )
+    .with_cache_policy(cache);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
@@ -421,7 +425,7 @@ async fn deltas_hold_exactly_the_changed_cards_and_the_current_version_gets_204(
 
     // B reported lost: the delta holds B alone.
     admin(&s, |tx| {
-        cards::set_status(tx, &number(CARD_B), StatusAction::ReportLost, T0).unwrap()
+        cards::set_status(tx, &vault(), &number(CARD_B), StatusAction::ReportLost, T0).unwrap()
     });
     let a = s.entitlements("T-1", v1).await;
     assert_eq!(
@@ -460,8 +464,8 @@ async fn deltas_hold_exactly_the_changed_cards_and_the_current_version_gets_204(
             MerchantScope::Merchants(vec!["M-3".into()]),
             &["WASH:精洗:10:3500", "OIL:换机油:3:12000"],
         );
-        cards::customize(tx, &number(CARD_A), &p, T0).unwrap();
-        cards::set_status(tx, &number(CARD_C), StatusAction::Freeze, T0).unwrap();
+        cards::customize(tx, &vault(), &number(CARD_A), &p, T0).unwrap();
+        cards::set_status(tx, &vault(), &number(CARD_C), StatusAction::Freeze, T0).unwrap();
     });
     let a = s.entitlements("T-1", v3).await;
     let d = verify("T-1", &a.body);
@@ -540,7 +544,7 @@ async fn gzip_and_zstd_answers_decode_to_the_same_bundle(engine: Engine) {
 
     // The deny list too.
     admin(&s, |tx| {
-        cards::set_status(tx, &number(CARD_A), StatusAction::ReportLost, T0).unwrap()
+        cards::set_status(tx, &vault(), &number(CARD_A), StatusAction::ReportLost, T0).unwrap()
     });
     let dpath = "/v1/terminals/T-1/deny-list?since=0";
     let plain = s.get("T-1", dpath, None).await;
@@ -558,7 +562,7 @@ async fn deny_list_entries_verify_and_a_loss_report_comes_next(engine: Engine) {
     );
 
     let entry_version = admin(&s, |tx| {
-        cards::set_status(tx, &number(CARD_A), StatusAction::ReportLost, T0).unwrap()
+        cards::set_status(tx, &vault(), &number(CARD_A), StatusAction::ReportLost, T0).unwrap()
     });
     let check = |v: &Value, terminal: &str, merchant: &str, card: &str| -> Vec<DenyEntry> {
         assert_eq!(v["merchant_id"], merchant);
@@ -610,8 +614,8 @@ async fn deny_list_entries_verify_and_a_loss_report_comes_next(engine: Engine) {
     // Unlocked (no entry: a deny list can only refuse), then frozen: the next version.
     assert_eq!(s.deny("T-1", 1).await["entries"], serde_json::json!([]));
     admin(&s, |tx| {
-        cards::set_status(tx, &number(CARD_A), StatusAction::Unlock, T0).unwrap();
-        cards::set_status(tx, &number(CARD_A), StatusAction::Freeze, T0).unwrap();
+        cards::set_status(tx, &vault(), &number(CARD_A), StatusAction::Unlock, T0).unwrap();
+        cards::set_status(tx, &vault(), &number(CARD_A), StatusAction::Freeze, T0).unwrap();
     });
     let v = s.deny("T-1", 1).await;
     let e = check(&v, "T-1", "M-1", CARD_A);
@@ -692,7 +696,7 @@ async fn a_use_of_the_old_card_uploaded_after_a_reissue_is_reported_as_over_rede
     const NEW: &str = "6228480099990001";
     let reissued_at = T0 + 10_000;
     admin(&s, |tx| {
-        cards::reissue(tx, &number(CARD_B), &number(NEW), reissued_at).unwrap()
+        cards::reissue(tx, &vault(), &number(CARD_B), &number(NEW), reissued_at).unwrap()
     });
     // The new card got what was left then (3), and uses all of it.
     s.upload(
@@ -732,13 +736,13 @@ async fn a_total_below_the_uses_already_made_is_refused(engine: Engine) {
     .await;
     let lowered = package("P2", MerchantScope::All, &["WASH:普洗:2:2000"]);
     let e = admin(&s, |tx| {
-        cards::customize(tx, &number(CARD_B), &lowered, T0).unwrap_err()
+        cards::customize(tx, &vault(), &number(CARD_B), &lowered, T0).unwrap_err()
     });
     assert!(e.to_string().contains("WASH was used 3 times"), "{e}");
     // Down to exactly what was used is fine.
     let exact = package("P2", MerchantScope::All, &["WASH:普洗:3:2000"]);
     admin(&s, |tx| {
-        cards::customize(tx, &number(CARD_B), &exact, T0).unwrap()
+        cards::customize(tx, &vault(), &number(CARD_B), &exact, T0).unwrap()
     });
     assert!(
         admin(&s, |tx| clearing_server::storage::statements::exceptions(
@@ -820,7 +824,7 @@ async fn first_snapshots_store_nothing_per_terminal_and_card(engine: Engine) {
     const TERMINALS: usize = 12;
     admin(&s, |tx| {
         for t in 0..TERMINALS {
-            storage::enroll(tx, &format!("X-{t}"), "M-1", &[3; 32], T0).unwrap();
+            storage::enroll(tx, &vault(), &format!("X-{t}"), "M-1", &[3; 32], T0).unwrap();
         }
     });
     let before = row_counts(&s);

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::binary::{BIN, enrolled, now_ms, ok, query, runtime, send, serve};
+use common::binary::{enrolled, now_ms, ok, query, runtime, send, serve};
 use common::engines::{Engine, database};
 use common::{Line, T0, lines};
 use redeemd_contract::JournalRecord;
@@ -242,7 +242,6 @@ fn two_instances_share_one_database(engine: Engine) {
         "{v}"
     );
     drop((a, b));
-    let _ = BIN;
 }
 
 on_both_engines!(sync two_instances_share_one_database);

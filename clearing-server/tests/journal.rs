@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 
 use clearing_server::AppState;
 use clearing_server::storage::{self, Db, StorageError};
-use common::engines::{Engine, blocking, database};
+use common::engines::{Engine, blocking, database, vault};
 use common::{T0, chain, upload_body};
 use redeemd_contract::JournalRecord;
 use redeemd_contract::keys::{Tag, TerminalKeys, TerminalSecret};
@@ -31,15 +31,15 @@ async fn start(engine: Engine) -> Server {
     let db = blocking(|| {
         let db = Db::open(&database(engine, dir.path())).unwrap();
         db.write(|tx| {
-            storage::enroll(tx, "T-1", "M-1", &SECRET, T0)?;
-            storage::enroll(tx, "T-2", "M-1", &[8; 32], T0)
+            storage::enroll(tx, &vault(), "T-1", "M-1", &SECRET, T0)?;
+            storage::enroll(tx, &vault(), "T-2", "M-1", &[8; 32], T0)
         })
         .unwrap();
         db
     });
     let clock = Arc::new(AtomicI64::new(T0));
     let c = clock.clone();
-    let state = AppState::new(db, Arc::new(move || c.load(Ordering::SeqCst)));
+    let state = AppState::new(db, vault(), Arc::new(move || c.load(Ordering::SeqCst)));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let state_db = state.db();

@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 
 use common::engines::{Engine, database};
 use redeemd_contract::keys::{TerminalKeys, TerminalSecret};
@@ -14,8 +13,6 @@ use serde_json::Value;
 mod common;
 
 use common::binary::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_clearing-server");
 
 const HEAD: &str = "/v1/terminals/T-1/journal/head";
 const JOURNAL: &str = "/v1/terminals/T-1/journal";
@@ -53,7 +50,7 @@ fn enroll_then_serve_a_signed_request(engine: Engine) {
 
     // Disabled by the platform: refused until enabled again.
     let admin = |cmd: &str, terminal: &str| {
-        Command::new(BIN)
+        platform()
             .args(["--db", &db, "admin", cmd, "--terminal", terminal])
             .output()
             .unwrap()
@@ -385,13 +382,27 @@ fn card_lifecycle_through_the_admin_commands(engine: Engine) {
         [(1, 2), (2, 3), (3, 4)]
     );
     assert!(deny.windows(2).all(|w| w[0].2 < w[1].2));
-    // The full number is stored (the platform issues cards) but never printed.
-    let stored = query(&db, "SELECT number FROM card WHERE id = 1")
-        .map(|r| r.text(0).unwrap())
-        .next()
-        .unwrap();
-    assert_eq!(stored, CARD_A_DIGITS);
-    let help = Command::new(BIN)
+    // The number is stored sealed under the master key and found by its keyed lookup hash; it opens
+    // with the key.
+    let (key, sealed) = query(
+        &db,
+        "SELECT number_key, number_sealed FROM card WHERE id = 1",
+    )
+    .map(|r| (r.text(0).unwrap(), r.blob(1).unwrap().to_vec()))
+    .next()
+    .unwrap();
+    let vault = common::engines::vault();
+    assert_eq!(key, vault.lookup_key(CARD_A_DIGITS));
+    assert!(
+        !sealed
+            .windows(CARD_A_DIGITS.len())
+            .any(|w| w == CARD_A_DIGITS.as_bytes())
+    );
+    assert_eq!(
+        &vault.open("card-number", &sealed).unwrap()[..],
+        CARD_A_DIGITS.as_bytes()
+    );
+    let help = platform()
         .args(["admin", "card", "customize", "--help"])
         .output()
         .unwrap();
@@ -668,4 +679,225 @@ fn clearing_reports_name_over_redemption_across_shops_redemptions_after_a_loss_a
     );
 }
 
-on_both_engines!(sync enroll_then_serve_a_signed_request, the_cache_validity_is_a_checked_serve_setting, kill_9_during_an_upload_loses_nothing_and_stores_nothing_twice, card_lifecycle_through_the_admin_commands, a_replayed_request_is_refused_after_a_server_restart, clearing_reports_name_over_redemption_across_shops_redemptions_after_a_loss_and_refused_records);
+/// PCI DSS 3.5: after cards are issued, customized, reported lost and reissued, records uploaded and
+/// bundles served, no card number is anywhere in the database's files (WAL included) or the server's
+/// log — only sealed values and keyed lookup hashes.
+fn no_card_number_is_stored_or_logged_in_clear(engine: Engine) {
+    const NAMED: &str = "6228480012345678";
+    const ANON: &str = "6228480055550001";
+    const NEW: &str = "6228480099990002";
+    const NEVER_ISSUED: &str = "6228480077770003";
+    let dir = tempfile::tempdir().unwrap();
+    let db = database(engine, dir.path());
+    let keys = enrolled(&db, dir.path(), "T-1");
+    ok(
+        &db,
+        &[
+            "card",
+            "create",
+            "--number",
+            NAMED,
+            "--holder",
+            "张三",
+            "--identity",
+            "1234",
+        ],
+    );
+    ok(&db, &["card", "create", "--number", ANON]);
+    for n in [NAMED, ANON] {
+        ok(
+            &db,
+            &[
+                "card",
+                "customize",
+                "--number",
+                n,
+                "--package",
+                "P1",
+                "--title",
+                "洗车套餐",
+                "--valid-from",
+                "2026-01-01",
+                "--valid-until",
+                "2030-12-31",
+                "--item",
+                "WASH:精洗:10:3500",
+            ],
+        );
+    }
+    ok(&db, &["card", "lost", "--number", ANON]);
+    ok(&db, &["card", "reissue", "--from", NAMED, "--to", NEW]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = dir.path().join("server.log");
+    let mut child = platform()
+        .args([
+            "--db",
+            &db,
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(std::time::Instant::now() < deadline, "server not listening");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let card = |n: &str| {
+        redeemd_contract::model::CardNumber::parse(n)
+            .unwrap()
+            .card_ref(&keys.card_token)
+    };
+    let recs = common::lines(
+        &keys,
+        None,
+        &[
+            common::Line::redeem(card(NEW), "P1", "WASH", 1),
+            common::Line::redeem(card(NEVER_ISSUED), "P1", "WASH", 1),
+        ],
+    );
+    let rt = runtime();
+    let (st, v) = rt
+        .block_on(send(
+            &addr,
+            &keys,
+            "POST",
+            JOURNAL,
+            common::upload_body(1, &recs),
+        ))
+        .unwrap();
+    assert_eq!(st, 200, "{v}");
+    for path in [
+        "/v1/terminals/T-1/entitlements?since=0",
+        "/v1/terminals/T-1/deny-list?since=0",
+    ] {
+        let (st, _) = rt
+            .block_on(send(&addr, &keys, "GET", path, Vec::new()))
+            .unwrap();
+        assert!(st == 200, "{path}: {st}");
+    }
+    let exceptions = ok(&db, &["exceptions"]);
+    assert!(exceptions.contains("622848******0003"), "{exceptions}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let mut files = common::engines::database_files(engine, dir.path());
+    files.push(log);
+    assert!(files.len() >= 2, "{files:?}");
+    for file in &files {
+        let Ok(bytes) = std::fs::read(file) else {
+            continue;
+        };
+        for n in [NAMED, ANON, NEW, NEVER_ISSUED] {
+            assert!(
+                !bytes.windows(n.len()).any(|w| w == n.as_bytes()),
+                "card {n} in clear in {}",
+                file.display()
+            );
+        }
+    }
+}
+
+/// `admin key rotate` re-seals every card number, identity and terminal secret under a new master key:
+/// the old key is refused from then on, the new one opens everything, the terminal's requests verify.
+fn the_master_key_rotates(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = database(engine, dir.path());
+    let keys = enrolled(&db, dir.path(), "T-1");
+    ok(
+        &db,
+        &[
+            "card",
+            "create",
+            "--number",
+            CARD_A,
+            "--holder",
+            "张三",
+            "--identity",
+            "1234",
+        ],
+    );
+    let new_key = dir.path().join("new.key");
+    let out = platform()
+        .args(["admin", "key", "generate", "--out"])
+        .arg(&new_key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::metadata(&new_key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let with_new = |args: &[&str]| {
+        platform()
+            .env("CLEARING_MASTER_KEY_FILE", &new_key)
+            .args(["--db", &db, "admin"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // Before the rotation the new key is not the database's.
+    let out = with_new(&["card", "show", "--number", CARD_A]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not this database's"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ok(
+        &db,
+        &[
+            "key",
+            "rotate",
+            "--new-master-key-file",
+            new_key.to_str().unwrap(),
+        ],
+    );
+    let out = with_new(&["card", "show", "--number", CARD_A]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("identity data on file"));
+    refused(
+        &db,
+        &["card", "show", "--number", CARD_A],
+        "is not this database's",
+    );
+    let sealed_with: Vec<Vec<u8>> = query(
+        &db,
+        "SELECT sealed_with FROM card UNION ALL SELECT sealed_with FROM terminal",
+    )
+    .map(|r| r.blob(0).unwrap().to_vec())
+    .collect();
+    let new_vault = clearing_server::vault::MasterKey::load(
+        &clearing_server::vault::KeySource::File(new_key.clone()),
+    )
+    .unwrap();
+    assert_eq!(sealed_with.len(), 2);
+    assert!(sealed_with.iter().all(|f| f[..] == new_vault.fingerprint()));
+    // The terminal's secret opens under the new key: its signed requests verify.
+    let server = {
+        let mut c = serve_command(&db, &[]);
+        c.env("CLEARING_MASTER_KEY_FILE", &new_key);
+        serve_child(c)
+    };
+    let (st, v) = runtime()
+        .block_on(send(&server.addr, &keys, "GET", HEAD, Vec::new()))
+        .unwrap();
+    assert_eq!(st, 200, "{v}");
+}
+
+on_both_engines!(sync the_master_key_rotates, no_card_number_is_stored_or_logged_in_clear, enroll_then_serve_a_signed_request, the_cache_validity_is_a_checked_serve_setting, kill_9_during_an_upload_loses_nothing_and_stores_nothing_twice, card_lifecycle_through_the_admin_commands, a_replayed_request_is_refused_after_a_server_restart, clearing_reports_name_over_redemption_across_shops_redemptions_after_a_loss_and_refused_records);

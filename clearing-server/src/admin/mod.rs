@@ -12,6 +12,7 @@ use redeemd_contract::model::{CardNumber, MerchantScope};
 
 use crate::storage::cards::{self, CardError, StatusAction};
 use crate::storage::{self, Db, statements};
+use crate::vault::Vault;
 
 #[derive(Subcommand)]
 pub enum Admin {
@@ -58,6 +59,11 @@ pub enum Admin {
         #[command(subcommand)]
         command: StatementCommand,
     },
+    /// The platform master key: make one, or rotate the database to a new one.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
     /// Records that need a person before money moves: refused at upload (broken chain, bad MAC),
     /// redeemed while the card was lost/frozen/cancelled, over-redemption across shops, and voids
     /// that match no redemption line for line.
@@ -65,6 +71,24 @@ pub enum Admin {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeyCommand {
+    /// Write a new master key (32 random bytes, hex) to a new file, mode 0600. Keep it apart from the
+    /// database (another disk, a systemd credential): the database alone must not open card numbers.
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Re-seal every card number, identity and terminal secret under a new master key, given with
+    /// --new-master-key-file; the current one comes from --master-key-file / --master-key-credential.
+    /// Stop the servers first and restart them with the new key; an interrupted rotation is finished
+    /// by running it again with the same two keys.
+    Rotate {
+        #[arg(long)]
+        new_master_key_file: PathBuf,
     },
 }
 
@@ -204,7 +228,7 @@ pub enum CardCommand {
 
 /// Runs one admin command against `db`: input parsed first, then one transaction (retried on a
 /// conflict with another server or admin), then what it did printed once it committed.
-pub fn run(db: &Db, command: Admin) -> Result<(), String> {
+pub fn run(db: &Db, vault: &Vault, command: Admin) -> Result<(), String> {
     match command {
         Admin::Merchant {
             id,
@@ -218,8 +242,12 @@ pub fn run(db: &Db, command: Admin) -> Result<(), String> {
             eprintln!("merchant {id} saved");
             Ok(())
         }
-        Admin::Card { command } => card_command(db, command).map_err(|e| e.to_string()),
-        Admin::Statement { command } => statement_command(db, command).map_err(|e| e.to_string()),
+        Admin::Card { command } => card_command(db, vault, command).map_err(|e| e.to_string()),
+        Admin::Statement { command } => {
+            statement_command(db, vault, command).map_err(|e| e.to_string())
+        }
+        // Handled before the database is opened (`main`): they need no database, or another vault.
+        Admin::Key { .. } => Ok(()),
         Admin::Exceptions { json } => {
             let (e, text) = db
                 .read(|tx| -> Result<_, CardError> {
@@ -251,7 +279,9 @@ pub fn run(db: &Db, command: Admin) -> Result<(), String> {
                 write_private(path, text.as_bytes())
                     .map_err(|e| format!("{}: {e}", path.display()))?;
             }
-            if let Err(e) = db.write(|tx| storage::enroll(tx, &terminal, &merchant, &secret, now)) {
+            if let Err(e) =
+                db.write(|tx| storage::enroll(tx, vault, &terminal, &merchant, &secret, now))
+            {
                 if let Some(path) = &key_file {
                     let _ = std::fs::remove_file(path);
                 }
@@ -275,7 +305,7 @@ fn number(flag: &str, raw: &str) -> Result<CardNumber, CardError> {
     CardNumber::parse(raw).map_err(|e| CardError::Invalid(format!("{flag}: {e}")))
 }
 
-fn card_command(db: &Db, command: CardCommand) -> Result<(), CardError> {
+fn card_command(db: &Db, vault: &Vault, command: CardCommand) -> Result<(), CardError> {
     match command {
         CardCommand::Create {
             number: raw,
@@ -288,7 +318,7 @@ fn card_command(db: &Db, command: CardCommand) -> Result<(), CardError> {
                 identity_data: identity,
             };
             let now = now();
-            let id = db.write(|tx| cards::create_card(tx, &new, now))?;
+            let id = db.write(|tx| cards::create_card(tx, vault, &new, now))?;
             eprintln!("card {} issued (#{id})", new.number.masked());
             Ok(())
         }
@@ -326,7 +356,7 @@ fn card_command(db: &Db, command: CardCommand) -> Result<(), CardError> {
                     .collect::<Result<_, _>>()?,
             };
             let now = now();
-            let v = db.write(|tx| cards::customize(tx, &n, &spec, now))?;
+            let v = db.write(|tx| cards::customize(tx, vault, &n, &spec, now))?;
             eprintln!(
                 "card {}: package {} saved (version {v})",
                 n.masked(),
@@ -334,13 +364,13 @@ fn card_command(db: &Db, command: CardCommand) -> Result<(), CardError> {
             );
             Ok(())
         }
-        CardCommand::Lost { number: raw } => status(db, &raw, StatusAction::ReportLost),
-        CardCommand::Unlock { number: raw } => status(db, &raw, StatusAction::Unlock),
-        CardCommand::Freeze { number: raw } => status(db, &raw, StatusAction::Freeze),
+        CardCommand::Lost { number: raw } => status(db, vault, &raw, StatusAction::ReportLost),
+        CardCommand::Unlock { number: raw } => status(db, vault, &raw, StatusAction::Unlock),
+        CardCommand::Freeze { number: raw } => status(db, vault, &raw, StatusAction::Freeze),
         CardCommand::Reissue { from, to } => {
             let (f, t) = (number("--from", &from)?, number("--to", &to)?);
             let now = now();
-            db.write(|tx| cards::reissue(tx, &f, &t, now))?;
+            db.write(|tx| cards::reissue(tx, vault, &f, &t, now))?;
             eprintln!(
                 "card {} reissued as {}; the old card is cancelled",
                 f.masked(),
@@ -350,7 +380,7 @@ fn card_command(db: &Db, command: CardCommand) -> Result<(), CardError> {
         }
         CardCommand::Show { number: raw } => {
             let n = number("--number", &raw)?;
-            print!("{}", db.read(|tx| render::card(tx, &n))?);
+            print!("{}", db.read(|tx| render::card(tx, vault, &n))?);
             Ok(())
         }
     }
@@ -362,7 +392,7 @@ fn print_json(value: &impl serde::Serialize) -> Result<(), String> {
     Ok(())
 }
 
-fn statement_command(db: &Db, command: StatementCommand) -> Result<(), CardError> {
+fn statement_command(db: &Db, vault: &Vault, command: StatementCommand) -> Result<(), CardError> {
     match command {
         StatementCommand::Merchant { merchant, period } => {
             let window = period.window()?;
@@ -380,7 +410,7 @@ fn statement_command(db: &Db, command: StatementCommand) -> Result<(), CardError
         } => {
             let n = number("--number", &raw)?;
             let window = period.window()?;
-            let s = db.read(|tx| statements::member_statement(tx, &n, window))?;
+            let s = db.read(|tx| statements::member_statement(tx, vault, &n, window))?;
             if period.json {
                 print_json(&s).map_err(CardError::Invalid)
             } else {
@@ -391,12 +421,12 @@ fn statement_command(db: &Db, command: StatementCommand) -> Result<(), CardError
     }
 }
 
-fn status(db: &Db, raw: &str, action: StatusAction) -> Result<(), CardError> {
+fn status(db: &Db, vault: &Vault, raw: &str, action: StatusAction) -> Result<(), CardError> {
     let n = number("--number", raw)?;
     let now = now();
     let (v, row) = db.write(|tx| {
-        let v = cards::set_status(tx, &n, action, now)?;
-        Ok::<_, CardError>((v, cards::card_by_number(tx, &n)?))
+        let v = cards::set_status(tx, vault, &n, action, now)?;
+        Ok::<_, CardError>((v, cards::card_by_number(tx, vault, &n)?))
     })?;
     eprintln!(
         "card {} is {} (version {v})",
@@ -418,7 +448,8 @@ fn set_enabled(db: &Db, terminal: &str, enabled: bool) -> Result<(), String> {
     }
 }
 
-fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes `bytes` to a new file of mode 0600 (a key: never over an existing file).
+pub fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)

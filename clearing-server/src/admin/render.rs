@@ -9,6 +9,7 @@ use crate::core::clearing::{MemberStatement, MerchantStatement};
 use crate::storage::Tx;
 use crate::storage::cards::{self, CardError};
 use crate::storage::statements::{Exceptions, Window, masked_card};
+use crate::vault::Vault;
 
 fn yuan(fen: i64) -> String {
     let sign = if fen < 0 { "-" } else { "" };
@@ -174,12 +175,12 @@ pub fn exceptions(tx: &mut dyn Tx, e: &Exceptions) -> Result<String, CardError> 
 }
 
 /// `card show`: status, holder, packages, uses left. Never the full number.
-pub fn card(tx: &mut dyn Tx, number: &CardNumber) -> Result<String, CardError> {
-    let row = cards::card_by_number(tx, number)?;
+pub fn card(tx: &mut dyn Tx, vault: &Vault, number: &CardNumber) -> Result<String, CardError> {
+    let row = cards::card_by_number(tx, vault, number)?;
     let mut out = String::new();
     let _ = writeln!(out, "card      {} (#{})", row.masked(), row.id);
     let _ = writeln!(out, "status    {}", cards::status_name(row.status));
-    let holder = match (&row.holder_name, &row.identity_data) {
+    let holder = match (&row.holder_name, &row.identity_sealed) {
         (Some(n), Some(_)) => format!("{} (identity data on file)", cards::mask_name(n)),
         (Some(n), None) => cards::mask_name(n),
         _ => "anonymous".into(),

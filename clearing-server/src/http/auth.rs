@@ -87,9 +87,9 @@ async fn authenticate(
     // the nonce is remembered (in the database: across restarts and server processes) only when
     // everything else passed. Read committed: the nonce's key alone decides, as in any process.
     state
-        .with_db(move |db| {
+        .with_db(move |db, vault| {
             db.transaction(Isolation::ReadCommitted, |tx| {
-                let terminal = storage::terminal(tx, &auth.terminal_id)
+                let terminal = storage::terminal(tx, vault, &auth.terminal_id)
                     .map_err(|e| Problem::internal(e.to_string()))?
                     .ok_or_else(|| {
                         Problem::new(

@@ -23,6 +23,7 @@ use axum::routing::{get, post};
 
 use crate::core::cache_policy::CachePolicy;
 use crate::storage::Db;
+use crate::vault::Vault;
 use problem::Problem;
 
 /// What one client may hold of the server (`docs/api/README.md`, "Size limits"): connections at once,
@@ -126,6 +127,8 @@ pub fn system_clock() -> Clock {
 #[derive(Clone)]
 pub struct AppState {
     db: Arc<Db>,
+    /// The platform master key: opens terminal secrets and card numbers, seals new ones.
+    vault: Arc<Vault>,
     /// When this process last pruned expired nonces (server clock): a schedule, not state that
     /// correctness depends on (every process prunes now and then; nonces live in the database).
     nonces_pruned_ms: Arc<std::sync::atomic::AtomicI64>,
@@ -138,14 +141,15 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(db: Db, clock: Clock) -> Self {
-        Self::shared(Arc::new(db), clock)
+    pub fn new(db: Db, vault: Vault, clock: Clock) -> Self {
+        Self::shared(Arc::new(db), Arc::new(vault), clock)
     }
 
-    /// A state over a database the caller keeps using too (tests, benches).
-    pub fn shared(db: Arc<Db>, clock: Clock) -> Self {
+    /// A state over a database and vault the caller keeps using too (tests, benches).
+    pub fn shared(db: Arc<Db>, vault: Arc<Vault>, clock: Clock) -> Self {
         Self {
             db,
+            vault,
             nonces_pruned_ms: Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN)),
             clock,
             cache: CachePolicy::default(),
@@ -168,14 +172,18 @@ impl AppState {
         self.db.clone()
     }
 
-    /// Runs `f` with the database on a blocking thread. A panic in `f` answers `500` (its transaction
-    /// rolled back as it unwound) and the server goes on serving.
+    pub fn vault(&self) -> Arc<Vault> {
+        self.vault.clone()
+    }
+
+    /// Runs `f` with the database and the vault on a blocking thread. A panic in `f` answers `500` (its
+    /// transaction rolled back as it unwound) and the server goes on serving.
     async fn with_db<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Db) -> Result<T, Problem> + Send + 'static,
+        f: impl FnOnce(&Db, &Vault) -> Result<T, Problem> + Send + 'static,
     ) -> Result<T, Problem> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&db))
+        let (db, vault) = (self.db.clone(), self.vault.clone());
+        tokio::task::spawn_blocking(move || f(&db, &vault))
             .await
             .map_err(|e| Problem::internal(format!("database task: {e}")))?
     }
@@ -220,9 +228,10 @@ mod tests {
     async fn a_request_that_panics_on_the_database_thread_does_not_take_the_server_down() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("c.sqlite3").display().to_string()).unwrap();
-        let state = AppState::new(db, Arc::new(|| 0));
+        let vault = Vault::new(crate::vault::MasterKey::from_bytes(&[9; 32]).unwrap());
+        let state = AppState::new(db, vault, Arc::new(|| 0));
         let r: Result<(), Problem> = state
-            .with_db(|db| {
+            .with_db(|db, _| {
                 db.write(|tx| -> Result<(), Problem> {
                     tx.execute(
                         "INSERT INTO merchant (id, name, commission_bps) VALUES ('M-9', 'x', 0)",
@@ -235,7 +244,7 @@ mod tests {
         assert_eq!(r.unwrap_err().status, 500);
         // The next request is served, and the panicked one's write was rolled back.
         let merchants = state
-            .with_db(|db| {
+            .with_db(|db, _| {
                 db.read(|tx| -> Result<i64, StorageError> {
                     tx.query_one("SELECT count(*) FROM merchant WHERE id = 'M-9'", &[])?
                         .i64(0)

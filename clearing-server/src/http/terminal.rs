@@ -37,7 +37,7 @@ pub(super) async fn journal_head(
 ) -> Result<Response, Problem> {
     let id = terminal_id.clone();
     let (seq, mac) = state
-        .with_db(move |db| db.read(|tx| storage::head(tx, &id)).map_err(Problem::from))
+        .with_db(move |db, _| db.read(|tx| storage::head(tx, &id)).map_err(Problem::from))
         .await?;
     Ok(axum::Json(HeadBody {
         terminal_id,
@@ -135,7 +135,9 @@ pub(super) async fn journal_upload(
     let now = (state.clock)();
     let id = terminal_id.clone();
     let ack = state
-        .with_db(move |db| storage::store_batch(db, &id, &terminal.keys, from_seq, &records, now))
+        .with_db(move |db, vault| {
+            storage::store_batch(db, vault, &id, &terminal.keys, from_seq, &records, now)
+        })
         .await
         .map_err(|p| p.terminal(&terminal_id))?;
     Ok(axum::Json(AckBody {
@@ -189,7 +191,7 @@ pub(super) async fn batch_close(
     }
     let id = terminal_id.clone();
     let result = state
-        .with_db(move |db| storage::batch_close(db, &id, &close))
+        .with_db(move |db, _| storage::batch_close(db, &id, &close))
         .await
         .map_err(|p| p.terminal(&terminal_id))?;
     Ok(axum::Json(result).into_response())
@@ -265,6 +267,7 @@ type Decision = Result<bundle::Decision, Problem>;
 /// the terminal refuses: the manifest is the last frame).
 fn produce_bundle(
     db: &storage::Db,
+    vault: &crate::vault::Vault,
     req: bundle::BundleRequest,
     encoding: Encoding,
     decided: tokio::sync::oneshot::Sender<Decision>,
@@ -282,6 +285,7 @@ fn produce_bundle(
         let mut out = encoding::Compressor::new(encoding, sink)?;
         let written = bundle::produce(
             db,
+            vault,
             &req,
             |d| decided.take().is_some_and(|s| s.send(Ok(d)).is_ok()),
             &mut out,
@@ -327,8 +331,8 @@ pub(super) async fn entitlements(
     };
     let (decided_tx, decided_rx) = tokio::sync::oneshot::channel();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Chunk>(STREAM_CHUNKS_IN_FLIGHT);
-    let db = state.db();
-    tokio::task::spawn_blocking(move || produce_bundle(&db, req, encoding, decided_tx, tx));
+    let (db, vault) = (state.db(), state.vault());
+    tokio::task::spawn_blocking(move || produce_bundle(&db, &vault, req, encoding, decided_tx, tx));
     let decision = decided_rx
         .await
         .map_err(|_| Problem::internal("entitlements producer ended without an answer".into()))?
@@ -391,9 +395,11 @@ pub(super) async fn deny_list(
     let merchant_id = terminal.merchant_id.clone();
     let keys = terminal.keys.clone();
     let (version, entries) = state
-        .with_db(move |db| {
-            db.read(|tx| cards::deny_entries(tx, &keys, &merchant_id, since, MAX_DENY_ENTRIES))
-                .map_err(|e| Problem::internal(e.to_string()))
+        .with_db(move |db, vault| {
+            db.read(|tx| {
+                cards::deny_entries(tx, vault, &keys, &merchant_id, since, MAX_DENY_ENTRIES)
+            })
+            .map_err(|e| Problem::internal(e.to_string()))
         })
         .await
         .map_err(|p| p.terminal(&terminal_id))?;

@@ -32,6 +32,7 @@ use super::cards::{self, CardError};
 use super::sql::{StorageError, Tx, int};
 use crate::core::cache_policy::CachePolicy;
 use crate::params;
+use crate::vault::Vault;
 
 /// Cards read per query while a bundle is written.
 pub const PAGE: usize = 1_000;
@@ -92,6 +93,7 @@ pub type Decision = Option<(BundleKind, u64)>;
 /// there was nothing to write.
 pub fn produce(
     db: &Db,
+    vault: &Vault,
     req: &BundleRequest,
     decided: impl FnOnce(Decision) -> bool,
     out: &mut impl Write,
@@ -119,6 +121,7 @@ pub fn produce(
             return Ok(None);
         }
         let plan = Plan {
+            vault,
             req,
             kind,
             version,
@@ -135,7 +138,7 @@ fn page_query() -> &'static str {
     SQL.get_or_init(|| {
         let marks: Vec<String> = (1..=PAGE).map(|i| format!("${i}")).collect();
         format!(
-            "SELECT id, body, identity_data FROM card WHERE id IN ({})",
+            "SELECT id, body, identity_sealed FROM card WHERE id IN ({})",
             marks.join(", ")
         )
     })
@@ -145,6 +148,7 @@ fn page_query() -> &'static str {
 /// pages by id), the cards changed since `since` for a delta.
 fn references(
     tx: &mut dyn Tx,
+    vault: &Vault,
     keys: &TerminalKeys,
     kind: BundleKind,
     since: u64,
@@ -153,7 +157,7 @@ fn references(
     let mut add = |rows: &[super::Row]| -> Result<(), BundleError> {
         for r in rows {
             let card_id = r.i64(0)?;
-            let number = cards::stored_number(card_id, &r.text(1)?)?;
+            let number = cards::stored_number(vault, card_id, r.blob(1)?)?;
             refs.push((number.card_ref(&keys.card_token), card_id));
         }
         Ok(())
@@ -163,7 +167,7 @@ fn references(
             let mut after = 0i64;
             loop {
                 let rows = tx.query(
-                    "SELECT id, number FROM card WHERE id > $1 ORDER BY id LIMIT $2",
+                    "SELECT id, number_sealed FROM card WHERE id > $1 ORDER BY id LIMIT $2",
                     params![after, PAGE as i64 * 10],
                 )?;
                 let Some(last) = rows.last() else { break };
@@ -173,7 +177,7 @@ fn references(
         }
         BundleKind::Delta => {
             let rows = tx.query(
-                "SELECT id, number FROM card WHERE version > $1",
+                "SELECT id, number_sealed FROM card WHERE version > $1",
                 params![int("since", since)?],
             )?;
             add(&rows)?;
@@ -184,6 +188,7 @@ fn references(
 }
 
 struct Plan<'r> {
+    vault: &'r Vault,
     req: &'r BundleRequest,
     kind: BundleKind,
     version: u64,
@@ -208,7 +213,7 @@ impl Plan<'_> {
             upserts: 0,
             removals: 0,
         };
-        let refs = references(tx, &req.keys, self.kind, req.since)?;
+        let refs = references(tx, self.vault, &req.keys, self.kind, req.since)?;
         for page in refs.chunks(PAGE) {
             // One query per page, always PAGE placeholders (the last page padded with id 0, which no
             // card has), so that it is one prepared statement; both engines look each id up by key.
@@ -218,20 +223,30 @@ impl Plan<'_> {
                 .chain(std::iter::repeat(super::Param::Int(0)))
                 .take(PAGE)
                 .collect();
-            let mut bodies: std::collections::HashMap<i64, (Vec<u8>, Option<String>)> = tx
+            type Body = (Vec<u8>, Option<Vec<u8>>);
+            let mut bodies: std::collections::HashMap<i64, Body> = tx
                 .query(page_query(), &ids)?
                 .into_iter()
-                .map(|r| Ok((r.i64(0)?, (r.blob(1)?.to_vec(), r.opt_text(2)?))))
+                .map(|r| {
+                    Ok((
+                        r.i64(0)?,
+                        (r.blob(1)?.to_vec(), r.opt_blob(2)?.map(<[u8]>::to_vec)),
+                    ))
+                })
                 .collect::<Result<_, StorageError>>()?;
             for (card_ref, card_id) in page {
                 let Some((body, identity)) = bodies.remove(card_id) else {
                     // Read in the same snapshot as the id: never absent.
                     continue;
                 };
+                let identity = identity
+                    .map(|s| self.vault.open(cards::SEALED_IDENTITY, &s))
+                    .transpose()
+                    .map_err(CardError::from)?;
                 let card = cards::terminal_card(
                     &body,
                     *card_id,
-                    identity.as_deref(),
+                    identity.as_ref().map(|i| &i[..]),
                     card_ref,
                     &req.keys,
                     self.usage_through_seq,
@@ -277,7 +292,8 @@ mod tests {
     fn a_bundle_of_many_pages_is_in_reference_order_and_complete() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("c.sqlite3").display().to_string()).unwrap();
-        db.write(|tx| super::super::enroll(tx, "T-1", "M-1", &[1; 32], 0))
+        let vault = Vault::new(crate::vault::MasterKey::from_bytes(&[9; 32]).unwrap());
+        db.write(|tx| super::super::enroll(tx, &vault, "T-1", "M-1", &[1; 32], 0))
             .unwrap();
         let n = PAGE as u64 * 2 + 7;
         db.write(|tx| -> Result<(), CardError> {
@@ -299,7 +315,7 @@ mod tests {
                     holder_name: None,
                     identity_data: None,
                 };
-                cards::insert_card(tx, &new, std::slice::from_ref(&p), v, 0)?;
+                cards::insert_card(tx, &vault, &new, std::slice::from_ref(&p), v, 0)?;
             }
             Ok(())
         })
@@ -315,7 +331,9 @@ mod tests {
             cache: CachePolicy::default(),
         };
         let mut bytes = Vec::new();
-        let written = produce(&db, &req, |_| true, &mut bytes).unwrap().unwrap();
+        let written = produce(&db, &vault, &req, |_| true, &mut bytes)
+            .unwrap()
+            .unwrap();
         assert_eq!(written.upserts, n);
         let mut v = BundleVerifier::new(&keys.cache, "T-1");
         let (mut at, mut entries) = (8, 0);

@@ -32,6 +32,7 @@ pub use crate::core::cards::{
     status_name, visible,
 };
 use crate::params;
+use crate::vault::Vault;
 
 /// Why an operation on merchants or cards was refused. Card numbers appear masked only.
 #[derive(Debug, Error)]
@@ -52,6 +53,8 @@ pub enum CardError {
     },
     #[error("{0}")]
     Invalid(String),
+    #[error("{0}")]
+    Vault(#[from] crate::vault::VaultError),
     #[error("stored {what} of card {card_id} is unusable: {reason}")]
     Corrupt {
         what: &'static str,
@@ -207,53 +210,78 @@ pub fn bump_version(tx: &mut dyn Tx, now_ms: i64) -> Result<u64, StorageError> {
 // ---------------------------------------------------------------------------------------------
 // Cards
 
-/// A card row as stored.
+/// A card row as stored. Its number is not here: it is sealed in the database and opened only where a
+/// terminal's reference is computed from it.
 #[derive(Debug, Clone)]
 pub struct CardRow {
     pub id: i64,
-    pub number: CardNumber,
+    /// First six / last four, from the card's body.
+    pub masked: String,
     pub status: CardStatus,
     pub holder_name: Option<String>,
-    pub identity_data: Option<String>,
+    /// Identity data on file (sealed; opened where a terminal's verifier is computed).
+    pub identity_sealed: Option<Vec<u8>>,
     pub reissued_to: Option<i64>,
     pub version: u64,
 }
 
 impl CardRow {
     pub fn masked(&self) -> String {
-        self.number.masked()
+        self.masked.clone()
     }
 }
 
 const CARD_COLUMNS: &str =
-    "SELECT id, number, status, holder_name, identity_data, reissued_to, version FROM card";
+    "SELECT id, body, status, holder_name, identity_sealed, reissued_to, version FROM card";
 
 fn card_row(r: &Row) -> Result<CardRow, CardError> {
     let id = r.i64(0)?;
+    let body = Card::decode(r.blob(1)?).map_err(|e| CardError::Corrupt {
+        what: "body",
+        card_id: id,
+        reason: e.to_string(),
+    })?;
     Ok(CardRow {
         id,
-        number: CardNumber::parse(&r.text(1)?).map_err(|e| CardError::Corrupt {
-            what: "number",
-            card_id: id,
-            reason: e.to_string(),
-        })?,
+        masked: body.masked_number,
         status: status_from_db(r.i64(2)?, id)?,
         holder_name: r.opt_text(3)?,
-        identity_data: r.opt_text(4)?,
+        identity_sealed: r.opt_blob(4)?.map(<[u8]>::to_vec),
         reissued_to: r.opt_i64(5)?,
         version: r.u64(6)?,
     })
 }
 
+/// What a sealed value is, bound into its seal (a value moved to another column does not open).
+pub const SEALED_NUMBER: &str = "card-number";
+pub const SEALED_IDENTITY: &str = "card-identity";
+
+/// The id of the card with this number, found by its lookup key (under the current master key, or the
+/// previous one while a rotation re-seals).
+fn card_id_by_number(
+    tx: &mut dyn Tx,
+    vault: &Vault,
+    number: &CardNumber,
+) -> Result<Option<i64>, StorageError> {
+    let keys = vault.lookup_keys(number.digits());
+    let second = keys.get(1).unwrap_or(&keys[0]);
+    tx.query_opt(
+        "SELECT id FROM card WHERE number_key = $1 OR number_key = $2",
+        params![&keys[0], second],
+    )?
+    .map(|r| r.i64(0))
+    .transpose()
+}
+
 /// Finds a card by number.
-pub fn card_by_number(tx: &mut dyn Tx, number: &CardNumber) -> Result<CardRow, CardError> {
-    let row = tx
-        .query_opt(
-            &format!("{CARD_COLUMNS} WHERE number = $1"),
-            params![number.digits()],
-        )?
+pub fn card_by_number(
+    tx: &mut dyn Tx,
+    vault: &Vault,
+    number: &CardNumber,
+) -> Result<CardRow, CardError> {
+    let id = card_id_by_number(tx, vault, number)?
         .ok_or_else(|| CardError::NotFound(number.masked()))?;
-    card_row(&row)
+    card_by_id(tx, id)
 }
 
 pub fn card_by_id(tx: &mut dyn Tx, id: i64) -> Result<CardRow, CardError> {
@@ -320,7 +348,7 @@ pub fn packages(tx: &mut dyn Tx, card_id: i64) -> Result<Vec<StoredPackage>, Car
 
 fn body_of(row: &CardRow, packages: &[StoredPackage]) -> Vec<u8> {
     template(
-        row.masked(),
+        row.masked.clone(),
         row.status,
         row.holder_name.as_deref(),
         packages,
@@ -341,15 +369,21 @@ pub fn refresh(tx: &mut dyn Tx, card_id: i64, version: u64) -> Result<(), CardEr
 }
 
 /// Issues a card (active, no packages yet). Returns the platform card id.
-pub fn create_card(tx: &mut dyn Tx, new: &NewCard, now_ms: i64) -> Result<i64, CardError> {
+pub fn create_card(
+    tx: &mut dyn Tx,
+    vault: &Vault,
+    new: &NewCard,
+    now_ms: i64,
+) -> Result<i64, CardError> {
     let version = bump_version(tx, now_ms)?;
-    insert_card(tx, new, &[], version, now_ms)
+    insert_card(tx, vault, new, &[], version, now_ms)
 }
 
 /// Inserts a card with its packages at `version` (no usage yet). The bulk path: seeding a million cards
 /// calls this in one transaction with one version.
 pub fn insert_card(
     tx: &mut dyn Tx,
+    vault: &Vault,
     new: &NewCard,
     packages: &[PackageSpec],
     version: u64,
@@ -357,12 +391,15 @@ pub fn insert_card(
 ) -> Result<i64, CardError> {
     new.check()?;
     let number = new.number.digits();
-    if tx
-        .query_opt("SELECT 1 FROM card WHERE number = $1", params![number])?
-        .is_some()
-    {
+    if card_id_by_number(tx, vault, &new.number)?.is_some() {
         return Err(CardError::Exists(new.number.masked()));
     }
+    let sealed = vault.seal(SEALED_NUMBER, number.as_bytes())?;
+    let identity = new
+        .identity_data
+        .as_ref()
+        .map(|i| vault.seal(SEALED_IDENTITY, i.as_bytes()))
+        .transpose()?;
     let stored: Vec<StoredPackage> = packages
         .iter()
         .map(|p| StoredPackage {
@@ -372,22 +409,25 @@ pub fn insert_card(
         .collect();
     let row = CardRow {
         id: 0,
-        number: new.number.clone(),
+        masked: new.number.masked(),
         status: CardStatus::Active,
         holder_name: new.holder_name.clone(),
-        identity_data: new.identity_data.clone(),
+        identity_sealed: None,
         reissued_to: None,
         version,
     };
     let body = body_of(&row, &stored);
     let id = tx
         .query_one(
-            "INSERT INTO card (number, status, holder_name, identity_data, created_ms, version, body)
-             VALUES ($1, 1, $2, $3, $4, $5, $6) RETURNING id",
+            "INSERT INTO card (number_key, number_sealed, sealed_with, status, holder_name, identity_sealed,
+                               created_ms, version, body)
+             VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $8) RETURNING id",
             params![
-                number,
+                &vault.lookup_key(number),
+                &sealed,
+                &vault.current().fingerprint(),
                 new.holder_name.as_ref(),
-                new.identity_data.as_ref(),
+                identity.as_ref(),
                 now_ms,
                 int("version", version)?,
                 &body
@@ -465,12 +505,13 @@ fn write_package(
 /// Returns the card's new version.
 pub fn customize(
     tx: &mut dyn Tx,
+    vault: &Vault,
     number: &CardNumber,
     spec: &PackageSpec,
     now_ms: i64,
 ) -> Result<u64, CardError> {
     spec.check()?;
-    let row = card_by_number(tx, number)?;
+    let row = card_by_number(tx, vault, number)?;
     if row.status == CardStatus::Cancelled {
         return Err(CardError::BadTransition {
             masked: row.masked(),
@@ -478,7 +519,7 @@ pub fn customize(
             action: "customize",
         });
     }
-    if spec.identity_required && row.identity_data.is_none() {
+    if spec.identity_required && row.identity_sealed.is_none() {
         return Err(identity_required_error(number, &spec.id));
     }
     let before = packages(tx, row.id)?;
@@ -569,11 +610,12 @@ pub fn scopes_at(
 /// the card. Returns the card's new version.
 pub fn set_status(
     tx: &mut dyn Tx,
+    vault: &Vault,
     number: &CardNumber,
     action: StatusAction,
     now_ms: i64,
 ) -> Result<u64, CardError> {
-    let row = card_by_number(tx, number)?;
+    let row = card_by_number(tx, vault, number)?;
     let to = transition(action, row.status).ok_or_else(|| CardError::BadTransition {
         masked: row.masked(),
         status: status_name(row.status),
@@ -643,11 +685,12 @@ fn append_deny(
 /// `uses_total`), and cancels `from` (deny lists included). Returns the new card's id.
 pub fn reissue(
     tx: &mut dyn Tx,
+    vault: &Vault,
     from: &CardNumber,
     to: &CardNumber,
     now_ms: i64,
 ) -> Result<i64, CardError> {
-    let old = card_by_number(tx, from)?;
+    let old = card_by_number(tx, vault, from)?;
     if old.status == CardStatus::Cancelled {
         return Err(CardError::BadTransition {
             masked: old.masked(),
@@ -666,12 +709,18 @@ pub fn reissue(
         })
         .collect();
     let version = bump_version(tx, now_ms)?;
+    let identity = old
+        .identity_sealed
+        .as_ref()
+        .map(|s| vault.open(SEALED_IDENTITY, s))
+        .transpose()?
+        .map(|i| String::from_utf8_lossy(&i).into_owned());
     let new = NewCard {
         number: to.clone(),
         holder_name: old.holder_name.clone(),
-        identity_data: old.identity_data.clone(),
+        identity_data: identity,
     };
-    let new_id = insert_card(tx, &new, &moved, version, now_ms)?;
+    let new_id = insert_card(tx, vault, &new, &moved, version, now_ms)?;
     let moved_scopes: Vec<MerchantScope> = moved.iter().map(|p| p.scope.clone()).collect();
     note_scope_change(tx, new_id, version, &[], &moved_scopes)?;
     tx.execute(
@@ -694,9 +743,10 @@ pub fn reissue(
 // ---------------------------------------------------------------------------------------------
 // Card references and per-terminal bodies
 
-/// A stored card number, parsed (a row that does not hold one is named).
-pub fn stored_number(card_id: i64, digits: &str) -> Result<CardNumber, CardError> {
-    CardNumber::parse(digits).map_err(|e| CardError::Corrupt {
+/// A card's number, opened from its sealed column (a row that does not hold one is named).
+pub fn stored_number(vault: &Vault, card_id: i64, sealed: &[u8]) -> Result<CardNumber, CardError> {
+    let digits = vault.open(SEALED_NUMBER, sealed)?;
+    CardNumber::parse(&String::from_utf8_lossy(&digits)).map_err(|e| CardError::Corrupt {
         what: "number",
         card_id,
         reason: e.to_string(),
@@ -709,6 +759,7 @@ pub fn stored_number(card_id: i64, digits: &str) -> Result<CardNumber, CardError
 /// platform never issued.
 pub fn card_for_ref(
     tx: &mut dyn Tx,
+    vault: &Vault,
     keys: &TerminalKeys,
     card_ref: &CardRef,
 ) -> Result<Result<i64, String>, StorageError> {
@@ -716,19 +767,14 @@ pub fn card_for_ref(
         Ok(n) => n,
         Err(e) => return Ok(Err(e.to_string())),
     };
-    Ok(
-        match tx.query_opt(
-            "SELECT id FROM card WHERE number = $1",
-            params![number.digits()],
-        )? {
-            Some(r) => Ok(r.i64(0)?),
-            None => Err(format!(
-                "card {} (reference {}) is not a card of the platform",
-                number.masked(),
-                card_ref.to_hex()
-            )),
-        },
-    )
+    Ok(match card_id_by_number(tx, vault, &number)? {
+        Some(id) => Ok(id),
+        None => Err(format!(
+            "card {} (reference {}) is not a card of the platform",
+            number.masked(),
+            card_ref.to_hex()
+        )),
+    })
 }
 
 /// A stored body made into what one terminal receives: its identity verifier (from its identity key and
@@ -736,7 +782,7 @@ pub fn card_for_ref(
 pub fn terminal_card(
     body: &[u8],
     card_id: i64,
-    identity_data: Option<&str>,
+    identity_data: Option<&[u8]>,
     card_ref: &CardRef,
     keys: &TerminalKeys,
     usage_through_seq: u64,
@@ -748,7 +794,7 @@ pub fn terminal_card(
     })?;
     card.usage_through_seq = usage_through_seq;
     if let (Some(h), Some(data)) = (card.holder.as_mut(), identity_data) {
-        h.identity_verifier = Some(identity_verifier(&keys.identity, card_ref, data.as_bytes()));
+        h.identity_verifier = Some(identity_verifier(&keys.identity, card_ref, data));
     }
     Ok(card)
 }
@@ -760,6 +806,7 @@ pub fn terminal_card(
 /// references for the terminal whose keys are given.
 pub fn deny_entries(
     tx: &mut dyn Tx,
+    vault: &Vault,
     keys: &TerminalKeys,
     merchant_id: &str,
     since: u64,
@@ -767,7 +814,7 @@ pub fn deny_entries(
 ) -> Result<(u64, Vec<redeemd_contract::DenyEntry>), CardError> {
     let head = merchant(tx, merchant_id)?.map_or(0, |m| m.deny_version);
     let rows = tx.query(
-        "SELECT d.version, d.card_id, c.number, d.status, d.entry_version, d.reported_at_ms
+        "SELECT d.version, d.card_id, c.number_sealed, d.status, d.entry_version, d.reported_at_ms
          FROM deny_entry d JOIN card c ON c.id = d.card_id
          WHERE d.merchant_id = $1 AND d.version > $2 ORDER BY d.version LIMIT $3",
         params![
@@ -792,7 +839,7 @@ pub fn deny_entries(
         };
         out.push(redeemd_contract::DenyEntry {
             version: r.u64(0)?,
-            card_ref: stored_number(card_id, &r.text(2)?)?.card_ref(&keys.card_token),
+            card_ref: stored_number(vault, card_id, r.blob(2)?)?.card_ref(&keys.card_token),
             status,
             entry_version: r.u64(4)?,
             reported_at_ms: r.i64(5)?,

@@ -17,6 +17,7 @@ use super::{Db, MAX_RECORD_BYTES, cards};
 use crate::core::close;
 use crate::http::problem::Problem;
 use crate::params;
+use crate::vault::Vault;
 
 /// The highest stored seq of a terminal and its MAC (0 and `None` when nothing is stored).
 pub fn head(tx: &mut dyn Tx, terminal_id: &str) -> Result<(u64, Option<Tag>), StorageError> {
@@ -56,13 +57,15 @@ pub struct Ack {
 /// unverifiable is also written to the exceptions list (after the batch rolled back).
 pub fn store_batch(
     db: &Db,
+    vault: &Vault,
     terminal_id: &str,
     keys: &TerminalKeys,
     from_seq: u64,
     records: &[UploadRecord],
     now_ms: i64,
 ) -> Result<Ack, Problem> {
-    let result = db.write(|tx| store_batch_tx(tx, terminal_id, keys, from_seq, records, now_ms));
+    let result =
+        db.write(|tx| store_batch_tx(tx, vault, terminal_id, keys, from_seq, records, now_ms));
     if let Err(p) = &result
         && p.status == 422
     {
@@ -76,6 +79,7 @@ pub fn store_batch(
 
 fn store_batch_tx(
     tx: &mut dyn Tx,
+    vault: &Vault,
     terminal_id: &str,
     keys: &TerminalKeys,
     from_seq: u64,
@@ -159,7 +163,7 @@ fn store_batch_tx(
                 format!("prev_mac does not equal the MAC of seq {}", r.seq - 1),
             ));
         }
-        let card_id = usage.apply(tx, keys, &rec, now_ms)?;
+        let card_id = usage.apply(tx, vault, keys, &rec, now_ms)?;
         tx.execute(
             "INSERT INTO journal (terminal_id, seq, record, mac, received_ms, card_id)
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -202,6 +206,7 @@ impl Usage {
     fn apply(
         &mut self,
         tx: &mut dyn Tx,
+        vault: &Vault,
         keys: &TerminalKeys,
         rec: &JournalRecord,
         now_ms: i64,
@@ -212,7 +217,7 @@ impl Usage {
             // A close is about the terminal's day, not a card.
             RecordKind::BatchClose => return Ok(None),
         };
-        let card_id = match cards::card_for_ref(tx, keys, &rec.card_ref)? {
+        let card_id = match cards::card_for_ref(tx, vault, keys, &rec.card_ref)? {
             Ok(id) => id,
             Err(why) => {
                 note_exception(

@@ -18,6 +18,7 @@ pub mod cards;
 pub mod journal;
 pub mod postgres;
 pub mod schema;
+pub mod sealing;
 pub mod sql;
 pub mod sqlite;
 pub mod statements;

@@ -10,12 +10,17 @@
 //! 3. every card status change with its time;
 //! 4. the `(terminal, card_ref)` index is gone: a terminal's card reference is computed from the card
 //!    number when a bundle is built and decrypted back to it when a record arrives, so storage grows
-//!    with terminals plus cards, not their product.
+//!    with terminals plus cards, not their product;
+//! 5. secrets sealed at rest under the platform master key (`crate::vault`): `card.number` becomes
+//!    `number_key` (the number's keyed lookup hash) beside `number_sealed`; identity data and terminal
+//!    secrets move to `identity_sealed` and `secret_sealed`; `sealed_with` names the key; `master_key`
+//!    records which key the database is bound to. A database of version 4 is migrated by DDL, then
+//!    sealed row by row the first time a server starts with the key (`super::sealing::bind`).
 //!
 //! SQLite keeps the version in `PRAGMA user_version`, PostgreSQL in the one-row table `schema_version`.
 
 /// The schema version this server reads and writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 pub(super) const SQLITE_V1: &str = "
 CREATE TABLE terminal (
@@ -164,8 +169,22 @@ DROP TABLE card_ref;
 ALTER TABLE terminal DROP COLUMN card_refs_through;
 ";
 
+/// Version 5 (SQLite): sealed columns; the clear ones are emptied by `sealing::bind`.
+const SQLITE_V5: &str = "
+ALTER TABLE card RENAME COLUMN number TO number_key;  -- hex HMAC lookup hash (clear digits until sealed)
+ALTER TABLE card ADD COLUMN number_sealed BLOB;       -- AES-256-GCM under the master key
+ALTER TABLE card ADD COLUMN identity_sealed BLOB;     -- identity data, sealed (identity_data then NULL)
+ALTER TABLE card ADD COLUMN sealed_with BLOB;         -- the master key's fingerprint; NULL: not sealed yet
+ALTER TABLE terminal ADD COLUMN secret_sealed BLOB;   -- the secret, sealed (secret then empty)
+ALTER TABLE terminal ADD COLUMN sealed_with BLOB;
+CREATE TABLE master_key (
+    fingerprint  BLOB PRIMARY KEY,
+    since_ms     INTEGER NOT NULL                     -- the latest is the database's current key
+);
+";
+
 /// SQLite: `SQLITE_STEPS[i]` takes the schema from version `i` to `i + 1`.
-pub(super) const SQLITE_STEPS: &[&str] = &[SQLITE_V1, SQLITE_V2, SQLITE_V3, BOTH_V4];
+pub(super) const SQLITE_STEPS: &[&str] = &[SQLITE_V1, SQLITE_V2, SQLITE_V3, BOTH_V4, SQLITE_V5];
 
 /// PostgreSQL starts at version 3 in one step: the tables of SQLite's versions 1 to 3 with
 /// PostgreSQL's types (`BIGINT`, `BYTEA`, identity columns). Integer columns are all `BIGINT`, so the
@@ -295,4 +314,19 @@ CREATE INDEX card_status_change_by_card ON card_status_change(card_id, at_ms);
 ";
 
 /// PostgreSQL: `(version, DDL)`, applied above the stored version.
-pub(super) const POSTGRES_STEPS: &[(i64, &str)] = &[(3, POSTGRES_V3), (4, BOTH_V4)];
+pub(super) const POSTGRES_STEPS: &[(i64, &str)] =
+    &[(3, POSTGRES_V3), (4, BOTH_V4), (5, POSTGRES_V5)];
+
+/// Version 5 (PostgreSQL): as SQLite's.
+const POSTGRES_V5: &str = "
+ALTER TABLE card RENAME COLUMN number TO number_key;
+ALTER TABLE card ADD COLUMN number_sealed BYTEA;
+ALTER TABLE card ADD COLUMN identity_sealed BYTEA;
+ALTER TABLE card ADD COLUMN sealed_with BYTEA;
+ALTER TABLE terminal ADD COLUMN secret_sealed BYTEA;
+ALTER TABLE terminal ADD COLUMN sealed_with BYTEA;
+CREATE TABLE master_key (
+    fingerprint  BYTEA PRIMARY KEY,
+    since_ms     BIGINT NOT NULL
+);
+";

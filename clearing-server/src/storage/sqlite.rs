@@ -265,7 +265,9 @@ mod tests {
             assert_eq!(card.opt_i64(0)?, None);
             let m = super::super::cards::merchant(tx, "M-9").unwrap().unwrap();
             assert_eq!((m.name.as_str(), m.commission_bps), ("M-9", 0));
-            assert!(super::super::terminal(tx, "T-1").unwrap().is_some());
+            // Version 4 kept the secret in clear: sealed once a server binds the master key.
+            let row = tx.query_one("SELECT secret, secret_sealed FROM terminal", &[])?;
+            assert_eq!((row.blob(0)?, row.opt_blob(1)?), (&[7u8; 32][..], None));
             Ok(())
         })
         .unwrap();

@@ -19,6 +19,7 @@ use crate::core::clearing::{
     RedeemedWhileDenied, UnmatchedVoid,
 };
 use crate::params;
+use crate::vault::Vault;
 
 /// A `[from, until)` window in unix ms.
 pub type Window = (i64, i64);
@@ -117,10 +118,11 @@ pub fn merchant_statement(
 
 pub fn member_statement(
     tx: &mut dyn Tx,
+    vault: &Vault,
     number: &CardNumber,
     window: Window,
 ) -> Result<MemberStatement, CardError> {
-    let card = cards::card_by_number(tx, number)?;
+    let card = cards::card_by_number(tx, vault, number)?;
     let records = card_records(tx, card.id)?;
     Ok(clearing::member_statement(
         card.id,

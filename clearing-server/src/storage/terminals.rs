@@ -11,6 +11,7 @@ use thiserror::Error;
 
 use super::sql::{StorageError, Tx};
 use crate::params;
+use crate::vault::Vault;
 
 #[derive(Debug, Error)]
 pub enum TerminalError {
@@ -18,6 +19,8 @@ pub enum TerminalError {
     Storage(#[from] StorageError),
     #[error("terminal {0} is already enrolled")]
     AlreadyEnrolled(String),
+    #[error("{0}")]
+    Vault(#[from] crate::vault::VaultError),
     #[error("terminal {id}: stored secret unusable: {reason}")]
     BadSecret { id: String, reason: String },
 }
@@ -26,16 +29,26 @@ pub enum TerminalError {
 /// (name = id, no commission, no categories); `admin merchant` sets them.
 pub fn enroll(
     tx: &mut dyn Tx,
+    vault: &Vault,
     terminal_id: &str,
     merchant_id: &str,
     secret: &[u8],
     now_ms: i64,
 ) -> Result<(), TerminalError> {
     super::cards::ensure_merchant(tx, merchant_id)?;
+    let sealed = vault.seal(&secret_seal(terminal_id), secret)?;
+    // `secret` stays empty: the secret is only ever stored sealed.
     let n = tx.execute(
-        "INSERT INTO terminal (id, merchant_id, secret, enrolled_ms) VALUES ($1, $2, $3, $4)
-         ON CONFLICT (id) DO NOTHING",
-        params![terminal_id, merchant_id, secret, now_ms],
+        "INSERT INTO terminal (id, merchant_id, secret, secret_sealed, sealed_with, enrolled_ms)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+        params![
+            terminal_id,
+            merchant_id,
+            &[][..],
+            &sealed,
+            &vault.current().fingerprint(),
+            now_ms
+        ],
     )?;
     if n == 0 {
         return Err(TerminalError::AlreadyEnrolled(terminal_id.to_owned()));
@@ -65,19 +78,32 @@ pub struct Terminal {
     pub keys: TerminalKeys,
 }
 
-pub fn terminal(tx: &mut dyn Tx, terminal_id: &str) -> Result<Option<Terminal>, TerminalError> {
+/// What a terminal's sealed secret is (bound into the seal: one terminal's cannot pass as another's).
+pub fn secret_seal(terminal_id: &str) -> String {
+    format!("terminal-secret/{terminal_id}")
+}
+
+pub fn terminal(
+    tx: &mut dyn Tx,
+    vault: &Vault,
+    terminal_id: &str,
+) -> Result<Option<Terminal>, TerminalError> {
     let Some(row) = tx.query_opt(
-        "SELECT merchant_id, secret, enabled FROM terminal WHERE id = $1",
+        "SELECT merchant_id, secret_sealed, enabled FROM terminal WHERE id = $1",
         params![terminal_id],
     )?
     else {
         return Ok(None);
     };
-    let secret =
-        TerminalSecret::from_bytes(row.blob(1)?).map_err(|e| TerminalError::BadSecret {
-            id: terminal_id.to_owned(),
-            reason: e.to_string(),
-        })?;
+    let sealed = row.opt_blob(1)?.ok_or_else(|| TerminalError::BadSecret {
+        id: terminal_id.to_owned(),
+        reason: "not sealed (start the server with the master key once to seal it)".into(),
+    })?;
+    let secret = vault.open(&secret_seal(terminal_id), sealed)?;
+    let secret = TerminalSecret::from_bytes(&secret).map_err(|e| TerminalError::BadSecret {
+        id: terminal_id.to_owned(),
+        reason: e.to_string(),
+    })?;
     Ok(Some(Terminal {
         merchant_id: row.text(0)?,
         enabled: row.bool(2)?,

@@ -13,6 +13,16 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_clearing-server");
 
+/// The binary with the tests' master key.
+pub fn platform() -> Command {
+    let mut c = Command::new(BIN);
+    c.env(
+        "CLEARING_MASTER_KEY_FILE",
+        super::engines::master_key_file(),
+    );
+    c
+}
+
 /// Kills the server process when dropped, even on a failed assertion.
 pub struct Server {
     pub child: std::process::Child,
@@ -47,7 +57,7 @@ pub fn serve(db: &str) -> Server {
 
 /// `clearing-server --db <db> serve --listen 127.0.0.1:0 <args>`.
 pub fn serve_command(db: &str, args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
+    let mut c = platform();
     c.args(["--db", db, "serve", "--listen", "127.0.0.1:0"])
         .args(args);
     c
@@ -55,10 +65,16 @@ pub fn serve_command(db: &str, args: &[&str]) -> Command {
 
 /// [`serve_command`] started: the server and its log lines up to the listening line.
 pub fn serve_with(db: &str, args: &[&str]) -> (Server, Vec<String>) {
-    let mut child = serve_command(db, args)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    serve_logged(serve_command(db, args))
+}
+
+/// `command` (a `serve_command`, perhaps changed) started: the server.
+pub fn serve_child(command: Command) -> Server {
+    serve_logged(command).0
+}
+
+fn serve_logged(mut command: Command) -> (Server, Vec<String>) {
+    let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
     let mut log = Vec::new();
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let addr = loop {
@@ -134,7 +150,7 @@ pub fn query(db: &str, sql: &str) -> impl Iterator<Item = clearing_server::stora
 
 /// Runs `clearing-server --db DB admin ARGS…`.
 pub fn admin(db: &str, args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
+    platform()
         .args(["--db", db, "admin"])
         .args(args)
         .output()

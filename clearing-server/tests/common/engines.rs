@@ -34,6 +34,34 @@ pub fn database(engine: Engine, dir: &Path) -> String {
     }
 }
 
+/// Every file the database of a test may have written: the SQLite file, its WAL and shared memory; or
+/// the whole PostgreSQL cluster (data files, WAL segments, server log).
+pub fn database_files(engine: Engine, dir: &Path) -> Vec<PathBuf> {
+    fn walk(p: &Path, out: &mut Vec<PathBuf>) {
+        if let Ok(entries) = std::fs::read_dir(p) {
+            for e in entries.flatten() {
+                let path = e.path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    match engine {
+        Engine::Sqlite => walk(dir, &mut out),
+        Engine::Postgres => walk(&cluster().dir, &mut out),
+    }
+    out.retain(|p| {
+        engine == Engine::Postgres
+            || p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("clearing.sqlite3"))
+    });
+    out
+}
+
 struct Cluster {
     /// The socket directory (also the data directory's parent).
     dir: PathBuf,
@@ -182,6 +210,32 @@ fn percent(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// The master key every test seals with (the binary gets it through [`master_key_file`]).
+pub const MASTER_KEY: [u8; 32] = [42; 32];
+
+pub fn vault() -> clearing_server::vault::Vault {
+    clearing_server::vault::Vault::new(
+        clearing_server::vault::MasterKey::from_bytes(&MASTER_KEY).unwrap(),
+    )
+}
+
+/// [`MASTER_KEY`] in a key file of mode 0600, for `clearing-server --master-key-file`.
+pub fn master_key_file() -> &'static Path {
+    static FILE: OnceLock<PathBuf> = OnceLock::new();
+    FILE.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::Builder::new()
+            .prefix("clearing-key-")
+            .tempdir()
+            .unwrap()
+            .keep();
+        let path = dir.join("master.key");
+        std::fs::write(&path, format!("{}\n", hex::encode(MASTER_KEY))).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    })
 }
 
 /// Runs database work from an async test: the drivers block (PostgreSQL's client runs its own
