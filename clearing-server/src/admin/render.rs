@@ -11,7 +11,8 @@ use crate::storage::cards::{self, CardError};
 use crate::storage::statements::{Exceptions, Window, masked_card};
 use crate::vault::Vault;
 
-fn yuan(fen: i64) -> String {
+fn yuan(fen: impl Into<i128>) -> String {
+    let fen: i128 = fen.into();
     let sign = if fen < 0 { "-" } else { "" };
     let abs = fen.unsigned_abs();
     format!("{sign}{}.{:02}", abs / 100, abs % 100)
@@ -67,6 +68,20 @@ pub fn merchant(s: &MerchantStatement, name: &str) -> String {
         yuan(s.commission_fen),
         yuan(s.payable_fen)
     );
+    if s.held_records > 0 {
+        let reasons: Vec<String> = s
+            .held
+            .iter()
+            .map(|h| format!("{} {} (¥{})", h.code, h.records, yuan(h.claimed_fen)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "held, not payable: {} records claiming ¥{}: {}  (admin exceptions)",
+            s.held_records,
+            yuan(s.held_claimed_fen),
+            reasons.join(", ")
+        );
+    }
     out
 }
 
@@ -104,16 +119,26 @@ pub fn member(s: &MemberStatement, masked: &str) -> String {
 
 pub fn exceptions(tx: &mut dyn Tx, e: &Exceptions) -> Result<String, CardError> {
     let mut out = String::new();
-    let total = e.refused_or_unmapped.len()
-        + e.redeemed_while_denied.len()
-        + e.over_redeemed.len()
-        + e.unmatched_voids.len();
+    let open = e
+        .refused_or_unmapped
+        .iter()
+        .filter(|n| n.resolved_at_ms.is_none())
+        .count();
+    let total = open + e.redeemed_while_denied.len() + e.over_redeemed.len();
     let _ = writeln!(out, "exceptions: {total}");
     for n in &e.refused_or_unmapped {
         let seq = n.seq.map_or_else(|| "-".into(), |s| s.to_string());
+        let resolved = n.resolved_at_ms.map_or_else(String::new, |at| {
+            format!("; resolved {}: a later upload stored this seq", time(at))
+        });
         let _ = writeln!(
             out,
-            "  {} terminal {} seq {seq}: {} ({})",
+            "  {}{} terminal {} seq {seq}: {} ({}{resolved})",
+            if n.resolved_at_ms.is_some() {
+                "(resolved) "
+            } else {
+                ""
+            },
             n.code,
             n.terminal_id,
             n.detail,
@@ -153,22 +178,6 @@ pub fn exceptions(tx: &mut dyn Tx, e: &Exceptions) -> Result<String, CardError> 
             o.uses_total,
             o.terminals.join(", "),
             records.join(", ")
-        );
-    }
-    for u in &e.unmatched_voids {
-        let r = &u.record;
-        let _ = writeln!(
-            out,
-            "  void_unmatched terminal {} seq {} at {} ({} {} ×{}, {} fen, auth {}): {}",
-            r.terminal_id,
-            r.seq,
-            time(r.wall_ms),
-            r.package_id,
-            r.service_code,
-            r.quantity,
-            r.amount_fen,
-            r.auth_code,
-            u.reason
         );
     }
     Ok(out)

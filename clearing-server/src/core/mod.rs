@@ -7,4 +7,5 @@
 pub mod cache_policy;
 pub mod cards;
 pub mod clearing;
+pub mod judge;
 pub use redeemd_contract::close;

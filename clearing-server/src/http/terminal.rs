@@ -136,7 +136,16 @@ pub(super) async fn journal_upload(
     let id = terminal_id.clone();
     let ack = state
         .with_db(move |db, vault| {
-            storage::store_batch(db, vault, &id, &terminal.keys, from_seq, &records, now)
+            storage::store_batch(
+                db,
+                vault,
+                &id,
+                &terminal.merchant_id,
+                &terminal.keys,
+                from_seq,
+                &records,
+                now,
+            )
         })
         .await
         .map_err(|p| p.terminal(&terminal_id))?;

@@ -439,7 +439,7 @@ pub fn insert_card(
         if p.spec.identity_required && new.identity_data.is_none() {
             return Err(identity_required_error(&new.number, &p.spec.id));
         }
-        write_package(tx, id, pos, &p.spec, now_ms)?;
+        write_package(tx, id, pos, &p.spec, version, now_ms)?;
     }
     Ok(id)
 }
@@ -456,6 +456,7 @@ fn write_package(
     card_id: i64,
     position: usize,
     p: &PackageSpec,
+    version: u64,
     now_ms: i64,
 ) -> Result<(), CardError> {
     let (kind, list) = scope_to_db(&p.scope);
@@ -495,8 +496,68 @@ fn write_package(
                 i64::try_from(i.price_fen).unwrap_or(i64::MAX)
             ],
         )?;
+        note_price(
+            tx,
+            card_id,
+            &p.id,
+            &i.service_code,
+            version,
+            Some(i64::try_from(i.price_fen).unwrap_or(i64::MAX)),
+        )?;
     }
     Ok(())
+}
+
+/// Records the price an item is signed at from `version` on (`None`: dropped), when it changed.
+fn note_price(
+    tx: &mut dyn Tx,
+    card_id: i64,
+    package_id: &str,
+    service_code: &str,
+    version: u64,
+    price_fen: Option<i64>,
+) -> Result<(), StorageError> {
+    let latest = tx.query_opt(
+        "SELECT price_fen FROM item_price WHERE card_id = $1 AND package_id = $2 AND service_code = $3
+         ORDER BY from_version DESC LIMIT 1",
+        params![card_id, package_id, service_code],
+    )?;
+    if latest.map(|r| r.opt_i64(0)).transpose()? != Some(price_fen) {
+        tx.execute(
+            "INSERT INTO item_price (card_id, package_id, service_code, from_version, price_fen)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (card_id, package_id, service_code, from_version) DO UPDATE SET price_fen = $5",
+            params![card_id, package_id, service_code, int("version", version)?, price_fen],
+        )?;
+    }
+    Ok(())
+}
+
+/// The price the platform signed for a card's item at entitlement version `version` (what a terminal
+/// whose cache entry has that version was told), `None` when it signed none.
+pub fn signed_price(
+    tx: &mut dyn Tx,
+    card_id: i64,
+    package_id: &str,
+    service_code: &str,
+    version: u64,
+) -> Result<Option<u64>, StorageError> {
+    let row = tx.query_opt(
+        "SELECT price_fen FROM item_price WHERE card_id = $1 AND package_id = $2 AND service_code = $3
+             AND from_version <= $4
+         ORDER BY from_version DESC LIMIT 1",
+        params![
+            card_id,
+            package_id,
+            service_code,
+            i64::try_from(version).unwrap_or(i64::MAX)
+        ],
+    )?;
+    Ok(row
+        .map(|r| r.opt_i64(0))
+        .transpose()?
+        .flatten()
+        .and_then(|p| u64::try_from(p).ok()))
 }
 
 /// Customizes a package onto a card: adds it, or replaces the package of the same id (validity, scope,
@@ -523,6 +584,7 @@ pub fn customize(
         return Err(identity_required_error(number, &spec.id));
     }
     let before = packages(tx, row.id)?;
+    let mut dropped = Vec::new();
     let position = match before.iter().position(|p| p.spec.id == spec.id) {
         Some(pos) => {
             let old = &before[pos];
@@ -551,6 +613,7 @@ pub fn customize(
                         "DELETE FROM package_item WHERE card_id = $1 AND package_id = $2 AND service_code = $3",
                         params![row.id, &spec.id, &item.service_code],
                     )?;
+                    dropped.push(item.service_code.clone());
                 }
             }
             pos
@@ -558,7 +621,10 @@ pub fn customize(
         None => before.len(),
     };
     let version = bump_version(tx, now_ms)?;
-    write_package(tx, row.id, position, spec, now_ms)?;
+    write_package(tx, row.id, position, spec, version, now_ms)?;
+    for code in &dropped {
+        note_price(tx, row.id, &spec.id, code, version, None)?;
+    }
     let after = packages(tx, row.id)?;
     note_scope_change(tx, row.id, version, &scopes(&before), &scopes(&after))?;
     refresh(tx, row.id, version)?;

@@ -15,6 +15,7 @@ use redeemd_contract::{JournalRecord, RecordKind};
 use super::sql::{StorageError, Tx, int};
 use super::{Db, MAX_RECORD_BYTES, cards};
 use crate::core::close;
+use crate::core::judge::{self, Verdict};
 use crate::http::problem::Problem;
 use crate::params;
 use crate::vault::Vault;
@@ -55,17 +56,29 @@ pub struct Ack {
 /// Verifies and stores a batch, all or nothing (`docs/api/README.md`, "`POST journal`"). The batch's
 /// records are consecutive from `from_seq` (checked by the caller). A record the server refuses as
 /// unverifiable is also written to the exceptions list (after the batch rolled back).
+#[allow(clippy::too_many_arguments)]
 pub fn store_batch(
     db: &Db,
     vault: &Vault,
     terminal_id: &str,
+    merchant_id: &str,
     keys: &TerminalKeys,
     from_seq: u64,
     records: &[UploadRecord],
     now_ms: i64,
 ) -> Result<Ack, Problem> {
-    let result =
-        db.write(|tx| store_batch_tx(tx, vault, terminal_id, keys, from_seq, records, now_ms));
+    let result = db.write(|tx| {
+        store_batch_tx(
+            tx,
+            vault,
+            terminal_id,
+            merchant_id,
+            keys,
+            from_seq,
+            records,
+            now_ms,
+        )
+    });
     if let Err(p) = &result
         && p.status == 422
     {
@@ -77,10 +90,12 @@ pub fn store_batch(
     result
 }
 
+#[allow(clippy::too_many_arguments)]
 fn store_batch_tx(
     tx: &mut dyn Tx,
     vault: &Vault,
     terminal_id: &str,
+    merchant_id: &str,
     keys: &TerminalKeys,
     from_seq: u64,
     records: &[UploadRecord],
@@ -163,18 +178,52 @@ fn store_batch_tx(
                 format!("prev_mac does not equal the MAC of seq {}", r.seq - 1),
             ));
         }
-        let card_id = usage.apply(tx, vault, keys, &rec, now_ms)?;
+        // A terminal books only to its own merchant: another merchant's id is refused, never paid to
+        // the terminal's merchant under another name.
+        if rec.kind != RecordKind::BatchClose && rec.merchant_id != merchant_id {
+            return Err(at(
+                "merchant_mismatch",
+                format!(
+                    "record names merchant {}, but terminal {terminal_id} is enrolled for {merchant_id}",
+                    rec.merchant_id
+                ),
+            ));
+        }
+        let card = usage.apply(tx, vault, keys, &rec)?;
+        let verdict = judge_record(tx, terminal_id, &rec, card.clone())?;
+        let (held, void_of) = (
+            match &verdict {
+                Verdict::Payable => None,
+                Verdict::Held { code, .. } => Some(*code),
+            },
+            (rec.kind == RecordKind::Void)
+                .then(|| int("seq", rec.original_seq))
+                .transpose()?,
+        );
         tx.execute(
-            "INSERT INTO journal (terminal_id, seq, record, mac, received_ms, card_id)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO journal (terminal_id, seq, record, mac, received_ms, card_id, held, void_of)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             params![
                 terminal_id,
                 int("seq", r.seq)?,
                 &r.record,
                 &r.mac,
                 now_ms,
-                card_id
+                card.ok(),
+                held,
+                void_of
             ],
+        )?;
+        if let Verdict::Held { code, detail } = &verdict {
+            note_exception(tx, terminal_id, Some(r.seq), code, detail, now_ms)?;
+        }
+        // A record refused at this seq before (edited, chain broken, …) is now stored as the
+        // terminal wrote it: those refusals are resolved.
+        tx.execute(
+            "UPDATE exception SET resolved_ms = $3
+             WHERE terminal_id = $1 AND seq = $2 AND resolved_ms IS NULL AND code IN
+                 ('record_malformed', 'record_mismatch', 'record_mac_invalid', 'chain_broken', 'merchant_mismatch')",
+            params![terminal_id, int("seq", r.seq)?, now_ms],
         )?;
         new += 1;
         prev = r.mac;
@@ -191,11 +240,63 @@ fn store_batch_tx(
     })
 }
 
+/// The verdict on a new record (`core::judge`), from the facts the platform holds: its card, the price
+/// it signed for the item at the record's entry version, and for a void the line it voids.
+fn judge_record(
+    tx: &mut dyn Tx,
+    terminal_id: &str,
+    rec: &JournalRecord,
+    card: Result<i64, String>,
+) -> Result<Verdict, Problem> {
+    let signed_price_fen = match &card {
+        Ok(id) if rec.kind == RecordKind::Redeem => cards::signed_price(
+            tx,
+            *id,
+            &rec.package_id,
+            &rec.service_code,
+            rec.entry_version,
+        )?,
+        _ => None,
+    };
+    let (mut original, mut voided_by) = (None, None);
+    if rec.kind == RecordKind::Void && rec.original_seq < rec.seq {
+        let o = int("seq", rec.original_seq)?;
+        if let Some(row) = tx.query_opt(
+            "SELECT record, held FROM journal WHERE terminal_id = $1 AND seq = $2",
+            params![terminal_id, o],
+        )? {
+            let stored = JournalRecord::decode(row.blob(0)?).map_err(|e| {
+                Problem::internal(format!(
+                    "stored record {terminal_id} seq {o} does not decode: {e}"
+                ))
+            })?;
+            original = Some((stored, row.opt_text(1)?));
+        }
+        voided_by = tx
+            .query_opt(
+                "SELECT seq FROM journal WHERE terminal_id = $1 AND void_of = $2 AND held IS NULL
+                 ORDER BY seq LIMIT 1",
+                params![terminal_id, o],
+            )?
+            .map(|r| r.u64(0))
+            .transpose()?;
+    }
+    Ok(judge::judge(
+        rec,
+        &judge::Facts {
+            card,
+            signed_price_fen,
+            original: original.as_ref().map(|(r, h)| (r, h.as_deref())),
+            voided_by,
+        },
+    ))
+}
+
 /// What a batch's new records do to the platform's cards: each record is mapped to its card (its
 /// reference decrypted under the terminal's card-token key, the card found by number), its quantity counted on the card's item (a void subtracts), and every
 /// touched card gets one new entitlement version at the end of the batch, so that every shop learns
 /// of the usage in its next delta. A record that cannot be mapped is stored all the same (a verified
-/// record is never refused) and noted in the exceptions list.
+/// record is never refused for what it says about cards) and held by its verdict.
 #[derive(Default)]
 struct Usage {
     /// Per touched card: (package, service code) → the item's new `uses_left`.
@@ -203,54 +304,35 @@ struct Usage {
 }
 
 impl Usage {
+    /// Counts the record on its card's item; returns the card, or why there is none.
     fn apply(
         &mut self,
         tx: &mut dyn Tx,
         vault: &Vault,
         keys: &TerminalKeys,
         rec: &JournalRecord,
-        now_ms: i64,
-    ) -> Result<Option<i64>, Problem> {
+    ) -> Result<Result<i64, String>, Problem> {
         let delta = match rec.kind {
             RecordKind::Redeem => i64::from(rec.quantity),
             RecordKind::Void => -i64::from(rec.quantity),
             // A close is about the terminal's day, not a card.
-            RecordKind::BatchClose => return Ok(None),
+            RecordKind::BatchClose => return Ok(Err("a batch close names no card".into())),
         };
         let card_id = match cards::card_for_ref(tx, vault, keys, &rec.card_ref)? {
             Ok(id) => id,
-            Err(why) => {
-                note_exception(
-                    tx,
-                    &keys.terminal_id,
-                    Some(rec.seq),
-                    "unknown_card",
-                    &format!("journal seq {}: {why}", rec.seq),
-                    now_ms,
-                )?;
-                return Ok(None);
-            }
+            Err(why) => return Ok(Err(why)),
         };
-        let left = cards::add_usage(tx, card_id, &rec.package_id, &rec.service_code, delta)?;
-        let Some(left) = left else {
-            note_exception(
-                tx,
-                &keys.terminal_id,
-                Some(rec.seq),
-                "unknown_entitlement",
-                &format!(
-                    "journal seq {}: card #{card_id} has no item {}/{}",
-                    rec.seq, rec.package_id, rec.service_code
-                ),
-                now_ms,
-            )?;
-            return Ok(Some(card_id));
-        };
-        self.touched
-            .entry(card_id)
-            .or_default()
-            .insert((rec.package_id.clone(), rec.service_code.clone()), left);
-        Ok(Some(card_id))
+        // The uses were consumed at the counter whatever the verdict on the money: counted, so that
+        // every shop's `uses_left` agrees with what the shops did.
+        if let Some(left) =
+            cards::add_usage(tx, card_id, &rec.package_id, &rec.service_code, delta)?
+        {
+            self.touched
+                .entry(card_id)
+                .or_default()
+                .insert((rec.package_id.clone(), rec.service_code.clone()), left);
+        }
+        Ok(Ok(card_id))
     }
 
     fn finish(self, tx: &mut dyn Tx, now_ms: i64) -> Result<(), Problem> {

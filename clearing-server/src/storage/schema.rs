@@ -15,12 +15,17 @@
 //!    `number_key` (the number's keyed lookup hash) beside `number_sealed`; identity data and terminal
 //!    secrets move to `identity_sealed` and `secret_sealed`; `sealed_with` names the key; `master_key`
 //!    records which key the database is bound to. A database of version 4 is migrated by DDL, then
-//!    sealed row by row the first time a server starts with the key (`super::sealing::bind`).
+//!    sealed row by row the first time a server starts with the key (`super::sealing::bind`);
+//! 6. the platform judges every record (`crate::core::judge`): `journal.held` (NULL payable, else the
+//!    exception code that holds it) and `journal.void_of` (a void's original seq); `item_price`, the
+//!    price of each card's item from each entitlement version on (a record is priced at its entry
+//!    version; an existing database's prices count from version 0); `exception.resolved_ms` (a refused
+//!    seq later stored correctly). Records stored before version 6 count as payable.
 //!
 //! SQLite keeps the version in `PRAGMA user_version`, PostgreSQL in the one-row table `schema_version`.
 
 /// The schema version this server reads and writes.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 pub(super) const SQLITE_V1: &str = "
 CREATE TABLE terminal (
@@ -184,7 +189,27 @@ CREATE TABLE master_key (
 ";
 
 /// SQLite: `SQLITE_STEPS[i]` takes the schema from version `i` to `i + 1`.
-pub(super) const SQLITE_STEPS: &[&str] = &[SQLITE_V1, SQLITE_V2, SQLITE_V3, BOTH_V4, SQLITE_V5];
+pub(super) const SQLITE_STEPS: &[&str] = &[
+    SQLITE_V1, SQLITE_V2, SQLITE_V3, BOTH_V4, SQLITE_V5, SQLITE_V6,
+];
+
+/// Version 6 (SQLite): verdicts, price history, resolved exceptions.
+const SQLITE_V6: &str = "
+ALTER TABLE journal ADD COLUMN held TEXT;        -- NULL: payable; else the exception code that holds it
+ALTER TABLE journal ADD COLUMN void_of INTEGER;  -- a void's original seq
+CREATE INDEX journal_voids ON journal(terminal_id, void_of) WHERE void_of IS NOT NULL;
+ALTER TABLE exception ADD COLUMN resolved_ms INTEGER;
+CREATE TABLE item_price (
+    card_id       INTEGER NOT NULL,
+    package_id    TEXT NOT NULL,
+    service_code  TEXT NOT NULL,
+    from_version  INTEGER NOT NULL,  -- the entitlement version the price was signed from
+    price_fen     INTEGER,           -- NULL: the item was dropped from the package at this version
+    PRIMARY KEY (card_id, package_id, service_code, from_version)
+) WITHOUT ROWID;
+INSERT INTO item_price (card_id, package_id, service_code, from_version, price_fen)
+    SELECT card_id, package_id, service_code, 0, price_fen FROM package_item;
+";
 
 /// PostgreSQL starts at version 3 in one step: the tables of SQLite's versions 1 to 3 with
 /// PostgreSQL's types (`BIGINT`, `BYTEA`, identity columns). Integer columns are all `BIGINT`, so the
@@ -314,8 +339,30 @@ CREATE INDEX card_status_change_by_card ON card_status_change(card_id, at_ms);
 ";
 
 /// PostgreSQL: `(version, DDL)`, applied above the stored version.
-pub(super) const POSTGRES_STEPS: &[(i64, &str)] =
-    &[(3, POSTGRES_V3), (4, BOTH_V4), (5, POSTGRES_V5)];
+pub(super) const POSTGRES_STEPS: &[(i64, &str)] = &[
+    (3, POSTGRES_V3),
+    (4, BOTH_V4),
+    (5, POSTGRES_V5),
+    (6, POSTGRES_V6),
+];
+
+/// Version 6 (PostgreSQL): as SQLite's.
+const POSTGRES_V6: &str = "
+ALTER TABLE journal ADD COLUMN held TEXT;
+ALTER TABLE journal ADD COLUMN void_of BIGINT;
+CREATE INDEX journal_voids ON journal(terminal_id, void_of) WHERE void_of IS NOT NULL;
+ALTER TABLE exception ADD COLUMN resolved_ms BIGINT;
+CREATE TABLE item_price (
+    card_id       BIGINT NOT NULL,
+    package_id    TEXT NOT NULL,
+    service_code  TEXT NOT NULL,
+    from_version  BIGINT NOT NULL,
+    price_fen     BIGINT,
+    PRIMARY KEY (card_id, package_id, service_code, from_version)
+);
+INSERT INTO item_price (card_id, package_id, service_code, from_version, price_fen)
+    SELECT card_id, package_id, service_code, 0, price_fen FROM package_item;
+";
 
 /// Version 5 (PostgreSQL): as SQLite's.
 const POSTGRES_V5: &str = "

@@ -16,7 +16,7 @@ use super::cards::{self, CardError};
 use super::sql::{Param, Tx};
 use crate::core::clearing::{
     self, DenyPeriod, ItemTotals, MemberStatement, MerchantStatement, OverRedeemed,
-    RedeemedWhileDenied, UnmatchedVoid,
+    RedeemedWhileDenied,
 };
 use crate::params;
 use crate::vault::Vault;
@@ -30,26 +30,17 @@ fn decoded(
     sql: &str,
     params: &[Param<'_>],
 ) -> Result<Vec<JournalRecord>, CardError> {
-    let mut out = Vec::new();
-    for r in tx.query(sql, params)? {
-        let (t, seq, bytes) = (r.text(0)?, r.i64(1)?, r.blob(2)?);
-        out.push(JournalRecord::decode(bytes).map_err(|e| {
-            CardError::Invalid(format!(
-                "journal of {t} seq {seq}: stored record does not decode: {e}"
-            ))
-        })?);
-    }
-    Ok(out)
+    tx.query(sql, params)?.iter().map(decode).collect()
 }
 
-/// Every stored record of the terminals enrolled for `merchant_id`, in (terminal, seq) order.
-fn merchant_records(tx: &mut dyn Tx, merchant_id: &str) -> Result<Vec<JournalRecord>, CardError> {
-    decoded(
-        tx,
-        "SELECT j.terminal_id, j.seq, j.record FROM journal j JOIN terminal t ON t.id = j.terminal_id
-         WHERE t.merchant_id = $1 ORDER BY j.terminal_id, j.seq",
-        params![merchant_id],
-    )
+/// The record of a `(terminal_id, seq, record, …)` row.
+fn decode(r: &super::Row) -> Result<JournalRecord, CardError> {
+    let (t, seq, bytes) = (r.text(0)?, r.i64(1)?, r.blob(2)?);
+    JournalRecord::decode(bytes).map_err(|e| {
+        CardError::Invalid(format!(
+            "journal of {t} seq {seq}: stored record does not decode: {e}"
+        ))
+    })
 }
 
 /// The card's stored records (any terminal), in (terminal, seq) order.
@@ -109,9 +100,20 @@ pub fn merchant_statement(
 ) -> Result<(MerchantStatement, String), CardError> {
     let merchant = cards::merchant(tx, merchant_id)?
         .ok_or_else(|| CardError::Invalid(format!("merchant {merchant_id} does not exist")))?;
-    let records = merchant_records(tx, merchant_id)?;
+    let mut records = Vec::new();
+    for r in tx.query(
+        "SELECT j.terminal_id, j.seq, j.record, j.held FROM journal j JOIN terminal t ON t.id = j.terminal_id
+         WHERE t.merchant_id = $1 ORDER BY j.terminal_id, j.seq",
+        params![merchant_id],
+    )? {
+        records.push((decode(&r)?, r.opt_text(3)?));
+    }
+    let judged = records.iter().map(|(record, held)| clearing::Judged {
+        record,
+        held: held.as_deref(),
+    });
     Ok((
-        clearing::merchant_statement(merchant_id, window, merchant.commission_bps, &records),
+        clearing::merchant_statement(merchant_id, window, merchant.commission_bps, judged),
         merchant.name,
     ))
 }
@@ -132,7 +134,8 @@ pub fn member_statement(
     ))
 }
 
-/// A record refused at upload (it broke the chain, failed its MAC, …) or stored but not mappable.
+/// A record refused at upload (it broke the chain, failed its MAC, named another merchant, …) or stored
+/// and held (an amount that is not the signed price, an unknown card or item, an unmatched void).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Noted {
     pub terminal_id: String,
@@ -140,6 +143,8 @@ pub struct Noted {
     pub code: String,
     pub detail: String,
     pub at_ms: i64,
+    /// When a later upload stored a correct record at this seq (a refusal it made right).
+    pub resolved_at_ms: Option<i64>,
 }
 
 /// Everything that needs a person before money moves.
@@ -148,14 +153,13 @@ pub struct Exceptions {
     pub refused_or_unmapped: Vec<Noted>,
     pub redeemed_while_denied: Vec<RedeemedWhileDenied>,
     pub over_redeemed: Vec<OverRedeemed>,
-    /// Voids that do not reverse exactly one earlier redemption of their terminal, line for line.
-    pub unmatched_voids: Vec<UnmatchedVoid>,
 }
 
 pub fn exceptions(tx: &mut dyn Tx) -> Result<Exceptions, CardError> {
     let mut refused_or_unmapped = Vec::new();
     for r in tx.query(
-        "SELECT terminal_id, seq, code, detail, at_ms FROM exception ORDER BY terminal_id, seq, id",
+        "SELECT terminal_id, seq, code, detail, at_ms, resolved_ms FROM exception
+         ORDER BY terminal_id, seq, id",
         &[],
     )? {
         refused_or_unmapped.push(Noted {
@@ -164,6 +168,7 @@ pub fn exceptions(tx: &mut dyn Tx) -> Result<Exceptions, CardError> {
             code: r.text(2)?,
             detail: r.text(3)?,
             at_ms: r.i64(4)?,
+            resolved_at_ms: r.opt_i64(5)?,
         });
     }
     let cards_used = tx.query(
@@ -185,25 +190,10 @@ pub fn exceptions(tx: &mut dyn Tx) -> Result<Exceptions, CardError> {
             &records,
         ));
     }
-    let terminals = tx.query(
-        "SELECT DISTINCT terminal_id FROM journal ORDER BY terminal_id",
-        &[],
-    )?;
-    let mut unmatched_voids = Vec::new();
-    for t in terminals {
-        let t = t.text(0)?;
-        let records = decoded(
-            tx,
-            "SELECT terminal_id, seq, record FROM journal WHERE terminal_id = $1 ORDER BY seq",
-            params![&t],
-        )?;
-        unmatched_voids.extend(clearing::unmatched_voids(&records));
-    }
     Ok(Exceptions {
         refused_or_unmapped,
         redeemed_while_denied: denied,
         over_redeemed: over,
-        unmatched_voids,
     })
 }
 
