@@ -136,16 +136,15 @@ pub(super) async fn journal_upload(
     let id = terminal_id.clone();
     let ack = state
         .with_db(move |db, vault| {
-            storage::store_batch(
-                db,
-                vault,
-                &id,
-                &terminal.merchant_id,
-                &terminal.keys,
+            let batch = storage::journal::Batch {
+                terminal_id: &id,
+                merchant_id: &terminal.merchant_id,
+                keys: &terminal.keys,
                 from_seq,
-                &records,
-                now,
-            )
+                records: &records,
+                now_ms: now,
+            };
+            storage::store_batch(db, vault, &batch)
         })
         .await
         .map_err(|p| p.terminal(&terminal_id))?;

@@ -53,32 +53,24 @@ pub struct Ack {
     pub duplicates: u64,
 }
 
-/// Verifies and stores a batch, all or nothing (`docs/api/README.md`, "`POST journal`"). The batch's
-/// records are consecutive from `from_seq` (checked by the caller). A record the server refuses as
-/// unverifiable is also written to the exceptions list (after the batch rolled back).
-#[allow(clippy::too_many_arguments)]
-pub fn store_batch(
-    db: &Db,
-    vault: &Vault,
-    terminal_id: &str,
-    merchant_id: &str,
-    keys: &TerminalKeys,
-    from_seq: u64,
-    records: &[UploadRecord],
-    now_ms: i64,
-) -> Result<Ack, Problem> {
-    let result = db.write(|tx| {
-        store_batch_tx(
-            tx,
-            vault,
-            terminal_id,
-            merchant_id,
-            keys,
-            from_seq,
-            records,
-            now_ms,
-        )
-    });
+/// One upload of a terminal: its records, consecutive from `from_seq` (checked by the caller).
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    pub terminal_id: &'a str,
+    /// The merchant the terminal is enrolled for: every record must name it.
+    pub merchant_id: &'a str,
+    pub keys: &'a TerminalKeys,
+    pub from_seq: u64,
+    pub records: &'a [UploadRecord],
+    pub now_ms: i64,
+}
+
+/// Verifies, judges and stores a batch, all or nothing (`docs/api/README.md`, "`POST journal`"). A
+/// record the server refuses as unverifiable is also written to the exceptions list (after the batch
+/// rolled back).
+pub fn store_batch(db: &Db, vault: &Vault, batch: &Batch<'_>) -> Result<Ack, Problem> {
+    let (terminal_id, now_ms) = (batch.terminal_id, batch.now_ms);
+    let result = db.write(|tx| store_batch_tx(tx, vault, batch));
     if let Err(p) = &result
         && p.status == 422
     {
@@ -90,17 +82,15 @@ pub fn store_batch(
     result
 }
 
-#[allow(clippy::too_many_arguments)]
-fn store_batch_tx(
-    tx: &mut dyn Tx,
-    vault: &Vault,
-    terminal_id: &str,
-    merchant_id: &str,
-    keys: &TerminalKeys,
-    from_seq: u64,
-    records: &[UploadRecord],
-    now_ms: i64,
-) -> Result<Ack, Problem> {
+fn store_batch_tx(tx: &mut dyn Tx, vault: &Vault, batch: &Batch<'_>) -> Result<Ack, Problem> {
+    let &Batch {
+        terminal_id,
+        merchant_id,
+        keys,
+        from_seq,
+        records,
+        now_ms,
+    } = batch;
     let (head_seq, head_mac) = head(tx, terminal_id)?;
     if from_seq > head_seq + 1 {
         return Err(Problem::new(
