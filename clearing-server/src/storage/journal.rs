@@ -16,7 +16,7 @@ use super::sql::{StorageError, Tx, int};
 use super::{Db, MAX_RECORD_BYTES, cards};
 use crate::core::close;
 use crate::core::judge::{self, Verdict};
-use crate::http::problem::Problem;
+use crate::core::problem::Problem;
 use crate::params;
 use crate::vault::Vault;
 

@@ -45,6 +45,13 @@ impl StorageError {
     }
 }
 
+/// A database failure is the server's: `500 internal`, nothing committed.
+impl From<StorageError> for crate::core::problem::Problem {
+    fn from(e: StorageError) -> Self {
+        crate::core::problem::Problem::internal(e.to_string())
+    }
+}
+
 /// A parameter of a statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Param<'a> {
