@@ -3,7 +3,8 @@
 //!
 //! * seeding N cards (one transaction, prepared statements);
 //! * a full snapshot of N cards streamed to a client that reads and drops the bytes: the first request
-//!   (which also indexes N card references for the terminal) and a second one; identity and zstd;
+//!   (the terminal's N card references computed and sorted, numbers opened under the master key) and a
+//!   second one; identity and zstd;
 //! * a 1,000-card delta from the N-card database;
 //! * journal upload: 100,000 records in batches of 1,000 (each record maps to a card and updates its
 //!   usage), against a bare SQLite insert of the same rows in batches of 1,000 (same table, WAL,
@@ -136,7 +137,7 @@ fn main() {
         );
         (bytes, tail)
     };
-    let (plain_bytes, tail) = full("identity, first (indexes N card refs)", None, &mut client);
+    let (plain_bytes, tail) = full("identity, first", None, &mut client);
     let m = manifest(&tail, &keys);
     assert_eq!(m.entry_count, n, "every card in the snapshot");
     full("identity", None, &mut client);
