@@ -45,7 +45,7 @@ impl KeyCheck {
                 keys.cache.mac(text),
                 keys.journal.mac(text),
                 keys.request.mac(text),
-                keys.card_token.mac(text),
+                keys.card_token.check_value(KEY_CHECK_TEXT),
                 keys.identity.mac(text),
             ],
         }

@@ -54,6 +54,12 @@ const REQUIREMENTS: &[Requirement] = &[
         ]),
     },
     Requirement {
+        package: "postgresql",
+        why: "the clearing server's tests run every case on PostgreSQL too, in a cluster of their own (initdb, pg_ctl)",
+        needed: Needed::ByTests,
+        probe: Probe::AnyFile(&["/usr/lib/postgresql/15/bin/initdb"]),
+    },
+    Requirement {
         package: "systemd",
         why: "systemd/check-units verifies the service units with systemd-analyze",
         needed: Needed::ByChecks,
