@@ -8,9 +8,10 @@
 //!   [`journal`] (upload, head, batch close), [`cards`] (merchants, cards, packages, versions, deny
 //!   lists), [`bundle`] (snapshots and deltas), [`statements`] (the reports' inputs).
 //!
-//! Every operation runs in a transaction of the isolation it needs ([`Db::write`], [`Db::write_once`],
-//! [`Db::read`]): serializable (retried on a conflict) where it reads before it writes, read committed
-//! where one unique key decides (a nonce), a read-only snapshot for reads. Server processes keep no
+//! Every operation runs in a transaction of the isolation it needs ([`Db::write`], [`Db::read`],
+//! [`Db::transaction`]): serializable (retried on a conflict) where it reads before it writes, read
+//! committed where one unique key decides (a nonce), a read-only snapshot for reads, and the volatile
+//! store ([`Isolation::Volatile`]) for what needs no durability (a `GET`'s nonce). Server processes keep no
 //! state that correctness depends on: everything that must hold across processes is in the database.
 
 pub mod bundle;
@@ -46,6 +47,11 @@ pub enum Isolation {
     /// A read-only consistent snapshot (PostgreSQL `REPEATABLE READ READ ONLY`; an SQLite read
     /// transaction): a bundle's cards and the terminal's head are read at one moment.
     Snapshot,
+    /// Read committed in the **volatile store**, for what may be lost in a crash and must not cost a
+    /// flush (the nonces of `GET` requests): PostgreSQL's unlogged tables with an asynchronous commit,
+    /// SQLite's separate file written with `synchronous=OFF`. Only the volatile tables
+    /// (`volatile_nonce`) may be used in it.
+    Volatile,
 }
 
 /// Times a conflicting transaction is run before the conflict is returned.

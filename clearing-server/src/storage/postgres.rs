@@ -5,7 +5,8 @@
 //!
 //! Nothing here holds state between requests beyond the pool: exactly-once uploads, one close a day,
 //! monotonic versions and refused nonce replays come from the database's keys and transactions, so any
-//! number of server processes can share one database. No advisory locks: the migration lock is a row
+//! number of server processes can share one database. The volatile store ([`Isolation::Volatile`]) is
+//! the same database's unlogged tables, committed asynchronously. No advisory locks: the migration lock is a row
 //! lock (`SELECT … FOR UPDATE`), which PostgreSQL-compatible distributed engines also have.
 
 use std::collections::HashMap;
@@ -127,7 +128,7 @@ impl PgDb {
         let PgConn { client, statements } = &mut *conn;
         let level = match isolation {
             Isolation::Serializable => IsolationLevel::Serializable,
-            Isolation::ReadCommitted => IsolationLevel::ReadCommitted,
+            Isolation::ReadCommitted | Isolation::Volatile => IsolationLevel::ReadCommitted,
             Isolation::Snapshot => IsolationLevel::RepeatableRead,
         };
         let tx = match client
@@ -149,6 +150,15 @@ impl PgDb {
             isolation,
             conflicted: false,
         };
+        // The volatile tables are unlogged, so their writes produce no WAL to flush; the commit is
+        // made asynchronous too, so that the commit record itself never waits for the disk.
+        if isolation == Isolation::Volatile
+            && let Err(e) = t.tx.batch_execute("SET LOCAL synchronous_commit TO OFF")
+        {
+            let e = t.note(e);
+            let conflict = e.is_conflict();
+            return (Err(e.into()), conflict);
+        }
         match f(&mut t) {
             Ok(v) => {
                 let conflicted = t.conflicted;
