@@ -533,6 +533,151 @@ async fn a_gets_nonce_costs_no_durable_write_and_a_posts_is_kept_durably(engine:
     assert_eq!(setting, want);
 }
 
+/// Issue 14's contract mismatches, each answered as `docs/api/README.md` and `openapi.yaml` say: a
+/// `sequence_gap` carries `acknowledged_seq` whichever way the batch fails to continue the head
+/// (records not consecutive from `from_seq`, or `from_seq` past the head); a seq or count beyond the
+/// API's int64 is `400 malformed_request` (not a gap, not `200 mismatched`); more close items than the
+/// documented 10,000 is `413 body_too_large`, like more records than 5,000.
+async fn contract_mismatches_are_answered_as_documented(engine: Engine) {
+    let s = start(engine).await;
+    let recs = chain(&s.keys, 8, |_| 1);
+    let journal = "/v1/terminals/T-1/journal";
+    let code = |v: &Value| v["code"].as_str().map(str::to_owned);
+    // Records not consecutive from from_seq: with nothing stored, and after 5 are stored.
+    let skipping = |from: u64, seqs: &[usize]| {
+        let picked: Vec<_> = seqs.iter().map(|&i| recs[i - 1].clone()).collect();
+        let mut v: Value =
+            serde_json::from_slice(&redeemd::sync::wire::upload_body(&picked)).unwrap();
+        v["from_seq"] = json!(from);
+        serde_json::to_vec(&v).unwrap()
+    };
+    for (stored, from, seqs) in [
+        (0, 1, &[1, 3][..]),
+        (0, 1, &[2][..]),
+        (5, 6, &[6, 8][..]),
+        (5, 6, &[7][..]),
+        (5, 4, &[4, 6][..]),
+    ] {
+        if stored == 5 && stored_count(&s) == 0 {
+            assert_eq!(s.upload(1, &recs[..5]).await.0, 200);
+        }
+        let (st, v) = s.send("POST", journal, skipping(from, seqs)).await;
+        assert_eq!(
+            (st, code(&v).as_deref()),
+            (409, Some("sequence_gap")),
+            "from {from} seqs {seqs:?}: {v}"
+        );
+        assert_eq!(
+            v["acknowledged_seq"], stored,
+            "from {from} seqs {seqs:?}: {v}"
+        );
+    }
+    // Beyond int64: a request the schema forbids, whatever the head.
+    let item = json!({"seq": 6, "record": "AA==", "mac": "00".repeat(32)});
+    for body in [
+        json!({"from_seq": 1u64 << 63, "records": [item.clone()]}),
+        json!({"from_seq": u64::MAX, "records": [item.clone()]}),
+        json!({"from_seq": 6, "records": [{"seq": 1u64 << 63, "record": "AA==", "mac": "00".repeat(32)}]}),
+    ] {
+        let (st, v) = s
+            .send("POST", journal, serde_json::to_vec(&body).unwrap())
+            .await;
+        assert_eq!(
+            (st, code(&v).as_deref()),
+            (400, Some("malformed_request")),
+            "{body}: {v}"
+        );
+    }
+    let close = "/v1/terminals/T-1/batch-close";
+    let day = |item: Value, first: u64, through: u64| {
+        serde_json::to_vec(
+            &json!({"business_date": "2026-11-18", "utc_offset_minutes": 480,
+            "first_seq": first, "through_seq": through, "items": [item]}),
+        )
+        .unwrap()
+    };
+    let line = |redeemed: u64, voided: u64| {
+        json!({"package_id": "P1", "service_code": "WASH", "redeemed": redeemed, "voided": voided,
+               "net_units": 5, "net_amount_fen": 17500})
+    };
+    for body in [
+        day(line(1 << 63, 0), 1, 5),
+        day(line(5, 1 << 63), 1, 5),
+        day(line(u64::MAX, 0), 1, 5),
+        day(line(5, 0), 1 << 63, 1 << 63),
+        day(line(5, 0), 1, 1 << 63),
+    ] {
+        let (st, v) = s.send("POST", close, body).await;
+        assert_eq!(
+            (st, code(&v).as_deref()),
+            (400, Some("malformed_request")),
+            "{v}"
+        );
+        assert_eq!(v["terminal_id"], "T-1");
+    }
+    let items: Vec<Value> = (0..=10_000)
+        .map(|i| {
+            json!({"package_id": "P1", "service_code": format!("S{i}"), "redeemed": 0,
+                        "voided": 0, "net_units": 0, "net_amount_fen": 0})
+        })
+        .collect();
+    let body = serde_json::to_vec(
+        &json!({"business_date": "2026-11-18", "utc_offset_minutes": 480,
+        "first_seq": 1, "through_seq": 5, "items": items}),
+    )
+    .unwrap();
+    let (st, v) = s.send("POST", close, body).await;
+    assert_eq!(
+        (st, code(&v).as_deref()),
+        (413, Some("body_too_large")),
+        "{v}"
+    );
+    assert_eq!(v["terminal_id"], "T-1");
+    // Nothing of it was stored: the day can still be closed.
+    let (st, v) = s.send("POST", close, day(line(5, 0), 1, 5)).await;
+    assert_eq!((st, v["result"].as_str()), (200, Some("matched")), "{v}");
+}
+
+/// A refusal in the exceptions list is marked resolved once the terminal's correct record for that seq
+/// is stored (an edited row restored from the terminal's backup, a chain repaired): it no longer needs
+/// a person.
+async fn a_refusal_is_resolved_when_a_correct_record_for_its_seq_is_stored(engine: Engine) {
+    let s = start(engine).await;
+    let recs = chain(&s.keys, 4, |_| 1);
+    let mut edited = recs.clone();
+    edited[1].0.quantity = 9;
+    assert_eq!(s.upload(1, &edited).await.1["code"], "record_mac_invalid");
+    let mut unlinked = recs[2].clone();
+    unlinked.0.prev_mac = [0; 32];
+    unlinked.1 = unlinked.0.mac(&s.keys.journal);
+    assert_eq!(
+        s.upload(1, &[recs[0].clone(), recs[1].clone(), unlinked])
+            .await
+            .1["code"],
+        "chain_broken"
+    );
+    let open = |s: &Server| {
+        blocking(|| {
+            s.db.read(|tx| -> Result<Vec<(i64, String)>, StorageError> {
+                tx.query(
+                    "SELECT seq, code FROM exception WHERE resolved_ms IS NULL AND code IN ('record_mac_invalid', 'chain_broken') ORDER BY seq",
+                    &[],
+                )?
+                .iter()
+                .map(|r| Ok((r.i64(0)?, r.text(1)?)))
+                .collect()
+            })
+            .unwrap()
+        })
+    };
+    assert_eq!(
+        open(&s),
+        [(2, "record_mac_invalid".into()), (3, "chain_broken".into())]
+    );
+    assert_eq!(s.upload(1, &recs).await.0, 200);
+    assert_eq!(open(&s), []);
+}
+
 async fn malformed_and_oversized_bodies_are_refused_without_writes(engine: Engine) {
     let s = start(engine).await;
     let path = "/v1/terminals/T-1/journal";
@@ -736,4 +881,4 @@ async fn a_close_of_amounts_beyond_int64_is_answered_and_the_server_keeps_servin
     assert_eq!((st, v["acknowledged_seq"].as_u64()), (200, Some(3)), "{v}");
 }
 
-on_both_engines!(async upload_is_idempotent_and_the_head_resumes, a_reused_seq_with_other_content_is_a_conflict_never_an_overwrite, gaps_tampering_and_broken_chains_are_named_and_nothing_is_stored, authentication_failures_have_precise_codes, authentication_refuses_from_the_headers_before_the_body_is_read, a_gets_nonce_costs_no_durable_write_and_a_posts_is_kept_durably, malformed_and_oversized_bodies_are_refused_without_writes, batch_close_reconciles_once_per_day, gzip_uploads_are_inflated_after_authentication_and_bombs_are_refused, a_close_of_amounts_beyond_int64_is_answered_and_the_server_keeps_serving);
+on_both_engines!(async upload_is_idempotent_and_the_head_resumes, a_reused_seq_with_other_content_is_a_conflict_never_an_overwrite, gaps_tampering_and_broken_chains_are_named_and_nothing_is_stored, authentication_failures_have_precise_codes, authentication_refuses_from_the_headers_before_the_body_is_read, a_gets_nonce_costs_no_durable_write_and_a_posts_is_kept_durably, contract_mismatches_are_answered_as_documented, a_refusal_is_resolved_when_a_correct_record_for_its_seq_is_stored, malformed_and_oversized_bodies_are_refused_without_writes, batch_close_reconciles_once_per_day, gzip_uploads_are_inflated_after_authentication_and_bombs_are_refused, a_close_of_amounts_beyond_int64_is_answered_and_the_server_keeps_serving);

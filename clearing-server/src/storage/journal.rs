@@ -53,7 +53,7 @@ pub struct Ack {
     pub duplicates: u64,
 }
 
-/// One upload of a terminal: its records, consecutive from `from_seq` (checked by the caller).
+/// One upload of a terminal: its records, which must be consecutive from `from_seq`.
 #[derive(Debug, Clone, Copy)]
 pub struct Batch<'a> {
     pub terminal_id: &'a str,
@@ -92,6 +92,21 @@ fn store_batch_tx(tx: &mut dyn Tx, vault: &Vault, batch: &Batch<'_>) -> Result<A
         now_ms,
     } = batch;
     let (head_seq, head_mac) = head(tx, terminal_id)?;
+    let gap = records
+        .iter()
+        .enumerate()
+        .find(|(i, r)| Some(r.seq) != from_seq.checked_add(*i as u64));
+    if let Some((i, r)) = gap {
+        return Err(Problem::new(
+            409,
+            "sequence_gap",
+            format!(
+                "records are not consecutive from from_seq {from_seq}: record {i} has seq {}",
+                r.seq
+            ),
+        )
+        .acknowledged(head_seq));
+    }
     if from_seq > head_seq + 1 {
         return Err(Problem::new(
             409,
@@ -411,6 +426,20 @@ pub fn batch_close(
     })?;
     if !(-840..=840).contains(&close.utc_offset_minutes) {
         return Err(bad("utc_offset_minutes outside -840..=840".into()));
+    }
+    // The API's integers are int64: a count or seq beyond it is outside the schema, not a mismatch.
+    let int64 = |what: String, v: u64| {
+        if v > i64::MAX as u64 {
+            Err(bad(format!("{what} {v} is above 2^63 - 1 (int64)")))
+        } else {
+            Ok(())
+        }
+    };
+    int64("first_seq".into(), close.first_seq)?;
+    int64("through_seq".into(), close.through_seq)?;
+    for (i, item) in close.items.iter().enumerate() {
+        int64(format!("items[{i}].redeemed"), item.redeemed)?;
+        int64(format!("items[{i}].voided"), item.voided)?;
     }
     if close.first_seq > close.through_seq {
         return Err(Problem::new(
