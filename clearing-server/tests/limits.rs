@@ -44,7 +44,132 @@ fn limits(max_connections: usize, timeout: Duration) -> Limits {
         max_connections,
         header_timeout: timeout,
         body_timeout: timeout,
+        ..Limits::default()
     }
+}
+
+/// A signed request head for `T-1` (the test server's clock is 0), announcing a body of
+/// `content_length` bytes; `body` is what is sent of it.
+fn signed_head(method: &str, path: &str, content_length: usize, body: &[u8]) -> Vec<u8> {
+    let keys = redeemd_contract::keys::TerminalSecret::from_bytes(&SECRET)
+        .unwrap()
+        .derive_all("T-1");
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).unwrap();
+    let signed = redeemd_contract::request::SignedHeaders::sign(
+        &keys.request,
+        "T-1",
+        method,
+        path,
+        0,
+        nonce,
+        &vec![b' '; content_length],
+    );
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {content_length}\r\n"
+    );
+    for (k, v) in signed.pairs() {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// The status line and headers of the answer to a request already written on `s`.
+async fn answer_head(s: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf))
+            .await
+            .expect("no answer")
+            .unwrap();
+        assert!(n > 0, "closed without an answer");
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// `docs/api/README.md`, "Errors" (`503 unavailable`): with every permit taken, a request waits at most
+/// its deadline — a pass's first request (the deny list) less than the others — and is then refused
+/// `503` with `Retry-After`; a full queue refuses at once; once the permit is free, requests are served
+/// again.
+#[tokio::test]
+async fn overload_is_shed_with_503_and_retry_after_after_a_bounded_wait() {
+    use clearing_server::core::admission::AdmissionPolicy;
+    let policy = AdmissionPolicy {
+        max_in_flight: 1,
+        max_queued: 1,
+        pass_start_wait_ms: 100,
+        in_pass_wait_ms: 400,
+        max_retry_after_s: 60,
+    };
+    let (addr, _dir) = start(Limits {
+        admission: policy,
+        ..limits(16, PATIENCE)
+    })
+    .await;
+    // The one permit: an upload whose body is still arriving.
+    let mut busy = TcpStream::connect(&addr).await.unwrap();
+    busy.write_all(&signed_head("POST", "/v1/terminals/T-1/journal", 100, b" "))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let refused_after = |path: &'static str| {
+        let addr = addr.clone();
+        async move {
+            let mut s = TcpStream::connect(&addr).await.unwrap();
+            s.write_all(&signed_head("GET", path, 0, b""))
+                .await
+                .unwrap();
+            let asked = std::time::Instant::now();
+            let head = answer_head(&mut s).await;
+            (asked.elapsed(), head)
+        }
+    };
+    let in_pass = tokio::spawn(refused_after("/v1/terminals/T-1/journal/head"));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The queue (of one) is full: refused at once.
+    let (waited, head) = refused_after("/v1/terminals/T-1/deny-list").await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(
+        waited < Duration::from_millis(90),
+        "waited {waited:?} in a full queue"
+    );
+    let (waited, head) = in_pass.await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(
+        waited >= Duration::from_millis(390),
+        "refused after {waited:?}"
+    );
+    let retry_after: u64 = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("retry-after: ")
+                .map(str::to_owned)
+        })
+        .expect("no Retry-After")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert!(head.contains("application/problem+json"), "{head}");
+    // A pass's first request waits less than a pass's later one.
+    let (waited, head) = refused_after("/v1/terminals/T-1/deny-list").await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(
+        (Duration::from_millis(90)..Duration::from_millis(390)).contains(&waited),
+        "refused after {waited:?}"
+    );
+    // The upload completes (refused as malformed: its body is not JSON) and frees the permit.
+    busy.write_all(&[b' '; 99]).await.unwrap();
+    let head = answer_head(&mut busy).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    let (_, head) = refused_after("/v1/terminals/T-1/journal/head").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 }
 
 /// Everything the server sends until it closes the connection, or `None` if it is still open after

@@ -5,12 +5,15 @@
 //!   verification for the path's terminal (nonces in the database), then gzip inflated;
 //! * [`terminal`] — the handlers: thin, parsing the request and calling [`crate::storage`];
 //! * [`problem`] — `application/problem+json` answers with the stable codes of `docs/api/README.md`;
-//! * [`encoding`] — response compression.
+//! * [`encoding`] — response compression;
+//! * [`admission`] — overload shed: a bounded number of requests worked on, a bounded wait, `503` with
+//!   `Retry-After` beyond.
 //!
 //! Database work runs on blocking threads (both drivers are synchronous), each request on a connection
 //! of the database's pool; a snapshot is produced on its own thread and streamed through a bounded
 //! channel.
 
+pub mod admission;
 pub mod auth;
 pub mod encoding;
 pub mod problem;
@@ -40,6 +43,8 @@ pub struct Limits {
     pub header_timeout: std::time::Duration,
     /// Time for a request's whole body to arrive (`408 request_timeout` after it).
     pub body_timeout: std::time::Duration,
+    /// Requests worked on at once, and how long the others may wait (`503` with `Retry-After` after).
+    pub admission: crate::core::admission::AdmissionPolicy,
 }
 
 impl Default for Limits {
@@ -48,6 +53,7 @@ impl Default for Limits {
             max_connections: 10_000,
             header_timeout: std::time::Duration::from_secs(10),
             body_timeout: std::time::Duration::from_secs(60),
+            admission: crate::core::admission::AdmissionPolicy::default(),
         }
     }
 }
@@ -183,6 +189,8 @@ pub struct AppState {
     pub cache: CachePolicy,
     /// Connection and request limits ([`serve`]; [`Limits::default`] otherwise).
     pub limits: Limits,
+    /// The permits and queue of [`Limits::admission`].
+    admission: Arc<admission::Admission>,
 }
 
 impl AppState {
@@ -200,9 +208,13 @@ impl AppState {
                 std::sync::atomic::AtomicI64::new(i64::MIN),
             ]),
             keys: Arc::default(),
-            clock,
             cache: CachePolicy::default(),
             limits: Limits::default(),
+            admission: Arc::new(admission::Admission::new(
+                Limits::default().admission,
+                clock.clone(),
+            )),
+            clock,
         }
     }
 
@@ -213,7 +225,14 @@ impl AppState {
 
     /// The same state served under `limits`.
     pub fn with_limits(self, limits: Limits) -> Self {
-        Self { limits, ..self }
+        Self {
+            admission: Arc::new(admission::Admission::new(
+                limits.admission,
+                self.clock.clone(),
+            )),
+            limits,
+            ..self
+        }
     }
 
     /// The database, for a caller running its own work on it.
@@ -264,6 +283,10 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async {
             Problem::new(405, "method_not_allowed", "method not allowed here".into())
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admission::admit,
+        ))
         .with_state(state)
 }
 

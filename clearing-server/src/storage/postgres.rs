@@ -20,8 +20,10 @@ use super::Isolation;
 use super::schema::{POSTGRES_STEPS, SCHEMA_VERSION};
 use super::sql::{Backend, Param, Row, StorageError, Tx, Value};
 
-/// Connections kept by one server process (`--db-pool` some day; PostgreSQL's default limit is 100).
-const POOL_SIZE: u32 = 16;
+/// Connections kept by one server process: more than the requests it works on at once
+/// (`AdmissionPolicy`, 16), each of which holds at most one. Four processes stay within PostgreSQL's
+/// default limit of 100.
+const POOL_SIZE: u32 = 24;
 
 /// A connection and the statements prepared on it.
 pub struct PgConn {

@@ -20,8 +20,9 @@ use super::sql::{Backend, Param, Row, StorageError, Tx, Value, to_sqlite};
 
 /// How long a connection waits for another's write lock before the transaction counts as a conflict.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections kept: enough for concurrent snapshot producers and readers beside the one writer.
-const POOL_SIZE: u32 = 8;
+/// Connections kept: more than the requests a process works on at once (`AdmissionPolicy`, 16), each
+/// of which holds at most one (a streamed bundle for its whole stream), so that none waits here.
+const POOL_SIZE: u32 = 24;
 
 /// Opens connections to one file with the server's settings.
 #[derive(Debug)]
