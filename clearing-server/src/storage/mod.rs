@@ -6,7 +6,8 @@
 //!   subset both engines share; [`sqlite`] and [`postgres`] are the drivers, [`schema`] their DDL.
 //! * The operations, each written once over [`sql::Tx`]: [`terminals`] (enrolment, keys, request nonces),
 //!   [`journal`] (upload, head, batch close), [`cards`] (merchants, cards, packages, versions, deny
-//!   lists), [`bundle`] (snapshots and deltas), [`statements`] (the reports' inputs).
+//!   lists), [`import`] (cards issued in bulk, all or nothing), [`bundle`] (snapshots and deltas),
+//!   [`statements`] (the reports' inputs).
 //!
 //! Every operation runs in a transaction of the isolation it needs ([`Db::write`], [`Db::read`],
 //! [`Db::transaction`]): serializable (retried on a conflict) where it reads before it writes, read
@@ -16,6 +17,7 @@
 
 pub mod bundle;
 pub mod cards;
+pub mod import;
 pub mod journal;
 pub mod postgres;
 pub mod schema;
