@@ -183,6 +183,8 @@ pub struct AppState {
     nonces_pruned_ms: Arc<[std::sync::atomic::AtomicI64; 2]>,
     /// Terminals' derived keys, by the sealed secret they came from (`terminals::KeyCache`).
     keys: Arc<crate::storage::terminals::KeyCache>,
+    /// Cards recently in deltas, prepared once for every terminal (`bundle::CardCache`).
+    cards: Arc<crate::storage::bundle::CardCache>,
     clock: Clock,
     /// How long the bundles it signs are valid, and when a quiet platform renews them
     /// (`serve --cache-validity-hours`; [`CachePolicy::default`] otherwise).
@@ -208,6 +210,7 @@ impl AppState {
                 std::sync::atomic::AtomicI64::new(i64::MIN),
             ]),
             keys: Arc::default(),
+            cards: Arc::default(),
             cache: CachePolicy::default(),
             limits: Limits::default(),
             admission: Arc::new(admission::Admission::new(

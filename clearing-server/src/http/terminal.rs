@@ -287,6 +287,7 @@ type Decision = Result<bundle::Decision, Problem>;
 fn produce_bundle(
     db: &storage::Db,
     vault: &crate::vault::Vault,
+    cache: &bundle::CardCache,
     req: bundle::BundleRequest,
     encoding: Encoding,
     decided: tokio::sync::oneshot::Sender<Decision>,
@@ -305,6 +306,7 @@ fn produce_bundle(
         let written = bundle::produce(
             db,
             vault,
+            cache,
             &req,
             |d| decided.take().is_some_and(|s| s.send(Ok(d)).is_ok()),
             &mut out,
@@ -350,8 +352,10 @@ pub(super) async fn entitlements(
     };
     let (decided_tx, decided_rx) = tokio::sync::oneshot::channel();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Chunk>(STREAM_CHUNKS_IN_FLIGHT);
-    let (db, vault) = (state.db(), state.vault());
-    tokio::task::spawn_blocking(move || produce_bundle(&db, &vault, req, encoding, decided_tx, tx));
+    let (db, vault, cache) = (state.db(), state.vault(), state.cards.clone());
+    tokio::task::spawn_blocking(move || {
+        produce_bundle(&db, &vault, &cache, req, encoding, decided_tx, tx)
+    });
     let decision = decided_rx
         .await
         .map_err(|_| Problem::internal("entitlements producer ended without an answer".into()))?
