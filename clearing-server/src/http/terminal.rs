@@ -281,7 +281,7 @@ impl std::io::Write for ChunkSink {
 /// What the producer decided before streaming: `None` for `204`.
 type Decision = Result<bundle::Decision, Problem>;
 
-/// Runs on a blocking thread: keeps the version fresh, decides, reports the decision, then streams the bundle. A
+/// Runs on a blocking thread: decides (keeping the version fresh), reports the decision, then streams the bundle. A
 /// failure after the decision ends the body with an error, so the client sees a cut-short bundle (which
 /// the terminal refuses: the manifest is the last frame).
 fn produce_bundle(
@@ -301,7 +301,6 @@ fn produce_bundle(
         buf: Vec::with_capacity(STREAM_CHUNK + 4096),
     };
     let result = (|| -> Result<(), bundle::BundleError> {
-        bundle::keep_fresh(db, &req)?;
         let mut out = encoding::Compressor::new(encoding, sink)?;
         let written = bundle::produce(
             db,

@@ -3,12 +3,12 @@
 //! Blocking code, so that a million-card snapshot neither holds a request thread nor builds the body
 //! in memory:
 //!
-//! 1. [`keep_fresh`] bumps the version counter if it has not moved for the [`CachePolicy`]'s refresh
-//!    interval, so that a terminal polling a quiet platform still gets a fresh manifest (and
-//!    `expires_at_ms`) before its cache expires — a `204` renews nothing.
-//! 2. [`produce`] opens one read-only snapshot (a card's `uses_left` and the terminal's
-//!    `usage_through_seq` are read together), decides — current (`204`), full or delta — and reports
-//!    the decision; then computes this terminal's reference of every card in the bundle
+//! 1. [`produce`] opens one read-only snapshot (a card's `uses_left` and the terminal's
+//!    `usage_through_seq` are read together). If the version counter has not moved for the
+//!    [`CachePolicy`]'s refresh interval it bumps it first (a write, then a new snapshot), so that a
+//!    terminal polling a quiet platform still gets a fresh manifest (and `expires_at_ms`) before its
+//!    cache expires — a `204` renews nothing.
+//! 2. It decides — current (`204`), full or delta — and reports the decision; then computes this terminal's reference of every card in the bundle
 //!    (`CardNumber::card_ref` under its card-token key: nothing is stored per terminal and card),
 //!    sorts them, and streams the frames in ascending reference into any [`Write`] — the HTTP layer
 //!    passes a compressing writer over a bounded channel to the response body.
@@ -76,19 +76,16 @@ pub struct BundleRequest {
     pub cache: CachePolicy,
 }
 
-/// Step 1: moves the version counter when it has not moved for the refresh interval.
-pub fn keep_fresh(db: &Db, req: &BundleRequest) -> Result<(), BundleError> {
-    // Read first: most requests find nothing to write and should not queue for the write lock.
-    let (_, bumped_ms) = db.read(cards::current_version)?;
-    if req.now_ms.saturating_sub(bumped_ms) >= req.cache.refresh_after_ms() {
-        db.write(|tx| -> Result<(), StorageError> {
-            let (_, bumped_ms) = cards::current_version(tx)?;
-            if req.now_ms.saturating_sub(bumped_ms) >= req.cache.refresh_after_ms() {
-                cards::bump_version(tx, req.now_ms)?;
-            }
-            Ok(())
-        })?;
-    }
+/// Moves the version counter if it has not moved for the refresh interval (checked again under the
+/// write lock: another request or process may have moved it meanwhile).
+fn bump_if_stale(db: &Db, req: &BundleRequest) -> Result<(), BundleError> {
+    db.write(|tx| -> Result<(), StorageError> {
+        let (_, bumped_ms) = cards::current_version(tx)?;
+        if req.now_ms.saturating_sub(bumped_ms) >= req.cache.refresh_after_ms() {
+            cards::bump_version(tx, req.now_ms)?;
+        }
+        Ok(())
+    })?;
     Ok(())
 }
 
@@ -114,8 +111,40 @@ pub fn produce(
     out: &mut impl Write,
 ) -> Result<Option<Written>, BundleError> {
     let mut decided = Some(decided);
-    db.read(|tx| -> Result<Option<Written>, BundleError> {
-        let (version, _) = cards::current_version(tx)?;
+    let mut stale = false;
+    let mut bumped = false;
+    loop {
+        let written = db.read(|tx| -> Result<Option<Written>, BundleError> {
+            let (version, bumped_ms) = cards::current_version(tx)?;
+            // A quiet platform: renew before deciding (once), so that the terminal gets a fresh
+            // manifest instead of a 204 that renews nothing. Rare: the counter moves with every
+            // upload of a living fleet.
+            if !bumped && req.now_ms.saturating_sub(bumped_ms) >= req.cache.refresh_after_ms() {
+                stale = true;
+                return Ok(None);
+            }
+            decide_and_write(tx, vault, cache, req, version, &mut decided, out)
+        })?;
+        if stale && !bumped {
+            bump_if_stale(db, req)?;
+            bumped = true;
+            continue;
+        }
+        return Ok(written);
+    }
+}
+
+/// [`produce`]'s work in its snapshot, once the counter is fresh.
+fn decide_and_write(
+    tx: &mut dyn Tx,
+    vault: &Vault,
+    cache: &CardCache,
+    req: &BundleRequest,
+    version: u64,
+    decided: &mut Option<impl FnOnce(Decision) -> bool>,
+    out: &mut impl Write,
+) -> Result<Option<Written>, BundleError> {
+    {
         if req.since == version {
             if let Some(f) = decided.take() {
                 f(None);
@@ -145,7 +174,7 @@ pub fn produce(
             categories,
         };
         plan.write(tx, out).map(Some)
-    })
+    }
 }
 
 /// `SELECT id, version, number_sealed, body, identity_sealed … WHERE id IN ($1, …, $PAGE)`.
@@ -389,8 +418,11 @@ impl Plan<'_> {
             }
             for (card_ref, card_id) in chunk {
                 // Read in the same snapshot as the id: never absent.
-                if let Some(p) = prepared.get(card_id) {
-                    self.entry(tx, signer, written, out, card_ref, *card_id, p)?;
+                let Some(p) = prepared.get(card_id) else {
+                    continue;
+                };
+                if let Some(op) = self.op(tx, *card_id, p)? {
+                    self.write_entry(signer, written, out, card_ref, op, p)?;
                 }
             }
         }
@@ -414,44 +446,72 @@ impl Plan<'_> {
             .map(|r| Ok((r.i64(0)?, r.u64(1)?)))
             .collect::<Result<_, StorageError>>()?;
         let cards = self.cache.cards(tx, self.vault, &changed)?;
-        let mut refs: Vec<(CardRef, i64, &CachedCard)> = cards
-            .iter()
-            .map(|(id, c)| (c.number.card_ref(&self.req.keys.card_token), *id, &**c))
-            .collect();
-        refs.sort_unstable_by_key(|r| r.0);
-        for (card_ref, card_id, card) in &refs {
-            self.entry(tx, signer, written, out, card_ref, *card_id, &card.prepared)?;
+        // What each card is to this terminal first: a card it does not see (another merchant's)
+        // costs no reference, MAC or body.
+        let mut entries: Vec<(CardRef, Op, &Prepared)> = Vec::new();
+        for (card_id, card) in &cards {
+            if let Some(op) = self.op(tx, *card_id, &card.prepared)? {
+                let card_ref = card.number.card_ref(&self.req.keys.card_token);
+                entries.push((card_ref, op, &card.prepared));
+            }
+        }
+        entries.sort_unstable_by_key(|e| e.0);
+        for (card_ref, op, card) in &entries {
+            self.write_entry(signer, written, out, card_ref, *op, card)?;
         }
         Ok(())
     }
 
-    /// One card's entry: an upsert if the terminal's merchant sees it now; in a delta, a removal if
-    /// it does not but did at the terminal's version; nothing otherwise.
-    #[allow(clippy::too_many_arguments)]
-    fn entry(
+    /// What a card is to this terminal: an upsert if its merchant sees the card now; in a delta, a
+    /// removal if it does not but did at the terminal's version; nothing otherwise.
+    fn op(
         &self,
         tx: &mut dyn Tx,
+        card_id: i64,
+        card: &Prepared,
+    ) -> Result<Option<Op>, BundleError> {
+        let req = self.req;
+        if cards::visible(&card.scopes, &req.merchant_id, &self.categories) {
+            return Ok(Some(Op::Upsert));
+        }
+        if self.kind == BundleKind::Delta {
+            let then = cards::scopes_at(tx, card_id, req.since, &card.scopes)?;
+            if cards::visible(&then, &req.merchant_id, &self.categories) {
+                return Ok(Some(Op::Remove));
+            }
+        }
+        Ok(None)
+    }
+
+    fn write_entry(
+        &self,
         signer: &mut BundleSigner,
         written: &mut Written,
         out: &mut impl Write,
         card_ref: &CardRef,
-        card_id: i64,
+        op: Op,
         card: &Prepared,
     ) -> Result<(), BundleError> {
-        let req = self.req;
-        if cards::visible(&card.scopes, &req.merchant_id, &self.categories) {
-            let body = card.body(card_ref, &req.keys, self.usage_through_seq);
-            out.write_all(&signer.entry_encoded(card_ref, Some(&body))?)?;
-            written.upserts += 1;
-        } else if self.kind == BundleKind::Delta {
-            let then = cards::scopes_at(tx, card_id, req.since, &card.scopes)?;
-            if cards::visible(&then, &req.merchant_id, &self.categories) {
+        match op {
+            Op::Upsert => {
+                let body = card.body(card_ref, &self.req.keys, self.usage_through_seq);
+                out.write_all(&signer.entry_encoded(card_ref, Some(&body))?)?;
+                written.upserts += 1;
+            }
+            Op::Remove => {
                 out.write_all(&signer.entry_encoded(card_ref, None)?)?;
                 written.removals += 1;
             }
         }
         Ok(())
     }
+}
+
+/// What an entry does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Upsert,
+    Remove,
 }
 
 #[cfg(test)]
