@@ -11,7 +11,6 @@ mod common;
 #[allow(dead_code)] // the other benches' seeding and client
 mod support;
 
-use std::io::Write;
 use std::time::Instant;
 
 use common::engines::{Engine, database};
@@ -24,33 +23,11 @@ fn cards() -> u64 {
         .unwrap_or(100_000)
 }
 
-fn write_csv(path: &std::path::Path, n: u64) {
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    writeln!(
-        f,
-        "number,holder,identity,package,title,valid_from,valid_until,scope,daily_cap,identity_required,items"
-    )
-    .unwrap();
-    for i in 0..n {
-        let (holder, identity) = if i % 10 == 0 {
-            ("张三", format!("{:04}", i % 10_000))
-        } else {
-            ("", String::new())
-        };
-        writeln!(
-            f,
-            "62284800{i:08},{holder},{identity},P1,洗车保养套餐,2026-01-01,2030-12-31,categories:car-wash,2,,WASH:精洗:10:3500;OIL:换机油:3:12000"
-        )
-        .unwrap();
-    }
-    f.flush().unwrap();
-}
-
 fn main() {
     let n = cards();
     let dir = scratch_dir();
     let csv = dir.path().join("cards.csv");
-    write_csv(&csv, n);
+    support::write_import_csv(&csv, n);
     let csv_mb = std::fs::metadata(&csv).unwrap().len() as f64 / 1e6;
     println!("| measure | figure | notes |");
     println!("|---|---|---|");

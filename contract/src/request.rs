@@ -345,6 +345,25 @@ impl ParsedAuth {
         Ok(())
     }
 
+    /// Both steps for a server that holds the whole request already (a test platform):
+    /// [`ParsedAuth::verify_headers`], then [`ParsedAuth::check_body`] with [`body_sha256`] of the body
+    /// as received. A server reading bodies from the network runs the two steps apart, the body read
+    /// only between them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn verify(
+        &self,
+        request_key: &MacKey,
+        method: &str,
+        path_and_query: &str,
+        body_hash: [u8; 32],
+        now_ms: i64,
+        skew_ms: u64,
+        nonces: &mut dyn NonceStore,
+    ) -> Result<(), RequestAuthError> {
+        self.verify_headers(request_key, method, path_and_query, now_ms, skew_ms, nonces)?;
+        self.check_body(body_hash)
+    }
+
     /// The second step, once the body was read: its SHA-256 ([`body_sha256`] of the bytes as received)
     /// must be the one the verified signature covers. The nonce stays spent when this fails: the
     /// sender's retry is a new request with a new nonce anyway.
