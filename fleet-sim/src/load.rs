@@ -27,6 +27,7 @@ use tokio::task::JoinSet;
 use crate::metrics::{Metrics, PassLog};
 use crate::pass::{After, PassConfig, SimTerminal, next_delay_ms, pass};
 use crate::probe;
+use crate::terminal::poisson_gap;
 
 /// How passes are offered.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -146,11 +147,25 @@ impl Fleet {
         self.slots.iter_mut().flatten().map(|b| b.as_mut())
     }
 
+    /// CPU seconds used so far by the server (when its pid is known) and by this process.
     fn cpu(&self) -> (Option<f64>, Option<f64>) {
         (
             self.server_pid.and_then(|p| probe::cpu_seconds(p).ok()),
             probe::own_cpu_seconds().ok(),
         )
+    }
+
+    /// A phase is over: its wall time and the CPU used since `cpu` was read at its start.
+    fn close_phase(
+        &self,
+        r: &mut PhaseResult,
+        start: Instant,
+        (server0, sim0): (Option<f64>, Option<f64>),
+    ) {
+        let (server1, sim1) = self.cpu();
+        r.wall = start.elapsed();
+        r.server_cpu_s = server0.zip(server1).map(|(a, b)| b - a);
+        r.sim_cpu_s = sim0.zip(sim1).map(|(a, b)| b - a);
     }
 
     fn spawn(&mut self, idx: usize, phase: usize) {
@@ -218,7 +233,7 @@ impl Fleet {
         stop: &mut tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), LostPass> {
         let k = results.len();
-        let (server0, sim0) = self.cpu();
+        let cpu = self.cpu();
         let start = Instant::now();
         let end = start + duration;
         results.push(PhaseResult {
@@ -287,8 +302,7 @@ impl Fleet {
                                     Some(idx) => self.spawn(idx, k),
                                     None => results[k].metrics.arrivals_without_terminal += 1,
                                 }
-                                let u: f64 = self.rng.random();
-                                let gap = -(1.0 - u).ln() / per_sec.max(1e-9);
+                                let gap = poisson_gap(&mut self.rng, per_sec);
                                 next_arrival += Duration::from_secs_f64(gap.min(3600.0));
                             }
                         }
@@ -296,11 +310,7 @@ impl Fleet {
                 }
             }
         }
-        let (server1, sim1) = self.cpu();
-        let r = &mut results[k];
-        r.wall = start.elapsed();
-        r.server_cpu_s = server0.zip(server1).map(|(a, b)| b - a);
-        r.sim_cpu_s = sim0.zip(sim1).map(|(a, b)| b - a);
+        self.close_phase(&mut results[k], start, cpu);
         Ok(())
     }
 
@@ -329,7 +339,7 @@ impl Fleet {
             t.terminal.close_counter();
         }
         let k = results.len();
-        let (server0, sim0) = self.cpu();
+        let cpu = self.cpu();
         let start = Instant::now();
         results.push(PhaseResult {
             name: "drain".into(),
@@ -367,11 +377,7 @@ impl Fleet {
                 self.on_done(joined, results)?;
             }
         }
-        let (server1, sim1) = self.cpu();
-        let r = &mut results[k];
-        r.wall = start.elapsed();
-        r.server_cpu_s = server0.zip(server1).map(|(a, b)| b - a);
-        r.sim_cpu_s = sim0.zip(sim1).map(|(a, b)| b - a);
+        self.close_phase(&mut results[k], start, cpu);
         Ok(())
     }
 

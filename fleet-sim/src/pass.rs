@@ -230,16 +230,19 @@ impl Run<'_> {
                 }
                 Ok((answer, started))
             }
-            Err(e) => {
-                let failure = Failure {
-                    kind: e.kind().to_owned(),
-                    detail: e.to_string(),
-                    unavailable: None,
-                };
-                self.push(endpoint, elapsed_us(started), Some(failure));
-                Err(StepError::Transport(e))
-            }
+            Err(e) => Err(self.lost(endpoint, started, e)),
         }
+    }
+
+    /// Logs a request that got no (whole) answer, and returns the step's error.
+    fn lost(&mut self, endpoint: Endpoint, started: Instant, e: Transport) -> StepError {
+        let failure = Failure {
+            kind: e.kind().to_owned(),
+            detail: e.to_string(),
+            unavailable: None,
+        };
+        self.push(endpoint, elapsed_us(started), Some(failure));
+        StepError::Transport(e)
     }
 
     fn push(&mut self, endpoint: Endpoint, micros: u64, failure: Option<Failure>) {
@@ -264,15 +267,7 @@ impl Run<'_> {
         let (status, retry_after) = (answer.status, answer.retry_after_ms);
         let text = match answer.read_all().await {
             Ok(t) => t,
-            Err(e) => {
-                let failure = Failure {
-                    kind: e.kind().to_owned(),
-                    detail: e.to_string(),
-                    unavailable: None,
-                };
-                self.push(endpoint, elapsed_us(started), Some(failure));
-                return Err(StepError::Transport(e));
-            }
+            Err(e) => return Err(self.lost(endpoint, started, e)),
         };
         if (200..300).contains(&status) {
             self.push(endpoint, elapsed_us(started), None);
@@ -462,15 +457,7 @@ impl Run<'_> {
                     }
                 }
                 Ok(None) => break,
-                Err(e) => {
-                    let failure = Failure {
-                        kind: e.kind().to_owned(),
-                        detail: e.to_string(),
-                        unavailable: None,
-                    };
-                    self.push(endpoint, elapsed_us(started), Some(failure));
-                    return Err(StepError::Transport(e));
-                }
+                Err(e) => return Err(self.lost(endpoint, started, e)),
             }
         }
         match self.t.terminal.install(intake, wall_clock_ms()) {

@@ -18,7 +18,7 @@ use crate::pass::{PassConfig, SimTerminal, server_head};
 use crate::platform::{Admin, SetupRecord, card_number};
 use crate::probe::{self, DbSize};
 use crate::reconcile::{self, Expected, Reconciliation};
-use crate::terminal::{CounterModel, Terminal, offset_with_midnight_at};
+use crate::terminal::{CounterModel, Terminal, offset_with_midnight_at, poisson_gap};
 
 /// How business days end for the simulated terminals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -397,8 +397,7 @@ async fn report_losses(
         return (made, failures);
     }
     loop {
-        let u: f64 = rng.random();
-        let gap = Duration::from_secs_f64((-(1.0 - u).ln() * 60.0 / per_min).min(3600.0));
+        let gap = Duration::from_secs_f64(poisson_gap(&mut rng, per_min / 60.0).min(3600.0));
         tokio::select! {
             _ = stop.changed() => break,
             () = tokio::time::sleep(gap) => {}
@@ -513,40 +512,24 @@ pub async fn run(o: RunOptions) -> Result<Summary, String> {
     let lost = |e: crate::load::LostPass| e.to_string();
     let mut ceiling = None;
     match &o.mode {
-        Mode::Fleet => {
-            if !o.warmup.is_zero() {
+        Mode::Fleet | Mode::Rate(_) => {
+            let schedule = match o.mode {
+                Mode::Rate(per_sec) => Schedule::Rate { per_sec },
+                _ => interval,
+            };
+            for (name, duration) in [("warm-up", o.warmup), ("measured", o.duration)] {
+                if duration.is_zero() || *stop.borrow() {
+                    continue;
+                }
                 fleet
-                    .run_phase("warm-up", interval, o.warmup, &mut results, &mut stop)
+                    .run_phase(name, schedule, duration, &mut results, &mut stop)
                     .await
                     .map_err(lost)?;
+                if name == "measured" {
+                    fleet.wait_in_flight(&mut results).await.map_err(lost)?;
+                }
                 progress(&results);
             }
-            if !*stop.borrow() {
-                fleet
-                    .run_phase("measured", interval, o.duration, &mut results, &mut stop)
-                    .await
-                    .map_err(lost)?;
-            }
-            fleet.wait_in_flight(&mut results).await.map_err(lost)?;
-            progress(&results);
-        }
-        Mode::Rate(per_sec) => {
-            let rate = Schedule::Rate { per_sec: *per_sec };
-            if !o.warmup.is_zero() {
-                fleet
-                    .run_phase("warm-up", rate, o.warmup, &mut results, &mut stop)
-                    .await
-                    .map_err(lost)?;
-                progress(&results);
-            }
-            if !*stop.borrow() {
-                fleet
-                    .run_phase("measured", rate, o.duration, &mut results, &mut stop)
-                    .await
-                    .map_err(lost)?;
-            }
-            fleet.wait_in_flight(&mut results).await.map_err(lost)?;
-            progress(&results);
         }
         Mode::Step {
             start,

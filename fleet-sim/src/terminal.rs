@@ -78,6 +78,13 @@ pub struct DenyApplied {
     pub reported_at_ms: Vec<i64>,
 }
 
+/// The gap to the next event of a Poisson process of `rate` events per unit of time (exponential;
+/// `1 − U` is in (0, 1], so the logarithm is finite).
+pub fn poisson_gap(rng: &mut impl Rng, rate: f64) -> f64 {
+    let u: f64 = rng.random();
+    -(1.0 - u).ln() / rate.max(1e-12)
+}
+
 /// The UTC offset (whole minutes, within the −840…840 a terminal accepts) whose local midnight falls
 /// in the minute of `at_ms`: a terminal at that offset ends its business day then.
 pub fn offset_with_midnight_at(at_ms: i64) -> i32 {
@@ -264,10 +271,8 @@ impl Terminal {
                     }
                 }
             }
-            // Exponential gaps: 1 - U is in (0, 1], so the logarithm is finite.
-            let u: f64 = rng.random();
             self.counter = Counter::Open {
-                next_event_ms: t - (1.0 - u).ln() / model.events_per_ms,
+                next_event_ms: t + poisson_gap(rng, model.events_per_ms),
             };
         }
         report
