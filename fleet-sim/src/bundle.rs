@@ -1,15 +1,21 @@
 //! Receiving an entitlement bundle as a terminal does (`docs/entitlement-format.md`), pure: the
-//! decoded body is cut into frames ([`FrameSplitter`]), every frame goes through the contract's
-//! [`BundleVerifier`] (each entry's MAC and card body, strictly ascending references; the manifest's
-//! MAC, count, digest, terminal, merchant, kind and version), and nothing reaches the terminal's card
-//! pool before the manifest verified and the bundle fits what is installed (a delta on exactly the
-//! installed version, never an older or equal version) — [`BundleIntake::finish`].
+//! decoded body is cut into frames ([`FrameSplitter`]), the frames are checked, and nothing reaches the
+//! terminal's card pool before the manifest verified and the bundle fits what is installed (a delta on
+//! exactly the installed version, never an older or equal version) — [`BundleIntake::finish`].
 //!
-//! Every entry of every bundle is verified, as on a real terminal (about 1.5 µs an entry on this
-//! machine's class of CPU): a terminal that signs nothing cannot be fooled, and the simulator's CPU
-//! figure includes what real terminals spend. What is kept is only the pool's sample
-//! ([`crate::pool`]): a full snapshot is reservoir-sampled into a fresh pool while it streams; a delta
-//! stages the updates and removals of pooled cards and the reservoir's picks among the new ones.
+//! **Two checks.** A full snapshot, and the deltas the caller samples, go through the contract's
+//! [`BundleVerifier`], everything a terminal checks: each entry's MAC and card body, strictly
+//! ascending references, the manifest's MAC, count, digest, terminal, merchant, kind and version. The
+//! other deltas get the light check (`LightCheck`): frames well formed, references ascending, the
+//! manifest's MAC and fields and the count — not each entry's MAC and body nor the digest, which cost
+//! about 2.4 µs an entry against 0.14 µs (a 700-card delta: 1.7 ms against 0.1 ms). The simulator has
+//! to stay far below the server's own cost per pass to measure it; the sample keeps a server that
+//! signs entries wrongly from going unnoticed. (The contract's verifier has no lighter mode; the light
+//! check reads frames with the contract's own codec.)
+//!
+//! **What is kept** is the pool's sample ([`crate::pool`]): a full snapshot is reservoir-sampled into a
+//! fresh pool while it streams; a delta stages the updates and removals of pooled cards and the
+//! reservoir's picks among the new ones.
 //!
 //! (The daemon's own frame reader lives inside `redeemd::store::install::BundleInstall`, bound to its
 //! SQLite staging; the few lines that cut frames are therefore here.)
@@ -17,10 +23,11 @@
 use std::collections::{HashMap, HashSet};
 
 use rand::Rng;
+use redeemd_contract::codec::Reader;
 use redeemd_contract::snapshot::{
     BundleError, BundleVerifier, MAGIC, MAX_FRAME, Preamble, Verified, check_magic,
 };
-use redeemd_contract::{BundleKind, Card, CardRef, Entry, EntryOp, Manifest};
+use redeemd_contract::{BundleKind, Card, CardRef, Entry, EntryOp, MacKey, Manifest};
 
 use crate::pool::{Pool, PoolCard, reservoir_slot};
 
@@ -98,10 +105,24 @@ enum Staging {
     },
 }
 
+/// How a bundle's frames are checked.
+enum Check {
+    /// Before the preamble: whether a delta's entries are verified one by one.
+    Undecided {
+        verify_deltas: bool,
+        cache_key: MacKey,
+        terminal_id: String,
+    },
+    /// Everything a terminal checks, by the contract's verifier.
+    Entries(Box<BundleVerifier>),
+    /// The frames' structure, order and count, and the signed manifest; not each entry's MAC and body.
+    Manifest(LightCheck),
+}
+
 /// A bundle being received for one terminal.
 pub struct BundleIntake {
     splitter: FrameSplitter,
-    verifier: BundleVerifier,
+    check: Check,
     preamble: Option<Preamble>,
     manifest: Option<Manifest>,
     staging: Option<Staging>,
@@ -126,43 +147,49 @@ pub struct Installed {
     pub kind: BundleKind,
     pub version: u64,
     pub entries: u64,
+    /// Every entry's MAC and body were verified (else the manifest and the frames only).
+    pub entries_verified: bool,
 }
 
 impl BundleIntake {
-    /// Starts receiving a bundle for a terminal whose pool is `pool` (its cache key and id verify it).
-    pub fn new(verifier: BundleVerifier, pool: &Pool) -> BundleIntake {
+    /// Starts receiving a bundle for terminal `terminal_id` whose pool is `pool`. A full snapshot is
+    /// always verified entry by entry; a delta only when `verify_deltas` (the others are checked by
+    /// their structure and signed manifest: see the module docs).
+    pub fn new(
+        cache_key: &MacKey,
+        terminal_id: &str,
+        pool: &Pool,
+        verify_deltas: bool,
+    ) -> BundleIntake {
         BundleIntake {
             splitter: FrameSplitter::default(),
-            verifier,
+            check: Check::Undecided {
+                verify_deltas,
+                cache_key: cache_key.clone(),
+                terminal_id: terminal_id.to_owned(),
+            },
             preamble: None,
             manifest: None,
-            staging: None,
+            staging: Some(Staging::Delta {
+                pooled: pool.iter().map(|c| c.card_ref).collect(),
+                pool_len: pool.len(),
+                capacity: pool.capacity(),
+                seen: pool.seen(),
+                updates: Vec::new(),
+                removals: Vec::new(),
+                picks: HashMap::new(),
+                new_slots: 0,
+            }),
             capacity: pool.capacity(),
             entries: 0,
         }
-        .with_pool_view(pool)
-    }
-
-    /// Remembers which cards are pooled (a delta's changes to them are staged).
-    fn with_pool_view(mut self, pool: &Pool) -> BundleIntake {
-        self.staging = Some(Staging::Delta {
-            pooled: pool.iter().map(|c| c.card_ref).collect(),
-            pool_len: pool.len(),
-            capacity: pool.capacity(),
-            seen: pool.seen(),
-            updates: Vec::new(),
-            removals: Vec::new(),
-            picks: HashMap::new(),
-            new_slots: 0,
-        });
-        self
     }
 
     /// Feeds decoded body bytes.
     pub fn feed(&mut self, bytes: &[u8], rng: &mut impl Rng) -> Result<(), BundleRefused> {
         let BundleIntake {
             splitter,
-            verifier,
+            check,
             preamble,
             manifest,
             staging,
@@ -170,7 +197,26 @@ impl BundleIntake {
             entries,
         } = self;
         splitter.feed(bytes, |frame| {
-            match verifier.frame(frame)? {
+            if let Check::Undecided {
+                verify_deltas,
+                cache_key,
+                terminal_id,
+            } = check
+            {
+                // The preamble's kind decides (a hint: the manifest must agree, or the bundle fails).
+                let full = frame.get(1) == Some(&(BundleKind::Full as u8));
+                *check = if full || *verify_deltas {
+                    Check::Entries(Box::new(BundleVerifier::new(cache_key, terminal_id)))
+                } else {
+                    Check::Manifest(LightCheck::new(cache_key, terminal_id))
+                };
+            }
+            let verified = match check {
+                Check::Entries(v) => v.frame(frame)?,
+                Check::Manifest(l) => l.frame(frame)?,
+                Check::Undecided { .. } => unreachable_frame()?,
+            };
+            match verified {
                 Verified::Preamble(p) => {
                     if p.kind == BundleKind::Full {
                         *staging = Some(Staging::Full(Pool::new(*capacity)));
@@ -272,7 +318,130 @@ impl BundleIntake {
             kind: m.kind,
             version: m.version,
             entries: self.entries,
+            entries_verified: matches!(self.check, Check::Entries(_)),
         })
+    }
+}
+
+fn unreachable_frame() -> Result<Verified, BundleError> {
+    Err(BundleError::Frame {
+        index: 0,
+        reason: "no check chosen".into(),
+    })
+}
+
+/// The light check of a bundle whose entries are not verified one by one: frames well formed (the
+/// contract's codec), entries in strictly ascending card references, no removal in a full snapshot,
+/// and the manifest's MAC, kind, merchant, version, terminal and count. What it leaves out — each
+/// entry's MAC, its card body, the digest over the entries — is what costs per entry; the sampled
+/// bundles ([`crate::pass::PassConfig::verify_ratio`]) get all of it.
+struct LightCheck {
+    cache_key: MacKey,
+    terminal_id: String,
+    preamble: Option<Preamble>,
+    last: Option<CardRef>,
+    count: u64,
+    frames: u64,
+}
+
+impl LightCheck {
+    fn new(cache_key: &MacKey, terminal_id: &str) -> LightCheck {
+        LightCheck {
+            cache_key: cache_key.clone(),
+            terminal_id: terminal_id.to_owned(),
+            preamble: None,
+            last: None,
+            count: 0,
+            frames: 0,
+        }
+    }
+
+    fn frame(&mut self, frame: &[u8]) -> Result<Verified, BundleError> {
+        let index = self.frames;
+        self.frames += 1;
+        let bad = |reason: String| BundleError::Frame { index, reason };
+        let mut r = Reader::new(frame);
+        let tag = r.u8().map_err(|e| bad(e.to_string()))?;
+        match (tag, &self.preamble) {
+            (1, None) => {
+                let kind = match r.u8().map_err(BundleError::Preamble)? {
+                    1 => BundleKind::Full,
+                    2 => BundleKind::Delta,
+                    k => return Err(bad(format!("bundle kind {k}"))),
+                };
+                let p = Preamble {
+                    kind,
+                    merchant_id: r.string("merchant id").map_err(BundleError::Preamble)?,
+                    version: r.u64().map_err(BundleError::Preamble)?,
+                };
+                r.finish().map_err(BundleError::Preamble)?;
+                self.preamble = Some(p.clone());
+                Ok(Verified::Preamble(p))
+            }
+            (2, Some(p)) => {
+                let entry = (|| {
+                    let at = r.position();
+                    let op = match r.u8()? {
+                        1 => EntryOp::Upsert,
+                        2 => EntryOp::Remove,
+                        tag => {
+                            return Err(redeemd_contract::DecodeError::BadTag {
+                                field: "entry op",
+                                tag,
+                                at,
+                            });
+                        }
+                    };
+                    let card_ref = CardRef(r.array()?);
+                    let body = r.bytes()?.to_vec();
+                    let mac = r.array()?;
+                    r.finish()?;
+                    Ok((op, card_ref, body, mac))
+                })();
+                let (op, card_ref, body, mac) = entry.map_err(|e| bad(format!("entry: {e}")))?;
+                if op == EntryOp::Remove && (!body.is_empty() || p.kind == BundleKind::Full) {
+                    return Err(bad(format!(
+                        "entry {}: a removal with a body or in a full snapshot",
+                        self.count
+                    )));
+                }
+                if self.last.is_some_and(|l| l >= card_ref) {
+                    return Err(bad(format!(
+                        "entry {}: card references not strictly ascending",
+                        self.count
+                    )));
+                }
+                self.last = Some(card_ref);
+                self.count += 1;
+                Ok(Verified::Entry(Entry {
+                    card_ref,
+                    op,
+                    body,
+                    mac,
+                    usage_through_seq: 0,
+                }))
+            }
+            (3, Some(p)) => {
+                let m = Manifest::verify_signed(&self.cache_key, &frame[1..])?;
+                if m.kind != p.kind || m.merchant_id != p.merchant_id || m.version != p.version {
+                    return Err(bad("the manifest does not match the preamble".into()));
+                }
+                if m.terminal_id != self.terminal_id {
+                    return Err(bad(format!(
+                        "the manifest is for terminal {:?}",
+                        m.terminal_id
+                    )));
+                }
+                if m.entry_count != self.count {
+                    return Err(bad(format!(
+                        "the manifest counts {} entries, the bundle holds {}",
+                        m.entry_count, self.count
+                    )));
+                }
+                Ok(Verified::Manifest(m))
+            }
+            _ => Err(bad(format!("frame tag {tag} out of place"))),
+        }
     }
 }
 
@@ -361,8 +530,18 @@ pub(crate) mod tests {
         pool: &mut Pool,
         chunk: usize,
     ) -> Result<Installed, BundleRefused> {
+        install_checked(bytes, installed, pool, chunk, true)
+    }
+
+    fn install_checked(
+        bytes: &[u8],
+        installed: u64,
+        pool: &mut Pool,
+        chunk: usize,
+        verify: bool,
+    ) -> Result<Installed, BundleRefused> {
         let mut rng = SmallRng::seed_from_u64(1);
-        let mut intake = BundleIntake::new(BundleVerifier::new(&key(), "T-1"), pool);
+        let mut intake = BundleIntake::new(&key(), "T-1", pool, verify);
         for c in bytes.chunks(chunk) {
             intake.feed(c, &mut rng)?;
         }
@@ -433,6 +612,45 @@ pub(crate) mod tests {
         assert!(install(b"NOTABNDL", 5, &mut pool, 50).is_err());
         assert_eq!(pool.len(), 1);
         assert!(pool.contains(&CardRef([1; 32])));
+    }
+
+    #[test]
+    fn a_delta_not_sampled_is_checked_by_its_frames_and_manifest() {
+        let mut pool = Pool::new(8);
+        install(
+            &bundle(BundleKind::Full, 5, 0, &[1, 2], &[]),
+            0,
+            &mut pool,
+            50,
+        )
+        .unwrap();
+        let delta = bundle(BundleKind::Delta, 9, 5, &[2, 4], &[1]);
+        // A flipped bit in an entry's MAC: the entry-by-entry check refuses the bundle; the light
+        // check does not look at entry MACs (that is what sampling saves).
+        let frame_len = |b: &[u8], at: usize| {
+            u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]) as usize
+        };
+        let entry = 8 + 4 + frame_len(&delta, 8);
+        let mut forged = delta.clone();
+        forged[entry + 4 + frame_len(&delta, entry) - 1] ^= 1;
+        assert!(install_checked(&forged, 5, &mut pool.clone(), 64, true).is_err());
+        assert!(install_checked(&forged, 5, &mut pool.clone(), 64, false).is_ok());
+        // Whatever is cut, reordered or re-signed is refused by both.
+        let cut = &delta[..delta.len() - 1];
+        assert!(install_checked(cut, 5, &mut pool.clone(), 64, false).is_err());
+        let mut bad_manifest = delta.clone();
+        let last = bad_manifest.len() - 1;
+        bad_manifest[last] ^= 1;
+        assert!(install_checked(&bad_manifest, 5, &mut pool.clone(), 64, false).is_err());
+        let other = bundle(BundleKind::Delta, 9, 4, &[2, 4], &[1]);
+        assert!(install_checked(&other, 5, &mut pool.clone(), 64, false).is_err());
+        let i = install_checked(&delta, 5, &mut pool, 7, false).unwrap();
+        assert_eq!((i.version, i.entries, i.entries_verified), (9, 3, false));
+        assert!(pool.contains(&CardRef([4; 32])) && !pool.contains(&CardRef([1; 32])));
+        // A full snapshot is always verified entry by entry.
+        let full = bundle(BundleKind::Full, 10, 9, &[7], &[]);
+        let i = install_checked(&full, 9, &mut pool, 64, false).unwrap();
+        assert!(i.entries_verified);
     }
 
     #[test]

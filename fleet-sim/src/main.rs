@@ -139,8 +139,9 @@ struct RunArgs {
     /// Cards reported lost a minute (through the admin command line).
     #[arg(long, default_value_t = 3.0)]
     loss_reports_per_min: f64,
-    /// When business days end: spread over the run, or at midnight in China Standard Time.
-    #[arg(long, value_enum, default_value_t = DayEnd::Spread)]
+    /// When business days end: at a random minute of the day (a fleet's rate), of the run (closes
+    /// in a short run), or at midnight in China Standard Time for all.
+    #[arg(long, value_enum, default_value_t = DayEnd::Day)]
     day_end: DayEnd,
     /// Seconds of redemptions a terminal already has at its first install (default: one interval).
     #[arg(long)]
@@ -160,6 +161,10 @@ struct RunArgs {
     /// Share of upload acknowledgements dropped as if lost (the next pass resumes from the head).
     #[arg(long, default_value_t = 0.0)]
     drop_ack_ratio: f64,
+    /// Share of deltas verified entry by entry (MAC and body) as a terminal does; the others by
+    /// their frames and signed manifest (full snapshots always entry by entry).
+    #[arg(long, default_value_t = 0.1)]
+    verify_ratio: f64,
     /// Seed of every random choice (default: from the clock).
     #[arg(long)]
     seed: Option<u64>,
@@ -277,6 +282,7 @@ fn run_options(a: RunArgs) -> Result<(RunOptions, usize), String> {
         pool_cards: a.pool_cards,
         keep_alive: a.connections,
         drop_ack_ratio: ratio("drop-ack-ratio", a.drop_ack_ratio)?,
+        verify_ratio: ratio("verify-ratio", a.verify_ratio)?,
         seed: a.seed.unwrap_or(now_s),
         run_id: a.run_id.unwrap_or_else(|| format!("R{now_s}")),
         server_pid: a.server_pid,

@@ -99,6 +99,10 @@ pub struct PassLog {
     /// Records the terminal found acknowledged at the server's head without having seen the answer.
     pub acks_resumed: u64,
     pub records_uploaded: u64,
+    /// Bundles installed, by how they were checked, and their entries.
+    pub bundles_verified: u64,
+    pub bundles_light: u64,
+    pub bundle_entries: u64,
 }
 
 impl PassLog {
@@ -115,6 +119,9 @@ impl PassLog {
             acks_dropped: 0,
             acks_resumed: 0,
             records_uploaded: 0,
+            bundles_verified: 0,
+            bundles_light: 0,
+            bundle_entries: 0,
         }
     }
 }
@@ -157,6 +164,9 @@ pub struct Metrics {
     pub acks_dropped: u64,
     pub acks_resumed: u64,
     pub records_uploaded: u64,
+    pub bundles_verified: u64,
+    pub bundles_light: u64,
+    pub bundle_entries: u64,
     /// Open-loop arrivals that found every terminal busy (the fleet is too small for the rate).
     pub arrivals_without_terminal: u64,
 }
@@ -176,6 +186,9 @@ impl Default for Metrics {
             acks_dropped: 0,
             acks_resumed: 0,
             records_uploaded: 0,
+            bundles_verified: 0,
+            bundles_light: 0,
+            bundle_entries: 0,
             arrivals_without_terminal: 0,
         }
     }
@@ -236,6 +249,9 @@ impl Metrics {
         self.acks_dropped += p.acks_dropped;
         self.acks_resumed += p.acks_resumed;
         self.records_uploaded += p.records_uploaded;
+        self.bundles_verified += p.bundles_verified;
+        self.bundles_light += p.bundles_light;
+        self.bundle_entries += p.bundle_entries;
     }
 
     /// The figures of one endpoint, if it was seen.

@@ -38,6 +38,9 @@ pub struct PassConfig {
     pub counter: CounterModel,
     /// The share of upload acknowledgements dropped as if lost in transit (the next pass resumes).
     pub drop_ack_ratio: f64,
+    /// The share of deltas whose every entry is verified (MAC and body) as a terminal does; the
+    /// others are checked by their frames and signed manifest. Full snapshots are always verified.
+    pub verify_ratio: f64,
     pub keep_alive: KeepAlive,
 }
 
@@ -447,7 +450,8 @@ impl Run<'_> {
             Some("delta") => Endpoint::EntitlementsDelta,
             _ => guess,
         };
-        let mut intake = self.t.terminal.bundle_intake();
+        let verify = self.t.rng.random_bool(self.cfg.verify_ratio);
+        let mut intake = self.t.terminal.bundle_intake(verify);
         loop {
             match answer.chunk().await {
                 Ok(Some(bytes)) => {
@@ -462,6 +466,12 @@ impl Run<'_> {
         }
         match self.t.terminal.install(intake, wall_clock_ms()) {
             Ok(installed) => {
+                self.log.bundle_entries += installed.entries;
+                if installed.entries_verified {
+                    self.log.bundles_verified += 1;
+                } else {
+                    self.log.bundles_light += 1;
+                }
                 let endpoint = match installed.kind {
                     redeemd_contract::BundleKind::Full => Endpoint::EntitlementsFull,
                     redeemd_contract::BundleKind::Delta => Endpoint::EntitlementsDelta,

@@ -37,6 +37,17 @@ fn parse_stat_ticks(text: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// This process's peak resident memory (`VmHWM` in `/proc/self/status`), bytes.
+pub fn own_peak_rss_bytes() -> io::Result<u64> {
+    let text = std::fs::read_to_string("/proc/self/status")?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|kb| kb.trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "/proc/self/status: no VmHWM"))
+}
+
 /// The process listening on TCP `port` (IPv4 or IPv6), if this user may see it.
 pub fn pid_listening_on(port: u16) -> io::Result<Option<u32>> {
     let mut inodes = Vec::new();
@@ -187,6 +198,7 @@ mod tests {
         assert_eq!(parse_stat_ticks(line), Some(300));
         assert_eq!(parse_stat_ticks("garbage"), None);
         assert!(own_cpu_seconds().unwrap() >= 0.0);
+        assert!(own_peak_rss_bytes().unwrap() > 1 << 20);
         assert!(cpu_seconds(std::process::id()).is_ok());
     }
 

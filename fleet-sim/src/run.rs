@@ -23,10 +23,13 @@ use crate::terminal::{CounterModel, Terminal, offset_with_midnight_at, poisson_g
 /// How business days end for the simulated terminals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DayEnd {
-    /// Each terminal's day ends at a random moment of the run (its UTC offset chosen so), so that a
-    /// run of minutes exercises end-of-day closes.
-    Spread,
-    /// Every terminal in China Standard Time (UTC+8): days end at midnight there.
+    /// Each terminal's day ends at a random minute of the next 24 hours (its UTC offset chosen so):
+    /// closes come at a fleet's real rate, one a terminal a day, spread over the day.
+    Day,
+    /// Each terminal's day ends at a random minute of the run: a run of minutes closes a day at
+    /// most terminals (far more closes a second than a fleet makes).
+    Run,
+    /// Every terminal in China Standard Time (UTC+8): every day ends at midnight there, all at once.
     Cst,
 }
 
@@ -81,6 +84,7 @@ pub struct RunOptions {
     pub pool_cards: usize,
     pub keep_alive: KeepAlive,
     pub drop_ack_ratio: f64,
+    pub verify_ratio: f64,
     pub seed: u64,
     pub run_id: String,
     pub server_pid: Option<u32>,
@@ -132,6 +136,9 @@ struct PhaseJson {
     acks_resumed: u64,
     redemptions: u64,
     voids: u64,
+    bundles_verified: u64,
+    bundles_light: u64,
+    bundle_entries: u64,
     closes: std::collections::BTreeMap<&'static str, u64>,
     loss_reports_applied: u64,
     loss_report_max_delay_ms: Option<f64>,
@@ -149,6 +156,7 @@ pub struct Summary {
     ceiling_passes_per_s: Option<f64>,
     db_bytes_before: Option<u64>,
     db_bytes_after: Option<u64>,
+    simulator_peak_rss_bytes: Option<u64>,
     loss_reports: u64,
     loss_report_failures: Vec<String>,
     reconciliation: Option<Reconciliation>,
@@ -206,6 +214,9 @@ fn phase_json(p: &PhaseResult) -> PhaseJson {
         acks_resumed: m.acks_resumed,
         redemptions: m.counter.redemptions,
         voids: m.counter.voids,
+        bundles_verified: m.bundles_verified,
+        bundles_light: m.bundles_light,
+        bundle_entries: m.bundle_entries,
         closes: m
             .closes
             .iter()
@@ -218,12 +229,33 @@ fn phase_json(p: &PhaseResult) -> PhaseJson {
 
 /// A step of the step mode is sustained: p99 within the limit, (almost) every offered pass done
 /// and clean.
-fn sustained(p: &PhaseResult, p99_limit_ms: f64) -> bool {
+/// Why a step was not sustained (empty: it was). A step whose arrivals found every terminal busy
+/// says so: that is the fleet's size, not the server.
+fn unsustained(p: &PhaseResult, p99_limit_ms: f64) -> Vec<String> {
     let m = &p.metrics;
-    m.worst_p99_ms() <= p99_limit_ms
-        && p.achieved_per_sec() >= 0.95 * p.offered_per_sec
-        && m.errors_total() == 0
-        && m.arrivals_without_terminal == 0
+    let mut why = Vec::new();
+    if m.worst_p99_ms() > p99_limit_ms {
+        why.push(format!(
+            "p99 {:.0} ms > {p99_limit_ms} ms",
+            m.worst_p99_ms()
+        ));
+    }
+    if p.achieved_per_sec() < 0.95 * p.offered_per_sec {
+        why.push(format!(
+            "{:.0} % of the passes done",
+            100.0 * p.achieved_per_sec() / p.offered_per_sec.max(1e-9)
+        ));
+    }
+    if m.errors_total() > 0 {
+        why.push(format!("{} errors", m.errors_total()));
+    }
+    if m.arrivals_without_terminal > 0 {
+        why.push(format!(
+            "{} arrivals found every terminal busy (more --terminals)",
+            m.arrivals_without_terminal
+        ));
+    }
+    why
 }
 
 /// The human-readable report of a phase.
@@ -273,6 +305,16 @@ fn phase_text(p: &PhaseResult, server_pid: Option<u32>) -> String {
         "  counter: {} redemptions ({} lines), {} voids, {} without a usable card; {} records acknowledged",
         c.redemptions, c.lines, c.voids, c.no_card, m.records_uploaded
     );
+    if m.bundles_verified + m.bundles_light > 0 {
+        let _ = writeln!(
+            out,
+            "  bundles installed: {} ({} entries): {} verified entry by entry, {} by frames and signed manifest",
+            m.bundles_verified + m.bundles_light,
+            m.bundle_entries,
+            m.bundles_verified,
+            m.bundles_light
+        );
+    }
     if m.acks_dropped > 0 || m.acks_resumed > 0 {
         let _ = writeln!(
             out,
@@ -339,6 +381,7 @@ async fn enroll(o: &RunOptions) -> Result<Vec<SimTerminal>, String> {
         o.run_id,
         keys_dir.display()
     );
+    let enrolling = std::time::Instant::now();
     let jobs = ids
         .iter()
         .map(|(t, m, k)| vec![Admin::enroll_args(t, m, k)])
@@ -347,6 +390,11 @@ async fn enroll(o: &RunOptions) -> Result<Vec<SimTerminal>, String> {
         .run_all(jobs, |n| eprintln!("fleet-sim: {n} terminals enrolled"))
         .await
         .map_err(|e| e.to_string())?;
+    eprintln!(
+        "fleet-sim: {} terminals enrolled in {:.1} s",
+        o.terminals,
+        enrolling.elapsed().as_secs_f64()
+    );
     let run_start = wall_clock_ms();
     let backlog_ms = i64::try_from(o.backlog.as_millis()).unwrap_or(i64::MAX);
     let run_ms = i64::try_from((o.warmup + o.duration).as_millis()).unwrap_or(i64::MAX);
@@ -357,13 +405,13 @@ async fn enroll(o: &RunOptions) -> Result<Vec<SimTerminal>, String> {
             .map_err(|e| format!("{}: {e}", key_file.display()))?;
         let secret = TerminalSecret::from_hex_text(&text)
             .map_err(|e| format!("{}: {e}", key_file.display()))?;
+        let mut day_end_within = |span_ms: i64| {
+            offset_with_midnight_at(run_start - backlog_ms + rng.random_range(0..=span_ms.max(0)))
+        };
         let offset = match o.day_end {
             DayEnd::Cst => 480,
-            DayEnd::Spread => {
-                let at =
-                    run_start - backlog_ms + rng.random_range(0..=(backlog_ms + run_ms).max(0));
-                offset_with_midnight_at(at)
-            }
+            DayEnd::Run => day_end_within(backlog_ms + run_ms),
+            DayEnd::Day => day_end_within(86_400_000 - 60_000),
         };
         let mut t = Terminal::new(
             secret.derive_all(&terminal_id),
@@ -436,6 +484,7 @@ pub async fn run(o: RunOptions) -> Result<Summary, String> {
         http: Http::new(target),
         counter,
         drop_ack_ratio: o.drop_ack_ratio,
+        verify_ratio: o.verify_ratio,
         keep_alive: o.keep_alive,
     };
     println!(
@@ -459,15 +508,19 @@ pub async fn run(o: RunOptions) -> Result<Summary, String> {
         && let Some(first) = terminals.first_mut()
     {
         let started = std::time::Instant::now();
+        let server0 = server_pid.and_then(|p| probe::cpu_seconds(p).ok());
+        let sim0 = probe::own_cpu_seconds().ok();
         let (log, _) = crate::pass::pass(first, &cfg).await;
+        let server1 = server_pid.and_then(|p| probe::cpu_seconds(p).ok());
+        let sim1 = probe::own_cpu_seconds().ok();
         let mut phase = PhaseResult {
             name: "first contact".into(),
             schedule: Schedule::Rate { per_sec: 0.0 },
             offered_per_sec: 0.0,
             wall: started.elapsed(),
             metrics: Default::default(),
-            server_cpu_s: None,
-            sim_cpu_s: None,
+            server_cpu_s: server0.zip(server1).map(|(a, b)| b - a),
+            sim_cpu_s: sim0.zip(sim1).map(|(a, b)| b - a),
         };
         phase.metrics.record_pass(&log);
         let version = first.terminal.cache_version();
@@ -574,7 +627,7 @@ pub async fn run(o: RunOptions) -> Result<Summary, String> {
                     .map_err(lost)?;
                 fleet.wait_in_flight(&mut results).await.map_err(lost)?;
                 let p = results.last().ok_or("no phase")?;
-                let ok = sustained(p, o.p99_limit_ms);
+                let why = unsustained(p, o.p99_limit_ms);
                 let m = &p.metrics;
                 println!(
                     "  {:>9.1} {:>9.1} {:>8} {:>7} {:>11} {:>12.1} {:>11}  {}",
@@ -590,9 +643,13 @@ pub async fn run(o: RunOptions) -> Result<Summary, String> {
                     m.worst_p99_ms(),
                     p.server_cpu_per_pass_ms()
                         .map_or_else(|| "?".into(), |c| format!("{c:.2}")),
-                    if ok { "sustained" } else { "NOT sustained" }
+                    if why.is_empty() {
+                        "sustained".to_owned()
+                    } else {
+                        format!("NOT sustained: {}", why.join(", "))
+                    }
                 );
-                if !ok {
+                if !why.is_empty() {
                     break;
                 }
                 ceiling = Some(rate);
@@ -635,6 +692,13 @@ pub async fn run(o: RunOptions) -> Result<Summary, String> {
             .map(|f| format!(", {} failed (first: {f})", loss_failures.len()))
             .unwrap_or_default()
     );
+    if let Ok(rss) = probe::own_peak_rss_bytes() {
+        println!(
+            "simulator: peak memory {:.0} MB for {} terminals",
+            rss as f64 / 1e6,
+            o.terminals
+        );
+    }
     let db_after = db_size.measure().await;
     match (&db_before, &db_after) {
         (Ok(a), Ok(b)) => println!(
@@ -646,7 +710,12 @@ pub async fn run(o: RunOptions) -> Result<Summary, String> {
         (_, Err(e)) | (Err(e), _) => println!("database: size unknown: {e}"),
     }
     let reconciliation = if o.reconcile {
+        let reconciling = std::time::Instant::now();
         let r = reconcile_run(&mut fleet, &o).await;
+        eprintln!(
+            "fleet-sim: reconciled in {:.1} s",
+            reconciling.elapsed().as_secs_f64()
+        );
         if r.exact() {
             println!(
                 "reconciliation: EXACT — {} terminals: the server holds every record once, chained as sent ({} records); {} merchant statements equal what the terminals sent (net {} fen)",
@@ -679,6 +748,7 @@ pub async fn run(o: RunOptions) -> Result<Summary, String> {
         ceiling_passes_per_s: ceiling,
         db_bytes_before: db_before.ok(),
         db_bytes_after: db_after.ok(),
+        simulator_peak_rss_bytes: probe::own_peak_rss_bytes().ok(),
         loss_reports,
         loss_report_failures: loss_failures,
         reconciliation,

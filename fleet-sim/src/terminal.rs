@@ -29,7 +29,6 @@ use redeemd::sync::plan::{
 use redeemd_contract::close::{BatchClose, business_day};
 use redeemd_contract::journal::{auth_code, genesis_mac};
 use redeemd_contract::keys::Tag;
-use redeemd_contract::snapshot::BundleVerifier;
 use redeemd_contract::{CardRef, CardStatus, JournalRecord, RecordKind, TerminalKeys};
 
 use crate::bundle::{BundleIntake, BundleRefused, Installed};
@@ -540,11 +539,14 @@ impl Terminal {
         })
     }
 
-    /// Starts receiving an entitlement bundle.
-    pub fn bundle_intake(&self) -> BundleIntake {
+    /// Starts receiving an entitlement bundle; a delta's entries are verified one by one when
+    /// `verify_deltas` (a full snapshot's always).
+    pub fn bundle_intake(&self, verify_deltas: bool) -> BundleIntake {
         BundleIntake::new(
-            BundleVerifier::new(&self.keys.cache, &self.terminal_id),
+            &self.keys.cache,
+            &self.terminal_id,
             &self.pool,
+            verify_deltas,
         )
     }
 
@@ -585,7 +587,7 @@ mod tests {
             .derive_all("T-1");
         let mut t = Terminal::new(keys, "M-1", 480, 0, 8, T0);
         let mut rng = SmallRng::seed_from_u64(5);
-        let mut intake = t.bundle_intake();
+        let mut intake = t.bundle_intake(true);
         intake
             .feed(&bundle(BundleKind::Full, 5, 0, cards, &[]), &mut rng)
             .unwrap();
@@ -644,7 +646,7 @@ mod tests {
             t.redeem_until(T0, &busy(), &mut rng),
             CounterReport::default()
         );
-        let mut intake = t.bundle_intake();
+        let mut intake = t.bundle_intake(true);
         intake
             .feed(&bundle(BundleKind::Full, 5, 0, &[100], &[]), &mut rng)
             .unwrap();

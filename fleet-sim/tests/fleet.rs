@@ -119,6 +119,10 @@ fn a_small_fleet_runs_real_passes_and_reconciles_exactly() {
         "3000000",
         "--backlog",
         "90",
+        "--day-end",
+        "run",
+        "--verify-ratio",
+        "0.5",
         "--void-ratio",
         "0.05",
         "--loss-reports-per-min",
@@ -170,6 +174,9 @@ fn a_small_fleet_runs_real_passes_and_reconciles_exactly() {
     assert!(sum("acks_resumed") > 0, "{stdout}");
     assert!(sum("voids") > 0, "{stdout}");
     assert!(sum("loss_reports_applied") > 0, "{stdout}");
+    // Full snapshots and sampled deltas verified entry by entry, the other deltas by their manifest.
+    assert!(sum("bundles_verified") >= 20, "{stdout}");
+    assert!(sum("bundles_light") > 0, "{stdout}");
     // Every request answered: nothing failed but what the simulator did on purpose.
     for p in phases {
         assert_eq!(
