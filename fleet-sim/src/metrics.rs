@@ -94,15 +94,33 @@ pub struct PassLog {
     /// Report → terminal delays of the deny entries applied (ms).
     pub deny_delays_ms: Vec<i64>,
     pub closes: Vec<CloseVerdict>,
+    pub tally: Tally,
+}
+
+/// What passes did to the journal and the cache, counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Tally {
+    /// Records acknowledged by an upload's answer.
+    pub records_uploaded: u64,
     /// Upload answers the simulator dropped on purpose (`--drop-ack-ratio`).
     pub acks_dropped: u64,
     /// Records the terminal found acknowledged at the server's head without having seen the answer.
     pub acks_resumed: u64,
-    pub records_uploaded: u64,
     /// Bundles installed, by how they were checked, and their entries.
     pub bundles_verified: u64,
     pub bundles_light: u64,
     pub bundle_entries: u64,
+}
+
+impl Tally {
+    fn add(&mut self, o: &Tally) {
+        self.records_uploaded += o.records_uploaded;
+        self.acks_dropped += o.acks_dropped;
+        self.acks_resumed += o.acks_resumed;
+        self.bundles_verified += o.bundles_verified;
+        self.bundles_light += o.bundles_light;
+        self.bundle_entries += o.bundle_entries;
+    }
 }
 
 impl PassLog {
@@ -116,12 +134,7 @@ impl PassLog {
             counter,
             deny_delays_ms: Vec::new(),
             closes: Vec::new(),
-            acks_dropped: 0,
-            acks_resumed: 0,
-            records_uploaded: 0,
-            bundles_verified: 0,
-            bundles_light: 0,
-            bundle_entries: 0,
+            tally: Tally::default(),
         }
     }
 }
@@ -161,12 +174,7 @@ pub struct Metrics {
     pub counter: CounterReport,
     deny_delay_ms: Histogram<u64>,
     pub closes: BTreeMap<CloseVerdict, u64>,
-    pub acks_dropped: u64,
-    pub acks_resumed: u64,
-    pub records_uploaded: u64,
-    pub bundles_verified: u64,
-    pub bundles_light: u64,
-    pub bundle_entries: u64,
+    pub tally: Tally,
     /// Open-loop arrivals that found every terminal busy (the fleet is too small for the rate).
     pub arrivals_without_terminal: u64,
 }
@@ -183,12 +191,7 @@ impl Default for Metrics {
             counter: CounterReport::default(),
             deny_delay_ms: histogram(),
             closes: BTreeMap::new(),
-            acks_dropped: 0,
-            acks_resumed: 0,
-            records_uploaded: 0,
-            bundles_verified: 0,
-            bundles_light: 0,
-            bundle_entries: 0,
+            tally: Tally::default(),
             arrivals_without_terminal: 0,
         }
     }
@@ -246,12 +249,7 @@ impl Metrics {
         for v in &p.closes {
             *self.closes.entry(*v).or_default() += 1;
         }
-        self.acks_dropped += p.acks_dropped;
-        self.acks_resumed += p.acks_resumed;
-        self.records_uploaded += p.records_uploaded;
-        self.bundles_verified += p.bundles_verified;
-        self.bundles_light += p.bundles_light;
-        self.bundle_entries += p.bundle_entries;
+        self.tally.add(&p.tally);
     }
 
     /// The figures of one endpoint, if it was seen.

@@ -340,7 +340,7 @@ impl Run<'_> {
         let before = self.t.terminal.acked_seq();
         match self.t.terminal.resume(&head) {
             Ok(Some(seq)) => {
-                self.log.acks_resumed += seq - before;
+                self.log.tally.acks_resumed += seq - before;
                 Ok(())
             }
             Ok(None) => Ok(()),
@@ -367,14 +367,14 @@ impl Run<'_> {
                         self.refuse("unusable answer", format!("journal upload: {e}"))
                     })?;
                     if self.t.rng.random_bool(self.cfg.drop_ack_ratio) {
-                        self.log.acks_dropped += 1;
+                        self.log.tally.acks_dropped += 1;
                         return Err(StepError::AckDropped);
                     }
                     let before = self.t.terminal.acked_seq();
                     let next = self.t.terminal.apply_ack(batch, &ack).map_err(|e| {
                         self.refuse("acknowledgement refused", format!("journal: {e}"))
                     })?;
-                    self.log.records_uploaded += self.t.terminal.acked_seq() - before;
+                    self.log.tally.records_uploaded += self.t.terminal.acked_seq() - before;
                     next
                 }
                 Err(problem) => match self.t.terminal.apply_problem(batch, &problem) {
@@ -466,11 +466,11 @@ impl Run<'_> {
         }
         match self.t.terminal.install(intake, wall_clock_ms()) {
             Ok(installed) => {
-                self.log.bundle_entries += installed.entries;
+                self.log.tally.bundle_entries += installed.entries;
                 if installed.entries_verified {
-                    self.log.bundles_verified += 1;
+                    self.log.tally.bundles_verified += 1;
                 } else {
-                    self.log.bundles_light += 1;
+                    self.log.tally.bundles_light += 1;
                 }
                 let endpoint = match installed.kind {
                     redeemd_contract::BundleKind::Full => Endpoint::EntitlementsFull,

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::http::{Http, KeepAlive, Target};
 use crate::load::{Fleet, PhaseResult, Schedule};
-use crate::metrics::CloseVerdict;
+use crate::metrics::{CloseVerdict, Tally};
 use crate::pass::{PassConfig, SimTerminal, server_head};
 use crate::platform::{Admin, SetupRecord, card_number};
 use crate::probe::{self, DbSize};
@@ -131,14 +131,10 @@ struct PhaseJson {
     arrivals_without_terminal: u64,
     server_cpu_ms_per_pass: Option<f64>,
     simulator_cpu_ms_per_pass: Option<f64>,
-    records_uploaded: u64,
-    acks_dropped: u64,
-    acks_resumed: u64,
+    #[serde(flatten)]
+    tally: Tally,
     redemptions: u64,
     voids: u64,
-    bundles_verified: u64,
-    bundles_light: u64,
-    bundle_entries: u64,
     closes: std::collections::BTreeMap<&'static str, u64>,
     loss_reports_applied: u64,
     loss_report_max_delay_ms: Option<f64>,
@@ -209,14 +205,9 @@ fn phase_json(p: &PhaseResult) -> PhaseJson {
         arrivals_without_terminal: m.arrivals_without_terminal,
         server_cpu_ms_per_pass: p.server_cpu_per_pass_ms(),
         simulator_cpu_ms_per_pass: p.sim_cpu_per_pass_ms(),
-        records_uploaded: m.records_uploaded,
-        acks_dropped: m.acks_dropped,
-        acks_resumed: m.acks_resumed,
+        tally: m.tally,
         redemptions: m.counter.redemptions,
         voids: m.counter.voids,
-        bundles_verified: m.bundles_verified,
-        bundles_light: m.bundles_light,
-        bundle_entries: m.bundle_entries,
         closes: m
             .closes
             .iter()
@@ -303,23 +294,24 @@ fn phase_text(p: &PhaseResult, server_pid: Option<u32>) -> String {
     let _ = writeln!(
         out,
         "  counter: {} redemptions ({} lines), {} voids, {} without a usable card; {} records acknowledged",
-        c.redemptions, c.lines, c.voids, c.no_card, m.records_uploaded
+        c.redemptions, c.lines, c.voids, c.no_card, m.tally.records_uploaded
     );
-    if m.bundles_verified + m.bundles_light > 0 {
+    let t = &m.tally;
+    if t.bundles_verified + t.bundles_light > 0 {
         let _ = writeln!(
             out,
             "  bundles installed: {} ({} entries): {} verified entry by entry, {} by frames and signed manifest",
-            m.bundles_verified + m.bundles_light,
-            m.bundle_entries,
-            m.bundles_verified,
-            m.bundles_light
+            t.bundles_verified + t.bundles_light,
+            t.bundle_entries,
+            t.bundles_verified,
+            t.bundles_light
         );
     }
-    if m.acks_dropped > 0 || m.acks_resumed > 0 {
+    if t.acks_dropped > 0 || t.acks_resumed > 0 {
         let _ = writeln!(
             out,
             "  acknowledgements dropped on purpose: {}; records found acknowledged at the head: {}",
-            m.acks_dropped, m.acks_resumed
+            t.acks_dropped, t.acks_resumed
         );
     }
     if let Some((n, p50, max)) = m.deny_delivery() {
