@@ -10,9 +10,10 @@
 //!    * commit floor: one bare single-row (320-byte) insert in its own WAL transaction with
 //!      `synchronous=FULL`, in a database file in the daemon's state directory.
 //!
-//!    Floor of a swipe = the pty floor alone (a menu commits nothing); floor of a redemption =
+//!    Floor of a swipe = the pty floor alone (a menu deducts nothing; since PROTOCOL.md 1.1 its
+//!    answer is stored, with a commit that does not wait for an fsync); floor of a redemption =
 //!    pty floor + commit floor, added sample by sample. The swipe is also reported against the
-//!    issue's own floor (pty + commit, the one it names for both exchanges). Each exchange is
+//!    issue's own floor (pty + commit, the one issues 4 and 12 name for both exchanges). Each exchange is
 //!    timed twice: around the simulator's call (the reader's encoding, parsing and ACK included)
 //!    and on the wire (`SimReader::last_round_trip`: request write → answer read, as the floor).
 //! 2. The wire time of those frames at 115,200 and 9,600 baud (8N1), from their real sizes.

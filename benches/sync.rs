@@ -221,6 +221,7 @@ fn main() {
 
     // (s1) the staged install, in a child process.
     let state = tmp.path().join("state");
+    std::fs::create_dir(&state).unwrap();
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .arg("--install-child")
         .arg(&state)

@@ -9,12 +9,12 @@
 //! | 1 | `verify` or `export` found tampering or corruption (each finding printed with its row) |
 //! | 2 | bad command line |
 //! | 64 | bad configuration file (the message names the key) |
-//! | 65 | bad data: corrupt database file, bundle refused |
-//! | 66 | no database in the state directory |
+//! | 65 | bad data: corrupt database file, another terminal's database, a database missing or emptied where a journal was, bundle refused |
+//! | 66 | no database in the state directory yet; the state directory missing or not a directory |
 //! | 74 | I/O error reading or writing a file |
-//! | 77 | key refused (loose permissions, missing credential, bad format) |
+//! | 77 | key refused (loose permissions, missing credential, bad format, not this database's key) |
 //! | 70 | internal error (SQLite) |
-//! | 75 | `sync`: a step failed or uploading is halted (each printed with its reason); try again later |
+//! | 75 | `sync`: a step failed or uploading is halted (each printed with its reason); `run`: another daemon holds the state directory; try again later |
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -28,7 +28,7 @@ use crate::config::{Config, ConfigError, DEFAULT_CONFIG_PATH, LogFormat};
 use crate::daemon::DaemonError;
 use crate::engine::Now;
 use crate::keys::{KeyError, KeySource, load_secret_outside_service};
-use crate::store::{Store, StoreError, verify};
+use crate::store::{StorageError, Store, StoreError, verify};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -62,8 +62,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the daemon: serve the configured readers until SIGTERM (systemd: Type=notify).
+    /// Run the daemon: serve the configured readers until SIGTERM (systemd: Type=notify). The
+    /// state directory must exist; a first start in an empty one creates the database.
     Run,
+    /// Create the state directory (not its parents) and an empty database in it, for a daemon run
+    /// by hand (systemd creates the directory itself). Refuses a directory that is not empty.
+    Init,
     /// Validate the configuration file and print what it configures; exit 64 if it is wrong.
     CheckConfig,
     /// Readers' link state and last transaction, sync state, cache and deny-list versions and ages,
@@ -135,15 +139,25 @@ pub struct SimulateReaderArgs {
     /// Text encodings the reader can show: utf8, gb18030 or both.
     #[arg(long, default_value = "both", value_parser = ["utf8", "utf-8", "gb18030", "both"])]
     pub encoding: String,
-    /// First transaction id (a real reader keeps its counter in flash).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
-    pub txn_id: u32,
+    /// First transaction id [default: the one after the daemon's latest transaction of this
+    /// reader, asked with QUERY LAST: a real reader keeps its counter in flash, and a txn id is
+    /// never used twice].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub txn_id: Option<u32>,
     /// Seconds to wait for the daemon to answer the handshake.
     #[arg(long, default_value_t = 60)]
     pub connect_timeout: u64,
     /// Scenario file to play; without it, read steps from the keyboard.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "conformance")]
     pub script: Option<PathBuf>,
+    /// Play the conformance flows of PROTOCOL.md §11.1 against the daemon: one PASS or FAIL line
+    /// per rule, exit 1 if any failed. Needs --card.
+    #[arg(long, requires = "card")]
+    pub conformance: bool,
+    /// With --conformance: a member card the daemon knows, with an entry that asks no identity and
+    /// has two uses left (every redemption the flows make is voided again).
+    #[arg(long, requires = "conformance")]
+    pub card: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -224,9 +238,15 @@ impl CliError {
 
 fn store_exit_code(e: &StoreError) -> u8 {
     match e {
-        StoreError::Missing { .. } | StoreError::StateDir { .. } => 66,
+        StoreError::Missing { .. }
+        | StoreError::StateDir { .. }
+        | StoreError::StateDirMissing { .. }
+        | StoreError::NotADirectory { .. }
+        | StoreError::ParentMissing { .. } => 66,
         StoreError::Integrity(_) => 1,
         StoreError::Sql(_) => 70,
+        StoreError::InUse { .. } => 75,
+        StoreError::WrongKey { .. } => 77,
         _ => 65,
     }
 }
@@ -318,7 +338,7 @@ fn init_logging(config: &Config) {
 }
 
 fn wall_now() -> Now {
-    let wall_ms = crate::daemon::store_owner::wall_clock_ms();
+    let wall_ms = crate::store::owner::wall_clock_ms();
     Now {
         wall_ms,
         boot_ms: 0,
@@ -332,6 +352,10 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
             let config = required_config(cli)?;
             init_logging(&config);
             return Ok(crate::daemon::run(config)?);
+        }
+        Command::Init => {
+            let config = required_config(cli)?;
+            return init(&config, out);
         }
         Command::CheckConfig => {
             let config = required_config(cli)?;
@@ -376,55 +400,41 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
     let state_dir = state_dir(cli, config.as_ref());
     let secret = secret(cli, config.as_ref())?;
     let limits = config.as_ref().map(Config::limits).unwrap_or_default();
-    // Opening verifies the chain head and manifest; the verify commands below work on the raw database
-    // instead, so that they can name every bad row even when opening refuses.
-    let store = Store::open_existing(&state_dir, &secret, limits);
+    let expected = config
+        .as_ref()
+        .map(|c| (c.terminal_id.as_str(), c.merchant_id.as_str()));
     match &cli.command {
         Command::Run
+        | Command::Init
         | Command::CheckConfig
         | Command::Status
         | Command::Doctor { .. }
         | Command::Sync { .. }
         | Command::SimulateReader(_) => Ok(()),
         Command::Cache(CacheCommand::Verify) | Command::Journal(JournalCommand::Verify) => {
-            // Verification works on the raw database, so it can report even when `open` refuses.
-            drop(store);
-            let path = state_dir.join(crate::store::DB_FILE);
-            if !path.is_file() {
-                return Err(StoreError::Missing { path }.into());
-            }
-            let conn = crate::store::open_database(&path)?;
-            let terminal_id: String = conn
-                .query_row(
-                    "SELECT terminal_id FROM terminal_state WHERE id = 1",
-                    [],
-                    |r| r.get(0),
-                )
-                .map_err(StoreError::Sql)?;
-            let keys = secret.derive_all(&terminal_id);
-            let mut findings = verify::database_file(&conn);
-            let what = if matches!(cli.command, Command::Cache(_)) {
-                let (manifest, report) = verify::cache(&conn, &keys).map_err(StoreError::Sql)?;
-                findings.extend(report.findings);
-                let deny = verify::deny(&conn, &keys).map_err(StoreError::Sql)?;
-                findings.extend(deny.findings);
-                match manifest {
-                    Some(m) => format!(
-                        "cache version {} for merchant {}: {} entries checked",
-                        m.version, m.merchant_id, report.checked
-                    ),
-                    None if findings.is_empty() => "no cache installed".to_owned(),
-                    None => "cache manifest does not verify".to_owned(),
-                }
+            // The opening checks and the full walk, listing every finding (opening would stop at
+            // the first).
+            let scope = if matches!(cli.command, Command::Cache(_)) {
+                verify::Scope::Cache
             } else {
-                let report = verify::journal(&conn, &keys).map_err(StoreError::Sql)?;
-                findings.extend(report.findings);
-                format!(
-                    "journal of terminal {terminal_id}: {} rows checked",
-                    report.checked
-                )
+                verify::Scope::Journal
             };
-            for f in &findings {
+            let v = verify::database(&state_dir, &secret, expected, scope)?;
+            let findings = &v.findings;
+            let what = match (&v.cache, v.journal_rows) {
+                (Some((Some(m), entries)), _) => format!(
+                    "cache version {} for merchant {}: {entries} entries checked",
+                    m.version, m.merchant_id
+                ),
+                (Some((None, _)), _) if findings.is_empty() => "no cache installed".to_owned(),
+                (Some((None, _)), _) => "cache manifest does not verify".to_owned(),
+                (None, rows) => format!(
+                    "journal of terminal {}: {} rows checked",
+                    v.terminal_id,
+                    rows.unwrap_or(0)
+                ),
+            };
+            for f in findings {
                 w(writeln!(out, "FAIL {f}"))?;
             }
             w(writeln!(
@@ -443,7 +453,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
             }
         }
         Command::Cache(CacheCommand::Info) => {
-            let store = store?;
+            let store = Store::open_existing(&state_dir, &secret, limits, expected)?;
             let j = store.journal_info();
             match store.cache_info()? {
                 None => w(writeln!(out, "no cache installed"))?,
@@ -480,7 +490,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
             Ok(())
         }
         Command::Cache(CacheCommand::Install { bundle }) => {
-            let mut store = store?;
+            let mut store = Store::open_existing(&state_dir, &secret, limits, expected)?;
             let file = std::fs::File::open(bundle).map_err(|source| CliError::File {
                 path: bundle.clone(),
                 source,
@@ -511,14 +521,14 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
             ))
         }
         Command::Journal(JournalCommand::Export { format, from_seq }) => {
-            let store = store?;
+            let store = Store::open_existing(&state_dir, &secret, limits, expected)?;
             export(&store, *format, *from_seq, out)
         }
         Command::Report {
             date,
             utc_offset_minutes,
         } => {
-            let store = store?;
+            let store = Store::open_existing(&state_dir, &secret, limits, expected)?;
             let offset = utc_offset_minutes
                 .or(config.as_ref().map(|c| c.utc_offset_minutes))
                 .unwrap_or(480);
@@ -542,11 +552,16 @@ fn simulate_reader(args: &SimulateReaderArgs) -> Result<(), CliError> {
             serial: args.serial.clone(),
             firmware: args.firmware.clone(),
             encodings,
-            next_txn_id: args.txn_id,
+            next_txn_id: args.txn_id.unwrap_or(1),
             ..ReaderSettings::default()
         },
+        txn_id_given: args.txn_id.is_some(),
         connect_timeout: std::time::Duration::from_secs(args.connect_timeout),
-        mode: args.script.clone().map_or(Mode::Interactive, Mode::Script),
+        mode: match (&args.script, &args.card) {
+            (Some(script), _) => Mode::Script(script.clone()),
+            (None, Some(card)) if args.conformance => Mode::Conformance { card: card.clone() },
+            _ => Mode::Interactive,
+        },
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -574,7 +589,9 @@ fn sync_once(
     };
     let keys = secret.derive_all(&config.terminal_id);
     let request_key = keys.request.clone();
-    let store = Store::open(
+    // Beside the daemon, never instead of it: a database is created only by the daemon's first
+    // start (or `redeemd init`), and as the service's user, not as root running this tool.
+    let store = Store::open_with(
         &config.state_dir,
         keys,
         crate::store::StoreConfig {
@@ -582,6 +599,7 @@ fn sync_once(
             merchant_id: config.merchant_id.clone(),
             limits: config.limits(),
         },
+        crate::store::Create::Never,
     )?;
     let lock = SyncLock::acquire(&config.state_dir, std::time::Duration::from_secs(wait_secs))
         .map_err(|source| CliError::File {
@@ -601,10 +619,7 @@ fn sync_once(
         crate::daemon::sync::client_options(&config.sync),
     )
     .map_err(|e| CliError::Sync(e.to_string()))?;
-    let handle = crate::daemon::store_owner::StoreHandle::new(
-        store,
-        crate::daemon::store_owner::Clock::new(),
-    );
+    let handle = crate::store::owner::StoreHandle::new(store, crate::store::owner::Clock::new());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -631,6 +646,91 @@ fn sync_once(
         }
         reasons.dedup();
         Err(CliError::Sync(reasons.join("; ")))
+    }
+}
+
+/// `redeemd init`: the state directory (never its parents) and a new, empty database in it.
+fn init(config: &Config, out: &mut dyn Write) -> Result<(), CliError> {
+    use crate::store::state_dir::DaemonLock;
+    let secret = crate::keys::load_secret_outside_service(&config.key)?;
+    crate::store::state_dir::create_dir(&config.state_dir)?;
+    let _lock = DaemonLock::acquire(&config.state_dir)?;
+    let store = Store::init(
+        &config.state_dir,
+        secret.derive_all(&config.terminal_id),
+        crate::store::StoreConfig {
+            terminal_id: config.terminal_id.clone(),
+            merchant_id: config.merchant_id.clone(),
+            limits: config.limits(),
+        },
+    )?;
+    writeln!(
+        out,
+        "created {} for terminal {} (merchant {}): an empty journal; the daemon serves from it once a cache is installed",
+        store.path().display(),
+        config.terminal_id,
+        config.merchant_id
+    )
+    .map_err(CliError::Output)
+}
+
+/// Below this much free space `status` warns: a redemption needs a few KB, a full install twice the
+/// cache's size (README, "Disk use").
+const LOW_SPACE_BYTES: u64 = 64 << 20;
+
+/// `status`'s storage lines: free space now (measured here, so that it shows even when a full disk
+/// kept the daemon from publishing), and the last write the disk refused, as the daemon published it.
+fn storage_lines(
+    config: &Config,
+    published: Option<&crate::daemon::status::StorageStatus>,
+    now: i64,
+    out: &mut dyn Write,
+) -> Result<(), CliError> {
+    let w = |r: std::io::Result<()>| r.map_err(CliError::Output);
+    let dir = config.state_dir.display();
+    match crate::store::state_dir::free_space(&config.state_dir) {
+        Ok((0, total)) => w(writeln!(
+            out,
+            "storage        DISK FULL: 0 bytes free on {dir} ({} total): redemptions cannot be recorded and are declined; free disk space",
+            bytes(total)
+        ))?,
+        Ok((free, total)) if free < LOW_SPACE_BYTES => w(writeln!(
+            out,
+            "storage        LOW: {} free of {} on {dir}; free disk space",
+            bytes(free),
+            bytes(total)
+        ))?,
+        Ok((free, total)) => w(writeln!(
+            out,
+            "storage        {} free of {} on {dir}",
+            bytes(free),
+            bytes(total)
+        ))?,
+        Err(e) => w(writeln!(out, "storage        {dir}: {e}"))?,
+    }
+    if let Some(StorageError {
+        message,
+        at_wall_ms,
+    }) = published.and_then(|s| s.last_error.as_ref())
+    {
+        w(writeln!(
+            out,
+            "  LAST ERROR   {} ago: {message}",
+            age(now.saturating_sub(*at_wall_ms).max(0))
+        ))?;
+    }
+    Ok(())
+}
+
+/// A byte count as `812 KB`, `37 MB` or `12.4 GB`.
+fn bytes(n: u64) -> String {
+    const KB: u64 = 1 << 10;
+    const MB: u64 = 1 << 20;
+    const GB: u64 = 1 << 30;
+    match n {
+        n if n < MB => format!("{} KB", n / KB),
+        n if n < GB => format!("{} MB", n / MB),
+        n => format!("{}.{} GB", n / GB, n % GB * 10 / GB),
     }
 }
 
@@ -717,9 +817,9 @@ fn status(config: &Config, secret: &TerminalSecret, out: &mut dyn Write) -> Resu
         }
         Err(e) => w(writeln!(out, "daemon         no status published ({e})"))?,
     }
-    let published = crate::daemon::status::read(&config.state_dir)
-        .ok()
-        .and_then(|s| s.sync);
+    let published_status = crate::daemon::status::read(&config.state_dir).ok();
+    let published_storage = published_status.as_ref().and_then(|s| s.storage.clone());
+    let published = published_status.and_then(|s| s.sync);
     // Times from status.json (a file anyone may have damaged) may be absurd: saturate, never overflow.
     let ago = |ms: i64| age(now.saturating_sub(ms).max(0));
     match (&config.sync.server_url, &published) {
@@ -755,7 +855,13 @@ fn status(config: &Config, secret: &TerminalSecret, out: &mut dyn Write) -> Resu
             }
         }
     }
-    let store = Store::open_existing(&config.state_dir, secret, config.limits())?;
+    storage_lines(config, published_storage.as_ref(), now, out)?;
+    let store = Store::open_existing(
+        &config.state_dir,
+        secret,
+        config.limits(),
+        Some((&config.terminal_id, &config.merchant_id)),
+    )?;
     let j = store.journal_info();
     match store.cache_info()? {
         Some(c) => w(writeln!(

@@ -1,8 +1,11 @@
 //! The daemon's configuration: one TOML file, loaded and validated before the runtime starts.
 //!
 //! Every error names the key it is about (`reader[1].baud: 115201 is not one of [9600, …]`) so a
-//! technician can fix the file without reading code. `main` maps [`ConfigError`] to exit status 64
-//! (EX_USAGE). The commented reference is `fixtures/redeemd.toml`; keep the two in step.
+//! technician can fix the file without reading code. A file TOML cannot read is reported with its
+//! line and column and the line itself, over several lines as written, and types in words a
+//! technician knows ("a whole number from 0 to 255", not "u8"). Two readers naming one device by two
+//! paths (a symlink, `..`) are refused. `main` maps [`ConfigError`] to exit status 64 (EX_USAGE). The
+//! commented reference is `fixtures/redeemd.toml`; keep the two in step.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -25,6 +28,8 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// The file is not valid TOML or a value has the wrong type: `message` starts with the line and
+    /// column and may span several lines (the line itself, a caret under the place).
     #[error("{path}: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("{path}: {key}: {reason}")]
@@ -274,10 +279,98 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             path: path.to_owned(),
-            message: e.to_string().trim_end().replace('\n', " "),
+            message: syntax_message(text, &e),
         })?;
         Validator { path }.validate(raw)
     }
+}
+
+/// A TOML error as a technician reads it: `line L, column C: what`, then the line and a caret
+/// under the place, as written (several lines).
+fn syntax_message(text: &str, e: &toml::de::Error) -> String {
+    let what = plain_words(e.message().trim_end());
+    let Some(span) = e.span() else {
+        return what;
+    };
+    let start = span.start.min(text.len());
+    let before = text.get(..start).unwrap_or_default();
+    let line_no = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or_default();
+    let column = text
+        .get(line_start..start)
+        .map_or(1, |s| s.chars().count() + 1);
+    let width = text
+        .get(start..span.end.min(text.len()))
+        .map_or(1, |s| s.lines().next().unwrap_or_default().chars().count())
+        .max(1);
+    let gutter = " ".repeat(line_no.to_string().len());
+    format!(
+        "line {line_no}, column {column}: {what}\n{gutter} |\n{line_no} | {line}\n{gutter} | {}{}",
+        " ".repeat(column - 1),
+        "^".repeat(width)
+    )
+}
+
+/// serde's names of the types it expected, in a technician's words.
+fn plain_words(message: &str) -> String {
+    const WORDS: [(&str, &str); 11] = [
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        (
+            "expected u32",
+            "expected a whole number from 0 to 4294967295",
+        ),
+        ("expected u64", "expected a whole number, 0 or more"),
+        ("expected i8", "expected a whole number from -128 to 127"),
+        (
+            "expected i16",
+            "expected a whole number from -32768 to 32767",
+        ),
+        (
+            "expected i32",
+            "expected a whole number from -2147483648 to 2147483647",
+        ),
+        ("expected i64", "expected a whole number"),
+        ("expected path string", "expected a path in quotes"),
+        ("expected a string", "expected text in quotes"),
+        ("expected a boolean", "expected true or false"),
+    ];
+    let mut out = message.to_owned();
+    for (jargon, words) in WORDS {
+        // Whole words only: "expected u8" must not rewrite "expected u80…".
+        let mut from = 0;
+        while let Some(at) = out[from..].find(jargon).map(|i| i + from) {
+            let end = at + jargon.len();
+            if out[end..].starts_with(|c: char| c.is_ascii_alphanumeric()) {
+                from = end;
+                continue;
+            }
+            out.replace_range(at..end, words);
+            from = at + words.len();
+        }
+    }
+    out
+}
+
+/// The device a port path names, for comparing two readers' ports: the path with every symlink
+/// resolved when it exists, else the path with `.` and `..` worked out lexically (an unplugged
+/// reader's path).
+fn device_of(port: &Path) -> PathBuf {
+    if let Ok(real) = std::fs::canonicalize(port) {
+        return real;
+    }
+    let mut out = PathBuf::new();
+    for part in port.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 impl Config {
@@ -375,11 +468,23 @@ impl Validator<'_> {
                     ),
                 ));
             }
-            if readers.iter().any(|o| o.port == r.port) {
-                return Err(self.invalid(
-                    at("port"),
-                    format!("{:?} is used by another reader", r.port),
-                ));
+            let device = device_of(&r.port);
+            if let Some((j, other)) = readers
+                .iter()
+                .enumerate()
+                .find(|(_, o)| device_of(&o.port) == device)
+            {
+                let reason = if other.port == r.port {
+                    format!("{:?} is used by another reader (reader[{j}])", r.port)
+                } else {
+                    format!(
+                        "{:?} is the same device as reader[{j}].port {:?} (both are {}): one reader per device",
+                        r.port,
+                        other.port,
+                        device.display()
+                    )
+                };
+                return Err(self.invalid(at("port"), reason));
             }
             if !STANDARD_BAUD_RATES.contains(&r.baud) {
                 return Err(self.invalid(
@@ -616,6 +721,67 @@ file = "/etc/redeemd/terminal.key"
         assert!(error_of(&with("nonsense")).contains("not a URL"));
         let zero = format!("{MINIMAL}\n[sync]\nrequest_timeout_secs = 0\n");
         assert!(error_of(&zero).contains("sync.request_timeout_secs"));
+    }
+
+    #[test]
+    fn one_device_under_two_paths_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let device = dir.path().join("ttyS9");
+        std::fs::write(&device, b"").unwrap();
+        std::fs::create_dir(dir.path().join("x")).unwrap();
+        let link = dir.path().join("x").join("reader-0");
+        std::os::unix::fs::symlink(&device, &link).unwrap();
+        let two = |a: &Path, b: &Path| {
+            format!(
+                "{MINIMAL}\n[[reader]]\nname = \"a\"\nport = \"{}\"\n[[reader]]\nname = \"b\"\nport = \"{}\"\n",
+                a.display(),
+                b.display()
+            )
+        };
+        // A symlink to the device, and the same link spelt with `..`.
+        let e = error_of(&two(&device, &link));
+        assert!(
+            e.contains("reader[1].port") && e.contains("same device as reader[0].port"),
+            "{e}"
+        );
+        let dotted = dir.path().join("x").join("..").join("x").join("reader-0");
+        let e = error_of(&two(&link, &dotted));
+        assert!(e.contains("same device"), "{e}");
+        // Paths that do not exist (unplugged readers) are compared with `..` worked out.
+        let e = error_of(&two(
+            Path::new("/dev/none/r0"),
+            Path::new("/dev/none/x/../r0"),
+        ));
+        assert!(e.contains("same device"), "{e}");
+        assert!(parse(&two(Path::new("/dev/none/r0"), Path::new("/dev/none/r1"))).is_ok());
+    }
+
+    #[test]
+    fn toml_errors_keep_their_lines_and_say_types_in_words() {
+        let text = format!(
+            "{MINIMAL}\n[[reader]]\nname = \"a\"\nport = \"/dev/ttyS0\"\nbaud = \"fast\"\n"
+        );
+        let e = error_of(&text);
+        let lines: Vec<&str> = e.lines().collect();
+        assert!(
+            lines[0].contains("test.toml: line 10, column 8: invalid type: string \"fast\""),
+            "{e}"
+        );
+        assert!(
+            lines[0].ends_with("expected a whole number from 0 to 4294967295"),
+            "{e}"
+        );
+        assert_eq!(lines[2], "10 | baud = \"fast\"", "{e}");
+        assert_eq!(lines[3], "   |        ^^^^^^", "{e}");
+        assert!(!e.contains("u32"), "{e}");
+        let e = error_of(&format!("{MINIMAL}\n[risk]\nidentity_max_attempts = -1\n"));
+        assert!(
+            e.contains("expected a whole number from 0 to 4294967295"),
+            "{e}"
+        );
+        let e = error_of("terminal_id = \"T\"\nmerchant_id = \n");
+        assert!(e.contains("line 2, column"), "{e}");
+        assert_eq!(plain_words("expected u80"), "expected u80");
     }
 
     #[test]

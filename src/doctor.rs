@@ -1,9 +1,14 @@
 //! `redeemd doctor`: checks a live install and says, for each check, OK or what is wrong and how to
 //! fix it — in words a shop technician can act on.
 //!
-//! Every check is read-only except the state-directory probe (one temporary file, removed). Checks
-//! run as whoever calls `doctor` (usually root), so device permissions are judged for the *service*
-//! user (`--user`, default `redeemd`) from the device's owner, group and mode, not by opening as root.
+//! Every check is read-only except the state-directory probe, which writes into an unnamed temporary
+//! file (`O_TMPFILE`: it never appears in the directory and vanishes when closed), so that doctor
+//! leaves nothing behind. Checks run as whoever calls `doctor` (usually root), so device permissions
+//! are judged for the *service* user (`--user`, default `redeemd`) from the device's owner, group and
+//! mode, not by opening as root.
+//!
+//! Before the first start (no state directory yet, or an empty one) the database checks say so as
+//! information (`INFO`), not as a problem: a fresh install whose every other check passes exits 0.
 
 use std::fmt;
 use std::io::Write;
@@ -11,8 +16,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::config::{Config, KeySource, ReaderConfig};
-use crate::daemon::store_owner::wall_clock_ms as wall_ms;
 use crate::keys::load_secret_with;
+use crate::store::owner::wall_clock_ms as wall_ms;
 
 /// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +29,8 @@ pub enum Verdict {
     Problem,
     /// Could not be checked here (said why).
     Skipped,
+    /// Worth knowing, nothing to fix (e.g. not started yet).
+    Info,
 }
 
 impl fmt::Display for Verdict {
@@ -33,6 +40,7 @@ impl fmt::Display for Verdict {
             Verdict::Warning => "WARNING",
             Verdict::Problem => "PROBLEM",
             Verdict::Skipped => "SKIPPED",
+            Verdict::Info => "INFO",
         })
     }
 }
@@ -52,6 +60,14 @@ impl Finding {
         Finding {
             check: check.into(),
             verdict: Verdict::Ok,
+            detail: detail.into(),
+            fix: None,
+        }
+    }
+    fn info(check: impl Into<String>, detail: impl Into<String>) -> Finding {
+        Finding {
+            check: check.into(),
+            verdict: Verdict::Info,
             detail: detail.into(),
             fix: None,
         }
@@ -254,15 +270,24 @@ fn key_check(
 }
 
 fn state_dir_check(dir: &Path) -> Finding {
-    let probe = dir.join(".doctor-probe");
     match std::fs::metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Finding::bad(
-                Verdict::Warning,
-                "state dir",
-                format!("{} does not exist yet", dir.display()),
-                "the daemon creates it on start; with systemd, StateDirectory= does",
-            );
+            let parent = dir.parent().filter(|p| p.is_dir());
+            return match parent {
+                Some(_) => Finding::info(
+                    "state dir",
+                    format!(
+                        "not started yet: {} does not exist; systemd creates it when the service first starts (StateDirectory=), or `redeemd init` for a daemon run by hand",
+                        dir.display()
+                    ),
+                ),
+                None => Finding::bad(
+                    Verdict::Problem,
+                    "state dir",
+                    format!("{} does not exist, nor its parent directory", dir.display()),
+                    "check state_dir for a typo (redeemd never creates parent directories)",
+                ),
+            };
         }
         Err(e) => {
             return Finding::bad(
@@ -282,13 +307,32 @@ fn state_dir_check(dir: &Path) -> Finding {
         }
         Ok(_) => {}
     }
-    match std::fs::write(&probe, b"probe").and_then(|()| std::fs::remove_file(&probe)) {
-        Ok(()) => Finding::ok("state dir", format!("{} is writable", dir.display())),
+    let space = crate::store::state_dir::free_space(dir).ok();
+    let free = space.map_or_else(String::new, |(free, _)| format!(", {} MB free", free >> 20));
+    let free_disk_space = format!(
+        "free disk space on the filesystem of {} (`df -h {0}` shows it; old logs: `journalctl --vacuum-size=100M`)",
+        dir.display()
+    );
+    match probe_write(dir) {
+        Ok(()) if space.is_some_and(|(f, _)| f < LOW_SPACE_BYTES) => Finding::bad(
+            Verdict::Warning,
+            "state dir",
+            format!("{} is writable, but only{free}", dir.display()),
+            free_disk_space,
+        ),
+        Ok(()) => Finding::ok("state dir", format!("{} is writable{free}", dir.display())),
         Err(e) if e.raw_os_error() == Some(30) => Finding::bad(
             Verdict::Problem,
             "state dir",
             format!("{} is on a read-only filesystem", dir.display()),
             "put state_dir on a writable disk (check `mount`; a full or failing disk is remounted read-only)",
+        ),
+        // ENOSPC, EDQUOT: no room to write.
+        Err(e) if matches!(e.raw_os_error(), Some(28 | 122)) => Finding::bad(
+            Verdict::Problem,
+            "state dir",
+            format!("{}: disk full: {e}", dir.display()),
+            free_disk_space,
         ),
         Err(e) => Finding::bad(
             Verdict::Problem,
@@ -299,60 +343,123 @@ fn state_dir_check(dir: &Path) -> Finding {
     }
 }
 
+/// Below this much free space in the state directory doctor warns (a redemption needs a few KB, a
+/// full cache install twice the cache's size).
+const LOW_SPACE_BYTES: u64 = 64 << 20;
+
+/// Writes a page into an unnamed temporary file in `dir` (`O_TMPFILE`): proves the directory takes
+/// writes, with room for them, and leaves nothing behind. A filesystem without `O_TMPFILE` gets a
+/// named file, removed whatever happened.
+fn probe_write(dir: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let page = [0u8; 4096];
+    let unnamed = std::fs::OpenOptions::new()
+        .write(true)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::TMPFILE.bits() as i32)
+        .open(dir);
+    match unnamed {
+        Ok(mut file) => return file.write_all(&page).and_then(|()| file.sync_all()),
+        // EOPNOTSUPP, EISDIR, EINVAL: no O_TMPFILE here; anything else is the answer.
+        Err(e) if !matches!(e.raw_os_error(), Some(95 | 21 | 22)) => return Err(e),
+        Err(_) => {}
+    }
+    let probe = dir.join(format!(".doctor-probe-{}", std::process::id()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&probe)
+        .and_then(|mut file| file.write_all(&page).and_then(|()| file.sync_all()));
+    let removed = std::fs::remove_file(&probe);
+    match (written, removed) {
+        (Err(e), _) => Err(e),
+        (Ok(()), Err(e)) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        (Ok(()), _) => Ok(()),
+    }
+}
+
 fn store_checks(
     config: &Config,
     secret: &redeemd_contract::TerminalSecret,
     findings: &mut Vec<Finding>,
 ) {
+    use crate::store::StoreError;
+    use crate::store::state_dir::{Presence, presence};
     let path = config.state_dir.join(crate::store::DB_FILE);
-    if !path.is_file() {
-        findings.push(Finding::bad(
-            Verdict::Problem,
-            "database",
-            format!("no database at {}", path.display()),
-            "start the daemon once and install the platform's snapshot (it arrives with the first sync)",
-        ));
-        return;
-    }
-    let conn = match crate::store::open_database(&path) {
-        Ok(c) => c,
+    match presence(&config.state_dir) {
+        Ok(Presence::Empty) => {
+            findings.push(Finding::info(
+                "database",
+                format!(
+                    "not started yet: the daemon creates {} at its first start",
+                    path.display()
+                ),
+            ));
+            return;
+        }
+        Ok(Presence::Database) => {}
+        // Missing or not a directory: the state dir check said it.
+        Err(StoreError::StateDirMissing { .. } | StoreError::NotADirectory { .. }) => return,
         Err(e) => {
             findings.push(Finding::bad(
                 Verdict::Problem,
                 "database",
-                format!("{}: {e}", path.display()),
-                "restore the state directory from the last backup; call support with the file",
+                e.to_string(),
+                "restore the database from the last backup (see the message); call support",
             ));
             return;
         }
-    };
-    let keys = secret.derive_all(&config.terminal_id);
-    let mut integrity = crate::store::verify::database_file(&conn);
-    let checked = match crate::store::verify::journal(&conn, &keys) {
-        Ok(report) => {
-            integrity.extend(report.findings);
-            report.checked
-        }
-        Err(e) => {
-            integrity.push(crate::store::Integrity::new("journal", e.to_string()));
-            0
-        }
-    };
-    if integrity.is_empty() {
-        findings.push(Finding::ok(
-            "database",
-            format!("integrity check passed; journal chain of {checked} rows verifies"),
-        ));
-    } else {
-        let first: Vec<String> = integrity.iter().take(3).map(ToString::to_string).collect();
-        findings.push(Finding::bad(
-            Verdict::Problem,
-            "database",
-            format!("{} finding(s): {}", integrity.len(), first.join("; ")),
-            "do not edit the database; run `redeemd journal verify` for the full list and call support",
-        ));
     }
-    let Ok(store) = crate::store::Store::open_existing(&config.state_dir, secret, config.limits())
+    let expected = Some((config.terminal_id.as_str(), config.merchant_id.as_str()));
+    let (detail, fix) = match crate::store::verify::database(
+        &config.state_dir,
+        secret,
+        expected,
+        crate::store::verify::Scope::All,
+    ) {
+        Ok(v) if v.findings.is_empty() => {
+            findings.push(Finding::ok(
+                "database",
+                format!(
+                    "integrity check passed; journal chain of {} rows and {} cache entries verify",
+                    v.journal_rows.unwrap_or(0),
+                    v.cache.as_ref().map_or(0, |c| c.1)
+                ),
+            ));
+            (None, "")
+        }
+        Ok(v) => {
+            let first: Vec<String> = v.findings.iter().take(3).map(ToString::to_string).collect();
+            (
+                Some(format!(
+                    "{} finding(s): {}",
+                    v.findings.len(),
+                    first.join("; ")
+                )),
+                "do not edit the database; run `redeemd journal verify` and `redeemd cache verify` for the full list and call support",
+            )
+        }
+        Err(e @ StoreError::WrongKey { .. }) => (
+            Some(e.to_string()),
+            "install the secret the platform issued for this terminal (the key file, or the credential's source); nothing in the database needs repair",
+        ),
+        Err(e @ StoreError::WrongTerminal { .. }) => (
+            Some(e.to_string()),
+            "check terminal_id and merchant_id in the configuration and state_dir: a database of another terminal cannot serve this one",
+        ),
+        Err(e) => (
+            Some(format!("{}: {e}", path.display())),
+            "restore the state directory from the last backup; call support with the file",
+        ),
+    };
+    if let Some(detail) = detail {
+        findings.push(Finding::bad(Verdict::Problem, "database", detail, fix));
+        return;
+    }
+    let Ok(store) =
+        crate::store::Store::open_existing(&config.state_dir, secret, config.limits(), expected)
     else {
         return;
     };

@@ -3,7 +3,8 @@
 //!
 //! * seeding N cards (one transaction, prepared statements);
 //! * a full snapshot of N cards streamed to a client that reads and drops the bytes: the first request
-//!   (which also indexes N card references for the terminal) and a second one; identity and zstd;
+//!   (the terminal's N card references computed and sorted, numbers opened under the master key) and a
+//!   second one; identity and zstd;
 //! * a 1,000-card delta from the N-card database;
 //! * journal upload: 100,000 records in batches of 1,000 (each record maps to a card and updates its
 //!   usage), against a bare SQLite insert of the same rows in batches of 1,000 (same table, WAL,
@@ -16,8 +17,11 @@ mod support;
 
 use std::time::Instant;
 
-use clearing_server::cards::{self, StatusAction};
-use clearing_server::{AppState, db};
+use clearing_server::storage::cards::{self, StatusAction};
+use std::sync::Arc;
+
+use clearing_server::AppState;
+use clearing_server::storage::{self, Db, StorageError};
 use redeemd_contract::keys::{Tag, TerminalKeys, TerminalSecret};
 use redeemd_contract::snapshot::Manifest;
 use support::{Client, bench_cards, now_ms, number, row, scratch_dir, seed};
@@ -63,16 +67,18 @@ fn main() {
     let n = bench_cards();
     let dir = scratch_dir();
     let path = dir.path().join("clearing.sqlite3");
-    let mut conn = db::open(&path).unwrap();
-    db::enroll(&conn, "T-1", "M-1", &SECRET, now_ms()).unwrap();
-    cards::upsert_merchant(
-        &conn,
-        "M-1",
-        "城东洗车",
-        500,
-        &[support::CATEGORY.into()],
-        now_ms(),
-    )
+    let db = Arc::new(Db::open(&path.display().to_string()).unwrap());
+    db.write(|tx| -> Result<(), cards::CardError> {
+        storage::enroll(tx, &support::vault(), "T-1", "M-1", &SECRET, now_ms()).unwrap();
+        cards::upsert_merchant(
+            tx,
+            "M-1",
+            "城东洗车",
+            500,
+            &[support::CATEGORY.into()],
+            now_ms(),
+        )
+    })
     .unwrap();
     let keys = TerminalSecret::from_bytes(&SECRET)
         .unwrap()
@@ -80,7 +86,7 @@ fn main() {
 
     println!("| measure | figure | notes |");
     println!("|---|---|---|");
-    let seeded = seed(&mut conn, n);
+    let seeded = seed(&db, n);
     row(
         &format!("seed {n} cards"),
         format!("{:.0} cards/s", n as f64 / seeded.as_secs_f64()),
@@ -93,8 +99,11 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let check = db::open(&path).unwrap();
-    let state = AppState::new(conn, clearing_server::system_clock());
+    let state = AppState::shared(
+        db.clone(),
+        Arc::new(support::vault()),
+        clearing_server::system_clock(),
+    );
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
@@ -128,7 +137,7 @@ fn main() {
         );
         (bytes, tail)
     };
-    let (plain_bytes, tail) = full("identity, first (indexes N card refs)", None, &mut client);
+    let (plain_bytes, tail) = full("identity, first", None, &mut client);
     let m = manifest(&tail, &keys);
     assert_eq!(m.entry_count, n, "every card in the snapshot");
     full("identity", None, &mut client);
@@ -139,13 +148,15 @@ fn main() {
     let base_version = m.version;
     {
         let now = now_ms();
-        let mut c = db::open(&path).unwrap();
-        let tx = c.transaction().unwrap();
         let step = (n / DELTA_CARDS).max(1);
-        for i in 0..DELTA_CARDS.min(n) {
-            cards::set_status(&tx, &number(i * step), StatusAction::Freeze, now).unwrap();
-        }
-        tx.commit().unwrap();
+        let vault = support::vault();
+        db.write(|tx| -> Result<(), cards::CardError> {
+            for i in 0..DELTA_CARDS.min(n) {
+                cards::set_status(tx, &vault, &number(i * step), StatusAction::Freeze, now)?;
+            }
+            Ok(())
+        })
+        .unwrap();
     }
     let t = Instant::now();
     let (bytes, kind, tail) = rt.block_on(client.bundle(base_version, None));
@@ -180,8 +191,10 @@ fn main() {
         rt.block_on(client.upload(b));
     }
     let upload_s = t.elapsed().as_secs_f64();
-    let stored: i64 = check
-        .query_row("SELECT count(*) FROM journal", [], |r| r.get(0))
+    let stored = db
+        .read(|tx| -> Result<i64, StorageError> {
+            tx.query_one("SELECT count(*) FROM journal", &[])?.i64(0)
+        })
         .unwrap();
     assert_eq!(stored as u64, UPLOAD_RECORDS);
     let bare_s = bare_insert(dir.path(), &recs);
@@ -219,8 +232,12 @@ fn main() {
 /// The same rows into the same table of a fresh database, batch by batch: the floor under the upload.
 fn bare_insert(dir: &std::path::Path, recs: &[(redeemd_contract::JournalRecord, Tag)]) -> f64 {
     let path = dir.join("bare.sqlite3");
-    let mut c = db::open(&path).unwrap();
-    db::enroll(&c, "T-1", "M-1", &SECRET, 0).unwrap();
+    Db::open(&path.display().to_string())
+        .unwrap()
+        .write(|tx| storage::enroll(tx, &support::vault(), "T-1", "M-1", &SECRET, 0))
+        .unwrap();
+    let mut c = rusqlite::Connection::open(&path).unwrap();
+    c.pragma_update(None, "synchronous", "FULL").unwrap();
     let rows: Vec<(u64, Vec<u8>, Tag)> =
         recs.iter().map(|(r, m)| (r.seq, r.encode(), *m)).collect();
     let t = Instant::now();

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 
-use clearing_server::{AppState, db};
+use clearing_server::AppState;
+use clearing_server::storage::{self, Db, StorageError};
+use common::engines::{Engine, blocking, database, vault};
 use common::{T0, chain, upload_body};
 use redeemd_contract::JournalRecord;
 use redeemd_contract::keys::{Tag, TerminalKeys, TerminalSecret};
@@ -16,7 +18,7 @@ const SECRET: [u8; 32] = [7; 32];
 
 struct Server {
     base: String,
-    db_path: std::path::PathBuf,
+    db: std::sync::Arc<Db>,
     clock: Arc<AtomicI64>,
     nonce: AtomicU8,
     keys: TerminalKeys,
@@ -24,17 +26,23 @@ struct Server {
     _dir: tempfile::TempDir,
 }
 
-async fn start() -> Server {
+async fn start(engine: Engine) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let db_path = dir.path().join("clearing.sqlite3");
-    let conn = db::open(&db_path).unwrap();
-    db::enroll(&conn, "T-1", "M-1", &SECRET, T0).unwrap();
-    db::enroll(&conn, "T-2", "M-1", &[8; 32], T0).unwrap();
+    let db = blocking(|| {
+        let db = Db::open(&database(engine, dir.path())).unwrap();
+        db.write(|tx| {
+            storage::enroll(tx, &vault(), "T-1", "M-1", &SECRET, T0)?;
+            storage::enroll(tx, &vault(), "T-2", "M-1", &[8; 32], T0)
+        })
+        .unwrap();
+        db
+    });
     let clock = Arc::new(AtomicI64::new(T0));
     let c = clock.clone();
-    let state = AppState::new(conn, Arc::new(move || c.load(Ordering::SeqCst)));
+    let state = AppState::new(db, vault(), Arc::new(move || c.load(Ordering::SeqCst)));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
+    let state_db = state.db();
     tokio::spawn(async move {
         axum::serve(listener, clearing_server::router(state))
             .await
@@ -42,7 +50,7 @@ async fn start() -> Server {
     });
     Server {
         base,
-        db_path,
+        db: state_db,
         clock,
         nonce: AtomicU8::new(0),
         keys: TerminalSecret::from_bytes(&SECRET)
@@ -145,14 +153,16 @@ impl Server {
 }
 
 fn stored_count(s: &Server) -> i64 {
-    let c = rusqlite::Connection::open(&s.db_path).unwrap();
-    c.query_row("SELECT count(*) FROM journal", [], |r| r.get(0))
+    blocking(|| {
+        s.db.read(|tx| -> Result<i64, StorageError> {
+            tx.query_one("SELECT count(*) FROM journal", &[])?.i64(0)
+        })
         .unwrap()
+    })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upload_is_idempotent_and_the_head_resumes() {
-    let s = start().await;
+async fn upload_is_idempotent_and_the_head_resumes(engine: Engine) {
+    let s = start(engine).await;
     let recs = chain(&s.keys, 10, |_| 1);
     let (st, v) = s.head().await;
     assert_eq!((st, v["acknowledged_seq"].as_u64()), (200, Some(0)));
@@ -194,9 +204,8 @@ async fn upload_is_idempotent_and_the_head_resumes() {
     assert_eq!(v["acknowledged_mac"], hex::encode(recs[9].1));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reused_seq_with_other_content_is_a_conflict_never_an_overwrite() {
-    let s = start().await;
+async fn a_reused_seq_with_other_content_is_a_conflict_never_an_overwrite(engine: Engine) {
+    let s = start(engine).await;
     let recs = chain(&s.keys, 5, |_| 1);
     assert_eq!(s.upload(1, &recs).await.0, 200);
     // A fork: the terminal's database restored from a backup at seq 3, then new redemptions.
@@ -213,9 +222,8 @@ async fn a_reused_seq_with_other_content_is_a_conflict_never_an_overwrite() {
     assert_eq!(head["acknowledged_mac"], hex::encode(recs[4].1));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gaps_tampering_and_broken_chains_are_named_and_nothing_is_stored() {
-    let s = start().await;
+async fn gaps_tampering_and_broken_chains_are_named_and_nothing_is_stored(engine: Engine) {
+    let s = start(engine).await;
     let recs = chain(&s.keys, 8, |_| 1);
     let (st, v) = s.upload(3, &recs[2..]).await;
     assert_eq!((st, v["code"].as_str()), (409, Some("sequence_gap")), "{v}");
@@ -258,8 +266,7 @@ async fn gaps_tampering_and_broken_chains_are_named_and_nothing_is_stored() {
 
     // The records before a refused one can still be uploaded; the exceptions list names each refusal.
     assert_eq!(s.upload(1, &recs[..4]).await.0, 200);
-    let c = db::open(&s.db_path).unwrap();
-    let ex = db::exceptions(&c, "T-1").unwrap();
+    let ex = blocking(|| s.db.read(|tx| storage::exceptions(tx, "T-1")).unwrap());
     // (The records' card is not a platform card: each stored one is also noted as `unknown_card`.)
     let codes: Vec<_> = ex
         .iter()
@@ -277,9 +284,8 @@ async fn gaps_tampering_and_broken_chains_are_named_and_nothing_is_stored() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn authentication_failures_have_precise_codes() {
-    let s = start().await;
+async fn authentication_failures_have_precise_codes(engine: Engine) {
+    let s = start(engine).await;
     let body = upload_body(1, &chain(&s.keys, 1, |_| 1));
     let path = "/v1/terminals/T-1/journal";
     let code = |v: &Value| v["code"].as_str().unwrap().to_owned();
@@ -338,9 +344,8 @@ async fn authentication_failures_have_precise_codes() {
     assert_eq!((st, code(&v)), (401, "nonce_replayed".into()));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_and_oversized_bodies_are_refused_without_writes() {
-    let s = start().await;
+async fn malformed_and_oversized_bodies_are_refused_without_writes(engine: Engine) {
+    let s = start(engine).await;
     let path = "/v1/terminals/T-1/journal";
     let (st, v) = s
         .send("POST", path, b"{\"from_seq\": 1, \"records\": [".to_vec())
@@ -383,7 +388,7 @@ async fn malformed_and_oversized_bodies_are_refused_without_writes() {
     }
     // More records than one upload may carry (schema-valid items, refused by count before any check).
     let item = json!({"seq": 1, "record": "AA==", "mac": "00".repeat(32)});
-    let items: Vec<Value> = (1..=clearing_server::MAX_RECORDS as u64 + 1)
+    let items: Vec<Value> = (1..=clearing_server::http::terminal::MAX_RECORDS as u64 + 1)
         .map(|seq| {
             let mut i = item.clone();
             i["seq"] = json!(seq);
@@ -411,9 +416,8 @@ async fn malformed_and_oversized_bodies_are_refused_without_writes() {
     assert_eq!(stored_count(&s), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batch_close_reconciles_once_per_day() {
-    let s = start().await;
+async fn batch_close_reconciles_once_per_day(engine: Engine) {
+    let s = start(engine).await;
     let path = "/v1/terminals/T-1/batch-close";
     // T0 is 2026-11-18 19:06 at UTC+8; the chain's records are a few ms apart.
     let close = |items: Value, date: &str| {
@@ -473,9 +477,8 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     e.finish().unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gzip_uploads_are_inflated_after_authentication_and_bombs_are_refused() {
-    let s = start().await;
+async fn gzip_uploads_are_inflated_after_authentication_and_bombs_are_refused(engine: Engine) {
+    let s = start(engine).await;
     let recs = chain(&s.keys, 3, |_| 1);
     let (st, v) = s.send_encoded("gzip", gzip(&upload_body(1, &recs))).await;
     assert_eq!(st, 200, "{v}");
@@ -523,10 +526,9 @@ async fn gzip_uploads_are_inflated_after_authentication_and_bombs_are_refused() 
 
 /// A terminal holds its own journal key, so it can upload records with any amount: fen totals at the
 /// limits of the API's int64 must be answered like any others, and the server must go on serving.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_close_of_amounts_beyond_int64_is_answered_and_the_server_keeps_serving() {
+async fn a_close_of_amounts_beyond_int64_is_answered_and_the_server_keeps_serving(engine: Engine) {
     use redeemd_contract::close;
-    let s = start().await;
+    let s = start(engine).await;
     let mut prev = redeemd_contract::journal::genesis_mac(&s.keys.journal, "T-1");
     let recs: Vec<(JournalRecord, Tag)> = (1..=3)
         .map(|seq| {
@@ -557,3 +559,5 @@ async fn a_close_of_amounts_beyond_int64_is_answered_and_the_server_keeps_servin
     let (st, v) = s.head().await;
     assert_eq!((st, v["acknowledged_seq"].as_u64()), (200, Some(3)), "{v}");
 }
+
+on_both_engines!(async upload_is_idempotent_and_the_head_resumes, a_reused_seq_with_other_content_is_a_conflict_never_an_overwrite, gaps_tampering_and_broken_chains_are_named_and_nothing_is_stored, authentication_failures_have_precise_codes, malformed_and_oversized_bodies_are_refused_without_writes, batch_close_reconciles_once_per_day, gzip_uploads_are_inflated_after_authentication_and_bombs_are_refused, a_close_of_amounts_beyond_int64_is_answered_and_the_server_keeps_serving);

@@ -6,7 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use clearing_server::{AppState, Limits, db};
+use clearing_server::storage::Db;
+use clearing_server::{AppState, Limits};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -15,8 +16,16 @@ const PATIENCE: Duration = Duration::from_secs(10);
 
 async fn start(limits: Limits) -> (String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let conn = db::open(&dir.path().join("clearing.sqlite3")).unwrap();
-    let state = AppState::new(conn, Arc::new(|| 0)).with_limits(limits);
+    // The connection layer is the same whatever the database: these run on SQLite only.
+    let db = Db::open(&dir.path().join("clearing.sqlite3").display().to_string()).unwrap();
+    let state = AppState::new(
+        db,
+        clearing_server::vault::Vault::new(
+            clearing_server::vault::MasterKey::from_bytes(&[42; 32]).unwrap(),
+        ),
+        Arc::new(|| 0),
+    )
+    .with_limits(limits);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     tokio::spawn(clearing_server::serve(

@@ -3,142 +3,23 @@
 //! the card admin commands, and the clearing reports (`admin statement`, `admin exceptions`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::process::{Command, Stdio};
 
+use common::engines::{Engine, database};
 use redeemd_contract::keys::{TerminalKeys, TerminalSecret};
 use redeemd_contract::request::SignedHeaders;
 use serde_json::Value;
 
 mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_clearing-server");
-
-/// Kills the server process when dropped, even on a failed assertion.
-struct Server {
-    child: std::process::Child,
-    addr: String,
-}
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `admin enroll` of `terminal` for merchant M-1, writing its secret to `key`.
-fn enroll(db: &Path, terminal: &str, key: &Path) -> std::process::Output {
-    admin(
-        db,
-        &[
-            "enroll",
-            "--terminal",
-            terminal,
-            "--merchant",
-            "M-1",
-            "--key-file",
-            key.to_str().unwrap(),
-        ],
-    )
-}
-
-fn serve(db: &Path) -> Server {
-    serve_with(db, &[]).0
-}
-
-/// `clearing-server --db <db> serve --listen 127.0.0.1:0 <args>`.
-fn serve_command(db: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(BIN);
-    c.args([
-        "--db",
-        db.to_str().unwrap(),
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-    ])
-    .args(args);
-    c
-}
-
-/// [`serve_command`] started: the server and its log lines up to the listening line.
-fn serve_with(db: &Path, args: &[&str]) -> (Server, Vec<String>) {
-    let mut child = serve_command(db, args)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut log = Vec::new();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let addr = loop {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "server exited: {log:?}"
-        );
-        log.push(line.trim().to_owned());
-        if let Some(addr) = line.trim().split("listening on http://").nth(1) {
-            break addr.to_owned();
-        }
-    };
-    (Server { child, addr }, log)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-/// Sends one signed request; `None` when the connection failed (server gone).
-async fn send(
-    addr: &str,
-    keys: &TerminalKeys,
-    method: &str,
-    path: &str,
-    body: Vec<u8>,
-) -> Option<(u16, Value)> {
-    let mut nonce = [0u8; 16];
-    getrandom::fill(&mut nonce).unwrap();
-    let h = SignedHeaders::sign(
-        &keys.request,
-        &keys.terminal_id,
-        method,
-        path,
-        now_ms(),
-        nonce,
-        &body,
-    );
-    let mut req = reqwest::Client::new()
-        .request(method.parse().unwrap(), format!("http://{addr}{path}"))
-        .header("content-type", "application/json")
-        .body(body);
-    for (k, v) in h.pairs() {
-        req = req.header(k, v);
-    }
-    let resp = req.send().await.ok()?;
-    let status = resp.status().as_u16();
-    let v = serde_json::from_slice(&resp.bytes().await.ok()?).unwrap_or(Value::Null);
-    Some((status, v))
-}
-
-/// Multi-threaded, so that a spawned request progresses while the test thread kills the server.
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use common::binary::*;
 
 const HEAD: &str = "/v1/terminals/T-1/journal/head";
 const JOURNAL: &str = "/v1/terminals/T-1/journal";
 
-#[test]
-fn enroll_then_serve_a_signed_request() {
+fn enroll_then_serve_a_signed_request(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("c.sqlite3");
+    let db = database(engine, dir.path());
     let key = dir.path().join("T-1.key");
     let out = enroll(&db, "T-1", &key);
     assert!(
@@ -169,15 +50,8 @@ fn enroll_then_serve_a_signed_request() {
 
     // Disabled by the platform: refused until enabled again.
     let admin = |cmd: &str, terminal: &str| {
-        Command::new(BIN)
-            .args([
-                "--db",
-                db.to_str().unwrap(),
-                "admin",
-                cmd,
-                "--terminal",
-                terminal,
-            ])
+        platform()
+            .args(["--db", &db, "admin", cmd, "--terminal", terminal])
             .output()
             .unwrap()
     };
@@ -200,10 +74,9 @@ fn enroll_then_serve_a_signed_request() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("T-404 is not enrolled"));
 }
 
-#[test]
-fn the_cache_validity_is_a_checked_serve_setting() {
+fn the_cache_validity_is_a_checked_serve_setting(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("c.sqlite3");
+    let db = database(engine, dir.path());
     let (_server, log) = serve_with(&db, &[]);
     assert_eq!(
         log[0],
@@ -240,10 +113,9 @@ fn the_cache_validity_is_a_checked_serve_setting() {
     }
 }
 
-#[test]
-fn kill_9_during_an_upload_loses_nothing_and_stores_nothing_twice() {
+fn kill_9_during_an_upload_loses_nothing_and_stores_nothing_twice(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("c.sqlite3");
+    let db = database(engine, dir.path());
     let keys = enrolled(&db, dir.path(), "T-1");
     const BATCH: u64 = 500;
     let delays_ms = [0u64, 20, 80, 200, 600];
@@ -291,54 +163,20 @@ fn kill_9_during_an_upload_loses_nothing_and_stores_nothing_twice() {
         acked = to;
     }
     eprintln!("batch committed before the kill, per round: {outcomes:?}");
-    let c = rusqlite::Connection::open(&db).unwrap();
-    let (n, min, max): (i64, i64, i64) = c
-        .query_row(
-            "SELECT count(*), min(seq), max(seq) FROM journal",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
+    let (n, min, max) = query(&db, "SELECT count(*), min(seq), max(seq) FROM journal")
+        .map(|r| (r.i64(0).unwrap(), r.i64(1).unwrap(), r.u64(2).unwrap()))
+        .next()
         .unwrap();
-    assert_eq!((n, min, max as u64), (acked as i64, 1, acked));
-}
-
-/// Runs `clearing-server --db DB admin ARGS…`.
-fn admin(db: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .args(["--db", db.to_str().unwrap(), "admin"])
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-/// Succeeds, or fails the test with the command's stderr. Returns stdout.
-fn ok(db: &Path, args: &[&str]) -> String {
-    let out = admin(db, args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Fails with a message containing `needle`. Returns stderr.
-fn refused(db: &Path, args: &[&str], needle: &str) -> String {
-    let out = admin(db, args);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "{args:?} succeeded");
-    assert!(err.contains(needle), "{args:?}: {err:?} lacks {needle:?}");
-    err
+    assert_eq!((n, min, max), (acked as i64, 1, acked));
 }
 
 const CARD_A: &str = "6228 4800 1234 5678";
 const CARD_A_DIGITS: &str = "6228480012345678";
 const CARD_B: &str = "6228480099990001";
 
-#[test]
-fn card_lifecycle_through_the_admin_commands() {
+fn card_lifecycle_through_the_admin_commands(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("c.sqlite3");
+    let db = database(engine, dir.path());
     // Enrolling for an unknown merchant creates it with defaults.
     let keys = enrolled(&db, dir.path(), "T-1");
     ok(
@@ -533,35 +371,47 @@ fn card_lifecycle_through_the_admin_commands() {
 
     // The deny list of the merchant that sees the card: lost, frozen, cancelled, in that order, each
     // with the card's version at the change.
-    let c = rusqlite::Connection::open(&db).unwrap();
-    let deny: Vec<(i64, i64, i64)> = c
-        .prepare("SELECT version, status, entry_version FROM deny_entry WHERE merchant_id = 'M-1' ORDER BY version")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let deny: Vec<(i64, i64, i64)> = query(
+        &db,
+        "SELECT version, status, entry_version FROM deny_entry WHERE merchant_id = 'M-1' ORDER BY version",
+    )
+    .map(|r| (r.i64(0).unwrap(), r.i64(1).unwrap(), r.i64(2).unwrap()))
+    .collect();
     assert_eq!(
         deny.iter().map(|d| (d.0, d.1)).collect::<Vec<_>>(),
         [(1, 2), (2, 3), (3, 4)]
     );
     assert!(deny.windows(2).all(|w| w[0].2 < w[1].2));
-    // The full number is stored (the platform issues cards) but never printed.
-    let stored: String = c
-        .query_row("SELECT number FROM card WHERE id = 1", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(stored, CARD_A_DIGITS);
-    let help = Command::new(BIN)
+    // The number is stored sealed under the master key and found by its keyed lookup hash; it opens
+    // with the key.
+    let (key, sealed) = query(
+        &db,
+        "SELECT number_key, number_sealed FROM card WHERE id = 1",
+    )
+    .map(|r| (r.text(0).unwrap(), r.blob(1).unwrap().to_vec()))
+    .next()
+    .unwrap();
+    let vault = common::engines::vault();
+    assert_eq!(key, vault.lookup_key(CARD_A_DIGITS));
+    assert!(
+        !sealed
+            .windows(CARD_A_DIGITS.len())
+            .any(|w| w == CARD_A_DIGITS.as_bytes())
+    );
+    assert_eq!(
+        &vault.open("card-number", &sealed).unwrap()[..],
+        CARD_A_DIGITS.as_bytes()
+    );
+    let help = platform()
         .args(["admin", "card", "customize", "--help"])
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("CODE:TITLE:USES:PRICE_FEN"));
 }
 
-#[test]
-fn a_replayed_request_is_refused_after_a_server_restart() {
+fn a_replayed_request_is_refused_after_a_server_restart(engine: Engine) {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("c.sqlite3");
+    let db = database(engine, dir.path());
     let keys = enrolled(&db, dir.path(), "T-1");
     let body = common::upload_body(1, &common::chain(&keys, 2, |_| 1));
     // One captured request, sent again as is.
@@ -612,43 +462,11 @@ fn a_replayed_request_is_refused_after_a_server_restart() {
     );
 }
 
-/// Keys of a terminal enrolled with `admin enroll --key-file` (the key file in `dir`).
-fn enrolled(db: &Path, dir: &Path, terminal: &str) -> TerminalKeys {
-    let key = dir.join(format!("{terminal}.key"));
-    let out = enroll(db, terminal, &key);
-    assert!(
-        out.status.success(),
-        "enroll {terminal}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    TerminalSecret::from_hex_text(&std::fs::read_to_string(&key).unwrap())
-        .unwrap()
-        .derive_all(terminal)
-}
-
-/// Uploads `recs` (continuing the terminal's chain) and returns the answer.
-fn upload(
-    server: &Server,
-    keys: &TerminalKeys,
-    recs: &[(redeemd_contract::JournalRecord, redeemd_contract::keys::Tag)],
-) -> (u16, Value) {
-    let path = format!("/v1/terminals/{}/journal", keys.terminal_id);
-    runtime()
-        .block_on(send(
-            &server.addr,
-            keys,
-            "POST",
-            &path,
-            redeemd::sync::wire::upload_body(recs),
-        ))
-        .unwrap()
-}
-
-#[test]
-fn clearing_reports_name_over_redemption_across_shops_redemptions_after_a_loss_and_refused_records()
-{
+fn clearing_reports_name_over_redemption_across_shops_redemptions_after_a_loss_and_refused_records(
+    engine: Engine,
+) {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("c.sqlite3");
+    let db = database(engine, dir.path());
     let t1 = enrolled(&db, dir.path(), "T-1");
     let t2 = enrolled(&db, dir.path(), "T-2");
     ok(
@@ -860,3 +678,226 @@ fn clearing_reports_name_over_redemption_across_shops_redemptions_after_a_loss_a
         "--from 2026-11-21 is not before --until 2026-11-20",
     );
 }
+
+/// PCI DSS 3.5: after cards are issued, customized, reported lost and reissued, records uploaded and
+/// bundles served, no card number is anywhere in the database's files (WAL included) or the server's
+/// log — only sealed values and keyed lookup hashes.
+fn no_card_number_is_stored_or_logged_in_clear(engine: Engine) {
+    const NAMED: &str = "6228480012345678";
+    const ANON: &str = "6228480055550001";
+    const NEW: &str = "6228480099990002";
+    const NEVER_ISSUED: &str = "6228480077770003";
+    let dir = tempfile::tempdir().unwrap();
+    let db = database(engine, dir.path());
+    let keys = enrolled(&db, dir.path(), "T-1");
+    ok(
+        &db,
+        &[
+            "card",
+            "create",
+            "--number",
+            NAMED,
+            "--holder",
+            "张三",
+            "--identity",
+            "1234",
+        ],
+    );
+    ok(&db, &["card", "create", "--number", ANON]);
+    for n in [NAMED, ANON] {
+        ok(
+            &db,
+            &[
+                "card",
+                "customize",
+                "--number",
+                n,
+                "--package",
+                "P1",
+                "--title",
+                "洗车套餐",
+                "--valid-from",
+                "2026-01-01",
+                "--valid-until",
+                "2030-12-31",
+                "--item",
+                "WASH:精洗:10:3500",
+            ],
+        );
+    }
+    ok(&db, &["card", "lost", "--number", ANON]);
+    ok(&db, &["card", "reissue", "--from", NAMED, "--to", NEW]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = dir.path().join("server.log");
+    let mut child = platform()
+        .args([
+            "--db",
+            &db,
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(std::time::Instant::now() < deadline, "server not listening");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let card = |n: &str| {
+        redeemd_contract::model::CardNumber::parse(n)
+            .unwrap()
+            .card_ref(&keys.card_token)
+    };
+    let recs = common::lines(
+        &keys,
+        None,
+        &[
+            common::Line::redeem(card(NEW), "P1", "WASH", 1),
+            common::Line::redeem(card(NEVER_ISSUED), "P1", "WASH", 1),
+        ],
+    );
+    let rt = runtime();
+    let (st, v) = rt
+        .block_on(send(
+            &addr,
+            &keys,
+            "POST",
+            JOURNAL,
+            common::upload_body(1, &recs),
+        ))
+        .unwrap();
+    assert_eq!(st, 200, "{v}");
+    for path in [
+        "/v1/terminals/T-1/entitlements?since=0",
+        "/v1/terminals/T-1/deny-list?since=0",
+    ] {
+        let (st, _) = rt
+            .block_on(send(&addr, &keys, "GET", path, Vec::new()))
+            .unwrap();
+        assert!(st == 200, "{path}: {st}");
+    }
+    let exceptions = ok(&db, &["exceptions"]);
+    assert!(exceptions.contains("622848******0003"), "{exceptions}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let mut files = common::engines::database_files(engine, dir.path());
+    files.push(log);
+    assert!(files.len() >= 2, "{files:?}");
+    for file in &files {
+        let Ok(bytes) = std::fs::read(file) else {
+            continue;
+        };
+        for n in [NAMED, ANON, NEW, NEVER_ISSUED] {
+            assert!(
+                !bytes.windows(n.len()).any(|w| w == n.as_bytes()),
+                "card {n} in clear in {}",
+                file.display()
+            );
+        }
+    }
+}
+
+/// `admin key rotate` re-seals every card number, identity and terminal secret under a new master key:
+/// the old key is refused from then on, the new one opens everything, the terminal's requests verify.
+fn the_master_key_rotates(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = database(engine, dir.path());
+    let keys = enrolled(&db, dir.path(), "T-1");
+    ok(
+        &db,
+        &[
+            "card",
+            "create",
+            "--number",
+            CARD_A,
+            "--holder",
+            "张三",
+            "--identity",
+            "1234",
+        ],
+    );
+    let new_key = dir.path().join("new.key");
+    let out = platform()
+        .args(["admin", "key", "generate", "--out"])
+        .arg(&new_key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::metadata(&new_key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let with_new = |args: &[&str]| {
+        platform()
+            .env("CLEARING_MASTER_KEY_FILE", &new_key)
+            .args(["--db", &db, "admin"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // Before the rotation the new key is not the database's.
+    let out = with_new(&["card", "show", "--number", CARD_A]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not this database's"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ok(
+        &db,
+        &[
+            "key",
+            "rotate",
+            "--new-master-key-file",
+            new_key.to_str().unwrap(),
+        ],
+    );
+    let out = with_new(&["card", "show", "--number", CARD_A]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("identity data on file"));
+    refused(
+        &db,
+        &["card", "show", "--number", CARD_A],
+        "is not this database's",
+    );
+    let sealed_with: Vec<Vec<u8>> = query(
+        &db,
+        "SELECT sealed_with FROM card UNION ALL SELECT sealed_with FROM terminal",
+    )
+    .map(|r| r.blob(0).unwrap().to_vec())
+    .collect();
+    let new_vault = clearing_server::vault::MasterKey::load(
+        &clearing_server::vault::KeySource::File(new_key.clone()),
+    )
+    .unwrap();
+    assert_eq!(sealed_with.len(), 2);
+    assert!(sealed_with.iter().all(|f| f[..] == new_vault.fingerprint()));
+    // The terminal's secret opens under the new key: its signed requests verify.
+    let server = {
+        let mut c = serve_command(&db, &[]);
+        c.env("CLEARING_MASTER_KEY_FILE", &new_key);
+        serve_child(c)
+    };
+    let (st, v) = runtime()
+        .block_on(send(&server.addr, &keys, "GET", HEAD, Vec::new()))
+        .unwrap();
+    assert_eq!(st, 200, "{v}");
+}
+
+on_both_engines!(sync the_master_key_rotates, no_card_number_is_stored_or_logged_in_clear, enroll_then_serve_a_signed_request, the_cache_validity_is_a_checked_serve_setting, kill_9_during_an_upload_loses_nothing_and_stores_nothing_twice, card_lifecycle_through_the_admin_commands, a_replayed_request_is_refused_after_a_server_restart, clearing_reports_name_over_redemption_across_shops_redemptions_after_a_loss_and_refused_records);

@@ -6,7 +6,7 @@
 //! (`docs/api/README.md`, "`GET deny-list`"):
 //!
 //! ```text
-//! deny_mac = HMAC(cache key, "redeemd/deny/v1" ‖ str merchant_id ‖ u64 version ‖ [32] card_ref
+//! deny_mac = HMAC(cache key, "redeemd/deny/v2" ‖ str merchant_id ‖ u64 version ‖ [32] card_ref
 //!                 ‖ u8 status (2 lost, 3 frozen, 4 cancelled) ‖ u64 entry_version ‖ i64 reported_at_ms)
 //! ```
 //!
@@ -19,7 +19,7 @@ use crate::codec::Writer;
 use crate::keys::{MacKey, Tag};
 use crate::model::{CardRef, CardStatus};
 
-const DOMAIN: &[u8] = b"redeemd/deny/v1";
+const DOMAIN: &[u8] = b"redeemd/deny/v2";
 
 /// A status that refuses a card. (There is deliberately no way to express "active".)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

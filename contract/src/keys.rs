@@ -6,7 +6,8 @@
 //!        ├─ info "redeemd/v1/cache-verify/<terminal id>"  → verifies snapshot entries and manifests
 //!        ├─ info "redeemd/v1/journal-mac/<terminal id>"   → journal HMAC chain, authorization codes, local state rows
 //!        ├─ info "redeemd/v1/request-sign/<terminal id>"  → signs requests to the clearing server
-//!        ├─ info "redeemd/v1/card-token/<terminal id>"    → card reference = HMAC(card number)
+//!        ├─ info "redeemd/v1/card-ref-siv/<terminal id>"  → card reference = AES-256-SIV(card number),
+//!        │                                                  64 bytes (see `model::CardNumber::card_ref`)
 //!        └─ info "redeemd/v1/identity/<terminal id>"      → identity verifier = HMAC(card ref, identity data)
 //! ```
 //!
@@ -87,6 +88,20 @@ impl TerminalSecret {
         MacKey::from_raw(purpose, &okm)
     }
 
+    /// The card-token key of `terminal_id`: 64 bytes of HKDF output (info
+    /// `"redeemd/v1/card-ref-siv/<terminal id>"`), an AES-256-SIV key.
+    pub fn derive_card_token(&self, terminal_id: &str) -> CardTokenKey {
+        let hk = Hkdf::<Sha256>::new(Some(b"redeemd/v1/terminal"), &self.0);
+        let info = format!("redeemd/v1/card-ref-siv/{terminal_id}");
+        let mut okm = Zeroizing::new([0u8; CARD_TOKEN_KEY_LEN]);
+        // 64 bytes is far below HKDF-SHA256's limit, so `expand` cannot fail; a zero key (whose
+        // references match no card the platform issued) rather than a panic if it ever did.
+        if hk.expand(info.as_bytes(), okm.as_mut()).is_err() {
+            okm.fill(0);
+        }
+        CardTokenKey { key: okm }
+    }
+
     /// Derives every purpose key of `terminal_id`.
     pub fn derive_all(&self, terminal_id: &str) -> TerminalKeys {
         TerminalKeys {
@@ -94,7 +109,7 @@ impl TerminalSecret {
             cache: self.derive(Purpose::CacheVerify, terminal_id),
             journal: self.derive(Purpose::JournalMac, terminal_id),
             request: self.derive(Purpose::RequestSigning, terminal_id),
-            card_token: self.derive(Purpose::CardToken, terminal_id),
+            card_token: self.derive_card_token(terminal_id),
             identity: self.derive(Purpose::IdentityVerifier, terminal_id),
         }
     }
@@ -116,7 +131,6 @@ pub enum Purpose {
     CacheVerify,
     JournalMac,
     RequestSigning,
-    CardToken,
     IdentityVerifier,
 }
 
@@ -126,7 +140,6 @@ impl Purpose {
             Purpose::CacheVerify => "cache-verify",
             Purpose::JournalMac => "journal-mac",
             Purpose::RequestSigning => "request-sign",
-            Purpose::CardToken => "card-token",
             Purpose::IdentityVerifier => "identity",
         }
     }
@@ -183,6 +196,42 @@ pub fn tags_equal(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Length of the card-token key: AES-256-SIV takes two 256-bit keys (MAC, then cipher).
+pub const CARD_TOKEN_KEY_LEN: usize = 64;
+
+/// The key that turns a card number into this terminal's card reference and, on the platform, back
+/// (`model::CardNumber::card_ref`, [`CardTokenKey::reveal`]). Zeroized on drop; never printed.
+#[derive(Clone)]
+pub struct CardTokenKey {
+    key: Zeroizing<[u8; CARD_TOKEN_KEY_LEN]>,
+}
+
+impl std::fmt::Debug for CardTokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CardTokenKey(<redacted>)")
+    }
+}
+
+impl CardTokenKey {
+    /// A key check value: HMAC-SHA256 of `text` keyed with the whole 64-byte key (one HMAC block),
+    /// so that a store can tell this key from another without keeping anything secret (a MAC of a
+    /// public text reveals nothing of the key).
+    pub fn check_value(&self, text: &[u8]) -> Tag {
+        let mut block = Zeroizing::new([0u8; 64]);
+        block.copy_from_slice(&self.key[..]);
+        let mut m = HmacSha256::new(&(*block).into());
+        m.update(text);
+        m.finalize().into_bytes().into()
+    }
+
+    pub(crate) fn cipher(&self) -> aes_siv::siv::Aes256Siv {
+        use aes_siv::KeyInit;
+        aes_siv::siv::Aes256Siv::new(aes_siv::aead::generic_array::GenericArray::from_slice(
+            &self.key[..],
+        ))
+    }
+}
+
 /// All purpose keys of one terminal.
 #[derive(Debug, Clone)]
 pub struct TerminalKeys {
@@ -190,7 +239,7 @@ pub struct TerminalKeys {
     pub cache: MacKey,
     pub journal: MacKey,
     pub request: MacKey,
-    pub card_token: MacKey,
+    pub card_token: CardTokenKey,
     pub identity: MacKey,
 }
 
@@ -213,7 +262,6 @@ mod tests {
             a.cache.mac(msg),
             a.journal.mac(msg),
             a.request.mac(msg),
-            a.card_token.mac(msg),
             a.identity.mac(msg),
         ];
         for i in 0..tags.len() {
@@ -252,7 +300,11 @@ mod tests {
         assert!(TerminalSecret::from_hex_text("zz").is_err());
         let s = TerminalSecret::from_hex_text(&format!("{}\n", "ab".repeat(32))).unwrap();
         assert!(!format!("{s:?}").contains("ab"));
-        let k = s.derive(Purpose::CardToken, "T");
-        assert_eq!(format!("{k:?}"), "MacKey(card-token, <redacted>)");
+        let k = s.derive(Purpose::IdentityVerifier, "T");
+        assert_eq!(format!("{k:?}"), "MacKey(identity, <redacted>)");
+        assert_eq!(
+            format!("{:?}", s.derive_card_token("T")),
+            "CardTokenKey(<redacted>)"
+        );
     }
 }

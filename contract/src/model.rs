@@ -1,14 +1,18 @@
 //! The entitlement data model: what the platform tells a terminal about one card.
 //!
-//! A card is known only by its [`CardRef`] — an HMAC of the card number under the terminal's card-token
-//! key — plus a masked number for display. Identity data (e.g. the last four digits of the holder's phone)
+//! A card is known only by its [`CardRef`] — the card number encrypted deterministically under the
+//! terminal's card-token key — plus a masked number for display. Identity data (e.g. the last four digits of the holder's phone)
 //! is carried only as a keyed verifier.
 
 use crate::codec::{DecodeError, Reader, Writer};
-use crate::keys::{MacKey, TAG_LEN, Tag};
+use crate::keys::{CardTokenKey, MacKey, TAG_LEN, Tag};
 use thiserror::Error;
 
-/// Keyed reference to a card number: `HMAC(card-token key, "redeemd/card/v1" ‖ digits)`.
+/// A terminal's reference to a card number: `AES-256-SIV(card-token key, AD = "redeemd/card-ref/v2",
+/// encode16(digits))`, 32 bytes (16 of synthetic IV, 16 of ciphertext). Deterministic, so a terminal
+/// finds its cache entry by it; different at every terminal (the key is per terminal), so two shops'
+/// databases cannot be joined on it; reversible with the key ([`CardTokenKey::reveal`]), so the platform
+/// finds the card of an uploaded record without storing an index per terminal and card.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct CardRef(pub [u8; TAG_LEN]);
 
@@ -72,8 +76,71 @@ impl CardNumber {
         format!("{}{}{}", &d[..6], "*".repeat(n - 10), &d[n - 4..])
     }
 
-    pub fn card_ref(&self, card_token_key: &MacKey) -> CardRef {
-        CardRef(card_token_key.mac(&[b"redeemd/card/v1", self.0.as_bytes()]))
+    /// This terminal's reference to the card (see [`CardRef`]).
+    pub fn card_ref(&self, card_token_key: &CardTokenKey) -> CardRef {
+        let mut block = self.encode16();
+        let mut out = [0u8; TAG_LEN];
+        // One 16-byte block and one header: within every AES-SIV limit, so this cannot fail; an
+        // all-zero reference (which matches no entry) rather than a panic if it ever did.
+        if let Ok(siv) = card_token_key
+            .cipher()
+            .encrypt_in_place_detached([CARD_REF_AD], &mut block)
+        {
+            out[..16].copy_from_slice(&siv);
+            out[16..].copy_from_slice(&block);
+        }
+        CardRef(out)
+    }
+
+    /// The number in one block: its digit count, the digits' value as a big-endian `u64` (19 digits
+    /// fit), then zeros. The count keeps leading zeros (`0012…` and `12…` differ).
+    fn encode16(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[0] = self.0.len() as u8;
+        let value = self.0.bytes().fold(0u64, |v, d| {
+            v.wrapping_mul(10).wrapping_add(u64::from(d - b'0'))
+        });
+        b[1..9].copy_from_slice(&value.to_be_bytes());
+        b
+    }
+
+    fn decode16(b: &[u8; 16]) -> Option<CardNumber> {
+        let len = usize::from(b[0]);
+        if !(12..=19).contains(&len) || b[9..].iter().any(|&x| x != 0) {
+            return None;
+        }
+        let value = u64::from_be_bytes(b[1..9].try_into().ok()?);
+        let digits = format!("{value:0len$}");
+        (digits.len() == len).then_some(CardNumber(digits))
+    }
+}
+
+/// Associated data of every card reference (a domain tag: the key is used for nothing else).
+const CARD_REF_AD: &[u8] = b"redeemd/card-ref/v2";
+
+/// Why a card reference does not give back a card number under a terminal's key.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CardRefError {
+    #[error("card reference {0} was not made with this terminal's card-token key")]
+    NotThisTerminals(String),
+    #[error("card reference {0} does not hold a card number")]
+    NotANumber(String),
+}
+
+impl CardTokenKey {
+    /// The card number behind `card_ref`, if this key made it. AES-SIV authenticates: a reference
+    /// made under another key, or any other 32 bytes, is refused, never misread as some number.
+    pub fn reveal(&self, card_ref: &CardRef) -> Result<CardNumber, CardRefError> {
+        let mut block: [u8; 16] = card_ref.0[16..]
+            .try_into()
+            .map_err(|_| CardRefError::NotANumber(card_ref.to_hex()))?;
+        let siv: [u8; 16] = card_ref.0[..16]
+            .try_into()
+            .map_err(|_| CardRefError::NotANumber(card_ref.to_hex()))?;
+        self.cipher()
+            .decrypt_in_place_detached([CARD_REF_AD], &mut block, (&siv).into())
+            .map_err(|_| CardRefError::NotThisTerminals(card_ref.to_hex()))?;
+        CardNumber::decode16(&block).ok_or_else(|| CardRefError::NotANumber(card_ref.to_hex()))
     }
 }
 
@@ -448,7 +515,68 @@ pub(crate) mod tests {
         );
     }
 
+    fn token(terminal: &str) -> CardTokenKey {
+        crate::keys::TerminalSecret::from_bytes(&[9; 32])
+            .unwrap()
+            .derive_card_token(terminal)
+    }
+
+    #[test]
+    fn a_card_reference_is_deterministic_per_terminal_and_reverses_only_with_its_key() {
+        let n = CardNumber::parse("6228480012345678").unwrap();
+        let (t1, t2) = (token("T-1"), token("T-2"));
+        let r1 = n.card_ref(&t1);
+        assert_eq!(r1, n.card_ref(&t1), "the terminal finds its entry again");
+        assert_ne!(
+            r1,
+            n.card_ref(&t2),
+            "two shops' references cannot be joined"
+        );
+        assert_eq!(t1.reveal(&r1).unwrap(), n);
+        assert!(matches!(
+            t2.reveal(&r1),
+            Err(CardRefError::NotThisTerminals(_))
+        ));
+        // Leading zeros and lengths are kept apart.
+        for raw in [
+            "001234567890",
+            "1234567890",
+            "12345678901200",
+            "9999999999999999999",
+        ] {
+            let Ok(n) = CardNumber::parse(raw) else {
+                continue;
+            };
+            assert_eq!(t1.reveal(&n.card_ref(&t1)).unwrap(), n, "{raw}");
+        }
+        assert_ne!(
+            CardNumber::parse("001234567890").unwrap().card_ref(&t1),
+            CardNumber::parse("000123456789").unwrap().card_ref(&t1)
+        );
+        // A fixed vector (checked against an independent AES-SIV: Python `cryptography`'s AESSIV with
+        // the HKDF key), so that the terminal and the platform cannot drift apart unnoticed.
+        assert_eq!(
+            r1.to_hex(),
+            "b268c4f93ee3863b4401b7832a440e3eba1264d9b5523a4e94f8ce6c8980b142"
+        );
+    }
+
     proptest! {
+        #[test]
+        fn every_number_round_trips_and_forged_references_are_refused(
+            digits in "[0-9]{12,19}",
+            forged in proptest::array::uniform32(any::<u8>()),
+        ) {
+            let t = token("T-1");
+            let n = CardNumber::parse(&digits).unwrap();
+            prop_assert_eq!(t.reveal(&n.card_ref(&t)).unwrap(), n);
+            let f = CardRef(forged);
+            if let Ok(m) = t.reveal(&f) {
+                // Only if the 32 bytes are exactly that number's reference (2^-128).
+                prop_assert_eq!(m.card_ref(&t), f);
+            }
+        }
+
         #[test]
         fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
             let _ = Card::decode(&bytes);

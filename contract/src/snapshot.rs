@@ -9,7 +9,7 @@
 //! manifest  : 0x03 ‖ manifest body bytes ‖ mac [32]                 (last frame)
 //! ```
 //!
-//! `entry mac    = HMAC(cache key, "redeemd/entry/v1" ‖ merchant str ‖ version u64 ‖ card ref ‖ op u8 ‖ body bytes)`
+//! `entry mac    = HMAC(cache key, "redeemd/entry/v2" ‖ merchant str ‖ version u64 ‖ card ref ‖ op u8 ‖ body bytes)`
 //! `manifest mac = HMAC(cache key, "redeemd/manifest/v1" ‖ manifest body)`
 //! `digest       = SHA-256 over every entry frame (without its length prefix), in order`
 //!
@@ -23,7 +23,7 @@ use crate::model::{Card, CardRef};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-pub const MAGIC: &[u8; 8] = b"RDMBNDL1";
+pub const MAGIC: &[u8; 8] = b"RDMBNDL2";
 /// Largest frame a verifier accepts (a card with hundreds of packages stays far below).
 pub const MAX_FRAME: usize = 1 << 20;
 
@@ -179,7 +179,7 @@ pub fn entry_mac(
     body: &[u8],
 ) -> Tag {
     let head = entry_header(merchant_id, version, card, op, body);
-    cache_key.mac(&[b"redeemd/entry/v1", head.as_bytes(), body])
+    cache_key.mac(&[b"redeemd/entry/v2", head.as_bytes(), body])
 }
 
 /// Constant-time check of a stored entry's MAC.
@@ -193,7 +193,7 @@ pub fn verify_entry_mac(
     mac: &[u8],
 ) -> bool {
     let head = entry_header(merchant_id, version, card, op, body);
-    cache_key.verify(&[b"redeemd/entry/v1", head.as_bytes(), body], mac)
+    cache_key.verify(&[b"redeemd/entry/v2", head.as_bytes(), body], mac)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -226,6 +226,12 @@ pub enum ManifestProblem {
 pub enum BundleError {
     #[error("not a bundle (bad magic)")]
     BadMagic,
+    /// A bundle of format 1, whose card references were HMACs of the number: this release's are
+    /// AES-SIV encryptions (format 2), and the two never mix in one cache.
+    #[error(
+        "bundle format 1 (HMAC card references): this terminal reads format 2 only; the platform needs the same release"
+    )]
+    FormatOne,
     #[error("frame {index}: {reason}")]
     Frame { index: u64, reason: String },
     #[error("preamble: {0}")]
@@ -399,6 +405,8 @@ pub struct BundleVerifier {
 pub fn check_magic(bytes: &[u8]) -> Result<(), BundleError> {
     if bytes == MAGIC {
         Ok(())
+    } else if bytes == b"RDMBNDL1" {
+        Err(BundleError::FormatOne)
     } else {
         Err(BundleError::BadMagic)
     }
@@ -711,5 +719,12 @@ mod tests {
                 let _ = v.frame(f);
             }
         }
+    }
+
+    #[test]
+    fn a_format_1_bundle_is_refused_by_name() {
+        assert!(check_magic(MAGIC).is_ok());
+        assert_eq!(check_magic(b"RDMBNDL1"), Err(BundleError::FormatOne));
+        assert_eq!(check_magic(b"RDMBNDLX"), Err(BundleError::BadMagic));
     }
 }

@@ -47,7 +47,7 @@ pub enum ParseErrorKind {
     UnknownType,
 }
 
-/// A payload that failed to parse, naming the field (`"CARD_MENU.entries.title"`) and the reason.
+/// A payload that failed to parse, naming the field (`"CARD_MENU.entry.title"`) and the reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {kind}")]
 pub struct ParseError {

@@ -96,8 +96,11 @@ pub struct Frame<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
     /// The bytes before the delimiter are not valid COBS (a run length points past the delimiter).
-    #[error("invalid COBS encoding")]
-    Cobs,
+    #[error("invalid COBS encoding in {len} bytes before the 0x00")]
+    Cobs {
+        /// Bytes received before the delimiter (as on the line, COBS code bytes included).
+        len: usize,
+    },
     /// More than the decoder's capacity arrived before a delimiter; all of it was discarded.
     #[error("frame longer than {max} decoded bytes, discarded up to the next 0x00")]
     TooLong {
@@ -133,12 +136,16 @@ pub enum FrameError {
 
 impl FrameError {
     /// Whether the damaged bytes were long enough to have been a frame, so that a NAK is worth
-    /// sending (PROTOCOL.md §4.5): short fragments are line noise, not a lost frame.
+    /// sending (PROTOCOL.md §3.6, §4.5): fewer than [`MIN_FRAME_LEN`] bytes before the `0x00` are
+    /// line noise, not a lost frame, whatever is wrong with them.
     pub fn looks_like_damaged_frame(&self) -> bool {
-        matches!(
-            self,
-            FrameError::BadCrc { .. } | FrameError::Cobs | FrameError::TooLong { .. }
-        )
+        match self {
+            FrameError::BadCrc { .. } | FrameError::TooLong { .. } => true,
+            FrameError::Cobs { len } => *len >= MIN_FRAME_LEN,
+            FrameError::TooShort { .. }
+            | FrameError::UnsupportedVersion(_)
+            | FrameError::LengthMismatch { .. } => false,
+        }
     }
 }
 
@@ -248,6 +255,8 @@ enum Mode {
 pub struct Decoder<const N: usize = MAX_FRAME_LEN> {
     buf: [u8; N],
     len: usize,
+    /// Bytes received since the last delimiter, as on the line (saturating).
+    received: usize,
     cobs: cobs::DecoderState,
     mode: Mode,
 }
@@ -274,6 +283,7 @@ impl<const N: usize> Decoder<N> {
         Decoder {
             buf: [0; N],
             len: 0,
+            received: 0,
             cobs: cobs::DecoderState::Idle,
             mode: Mode::Collecting,
         }
@@ -294,6 +304,7 @@ impl<const N: usize> Decoder<N> {
     /// Forgets any partial frame.
     pub fn reset(&mut self) {
         self.len = 0;
+        self.received = 0;
         self.cobs = cobs::DecoderState::Idle;
         self.mode = Mode::Collecting;
     }
@@ -315,6 +326,9 @@ impl<const N: usize> Decoder<N> {
                 }
                 continue;
             }
+            if byte != 0x00 {
+                self.received = self.received.saturating_add(1);
+            }
             match self.cobs.feed(byte) {
                 Ok(cobs::DecodeResult::NoData | cobs::DecodeResult::DataStart) => {}
                 Ok(cobs::DecodeResult::DataContinue(decoded)) => match self.buf.get_mut(self.len) {
@@ -328,6 +342,7 @@ impl<const N: usize> Decoder<N> {
                     }
                 },
                 Ok(cobs::DecodeResult::DataComplete) => {
+                    self.received = 0;
                     let len = core::mem::take(&mut self.len);
                     let frame = parse_frame(self.buf.get(..len).unwrap_or_default());
                     return Decoded {
@@ -337,10 +352,11 @@ impl<const N: usize> Decoder<N> {
                 }
                 Err(_) => {
                     // The COBS state machine only fails on a delimiter, and resets itself to idle.
+                    let len = self.received;
                     self.reset();
                     return Decoded {
                         consumed,
-                        result: Some(Err(FrameError::Cobs)),
+                        result: Some(Err(FrameError::Cobs { len })),
                     };
                 }
             }

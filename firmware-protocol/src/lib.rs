@@ -1,4 +1,4 @@
-//! The redeemd reader↔daemon serial protocol, version 1.0 — the normative description is
+//! The redeemd reader↔daemon serial protocol, version 1.1 — the normative description is
 //! `PROTOCOL.md` next to this crate; this crate is its reference implementation.
 //!
 //! Three layers, each usable alone, none doing I/O or reading a clock:
@@ -11,6 +11,9 @@
 //!    [`ReaderSession`] (reader firmware): handshake, stop-and-wait ACK/NAK with retransmission,
 //!    fragmentation, heartbeat, link-down reporting. Time comes in as [`Instant`].
 //!
+//! With the `std` feature, [`conformance`] holds the conformance flows (PROTOCOL.md §11.1) and a
+//! sans-IO runner that plays them from the reader's side against a daemon.
+//!
 //! `no_std` without `alloc`; all memory is fixed at construction. `#![forbid(unsafe_code)]`.
 //! Invariant for every entry point: no input makes it panic, allocate or stop making progress.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
@@ -18,6 +21,8 @@
 #![warn(missing_docs)]
 
 mod codec;
+#[cfg(any(test, feature = "std"))]
+pub mod conformance;
 pub mod frame;
 pub mod message;
 pub mod session;

@@ -15,7 +15,7 @@ pub use crate::codec::{EmitError, ParseError};
 use crate::codec::{Limit, Reader, Writer, err};
 
 /// Protocol version implemented by this crate (PROTOCOL.md §1).
-pub const PROTOCOL_VERSION: Version = Version { major: 1, minor: 0 };
+pub const PROTOCOL_VERSION: Version = Version { major: 1, minor: 1 };
 /// Largest application message (all its frames together) a receiver must accept.
 pub const MAX_MESSAGE_LEN: usize = 4096;
 /// Message type byte of acknowledgement-only frames (no payload, not a message).
@@ -326,7 +326,7 @@ open_code! {
 }
 
 macro_rules! closed_code {
-    ($(#[$doc:meta])* $name:ident : $field:literal { $($(#[$vdoc:meta])* $variant:ident = $value:literal,)* }) => {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $value:literal,)* }) => {
         $(#[$doc])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         #[repr(u8)]
@@ -335,10 +335,12 @@ macro_rules! closed_code {
         }
 
         impl $name {
-            fn read(r: &mut Reader<'_>) -> Result<Self, ParseError> {
-                match r.u8($field)? {
+            /// Reads the value of `field` (its dotted name in PROTOCOL.md, for the error: one
+            /// enumeration may serve several fields).
+            fn read(r: &mut Reader<'_>, field: &'static str) -> Result<Self, ParseError> {
+                match r.u8(field)? {
                     $($value => Ok($name::$variant),)*
-                    other => Err(err($field, ParseErrorKind::OutOfRange(other.into()))),
+                    other => Err(err(field, ParseErrorKind::OutOfRange(other.into()))),
                 }
             }
         }
@@ -347,7 +349,7 @@ macro_rules! closed_code {
 
 closed_code! {
     /// How the card was read.
-    EntryMode: "CARD_PRESENTED.entry_mode" {
+    EntryMode {
         /// Magnetic stripe.
         Magstripe = 1,
         /// Contact chip.
@@ -363,7 +365,7 @@ closed_code! {
 
 closed_code! {
     /// Identity confirmation an entitlement requires, or that REDEEM carries.
-    IdentityCheck: "identity" {
+    IdentityCheck {
         /// None.
         None = 0,
         /// Last four digits of the member's phone number.
@@ -375,7 +377,7 @@ closed_code! {
 
 closed_code! {
     /// Why a redemption is voided.
-    VoidReason: "VOID.reason" {
+    VoidReason {
         /// Cashier picked the wrong item or quantity.
         CashierError = 1,
         /// Member changed their mind.
@@ -622,7 +624,7 @@ limits! {
     MENU_HOLDER = "CARD_MENU.holder_name", 0..=64;
     MENU_MASKED = "CARD_MENU.masked_card", 0..=32;
     MENU_ENTRIES = "CARD_MENU.entries", 0..=32;
-    ENTRY_TITLE = "CARD_MENU.entries.title", 1..=64;
+    ENTRY_TITLE = "CARD_MENU.entry.title", 1..=64;
     DECLINED_TEXT = "DECLINED.text", 0..=128;
     REDEEM_ITEMS = "REDEEM.items", 1..=16;
     REDEEM_IDENTITY = "REDEEM.identity_data", 0..=12;
@@ -648,7 +650,9 @@ pub struct Hello<'a> {
     pub max_payload: u16,
     /// Reader hardware capabilities ([`Capabilities`]).
     pub capabilities: Capabilities,
-    /// Text encodings the reader can display and print; at least one known bit.
+    /// Text encodings the reader can display and print. A sender sets at least one known bit
+    /// (`emit` refuses otherwise); a receiver parses any value (the host answers
+    /// NO_COMMON_ENCODING).
     pub encodings: Encodings,
     /// Random per boot: a new value means the reader rebooted.
     pub boot_nonce: u64,
@@ -698,13 +702,9 @@ impl<'a> Hello<'a> {
         };
         let max_payload = max_payload("HELLO.max_payload", r.u16("HELLO.max_payload")?)?;
         let capabilities = Capabilities(r.u32("HELLO.capabilities")?);
+        // A HELLO offering no encoding this version knows still parses: the host refuses it with
+        // NO_COMMON_ENCODING (PROTOCOL.md §4.3), which names the problem and echoes the nonce.
         let encodings = Encodings(r.u8("HELLO.encodings")?);
-        if encodings.0 & Encodings::BOTH.0 == 0 {
-            return Err(err(
-                "HELLO.encodings",
-                ParseErrorKind::OutOfRange(encodings.0.into()),
-            ));
-        }
         Ok(Hello {
             version,
             max_payload,
@@ -830,7 +830,7 @@ impl<'a> CardPresented<'a> {
     fn read(r: &mut Reader<'a>) -> Result<Self, ParseError> {
         Ok(CardPresented {
             txn_id: nonzero_txn("CARD_PRESENTED.txn_id", r.u32("CARD_PRESENTED.txn_id")?)?,
-            entry_mode: EntryMode::read(r)?,
+            entry_mode: EntryMode::read(r, "CARD_PRESENTED.entry_mode")?,
             card: r.ascii8(&CP_CARD)?,
             cashier_id: r.ascii8(&CP_CASHIER)?,
         })
@@ -862,14 +862,11 @@ pub struct MenuEntry<'a> {
 impl<'a> ListItem<'a> for MenuEntry<'a> {
     fn read(r: &mut Reader<'a>, encoding: TextEncoding) -> Result<Self, ParseError> {
         Ok(MenuEntry {
-            index: r.u8("CARD_MENU.entries.index")?,
+            index: r.u8("CARD_MENU.entry.index")?,
             title: Text(r.text8(&ENTRY_TITLE, encoding)?),
-            uses_left: r.u16("CARD_MENU.entries.uses_left")?,
-            expiry: Date::from_wire(
-                "CARD_MENU.entries.expiry",
-                r.u32("CARD_MENU.entries.expiry")?,
-            )?,
-            identity: IdentityCheck::read(r)?,
+            uses_left: r.u16("CARD_MENU.entry.uses_left")?,
+            expiry: Date::from_wire("CARD_MENU.entry.expiry", r.u32("CARD_MENU.entry.expiry")?)?,
+            identity: IdentityCheck::read(r, "CARD_MENU.entry.identity")?,
         })
     }
 
@@ -878,7 +875,7 @@ impl<'a> ListItem<'a> for MenuEntry<'a> {
         w.bytes8(&ENTRY_TITLE, self.title.0)?;
         w.u16(self.uses_left)?;
         let expiry = Date::to_wire(self.expiry);
-        Date::from_wire("CARD_MENU.entries.expiry", expiry).map_err(EmitError::Invalid)?;
+        Date::from_wire("CARD_MENU.entry.expiry", expiry).map_err(EmitError::Invalid)?;
         w.u32(expiry)?;
         w.u8(self.identity as u8)
     }
@@ -953,8 +950,8 @@ pub struct RedeemItem {
 
 impl ListItem<'_> for RedeemItem {
     fn read(r: &mut Reader<'_>, _: TextEncoding) -> Result<Self, ParseError> {
-        let entry_index = r.u8("REDEEM.items.entry_index")?;
-        let quantity = quantity(r.u16("REDEEM.items.quantity")?)?;
+        let entry_index = r.u8("REDEEM.item.entry_index")?;
+        let quantity = quantity(r.u16("REDEEM.item.quantity")?)?;
         Ok(RedeemItem {
             entry_index,
             quantity,
@@ -972,7 +969,7 @@ fn quantity(v: u16) -> Result<u16, ParseError> {
         Ok(v)
     } else {
         Err(err(
-            "REDEEM.items.quantity",
+            "REDEEM.item.quantity",
             ParseErrorKind::OutOfRange(v.into()),
         ))
     }
@@ -1026,7 +1023,7 @@ impl<'a> Redeem<'a> {
     fn read(r: &mut Reader<'a>, encoding: TextEncoding) -> Result<Self, ParseError> {
         let txn_id = nonzero_txn("REDEEM.txn_id", r.u32("REDEEM.txn_id")?)?;
         let items = List::read(r, &REDEEM_ITEMS, encoding)?;
-        let check = IdentityCheck::read(r)?;
+        let check = IdentityCheck::read(r, "REDEEM.identity_check")?;
         let identity = Identity {
             check,
             data: r.ascii8(&REDEEM_IDENTITY)?,
@@ -1133,7 +1130,7 @@ impl<'a> Void<'a> {
         Ok(Void {
             txn_id: nonzero_txn("VOID.txn_id", r.u32("VOID.txn_id")?)?,
             original_auth_code: r.ascii8(&VOID_AUTH)?,
-            reason: VoidReason::read(r)?,
+            reason: VoidReason::read(r, "VOID.reason")?,
         })
     }
 
@@ -1331,6 +1328,54 @@ mod tests {
                 .kind,
             ParseErrorKind::Truncated
         );
+    }
+
+    #[test]
+    fn errors_name_the_fields_as_the_tables_do() {
+        let mut buf = [0u8; 64];
+        let items = [RedeemItem {
+            entry_index: 0,
+            quantity: 1,
+        }];
+        let n = Message::Redeem(Redeem {
+            txn_id: 1,
+            items: List::new(&items),
+            identity: Identity::NONE,
+        })
+        .emit(&mut buf)
+        .unwrap();
+        // identity_check is the byte before identity_data's (empty) length.
+        buf[n - 2] = 3;
+        let e = Message::parse(0x21, &buf[..n], TextEncoding::Utf8).unwrap_err();
+        assert_eq!(e.to_string(), "REDEEM.identity_check: value 3 out of range");
+        // A field of a list element, as the table writes it: `item.quantity`.
+        buf[n - 2] = 0;
+        buf[6] = 0; // the item's quantity, after txn id (4), count (1) and entry index (1)
+        let e = Message::parse(0x21, &buf[..n], TextEncoding::Utf8).unwrap_err();
+        assert_eq!(e.to_string(), "REDEEM.item.quantity: value 0 out of range");
+    }
+
+    #[test]
+    fn a_hello_without_a_known_encoding_parses_but_is_not_emitted() {
+        let mut hello = Hello {
+            version: PROTOCOL_VERSION,
+            max_payload: 256,
+            capabilities: Capabilities(0),
+            encodings: Encodings::UTF8,
+            boot_nonce: 7,
+            serial: "S",
+            firmware: "F",
+        };
+        let mut buf = [0u8; 64];
+        let n = Message::Hello(hello).emit(&mut buf).unwrap();
+        buf[8] = 0x04; // encodings: an unknown bit only
+        let Message::Hello(parsed) = Message::parse(0x01, &buf[..n], TextEncoding::Utf8).unwrap()
+        else {
+            panic!("not a HELLO")
+        };
+        assert_eq!(parsed.encodings, Encodings(0x04));
+        hello.encodings = Encodings(0x04);
+        assert!(Message::Hello(hello).emit(&mut buf).is_err());
     }
 
     #[test]

@@ -114,7 +114,8 @@ impl Config {
         self.ack_timeout_for(self.max_payload)
     }
 
-    /// T_HELLO: the reader's HELLO repeat interval, `max(1 s, T_ACK)`.
+    /// T_HELLO: the reader's HELLO repeat interval, `max(1 s, T_ACK)`, with T_ACK for this end's own
+    /// max payload: nothing is negotiated yet while HELLO is being repeated (PROTOCOL.md §4.7).
     pub fn hello_interval(&self) -> Duration {
         self.ack_timeout().max(Duration::from_secs(1))
     }
@@ -751,7 +752,8 @@ impl<const N: usize> Core<N> {
             FrameError::BadCrc { .. } => bump(&mut self.stats.crc_errors),
             _ => bump(&mut self.stats.framing_errors),
         }
-        // NAK only what looks like a damaged frame, at most once per ACK timeout (PROTOCOL.md §4.5).
+        // NAK only what looks like a damaged frame, at most once per ACK timeout (PROTOCOL.md §4.5);
+        // a NAK suppressed by that limit is dropped, not sent later: T_ACK recovers the frame.
         let recent = self
             .last_nak
             .is_some_and(|at| now < at + self.ack_timeout());
@@ -777,6 +779,15 @@ impl<const N: usize> Core<N> {
             self.on_handshake_frame(now, header.msg_type, frame.payload);
             return;
         }
+        // Unknown link-control types are ignored in every state (PROTOCOL.md §4.1): a frame type
+        // of a future minor version must not make a DOWN host answer RESET and relink a reader.
+        let known_control = header.msg_type == ACK_ONLY_TYPE
+            || header.msg_type >= crate::message::FIRST_APPLICATION_TYPE
+            || MessageType::from_u8(header.msg_type).is_some();
+        if !known_control {
+            bump(&mut self.stats.unknown_control);
+            return;
+        }
         if !self.is_up() {
             bump(&mut self.stats.ignored_frames);
             if self.role == Role::Host {
@@ -800,9 +811,6 @@ impl<const N: usize> Core<N> {
             ACK_ONLY_TYPE => {}
             t if t == MessageType::Ping.as_u8() => self.pong_pending = true,
             t if t == MessageType::Pong.as_u8() => {}
-            t if t < crate::message::FIRST_APPLICATION_TYPE => {
-                bump(&mut self.stats.unknown_control)
-            }
             _ => self.on_data_frame(header, frame.payload),
         }
     }
@@ -1091,6 +1099,8 @@ impl<const N: usize> Core<N> {
         };
         self.ack_pending = false;
         self.nak_pending = false;
+        // The NAK limit (one per T_ACK) is per link: a new link may NAK at once.
+        self.last_nak = None;
         self.pong_pending = false;
         self.outstanding = None;
         self.retransmit_due = false;
@@ -1365,10 +1375,32 @@ impl<const N: usize> Core<N> {
 
     fn send_raw(&mut self, msg_type: MessageType, payload: &[u8]) -> Result<MessageId, SendError> {
         self.check_sendable(msg_type)?;
+        Message::parse(msg_type.as_u8(), payload, self.encoding()).map_err(SendError::Invalid)?;
+        self.queue_payload(msg_type, payload)
+    }
+
+    fn send_unchecked(
+        &mut self,
+        msg_type: MessageType,
+        payload: &[u8],
+    ) -> Result<MessageId, SendError> {
+        if msg_type.is_link_control() {
+            return Err(SendError::NotAllowed(msg_type));
+        }
+        if !self.is_up() {
+            return Err(SendError::LinkDown);
+        }
+        self.queue_payload(msg_type, payload)
+    }
+
+    fn queue_payload(
+        &mut self,
+        msg_type: MessageType,
+        payload: &[u8],
+    ) -> Result<MessageId, SendError> {
         if payload.len() > N.min(MAX_MESSAGE_LEN) {
             return Err(SendError::TooLong(payload.len()));
         }
-        Message::parse(msg_type.as_u8(), payload, self.encoding()).map_err(SendError::Invalid)?;
         let spare = self.queue.spare().ok_or(SendError::QueueFull)?;
         spare
             .get_mut(..payload.len())
@@ -1430,6 +1462,18 @@ macro_rules! session_common {
             payload: &[u8],
         ) -> Result<MessageId, SendError> {
             self.inner.core.send_raw(msg_type, payload)
+        }
+
+        /// Queues `payload` as a message of `msg_type` without checking that this end may send
+        /// that type or that the payload is valid: for conformance tests of the peer's answers to
+        /// bad messages (PROTOCOL.md §4.12, §11.1). The link must be up; link-control types are
+        /// refused. Never for production traffic.
+        pub fn send_unchecked(
+            &mut self,
+            msg_type: MessageType,
+            payload: &[u8],
+        ) -> Result<MessageId, SendError> {
+            self.inner.core.send_unchecked(msg_type, payload)
         }
 
         /// Whether the link is up.

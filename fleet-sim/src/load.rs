@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
-use redeemd::daemon::store_owner::wall_clock_ms;
+use redeemd::store::owner::wall_clock_ms;
 use tokio::task::JoinSet;
 
 use crate::metrics::{Metrics, PassLog};

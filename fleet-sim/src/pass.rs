@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
-use redeemd::daemon::store_owner::wall_clock_ms;
+use redeemd::store::owner::wall_clock_ms;
 use redeemd::sync::plan::{Backoff, Next, Problem, ServerHead};
 use redeemd::sync::wire;
 use redeemd_contract::request::{NONCE_BYTES, SignedHeaders};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
-use redeemd::daemon::store_owner::wall_clock_ms;
+use redeemd::store::owner::wall_clock_ms;
 use redeemd_contract::TerminalSecret;
 use serde::Serialize;
 

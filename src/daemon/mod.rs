@@ -1,25 +1,25 @@
 //! `redeemd run`: the long-running daemon.
 //!
 //! Start-up is strictly ordered so that a problem is reported before anything is half running:
-//! configuration (validated by the caller), the terminal secret, the store (opened and verified),
-//! then one thread per reader, then READY=1 to systemd. Each reader's thread has its own
+//! configuration (validated by the caller), the terminal secret, the state directory's lock (one
+//! daemon per directory: a second one exits naming the first's pid), the store (opened and verified;
+//! created only in an empty, existing directory), then one thread per reader, then READY=1 to systemd. Each reader's thread has its own
 //! current-thread runtime and takes the store's lock in place for its decisions (see
-//! [`store_owner`] for why); the main thread's runtime runs the sync task (its store work on the
-//! blocking pool), signals and the watchdog.
+//! `crate::store::owner` for why); the main thread's runtime runs the sync task (its store work on
+//! the blocking pool), signals and the watchdog.
 //!
 //! The watchdog ping needs every reader thread to answer a probe and the store's lock (a no-op):
 //! a wedged reader thread *or* a wedged store stops the pings, and systemd restarts the daemon.
 
 pub mod reader;
-pub mod render;
 pub mod status;
-pub mod store_owner;
 pub mod sync;
 
 use std::time::Duration;
 
 use crate::config::Config;
 use crate::keys::{KeyError, load_secret};
+use crate::store::owner::{Clock, StoreHandle};
 use crate::store::{Store, StoreConfig, StoreError};
 
 /// Why the daemon could not start or had to stop.
@@ -45,6 +45,12 @@ pub enum DaemonError {
 pub fn run(config: Config) -> Result<(), DaemonError> {
     let secret = load_secret(&config.key)?;
     let keys = secret.derive_all(&config.terminal_id);
+    let in_dir = |source| DaemonError::Store {
+        dir: config.state_dir.clone(),
+        source,
+    };
+    // Held until this function returns (the process's end releases it too).
+    let _lock = crate::store::state_dir::DaemonLock::acquire(&config.state_dir).map_err(in_dir)?;
     let store = Store::open(
         &config.state_dir,
         keys,
@@ -67,7 +73,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
 
     let request_key = store.keys().request.clone();
     let (db_path, keys) = (store.path().to_owned(), store.keys().clone());
-    let store = store_owner::StoreHandle::new(store, store_owner::Clock::new());
+    let store = StoreHandle::new(store, Clock::new());
     let board = status::StatusBoard::new(&config.state_dir);
     check_journal_at_start(db_path, keys, board.clone());
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -170,7 +176,7 @@ fn check_journal_at_start(
 
 async fn serve(
     config: &Config,
-    store: store_owner::StoreHandle,
+    store: StoreHandle,
     board: &status::StatusBoard,
     request_key: redeemd_contract::MacKey,
     readers: &[reader::ReaderThread],
@@ -231,9 +237,21 @@ async fn serve(
     let mut ping = tokio::time::interval(period);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut healthy = true;
+    let mut storage = tokio::time::interval(STORAGE_CHECK);
+    storage.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One storage check at a time, off this loop: a wedged store must not stop signals and pings.
+    let mut storage_check: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tokio::select! {
             _ = sigterm.recv() => break,
+            _ = storage.tick() => {
+                if storage_check.as_ref().is_none_or(|c| c.is_finished()) {
+                    let (store, dir, board) = (store.clone(), config.state_dir.clone(), board.clone());
+                    storage_check = Some(tokio::spawn(async move {
+                        publish_storage(&store, &dir, &board).await;
+                    }));
+                }
+            }
             ended = async { sync_task.as_mut()?.await.err() }, if sync_task.is_some() => {
                 sync_task = None;
                 if let Some(failure) = ended {
@@ -276,6 +294,49 @@ async fn serve(
     tracing::info!("stopping");
     notify(&[sd_notify::NotifyState::Stopping]);
     Ok(())
+}
+
+/// How often the daemon publishes the state directory's free space and its store's last storage
+/// error (`status.json` `storage`, shown by `redeemd status`).
+const STORAGE_CHECK: Duration = Duration::from_secs(2);
+
+/// Free space below which the published figure moves in steps of 64 KiB; above it, of 1 MiB (each
+/// change published rewrites the status file).
+const STORAGE_FINE_BELOW: u64 = 256 << 20;
+
+/// Publishes the state directory's free space and the store's last storage error, when they changed.
+async fn publish_storage(
+    store: &crate::store::owner::StoreHandle,
+    state_dir: &std::path::Path,
+    board: &status::StatusBoard,
+) {
+    let (probe, dir) = (store.clone(), state_dir.to_owned());
+    let looked = tokio::task::spawn_blocking(move || {
+        let error = probe
+            .run_blocking(|s, _| s.storage_error().cloned())
+            .ok()
+            .flatten();
+        (error, crate::store::state_dir::free_space(&dir).ok())
+    })
+    .await;
+    let Ok((last_error, space)) = looked else {
+        return;
+    };
+    let round = |free: u64| {
+        if free < STORAGE_FINE_BELOW {
+            free >> 16 << 16
+        } else {
+            free >> 20 << 20
+        }
+    };
+    if let Some(e) = &last_error {
+        tracing::debug!(error = %e.message, "store: last storage error");
+    }
+    board.storage(status::StorageStatus {
+        free_bytes: space.map(|(free, _)| round(free)),
+        total_bytes: space.map(|(_, total)| total),
+        last_error,
+    });
 }
 
 /// What a task's [`tokio::task::JoinError`] says: its panic message, or that it was cancelled.

@@ -1,50 +1,42 @@
-//! One reader's driver: the serial port, the protocol's host session, and the store requests.
-//!
-//! The driver is thin on purpose. The link (framing, ACKs, retransmission, heartbeats, handshake)
-//! is `firmware_protocol::HostSession`, fed with bytes and the clock; decisions are the store's.
-//! What lives here is I/O and bookkeeping:
+//! One reader's driver: the serial port, the protocol's host session and the reader conversation,
+//! and the store jobs the conversation asks for. Only I/O lives here:
 //!
 //! * open the port exclusively; when it fails or the device goes away (a read of 0 bytes, EIO, a
 //!   write that cannot complete) close it, log once per change, and reopen with backoff — an
 //!   unplugged USB reader must not become a busy loop;
-//! * decide each application message with the store, in place on this reader's thread
-//!   (`store_owner`), and send the stored reply back;
-//! * remember the card of the current transaction: REDEEM quotes the txn id of CARD_PRESENTED, not
-//!   the card, and a card number never leaves this task except into the store.
+//! * feed the bytes read to `firmware_protocol::HostSession` (the link: framing, ACKs,
+//!   retransmission, heartbeats, handshake) and its events to [`Conversation`] (the application
+//!   rules of PROTOCOL.md §8), and write what the session transmits;
+//! * carry out the conversation's effects: a store job ([`execute`]) in place on this reader's
+//!   thread when the store's lock is free, else on the blocking pool while this thread goes on
+//!   serving its link; a message to send; a log line, and the status file's entries.
 //!
 //! Each reader has its own thread with a current-thread runtime ([`ReaderThread`]): a request is
 //! read, decided and answered on the thread that was woken by its bytes, with no hand-over to
-//! another thread (each costs a wake-up, more than a menu decision). Requests are answered in
-//! order (readers are stop-and-wait). While one reader's decision holds the store (an fsync:
-//! about a millisecond), the other readers' threads go on serving their links until they need
-//! the store themselves.
+//! another thread (each costs a wake-up, more than a menu decision). While one reader's decision
+//! holds the store (an fsync: about a millisecond), the other readers' threads go on serving their
+//! links until they need the store themselves.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
-use firmware_protocol::WIRE_BUF_LEN;
-use firmware_protocol::message::{ErrorCode, Message, MessageType, Query, Text, TextEncoding};
 use firmware_protocol::session::Config as LinkConfig;
 use firmware_protocol::{HostSession, Instant as LinkInstant, OwnedEvent};
+use firmware_protocol::{MessageType, WIRE_BUF_LEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_serial::SerialStream;
-use zeroize::Zeroizing;
 
-use super::render::{Presentation, StoredReply};
 use super::status::{LastTransaction, PUBLISH_DELAY, StatusBoard};
-use super::store_owner::{StoreGone, StoreHandle};
 use crate::config::{Language, Parity, ReaderConfig};
-use crate::engine::DeclineReason;
-use crate::store::{Decision, MenuOutcome, RedeemRequest, VoidRequest};
+use crate::conversation::execute::{execute, store_unusable};
+use crate::conversation::{Answered, Conversation, Decided, Effect, Note, Ticket};
+use crate::store::owner::{StoreGone, StoreHandle, wall_clock_ms};
 
 /// Reopen backoff: first retry quickly (a replug takes a moment), then settle at a slow poll.
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A write that cannot complete in this time means the device is gone or wedged.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Application messages waiting behind the one in flight; more is a misbehaving reader.
-const BACKLOG_MAX: usize = 4;
 
 /// Everything one reader thread needs.
 #[derive(Clone)]
@@ -121,13 +113,22 @@ impl ReaderThread {
     }
 }
 
-/// Serves one configured reader forever: open, serve, reopen.
+/// Serves one configured reader forever: open, serve, reopen. The conversation outlives each port:
+/// a request being decided when the device went away is still decided and stored.
 pub async fn run(ctx: ReaderContext) {
     let name = ctx.config.name.clone();
     let port = ctx.config.port.display().to_string();
     let mut backoff = BACKOFF_MIN;
     let mut last_problem: Option<String> = None;
-    let mut memory = ReaderMemory::default();
+    let mut driver = Driver {
+        conversation: Conversation::new(ctx.language, ctx.utc_offset_minutes),
+        ctx: &ctx,
+        epoch: tokio::time::Instant::now(),
+        deciding: None,
+        started: None,
+        answered: Vec::new(),
+        publish_status: None,
+    };
     ctx.status.reader(&name, |s| {
         s.port.clone_from(&port);
         s.state = "opening".into();
@@ -141,10 +142,13 @@ pub async fn run(ctx: ReaderContext) {
                     s.state = "waiting for reader".into();
                     s.detail = None;
                 });
-                let mut link = Link::new(&ctx, &mut memory);
-                let ended = link.serve(stream).await;
-                if link.was_up {
+                let mut session = HostSession::new(LinkConfig::new(ctx.config.baud));
+                let (ended, was_up) = driver.serve(&mut session, stream).await;
+                if was_up {
                     backoff = BACKOFF_MIN;
+                }
+                if session.is_up() {
+                    driver.conversation.handle_link_down(driver.now());
                 }
                 tracing::warn!(reader = %name, port = %port, reason = %ended, "port closed; reopening");
                 ctx.status.reader(&name, |s| {
@@ -194,93 +198,33 @@ fn open_port(cfg: &ReaderConfig) -> Result<SerialStream, tokio_serial::Error> {
     Ok(stream)
 }
 
-/// What a reader thread remembers across link and port losses: the transaction in progress.
-#[derive(Default)]
-struct ReaderMemory {
-    /// The reader's serial number: the idempotency key's first half.
-    reader_serial: Option<String>,
-    swipe: Option<Swipe>,
-    /// The last answer sent, for QUERY (CARD_MENU answers are not in the store).
-    last_answer: Option<(u32, StoredReply)>,
-    cashier: String,
-}
-
-struct Swipe {
-    txn_id: u32,
-    card: Zeroizing<String>,
-    cashier: String,
-    entry_version: Option<u64>,
-}
-
-/// The result of one store job.
-struct Done {
-    txn_id: u32,
-    kind: &'static str,
-    reply: StoredReply,
-    outcome: String,
-    /// A successful menu starts a transaction.
-    swipe: Option<Swipe>,
+/// A store job waiting for the store's lock on the blocking pool.
+struct Waiting {
+    ticket: Ticket,
+    task: tokio::task::JoinHandle<Decided>,
     started: std::time::Instant,
+    /// The answer if the job panics (STORAGE_FAILURE): the conversation must not wait forever.
+    if_it_panics: Decided,
 }
 
-impl Done {
-    /// An answer that starts no transaction.
-    fn answer(
-        txn_id: u32,
-        kind: &'static str,
-        reply: StoredReply,
-        outcome: impl Into<String>,
-        started: std::time::Instant,
-    ) -> Done {
-        Done {
-            txn_id,
-            kind,
-            reply,
-            outcome: outcome.into(),
-            swipe: None,
-            started,
-        }
-    }
-}
-
-struct Link<'a> {
+/// The driver of one reader: its conversation and what is in flight for it.
+struct Driver<'a> {
     ctx: &'a ReaderContext,
-    memory: &'a mut ReaderMemory,
-    session: HostSession,
+    conversation: Conversation,
+    /// Origin of the millisecond clock the session and the conversation run on.
     epoch: tokio::time::Instant,
-    encoding: TextEncoding,
-    backlog: VecDeque<(MessageType, Vec<u8>)>,
-    was_up: bool,
-    /// Transactions answered in this turn of the loop, logged once their answers are written.
-    answered: Vec<Answered>,
+    /// A store job that found the lock held, and when its decision started (for the log).
+    deciding: Option<Waiting>,
+    /// When the decision whose answer is about to be queued started.
+    started: Option<(Ticket, std::time::Instant)>,
+    /// Transactions answered in this turn of the loop, logged once their answers are written:
+    /// (answered, when its decision started).
+    answered: Vec<(Answered, std::time::Instant)>,
     /// When the status entries of answered transactions are due in the status file.
     publish_status: Option<tokio::time::Instant>,
 }
 
-/// A transaction whose answer is queued: its log line and status entry wait until the answer
-/// is on the wire (see [`Link::serve`]).
-struct Answered {
-    txn_id: u32,
-    kind: &'static str,
-    outcome: String,
-    started: std::time::Instant,
-}
-
-impl<'a> Link<'a> {
-    fn new(ctx: &'a ReaderContext, memory: &'a mut ReaderMemory) -> Self {
-        Link {
-            ctx,
-            memory,
-            session: HostSession::new(LinkConfig::new(ctx.config.baud)),
-            epoch: tokio::time::Instant::now(),
-            encoding: TextEncoding::Utf8,
-            backlog: VecDeque::new(),
-            was_up: false,
-            answered: Vec::new(),
-            publish_status: None,
-        }
-    }
-
+impl Driver<'_> {
     fn now(&self) -> LinkInstant {
         let ms = self.epoch.elapsed().as_millis();
         LinkInstant::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
@@ -290,44 +234,48 @@ impl<'a> Link<'a> {
         self.epoch + Duration::from_millis(at.as_millis())
     }
 
-    fn presentation(&self) -> Presentation {
-        Presentation {
-            language: self.ctx.language,
-            encoding: self.encoding,
-            utc_offset_minutes: self.ctx.utc_offset_minutes,
-        }
-    }
-
     fn name(&self) -> &str {
         &self.ctx.config.name
     }
 
-    /// Serves the open port until the device is gone; returns why.
-    async fn serve(&mut self, mut port: SerialStream) -> String {
+    /// Serves the open port until the device is gone; returns why, and whether a link came up.
+    async fn serve(&mut self, session: &mut HostSession, mut port: SerialStream) -> (String, bool) {
         let mut rx = [0u8; 1024];
         let mut tx = [0u8; WIRE_BUF_LEN];
+        let mut was_up = false;
         loop {
-            let timer = self.session.poll_timeout().map(|t| self.deadline(t));
+            let timer = [session.poll_timeout(), self.conversation.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min()
+                .map(|t| self.deadline(t));
             tokio::select! {
                 read = port.read(&mut rx) => match read {
-                    Ok(0) => return "end of file: device unplugged or closed".into(),
-                    Ok(n) => self.feed(&rx[..n]),
-                    Err(e) => return format!("read failed: {e}"),
+                    Ok(0) => return ("end of file: device unplugged or closed".into(), was_up),
+                    Ok(n) => was_up |= self.feed(session, &rx[..n]),
+                    Err(e) => return (format!("read failed: {e}"), was_up),
                 },
                 () = sleep_until(timer), if timer.is_some() => {
                     let now = self.now();
-                    self.session.handle_timeout(now);
-                    self.drain_events();
+                    session.handle_timeout(now);
+                    was_up |= self.drain_events(session).1;
+                    self.conversation.handle_timeout(now);
+                }
+                decided = wait_for(&mut self.deciding), if self.deciding.is_some() => {
+                    if let Some((ticket, decided, started)) = decided {
+                        self.conversation.handle_decided(self.now(), ticket, decided);
+                        self.started_at(ticket, started);
+                    }
                 }
                 () = sleep_until(self.publish_status), if self.publish_status.is_some() => {
                     self.publish_status = None;
                     self.ctx.status.publish();
                 }
             }
-            self.answer_backlog();
+            self.carry_out(session);
             let now = self.now();
             let mut failed = None;
-            while let Some(n) = self.session.poll_transmit(now, &mut tx) {
+            while let Some(n) = session.poll_transmit(now, &mut tx) {
                 match tokio::time::timeout(WRITE_TIMEOUT, port.write_all(&tx[..n])).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => failed = Some(format!("write failed: {e}")),
@@ -343,64 +291,67 @@ impl<'a> Link<'a> {
             // store's fsync kept the disk busy, and the next request would wait behind it
             // (benches/daemon.rs, `status`).
             let answered_any = !self.answered.is_empty();
-            for answered in std::mem::take(&mut self.answered) {
-                self.log_done(answered);
+            for (answered, started) in std::mem::take(&mut self.answered) {
+                self.log_answered(answered, started);
             }
             // Checkpoints belong in idle moments, after the cashier has the answer, not inside
             // the next redemption's commit (`Store::maintenance`).
-            if answered_any && self.backlog.is_empty() {
-                match self.ctx.store.run_blocking(|store, _| store.maintenance()) {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::warn!(error = %e, "store maintenance failed"),
-                    Err(StoreGone) => tracing::error!("store unusable during maintenance"),
+            if answered_any && self.conversation.is_idle() {
+                match self.ctx.store.try_run(|store, _| store.maintenance()) {
+                    None | Some(Ok(Ok(_))) => {}
+                    Some(Ok(Err(e))) => tracing::warn!(error = %e, "store maintenance failed"),
+                    Some(Err(StoreGone)) => tracing::error!("store unusable during maintenance"),
                 }
             }
             if let Some(reason) = failed {
-                return reason;
+                return (reason, was_up);
             }
         }
     }
 
-    /// Feeds received bytes, taking every event the session produces along the way.
-    fn feed(&mut self, mut data: &[u8]) {
+    /// Feeds received bytes, taking every event the session produces along the way. Returns
+    /// whether a link came up.
+    fn feed(&mut self, session: &mut HostSession, mut data: &[u8]) -> bool {
+        let mut up = false;
         while !data.is_empty() {
-            let now = self.now();
-            let used = self.session.handle_bytes(now, data);
+            let used = session.handle_bytes(self.now(), data);
             data = data.get(used..).unwrap_or_default();
-            let got = self.drain_events();
-            if used == 0 && !got {
+            let (events, link_up) = self.drain_events(session);
+            up |= link_up;
+            if used == 0 && events == 0 {
                 // The session consumed nothing and has nothing to say: never spin on it.
                 tracing::error!(reader = %self.name(), "session made no progress; dropping {} bytes", data.len());
-                return;
+                break;
             }
+            // A request delivered mid-read is decided before the rest is fed: the session holds
+            // further messages until its event is taken, and answers go out in order.
+            self.carry_out(session);
         }
+        up
     }
 
-    fn drain_events(&mut self) -> bool {
-        let mut any = false;
-        while let Some(event) = self.session.poll_event() {
-            any = true;
+    /// Hands the session's events to the conversation; returns how many there were and whether a
+    /// link came up.
+    fn drain_events(&mut self, session: &mut HostSession) -> (usize, bool) {
+        let (mut events, mut up) = (0, false);
+        while let Some(event) = session.poll_event() {
             let event = OwnedEvent::from(event);
+            events += 1;
+            up |= matches!(event, OwnedEvent::LinkUp(_));
             self.on_event(event);
         }
-        any
+        (events, up)
     }
 
     fn on_event(&mut self, event: OwnedEvent) {
         let name = self.ctx.config.name.clone();
+        let now = self.now();
         match event {
             OwnedEvent::LinkUp(info) => {
-                self.was_up = true;
-                self.encoding = info.encoding;
                 let serial = info.reader.serial.as_str().to_owned();
                 let firmware = info.reader.firmware.as_str().to_owned();
-                if self.memory.reader_serial.as_deref() != Some(serial.as_str()) {
-                    // Another reader on this port: nothing of the previous one applies.
-                    *self.memory = ReaderMemory {
-                        reader_serial: Some(serial.clone()),
-                        ..ReaderMemory::default()
-                    };
-                }
+                self.conversation
+                    .handle_link_up(now, &serial, info.encoding);
                 tracing::info!(
                     reader = %name, serial = %serial, firmware = %firmware,
                     encoding = ?info.encoding, change = ?info.peer_change,
@@ -418,7 +369,7 @@ impl<'a> Link<'a> {
             }
             OwnedEvent::LinkDown(reason) => {
                 tracing::warn!(reader = %name, reason = ?reason, "link down");
-                self.backlog.clear();
+                self.conversation.handle_link_down(now);
                 self.ctx.status.later(&name, |s| {
                     s.state = "waiting for reader".into();
                     s.detail = Some(format!("link down: {reason:?}"));
@@ -430,12 +381,7 @@ impl<'a> Link<'a> {
             }
             OwnedEvent::Delivered { .. } => {}
             OwnedEvent::Message { msg_type, payload } => {
-                if self.backlog.len() >= BACKLOG_MAX {
-                    tracing::warn!(reader = %name, msg_type = %msg_type, "reader sent requests faster than answers: busy");
-                    self.send_error(ErrorCode::BUSY, msg_type, "busy");
-                } else {
-                    self.backlog.push_back((msg_type, payload));
-                }
+                self.conversation.handle_message(now, msg_type, &payload);
             }
             OwnedEvent::MessageRejected {
                 msg_type, problem, ..
@@ -448,250 +394,126 @@ impl<'a> Link<'a> {
         }
     }
 
-    /// Answers the received requests, in order. Each store decision runs here, in place on this
-    /// reader's thread (see `store_owner`); the answers are queued on the session and written by
-    /// the caller.
-    fn answer_backlog(&mut self) {
-        loop {
-            let Some((msg_type, payload)) = self.backlog.pop_front() else {
-                return;
-            };
-            let Some(reader_id) = self.memory.reader_serial.clone() else {
-                return;
-            };
-            // The session validated the payload already; a failure here is a bug, answered as one.
-            let message = match Message::parse(msg_type.as_u8(), &payload, self.encoding) {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::error!(reader = %self.name(), msg_type = %msg_type, error = %e, "delivered message does not parse");
-                    self.send_error(ErrorCode::INTERNAL, msg_type, "internal");
-                    continue;
-                }
-            };
-            match self.job(reader_id, message) {
-                Ok(Some(done)) => self.finish(done),
-                Ok(None) => {}
-                Err(StoreGone) => {
-                    tracing::error!(reader = %self.name(), msg_type = %msg_type, "store unusable: request refused");
-                    self.send_error(ErrorCode::INTERNAL, msg_type, "store unusable");
-                }
-            }
-        }
-    }
-
-    /// Decides one request with the store (or answers it at once: `Ok(None)`).
-    fn job(&mut self, reader_id: String, message: Message<'_>) -> Result<Option<Done>, StoreGone> {
-        let presentation = self.presentation();
-        let started = std::time::Instant::now();
-        let store = &self.ctx.store;
-        let receiver = match message {
-            Message::CardPresented(cp) => {
-                let txn_id = cp.txn_id;
-                let card = Zeroizing::new(cp.card.to_owned());
-                let cashier = cp.cashier_id.to_owned();
-                self.memory.cashier.clone_from(&cashier);
-                // A new swipe ends the previous transaction.
-                self.memory.swipe = None;
-                store.run_blocking(move |store, now| {
-                    let (reply, outcome, entry_version) = match store.menu(&card, now) {
-                        Ok(MenuOutcome::Menu(menu)) => (
-                            presentation.menu(txn_id, &menu),
-                            format!("menu of {} entries", menu.entries.len()),
-                            Some(menu.entry_version),
-                        ),
-                        Ok(MenuOutcome::Declined(d)) => (
-                            presentation.declined(txn_id, d.reason),
-                            declined_outcome(d.reason, d.detail.as_deref()),
-                            None,
-                        ),
-                        Err(e) => {
-                            tracing::error!(error = %e, "store failed on a menu");
-                            let reason = DeclineReason::InternalError;
-                            (
-                                presentation.declined(txn_id, reason),
-                                declined_outcome(reason, None),
-                                None,
-                            )
+    /// Carries out the conversation's effects until it has none: store jobs (in place when the
+    /// lock is free), messages to queue on the session, log lines.
+    fn carry_out(&mut self, session: &mut HostSession) {
+        while let Some(effect) = self.conversation.poll_effect() {
+            match effect {
+                Effect::Decide { ticket, job } => {
+                    let started = std::time::Instant::now();
+                    match self
+                        .ctx
+                        .store
+                        .try_run(|store, now| execute(store, &job, now))
+                    {
+                        Some(result) => {
+                            let decided = result.unwrap_or_else(|StoreGone| store_unusable(&job));
+                            self.conversation
+                                .handle_decided(self.now(), ticket, decided);
+                            self.started_at(ticket, started);
                         }
-                    };
-                    Done {
-                        txn_id,
-                        kind: "swipe",
-                        reply,
-                        outcome,
-                        swipe: entry_version.map(|v| Swipe {
-                            txn_id,
-                            card,
-                            cashier,
-                            entry_version: Some(v),
-                        }),
-                        started,
-                    }
-                })
-            }
-            Message::Redeem(r) => {
-                let txn_id = r.txn_id;
-                let items: Vec<(u16, u64)> = r
-                    .items
-                    .iter()
-                    .map(|i| (u16::from(i.entry_index), u64::from(i.quantity)))
-                    .collect();
-                let identity: Option<Vec<u8>> = (r.identity.check
-                    != firmware_protocol::message::IdentityCheck::None)
-                    .then(|| r.identity.data.as_bytes().to_vec());
-                let swipe = self
-                    .memory
-                    .swipe
-                    .as_ref()
-                    .filter(|s| s.txn_id == txn_id)
-                    .map(|s| (s.card.clone(), s.cashier.clone(), s.entry_version));
-                store.run_blocking(move |store, now| {
-                    let Some((card, cashier, entry_version)) = swipe else {
-                        // No card for this txn in memory (daemon restarted, or a retransmitted
-                        // REDEEM after a new swipe): a stored outcome is the answer, else "swipe".
-                        return replay_or_decline(
-                            store,
-                            &reader_id,
-                            txn_id,
-                            "redeem",
-                            presentation,
-                            DeclineReason::NoCard,
-                            started,
-                        );
-                    };
-                    let request = RedeemRequest {
-                        reader_id: &reader_id,
-                        reader_txn_id: u64::from(txn_id),
-                        card_number: &card,
-                        items: &items,
-                        identity: identity.as_deref(),
-                        cashier_id: &cashier,
-                        menu_entry_version: entry_version,
-                    };
-                    let result =
-                        store.redeem(&request, now, |d| presentation.decision(txn_id, d).0);
-                    stored_done(result, txn_id, "redeem", presentation, started)
-                })
-            }
-            Message::Void(v) => {
-                let txn_id = v.txn_id;
-                let auth = v.original_auth_code.to_owned();
-                let reason = format!("{:?}", v.reason);
-                let cashier = self.memory.cashier.clone();
-                store.run_blocking(move |store, now| {
-                    let request = VoidRequest {
-                        reader_id: &reader_id,
-                        reader_txn_id: u64::from(txn_id),
-                        original_auth_code: &auth,
-                        reason: &reason,
-                        cashier_id: &cashier,
-                    };
-                    let result = store.void(&request, now, |d| presentation.decision(txn_id, d).0);
-                    stored_done(result, txn_id, "void", presentation, started)
-                })
-            }
-            Message::Query(q) => {
-                // The answer of this daemon run, if it is the one asked for (CARD_MENU answers
-                // live only here); otherwise the store's.
-                let remembered = self.memory.last_answer.clone().filter(|(txn, _)| match q {
-                    Query::Last => true,
-                    Query::Txn(id) => *txn == id,
-                });
-                if let Some((txn_id, reply)) = remembered {
-                    self.send_reply(&reply);
-                    self.answered.push(Answered {
-                        txn_id,
-                        kind: "query",
-                        outcome: "stored answer sent again".into(),
-                        started,
-                    });
-                    return Ok(None);
-                }
-                store.run_blocking(move |store, _now| {
-                    let found = match q {
-                        Query::Last => store.last_outcome(&reader_id).map(|o| {
-                            o.map(|(txn, bytes)| (u32::try_from(txn).unwrap_or(0), bytes))
-                        }),
-                        Query::Txn(id) => store
-                            .stored_outcome(&reader_id, u64::from(id))
-                            .map(|o| o.map(|bytes| (id, bytes))),
-                    };
-                    let asked = match q {
-                        Query::Last => 0,
-                        Query::Txn(id) => id,
-                    };
-                    match found {
-                        Ok(Some((txn_id, bytes))) => Done::answer(
-                            txn_id,
-                            "query",
-                            StoredReply(bytes),
-                            "stored answer sent again",
-                            started,
-                        ),
-                        Ok(None) => declined_done(
-                            asked,
-                            "query",
-                            presentation,
-                            DeclineReason::TxnUnknown,
-                            started,
-                        ),
-                        Err(e) => {
-                            tracing::error!(error = %e, "store failed on a query");
-                            declined_done(
-                                asked,
-                                "query",
-                                presentation,
-                                DeclineReason::InternalError,
+                        None => {
+                            // Another reader or a sync step holds the store: wait for it off this
+                            // thread, and keep the link served (DISPLAY after T_DISPLAY).
+                            let store = self.ctx.store.clone();
+                            let if_it_panics = store_unusable(&job);
+                            let task = tokio::task::spawn_blocking(move || {
+                                store
+                                    .run_blocking(|store, now| execute(store, &job, now))
+                                    .unwrap_or_else(|StoreGone| store_unusable(&job))
+                            });
+                            self.deciding = Some(Waiting {
+                                ticket,
+                                task,
                                 started,
-                            )
+                                if_it_panics,
+                            });
                         }
                     }
-                })
+                }
+                Effect::Send {
+                    msg_type,
+                    payload,
+                    answered,
+                } => {
+                    if msg_type == MessageType::Display {
+                        tracing::info!(reader = %self.name(), "a decision waits for the store: DISPLAY sent to the reader");
+                    }
+                    if let Err(e) = session.send_raw(msg_type, &payload) {
+                        // Down or full: a stored answer is recovered by the reader's QUERY.
+                        tracing::warn!(reader = %self.name(), msg_type = %msg_type, error = %e, "not sent; the reader will QUERY");
+                    }
+                    if let Some(answered) = answered {
+                        let started = self.take_started(answered.ticket);
+                        self.answered.push((answered, started));
+                    }
+                }
+                Effect::Log(note) => self.log(note),
             }
-            other => {
-                // The session refuses wrong-direction types before they get here.
-                let t = other.message_type();
-                tracing::warn!(reader = %self.name(), msg_type = %t, "unexpected message");
-                self.send_error(ErrorCode::UNEXPECTED_MESSAGE, t, "unexpected");
-                return Ok(None);
-            }
-        };
-        receiver.map(Some)
+        }
     }
 
-    fn finish(&mut self, done: Done) {
-        if let Some(swipe) = done.swipe {
-            self.memory.swipe = Some(swipe);
+    /// Remembers when the decision of `ticket` started, for its log line's latency.
+    fn started_at(&mut self, ticket: Ticket, started: std::time::Instant) {
+        self.started = Some((ticket, started));
+    }
+
+    fn take_started(&mut self, ticket: Ticket) -> std::time::Instant {
+        match self.started.take() {
+            Some((t, at)) if t == ticket => at,
+            _ => std::time::Instant::now(),
         }
-        self.send_reply(&done.reply);
-        // A QUERY's answer is not a transaction's: remembering it would make QUERY LAST answer
-        // the txn last asked about (or TXN_UNKNOWN) instead of the reader's last transaction.
-        if done.kind != "query" {
-            self.memory.last_answer = Some((done.txn_id, done.reply));
+    }
+
+    fn log(&self, note: Note) {
+        let reader = self.name();
+        match note {
+            Note::PeerError {
+                code,
+                offending_type,
+                text,
+            } => tracing::warn!(
+                reader, code = code.name().unwrap_or("?"), code_value = code.0,
+                offending_type = format_args!("{offending_type:#04x}"), text = %text,
+                "the reader reported an ERROR (not answered)"
+            ),
+            Note::Busy { msg_type } => {
+                tracing::warn!(reader, msg_type = %msg_type, "reader sent requests faster than answers: busy");
+            }
+            Note::NotSent { txn_id, kind } => tracing::info!(
+                reader,
+                txn = txn_id,
+                kind,
+                "answer stored after the link went down: not sent, the reader will QUERY"
+            ),
+            Note::StoreProblem {
+                txn_id,
+                kind,
+                problem,
+            } => {
+                tracing::error!(reader, txn = txn_id, kind, %problem, "request declined, nothing recorded")
+            }
+            Note::Unparsable { msg_type, error } => tracing::error!(
+                reader, msg_type = %msg_type, %error, "delivered message does not parse"
+            ),
         }
-        self.answered.push(Answered {
-            txn_id: done.txn_id,
-            kind: done.kind,
-            outcome: done.outcome,
-            started: done.started,
-        });
     }
 
     /// The transaction's log line (latency up to its answer written) and status entry (published
     /// within [`PUBLISH_DELAY`]).
-    fn log_done(&mut self, answered: Answered) {
+    fn log_answered(&mut self, answered: Answered, started: std::time::Instant) {
         let Answered {
             txn_id,
             kind,
             outcome,
-            started,
+            ..
         } = answered;
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
         tracing::info!(
             reader = %self.name(), txn = txn_id, kind, outcome, latency_ms = format_args!("{latency_ms:.3}"),
             "transaction"
         );
-        let at_ms = super::store_owner::wall_clock_ms();
+        let at_ms = wall_clock_ms();
         let kind = kind.to_owned();
         self.ctx.status.later(self.name(), |s| {
             s.last_transaction = Some(LastTransaction {
@@ -711,118 +533,21 @@ impl<'a> Link<'a> {
         self.publish_status
             .get_or_insert_with(|| tokio::time::Instant::now() + PUBLISH_DELAY);
     }
-
-    fn send_reply(&mut self, reply: &StoredReply) {
-        let Some((msg_type, payload)) = StoredReply::split(&reply.0) else {
-            tracing::error!(reader = %self.name(), "stored reply is not a reply; not sent");
-            return;
-        };
-        if let Err(e) = self.session.send_raw(msg_type, payload) {
-            // Down or full: the answer is stored; the reader recovers it with QUERY.
-            tracing::warn!(reader = %self.name(), msg_type = %msg_type, error = %e, "answer not sent; the reader will QUERY");
-        }
-    }
-
-    fn send_error(&mut self, code: ErrorCode, about: MessageType, text: &str) {
-        let message = Message::Error(firmware_protocol::message::Error {
-            code,
-            offending_type: about.as_u8(),
-            text: Text::from_utf8(text),
-        });
-        if let Err(e) = self.session.send(&message) {
-            tracing::warn!(reader = %self.name(), error = %e, "cannot send ERROR");
-        }
-    }
 }
 
-fn declined_outcome(reason: DeclineReason, detail: Option<&str>) -> String {
-    match detail {
-        Some(d) => format!("declined {reason:?} ({d})"),
-        None => format!("declined {reason:?}"),
-    }
-}
-
-fn declined_done(
-    txn_id: u32,
-    kind: &'static str,
-    presentation: Presentation,
-    reason: DeclineReason,
-    started: std::time::Instant,
-) -> Done {
-    Done::answer(
-        txn_id,
-        kind,
-        // DECLINED carries the request's txn id, 0 for QUERY LAST (PROTOCOL.md §5.15).
-        presentation.declined(txn_id, reason),
-        declined_outcome(reason, None),
-        started,
-    )
-}
-
-fn replay_or_decline(
-    store: &mut crate::store::Store,
-    reader_id: &str,
-    txn_id: u32,
-    kind: &'static str,
-    presentation: Presentation,
-    reason: DeclineReason,
-    started: std::time::Instant,
-) -> Done {
-    match store.stored_outcome(reader_id, u64::from(txn_id)) {
-        Ok(Some(bytes)) => Done::answer(
-            txn_id,
-            kind,
-            StoredReply(bytes),
-            "repeated request: stored answer sent again",
-            started,
-        ),
-        Ok(None) => declined_done(txn_id, kind, presentation, reason, started),
-        Err(e) => {
-            tracing::error!(error = %e, "store failed looking up a stored outcome");
-            declined_done(
-                txn_id,
-                kind,
-                presentation,
-                DeclineReason::InternalError,
-                started,
-            )
-        }
-    }
-}
-
-fn stored_done(
-    result: Result<crate::store::Outcome, crate::store::StoreError>,
-    txn_id: u32,
-    kind: &'static str,
-    presentation: Presentation,
-    started: std::time::Instant,
-) -> Done {
+/// The decision of the job waiting on the blocking pool, once it is made (`None` only when nothing
+/// waits).
+async fn wait_for(waiting: &mut Option<Waiting>) -> Option<(Ticket, Decided, std::time::Instant)> {
+    let w = waiting.as_mut()?;
+    let result = (&mut w.task).await;
+    let w = waiting.take()?;
     match result {
-        Ok(outcome) => {
-            let summary = match &outcome.decision {
-                Some(Decision::Redeemed(a)) => {
-                    format!("approved auth {} ({} line(s))", a.auth_code, a.lines.len())
-                }
-                Some(Decision::Voided(v)) => {
-                    format!("voided {} with auth {}", v.original_auth_code, v.auth_code)
-                }
-                Some(Decision::Declined(d)) => declined_outcome(d.reason, d.detail.as_deref()),
-                None if outcome.replay_mismatch => {
-                    "txn id reused with other content: first answer sent again".into()
-                }
-                None => "repeated request: stored answer sent again".into(),
-            };
-            Done::answer(txn_id, kind, StoredReply(outcome.reply), summary, started)
-        }
+        Ok(decided) => Some((w.ticket, decided, w.started)),
         Err(e) => {
-            tracing::error!(error = %e, kind, "store failed; nothing recorded");
-            declined_done(
-                txn_id,
-                kind,
-                presentation,
-                DeclineReason::InternalError,
-                started,
-            )
+            // The job panicked inside the store: its lock is poisoned, this job and every later
+            // one are declined STORAGE_FAILURE, and the watchdog stops (systemd restarts us).
+            tracing::error!(error = %e, "store job failed");
+            Some((w.ticket, w.if_it_panics, w.started))
         }
     }
 }

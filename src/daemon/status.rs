@@ -13,6 +13,11 @@
 //! discard, and flushes the new file's data (auto_da_alloc) — and the next request must not queue
 //! behind it. Transactions in quick succession, and a reader re-linking over and over, share one
 //! publication.
+//!
+//! The file is padded with spaces (JSON allows trailing whitespace) to whole 4 KiB pages with at
+//! least 1 KiB to spare, so that on a **full disk**, where the new file cannot be written, the daemon
+//! can still overwrite the old one in place, in blocks it already holds: `storage` then says why
+//! redemptions fail.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,7 +26,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::store_owner::wall_clock_ms as wall_ms;
+use crate::store::owner::wall_clock_ms as wall_ms;
 
 pub const STATUS_FILE: &str = "status.json";
 
@@ -41,6 +46,19 @@ pub struct DaemonStatus {
     /// `clean (N rows)` or the findings.
     #[serde(default)]
     pub journal_check: Option<String>,
+    /// The state directory's disk, as the daemon last saw it.
+    #[serde(default)]
+    pub storage: Option<StorageStatus>,
+}
+
+/// Free space on the state directory's filesystem and the last write the disk refused.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StorageStatus {
+    pub free_bytes: Option<u64>,
+    pub total_bytes: Option<u64>,
+    /// The last store write that failed for want of storage (a full disk, an I/O error), until a
+    /// later one succeeded.
+    pub last_error: Option<crate::store::StorageError>,
 }
 
 /// The sync task's view, updated after every pass (`crate::daemon::sync`).
@@ -111,6 +129,7 @@ impl StatusBoard {
             readers: BTreeMap::new(),
             sync: None,
             journal_check: None,
+            storage: None,
         };
         let board = StatusBoard {
             inner: Arc::new(Mutex::new(Board {
@@ -148,6 +167,18 @@ impl StatusBoard {
         self.publish();
     }
 
+    /// Sets the storage entry and republishes the file, if it changed.
+    pub fn storage(&self, storage: StorageStatus) {
+        {
+            let board = self.lock();
+            if board.status.storage.as_ref() == Some(&storage) {
+                return;
+            }
+        }
+        self.change(|s| s.storage = Some(storage));
+        self.publish();
+    }
+
     fn change(&self, change: impl FnOnce(&mut DaemonStatus)) {
         let mut board = self.lock();
         change(&mut board.status);
@@ -172,13 +203,46 @@ impl StatusBoard {
             board.unpublished = false;
             serde_json::to_vec_pretty(&board.status)
         };
-        let Ok(json) = json else { return };
+        let Ok(mut json) = json else { return };
+        pad_to_pages(&mut json);
         let tmp = self.path.with_extension("json.tmp");
-        let result = std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, &self.path));
+        let result = std::fs::write(&tmp, &json).and_then(|()| std::fs::rename(&tmp, &self.path));
+        let result = match result {
+            // A full disk: into the blocks the old file holds (see the module docs).
+            Err(e) if e.raw_os_error() == Some(28) => {
+                let _ = std::fs::remove_file(&tmp);
+                overwrite_in_place(&self.path, &json).map_err(|_| e)
+            }
+            other => other,
+        };
         if let Err(e) = result {
             tracing::debug!(path = %self.path.display(), error = %e, "cannot publish status");
         }
     }
+}
+
+/// Pads the JSON with spaces to whole 4 KiB pages, at least 1 KiB of them spare.
+fn pad_to_pages(json: &mut Vec<u8>) {
+    const PAGE: usize = 4096;
+    let len = (json.len() + 1024).div_ceil(PAGE) * PAGE;
+    json.resize(len, b' ');
+}
+
+/// Writes `json` over the start of the existing file when it fits in the file's length, without
+/// truncating (so that no block is freed and none needs allocating); the rest stays spaces.
+fn overwrite_in_place(path: &Path, json: &[u8]) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut file = std::fs::OpenOptions::new().write(true).open(path)?;
+    let old_len = file.metadata()?.len();
+    let body = json.trim_ascii_end();
+    if body.len() as u64 > old_len {
+        return Err(std::io::Error::other("status does not fit in the old file"));
+    }
+    let pad = usize::try_from(old_len).unwrap_or(usize::MAX) - body.len();
+    file.seek(SeekFrom::Start(0))?;
+    file.write_all(body)?;
+    file.write_all(&vec![b' '; pad])?;
+    Ok(())
 }
 
 /// Reads a published status file.

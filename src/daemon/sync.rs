@@ -16,8 +16,8 @@ use std::time::Duration;
 use redeemd_contract::keys::MacKey;
 
 use super::status::StatusBoard;
-use super::store_owner::{StoreHandle, wall_clock_ms};
 use crate::config::SyncConfig;
+use crate::store::owner::{StoreHandle, wall_clock_ms};
 use crate::sync::client::{Client, ClientOptions, SyncError};
 use crate::sync::pass::{PassReport, Step, SyncLock, Syncer, on_store};
 use crate::sync::plan::Backoff;

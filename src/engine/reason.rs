@@ -43,12 +43,15 @@ pub enum DeclineReason {
     TxnUnknown,
     /// REDEEM for a transaction id without a card presented first (daemon level).
     NoCard,
+    /// A txn id reused with other content, or for a request its transaction cannot have
+    /// (PROTOCOL.md §8.2; daemon level).
+    TxnIdReused,
     /// Nothing could be recorded (database error): nothing was deducted.
     InternalError,
 }
 
 impl DeclineReason {
-    pub const ALL: [DeclineReason; 28] = [
+    pub const ALL: [DeclineReason; 29] = [
         Self::CardUnknown,
         Self::CardLost,
         Self::CardFrozen,
@@ -76,6 +79,7 @@ impl DeclineReason {
         Self::IntegrityFailure,
         Self::TxnUnknown,
         Self::NoCard,
+        Self::TxnIdReused,
         Self::InternalError,
     ];
 
@@ -110,6 +114,7 @@ impl DeclineReason {
             Self::IntegrityFailure => W::INTEGRITY_FAILURE,
             Self::TxnUnknown => W::TXN_UNKNOWN,
             Self::NoCard => W::NO_CARD,
+            Self::TxnIdReused => W::TXN_ID_REUSED,
             Self::InternalError => W::STORAGE_FAILURE,
         };
         wire.0
@@ -117,16 +122,6 @@ impl DeclineReason {
 
     pub fn from_code(code: u16) -> Option<Self> {
         Self::ALL.iter().copied().find(|r| r.code() == code)
-    }
-
-    /// Whether an outcome with this reason is stored for idempotent replay. Integrity and internal
-    /// failures are not: they describe the terminal's state, not the request, and a retry after the
-    /// fault is fixed must be decided afresh.
-    pub fn is_durable(self) -> bool {
-        !matches!(
-            self,
-            Self::IntegrityFailure | Self::InternalError | Self::TxnUnknown | Self::NoCard
-        )
     }
 
     /// Short text for the reader's screen.
@@ -159,6 +154,7 @@ impl DeclineReason {
             Self::IntegrityFailure => "数据校验失败，请联系客服",
             Self::TxnUnknown => "无此交易记录",
             Self::NoCard => "请先刷卡",
+            Self::TxnIdReused => "交易号重复，请重新刷卡",
             Self::InternalError => "系统错误，未扣次数",
         }
     }
@@ -192,6 +188,7 @@ impl DeclineReason {
             Self::IntegrityFailure => "data integrity failure, call support",
             Self::TxnUnknown => "no such transaction",
             Self::NoCard => "swipe the card first",
+            Self::TxnIdReused => "transaction id reused, swipe again",
             Self::InternalError => "system error, nothing deducted",
         }
     }

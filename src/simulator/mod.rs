@@ -8,10 +8,17 @@
 //!   noise; every wait bounded; owned, decoded answers ([`screen`]).
 //! * [`scenario`] — scenario files (`fixtures/scenarios/*.scenario`) and their runner; the
 //!   interactive mode reads the same steps from stdin.
+//! * [`conformance`] — the conformance flows of PROTOCOL.md §11.1 (`firmware_protocol::conformance`)
+//!   played against a daemon, one PASS or FAIL line per rule.
+//!
+//! Txn ids continue after the daemon's latest transaction of this reader (QUERY LAST) unless the
+//! caller seeds them: a simulator keeps no flash, and a second session must not reuse the first's
+//! ids (PROTOCOL.md §8.1).
 //!
 //! [`run_cli`] is the entry point of `redeemd simulate-reader`. User documentation:
 //! `docs/simulator.md`.
 
+pub mod conformance;
 pub mod line;
 pub mod reader;
 pub mod scenario;
@@ -110,6 +117,14 @@ pub enum SimError {
         /// What is wrong.
         problem: String,
     },
+    /// Conformance flows that failed (each printed with its reason).
+    #[error("{failed} of {total} conformance rules failed")]
+    Conformance {
+        /// How many failed.
+        failed: usize,
+        /// How many ran.
+        total: usize,
+    },
     /// A scenario `expect` that did not hold.
     #[error("{location}: expected {expected}, got {got}")]
     ExpectationFailed {
@@ -137,6 +152,11 @@ pub enum Mode {
     Script(PathBuf),
     /// Read steps from stdin (a card number swipes, `1x2` redeems, `quit` ends).
     Interactive,
+    /// Play the conformance flows with this member card, then exit (non-zero if one failed).
+    Conformance {
+        /// A card the daemon knows, with an entry that asks no identity and has two uses left.
+        card: String,
+    },
 }
 
 /// Options of `redeemd simulate-reader` (plain data: the CLI fills it).
@@ -150,6 +170,9 @@ pub struct SimulatorOptions {
     pub baud: u32,
     /// Reader identity, encodings offered, txn counter seed, T_TXN.
     pub reader: ReaderSettings,
+    /// Take the txn counter from `reader.next_txn_id` as given; otherwise continue after the
+    /// daemon's latest transaction of this reader (QUERY LAST), if that is further.
+    pub txn_id_given: bool,
     /// How long to wait for the daemon to link up at start.
     pub connect_timeout: Duration,
     /// Scenario or interactive.
@@ -163,6 +186,7 @@ impl Default for SimulatorOptions {
             link: None,
             baud: 115_200,
             reader: ReaderSettings::default(),
+            txn_id_given: false,
             connect_timeout: Duration::from_secs(60),
             mode: Mode::Interactive,
         }
@@ -199,7 +223,7 @@ pub async fn run_cli(options: SimulatorOptions) -> Result<(), SimError> {
             })?;
             Some(scenario::parse(&path.display().to_string(), &text)?)
         }
-        Mode::Interactive => None,
+        Mode::Interactive | Mode::Conformance { .. } => None,
     };
     let line = Line::open(&options.line, options.baud, options.link.as_deref())?;
     let mut out = std::io::stdout();
@@ -223,7 +247,23 @@ pub async fn run_cli(options: SimulatorOptions) -> Result<(), SimError> {
         )
         .map_err(stdout_error)?;
     }
+    if !options.txn_id_given {
+        let last = reader.resume_txn_ids().await?;
+        writeln!(
+            out,
+            "txn ids from {} ({})",
+            reader.next_txn_id(),
+            last.map_or_else(
+                || "the daemon has no transaction of this reader".to_owned(),
+                |t| format!("the daemon's latest transaction of this reader is {t}")
+            )
+        )
+        .map_err(stdout_error)?;
+    }
     let mut runner = Runner::new();
+    if let Mode::Conformance { card } = &options.mode {
+        return conformance::run(&mut reader, card, &mut out).await;
+    }
     match scenario {
         Some(scenario) => runner.run(&mut reader, &scenario, &mut out).await,
         None => {

@@ -7,9 +7,12 @@
 //! [`SimReader::idle`]. A link that died meanwhile is noticed and re-established on the next call.
 //!
 //! Application rules of PROTOCOL.md §8 followed here: transaction ids from a counter the caller
-//! can seed (the firmware's flash), REDEEM reusing the CARD_PRESENTED's id, VOID taking a new one,
-//! the transaction timer T_TXN restarted by DISPLAY, and after a link-down with a request
-//! unanswered a QUERY for that txn id once the link is back — never the request again.
+//! can seed (the firmware's flash), or continued after the daemon's latest transaction of this
+//! reader ([`SimReader::resume_txn_ids`], QUERY LAST: a simulator has no flash and must never reuse
+//! an id), REDEEM reusing the CARD_PRESENTED's id, VOID taking a new one, the transaction timer
+//! T_TXN restarted by DISPLAY, and after a link-down with a request unanswered a QUERY for that txn
+//! id once the link is back — the request again, same bytes and id, only when that QUERY shows it
+//! was not recorded.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -208,6 +211,66 @@ impl SimReader {
     /// The txn id the next swipe or void will take.
     pub fn next_txn_id(&self) -> u32 {
         self.next_txn_id
+    }
+
+    /// Continues the txn counter after this reader's latest transaction at the daemon (QUERY LAST,
+    /// PROTOCOL.md §8.5), unless the counter is already beyond it: a reader without flash must still
+    /// never reuse a txn id (§8.1). Returns the txn id the daemon reported (`None`: it has none).
+    pub async fn resume_txn_ids(&mut self) -> Result<Option<u32>, SimError> {
+        let reply = self.query_last().await?;
+        let last = reply.answer.txn_id();
+        if last == 0 {
+            return Ok(None);
+        }
+        if last >= self.next_txn_id {
+            self.next_txn_id = last.checked_add(1).unwrap_or(1);
+        }
+        Ok(Some(last))
+    }
+
+    /// Sends one application message as given — a request, a malformed payload, a type a reader
+    /// never sends, an ERROR: nothing is checked — and returns the first application message that
+    /// comes back within `wait`, DISPLAY skipped: `None` if none does. For the conformance flows,
+    /// which judge the answers byte for byte.
+    pub async fn exchange(
+        &mut self,
+        msg_type: MessageType,
+        payload: &[u8],
+        wait: Duration,
+    ) -> Result<Option<(MessageType, Vec<u8>)>, SimError> {
+        self.wait_link_up(self.settings.txn_timeout).await?;
+        self.inbox.clear();
+        self.session
+            .send_unchecked(msg_type, payload)
+            .map_err(|e| SimError::Request {
+                what: msg_type.name(),
+                reason: e.to_string(),
+            })?;
+        let mut deadline = Instant::now() + wait;
+        loop {
+            while let Some(event) = self.inbox.pop_front() {
+                match event {
+                    OwnedEvent::Message {
+                        msg_type: MessageType::Display,
+                        ..
+                    } => deadline = Instant::now() + wait,
+                    OwnedEvent::Message { msg_type, payload } => {
+                        return Ok(Some((msg_type, payload)));
+                    }
+                    OwnedEvent::LinkDown(reason) => {
+                        return Err(SimError::Request {
+                            what: msg_type.name(),
+                            reason: format!("link down ({reason:?}) before an answer"),
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            self.step(deadline).await?;
+        }
     }
 
     /// Seeds the flash counter (tests reuse ids on purpose to see `TXN_ID_REUSED`). 0 is refused.
@@ -496,20 +559,25 @@ impl SimReader {
                                     Awaiting::Any => true,
                                     Awaiting::Txn(id) => answer.txn_id() == id,
                                 };
-                                // The QUERY after a link-down found nothing: the request never
-                                // reached the daemon. Sending it again under the same txn id
-                                // is safe (the daemon's idempotency key), once.
-                                let never_arrived = matches!(&answer,
-                                    Answer::Declined(d) if d.reason == DeclineReason::TXN_UNKNOWN);
+                                // The QUERY after a link-down shows no answer to this request:
+                                // nothing stored for its txn id (TXN_UNKNOWN), or for a REDEEM
+                                // only its swipe's menu (PROTOCOL.md §8.5). It was not recorded:
+                                // sending it again, same bytes and txn id, is safe (the daemon's
+                                // idempotency key), once.
+                                let not_recorded = match &answer {
+                                    Answer::Declined(d) => d.reason == DeclineReason::TXN_UNKNOWN,
+                                    Answer::Menu(_) => msg_type == MessageType::Redeem,
+                                    Answer::Approved(_) => false,
+                                };
                                 if for_us
                                     && recovered
-                                    && never_arrived
+                                    && not_recorded
                                     && !resent
                                     && msg_type != MessageType::Query
                                 {
                                     resent = true;
                                     self.notes.push(format!(
-                                        "the daemon never got the {}: sending it again, same txn id",
+                                        "the daemon has no answer to the {}: sending it again, same txn id",
                                         msg_type.name()
                                     ));
                                     self.send(msg_type, &payload)?;
@@ -572,8 +640,13 @@ impl SimReader {
                 }
             }
             if Instant::now() >= deadline {
+                let shown = if displays.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (the screen showed: {})", displays.join(" / "))
+                };
                 return Err(SimError::Timeout {
-                    waiting_for: what,
+                    waiting_for: format!("{what}{shown}"),
                     after: timeout,
                 });
             }

@@ -107,17 +107,7 @@ impl Reply {
     }
 }
 
-/// Text in the link's encoding as a `String` (GB18030 through encoding_rs; the session already
-/// validated it, so replacement characters cannot appear for well-formed input).
-pub fn decode_text(bytes: &[u8], encoding: TextEncoding) -> String {
-    match encoding {
-        TextEncoding::Utf8 => String::from_utf8_lossy(bytes).into_owned(),
-        TextEncoding::Gb18030 => encoding_rs::GB18030
-            .decode_without_bom_handling(bytes)
-            .0
-            .into_owned(),
-    }
-}
+pub use crate::conversation::render::decode_text;
 
 /// Decodes CARD_MENU, APPROVED or DECLINED parsed from `payload`.
 pub fn decode_answer(

@@ -26,7 +26,7 @@ use rusqlite::{Connection, TransactionBehavior, params};
 use thiserror::Error;
 
 use super::rows::{Integrity, TerminalRow};
-use super::{Fault, Store, StoreError};
+use super::{Store, StoreError};
 
 /// A deny-list answer as received (`GET deny-list?since=N`), not yet verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,33 +250,6 @@ pub(crate) fn count_matches(
     ))
 }
 
-/// Reads and verifies every stored deny row against the MACed terminal state (fails at the first bad
-/// row: the store then refuses to decide, see the module docs).
-pub(super) fn load(
-    conn: &Connection,
-    cache_key: &MacKey,
-    state: &TerminalRow,
-) -> Result<DenySet, Fault> {
-    let mut set = DenySet::new();
-    let (mut count, mut max_version) = (0u64, 0u64);
-    let mut first_bad = None;
-    each_row(conn, cache_key, &state.merchant_id, |r| match r {
-        Ok(e) => {
-            count += 1;
-            max_version = max_version.max(e.version);
-            set.entry(e.card_ref).or_default().push(e);
-        }
-        Err(i) => {
-            first_bad.get_or_insert(i);
-        }
-    })?;
-    if let Some(i) = first_bad {
-        return Err(Fault::Integrity(i));
-    }
-    count_matches(count, max_version, state)?;
-    Ok(set)
-}
-
 impl Store {
     /// The applied deny list's version and size.
     pub fn deny_info(&self) -> DenyInfo {
@@ -288,6 +261,11 @@ impl Store {
 
     /// Verifies a deny-list answer and stores it, all or nothing, in one short transaction.
     pub fn apply_deny_list(&mut self, list: &DenyList) -> Result<DenyReport, StoreError> {
+        let result = self.apply_deny_list_inner(list);
+        self.note_storage(result)
+    }
+
+    fn apply_deny_list_inner(&mut self, list: &DenyList) -> Result<DenyReport, StoreError> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;

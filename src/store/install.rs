@@ -52,6 +52,17 @@ const CHUNK_BYTES: usize = 1 << 20;
 pub const CARRY_SCAN_ROWS: usize = 4096;
 
 const STAGING_FULL: &str = "cache_staging";
+/// The swap of a full install: the staged table becomes the cache.
+const SWAP_FULL: &str = "DROP TABLE cache_entry; ALTER TABLE cache_staging RENAME TO cache_entry;";
+
+/// The DDL of a full install's staging table followed by its swap: what a full install does to the
+/// schema (`check::schema_findings` accepts the cache table in the form it leaves).
+pub(super) fn full_install_swap_ddl() -> String {
+    format!(
+        "{};\n{SWAP_FULL}",
+        CACHE_ENTRY_DDL.replacen("cache_entry", STAGING_FULL, 1)
+    )
+}
 /// Columns `carry_selected` reads from the old cache table (followed by `HAS_USAGE`).
 const CARRY_COLUMNS: &str = concat!("card_ref, ", super::schema::usage_columns!());
 const STAGING_DELTA: &str = "cache_delta_staging";
@@ -65,7 +76,7 @@ pub struct InstallReport {
 }
 
 /// How a long operation reaches the store: one short call per step, the store free for others in
-/// between. The daemon implements it with its store lock (`daemon::store_owner::StoreHandle`); a tool
+/// between. The daemon implements it with its store lock (`store::owner::StoreHandle`); a tool
 /// that owns the store uses [`Exclusive`].
 pub trait StoreAccess {
     fn with<T>(
@@ -573,13 +584,11 @@ impl Store {
                 ))?;
                 carry_selected(&tx, &mut changed, [from_seq])?;
                 drop(changed);
-                tx.execute_batch(&format!(
-                    "DROP TABLE cache_entry; ALTER TABLE {STAGING_FULL} RENAME TO cache_entry;"
-                ))?
+                tx.execute_batch(SWAP_FULL)?
             }
             BundleKind::Delta => {
-                let installed = super::read_manifest(&tx, &self.keys, &self.cfg.merchant_id)?
-                    .map(|m| m.version);
+                let installed =
+                    super::read_manifest(&tx, &self.keys, &state)?.map(|(m, _)| m.version);
                 if Some(manifest.prev_version) != installed {
                     return Err(StoreError::DeltaBase {
                         base: manifest.prev_version,
@@ -606,9 +615,14 @@ impl Store {
             .last_trusted_wall_ms
             .max(now.wall_ms.min(manifest.issued_at_ms));
         super::write_terminal_row(&tx, &state, &self.keys)?;
+        let (version, signed) = (
+            manifest.version as i64,
+            manifest.signed_bytes(&self.keys.cache),
+        );
+        let mac = super::rows::manifest_row_mac(&self.keys.journal, version, &signed, now.wall_ms);
         tx.execute(
-            "INSERT OR REPLACE INTO cache_manifest (id, version, signed, installed_wall_ms) VALUES (1, ?1, ?2, ?3)",
-            params![manifest.version as i64, manifest.signed_bytes(&self.keys.cache), now.wall_ms],
+            "INSERT OR REPLACE INTO cache_manifest (id, version, signed, installed_wall_ms, mac) VALUES (1, ?1, ?2, ?3, ?4)",
+            params![version, signed, now.wall_ms, &mac[..]],
         )?;
         tx.commit()?;
         self.commits_since_checkpoint = self.commits_since_checkpoint.saturating_add(1);

@@ -1,24 +1,39 @@
-//! The SQLite store: signed entitlement cache, HMAC-chained append-only journal, idempotent outcomes,
-//! identity-attempt counters and per-card usage anchors, in one database file.
+//! The SQLite store: signed entitlement cache, HMAC-chained append-only journal, the stored answers
+//! to each reader's requests, identity-attempt counters and per-card usage anchors, in one database
+//! file.
 //!
-//! A [`Store`] is synchronous and owned by one thread (the daemon runs it on a dedicated thread and
-//! sends it requests). Each decision reads and verifies its inputs, asks the pure [`crate::engine`], and
-//! commits journal rows, chain head, usage anchor, identity counter and the reply bytes in **one**
-//! `BEGIN IMMEDIATE … COMMIT` with `synchronous=FULL`, before the reply leaves the store. WAL
-//! checkpoints are not part of any commit: the owner calls [`Store::maintenance`] when idle.
+//! A [`Store`] is synchronous, with one connection. In the daemon it has one owner, [`owner::StoreHandle`]
+//! (a mutex that every reader thread and the sync task take in turn). Each answer to a reader's request
+//! (`answers`: `Store::answer_card_presented`, `answer_redeem`, `answer_void`) reads and verifies its
+//! inputs, applies the idempotency rules (`crate::conversation::rules`), asks the pure [`crate::engine`],
+//! and commits journal rows, chain head, usage anchor, identity counter and the reply bytes in **one**
+//! `BEGIN IMMEDIATE … COMMIT` — with `synchronous=FULL` for a REDEEM or VOID, `NORMAL` for a
+//! CARD_PRESENTED (it deducts nothing) — before the reply leaves the store. WAL checkpoints are not
+//! part of any commit: the owner calls [`Store::maintenance`] when idle.
 //!
 //! Invariants (tested in `tests/it`):
 //! * no card number is ever written: only its keyed reference and the masked number;
 //! * no journal row is ever updated or deleted (triggers refuse it), and seqs are gap-free;
-//! * a reply for a (reader, transaction id) is stored with the rows it reports, and replayed byte-identically;
-//! * every MACed row is verified before it is used; a failed check declines with `IntegrityFailure`
-//!   and names the row, it never decides from tampered data.
+//! * the answer to a (reader, transaction id, request type) is stored with the rows it reports, and
+//!   replayed byte-identically; a request under that key with another payload deducts nothing;
+//! * every row the daemon acts on carries a MAC and is verified before it is used; a failed check
+//!   refuses the store or declines with `IntegrityFailure` and names the row, it never decides from
+//!   (or sends) tampered data. Opening runs [`check`]'s checks, the same that `journal verify` /
+//!   `cache verify` run ([`verify::database`]);
+//! * a key that is not the database's, or another terminal's database, is named as such, not as an
+//!   edit ([`check::identify`], the key check value);
+//! * a database is created only in an existing, empty state directory, never over a missing or
+//!   emptied one ([`state_dir`]).
 
+pub mod answers;
+pub mod check;
 pub mod close;
 pub mod deny;
 mod install;
+pub mod owner;
 pub mod rows;
 pub mod schema;
+pub mod state_dir;
 pub mod verify;
 
 use std::path::{Path, PathBuf};
@@ -29,13 +44,13 @@ use redeemd_contract::model::{Card, CardNumber, CardRef, identity_matches};
 use redeemd_contract::snapshot::{BundleError, EntryOp, Manifest, verify_entry_mac};
 use redeemd_contract::{JournalRecord, RecordKind};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::engine::{
     self, CacheFacts, CardView, Context, DeclineReason, IdentityInput, IdentityState, Limits, Line,
     Menu, Now, TerminalFacts, Usage,
 };
+pub use answers::{Outcome, Queried, Replies, Request, Source, SwipeFacts};
 pub use deny::{DenyError, DenyInfo, DenyList, DenyReport};
 pub use install::{
     BundleInstall, CARRY_SCAN_ROWS, CHUNK_ENTRIES, Exclusive, InstallReport, StoreAccess,
@@ -80,8 +95,49 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("no database at {path} (run the daemon once, or check --state-dir)")]
+    #[error(
+        "state directory {path} does not exist: redeemd never creates it on its own (a typo in state_dir or --state-dir?). systemd creates it when the service starts (StateDirectory=); for a hand-run daemon create it (install -d -m 0700 {path}) or run `redeemd init`"
+    )]
+    StateDirMissing { path: PathBuf },
+    #[error(
+        "state directory {path} is not a directory (a file of that name is in the way): point state_dir at a directory (default /var/lib/redeemd)"
+    )]
+    NotADirectory { path: PathBuf },
+    #[error(
+        "cannot create state directory {path}: its parent directory does not exist (a typo?); redeemd creates the state directory itself, never its parents"
+    )]
+    ParentMissing { path: PathBuf },
+    #[error(
+        "no database at {path} yet: the daemon creates it at its first start (or check state_dir / --state-dir)"
+    )]
     Missing { path: PathBuf },
+    #[error(
+        "database {path} is {how}, but this state directory held {held}: refusing to start a new, empty journal over it. Restore {} (with its -wal file, if any) from a backup and start again; if it is truly lost, tell the platform (it holds what was uploaded), move the state directory aside and run `redeemd init`. If this is a new install that never served a card, remove the file and {} and start again",
+        DB_FILE,
+        state_dir::MARKER_FILE
+    )]
+    DatabaseLost {
+        path: PathBuf,
+        how: String,
+        held: String,
+    },
+    #[error(
+        "state directory {dir} holds no database but is not empty ({}): a database that was here is gone (a daemon ran here before). redeemd creates a database only in an empty state directory: restore {} from a backup, or for a new install empty the directory",
+        entries.join(", "),
+        DB_FILE
+    )]
+    NotEmpty { dir: PathBuf, entries: Vec<String> },
+    #[error(
+        "state directory {dir} is in use by another redeemd{}: one daemon per state directory (stop it first: systemctl stop redeemd, or end the one started by hand)",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    InUse { dir: PathBuf, pid: Option<u32> },
+    #[error("state directory {path} already holds a database: nothing to initialise")]
+    Exists { path: PathBuf },
+    #[error(
+        "this database of terminal {terminal} was created with another key: the key given is not this terminal's secret (another terminal's key file, or a secret issued later). Install the terminal's own key; the database itself is not at fault"
+    )]
+    WrongKey { terminal: String },
     #[error("database {path} is corrupt or not a redeemd database: {detail}")]
     Corrupt { path: PathBuf, detail: String },
     #[error(
@@ -91,7 +147,7 @@ pub enum StoreError {
     #[error("migration to schema version {version} failed and was rolled back: {detail}")]
     Migration { version: i64, detail: String },
     #[error(
-        "database belongs to terminal {found:?} / merchant {found_merchant:?}, but this is {expected:?} / {expected_merchant:?}"
+        "this database belongs to terminal {found:?} / merchant {found_merchant:?}, but the configuration is for {expected:?} / {expected_merchant:?}: check state_dir and terminal_id (a database copied from another terminal cannot serve this one)"
     )]
     WrongTerminal {
         expected: String,
@@ -196,24 +252,14 @@ pub struct VoidApproval {
     pub lines: Vec<VoidLine>,
 }
 
-/// What the caller's `render` turns into reply bytes.
+/// A decision, which the caller's [`Replies`] turns into reply bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
+    /// A CARD_PRESENTED's menu.
+    Menu(Menu),
     Redeemed(Approval),
     Voided(VoidApproval),
     Declined(Declined),
-}
-
-/// The reply for a redeem or void request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
-    /// Exactly the bytes to send to the reader (stored, so replays are byte-identical).
-    pub reply: Vec<u8>,
-    /// The fresh decision, or `None` when this is a replay of a stored outcome.
-    pub decision: Option<Decision>,
-    /// A replay whose request differs from the stored one (same id reused with other content): the
-    /// stored reply is returned anyway — a transaction id means one answer — and this flags it for logs.
-    pub replay_mismatch: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,47 +268,30 @@ pub enum MenuOutcome {
     Declined(Declined),
 }
 
-/// A redemption request. `Debug` masks the card number and hides identity data, so that logging a
-/// request never writes either in clear.
+/// What a redemption is decided from: the REDEEM's items and identity data, and its
+/// transaction's stored swipe (card reference, cashier, the entry version its menu showed).
 #[derive(Clone, Copy)]
-pub struct RedeemRequest<'a> {
-    pub reader_id: &'a str,
-    pub reader_txn_id: u64,
-    pub card_number: &'a str,
+struct RedeemFacts<'a> {
+    reader_id: &'a str,
+    txn_id: u32,
+    card_ref: CardRef,
+    /// A different current version declines with `MenuChanged` instead of redeeming indexes that
+    /// may now mean other items.
+    entry_version: u64,
+    cashier_id: &'a str,
     /// (entry index from the menu, quantity).
-    pub items: &'a [(u16, u64)],
+    items: &'a [(u16, u64)],
     /// Identity confirmation data typed by the member, if asked.
-    pub identity: Option<&'a [u8]>,
-    pub cashier_id: &'a str,
-    /// The menu's entry version, if the caller showed one: a different current version declines with
-    /// `MenuChanged` instead of redeeming indexes that may now mean other items.
-    pub menu_entry_version: Option<u64>,
+    identity: Option<&'a [u8]>,
 }
 
-impl std::fmt::Debug for RedeemRequest<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let card = CardNumber::parse(self.card_number)
-            .map_or_else(|_| "<unparsable>".to_owned(), |n| n.masked());
-        f.debug_struct("RedeemRequest")
-            .field("reader_id", &self.reader_id)
-            .field("reader_txn_id", &self.reader_txn_id)
-            .field("card", &card)
-            .field("items", &self.items)
-            .field("identity", &self.identity.map(|_| "<given>"))
-            .field("cashier_id", &self.cashier_id)
-            .field("menu_entry_version", &self.menu_entry_version)
-            .finish()
-    }
-}
-
-/// A void request.
-#[derive(Debug, Clone, Copy)]
-pub struct VoidRequest<'a> {
-    pub reader_id: &'a str,
-    pub reader_txn_id: u64,
-    pub original_auth_code: &'a str,
-    pub reason: &'a str,
-    pub cashier_id: &'a str,
+/// What a void is decided from.
+#[derive(Clone, Copy)]
+struct VoidFacts<'a> {
+    reader_id: &'a str,
+    txn_id: u32,
+    original_auth_code: &'a str,
+    cashier_id: &'a str,
 }
 
 /// Summary of the installed cache, for `cache info` and status.
@@ -332,6 +361,8 @@ pub struct Store {
     state: TerminalRow,
     offline_redemptions: u64,
     cache: Option<Manifest>,
+    /// When the installed manifest was installed (from its MACed row).
+    cache_installed_wall_ms: i64,
     /// Verified deny entries by card (see [`deny`]), loaded with the terminal state.
     deny: deny::DenySet,
     data_version: i64,
@@ -339,6 +370,22 @@ pub struct Store {
     checked_at_boot_ms: u64,
     /// Write transactions since the last complete checkpoint (see [`Store::maintenance`]).
     commits_since_checkpoint: u32,
+    /// The connection commits with `synchronous=NORMAL` (only while a CARD_PRESENTED's answer is
+    /// written: see `answers`).
+    synchronous_normal: bool,
+    /// The last write that failed for want of storage (a full disk, an I/O error), for `status`.
+    storage_error: Option<StorageError>,
+    /// An identity-attempt counter failed its check at the last load (`check::load_state`):
+    /// decisions that need a counter decline with it.
+    identity_fault: Option<Integrity>,
+}
+
+/// A write the disk refused (`SQLITE_FULL`, an I/O error, a read-only file): shown by `redeemd status`
+/// until a later write succeeds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StorageError {
+    pub message: String,
+    pub at_wall_ms: i64,
 }
 
 impl std::fmt::Debug for Store {
@@ -350,13 +397,34 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// Opens (creating if needed) the database file with WAL and `synchronous=FULL`, and migrates it.
+/// Opens an existing database file with WAL and `synchronous=FULL`, and migrates it. Never creates
+/// one: a missing file, an empty one, or a SQLite file without redeemd's schema is refused by name.
 pub fn open_database(path: &Path) -> Result<Connection, StoreError> {
+    open_file(path, false)
+}
+
+/// Creates the database file (the caller checked that the state directory is new and empty) and
+/// gives it the schema.
+fn create_database(path: &Path) -> Result<Connection, StoreError> {
+    open_file(path, true)
+}
+
+fn open_file(path: &Path, create: bool) -> Result<Connection, StoreError> {
+    use rusqlite::OpenFlags;
     let corrupt = |e: &rusqlite::Error| StoreError::Corrupt {
         path: path.to_owned(),
         detail: e.to_string(),
     };
-    let mut conn = Connection::open(path)?;
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    } else if !path.is_file() {
+        return Err(missing_or_lost(path));
+    }
+    let mut conn = Connection::open_with_flags(path, flags).map_err(|e| match e {
+        e if is_corruption(&e) => corrupt(&e),
+        e => StoreError::Sql(e),
+    })?;
     let setup = |conn: &Connection| -> rusqlite::Result<()> {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
@@ -387,11 +455,59 @@ pub fn open_database(path: &Path) -> Result<Connection, StoreError> {
         Ok(())
     };
     setup(&conn).map_err(|e| corrupt(&e))?;
+    if !create {
+        // A file SQLite reads as a database without redeemd's schema is not ours to migrate: an
+        // empty database (a file cut to nothing, a first start that crashed before its schema) or
+        // another program's.
+        let (version, objects): (i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT user_version FROM pragma_user_version), (SELECT count(*) FROM sqlite_master)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|e| corrupt(&e))?;
+        if version == 0 && objects > 0 {
+            return Err(StoreError::Corrupt {
+                path: path.to_owned(),
+                detail: "an SQLite database, but not a redeemd one (it holds other tables)".into(),
+            });
+        }
+        if version == 0 {
+            return Err(StoreError::DatabaseLost {
+                path: path.to_owned(),
+                how: "a database without redeemd's schema (nothing in it)".into(),
+                held: lost_journal(path),
+            });
+        }
+    }
     schema::migrate_with(&mut conn, schema::MIGRATIONS).map_err(|e| match e {
         StoreError::Sql(ref s) if is_corruption(s) => corrupt(s),
         other => other,
     })?;
     Ok(conn)
+}
+
+/// The error for a database file that is not there: missing where a journal was, or not created yet.
+fn missing_or_lost(path: &Path) -> StoreError {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    match state_dir::presence(dir) {
+        Err(e) => e,
+        Ok(_) => StoreError::Missing {
+            path: path.to_owned(),
+        },
+    }
+}
+
+/// What the state directory's marker says was there, for [`StoreError::DatabaseLost`].
+fn lost_journal(path: &Path) -> String {
+    match path.parent().and_then(state_dir::read_marker) {
+        Some(Ok(m)) => format!(
+            "the journal of terminal {} (journal head seq {} when the daemon last opened it)",
+            m.terminal_id, m.journal_head_seq
+        ),
+        Some(Err(_)) => "a journal (its marker is unreadable)".into(),
+        None => "no journal that redeemd recorded".into(),
+    }
 }
 
 fn is_corruption(e: &rusqlite::Error) -> bool {
@@ -401,25 +517,69 @@ fn is_corruption(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// Whether an SQLite error means the storage refused the write (disk full, I/O error, read-only
+/// file), as opposed to a bug or a busy database.
+fn is_storage_failure(e: &StoreError) -> bool {
+    let StoreError::Sql(e) = e else {
+        return false;
+    };
+    matches!(
+        e.sqlite_error_code(),
+        Some(
+            rusqlite::ErrorCode::DiskFull
+                | rusqlite::ErrorCode::SystemIoFailure
+                | rusqlite::ErrorCode::ReadOnly
+                | rusqlite::ErrorCode::CannotOpen
+        )
+    )
+}
+
+/// Whether a missing database may be created by the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Create {
+    /// As a first start: only in an empty state directory (created if missing, never its parents).
+    FirstStart,
+    /// Never (`redeemd sync`, the tools).
+    Never,
+}
+
 impl Store {
-    /// Opens the store in `state_dir` (created mode 0700 if missing), checking that it belongs to this
-    /// terminal, that its state row, chain head and installed manifest verify.
+    /// Opens the store in `state_dir`, creating the directory itself (mode 0700, never its parents)
+    /// if it is missing; a database is created only when the directory is empty (a first start).
+    /// Checks that the database is this terminal's and made with this key, seals a database migrated
+    /// from before schema 7, and runs every opening check ([`check::load_state`]).
+    ///
+    /// `redeemd run` creates no directory at all: it takes the directory's lock first
+    /// ([`state_dir::DaemonLock`]), which requires it to exist (systemd's `StateDirectory=` makes it).
     pub fn open(
         state_dir: &Path,
         keys: TerminalKeys,
         cfg: StoreConfig,
     ) -> Result<Store, StoreError> {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(state_dir)
-            .map_err(|source| StoreError::StateDir {
-                path: state_dir.to_owned(),
-                source,
-            })?;
+        Self::open_with(state_dir, keys, cfg, Create::FirstStart)
+    }
+
+    /// As [`Store::open`], choosing whether a first start may create the database.
+    pub fn open_with(
+        state_dir: &Path,
+        keys: TerminalKeys,
+        cfg: StoreConfig,
+        create: Create,
+    ) -> Result<Store, StoreError> {
         let path = state_dir.join(DB_FILE);
-        let conn = open_database(&path)?;
+        if create == Create::FirstStart {
+            state_dir::create_dir(state_dir)?;
+        }
+        let presence = state_dir::presence(state_dir)?;
+        let creating = presence == state_dir::Presence::Empty;
+        if creating && create == Create::Never {
+            return Err(StoreError::Missing { path });
+        }
+        let conn = if creating {
+            create_database(&path)?
+        } else {
+            open_database(&path)?
+        };
         // Owner-only: SQLite gives the -wal and -shm files the same mode as the database.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(
@@ -428,46 +588,107 @@ impl Store {
                 source,
             },
         )?;
-        Self::from_connection(conn, path, keys, cfg)
+        let expected = (cfg.terminal_id.clone(), cfg.merchant_id.clone());
+        let own = keys.clone();
+        let keys_for = move |id: &str| (id == own.terminal_id).then(|| own.clone());
+        let store = Self::from_connection(
+            conn,
+            path,
+            &keys_for,
+            Some((&expected.0, &expected.1)),
+            cfg.limits.clone(),
+            creating,
+        )?;
+        // The daemon's opens (and `init`) keep the marker; `redeemd sync` (often root) leaves it.
+        if create == Create::FirstStart {
+            store.update_marker();
+        }
+        Ok(store)
     }
 
-    /// Opens an existing store for inspection tools, taking terminal and merchant ids from the database.
-    /// Refuses to create one.
+    /// `redeemd init`: creates the state directory (never its parents) if it is missing, and the
+    /// database in it, which must be empty; an existing database is refused.
+    pub fn init(
+        state_dir: &Path,
+        keys: TerminalKeys,
+        cfg: StoreConfig,
+    ) -> Result<Store, StoreError> {
+        state_dir::create_dir(state_dir)?;
+        if state_dir::presence(state_dir)? == state_dir::Presence::Database {
+            return Err(StoreError::Exists {
+                path: state_dir.join(DB_FILE),
+            });
+        }
+        Self::open_with(state_dir, keys, cfg, Create::FirstStart)
+    }
+
+    /// Opens an existing store for the tools, deriving the keys of the terminal the database was
+    /// created for (`expected`: the configured terminal and merchant, when a configuration is known;
+    /// a database of another is then refused by name). Never creates one.
     pub fn open_existing(
         state_dir: &Path,
         secret: &redeemd_contract::TerminalSecret,
         limits: Limits,
+        expected: Option<(&str, &str)>,
     ) -> Result<Store, StoreError> {
         let path = state_dir.join(DB_FILE);
-        if !path.is_file() {
+        if state_dir::presence(state_dir)? == state_dir::Presence::Empty {
             return Err(StoreError::Missing { path });
         }
         let conn = open_database(&path)?;
-        let (terminal_id, merchant_id) = stored_identity(&conn, &path)?;
-        let keys = secret.derive_all(&terminal_id);
         Self::from_connection(
             conn,
             path,
-            keys,
-            StoreConfig {
-                terminal_id,
-                merchant_id,
-                limits,
-            },
+            &|id: &str| Some(secret.derive_all(id)),
+            expected,
+            limits,
+            false,
         )
     }
 
     fn from_connection(
         conn: Connection,
         path: PathBuf,
-        keys: TerminalKeys,
-        cfg: StoreConfig,
+        keys_for: &dyn Fn(&str) -> Option<TerminalKeys>,
+        expected: Option<(&str, &str)>,
+        limits: Limits,
+        creating: bool,
     ) -> Result<Store, StoreError> {
+        let owner = check::identify(&conn, keys_for, expected)?;
+        let (keys, terminal_id, merchant_id) = match (owner, expected) {
+            (Some(o), _) => (o.keys, o.terminal_id, o.merchant_id),
+            (None, Some((terminal, merchant))) => {
+                // No terminal state: a database being created here, or one whose first start
+                // stopped after the schema and before its first row (then its journal is empty and
+                // no marker vouches for a journal).
+                let unfinished = !creating
+                    && conn
+                        .query_row("SELECT count(*) FROM journal", [], |r| r.get::<_, i64>(0))?
+                        == 0
+                    && path.parent().and_then(state_dir::read_marker).is_none();
+                if !creating && !unfinished {
+                    return Err(StoreError::DatabaseLost {
+                        how: "without its terminal state row".into(),
+                        held: lost_journal(&path),
+                        path,
+                    });
+                }
+                let keys = keys_for(terminal).ok_or_else(|| StoreError::WrongKey {
+                    terminal: terminal.to_owned(),
+                })?;
+                (keys, terminal.to_owned(), merchant.to_owned())
+            }
+            (None, None) => return Err(StoreError::Missing { path }),
+        };
         let mut store = Store {
             conn,
             path,
             keys,
-            cfg,
+            cfg: StoreConfig {
+                terminal_id,
+                merchant_id,
+                limits,
+            },
             state: TerminalRow {
                 terminal_id: String::new(),
                 merchant_id: String::new(),
@@ -478,16 +699,32 @@ impl Store {
                 cache_version: 0,
                 deny_version: 0,
                 deny_count: 0,
+                identity_count: 0,
+                sealed: true,
             },
             offline_redemptions: 0,
             cache: None,
+            cache_installed_wall_ms: 0,
             deny: deny::DenySet::new(),
             data_version: 0,
             checked_at_boot_ms: 0,
             // Unknown WAL contents at open: let the first maintenance call checkpoint.
             commits_since_checkpoint: CHECKPOINT_EVERY_COMMITS,
+            synchronous_normal: false,
+            storage_error: None,
+            identity_fault: None,
         };
-        store.init_terminal_row()?;
+        let has_state: bool =
+            store
+                .conn
+                .query_row("SELECT EXISTS (SELECT 1 FROM terminal_state)", [], |r| {
+                    r.get(0)
+                })?;
+        if !has_state {
+            store.create_terminal_row()?;
+        }
+        store.seal()?;
+        store.restore_guards();
         store.reload().map_err(|f| match f {
             Fault::Integrity(i) => StoreError::Integrity(i),
             Fault::Stale => StoreError::Integrity(Integrity::new(
@@ -503,24 +740,9 @@ impl Store {
         Ok(store)
     }
 
-    fn init_terminal_row(&mut self) -> Result<(), StoreError> {
-        let exists: bool =
-            self.conn
-                .query_row("SELECT EXISTS (SELECT 1 FROM terminal_state)", [], |r| {
-                    r.get(0)
-                })?;
-        if exists {
-            let (t, m) = stored_identity(&self.conn, &self.path)?;
-            if t != self.cfg.terminal_id || m != self.cfg.merchant_id {
-                return Err(StoreError::WrongTerminal {
-                    expected: self.cfg.terminal_id.clone(),
-                    found: t,
-                    expected_merchant: self.cfg.merchant_id.clone(),
-                    found_merchant: m,
-                });
-            }
-            return Ok(());
-        }
+    /// A new database's first rows: the terminal state (sealed: its MAC covers every field) and the
+    /// key check value; then a checkpoint, so that the database file itself holds them.
+    fn create_terminal_row(&mut self) -> Result<(), StoreError> {
         let row = TerminalRow {
             terminal_id: self.cfg.terminal_id.clone(),
             merchant_id: self.cfg.merchant_id.clone(),
@@ -531,13 +753,129 @@ impl Store {
             cache_version: 0,
             deny_version: 0,
             deny_count: 0,
+            identity_count: 0,
+            sealed: true,
         };
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         write_terminal_row(&tx, &row, &self.keys)?;
+        check::KeyCheck::write(&tx, &self.keys)?;
         tx.commit()?;
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        tracing::info!(path = %self.path.display(), terminal = %self.cfg.terminal_id, "created a new database");
         Ok(())
+    }
+
+    /// Seals a database migrated from before schema 7 (a migration holds no key): once its terminal
+    /// state verifies as it was written, MACs the rows that had none (the manifest row, the close
+    /// records), counts the identity-attempt rows into the state, stores the key check value and
+    /// re-MACs the state in the form that covers every field. Rows edited before this open are
+    /// sealed as they are: nothing guarded them before. A read-only database stays unsealed (and is
+    /// checked as before).
+    fn seal(&mut self) -> Result<(), StoreError> {
+        let result = (|| -> Result<bool, StoreError> {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut state = read_terminal_row(&tx, &self.keys)?;
+            if state.sealed {
+                return Ok(false);
+            }
+            let manifest: Option<(i64, Vec<u8>, i64)> = tx
+                .query_row(
+                    "SELECT version, signed, installed_wall_ms FROM cache_manifest WHERE id = 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+                .map_err(|e| match e {
+                    rusqlite::Error::InvalidColumnType(..) => StoreError::Integrity(
+                        Integrity::new("cache manifest", format!("{e} (row edited)")),
+                    ),
+                    e => StoreError::Sql(e),
+                })?;
+            if let Some((version, signed, installed)) = manifest {
+                let mac = rows::manifest_row_mac(&self.keys.journal, version, &signed, installed);
+                tx.execute(
+                    "UPDATE cache_manifest SET mac = ?1 WHERE id = 1",
+                    [&mac[..]],
+                )?;
+            }
+            close::seal_rows(&tx, &self.keys)?;
+            state.identity_count =
+                tx.query_row("SELECT count(*) FROM identity_attempt", [], |r| {
+                    r.get::<_, i64>(0)
+                })? as u64;
+            state.sealed = true;
+            write_terminal_row(&tx, &state, &self.keys)?;
+            check::KeyCheck::write(&tx, &self.keys)?;
+            tx.commit()?;
+            Ok(true)
+        })();
+        match result {
+            Ok(true) => {
+                tracing::info!(path = %self.path.display(), "sealed a database migrated to schema 7: every row the daemon acts on now carries a MAC");
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(StoreError::Sql(e))
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ReadOnly) =>
+            {
+                Ok(())
+            }
+            // The checks that follow name what is wrong (a state that does not verify, a row edited).
+            Err(StoreError::Integrity(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Puts back the journal's append-only triggers if they were dropped (the edit that came with it
+    /// is caught by the MACs), logging it. A read-only database keeps what it has (verify names it).
+    fn restore_guards(&self) {
+        match check::restore_guards(&self.conn) {
+            Ok(restored) if restored.is_empty() => {}
+            Ok(restored) => tracing::error!(
+                triggers = %restored.join(", "),
+                "the journal's append-only triggers had been dropped (the database was edited with a SQLite tool): put back; run `redeemd journal verify` and keep the database as evidence"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot put back the journal's append-only triggers")
+            }
+        }
+    }
+
+    /// Records in the state directory's marker that this database holds this terminal's journal, and
+    /// its head now (see [`state_dir`]). A failure is logged, not fatal: the database itself is fine.
+    fn update_marker(&self) {
+        let Some(dir) = self.path.parent() else {
+            return;
+        };
+        let now = owner::wall_clock_ms();
+        let created_at_ms = match state_dir::read_marker(dir) {
+            Some(Ok(m)) => {
+                if m.journal_head_seq > self.state.head_seq {
+                    tracing::warn!(
+                        marker_head = m.journal_head_seq,
+                        journal_head = self.state.head_seq,
+                        "the journal ends before the head recorded when the daemon last opened it: a database restored from an older backup? Sync resolves it with the platform"
+                    );
+                }
+                m.created_at_ms
+            }
+            _ => now,
+        };
+        let marker = state_dir::Marker {
+            terminal_id: self.cfg.terminal_id.clone(),
+            merchant_id: self.cfg.merchant_id.clone(),
+            created_at_ms,
+            journal_head_seq: self.state.head_seq,
+            seen_at_ms: now,
+        };
+        if let Err(e) = state_dir::write_marker(dir, &marker) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot write the state directory's marker");
+        }
     }
 
     /// (Re)reads and verifies the terminal row, chain head and manifest: at open, and whenever another
@@ -556,50 +894,56 @@ impl Store {
         Ok(end?)
     }
 
+    /// The opening checks ([`check::load_state`]); the first finding refuses.
     fn reload_in_transaction(&mut self) -> Result<(), Fault> {
         self.data_version = self
             .conn
             .prepare_cached("PRAGMA data_version")?
             .query_row([], |r| r.get(0))?;
-        self.state = read_terminal_row(&self.conn, &self.keys)?;
-        let head: Option<(i64, Vec<u8>)> = self
-            .conn
-            .query_row(
-                "SELECT seq, mac FROM journal ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        let (seq, mac) = head.map_or(
-            (
-                0,
-                genesis_mac(&self.keys.journal, &self.cfg.terminal_id).to_vec(),
-            ),
-            |(s, m)| (s, m),
-        );
-        if u64::try_from(seq).ok() != Some(self.state.head_seq) || mac != self.state.head_mac {
-            return Err(Integrity::new(
-                "journal head",
-                format!("last row is seq {seq} but the MACed chain head says seq {}: rows were removed or added", self.state.head_seq),
-            )
-            .into());
+        let mut findings = check::Findings::default();
+        let loaded = check::load_state(&self.conn, &self.keys, &mut findings)?;
+        let Some(loaded) = loaded else {
+            return Err(findings
+                .refusing
+                .into_iter()
+                .next()
+                .map_or(Fault::Stale, Fault::Integrity));
+        };
+        for i in &findings.guards_dropped {
+            tracing::error!(finding = %i, "the database was edited with a SQLite tool (run `redeemd journal verify`; keep the database as evidence)");
         }
-        self.cache = read_manifest(&self.conn, &self.keys, &self.cfg.merchant_id)?;
-        let manifest_version = self.cache.as_ref().map_or(0, |m| m.version);
-        if manifest_version != self.state.cache_version {
-            return Err(Integrity::new(
-                "cache manifest",
-                format!("installed manifest is version {manifest_version} but the MACed terminal state says {}: manifest replaced or removed", self.state.cache_version),
-            )
-            .into());
+        self.state = loaded.state;
+        (self.cache, self.cache_installed_wall_ms) = match loaded.manifest {
+            Some((m, installed)) => (Some(m), installed),
+            None => (None, 0),
+        };
+        self.deny = loaded.deny;
+        self.offline_redemptions = loaded.offline_redemptions;
+        self.identity_fault = findings.declining.into_iter().next();
+        if let Some(i) = &self.identity_fault {
+            tracing::error!(finding = %i, "identity-attempt counters do not verify: every redemption that needs an identity check is declined until the database is restored");
         }
-        self.deny = deny::load(&self.conn, &self.keys.cache, &self.state)?;
-        self.offline_redemptions = self.conn.query_row(
-            "SELECT count(*) FROM journal WHERE kind = 1 AND line = 0 AND seq > ?1",
-            [self.state.synced_through_seq as i64],
-            |r| r.get::<_, i64>(0),
-        )? as u64;
         Ok(())
+    }
+
+    /// Notes a write the storage refused (see [`StorageError`]), or that writes work again.
+    fn note_storage<T>(&mut self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        match &result {
+            Err(e) if is_storage_failure(e) => {
+                self.storage_error = Some(StorageError {
+                    message: e.to_string(),
+                    at_wall_ms: owner::wall_clock_ms(),
+                });
+            }
+            Ok(_) => self.storage_error = None,
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// The last write the storage refused, if no write succeeded since (for `status`).
+    pub fn storage_error(&self) -> Option<&StorageError> {
+        self.storage_error.as_ref()
     }
 
     /// Reloads if another connection committed since we last looked (`PRAGMA data_version` does not
@@ -693,11 +1037,7 @@ impl Store {
         let Some(m) = &self.cache else {
             return Ok(None);
         };
-        let installed_wall_ms: i64 = self.conn.query_row(
-            "SELECT installed_wall_ms FROM cache_manifest WHERE id = 1",
-            [],
-            |r| r.get(0),
-        )?;
+        let installed_wall_ms = self.cache_installed_wall_ms;
         let entries: i64 = self
             .conn
             // Cards the cache holds, not the usage-only rows of cards it dropped.
@@ -839,16 +1179,28 @@ impl Store {
         }
     }
 
-    fn load_identity_state(&self, card_ref: &CardRef) -> Result<IdentityState, Fault> {
+    /// The card's identity-attempt counter, and whether it has a row (a new row counts in the
+    /// terminal state).
+    fn load_identity_state(&self, card_ref: &CardRef) -> Result<(IdentityState, bool), Fault> {
+        if let Some(i) = &self.identity_fault {
+            return Err(Fault::Integrity(i.clone()));
+        }
         let row: Option<(i64, i64, Vec<u8>)> = self
             .conn
             .prepare_cached(
                 "SELECT failures, locked_until_ms, mac FROM identity_attempt WHERE card_ref = ?1",
             )?
             .query_row([&card_ref.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .optional()?;
+            .optional()
+            .map_err(|e| match e {
+                rusqlite::Error::InvalidColumnType(..) => Fault::Integrity(Integrity::new(
+                    format!("identity attempts {}", card_ref.to_hex()),
+                    "a column has the wrong type (row edited)",
+                )),
+                e => Fault::Sql(e),
+            })?;
         let Some((failures, locked_until_ms, mac)) = row else {
-            return Ok(IdentityState::default());
+            return Ok((IdentityState::default(), false));
         };
         let s = IdentityState {
             failures: u32::try_from(failures).unwrap_or(u32::MAX),
@@ -861,20 +1213,25 @@ impl Store {
             )
             .into());
         }
-        Ok(s)
+        Ok((s, true))
     }
 
-    /// The menu for a presented card: usable entries with uses left, or a decline.
+    /// The menu for a presented card: usable entries with uses left, or a decline. Stores nothing
+    /// (a reader's CARD_PRESENTED is answered by [`Store::answer_card_presented`], which stores it).
     pub fn menu(&mut self, card_number: &str, now: Now) -> Result<MenuOutcome, StoreError> {
+        let card_ref = CardNumber::parse(card_number)
+            .ok()
+            .map(|n| n.card_ref(&self.keys.card_token));
         Ok(
-            match self.decide(false, now, |s| s.menu_inner(card_number, now))? {
+            match self.decide(false, now, |s| s.menu_inner(card_ref.as_ref(), now))? {
                 Ok(o) => o,
                 Err(i) => MenuOutcome::Declined(integrity_decline(&i)),
             },
         )
     }
 
-    fn menu_inner(&self, card_number: &str, now: Now) -> Result<MenuOutcome, Fault> {
+    /// The menu for a card reference (`None`: the card number did not parse).
+    fn menu_inner(&self, card_ref: Option<&CardRef>, now: Now) -> Result<MenuOutcome, Fault> {
         let declined = |reason| {
             Ok(MenuOutcome::Declined(Declined {
                 reason,
@@ -882,13 +1239,12 @@ impl Store {
                 detail: None,
             }))
         };
-        let Ok(number) = CardNumber::parse(card_number) else {
+        let Some(card_ref) = card_ref.copied() else {
             return declined(DeclineReason::BadCardNumber);
         };
         let Some(cache) = self.cache.as_ref() else {
             return declined(DeclineReason::NoCache);
         };
-        let card_ref = number.card_ref(&self.keys.card_token);
         let Some(loaded) = self.load_card(&card_ref, cache)? else {
             return declined(unknown_card_reason(self.deny_status(&card_ref, None)));
         };
@@ -908,82 +1264,27 @@ impl Store {
         })
     }
 
-    /// The stored reply for (reader, transaction id), if any.
-    pub fn stored_outcome(
-        &self,
-        reader_id: &str,
-        reader_txn_id: u64,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "SELECT reply FROM outcome WHERE reader_id = ?1 AND reader_txn_id = ?2",
-            )?
-            .query_row(params![reader_id, reader_txn_id as i64], |r| r.get(0))
-            .optional()?)
-    }
-
-    /// The latest stored (transaction id, reply) of a reader ("repeat last receipt").
-    pub fn last_outcome(&self, reader_id: &str) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "SELECT o.reader_txn_id, o.reply FROM reader_last l \
-                 JOIN outcome o ON o.reader_id = l.reader_id AND o.reader_txn_id = l.reader_txn_id \
-                 WHERE l.reader_id = ?1",
-            )?
-            .query_row([reader_id], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
-            .optional()?)
-    }
-
-    /// Redeems `req.items` all-or-nothing. The reply bytes produced by `render` are committed in the same
-    /// transaction as the journal rows; the same (reader, transaction id) later returns them unchanged.
-    pub fn redeem(
-        &mut self,
-        req: &RedeemRequest<'_>,
-        now: Now,
-        render: impl FnOnce(&Decision) -> Vec<u8>,
-    ) -> Result<Outcome, StoreError> {
-        let number = CardNumber::parse(req.card_number).ok();
-        let card_ref = number.as_ref().map(|n| n.card_ref(&self.keys.card_token));
-        let digest = request_digest_redeem(card_ref.as_ref(), req);
-        self.respond(
-            req.reader_id,
-            req.reader_txn_id,
-            &digest,
-            now,
-            render,
-            |s| s.decide_redeem(card_ref, req, now),
-        )
-    }
-
     fn decide_redeem(
         &self,
-        card_ref: Option<CardRef>,
-        req: &RedeemRequest<'_>,
+        req: &RedeemFacts<'_>,
         now: Now,
     ) -> Result<(Decision, Option<Write>), Fault> {
-        let Some(card_ref) = card_ref else {
-            return decline(DeclineReason::BadCardNumber);
-        };
+        let card_ref = req.card_ref;
         let Some(cache) = self.cache.as_ref() else {
             return decline(DeclineReason::NoCache);
         };
         let Some(loaded) = self.load_card(&card_ref, cache)? else {
             return decline(unknown_card_reason(self.deny_status(&card_ref, None)));
         };
-        if req
-            .menu_entry_version
-            .is_some_and(|v| v != loaded.entry_version)
-        {
+        if req.entry_version != loaded.entry_version {
             return decline(DeclineReason::MenuChanged);
         }
         // The attempt counter only matters (and its row is only read and MAC-checked) when the
         // card can ask for identity at all: one B-tree probe less for every other redemption.
-        let identity_state = if engine::identity_ever_needed(&loaded.card) {
+        let (identity_state, identity_row) = if engine::identity_ever_needed(&loaded.card) {
             self.load_identity_state(&card_ref)?
         } else {
-            IdentityState::default()
+            (IdentityState::default(), false)
         };
         let verifier = loaded
             .card
@@ -1006,7 +1307,7 @@ impl Store {
             denied: self.deny_status(&card_ref, Some(loaded.entry_version)),
         };
         let verdict = engine::decide_redeem(&ctx, view, req.items, identity_state, identity, now);
-        let identity_write = verdict.identity_update.map(|s| (card_ref, s));
+        let identity_write = verdict.identity_update.map(|s| (card_ref, s, identity_row));
         match verdict.result {
             Err(reason) => {
                 let remaining = engine::menu(&ctx, view, now).ok();
@@ -1049,7 +1350,7 @@ impl Store {
                         line: i as u16,
                         line_count: count,
                         reader_id: req.reader_id.to_owned(),
-                        reader_txn_id: req.reader_txn_id,
+                        reader_txn_id: u64::from(req.txn_id),
                         cashier_id: req.cashier_id.to_owned(),
                         wall_ms: now.wall_ms,
                         boot_ms: now.boot_ms,
@@ -1080,35 +1381,11 @@ impl Store {
         }
     }
 
-    /// Voids the redemption with `original_auth_code`: a new journal record per line that restores the
-    /// uses. Allowed once, within the configured window.
-    pub fn void(
-        &mut self,
-        req: &VoidRequest<'_>,
-        now: Now,
-        render: impl FnOnce(&Decision) -> Vec<u8>,
-    ) -> Result<Outcome, StoreError> {
-        let digest = {
-            let mut h = Sha256::new();
-            h.update(b"void\0");
-            h.update(req.original_auth_code.as_bytes());
-            h.update(b"\0");
-            h.update(req.cashier_id.as_bytes());
-            h.finalize().to_vec()
-        };
-        self.respond(
-            req.reader_id,
-            req.reader_txn_id,
-            &digest,
-            now,
-            render,
-            |s| s.decide_void(req, now),
-        )
-    }
-
+    /// Voids the redemption with `original_auth_code`: a new journal record per line that restores
+    /// the uses. Allowed once, within the configured window.
     fn decide_void(
         &self,
-        req: &VoidRequest<'_>,
+        req: &VoidFacts<'_>,
         now: Now,
     ) -> Result<(Decision, Option<Write>), Fault> {
         let Some(group) = parse_auth_code(
@@ -1154,7 +1431,7 @@ impl Store {
                 line: i as u16,
                 line_count: count,
                 reader_id: req.reader_id.to_owned(),
-                reader_txn_id: req.reader_txn_id,
+                reader_txn_id: u64::from(req.txn_id),
                 cashier_id: req.cashier_id.to_owned(),
                 wall_ms: now.wall_ms,
                 boot_ms: now.boot_ms,
@@ -1201,7 +1478,6 @@ impl Store {
             wall_ms: now.wall_ms,
             lines,
         };
-        let _ = req.reason; // the reason is for the cashier's log; the record carries the quoted original.
         Ok((
             Decision::Voided(approval),
             Some(Write {
@@ -1232,82 +1508,8 @@ impl Store {
         Ok(out)
     }
 
-    /// The common shape of redeem and void: a stored reply if this (reader, transaction id) was answered
-    /// before, else decide and commit.
-    fn respond(
-        &mut self,
-        reader_id: &str,
-        reader_txn_id: u64,
-        digest: &[u8],
-        now: Now,
-        render: impl FnOnce(&Decision) -> Vec<u8>,
-        decide: impl Fn(&Self) -> Result<(Decision, Option<Write>), Fault>,
-    ) -> Result<Outcome, StoreError> {
-        // One write transaction from the replay check to the commit. Each lookup on the way (stored
-        // outcome, data version, card, identity counter) would otherwise be a read transaction of
-        // its own, and each of those begins and ends with locks on the WAL index (fcntl calls).
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        let result = self.respond_in_transaction(reader_id, reader_txn_id, digest, now, decide);
-        let (outcome, pending) = match result {
-            Ok(Responded::Replay(o)) => {
-                self.end_transaction(false)?;
-                return Ok(o);
-            }
-            Ok(Responded::Transient(i)) => {
-                self.end_transaction(false)?;
-                return Ok(transient(integrity_decline(&i), render));
-            }
-            Ok(Responded::Decided(decision, write)) => {
-                match self.write_decision(
-                    reader_id,
-                    reader_txn_id,
-                    digest,
-                    decision,
-                    write,
-                    now,
-                    render,
-                ) {
-                    Ok(done) => done,
-                    Err(e) => {
-                        let _ = self.end_transaction(false);
-                        return Err(e);
-                    }
-                }
-            }
-            Err(e) => {
-                let _ = self.end_transaction(false);
-                return Err(e);
-            }
-        };
-        self.end_transaction(true)?;
-        // Committed: now the in-memory state may advance.
-        self.commits_since_checkpoint = self.commits_since_checkpoint.saturating_add(1);
-        self.state = pending.state;
-        if pending.counts_as_redemption {
-            self.offline_redemptions += 1;
-        }
-        Ok(outcome)
-    }
-
-    fn respond_in_transaction(
-        &mut self,
-        reader_id: &str,
-        reader_txn_id: u64,
-        digest: &[u8],
-        now: Now,
-        decide: impl Fn(&Self) -> Result<(Decision, Option<Write>), Fault>,
-    ) -> Result<Responded, StoreError> {
-        if let Some(o) = replay(&self.conn, reader_id, reader_txn_id, digest)? {
-            return Ok(Responded::Replay(o));
-        }
-        Ok(match self.decide(true, now, decide)? {
-            Ok((decision, write)) => Responded::Decided(decision, write),
-            Err(i) => Responded::Transient(i),
-        })
-    }
-
-    /// Commits (or rolls back) the transaction `respond` opened; after a failed COMMIT, rolls back
-    /// whatever SQLite left open.
+    /// Commits (or rolls back) the transaction an answer opened (`answers`); after a failed COMMIT,
+    /// rolls back whatever SQLite left open.
     fn end_transaction(&self, commit: bool) -> Result<(), StoreError> {
         if self.conn.is_autocommit() {
             return Ok(());
@@ -1321,23 +1523,14 @@ impl Store {
         Ok(result?)
     }
 
-    /// Writes a decision in the open transaction: journal rows (chained), usage anchor, identity
-    /// counter, chain head and the rendered reply. The caller commits, then applies the state.
-    #[allow(clippy::too_many_arguments)]
+    /// Writes what a decision writes, in the open transaction: journal rows (chained), usage anchor,
+    /// identity counter, chain head. Returns the state to apply once committed and the first journal
+    /// seq written.
     fn write_decision(
         &self,
-        reader_id: &str,
-        reader_txn_id: u64,
-        digest: &[u8],
-        decision: Decision,
         write: Option<Write>,
         now: Now,
-        render: impl FnOnce(&Decision) -> Vec<u8>,
-    ) -> Result<(Outcome, Pending), StoreError> {
-        let durable = match &decision {
-            Decision::Declined(d) => d.reason.is_durable(),
-            _ => true,
-        };
+    ) -> Result<(Pending, Option<u64>), StoreError> {
         let tx = &self.conn;
         let mut pending = Pending {
             state: self.state.clone(),
@@ -1345,38 +1538,39 @@ impl Store {
         };
         let mut first_seq = None;
         if let Some(w) = write {
-            let (state, first, written) = append(tx, &self.keys, &self.state, w.records, now)?;
-            pending.state = state;
+            let (mut state, first, written) = append(tx, &self.keys, &self.state, w.records, now)?;
             first_seq = first;
             if let Some((card, usage, blob)) = w.usage {
                 write_usage(tx, &self.keys, &card, usage, blob, &written)?;
             }
-            if let Some((card, s)) = w.identity {
+            if let Some((card, s, had_row)) = w.identity {
                 tx.prepare_cached("INSERT INTO identity_attempt (card_ref, failures, locked_until_ms, mac) VALUES (?1, ?2, ?3, ?4) ON CONFLICT (card_ref) DO UPDATE SET failures = excluded.failures, locked_until_ms = excluded.locked_until_ms, mac = excluded.mac")?
                     .execute(params![&card.0[..], s.failures, s.locked_until_ms, &identity_mac(&self.keys.journal, &card, &s)[..]])?;
+                if !had_row {
+                    state.identity_count += 1;
+                }
             }
+            if state != self.state {
+                write_terminal_row(tx, &state, &self.keys)?;
+            }
+            pending.state = state;
             pending.counts_as_redemption = w.counts_as_redemption;
         }
-        let reply = render(&decision);
-        if durable {
-            tx.prepare_cached(
-                "INSERT INTO outcome (reader_id, reader_txn_id, request_digest, reply, first_seq, wall_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
-            .execute(params![reader_id, reader_txn_id as i64, digest, &reply, first_seq.map(|s| s as i64), now.wall_ms])?;
-            tx.prepare_cached(
-                "INSERT INTO reader_last (reader_id, reader_txn_id) VALUES (?1, ?2) \
-                 ON CONFLICT (reader_id) DO UPDATE SET reader_txn_id = excluded.reader_txn_id",
-            )?
-            .execute(params![reader_id, reader_txn_id as i64])?;
+        Ok((pending, first_seq))
+    }
+
+    /// Switches the connection's commits between `synchronous=NORMAL` (a CARD_PRESENTED's answer,
+    /// `answers`) and `FULL` (everything else), between transactions.
+    fn set_synchronous_normal(&mut self, normal: bool) -> Result<(), StoreError> {
+        if self.synchronous_normal != normal {
+            self.conn.execute_batch(if normal {
+                "PRAGMA synchronous = NORMAL"
+            } else {
+                "PRAGMA synchronous = FULL"
+            })?;
+            self.synchronous_normal = normal;
         }
-        Ok((
-            Outcome {
-                reply,
-                decision: Some(decision),
-                replay_mismatch: false,
-            },
-            pending,
-        ))
+        Ok(())
     }
 
     /// Housekeeping for idle moments: the daemon calls it whenever no request is waiting (after each
@@ -1392,6 +1586,15 @@ impl Store {
     /// Nothing is at stake for durability: every committed transaction is already synced in the WAL.
     /// Skipping it is safe too (a commit then checkpoints by itself at [`WAL_AUTOCHECKPOINT_PAGES`]).
     pub fn maintenance(&mut self) -> Result<Maintenance, StoreError> {
+        let result = self.maintenance_inner();
+        match result {
+            // An idle checkpoint that did nothing says nothing about the disk.
+            Ok(m) if !m.checkpointed => Ok(m),
+            r => self.note_storage(r),
+        }
+    }
+
+    fn maintenance_inner(&mut self) -> Result<Maintenance, StoreError> {
         if self.commits_since_checkpoint < CHECKPOINT_EVERY_COMMITS {
             return Ok(Maintenance::default());
         }
@@ -1420,6 +1623,11 @@ impl Store {
 
     /// Records that the platform acknowledged the journal through `through_seq` (offline allowances reset).
     pub fn mark_synced(&mut self, through_seq: u64) -> Result<(), StoreError> {
+        let result = self.mark_synced_inner(through_seq);
+        self.note_storage(result)
+    }
+
+    fn mark_synced_inner(&mut self, through_seq: u64) -> Result<(), StoreError> {
         if through_seq > self.state.head_seq || through_seq < self.state.synced_through_seq {
             return Err(StoreError::BadSyncAck {
                 through: through_seq,
@@ -1567,20 +1775,12 @@ impl Store {
             write_usage(&tx, &self.keys, &card_ref, usage, blob, &written)?;
             n += 1;
         }
+        write_terminal_row(&tx, &state, &self.keys)?;
         tx.commit()?;
         self.state = state;
         self.reload().map_err(StoreError::from)?;
         Ok(n)
     }
-}
-
-/// How `respond` goes on after its lookups.
-enum Responded {
-    /// The request was answered before: its stored outcome.
-    Replay(Outcome),
-    /// A row failed its check: declined, nothing written.
-    Transient(Integrity),
-    Decided(Decision, Option<Write>),
 }
 
 /// What the in-memory state becomes once a decision's transaction commits.
@@ -1589,17 +1789,18 @@ struct Pending {
     counts_as_redemption: bool,
 }
 
-/// What a decision writes besides its outcome row.
+/// What a decision writes besides its answer.
 struct Write {
     records: Vec<JournalRecord>,
     /// The card whose usage row to extend: its anchor and history blob as loaded.
     usage: Option<(CardRef, UsageRow, Vec<u8>)>,
-    identity: Option<(CardRef, IdentityState)>,
+    /// The card's identity counter, and whether it already had a row.
+    identity: Option<(CardRef, IdentityState, bool)>,
     counts_as_redemption: bool,
 }
 
-/// Chains and inserts `records` (seqs already assigned from `state.head_seq + 1`), and writes the new
-/// chain head. Returns the new state and the first seq written.
+/// Chains and inserts `records` (seqs already assigned from `state.head_seq + 1`). Returns the new
+/// state (chain head, last trusted time), which the caller writes, and the first seq written.
 fn append(
     tx: &Connection,
     keys: &TerminalKeys,
@@ -1647,7 +1848,6 @@ fn append(
     }
     if first.is_some() {
         next.last_trusted_wall_ms = next.last_trusted_wall_ms.max(now.wall_ms);
-        write_terminal_row(tx, &next, keys)?;
     }
     Ok((next, first, written))
 }
@@ -1685,13 +1885,14 @@ pub(crate) fn write_terminal_row(
     keys: &TerminalKeys,
 ) -> rusqlite::Result<()> {
     tx.prepare_cached(
-        "INSERT INTO terminal_state (id, terminal_id, merchant_id, head_seq, head_mac, last_trusted_wall_ms, synced_through_seq, cache_version, deny_version, deny_count, mac)
-         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+        "INSERT INTO terminal_state (id, terminal_id, merchant_id, head_seq, head_mac, last_trusted_wall_ms, synced_through_seq, cache_version, deny_version, deny_count, identity_count, mac_format, mac)
+         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
          ON CONFLICT (id) DO UPDATE SET terminal_id = excluded.terminal_id, merchant_id = excluded.merchant_id,
              head_seq = excluded.head_seq, head_mac = excluded.head_mac,
              last_trusted_wall_ms = excluded.last_trusted_wall_ms,
              synced_through_seq = excluded.synced_through_seq, cache_version = excluded.cache_version,
              deny_version = excluded.deny_version, deny_count = excluded.deny_count,
+             identity_count = excluded.identity_count, mac_format = excluded.mac_format,
              mac = excluded.mac",
     )?
     .execute(params![
@@ -1704,104 +1905,98 @@ pub(crate) fn write_terminal_row(
         row.cache_version as i64,
         i64::try_from(row.deny_version).unwrap_or(i64::MAX),
         i64::try_from(row.deny_count).unwrap_or(i64::MAX),
+        i64::try_from(row.identity_count).unwrap_or(i64::MAX),
+        row.mac_format(),
         &row.mac(&keys.journal)[..],
     ])?;
     Ok(())
 }
 
-/// `terminal_state` as selected by [`read_terminal_row`] (the deny fields paired at the end).
-type TerminalColumns = (
-    String,
-    String,
-    i64,
-    Vec<u8>,
-    i64,
-    i64,
-    i64,
-    Vec<u8>,
-    (i64, i64),
-);
-
+/// Reads and verifies the terminal state row: every column of its type, its MAC in the form its
+/// `mac_format` names.
 fn read_terminal_row(conn: &Connection, keys: &TerminalKeys) -> Result<TerminalRow, Fault> {
     let what = "terminal state";
-    let r: TerminalColumns = conn
-        .query_row(
-            "SELECT terminal_id, merchant_id, head_seq, head_mac, last_trusted_wall_ms, synced_through_seq, cache_version, mac, deny_version, deny_count FROM terminal_state WHERE id = 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, (r.get(8)?, r.get(9)?))),
-        )
-        .map_err(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows | rusqlite::Error::InvalidColumnType(..) => Fault::Integrity(Integrity::new(what, e.to_string())),
-            e => Fault::Sql(e),
-        })?;
-    let head_mac: Tag =
-        r.3.try_into()
-            .map_err(|_| Integrity::new(what, "head MAC is not 32 bytes"))?;
-    let row = TerminalRow {
-        terminal_id: r.0,
-        merchant_id: r.1,
-        head_seq: u64::try_from(r.2).map_err(|_| Integrity::new(what, "negative head seq"))?,
-        head_mac,
-        last_trusted_wall_ms: r.4,
-        synced_through_seq: u64::try_from(r.5)
-            .map_err(|_| Integrity::new(what, "negative sync seq"))?,
-        cache_version: u64::try_from(r.6)
-            .map_err(|_| Integrity::new(what, "negative cache version"))?,
-        deny_version: u64::try_from(r.8.0)
-            .map_err(|_| Integrity::new(what, "negative deny-list version"))?,
-        deny_count: u64::try_from(r.8.1)
-            .map_err(|_| Integrity::new(what, "negative deny-list count"))?,
+    let mut stmt = conn.prepare_cached(
+        "SELECT terminal_id, merchant_id, head_seq, head_mac, last_trusted_wall_ms, synced_through_seq, \
+         cache_version, deny_version, deny_count, identity_count, mac_format, mac FROM terminal_state WHERE id = 1",
+    )?;
+    let mut rows = stmt.query([])?;
+    let Some(r) = rows.next()? else {
+        return Err(Integrity::new(what, "row missing (deleted)").into());
     };
-    if !tags_equal(&row.mac(&keys.journal), &r.7) {
+    let name = || what.to_owned();
+    let text = |i: usize, col: &str| -> Result<String, Fault> {
+        match r.get_ref(i)? {
+            rusqlite::types::ValueRef::Text(t) => {
+                std::str::from_utf8(t).map(str::to_owned).map_err(|_| {
+                    Integrity::new(what, format!("bad column: {col} is not UTF-8")).into()
+                })
+            }
+            other => Err(Integrity::new(
+                what,
+                format!("bad column: {col} is {}, not text", other.data_type()),
+            )
+            .into()),
+        }
+    };
+    let unsigned = |i: usize, col: &str| -> Result<u64, Fault> {
+        let v = column_i64(r, i, &name, col)?;
+        u64::try_from(v)
+            .map_err(|_| Integrity::new(what, format!("column {col}: {v} is negative")).into())
+    };
+    let format = column_i64(r, 10, &name, "mac_format")?;
+    if !matches!(format, 1 | 2) {
+        return Err(
+            Integrity::new(what, format!("column mac_format: {format} is not 1 or 2")).into(),
+        );
+    }
+    let head_mac: Tag = column_blob(r, 3, &name, "head_mac")?
+        .try_into()
+        .map_err(|_| Integrity::new(what, "head MAC is not 32 bytes"))?;
+    let row = TerminalRow {
+        terminal_id: text(0, "terminal_id")?,
+        merchant_id: text(1, "merchant_id")?,
+        head_seq: unsigned(2, "head_seq")?,
+        head_mac,
+        last_trusted_wall_ms: column_i64(r, 4, &name, "last_trusted_wall_ms")?,
+        synced_through_seq: unsigned(5, "synced_through_seq")?,
+        cache_version: unsigned(6, "cache_version")?,
+        deny_version: unsigned(7, "deny_version")?,
+        deny_count: unsigned(8, "deny_count")?,
+        identity_count: unsigned(9, "identity_count")?,
+        sealed: format == 2,
+    };
+    let mac = column_blob(r, 11, &name, "mac")?;
+    if !tags_equal(&row.mac(&keys.journal), mac) {
         return Err(Integrity::new(what, "MAC mismatch (row edited)").into());
     }
     Ok(row)
 }
 
-fn stored_identity(conn: &Connection, path: &Path) -> Result<(String, String), StoreError> {
-    conn.query_row(
-        "SELECT terminal_id, merchant_id FROM terminal_state WHERE id = 1",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )
-    .map_err(|e| match e {
-        rusqlite::Error::QueryReturnedNoRows => StoreError::Missing {
-            path: path.to_owned(),
-        },
-        e if is_corruption(&e) => StoreError::Corrupt {
-            path: path.to_owned(),
-            detail: e.to_string(),
-        },
-        e => StoreError::Integrity(Integrity::new("terminal state", e.to_string())),
-    })
-}
-
+/// Reads and verifies the installed manifest: the platform's signature, the version column against
+/// it, its terminal and merchant, and (sealed state) the terminal's MAC over the row, which covers
+/// the install time. Returns the manifest and when it was installed.
 fn read_manifest(
     conn: &Connection,
     keys: &TerminalKeys,
-    merchant_id: &str,
-) -> Result<Option<Manifest>, Fault> {
-    let row: Option<(i64, Vec<u8>)> = conn
-        .query_row(
-            "SELECT version, signed FROM cache_manifest WHERE id = 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()
-        .map_err(|e| match e {
-            rusqlite::Error::InvalidColumnType(..) => {
-                Fault::Integrity(Integrity::new("cache manifest", e.to_string()))
-            }
-            e => Fault::Sql(e),
-        })?;
-    let Some((version, signed)) = row else {
+    state: &TerminalRow,
+) -> Result<Option<(Manifest, i64)>, Fault> {
+    let what = || "cache manifest".to_owned();
+    let mut stmt = conn.prepare_cached(
+        "SELECT version, signed, installed_wall_ms, mac FROM cache_manifest WHERE id = 1",
+    )?;
+    let mut rows = stmt.query([])?;
+    let Some(r) = rows.next()? else {
         return Ok(None);
     };
-    let m = Manifest::verify_signed(&keys.cache, &signed)
-        .map_err(|e| Integrity::new("cache manifest", e.to_string()))?;
+    let version = column_i64(r, 0, &what, "version")?;
+    let signed = column_blob(r, 1, &what, "signed")?;
+    let installed = column_i64(r, 2, &what, "installed_wall_ms")?;
+    let m = Manifest::verify_signed(&keys.cache, signed)
+        .map_err(|e| Integrity::new(what(), e.to_string()))?;
     if u64::try_from(version).ok() != Some(m.version) {
         return Err(Integrity::new(
-            "cache manifest",
+            what(),
             format!(
                 "version column {version} differs from the signed version {}",
                 m.version
@@ -1809,12 +2004,22 @@ fn read_manifest(
         )
         .into());
     }
-    if m.merchant_id != merchant_id || m.terminal_id != keys.terminal_id {
-        return Err(
-            Integrity::new("cache manifest", "signed for another merchant or terminal").into(),
-        );
+    if m.merchant_id != state.merchant_id || m.terminal_id != keys.terminal_id {
+        return Err(Integrity::new(what(), "signed for another merchant or terminal").into());
     }
-    Ok(Some(m))
+    match r.get_ref(3)? {
+        rusqlite::types::ValueRef::Null if !state.sealed => {}
+        rusqlite::types::ValueRef::Blob(mac)
+            if tags_equal(
+                &rows::manifest_row_mac(&keys.journal, version, signed, installed),
+                mac,
+            ) => {}
+        rusqlite::types::ValueRef::Null => {
+            return Err(Integrity::new(what(), "row MAC missing (row edited)").into());
+        }
+        _ => return Err(Integrity::new(what(), "MAC mismatch (row edited)").into()),
+    }
+    Ok(Some((m, installed)))
 }
 
 /// Whether a cache-entry row's entry columns (the first three selected: version, body, mac) are all
@@ -1917,41 +2122,6 @@ fn seq_param(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
-fn request_digest_redeem(card_ref: Option<&CardRef>, req: &RedeemRequest<'_>) -> Vec<u8> {
-    let mut h = Sha256::new();
-    h.update(b"redeem\0");
-    h.update(card_ref.map_or(&[0u8; 32][..], |c| &c.0[..]));
-    for (i, q) in req.items {
-        h.update(i.to_be_bytes());
-        h.update(q.to_be_bytes());
-    }
-    h.update([u8::from(req.identity.is_some())]);
-    h.update(req.cashier_id.as_bytes());
-    h.finalize().to_vec()
-}
-
-/// The stored outcome for (reader, txn), if any.
-fn replay(
-    tx: &Connection,
-    reader_id: &str,
-    txn: u64,
-    digest: &[u8],
-) -> rusqlite::Result<Option<Outcome>> {
-    let row: Option<(Vec<u8>, Vec<u8>)> = tx
-        .prepare_cached(
-            "SELECT reply, request_digest FROM outcome WHERE reader_id = ?1 AND reader_txn_id = ?2",
-        )?
-        .query_row(params![reader_id, txn as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .optional()?;
-    Ok(row.map(|(reply, stored)| Outcome {
-        reply,
-        decision: None,
-        replay_mismatch: stored != digest,
-    }))
-}
-
 /// The refusal for a card that is not in the cache: its deny status when the platform reported it
 /// (more useful at the counter than "unknown"), else `CardUnknown`.
 fn unknown_card_reason(denied: Option<redeemd_contract::DenyStatus>) -> DeclineReason {
@@ -1980,15 +2150,5 @@ fn integrity_decline(i: &Integrity) -> Declined {
         reason: DeclineReason::IntegrityFailure,
         remaining: None,
         detail: Some(i.to_string()),
-    }
-}
-
-/// An outcome that is not stored (the terminal's fault, not the request's).
-fn transient(d: Declined, render: impl FnOnce(&Decision) -> Vec<u8>) -> Outcome {
-    let decision = Decision::Declined(d);
-    Outcome {
-        reply: render(&decision),
-        decision: Some(decision),
-        replay_mismatch: false,
     }
 }

@@ -178,25 +178,45 @@ pub struct TerminalRow {
     pub deny_version: u64,
     /// Number of deny-list rows stored: a deleted row is caught by the count.
     pub deny_count: u64,
+    /// Number of identity-attempt rows stored (sealed rows only): a deleted lockout is caught.
+    pub identity_count: u64,
+    /// The row's MAC covers every field above and the terminal's other rows carry MACs
+    /// (`mac_format` 2, schema 7); `false`: a row MACed as before schema 7, not yet sealed.
+    pub sealed: bool,
 }
 
 impl TerminalRow {
-    /// MAC over the row. The deny fields are appended only when either is non-zero, so that a row
-    /// written before schema version 4 (which had none) verifies unchanged after the migration, and
-    /// needs no key-holding migration step. The fields are fixed-width, so the two forms cannot collide.
+    /// MAC over the row. A sealed row (`mac_format` 2) is MACed under its own domain tag over every
+    /// field, so that setting the format back to 1 breaks the MAC.
+    ///
+    /// An unsealed row keeps the form it was written in: the deny fields are appended only when either
+    /// is non-zero, so that a row written before schema version 4 (which had none) verifies unchanged
+    /// after the migration. The fields are fixed-width, so the two forms cannot collide.
     pub fn mac(&self, journal_key: &MacKey) -> Tag {
-        let deny = [
-            self.deny_version.to_be_bytes(),
-            self.deny_count.to_be_bytes(),
-        ]
-        .concat();
-        let deny: &[u8] = if self.deny_version == 0 && self.deny_count == 0 {
-            &[]
+        let (domain, tail): (&[u8], Vec<u8>) = if self.sealed {
+            (
+                b"redeemd/terminal-state/v2",
+                [
+                    self.deny_version.to_be_bytes(),
+                    self.deny_count.to_be_bytes(),
+                    self.identity_count.to_be_bytes(),
+                ]
+                .concat(),
+            )
+        } else if self.deny_version == 0 && self.deny_count == 0 {
+            (b"redeemd/terminal-state/v1", Vec::new())
         } else {
-            &deny
+            (
+                b"redeemd/terminal-state/v1",
+                [
+                    self.deny_version.to_be_bytes(),
+                    self.deny_count.to_be_bytes(),
+                ]
+                .concat(),
+            )
         };
         journal_key.mac(&[
-            b"redeemd/terminal-state/v1",
+            domain,
             &(self.terminal_id.len() as u64).to_be_bytes(),
             self.terminal_id.as_bytes(),
             &(self.merchant_id.len() as u64).to_be_bytes(),
@@ -206,7 +226,61 @@ impl TerminalRow {
             &self.last_trusted_wall_ms.to_be_bytes(),
             &self.synced_through_seq.to_be_bytes(),
             &self.cache_version.to_be_bytes(),
-            deny,
+            &tail,
+        ])
+    }
+
+    /// The `mac_format` column's value for this row.
+    pub fn mac_format(&self) -> i64 {
+        if self.sealed { 2 } else { 1 }
+    }
+}
+
+/// MAC over the installed manifest's row (schema 7): its version, the signed bytes (by SHA-256) and
+/// when it was installed, so that no column of the row can be edited unnoticed.
+pub fn manifest_row_mac(
+    journal_key: &MacKey,
+    version: i64,
+    signed: &[u8],
+    installed_wall_ms: i64,
+) -> Tag {
+    use sha2::Digest;
+    let digest: [u8; 32] = sha2::Sha256::digest(signed).into();
+    journal_key.mac(&[
+        b"redeemd/cache-manifest/v1",
+        &version.to_be_bytes(),
+        &digest,
+        &installed_wall_ms.to_be_bytes(),
+    ])
+}
+
+/// One end-of-day close record as stored (`batch_close`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseRow {
+    pub business_date: String,
+    pub utc_offset_minutes: i64,
+    pub first_seq: i64,
+    pub through_seq: i64,
+    pub result: String,
+    pub answer: String,
+    pub closed_wall_ms: i64,
+}
+
+impl CloseRow {
+    /// MAC over every column of the row (schema 7).
+    pub fn mac(&self, journal_key: &MacKey) -> Tag {
+        journal_key.mac(&[
+            b"redeemd/batch-close/v1",
+            &(self.business_date.len() as u64).to_be_bytes(),
+            self.business_date.as_bytes(),
+            &self.utc_offset_minutes.to_be_bytes(),
+            &self.first_seq.to_be_bytes(),
+            &self.through_seq.to_be_bytes(),
+            &(self.result.len() as u64).to_be_bytes(),
+            self.result.as_bytes(),
+            &(self.answer.len() as u64).to_be_bytes(),
+            self.answer.as_bytes(),
+            &self.closed_wall_ms.to_be_bytes(),
         ])
     }
 }

@@ -245,6 +245,67 @@ CREATE TABLE batch_close (
 ) WITHOUT ROWID;
 ";
 
+/// Schema 7: stored answers as PROTOCOL.md 1.1 defines them, and every stored byte the daemon acts on
+/// MACed (one release, two parts).
+///
+/// **Stored answers** (`store::answers`): keyed by (reader, txn id, request type), answers to
+/// CARD_PRESENTED included, each row MACed with the journal key, and the reader's latest transaction
+/// MACed too. The unMACed answers of version 6 (keyed by reader and txn
+/// only, their request type unknown) are kept as `outcome_v6` for an investigator: no MAC can be
+/// given to them here (a migration holds no key), so they are never sent to a reader again.
+///
+/// **The rest of the state**: every other stored byte the daemon acts on is MACed, and a key check
+/// value tells a wrong key from an edited row:
+///
+/// * `key_check`: one row, written when the database is created, holding HMAC(key, key-check text)
+///   under each of the terminal's derived keys (`store::check::KeyCheck`);
+/// * `terminal_state.identity_count`: the number of `identity_attempt` rows, so that a deleted
+///   lockout counter is caught when the store loads (as `deny_count` does for loss reports);
+/// * `cache_manifest.mac`: the terminal's MAC over the manifest row, `installed_wall_ms` included;
+/// * `batch_close.mac`: the terminal's MAC over each close record;
+/// * `terminal_state.mac_format`: 1 for a row MACed as before (a database migrated here: the new
+///   columns are unset, since a migration holds no key), 2 once the terminal's MAC covers
+///   `identity_count` and the rows above are MACed. The first open with the key seals a migrated
+///   database (`Store::seal`); the MAC of a format-2 row covers its format, so it cannot be set back.
+const V7: &str = "
+ALTER TABLE outcome RENAME TO outcome_v6;
+DROP TABLE reader_last;
+CREATE TABLE outcome (
+    reader_id      TEXT NOT NULL,
+    reader_txn_id  INTEGER NOT NULL,
+    request_type   INTEGER NOT NULL,         -- 32 CARD_PRESENTED, 33 REDEEM, 34 VOID (PROTOCOL.md §5.2)
+    request_mac    BLOB NOT NULL,            -- HMAC(journal key) over the request payload: same payload or not
+    reply          BLOB NOT NULL,            -- the answer as sent: type byte, then payload
+    card_ref       BLOB,                     -- a CARD_PRESENTED answered with a menu: the card, for its REDEEM
+    entry_version  INTEGER,                  -- ... and the entry version that menu showed
+    redeemed       INTEGER NOT NULL,         -- a CARD_PRESENTED whose REDEEM was answered: 1 (its deletion is caught)
+    cashier_id     TEXT NOT NULL,
+    first_seq      INTEGER,                  -- first journal seq written, if any
+    wall_ms        INTEGER NOT NULL,
+    mac            BLOB NOT NULL,            -- HMAC(journal key) over every column above
+    PRIMARY KEY (reader_id, reader_txn_id, request_type)
+) WITHOUT ROWID;
+CREATE TABLE reader_last (
+    reader_id     TEXT PRIMARY KEY,
+    reader_txn_id INTEGER NOT NULL,          -- the transaction of the reader's latest stored answer
+    cashier_id    TEXT NOT NULL,             -- the cashier of that answer (a VOID names none: it keeps it)
+    mac           BLOB NOT NULL              -- HMAC(journal key) over the row
+) WITHOUT ROWID;
+CREATE TABLE key_check (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    terminal_id TEXT NOT NULL,               -- the terminal the keys below were derived for
+    cache      BLOB NOT NULL,                -- HMAC(cache key, key-check text)
+    journal    BLOB NOT NULL,                -- HMAC(journal key, key-check text)
+    request    BLOB NOT NULL,
+    card_token BLOB NOT NULL,
+    identity   BLOB NOT NULL
+);
+ALTER TABLE terminal_state ADD COLUMN identity_count INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE terminal_state ADD COLUMN mac_format INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE cache_manifest ADD COLUMN mac BLOB;  -- HMAC(journal key) over the row (format 2)
+ALTER TABLE batch_close ADD COLUMN mac BLOB;     -- HMAC(journal key) over the row (format 2)
+";
+
 /// Every migration, in order. Append new ones; never edit a released one.
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -270,6 +331,10 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 6,
         sql: V6,
+    },
+    Migration {
+        version: 7,
+        sql: V7,
     },
 ];
 

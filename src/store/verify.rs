@@ -1,7 +1,16 @@
-//! Full verification of the journal chain and the cache, for `redeemd journal verify` / `cache verify`
-//! and the platform's reconciliation. Every finding names the row (`journal seq 1042`, `cache entry <ref>`)
-//! and the reason; verification never stops at the first finding of a kind that can be skipped.
+//! Full verification of a shop database, for `redeemd journal verify` / `cache verify`, `doctor`, the
+//! daemon's journal check at start, and the platform's reconciliation. Every finding names the row
+//! (`journal seq 1042`, `cache entry <ref>`, `outcome reader R-1 txn 7`) and the reason; verification never stops at the first
+//! finding of a kind that can be skipped.
+//!
+//! [`database`] is what the tools run: SQLite's own structural check, then **the checks opening the
+//! store makes** (`store::check`: whose database, schema, terminal state, chain head, manifest, deny
+//! list, identity counters), then the scope's full walk (every journal row and close record, or every
+//! cache entry; the journal scope includes the stored answers to the readers). "Verify says OK" therefore means "the daemon will open it".
 
+use std::path::Path;
+
+use redeemd_contract::TerminalSecret;
 use redeemd_contract::journal::genesis_mac;
 use redeemd_contract::keys::{TerminalKeys, tags_equal};
 use redeemd_contract::model::{Card, CardRef};
@@ -12,6 +21,116 @@ use super::rows::{
     Integrity, JOURNAL_COLUMNS, UsageRow, check_record, encode_history, record_from_row,
 };
 use super::schema::HAS_USAGE;
+use super::{DB_FILE, StoreError, check, state_dir};
+
+/// What a verification covers beyond the opening checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every journal row, the chain, each card's usage, every close record (`journal verify`).
+    Journal,
+    /// Every cache entry (`cache verify`).
+    Cache,
+    /// Both (`doctor`).
+    All,
+}
+
+/// The outcome of [`database`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    /// The terminal and merchant the database was created for.
+    pub terminal_id: String,
+    pub merchant_id: String,
+    /// Journal rows checked (journal scope).
+    pub journal_rows: Option<u64>,
+    /// The installed manifest when it verifies, and the cache entries checked (cache scope).
+    pub cache: Option<(Option<Manifest>, u64)>,
+    pub findings: Vec<Integrity>,
+}
+
+/// Verifies the database in `state_dir` with the terminal secret: every check opening the store makes,
+/// and the scope's walk. `expected`: the configured terminal and merchant, when a configuration is
+/// known. A database that is not this terminal's, or a key that is not its own, is an error naming
+/// that (not a finding: nothing was edited); a missing or emptied database likewise.
+pub fn database(
+    state_dir: &Path,
+    secret: &TerminalSecret,
+    expected: Option<(&str, &str)>,
+    scope: Scope,
+) -> Result<Verification, StoreError> {
+    let path = state_dir.join(DB_FILE);
+    if state_dir::presence(state_dir)? == state_dir::Presence::Empty {
+        return Err(StoreError::Missing { path });
+    }
+    let conn = super::open_database(&path)?;
+    let mut findings = database_file(&conn);
+    // One read snapshot for everything below: the daemon may be committing meanwhile.
+    conn.execute_batch("BEGIN DEFERRED")?;
+    let result = in_snapshot(&conn, secret, expected, scope, &mut findings);
+    // A read transaction: ending it cannot lose anything.
+    let _ = conn.execute_batch("COMMIT");
+    let (terminal_id, merchant_id, journal_rows, cache) = result?;
+    Ok(Verification {
+        terminal_id,
+        merchant_id,
+        journal_rows,
+        cache,
+        findings,
+    })
+}
+
+type Checked = (String, String, Option<u64>, Option<(Option<Manifest>, u64)>);
+
+fn in_snapshot(
+    conn: &Connection,
+    secret: &TerminalSecret,
+    expected: Option<(&str, &str)>,
+    scope: Scope,
+    findings: &mut Vec<Integrity>,
+) -> Result<Checked, StoreError> {
+    let stored = check::stored_ids(conn).ok().flatten();
+    let (terminal_id, merchant_id) =
+        match check::identify(conn, &|id: &str| Some(secret.derive_all(id)), expected) {
+            Ok(Some(owner)) => (owner.terminal_id, owner.merchant_id),
+            Ok(None) => {
+                findings.push(Integrity::new("terminal state", "row missing (deleted)"));
+                let (t, m) = expected.unwrap_or_default();
+                (t.to_owned(), m.to_owned())
+            }
+            // An edited row is a finding like any other; go on with the ids the database names.
+            Err(StoreError::Integrity(i)) => {
+                findings.push(i);
+                match (&stored, expected) {
+                    (_, Some((t, m))) => (t.to_owned(), m.to_owned()),
+                    (Some(ids), None) => (ids.terminal_id.clone(), ids.merchant_id.clone()),
+                    (None, None) => (String::new(), String::new()),
+                }
+            }
+            Err(e) => return Err(e),
+        };
+    let keys = secret.derive_all(&terminal_id);
+    let mut opening = check::Findings::default();
+    check::load_state(conn, &keys, &mut opening)?;
+    findings.extend(opening.all());
+    let journal_rows = match scope {
+        Scope::Journal | Scope::All => {
+            let report = journal_walk(conn, &keys, false)?;
+            findings.extend(report.findings);
+            let sealed = stored.as_ref().is_some_and(|s| s.sealed);
+            super::close::verify_rows(conn, &keys, sealed, findings)?;
+            Some(report.checked)
+        }
+        Scope::Cache => None,
+    };
+    let cache = match scope {
+        Scope::Cache | Scope::All => {
+            let (manifest, report) = cache_walk(conn, &keys, false)?;
+            findings.extend(report.findings);
+            Some((manifest, report.checked))
+        }
+        Scope::Journal => None,
+    };
+    Ok((terminal_id, merchant_id, journal_rows, cache))
+}
 
 /// Result of a verification: how many rows were checked and what failed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -26,9 +145,20 @@ impl VerifyReport {
     }
 }
 
-/// SQLite's own structural check of the file (catches truncation and page corruption).
+/// A one-row read whose columns were edited into other types reads as no row (the opening checks
+/// name the row); other errors stay errors.
+fn type_edited<T>(e: rusqlite::Error) -> rusqlite::Result<Option<T>> {
+    match e {
+        rusqlite::Error::InvalidColumnType(..) => Ok(None),
+        e => Err(e),
+    }
+}
+
+/// SQLite's own structural check of the file: truncation and page corruption, and (unlike
+/// `quick_check`) every index against its table — a byte changed in an index would otherwise go
+/// unnoticed while lookups through the index (a void's "already voided?") read it.
 pub fn database_file(conn: &Connection) -> Vec<Integrity> {
-    match conn.prepare("PRAGMA quick_check").and_then(|mut s| {
+    match conn.prepare("PRAGMA integrity_check").and_then(|mut s| {
         s.query_map([], |r| r.get::<_, String>(0))?
             .collect::<Result<Vec<_>, _>>()
     }) {
@@ -52,17 +182,28 @@ struct CardFold {
 }
 
 /// Walks the whole journal: gap-free seqs from 1, each row's MAC and record id, each chain link, the
-/// MACed chain head, and every card's usage anchor against the fold of its rows.
+/// MACed chain head, and every card's usage anchor against the fold of its rows; then every stored
+/// answer and every reader's latest-transaction row (their MACs: `super::answers::verify`).
 ///
 /// All of it reads one snapshot (a read transaction, or the caller's): it runs beside a daemon that
 /// keeps committing, and a redemption landing between the journal scan and the head or usage reads
 /// would otherwise look like rows removed at the end.
 pub fn journal(conn: &Connection, keys: &TerminalKeys) -> Result<VerifyReport, rusqlite::Error> {
+    journal_walk(conn, keys, true)
+}
+
+/// [`journal`], with or without the chain-head comparison (which [`database`] makes once, among the
+/// opening checks).
+fn journal_walk(
+    conn: &Connection,
+    keys: &TerminalKeys,
+    with_head: bool,
+) -> Result<VerifyReport, rusqlite::Error> {
     let own_snapshot = conn.is_autocommit();
     if own_snapshot {
         conn.execute_batch("BEGIN DEFERRED")?;
     }
-    let result = journal_in_snapshot(conn, keys);
+    let result = journal_in_snapshot(conn, keys, with_head);
     if own_snapshot {
         // A read transaction: ending it cannot lose anything.
         let _ = conn.execute_batch("COMMIT");
@@ -73,6 +214,7 @@ pub fn journal(conn: &Connection, keys: &TerminalKeys) -> Result<VerifyReport, r
 fn journal_in_snapshot(
     conn: &Connection,
     keys: &TerminalKeys,
+    with_head: bool,
 ) -> Result<VerifyReport, rusqlite::Error> {
     let terminal_id = keys.terminal_id.as_str();
     let mut report = VerifyReport::default();
@@ -119,15 +261,18 @@ fn journal_in_snapshot(
         fold.usage.add(&rec);
         encode_history(&mut fold.history, &rec);
     }
+    // Read as stored: a column edited into another type is a finding, not a failed check.
     let head: Option<(i64, Vec<u8>)> = conn
         .query_row(
             "SELECT head_seq, head_mac FROM terminal_state WHERE id = 1",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
-        .optional()?;
+        .optional()
+        .or_else(type_edited)?;
     let (last_seq, last_mac) = last.unwrap_or((0, genesis_mac(&keys.journal, terminal_id)));
     match head {
+        _ if !with_head => {}
         Some((seq, mac)) if seq == last_seq as i64 && tags_equal(&mac, &last_mac) => {}
         Some((seq, _)) => report.findings.push(Integrity::new(
             "journal head",
@@ -207,6 +352,10 @@ fn journal_in_snapshot(
             "missing for a card with journal rows",
         ));
     }
+    // The answers stored for the readers, and each reader's latest transaction (`answers`).
+    report
+        .findings
+        .extend(super::answers::verify(conn, &keys.journal)?);
     Ok(report)
 }
 
@@ -215,33 +364,50 @@ pub fn cache(
     conn: &Connection,
     keys: &TerminalKeys,
 ) -> Result<(Option<Manifest>, VerifyReport), rusqlite::Error> {
+    cache_walk(conn, keys, true)
+}
+
+/// [`cache`], with or without findings about the manifest row (which [`database`] has from the
+/// opening checks).
+fn cache_walk(
+    conn: &Connection,
+    keys: &TerminalKeys,
+    manifest_findings: bool,
+) -> Result<(Option<Manifest>, VerifyReport), rusqlite::Error> {
     let mut report = VerifyReport::default();
+    // A manifest row edited into other types is named by the opening checks; no entry can be
+    // checked without it.
     let row: Option<(i64, Vec<u8>)> = conn
         .query_row(
             "SELECT version, signed FROM cache_manifest WHERE id = 1",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
-        .optional()?;
+        .optional()
+        .or_else(type_edited)?;
     let Some((version, signed)) = row else {
         return Ok((None, report));
     };
     let manifest = match Manifest::verify_signed(&keys.cache, &signed) {
         Ok(m) if m.version as i64 == version => m,
         Ok(m) => {
-            report.findings.push(Integrity::new(
-                "cache manifest",
-                format!(
-                    "version column {version} differs from the signed {}",
-                    m.version
-                ),
-            ));
+            if manifest_findings {
+                report.findings.push(Integrity::new(
+                    "cache manifest",
+                    format!(
+                        "version column {version} differs from the signed {}",
+                        m.version
+                    ),
+                ));
+            }
             return Ok((Some(m), report));
         }
         Err(e) => {
-            report
-                .findings
-                .push(Integrity::new("cache manifest", e.to_string()));
+            if manifest_findings {
+                report
+                    .findings
+                    .push(Integrity::new("cache manifest", e.to_string()));
+            }
             return Ok((None, report));
         }
     };
@@ -318,49 +484,4 @@ pub fn cache(
         }
     }
     Ok((Some(manifest), report))
-}
-
-/// Verifies every deny-list row's MAC and the row count and highest version against the terminal
-/// state (whose own MAC `journal` checks with the chain head): an edited row and a deleted row are both
-/// named.
-pub fn deny(conn: &Connection, keys: &TerminalKeys) -> Result<VerifyReport, rusqlite::Error> {
-    let mut report = VerifyReport::default();
-    let state: Option<(String, i64, i64)> = conn
-        .query_row(
-            "SELECT merchant_id, deny_version, deny_count FROM terminal_state WHERE id = 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .optional()?;
-    let Some((merchant_id, version, count)) = state else {
-        return Ok(report);
-    };
-    let (mut rows, mut max_version) = (0u64, 0u64);
-    super::deny::each_row(conn, &keys.cache, &merchant_id, |r| {
-        report.checked += 1;
-        match r {
-            Ok(e) => {
-                rows += 1;
-                max_version = max_version.max(e.version);
-            }
-            Err(i) => report.findings.push(i),
-        }
-    })?;
-    if report.findings.is_empty() {
-        let state = super::rows::TerminalRow {
-            terminal_id: keys.terminal_id.clone(),
-            merchant_id,
-            head_seq: 0,
-            head_mac: [0; 32],
-            last_trusted_wall_ms: 0,
-            synced_through_seq: 0,
-            cache_version: 0,
-            deny_version: u64::try_from(version).unwrap_or(u64::MAX),
-            deny_count: u64::try_from(count).unwrap_or(u64::MAX),
-        };
-        if let Err(i) = super::deny::count_matches(rows, max_version, &state) {
-            report.findings.push(i);
-        }
-    }
-    Ok(report)
 }

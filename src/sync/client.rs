@@ -29,7 +29,7 @@ use thiserror::Error;
 use super::decode::ContentDecoder;
 use super::plan::{AnswerError, Divergence, Problem, ServerHead};
 use super::wire::{self, ProblemExtras, WireError};
-use crate::daemon::store_owner::wall_clock_ms;
+use crate::store::owner::wall_clock_ms;
 use crate::store::{DenyList, StoreError};
 
 /// Largest JSON answer read (heads, acks, deny lists, problems).

@@ -9,8 +9,9 @@
 //! * [`decode`] — bounded streaming `Content-Encoding` decoding (zstd, gzip), pure.
 //! * [`close`] — pure planning of end-of-day closes: which ended, fully acknowledged days to close, with
 //!   the platform's own totals.
-//! * [`pass`] — one sync pass (deny list, journal, entitlements, closes) through the daemon's store handle in
-//!   short pieces, and the lock that keeps two processes from syncing one state directory at once.
+//! * [`pass`] — one sync pass (deny list, journal, entitlements, closes) through the store's handle
+//!   (`crate::store::owner`) in short pieces, and the lock that keeps two processes from syncing one
+//!   state directory at once.
 //!
 //! The periodic task that runs passes in the daemon is `crate::daemon::sync`; `redeemd sync` runs one.
 //! Sync never blocks the counter: redemptions are decided from the local cache whatever sync does.

@@ -8,9 +8,10 @@
 //! not stop loss reports or new entitlements. Only when the server is unreachable or overloaded
 //! ([`SyncError::server_unreachable`]) are the remaining steps of the pass skipped.
 //!
-//! Store work goes through the daemon's [`StoreHandle`] in short pieces on the blocking pool (a batch
-//! of records read, an acknowledgement recorded, a chunk of a bundle staged), so reader tasks are never
-//! starved and no async worker is blocked.
+//! Store work goes through the store's one owner, [`StoreHandle`] — in the daemon the same handle every
+//! reader thread takes in turn, in `redeemd sync` one of its own — in short pieces on the blocking pool
+//! (a batch of records read, an acknowledgement recorded, a chunk of a bundle staged), so a reader
+//! waits for the lock one piece at most, and no async worker is blocked.
 //!
 //! Two processes may sync the same state directory (the daemon and `redeemd sync`): each pass holds
 //! [`SyncLock`] (`flock` on `sync.lock` in the state directory), so they take turns; the store's writes
@@ -28,9 +29,9 @@ use super::client::{Client, SyncError, UploadAnswer, server_error};
 use super::close::closes_due;
 use super::plan::{self, Divergence, LocalJournal, Next, Resume, Uploader};
 use super::wire;
-use crate::daemon::store_owner::StoreHandle;
 use crate::engine::Now;
 use crate::store::close::CloseResult;
+use crate::store::owner::StoreHandle;
 use crate::store::{BundleInstall, DenyReport, InstallReport, Store, StoreError};
 
 /// Decoded bundle bytes handed to the installer per blocking call.

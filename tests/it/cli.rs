@@ -107,9 +107,17 @@ fn verify_passes_on_a_clean_store_and_names_the_row_on_tampering() {
         r.stderr
     );
     let conn = rusqlite::Connection::open(state.join(DB_FILE)).unwrap();
-    conn.execute_batch(
-        "DROP TRIGGER journal_append_only_update; UPDATE journal SET quantity = 5 WHERE seq = 2;",
-    )
+    let trigger: String = conn
+        .query_row(
+            "SELECT sql FROM sqlite_schema WHERE name = 'journal_append_only_update'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    // As an attacker would: the trigger dropped for the edit and put back after it.
+    conn.execute_batch(&format!(
+        "DROP TRIGGER journal_append_only_update; UPDATE journal SET quantity = 5 WHERE seq = 2; {trigger};"
+    ))
     .unwrap();
     conn.execute(
         "UPDATE cache_entry SET body = CAST(body || x'00' AS BLOB) WHERE card_ref = ?1",

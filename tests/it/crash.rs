@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redeemd::store::{Decision, MenuOutcome, RedeemRequest, Store, verify};
+use redeemd::store::{Decision, MenuOutcome, Store, verify};
 use redeemd_contract::snapshot::BundleKind;
 
 use crate::support::*;
@@ -50,21 +50,17 @@ impl Attempt {
         }
     }
     fn run(&self, s: &mut Store) -> Option<(String, u64)> {
-        let number = number(self.card);
-        let items = [(0u16, self.qty)];
-        let req = RedeemRequest {
-            reader_id: &self.reader,
-            reader_txn_id: self.txn,
-            card_number: &number,
-            items: &items,
-            identity: None,
-            cashier_id: "c",
-            menu_entry_version: None,
-        };
-        let o = s.redeem(&req, now(self.wall), render).ok()?;
+        let o = redeem(
+            s,
+            &self.reader,
+            self.txn,
+            self.card,
+            &[(0, self.qty)],
+            self.wall,
+        );
         match o.decision {
             Some(Decision::Redeemed(a)) => Some((a.auth_code, a.first_seq)),
-            // A replay: the stored reply is the debug form of the approval; take its code from the journal.
+            // A replay: take the approval's code from the journal.
             None => s
                 .connection()
                 .query_row("SELECT auth_code, seq FROM journal WHERE reader_id = ?1 AND reader_txn_id = ?2 AND line = 0", rusqlite::params![self.reader, self.txn as i64], |r| {

@@ -24,8 +24,8 @@ use crate::support::{self, HOUR};
 const LINK_UP: Duration = Duration::from_secs(15);
 
 /// Card numbers of the shop's fixtures.
-const CARD_TWO_PACKAGES: u64 = 1;
-const CARD_LOST: u64 = 2;
+pub const CARD_TWO_PACKAGES: u64 = 1;
+pub const CARD_LOST: u64 = 2;
 const CARD_EXHAUSTED_EXPIRED: u64 = 3;
 const CARD_LAST_USE: u64 = 4;
 
@@ -520,6 +520,17 @@ async fn a_garbage_flood_leaves_memory_flat_and_the_link_usable() {
     );
 }
 
+/// `redeemd simulate-reader` on a new pty behind the shop's reader port 0, as reader `serial`.
+pub fn simulate_reader(shop: &Shop, serial: &str) -> Command {
+    let mut c = shop.redeemd();
+    c.arg("simulate-reader")
+        .arg("--pty")
+        .arg("--link")
+        .arg(shop.port(0))
+        .args(["--serial", serial, "--connect-timeout", "20"]);
+    c
+}
+
 /// Every shipped scenario, played by `redeemd simulate-reader --script` (a second real process)
 /// against the daemon: the CLI a technician runs, end to end.
 #[test]
@@ -535,19 +546,8 @@ fn shipped_scenarios_pass_against_the_daemon() {
     for file in files {
         let shop = shop(1, "");
         let daemon = Daemon::start(&shop);
-        let out = shop
-            .redeemd()
-            .arg("simulate-reader")
-            .arg("--pty")
-            .arg("--link")
-            .arg(shop.port(0))
-            .args([
-                "--serial",
-                "SCENARIO",
-                "--connect-timeout",
-                "20",
-                "--script",
-            ])
+        let out = simulate_reader(&shop, "SCENARIO")
+            .arg("--script")
             .arg(&file)
             .output()
             .unwrap();
@@ -565,6 +565,59 @@ fn shipped_scenarios_pass_against_the_daemon() {
             eprintln!("{transcript}");
         }
     }
+}
+
+/// `redeemd simulate-reader --conformance` (PROTOCOL.md §11.1) against the real daemon, twice: the
+/// second run continues its txn ids after the first's (QUERY LAST) and the card ends as it began.
+#[test]
+fn the_conformance_flows_pass_against_the_daemon_twice_in_a_row() {
+    let shop = shop(1, "");
+    let daemon = Daemon::start(&shop);
+    let rules = firmware_protocol::conformance::flows().len();
+    for run in 1..=2 {
+        let out = simulate_reader(&shop, "CONFORMANCE")
+            .args(["--conformance", "--card"])
+            .arg(support::number(CARD_TWO_PACKAGES))
+            .output()
+            .unwrap();
+        let transcript = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "run {run}: exit {:?}\n{transcript}\n{}\ndaemon:\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr),
+            daemon.log_text()
+        );
+        assert_eq!(
+            transcript
+                .lines()
+                .filter(|l| l.starts_with("PASS §"))
+                .count(),
+            rules,
+            "{transcript}"
+        );
+        assert!(!transcript.contains("FAIL"), "{transcript}");
+        if run == 2 {
+            assert!(
+                transcript.contains("the daemon's latest transaction of this reader is"),
+                "{transcript}"
+            );
+        }
+    }
+    // Every redemption the flows made was voided: the card is as it was.
+    let mut store =
+        redeemd::store::Store::open(&shop.state, support::keys(), support::config()).unwrap();
+    let shown = match store
+        .menu(
+            &support::number(CARD_TWO_PACKAGES),
+            support::now(wall_now()),
+        )
+        .unwrap()
+    {
+        redeemd::store::MenuOutcome::Menu(m) => m.entries[0].uses_left,
+        redeemd::store::MenuOutcome::Declined(d) => panic!("{d:?}"),
+    };
+    assert_eq!(shown, 10);
 }
 
 /// Reads sd_notify datagrams from a socket the test owns, as systemd would, for `for_`.

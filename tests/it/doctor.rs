@@ -7,24 +7,12 @@ use redeemd::simulator::{Line, LineSpec};
 use redeemd_contract::snapshot::{BundleKind, BundleSigner};
 
 use crate::daemon::shop;
-use crate::shop::Shop;
+use crate::shop::{Mounted, Shop, output_of, running_as_root};
 use crate::support::{self, HOUR, MERCHANT, TERMINAL};
 
 /// Runs `redeemd doctor` for the service user `user`; (exit code, stdout).
 fn doctor(shop: &Shop, user: &str) -> (i32, String) {
-    let out = shop
-        .redeemd()
-        .args(["doctor", "--user", user])
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    output_of(shop.redeemd().args(["doctor", "--user", user]))
 }
 
 /// A shop whose reader 0 is a live pty (nobody on the daemon side).
@@ -174,24 +162,6 @@ async fn plain_http_to_a_remote_server_is_refused_by_the_config_check() {
     assert_eq!(code, 64, "{out}");
     assert!(out.contains("sync.server_url"), "{out}");
     assert!(out.contains("use https://"), "{out}");
-}
-
-/// Unmounts a test's mount point when dropped, even on a failed assertion.
-struct Mounted(std::path::PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
-fn running_as_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        == Some("0")
 }
 
 #[test]

@@ -8,15 +8,20 @@
 
 mod clearing_e2e;
 mod cli;
+mod columns;
 mod crash;
 mod daemon;
 mod deny;
 mod doctor;
+mod exactly_once;
 mod migrate;
 mod offline_week;
+mod ownership;
+mod packaging;
 mod platform;
 mod shop;
 mod snapshot;
+mod state_dir;
 mod store;
 mod support;
 mod sync;

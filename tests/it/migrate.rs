@@ -1,7 +1,7 @@
 //! Schema migrations never lose journal rows; bad database files give named errors.
 
 use redeemd::store::schema::{MIGRATIONS, Migration, latest_version, migrate_with};
-use redeemd::store::{DB_FILE, Store, StoreError, verify};
+use redeemd::store::{DB_FILE, Queried, Store, StoreError, verify};
 use rusqlite::Connection;
 
 use crate::support::*;
@@ -15,9 +15,9 @@ fn populated() -> tempfile::TempDir {
     dir
 }
 
-/// Takes a database back to schema 4, as redeemd before version 5 left it: no close records, usage
-/// anchors in their own table, cache rows of entry columns only (cards with usage but no entry lose
-/// their cache row).
+/// Takes a database at schema 6 (`down_to_6`) back to schema 4, as redeemd before version 5 left
+/// it: no close records, usage anchors in their own table, cache rows of entry columns only (cards
+/// with usage but no entry lose their cache row).
 const DOWN_TO_4: &str = "
     DROP TABLE batch_close;
     CREATE TABLE card_usage (card_ref BLOB PRIMARY KEY, rows INTEGER NOT NULL, last_seq INTEGER NOT NULL,
@@ -31,6 +31,48 @@ const DOWN_TO_4: &str = "
     ALTER TABLE cache_entry_v4 RENAME TO cache_entry;
     PRAGMA user_version = 4;";
 
+/// Takes a database back to schema 6, as redeemd before schema 7 left it: no key check value, the
+/// terminal state MACed in its first form, no MACs on the manifest and close rows, the answers of
+/// version 6 (those stored since are dropped: version 6 had none of them).
+fn down_to_6(conn: &Connection) {
+    let row: redeemd::store::rows::TerminalRow = conn
+        .query_row(
+            "SELECT terminal_id, merchant_id, head_seq, head_mac, last_trusted_wall_ms, synced_through_seq, \
+             cache_version, deny_version, deny_count FROM terminal_state",
+            [],
+            |r| {
+                Ok(redeemd::store::rows::TerminalRow {
+                    terminal_id: r.get(0)?,
+                    merchant_id: r.get(1)?,
+                    head_seq: r.get::<_, i64>(2)? as u64,
+                    head_mac: r.get::<_, Vec<u8>>(3)?.try_into().unwrap(),
+                    last_trusted_wall_ms: r.get(4)?,
+                    synced_through_seq: r.get::<_, i64>(5)? as u64,
+                    cache_version: r.get::<_, i64>(6)? as u64,
+                    deny_version: r.get::<_, i64>(7)? as u64,
+                    deny_count: r.get::<_, i64>(8)? as u64,
+                    identity_count: 0,
+                    sealed: false,
+                })
+            },
+        )
+        .unwrap();
+    conn.execute_batch(
+        "DROP TABLE key_check; ALTER TABLE terminal_state DROP COLUMN identity_count; \
+         ALTER TABLE terminal_state DROP COLUMN mac_format; ALTER TABLE cache_manifest DROP COLUMN mac; \
+         ALTER TABLE batch_close DROP COLUMN mac; \
+         DROP TABLE outcome; DROP TABLE reader_last; ALTER TABLE outcome_v6 RENAME TO outcome; \
+         CREATE TABLE reader_last (reader_id TEXT PRIMARY KEY, reader_txn_id INTEGER NOT NULL) WITHOUT ROWID; \
+         PRAGMA user_version = 6;",
+    )
+    .unwrap();
+    conn.execute(
+        "UPDATE terminal_state SET mac = ?1",
+        [&row.mac(&keys().journal)[..]],
+    )
+    .unwrap();
+}
+
 fn user_version(conn: &Connection) -> i64 {
     conn.query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap()
@@ -42,6 +84,7 @@ fn a_version_1_database_with_unsynced_rows_migrates_keeping_every_row() {
     let file = dir.path().join(DB_FILE);
     // Take it back to schema 1: undo migration 5, drop what migrations 2, 3 and 4 created.
     let conn = Connection::open(&file).unwrap();
+    down_to_6(&conn);
     conn.execute_batch(DOWN_TO_4).unwrap();
     conn.execute_batch("DROP TABLE outcome; DROP TABLE reader_last; DROP TABLE identity_attempt; DROP INDEX journal_voids; DROP TABLE deny_entry; ALTER TABLE terminal_state DROP COLUMN deny_version; ALTER TABLE terminal_state DROP COLUMN deny_count; PRAGMA user_version = 1;").unwrap();
     drop(conn);
@@ -126,17 +169,19 @@ fn garbage_and_truncated_database_files_give_named_errors() {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join(DB_FILE), &bytes[..cut]).unwrap();
         match Store::open(d.path(), keys(), config()) {
+            // An empty file is never taken for a new database: a journal may have been there.
+            Err(StoreError::DatabaseLost { .. }) if cut == 0 => {}
             Err(e) => assert!(
-                matches!(
-                    e,
-                    StoreError::Corrupt { .. }
-                        | StoreError::Integrity(_)
-                        | StoreError::Missing { .. }
-                        | StoreError::Sql(_)
-                ),
+                cut > 0
+                    && matches!(
+                        e,
+                        StoreError::Corrupt { .. }
+                            | StoreError::Integrity(_)
+                            | StoreError::Missing { .. }
+                            | StoreError::Sql(_)
+                    ),
                 "cut {cut}: {e}"
             ),
-            Ok(s) if cut == 0 => drop(s), // an empty file is a new database
             Ok(s) => {
                 let structural = verify::database_file(s.connection());
                 let journal = verify::journal(s.connection(), &keys())
@@ -196,6 +241,41 @@ fn version_3_moves_outcomes_into_one_b_tree_keeping_each_readers_latest() {
 }
 
 #[test]
+fn version_7_sets_the_unmaced_answers_of_version_6_aside_and_never_sends_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(DB_FILE);
+    {
+        let mut conn = Connection::open(&file).unwrap();
+        migrate_with(&mut conn, &MIGRATIONS[..6]).unwrap();
+        conn.execute(
+            "INSERT INTO outcome (reader_id, reader_txn_id, request_digest, reply, first_seq, wall_ms) VALUES ('r', 5, x'00', x'4105000000', 1, 0)",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO reader_last (reader_id, reader_txn_id) VALUES ('r', 5)",
+            [],
+        )
+        .unwrap();
+    }
+    let mut s = open(dir.path());
+    assert_eq!(user_version(s.connection()), latest_version());
+    let kept: (String, i64, Vec<u8>) = s
+        .connection()
+        .query_row(
+            "SELECT reader_id, reader_txn_id, reply FROM outcome_v6",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(kept, ("r".into(), 5, vec![0x41, 5, 0, 0, 0]));
+    // No MAC could be given to it: it is not an answer any more, for QUERY or for LAST.
+    assert_eq!(s.answer_query("r", Some(5)).unwrap(), Queried::Unknown);
+    assert_eq!(s.answer_query("r", None).unwrap(), Queried::Unknown);
+    assert!(verify::journal(s.connection(), &keys()).unwrap().is_clean());
+}
+
+#[test]
 fn version_4_adds_the_deny_overlay_keeping_unsynced_rows_and_the_macs_of_version_3() {
     let dir = populated();
     let file = dir.path().join(DB_FILE);
@@ -205,6 +285,7 @@ fn version_4_adds_the_deny_overlay_keeping_unsynced_rows_and_the_macs_of_version
     }
     // Take it back to schema 3, as an older redeemd left it: 6 rows, 4 of them unsynced.
     let conn = Connection::open(&file).unwrap();
+    down_to_6(&conn);
     conn.execute_batch(DOWN_TO_4).unwrap();
     conn.execute_batch("DROP TABLE deny_entry; ALTER TABLE terminal_state DROP COLUMN deny_version; ALTER TABLE terminal_state DROP COLUMN deny_count; PRAGMA user_version = 3;").unwrap();
     drop(conn);
@@ -229,6 +310,7 @@ fn version_5_moves_each_cards_usage_into_its_cache_row_keeping_cards_the_cache_d
     };
     // Schema 4, where card 2's entry was since removed from the cache while its usage stays.
     let conn = Connection::open(&file).unwrap();
+    down_to_6(&conn);
     conn.execute_batch(DOWN_TO_4).unwrap();
     conn.execute(
         "DELETE FROM cache_entry WHERE card_ref = ?1",
@@ -264,4 +346,87 @@ fn version_5_moves_each_cards_usage_into_its_cache_row_keeping_cards_the_cache_d
         .unwrap();
     assert_eq!(usage_only, (None, 2));
     approved(&redeem(&mut s, "r", 100, 0, &[(0, 1)], T0));
+}
+
+#[test]
+fn version_7_seals_a_version_6_database_at_its_first_keyed_open() {
+    let dir = populated();
+    let file = dir.path().join(DB_FILE);
+    {
+        let mut s = open(dir.path());
+        swipe(&mut s, "r", 50, 2, T0);
+        assert_eq!(
+            declined(&redeem_swiped(
+                &mut s,
+                "r",
+                50,
+                &[(2, 1)],
+                Some(b"0000"),
+                T0
+            )),
+            redeemd::engine::DeclineReason::IdentityWrong
+        );
+        let close = redeemd_contract::close::BatchClose {
+            business_date: "2026-09-21".into(),
+            utc_offset_minutes: 480,
+            first_seq: 1,
+            through_seq: 6,
+            items: Vec::new(),
+        };
+        s.record_close(
+            &close,
+            redeemd::store::close::CloseResult::Matched,
+            "{}",
+            T0,
+        )
+        .unwrap();
+    }
+    let conn = Connection::open(&file).unwrap();
+    down_to_6(&conn);
+    drop(conn);
+    // As redeemd before schema 7 left it; migrated without the key, not sealed yet: verify checks
+    // it as before and says OK, since the daemon will open it.
+    let verified = |scope| {
+        verify::database(dir.path(), &secret(), Some((TERMINAL, MERCHANT)), scope)
+            .unwrap()
+            .findings
+    };
+    assert_eq!(verified(verify::Scope::Journal), Vec::new());
+    assert_eq!(verified(verify::Scope::Cache), Vec::new());
+    let sealed = |conn: &Connection| -> (i64, i64, i64, bool, bool) {
+        conn.query_row(
+            "SELECT (SELECT mac_format FROM terminal_state), (SELECT identity_count FROM terminal_state), \
+             (SELECT count(*) FROM key_check), (SELECT mac IS NOT NULL FROM cache_manifest), \
+             (SELECT min(mac IS NOT NULL) FROM batch_close)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .unwrap()
+    };
+    let conn = Connection::open(&file).unwrap();
+    assert_eq!(sealed(&conn), (1, 0, 0, false, false));
+    drop(conn);
+    // The first open with the key seals it.
+    let mut s = open(dir.path());
+    assert_eq!(sealed(s.connection()), (2, 1, 1, true, true));
+    approved(&redeem(&mut s, "r", 100, 0, &[(0, 1)], T0));
+    assert_eq!(s.closed_through_seq().unwrap(), 6);
+    drop(s);
+    assert_eq!(verified(verify::Scope::Journal), Vec::new());
+    assert_eq!(verified(verify::Scope::Cache), Vec::new());
+    // From now on the rows it MACed are checked: the install time edited is refused, and the format
+    // cannot be set back.
+    for edit in [
+        "UPDATE cache_manifest SET installed_wall_ms = installed_wall_ms + 1",
+        "UPDATE terminal_state SET mac_format = 1",
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::copy(&file, d.path().join(DB_FILE)).unwrap();
+        Connection::open(d.path().join(DB_FILE))
+            .unwrap()
+            .execute_batch(edit)
+            .unwrap();
+        let e = Store::open(d.path(), keys(), config()).unwrap_err();
+        assert!(e.to_string().contains("MAC mismatch"), "{edit}: {e}");
+    }
 }

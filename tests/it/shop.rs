@@ -83,6 +83,8 @@ impl Shop {
         let config = dir.path().join("redeemd.toml");
         std::fs::write(&config, toml).unwrap();
 
+        // As systemd's StateDirectory= does before the first start.
+        std::fs::create_dir(&state).unwrap();
         let mut store =
             redeemd::store::Store::open(&state, support::keys(), support::config()).unwrap();
         let bundle = support::bundle(BundleKind::Full, 1, 0, cards, wall_now() + 1000 * HOUR);
@@ -98,13 +100,62 @@ impl Shop {
 
     /// `redeemd --config <this shop's config>`, without systemd's or the caller's logging env.
     pub fn redeemd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_redeemd"));
-        c.arg("--config").arg(&self.config);
-        c.env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("RUST_LOG");
+        let mut c = redeemd_command(&["--config".as_ref(), self.config.as_os_str()]);
+        c.env_remove("RUST_LOG");
         c
     }
+}
+
+/// `redeemd` with `args`, without the caller's redeemd settings (`REDEEMD_STATE_DIR`,
+/// `REDEEMD_KEY_FILE`, systemd's `NOTIFY_SOCKET`) and with no input.
+pub fn redeemd_command(args: &[&std::ffi::OsStr]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_redeemd"));
+    c.args(args)
+        .env_remove("REDEEMD_STATE_DIR")
+        .env_remove("REDEEMD_KEY_FILE")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .stdin(Stdio::null());
+    c
+}
+
+/// Runs a command to its end: (exit code, stdout followed by stderr).
+pub fn output_of(command: &mut Command) -> (i32, String) {
+    let out = command.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// `redeemd --config CONFIG ARGS…` run to its end: (exit code, stdout followed by stderr).
+pub fn redeemd_with(config: &Path, args: &[&str]) -> (i32, String) {
+    let mut leading: Vec<&std::ffi::OsStr> = vec!["--config".as_ref(), config.as_os_str()];
+    leading.extend(args.iter().map(std::ffi::OsStr::new));
+    output_of(&mut redeemd_command(&leading))
+}
+
+/// Unmounts a test's mount point when dropped, even on a failed assertion.
+pub struct Mounted(pub PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Whether the tests run as root (mounting a filesystem needs it; CI runs as root).
+pub fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        == Some("0")
 }
 
 /// A running `redeemd run`, its stderr (the log) collected line by line. Killed on drop.
@@ -167,6 +218,25 @@ impl Daemon {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Stops the daemon with `signal` (`TERM`: as systemd stops it, waited for; `KILL`: as a crash)
+    /// and waits for it to exit.
+    pub fn stop(mut self, signal: &str) {
+        let sent = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{signal}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not exit on SIG{signal}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

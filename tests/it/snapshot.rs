@@ -204,7 +204,7 @@ fn redemptions_go_through_while_a_big_full_snapshot_installs() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    use redeemd::daemon::store_owner::{Clock, StoreHandle};
+    use redeemd::store::owner::{Clock, StoreHandle};
 
     const N: u64 = 12_000;
     let dir = tempfile::tempdir().unwrap();

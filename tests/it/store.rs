@@ -1,19 +1,20 @@
 //! Store behaviour: approvals, idempotent replays across restarts, voids, identity lockout, limits.
 
 use redeemd::engine::DeclineReason;
-use redeemd::store::{Decision, MenuOutcome, RedeemRequest, Store, VoidRequest, verify};
+use redeemd::store::{Decision, MenuOutcome, Queried, Request, Source, Store, verify};
 
 use crate::support::*;
 
-fn void(s: &mut Store, reader: &str, txn: u64, code: &str, at: i64) -> redeemd::store::Outcome {
-    let req = VoidRequest {
-        reader_id: reader,
-        reader_txn_id: txn,
-        original_auth_code: code,
-        reason: "wrong item",
-        cashier_id: "cashier-7",
-    };
-    s.void(&req, now(at), render).unwrap()
+/// What QUERY of `txn` (`None`: LAST) of `reader` gets.
+fn query(s: &mut Store, reader: &str, txn: Option<u32>) -> Queried {
+    s.answer_query(reader, txn).unwrap()
+}
+
+fn stored(txn: u32, reply: &[u8]) -> Queried {
+    Queried::Stored {
+        txn_id: txn,
+        reply: reply.to_vec(),
+    }
 }
 
 #[test]
@@ -33,29 +34,23 @@ fn approval_is_replayed_byte_identically_even_after_a_restart() {
     // The same transaction again: same bytes, nothing new written.
     let again = redeem(&mut s, "r1", 77, 1, &[(0, 2), (1, 1)], T0 + 1);
     assert_eq!(
-        (
-            again.reply.clone(),
-            again.decision.clone(),
-            again.replay_mismatch
-        ),
-        (first.reply.clone(), None, false)
+        (again.reply.clone(), again.decision.clone(), again.source),
+        (first.reply.clone(), None, Source::Replayed)
     );
     assert_eq!(journal_rows(&s), 2);
     drop(s);
     let mut s = open(dir.path());
     let after = redeem(&mut s, "r1", 77, 1, &[(0, 2), (1, 1)], T0 + 2);
     assert_eq!(after.reply, first.reply);
-    assert_eq!(
-        s.stored_outcome("r1", 77).unwrap(),
-        Some(first.reply.clone())
-    );
-    assert_eq!(
-        s.last_outcome("r1").unwrap(),
-        Some((77, first.reply.clone()))
-    );
-    // A reused id with different content still gets the stored answer, flagged.
+    assert_eq!(query(&mut s, "r1", Some(77)), stored(77, &first.reply));
+    assert_eq!(query(&mut s, "r1", None), stored(77, &first.reply));
+    // The id reused with other content (another card, other items): refused, nothing deducted, and
+    // the stored answer stays what QUERY returns.
     let reused = redeem(&mut s, "r1", 77, 2, &[(0, 1)], T0 + 3);
-    assert!(reused.replay_mismatch && reused.reply == first.reply);
+    assert_eq!(reused.source, Source::Refused(DeclineReason::TxnIdReused));
+    let reused = redeem_swiped(&mut s, "r1", 77, &[(0, 1)], None, T0 + 3);
+    assert_eq!(reused.source, Source::Refused(DeclineReason::TxnIdReused));
+    assert_eq!(query(&mut s, "r1", Some(77)), stored(77, &first.reply));
     assert_eq!(menu_left(&mut s, 1, T0 + 4), vec![(0, 8), (1, 1), (2, 3)]);
     // Another reader may use the same transaction id.
     assert_eq!(
@@ -75,26 +70,25 @@ fn declines_are_stored_and_write_no_journal_row() {
         (0, &[(3, 1)], DeclineReason::UnknownEntry),
         (0, &[(1, 3)], DeclineReason::InsufficientUses),
         (0, &[(2, 1)], DeclineReason::IdentityRequired),
+        // The swipe itself declines: QUERY gets the swipe's answer.
         (99, &[(0, 1)], DeclineReason::CardUnknown),
     ];
     for (txn, (card, items, reason)) in cases.iter().enumerate() {
         let o = redeem(&mut s, "r1", txn as u64, *card, items, T0);
         assert_eq!(declined(&o), *reason, "case {txn}");
-        assert_eq!(s.stored_outcome("r1", txn as u64).unwrap(), Some(o.reply));
+        let txn = u32::try_from(txn).unwrap();
+        assert_eq!(query(&mut s, "r1", Some(txn)), stored(txn, &o.reply));
     }
-    let bad = RedeemRequest {
+    let body = payload("swipe 100 12ab");
+    let bad = Request {
         reader_id: "r1",
-        reader_txn_id: 100,
-        card_number: "12ab",
-        items: &[(0, 1)],
-        identity: None,
-        cashier_id: "c",
-        menu_entry_version: None,
+        txn_id: 100,
+        payload: &body,
     };
-    assert_eq!(
-        declined(&s.redeem(&bad, now(T0), render).unwrap()),
-        DeclineReason::BadCardNumber
-    );
+    let o = s
+        .answer_card_presented(bad, "12ab", "c", now(T0), &REPLIES)
+        .unwrap();
+    assert_eq!(declined(&o), DeclineReason::BadCardNumber);
     assert_eq!(journal_rows(&s), 0);
     // The decline tells what is left.
     match redeem(&mut s, "r1", 101, 0, &[(1, 3)], T0).decision {
@@ -112,23 +106,14 @@ fn no_cache_declines_and_menu_entry_version_is_checked() {
         DeclineReason::NoCache
     );
     s.install_bundle(&full(1, 1)[..], now(T0)).unwrap();
-    let number = number(0);
-    let mut req = RedeemRequest {
-        reader_id: "r",
-        reader_txn_id: 2,
-        card_number: &number,
-        items: &[(0, 1)],
-        identity: None,
-        cashier_id: "c",
-        menu_entry_version: Some(2),
-    };
+    // The menu showed entry version 1; the card's entry is re-signed at version 2 before the REDEEM.
+    swipe(&mut s, "r", 2, 0, T0);
+    s.install_bundle(&full(2, 1)[..], now(T0)).unwrap();
     assert_eq!(
-        declined(&s.redeem(&req, now(T0), render).unwrap()),
+        declined(&redeem_swiped(&mut s, "r", 2, &[(0, 1)], None, T0)),
         DeclineReason::MenuChanged
     );
-    req.reader_txn_id = 3;
-    req.menu_entry_version = Some(1);
-    approved(&s.redeem(&req, now(T0), render).unwrap());
+    approved(&redeem(&mut s, "r", 3, 0, &[(0, 1)], T0));
 }
 
 #[test]
@@ -184,18 +169,9 @@ fn void_restores_uses_once_within_the_window() {
 fn identity_lockout_is_durable_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = store_with_cards(dir.path(), 1);
-    let number = number(0);
     let attempt = |s: &mut Store, txn: u64, id: &[u8], at: i64| {
-        let req = RedeemRequest {
-            reader_id: "r",
-            reader_txn_id: txn,
-            card_number: &number,
-            items: &[(2, 1)],
-            identity: Some(id),
-            cashier_id: "c",
-            menu_entry_version: None,
-        };
-        s.redeem(&req, now(at), render).unwrap()
+        swipe(s, "r", txn, 0, at);
+        redeem_swiped(s, "r", txn, &[(2, 1)], Some(id), at)
     };
     assert_eq!(
         declined(&attempt(&mut s, 1, b"0000", T0)),
@@ -304,19 +280,17 @@ fn requests_print_masked_and_the_database_is_owner_only() {
         .mode();
     assert_eq!(mode & 0o077, 0, "database mode {mode:o}");
     drop(s);
+    // A request's payload may hold the card number: its Debug form shows only its length.
     let n = number(0);
-    let req = RedeemRequest {
+    let body = payload(&format!("swipe 1 {n} identity 1234"));
+    let req = Request {
         reader_id: "r",
-        reader_txn_id: 1,
-        card_number: &n,
-        items: &[(0, 1)],
-        identity: Some(b"1234"),
-        cashier_id: "c",
-        menu_entry_version: None,
+        txn_id: 1,
+        payload: &body,
     };
     let printed = format!("{req:?}");
     assert!(
-        !printed.contains(&n) && !printed.contains("1234\"") && printed.contains("622848"),
+        !printed.contains(&n) && !printed.contains("1234") && printed.contains("bytes"),
         "{printed}"
     );
 }
@@ -340,10 +314,8 @@ proptest::proptest! {
                 let code = codes[usize::from(pick) % codes.len()].clone();
                 let _ = void(&mut s, "p", txn, &code, at);
             } else {
-                let n = number(card);
-                let items = [(index, qty)];
-                let req = RedeemRequest { reader_id: "p", reader_txn_id: txn, card_number: &n, items: &items, identity: Some(PHONE_LAST4), cashier_id: "c", menu_entry_version: None };
-                if let Some(Decision::Redeemed(a)) = s.redeem(&req, now(at), render).unwrap().decision {
+                swipe(&mut s, "p", txn, card, at);
+                if let Some(Decision::Redeemed(a)) = redeem_swiped(&mut s, "p", txn, &[(index, qty)], Some(PHONE_LAST4), at).decision {
                     codes.push(a.auth_code);
                 }
             }
@@ -410,7 +382,10 @@ fn maintenance_checkpoints_off_the_commit_path_and_loses_nothing() {
         void(&mut s, "r", 101, &code, T0 + 1).decision,
         Some(Decision::Voided(_))
     ));
-    assert!(s.stored_outcome("r", 100).unwrap().is_some());
+    assert!(matches!(
+        query(&mut s, "r", Some(100)),
+        Queried::Stored { .. }
+    ));
 }
 
 /// `redeemd sync` and the daemon each hold a store on the same state directory: an acknowledgement the

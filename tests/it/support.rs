@@ -2,8 +2,10 @@
 
 use std::path::Path;
 
+use redeemd::config::Language;
+use redeemd::conversation::render::Presentation;
 use redeemd::engine::{Limits, Now};
-use redeemd::store::{Decision, Outcome, RedeemRequest, Store, StoreConfig};
+use redeemd::store::{Decision, Outcome, Request, Source, Store, StoreConfig};
 use redeemd_contract::model::{CardNumber, CardRef, Holder, MerchantScope, identity_verifier};
 use redeemd_contract::snapshot::{BundleKind, BundleSigner};
 use redeemd_contract::{Card, CardStatus, Item, Package, TerminalKeys, TerminalSecret};
@@ -175,7 +177,10 @@ pub fn full(version: u64, n: u64) -> Vec<u8> {
     bundle(BundleKind::Full, version, 0, &cards, T0 + 1000 * HOUR)
 }
 
+/// Opens the store in `dir`, creating the directory first as systemd's `StateDirectory=` would (the
+/// store itself never creates it).
 pub fn open(dir: &Path) -> Store {
+    std::fs::create_dir_all(dir).unwrap();
     Store::open(dir, keys(), config()).unwrap()
 }
 
@@ -186,11 +191,55 @@ pub fn store_with_cards(dir: &Path, n: u64) -> Store {
     s
 }
 
-/// Deterministic reply bytes: the debug form of the decision.
-pub fn render(d: &Decision) -> Vec<u8> {
-    format!("{d:?}").into_bytes()
+/// Answers rendered as the daemon renders them for a Chinese-speaking shop on a UTF-8 link.
+pub const REPLIES: Presentation = Presentation {
+    language: Language::Zh,
+    encoding: firmware_protocol::TextEncoding::Utf8,
+    utc_offset_minutes: 480,
+};
+
+/// A request's payload for the store (which compares it byte for byte with a repeated request's):
+/// a stand-in for the wire bytes, deterministic in what the request says.
+pub fn payload(what: &str) -> Vec<u8> {
+    what.as_bytes().to_vec()
 }
 
+/// CARD_PRESENTED of card `card` under `txn` by `reader`, answered (and stored) at `at`.
+pub fn swipe(s: &mut Store, reader: &str, txn: u64, card: u64, at: i64) -> Outcome {
+    let number = number(card);
+    // As on the wire, the payload holds the card number: the store must keep only a digest of it
+    // (`store::card_numbers_never_reach_the_disk`).
+    let body = payload(&format!("swipe {txn} {number}"));
+    let request = Request {
+        reader_id: reader,
+        txn_id: u32::try_from(txn).unwrap(),
+        payload: &body,
+    };
+    s.answer_card_presented(request, &number, "cashier-7", now(at), &REPLIES)
+        .unwrap()
+}
+
+/// REDEEM of `items` (entry index, quantity) under `txn`, for the card its swipe presented.
+pub fn redeem_swiped(
+    s: &mut Store,
+    reader: &str,
+    txn: u64,
+    items: &[(u16, u64)],
+    identity: Option<&[u8]>,
+    at: i64,
+) -> Outcome {
+    let body = payload(&format!("redeem {txn} {items:?} {identity:?}"));
+    let request = Request {
+        reader_id: reader,
+        txn_id: u32::try_from(txn).unwrap(),
+        payload: &body,
+    };
+    s.answer_redeem(request, items, identity, now(at), &REPLIES)
+        .unwrap()
+}
+
+/// A whole transaction: CARD_PRESENTED of `card` under `txn`, then its REDEEM of `items`. The
+/// swipe's answer when it was declined or refused (there is nothing to redeem), else the REDEEM's.
 pub fn redeem(
     s: &mut Store,
     reader: &str,
@@ -199,17 +248,24 @@ pub fn redeem(
     items: &[(u16, u64)],
     at: i64,
 ) -> Outcome {
-    let number = number(card);
-    let req = RedeemRequest {
+    let swiped = swipe(s, reader, txn, card, at);
+    match (&swiped.source, &swiped.decision) {
+        (Source::Replayed, _) | (_, Some(Decision::Menu(_))) => {
+            redeem_swiped(s, reader, txn, items, None, at)
+        }
+        _ => swiped,
+    }
+}
+
+/// VOID under `txn` of the redemption approved with `code`.
+pub fn void(s: &mut Store, reader: &str, txn: u64, code: &str, at: i64) -> Outcome {
+    let body = payload(&format!("void {txn} {code}"));
+    let request = Request {
         reader_id: reader,
-        reader_txn_id: txn,
-        card_number: &number,
-        items,
-        identity: None,
-        cashier_id: "cashier-7",
-        menu_entry_version: None,
+        txn_id: u32::try_from(txn).unwrap(),
+        payload: &body,
     };
-    s.redeem(&req, now(at), render).unwrap()
+    s.answer_void(request, code, now(at), &REPLIES).unwrap()
 }
 
 pub fn approved(o: &Outcome) -> &redeemd::store::Approval {

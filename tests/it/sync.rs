@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
-use redeemd::daemon::store_owner::{Clock, StoreHandle};
 use redeemd::daemon::sync::next_delay;
 use redeemd::store::close::CloseResult;
+use redeemd::store::owner::{Clock, StoreHandle};
 use redeemd::store::{DenyInfo, Store};
 use redeemd::sync::client::{Client, ClientOptions};
 use redeemd::sync::pass::{EntitlementsReport, PassReport, Step, Syncer};

@@ -60,6 +60,26 @@ pub(crate) fn clearing_server() -> &'static Path {
     })
 }
 
+/// `clearing-server` with the platform master key these tests use (a key file of mode 0600 made once,
+/// in its own directory: a platform keeps the key apart from the database).
+pub(crate) fn platform_command() -> Command {
+    static KEY: OnceLock<PathBuf> = OnceLock::new();
+    let key = KEY.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("clearing-key-")
+            .tempdir()
+            .unwrap()
+            .keep();
+        let path = dir.join("master.key");
+        std::fs::write(&path, format!("{}\n", "5a".repeat(32))).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    });
+    let mut c = Command::new(clearing_server());
+    c.env("CLEARING_MASTER_KEY_FILE", key);
+    c
+}
+
 /// A running `clearing-server serve`; killed (SIGKILL) on drop.
 pub(crate) struct Server {
     child: Child,
@@ -80,7 +100,7 @@ impl Server {
         serve_args: &[&str],
         env: &[(&str, OsString)],
     ) -> Server {
-        let mut child = Command::new(clearing_server())
+        let mut child = platform_command()
             .arg("--db")
             .arg(db)
             .args(["serve", "--listen", listen])
@@ -161,7 +181,7 @@ pub(crate) struct Setup {
 
 /// `clearing-server --db <db> admin …`, which must succeed; its stdout.
 pub(crate) fn admin(db: &Path, args: &[&str]) -> String {
-    let out = Command::new(clearing_server())
+    let out = platform_command()
         .arg("--db")
         .arg(db)
         .arg("admin")
@@ -247,6 +267,8 @@ pub(crate) fn setup() -> Setup {
     std::fs::copy(&key, &shop_key).unwrap();
     std::fs::set_permissions(&shop_key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let state = dir.path().join("state");
+    // Empty, as systemd's StateDirectory= leaves it before the first start.
+    std::fs::create_dir(&state).unwrap();
     let config = dir.path().join("redeemd.toml");
     let shop = Shop { dir, config, state };
     Setup {

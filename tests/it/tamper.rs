@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use redeemd::engine::DeclineReason;
-use redeemd::store::{DB_FILE, MenuOutcome, Store, StoreError, verify};
+use redeemd::store::{DB_FILE, MenuOutcome, Queried, Store, StoreError, verify};
 use rusqlite::Connection;
 use rusqlite::types::Value;
 
@@ -15,38 +15,28 @@ use crate::support::*;
 /// card 0's redemption (seq 4), card 2 (seq 5), and a failed identity attempt on card 2.
 fn pristine() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = store_with_cards(dir.path(), 3);
-    approved(&redeem(&mut s, "r", 1, 1, &[(0, 2), (1, 1)], T0));
+    drop(shop_journal(dir.path()));
+    let path = dir.path().join(DB_FILE);
+    (dir, path)
+}
+
+/// The pristine database's store, still open (see [`pristine`]), in `dir` with cards 0–2 installed;
+/// and the authorization code of the first redemption (seq 1).
+pub fn shop_journal(dir: &Path) -> (Store, String) {
+    let mut s = store_with_cards(dir, 3);
+    let first = approved(&redeem(&mut s, "r", 1, 1, &[(0, 2), (1, 1)], T0)).clone();
     let a = approved(&redeem(&mut s, "r", 2, 0, &[(0, 1)], T0)).clone();
-    let v = redeemd::store::VoidRequest {
-        reader_id: "r",
-        reader_txn_id: 3,
-        original_auth_code: &a.auth_code,
-        reason: "x",
-        cashier_id: "c",
-    };
     assert!(matches!(
-        s.void(&v, now(T0), render).unwrap().decision,
+        void(&mut s, "r", 3, &a.auth_code, T0).decision,
         Some(redeemd::store::Decision::Voided(_))
     ));
     approved(&redeem(&mut s, "r", 4, 2, &[(0, 1)], T0));
-    let n = number(2);
-    let req = redeemd::store::RedeemRequest {
-        reader_id: "r",
-        reader_txn_id: 5,
-        card_number: &n,
-        items: &[(2, 1)],
-        identity: Some(b"0000"),
-        cashier_id: "c",
-        menu_entry_version: None,
-    };
+    swipe(&mut s, "r", 5, 2, T0);
     assert_eq!(
-        declined(&s.redeem(&req, now(T0), render).unwrap()),
+        declined(&redeem_swiped(&mut s, "r", 5, &[(2, 1)], Some(b"0000"), T0)),
         DeclineReason::IdentityWrong
     );
-    drop(s);
-    let path = dir.path().join(DB_FILE);
-    (dir, path)
+    (s, first.auth_code)
 }
 
 /// A copy of the pristine database in a new directory.
@@ -56,10 +46,32 @@ fn copy(src: &Path) -> tempfile::TempDir {
     dir
 }
 
+/// Runs `edit` on the database as someone with a SQLite tool would: the append-only triggers dropped
+/// first and put back after, so that the edit is all that differs.
+pub fn as_attacker(db: &Path, edit: impl FnOnce(&Connection)) {
+    let conn = Connection::open(db).unwrap();
+    let triggers: Vec<String> = conn
+        .prepare("SELECT sql FROM sqlite_schema WHERE type = 'trigger'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    conn.execute_batch("DROP TRIGGER IF EXISTS journal_append_only_update; DROP TRIGGER IF EXISTS journal_append_only_delete;").unwrap();
+    edit(&conn);
+    for sql in triggers {
+        conn.execute_batch(&sql).unwrap();
+    }
+}
+
 /// Flips one byte of `col` in the selected row, as someone with a SQLite tool would (triggers dropped).
 fn flip(db: &Path, table: &str, col: &str, filter: &str) {
-    let conn = Connection::open(db).unwrap();
-    conn.execute_batch("DROP TRIGGER IF EXISTS journal_append_only_update; DROP TRIGGER IF EXISTS journal_append_only_delete;").unwrap();
+    as_attacker(db, |conn| flip_in(conn, table, col, filter).unwrap());
+}
+
+/// [`flip`] on an open connection: one bit of the value changed (an integer's bit 8, a text's or
+/// blob's byte). `Err` when SQLite itself refuses the new value (a `CHECK`, a key).
+pub fn flip_in(conn: &Connection, table: &str, col: &str, filter: &str) -> Result<(), String> {
     let v: Value = conn
         .query_row(
             &format!("SELECT {col} FROM {table} WHERE {filter}"),
@@ -79,25 +91,21 @@ fn flip(db: &Path, table: &str, col: &str, filter: &str) {
             b[mid] ^= 0x01;
             Value::Blob(b)
         }
-        other => panic!("{table}.{col}: unexpected {other:?}"),
+        other => panic!("{table}.{col}: NULL in the chosen row ({other:?}): pick a fuller row"),
     };
-    assert_eq!(
-        conn.execute(
-            &format!("UPDATE {table} SET {col} = ?1 WHERE {filter}"),
-            [flipped]
-        )
-        .unwrap(),
-        1
-    );
+    conn.execute(
+        &format!("UPDATE {table} SET {col} = ?1 WHERE {filter}"),
+        [flipped],
+    )
+    .map(|n| assert_eq!(n, 1, "{table}.{col}"))
+    .map_err(|e| e.to_string())
 }
 
 fn exec(db: &Path, sql: &str) {
-    let conn = Connection::open(db).unwrap();
-    conn.execute_batch("DROP TRIGGER IF EXISTS journal_append_only_update; DROP TRIGGER IF EXISTS journal_append_only_delete;").unwrap();
-    conn.execute_batch(sql).unwrap();
+    as_attacker(db, |conn| conn.execute_batch(sql).unwrap());
 }
 
-fn columns(db: &Path, table: &str) -> Vec<String> {
+pub fn columns(db: &Path, table: &str) -> Vec<String> {
     let conn = Connection::open(db).unwrap();
     let mut stmt = conn
         .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))
@@ -116,25 +124,28 @@ fn menu_reason(dir: &Path, card: u64) -> Result<Option<DeclineReason>, StoreErro
     })
 }
 
-/// The findings of one `verify` function on the database file, as text.
-fn findings(
-    db: &Path,
-    verify: impl FnOnce(&rusqlite::Connection) -> verify::VerifyReport,
-) -> Vec<String> {
-    let conn = redeemd::store::open_database(db).unwrap();
-    verify(&conn)
-        .findings
-        .iter()
-        .map(ToString::to_string)
-        .collect()
+/// The findings of `journal verify` or `cache verify` (the same function the commands run) on the
+/// database file, as text.
+fn findings(db: &Path, scope: verify::Scope) -> Vec<String> {
+    verify::database(
+        db.parent().unwrap(),
+        &secret(),
+        Some((TERMINAL, MERCHANT)),
+        scope,
+    )
+    .unwrap()
+    .findings
+    .iter()
+    .map(ToString::to_string)
+    .collect()
 }
 
 fn journal_findings(db: &Path) -> Vec<String> {
-    findings(db, |c| verify::journal(c, &keys()).unwrap())
+    findings(db, verify::Scope::Journal)
 }
 
 fn cache_findings(db: &Path) -> Vec<String> {
-    findings(db, |c| verify::cache(c, &keys()).unwrap().1)
+    findings(db, verify::Scope::Cache)
 }
 
 #[test]
@@ -345,18 +356,16 @@ fn edited_local_state_rows_are_caught() {
         let d = copy(&db);
         flip(&d.path().join(DB_FILE), "identity_attempt", col, &filter2);
         let mut s = Store::open(d.path(), keys(), config()).unwrap();
-        let n = number(2);
-        let req = redeemd::store::RedeemRequest {
-            reader_id: "r",
-            reader_txn_id: 9,
-            card_number: &n,
-            items: &[(2, 1)],
-            identity: Some(PHONE_LAST4),
-            cashier_id: "c",
-            menu_entry_version: None,
-        };
+        swipe(&mut s, "r", 9, 2, T0);
         assert_eq!(
-            declined(&s.redeem(&req, now(T0), render).unwrap()),
+            declined(&redeem_swiped(
+                &mut s,
+                "r",
+                9,
+                &[(2, 1)],
+                Some(PHONE_LAST4),
+                T0
+            )),
             DeclineReason::IntegrityFailure,
             "identity_attempt.{col}"
         );
@@ -364,14 +373,88 @@ fn edited_local_state_rows_are_caught() {
 }
 
 #[test]
+fn an_edited_stored_answer_or_reader_pointer_is_never_sent_and_is_named_by_verify() {
+    let (_d, db) = pristine();
+    // Reader r, txn 2: card 0's swipe (a menu) and its REDEEM (approved).
+    let query = |dir: &Path, txn: Option<u32>| {
+        Store::open(dir, keys(), config())
+            .unwrap()
+            .answer_query("r", txn)
+            .unwrap()
+    };
+    let pristine_answer = query(copy(&db).path(), Some(2));
+    assert!(matches!(pristine_answer, Queried::Stored { .. }));
+    for col in columns(&db, "outcome") {
+        let d = copy(&db);
+        let file = d.path().join(DB_FILE);
+        // The REDEEM's row; the swipe's for the columns only a swipe answered with a menu fills.
+        let kind = if ["card_ref", "entry_version"].contains(&col.as_str()) {
+            32
+        } else {
+            33
+        };
+        flip(
+            &file,
+            "outcome",
+            &col,
+            &format!("reader_txn_id = 2 AND request_type = {kind}"),
+        );
+        let found = journal_findings(&file);
+        assert!(
+            found.iter().any(|f| f.starts_with("outcome reader ")),
+            "outcome.{col}: {found:?}"
+        );
+        // QUERY of txn 2 never sends the edited bytes, nor the swipe's menu as if the REDEEM had not
+        // been answered (the reader would send its REDEEM again).
+        let answer = query(d.path(), Some(2));
+        assert!(
+            matches!(answer, Queried::Unverified(_)),
+            "outcome.{col}: {answer:?}"
+        );
+    }
+    for col in columns(&db, "reader_last") {
+        let d = copy(&db);
+        let file = d.path().join(DB_FILE);
+        flip(&file, "reader_last", &col, "reader_id = 'r'");
+        let found = journal_findings(&file);
+        assert!(
+            found.iter().any(|f| f.starts_with("reader_last ")),
+            "reader_last.{col}: {found:?}"
+        );
+        let answer = query(d.path(), None);
+        assert!(
+            matches!(answer, Queried::Unverified(_) | Queried::Unknown),
+            "reader_last.{col}: {answer:?}"
+        );
+    }
+    // A deleted answer: the swipe it belongs to says it was answered.
+    let d = copy(&db);
+    let file = d.path().join(DB_FILE);
+    exec(
+        &file,
+        "DELETE FROM outcome WHERE reader_txn_id = 2 AND request_type = 33",
+    );
+    let found = journal_findings(&file);
+    assert!(
+        found
+            .iter()
+            .any(|f| f.contains("outcome reader r txn 2") && f.contains("missing")),
+        "{found:?}"
+    );
+    assert!(matches!(query(d.path(), Some(2)), Queried::Unverified(_)));
+}
+
+#[test]
 fn a_swapped_in_older_snapshot_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = store_with_cards(dir.path(), 2);
-    let old_manifest: (i64, Vec<u8>) = s
+    let old_manifest: (i64, Vec<u8>, i64, Vec<u8>) = s
         .connection()
-        .query_row("SELECT version, signed FROM cache_manifest", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
+        .query_row(
+            "SELECT version, signed, installed_wall_ms, mac FROM cache_manifest",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
         .unwrap();
     let old_entry: Vec<u8> = s
         .connection()
@@ -418,6 +501,20 @@ fn a_swapped_in_older_snapshot_is_refused() {
     conn.execute(
         "UPDATE cache_entry SET version = 1, body = ?1 WHERE card_ref = ?2",
         rusqlite::params![old_entry, &card_ref(0).0[..]],
+    )
+    .unwrap();
+    drop(conn);
+    let err = Store::open(dir.path(), keys(), config()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("cache manifest: MAC mismatch (row edited)"),
+        "{err}"
+    );
+    // Its own MAC copied along too (the row as it was): the MACed terminal state's version catches it.
+    let conn = Connection::open(&file).unwrap();
+    conn.execute(
+        "UPDATE cache_manifest SET installed_wall_ms = ?1, mac = ?2",
+        rusqlite::params![old_manifest.2, old_manifest.3],
     )
     .unwrap();
     drop(conn);
@@ -498,7 +595,7 @@ fn pristine_with_deny() -> (tempfile::TempDir, PathBuf) {
 }
 
 fn deny_findings(db: &Path) -> Vec<String> {
-    findings(db, |c| verify::deny(c, &keys()).unwrap())
+    findings(db, verify::Scope::Cache)
 }
 
 #[test]

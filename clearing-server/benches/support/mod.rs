@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use clearing_server::cards::{self, ItemSpec, NewCard, PackageSpec};
+use clearing_server::storage::Db;
+use clearing_server::storage::cards::{self, CardError, ItemSpec, NewCard, PackageSpec};
+use clearing_server::vault::{MasterKey, Vault};
 use redeemd_contract::keys::TerminalKeys;
 use redeemd_contract::model::{CardNumber, MerchantScope};
 use redeemd_contract::request::SignedHeaders;
@@ -58,23 +60,43 @@ pub fn package(now: i64) -> PackageSpec {
     }
 }
 
+/// The master key the benches seal with (in process, and in [`master_key_file`] for the binary).
+pub const MASTER_KEY: [u8; 32] = [77; 32];
+
+pub fn vault() -> Vault {
+    Vault::new(MasterKey::from_bytes(&MASTER_KEY).unwrap())
+}
+
+/// [`MASTER_KEY`] in `dir/master.key`, mode 0600, for `clearing-server --master-key-file`.
+#[allow(dead_code)] // download_install only
+pub fn master_key_file(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("master.key");
+    std::fs::write(&path, format!("{}\n", hex::encode(MASTER_KEY))).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
 /// N cards, every tenth named with identity data, in one transaction with one version.
-pub fn seed(conn: &mut rusqlite::Connection, n: u64) -> Duration {
+pub fn seed(db: &Db, n: u64) -> Duration {
     let now = now_ms();
     let t = Instant::now();
-    let tx = conn.transaction().unwrap();
-    let version = cards::bump_version(&tx, now).unwrap();
     let p = [package(now)];
-    for i in 0..n {
-        let named = i % 10 == 0;
-        let new = NewCard {
-            number: number(i),
-            holder_name: named.then(|| "张三".to_owned()),
-            identity_data: named.then(|| "1234".to_owned()),
-        };
-        cards::insert_card(&tx, &new, &p, version, now).unwrap();
-    }
-    tx.commit().unwrap();
+    let vault = vault();
+    db.write(|tx| -> Result<(), CardError> {
+        let version = cards::bump_version(tx, now)?;
+        for i in 0..n {
+            let named = i % 10 == 0;
+            let new = NewCard {
+                number: number(i),
+                holder_name: named.then(|| "张三".to_owned()),
+                identity_data: named.then(|| "1234".to_owned()),
+            };
+            cards::insert_card(tx, &vault, &new, &p, version, now)?;
+        }
+        Ok(())
+    })
+    .unwrap();
     t.elapsed()
 }
 

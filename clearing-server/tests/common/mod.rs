@@ -1,11 +1,16 @@
 //! Journal records and upload bodies for the server tests.
 #![allow(dead_code)]
 
+pub mod binary;
+pub mod engines;
+
 use redeemd_contract::journal::{auth_code, genesis_mac};
 use redeemd_contract::keys::{Tag, TerminalKeys};
 use redeemd_contract::{CardRef, JournalRecord, RecordKind};
 
 pub const T0: i64 = 1_795_000_000_000;
+/// The entry version test records carry (see [`line`]).
+pub const ENTRY_VERSION: u64 = 1_000_000;
 
 /// The terminal's own upload body (`redeemd::sync::wire`), so that these tests also check that the
 /// daemon's client and this server agree on the wire format.
@@ -33,6 +38,8 @@ pub struct Line {
     pub quantity: u32,
     /// For a void: the seq it voids.
     pub original_seq: u64,
+    /// The price per use the terminal was signed (3,500 fen unless [`Line::at`]).
+    pub price_fen: u64,
 }
 
 impl Line {
@@ -44,7 +51,13 @@ impl Line {
             service_code: code.into(),
             quantity,
             original_seq: 0,
+            price_fen: 3500,
         }
+    }
+
+    /// The same line at another signed price per use.
+    pub fn at(self, price_fen: u64) -> Self {
+        Self { price_fen, ..self }
     }
     pub fn void(of: &Line, original_seq: u64) -> Self {
         Self {
@@ -55,21 +68,32 @@ impl Line {
     }
 }
 
-/// A record of `l` at `seq`, chained to `prev_mac`.
+/// A record of `l` at `seq`, chained to `prev_mac`, for merchant M-1.
 pub fn line(keys: &TerminalKeys, seq: u64, prev_mac: Tag, l: &Line) -> JournalRecord {
+    line_of(keys, "M-1", seq, prev_mac, l)
+}
+
+/// [`line`] for a terminal of `merchant_id`.
+pub fn line_of(
+    keys: &TerminalKeys,
+    merchant_id: &str,
+    seq: u64,
+    prev_mac: Tag,
+    l: &Line,
+) -> JournalRecord {
     let quantity = l.quantity;
     JournalRecord {
         terminal_id: keys.terminal_id.clone(),
         seq,
         kind: l.kind,
         auth_code: auth_code(&keys.journal, &keys.terminal_id, seq),
-        merchant_id: "M-1".into(),
+        merchant_id: merchant_id.into(),
         card_ref: l.card_ref,
         package_id: l.package_id.clone(),
         service_code: l.service_code.clone(),
         item_title: "精洗".into(),
         quantity,
-        amount_fen: 3500 * u64::from(quantity),
+        amount_fen: l.price_fen * u64::from(quantity),
         original_seq: l.original_seq,
         group_seq: seq,
         line: 0,
@@ -79,8 +103,10 @@ pub fn line(keys: &TerminalKeys, seq: u64, prev_mac: Tag, l: &Line) -> JournalRe
         cashier_id: "c1".into(),
         wall_ms: T0 + seq as i64,
         boot_ms: seq,
-        cache_version: 1,
-        entry_version: 1,
+        // Test records decide from the platform's current entries: an entry version above any the
+        // tests reach prices them at the latest signed price.
+        cache_version: ENTRY_VERSION,
+        entry_version: ENTRY_VERSION,
         prev_mac,
     }
 }
@@ -101,9 +127,19 @@ pub fn chain(
         .collect()
 }
 
-/// Records for `lines`, continuing a chain after `prev` = (seq, mac) (`None`: from seq 1).
+/// Records for `lines`, continuing a chain after `prev` = (seq, mac) (`None`: from seq 1), for M-1.
 pub fn lines(
     keys: &TerminalKeys,
+    prev: Option<(u64, Tag)>,
+    lines: &[Line],
+) -> Vec<(JournalRecord, Tag)> {
+    lines_of(keys, "M-1", prev, lines)
+}
+
+/// [`lines`] for a terminal of `merchant_id`.
+pub fn lines_of(
+    keys: &TerminalKeys,
+    merchant_id: &str,
     prev: Option<(u64, Tag)>,
     lines: &[Line],
 ) -> Vec<(JournalRecord, Tag)> {
@@ -112,7 +148,7 @@ pub fn lines(
         .iter()
         .map(|l| {
             seq += 1;
-            let r = line(keys, seq, mac, l);
+            let r = line_of(keys, merchant_id, seq, mac, l);
             mac = r.mac(&keys.journal);
             (r, mac)
         })

@@ -43,7 +43,8 @@ fn advance_to(raw: &mut RawReader, seq: u8) {
 fn every_malformed_fixture_has_its_documented_outcome_at_a_live_host() {
     let cases = [
         ("malformed-bad-crc", Outcome::Nak),
-        ("malformed-bad-cobs", Outcome::Nak),
+        ("malformed-bad-cobs", Outcome::Silent),
+        ("malformed-bad-cobs-long", Outcome::Nak),
         ("malformed-too-long", Outcome::Nak),
         ("malformed-too-short", Outcome::Silent),
         ("malformed-unknown-version", Outcome::Silent),
@@ -61,6 +62,11 @@ fn every_malformed_fixture_has_its_documented_outcome_at_a_live_host() {
             "malformed-trailing-bytes",
             Outcome::Error(ErrorCode::MALFORMED_MESSAGE),
         ),
+        (
+            "malformed-identity-check",
+            Outcome::Error(ErrorCode::MALFORMED_MESSAGE),
+        ),
+        ("unknown-control", Outcome::Silent),
     ];
     for (name, outcome) in cases {
         let mut raw = RawReader::connected();
@@ -193,6 +199,101 @@ fn ping_is_answered_with_pong_and_unknown_link_control_types_are_ignored() {
     assert!(raw.replies().is_empty());
     assert!(raw.events.is_empty());
     assert_eq!(raw.host.stats().unknown_control, 1);
+}
+
+#[test]
+fn a_down_host_ignores_unknown_link_control_types_and_resets_known_ones() {
+    // PROTOCOL.md §4.1 and §4.2: RESET answers a known non-handshake frame only.
+    let mut host = firmware_protocol::HostSession::new(Config::new(115_200));
+    let mut events: Vec<Ev> = Vec::new();
+    let mut wire = [0u8; WIRE_BUF_LEN];
+    feed!(host, Instant::ZERO, &fixture("unknown-control"), events);
+    assert!(host.poll_transmit(Instant::ZERO, &mut wire).is_none());
+    assert_eq!(host.stats().unknown_control, 1);
+    feed!(host, Instant::ZERO, &fixture("ping"), events);
+    let n = host.poll_transmit(Instant::ZERO, &mut wire).unwrap();
+    let mut decoder: firmware_protocol::Decoder = firmware_protocol::Decoder::new();
+    let frame = decoder.push(&wire[..n]).result.unwrap().unwrap();
+    assert_eq!(frame.header.msg_type, MessageType::Reset.as_u8());
+    assert!(events.is_empty(), "{events:?}");
+}
+
+#[test]
+fn a_hello_offering_no_known_encoding_is_refused_no_common_encoding_with_its_nonce() {
+    // PROTOCOL.md §4.3, §5.3: not MALFORMED_HELLO, so that the reader learns why.
+    let mut raw = RawReader::connected();
+    let mut payload = [0u8; 64];
+    let n = Message::Hello(firmware_protocol::Hello {
+        version: PROTOCOL_VERSION,
+        max_payload: 256,
+        capabilities: firmware_protocol::Capabilities(0),
+        encodings: firmware_protocol::Encodings::UTF8,
+        boot_nonce: 0xABCD,
+        serial: "RDR-NEW",
+        firmware: "9",
+    })
+    .emit(&mut payload)
+    .unwrap();
+    payload[8] = 0x80; // encodings: only a bit this version does not know
+    let header = Header {
+        msg_type: MessageType::Hello.as_u8(),
+        ..Header::default()
+    };
+    raw.bytes(&RawReader::frame(header, &payload[..n]));
+    let replies = raw.replies();
+    let Message::HelloReject(reject) =
+        Message::parse(replies[0].0.msg_type, &replies[0].1, TextEncoding::Utf8).unwrap()
+    else {
+        panic!("{replies:?}")
+    };
+    assert_eq!(
+        reject.reason,
+        firmware_protocol::RejectReason::NO_COMMON_ENCODING
+    );
+    assert_eq!(reject.boot_nonce, 0xABCD);
+}
+
+#[test]
+fn the_nak_limit_is_per_link_and_a_suppressed_nak_is_never_sent_later() {
+    // PROTOCOL.md §4.5.
+    let mut raw = RawReader::connected();
+    let bad = fixture("malformed-bad-crc");
+    raw.bytes(&bad);
+    raw.bytes(&bad);
+    assert_eq!(raw.replies().len(), 1, "one NAK for two damaged frames");
+    raw.now += 10;
+    assert!(
+        raw.replies().is_empty(),
+        "the suppressed NAK is not sent later"
+    );
+    // The reader relinks (same boot, after having sent data): a new link, a fresh limit.
+    let mut payload = [0u8; 4];
+    let n = Message::Query(Query::Last).emit(&mut payload).unwrap();
+    raw.data(1, MessageType::Query.as_u8(), &payload[..n]);
+    raw.replies();
+    let hello = Message::Hello(firmware_protocol::Hello {
+        version: PROTOCOL_VERSION,
+        max_payload: 1024,
+        capabilities: firmware_protocol::Capabilities::PRINTER,
+        encodings: firmware_protocol::Encodings::UTF8,
+        boot_nonce: 0x1122_3344_5566_7788,
+        serial: "RDR-RAW",
+        firmware: "0.1",
+    });
+    raw.send(
+        Header {
+            msg_type: MessageType::Hello.as_u8(),
+            ..Header::default()
+        },
+        &hello,
+    );
+    assert_eq!(raw.replies()[0].0.msg_type, MessageType::HelloAck.as_u8());
+    raw.bytes(&bad);
+    let replies = raw.replies();
+    assert!(
+        replies.len() == 1 && replies[0].0.flags.contains(Flags::NAK),
+        "{replies:?}"
+    );
 }
 
 #[test]

@@ -70,6 +70,20 @@ const RECEIPT: [Text<'static>; 3] = [
     Text::from_utf8("洗车 Car wash x1  left 8"),
     Text::from_utf8("换机油 Oil change x1  left 1"),
 ];
+const VOID_RECEIPT: [Text<'static>; 2] = [
+    Text::from_utf8("撤销 Void A7K2Q9"),
+    Text::from_utf8("洗车 Car wash x1  restored, left 9"),
+];
+const ENTRY_TWICE: [RedeemItem; 2] = [
+    RedeemItem {
+        entry_index: 0,
+        quantity: 600,
+    },
+    RedeemItem {
+        entry_index: 0,
+        quantity: 600,
+    },
+];
 /// "请稍候" in GB18030.
 const PLEASE_WAIT_GBK: [u8; 6] = [0xC7, 0xEB, 0xC9, 0xD4, 0xBA, 0xF2];
 
@@ -164,14 +178,14 @@ fn vectors() -> Vec<Vector> {
     let mut v = vec![
         message_vector(
             "hello",
-            "HELLO, reader RDR-000123 firmware 2.4.1, protocol 1.0, max payload 1024, capabilities 0x1F, UTF-8 and GB18030",
+            "HELLO, reader RDR-000123 firmware 2.4.1, protocol 1.1, max payload 1024, capabilities 0x1F, UTF-8 and GB18030",
             "host answers HELLO_ACK",
             header(Flags::empty(), 0, 0, 0x01),
             hello,
         ),
         message_vector(
             "hello-ack",
-            "HELLO_ACK, protocol 1.0, max payload 1024, UTF-8, nonce echoed",
+            "HELLO_ACK, protocol 1.1, max payload 1024, UTF-8, nonce echoed",
             "reader: link up",
             header(Flags::empty(), 0, 0, 0x02),
             Message::HelloAck(HelloAck {
@@ -184,7 +198,7 @@ fn vectors() -> Vec<Vector> {
         ),
         message_vector(
             "hello-reject",
-            "HELLO_REJECT, incompatible version (host speaks 1.0)",
+            "HELLO_REJECT, incompatible version (host speaks 1.1)",
             "reader: link refused, next HELLO after T_REFUSED",
             header(Flags::empty(), 0, 0, 0x03),
             Message::HelloReject(HelloReject {
@@ -375,6 +389,54 @@ fn vectors() -> Vec<Vector> {
         expect: Expect::Message(Some(approved)),
     });
 
+    // Answers that 1.1 defines precisely (PROTOCOL.md §8.2, §8.5, §5.12, §7.1).
+    v.push(message_vector(
+        "declined-txn-id-reused",
+        "DECLINED txn 1042, TXN_ID_REUSED: a request under an answered key with another payload",
+        "reader shows the text; nothing was deducted, QUERY still returns the first answer",
+        header(ack, 4, 4, 0x42),
+        Message::Declined(Declined {
+            txn_id: 1042,
+            reason: DeclineReason::TXN_ID_REUSED,
+            text: Text::from_utf8("交易号重复 txn id reused"),
+        }),
+    ));
+    v.push(message_vector(
+        "declined-txn-unknown-last",
+        "DECLINED txn 0, TXN_UNKNOWN: the answer to QUERY LAST when nothing is stored for this reader",
+        "reader starts a new transaction",
+        header(ack, 1, 1, 0x42),
+        Message::Declined(Declined {
+            txn_id: 0,
+            reason: DeclineReason::TXN_UNKNOWN,
+            text: Text::from_utf8("无此交易记录 no such transaction"),
+        }),
+    ));
+    v.push(message_vector(
+        "approved-void",
+        "APPROVED txn 1043 for a VOID: auth of the void, no uses_left entries, 2 receipt lines",
+        "reader prints the receipt",
+        header(ack, 4, 3, 0x41),
+        Message::Approved(Approved {
+            txn_id: 1043,
+            auth_code: "00000437",
+            journal_ref: "43",
+            uses_left: List::new(&[]),
+            receipt: List::new(&VOID_RECEIPT),
+        }),
+    ));
+    v.push(message_vector(
+        "redeem-entry-twice",
+        "REDEEM txn 1042: entry 0 ×600 and entry 0 ×600 again (1,200 uses of one entry)",
+        "host answers DECLINED BAD_QUANTITY (an entry's quantities are summed; more than 999)",
+        header(ack, 2, 1, 0x21),
+        Message::Redeem(Redeem {
+            txn_id: 1042,
+            items: List::new(&ENTRY_TWICE),
+            identity: Identity::NONE,
+        }),
+    ));
+
     // Malformed vectors.
     let good = wire(&header(ack, 1, 0, 0x20), &payload(&card_presented));
     let mut bad_crc = good.clone();
@@ -393,10 +455,20 @@ fn vectors() -> Vec<Vector> {
     ));
     v.push(raw_vector(
         "malformed-bad-cobs",
-        "a COBS code byte (0x05) promising 4 more bytes, delimiter after 2",
-        "discarded; NAK if the link is up",
+        "a COBS code byte (0x05) promising 4 more bytes, delimiter after 2: 3 bytes in all",
+        "discarded silently: fewer than 11 bytes before the 0x00 are line noise (no NAK)",
         vec![0x05, 0x11, 0x22, 0x00],
-        Expect::FrameError(FrameError::Cobs),
+        Expect::FrameError(FrameError::Cobs { len: 3 }),
+    ));
+    let mut long_bad_cobs = vec![0x10u8];
+    long_bad_cobs.extend(1..=11u8);
+    long_bad_cobs.push(0x00);
+    v.push(raw_vector(
+        "malformed-bad-cobs-long",
+        "a COBS code byte (0x10) promising 15 more bytes, delimiter after 11: 12 bytes in all",
+        "discarded; NAK if the link is up (11 bytes or more: a damaged frame)",
+        long_bad_cobs,
+        Expect::FrameError(FrameError::Cobs { len: 12 }),
     ));
     v.push(raw_vector(
         "malformed-too-short",
@@ -414,11 +486,11 @@ fn vectors() -> Vec<Vector> {
         too_long,
         Expect::FrameError(FrameError::TooLong { max: 1035 }),
     ));
-    let mut frame = vec![2u8, 0x01, 0x01, 0x00, 0x04, 0x00, 0x00];
+    let mut frame = vec![2u8, 0x01, 0x00, 0x01, 0x04, 0x00, 0x00];
     push_crc(&mut frame);
     v.push(raw_vector(
         "malformed-unknown-version",
-        "a PING frame with frame version 2 and a good CRC",
+        "a PING frame (seq 0, acknowledging 1) with frame version 2 and a good CRC",
         "discarded; counted; no NAK",
         cobs_wire(&frame),
         Expect::FrameError(FrameError::UnsupportedVersion(2)),
@@ -472,6 +544,29 @@ fn vectors() -> Vec<Vector> {
         header(ack, 4, 3, 0x23),
         vec![0x12, 0x04, 0x00, 0x00, 0xEE],
         "QUERY: 1 unexpected bytes after the last field",
+    ));
+    let mut bad_identity = payload(&Message::Redeem(Redeem {
+        txn_id: 1042,
+        items: List::new(&ITEMS[..1]),
+        identity: Identity::NONE,
+    }));
+    let at = bad_identity.len() - 2;
+    bad_identity[at] = 3;
+    v.push(frame_vector(
+        "malformed-identity-check",
+        "REDEEM txn 1042 with identity_check 3",
+        "ACKed, answered with ERROR MALFORMED_MESSAGE naming the field as §5.11 does",
+        header(ack, 2, 1, 0x21),
+        bad_identity,
+        "REDEEM.identity_check: value 3 out of range",
+    ));
+    v.push(frame_vector(
+        "unknown-control",
+        "a link-control frame of type 0x07 (reserved), seq 0, good CRC",
+        "ignored in every state: counted, no answer; a DOWN host does not answer RESET",
+        header(Flags::empty(), 0, 0, 0x07),
+        Vec::new(),
+        "type: unknown message type",
     ));
     v
 }
@@ -688,7 +783,7 @@ fn fixture_text(v: &Vector) -> String {
 
 fn frame_error_name(e: &FrameError) -> &'static str {
     match e {
-        FrameError::Cobs => "Cobs",
+        FrameError::Cobs { .. } => "Cobs",
         FrameError::TooLong { .. } => "TooLong",
         FrameError::TooShort { .. } => "TooShort",
         FrameError::BadCrc { .. } => "BadCrc",
@@ -894,5 +989,5 @@ fn a_fragmented_vector_reassembles_to_the_single_frame_payload() {
             .iter()
             .all(|(h, _)| h.flags.contains(Flags::MORE))
     );
-    let _ = Version { major: 1, minor: 0 };
+    let _ = Version { major: 1, minor: 1 };
 }

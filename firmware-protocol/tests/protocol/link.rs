@@ -545,7 +545,7 @@ fn higher_minor_and_gb18030_only_readers_negotiate_down() {
     );
     assert!(sim.run_until(2_000, Sim::both_up));
     let info = sim.reader.link_info().unwrap();
-    assert_eq!(info.version, Version { major: 1, minor: 0 });
+    assert_eq!(info.version, PROTOCOL_VERSION);
     assert_eq!(info.encoding, TextEncoding::Gb18030);
     // A UTF-8-only text is refused on a GB18030 link before it is queued.
     let bad = Message::Display(Display {

@@ -1,10 +1,10 @@
 //! What the reader shows: store decisions turned into protocol messages, in the cashier's language
 //! and the reader's text encoding. Pure code: no I/O, no clock.
 //!
-//! A rendered reply is stored by the store in the same transaction as the journal rows it reports
-//! (see `Store::redeem`), so this rendering happens exactly once per transaction and a QUERY gets the
-//! same bytes back even if the language or the texts change later. The stored form is
-//! [`StoredReply`]: one type byte followed by the message payload.
+//! A rendered answer is stored by the store in the same transaction as the journal rows it reports
+//! (`crate::store::answers`, through [`Replies`]), so this rendering happens exactly once per request
+//! and a repeated request or a QUERY gets the same bytes back even if the language or the texts
+//! change later. The stored form is [`StoredReply`]: one type byte followed by the message payload.
 
 use firmware_protocol::message::{
     Approved, CardMenu, Date, DeclineReason as WireReason, Declined as WireDeclined, IdentityCheck,
@@ -13,8 +13,23 @@ use firmware_protocol::message::{
 
 use crate::config::Language;
 use crate::engine::{DeclineReason, Menu};
-use crate::store::{Approval, Decision, VoidApproval};
+use crate::store::{Approval, Decision, Replies, VoidApproval};
 use redeemd_contract::close::civil_from_days;
+
+/// The text of a reader's `text8` field, for logs and screens: decoded from the link's encoding,
+/// anything undecodable replaced.
+pub fn decode_text(bytes: &[u8], encoding: TextEncoding) -> String {
+    match encoding {
+        TextEncoding::Utf8 => String::from_utf8_lossy(bytes).into_owned(),
+        TextEncoding::Gb18030 => encoding_rs::GB18030
+            .decode_without_bom_handling(bytes)
+            .0
+            .into_owned(),
+    }
+}
+
+/// DISPLAY's text while a decision waits (PROTOCOL.md §8.6), in both languages as §5.16 shows it.
+const PLEASE_WAIT: &str = "请稍候 / please wait";
 
 /// Largest payload we ever render (the protocol's reassembly limit).
 const MAX_PAYLOAD: usize = firmware_protocol::message::MAX_MESSAGE_LEN;
@@ -173,9 +188,15 @@ impl Presentation {
         }))
     }
 
-    /// The reply for a redeem or void decision.
+    /// DISPLAY's text while a decision waits, in the link's encoding.
+    pub fn please_wait(&self) -> Vec<u8> {
+        self.encode(PLEASE_WAIT, 64)
+    }
+
+    /// The reply for a decision: CARD_MENU, APPROVED or DECLINED.
     pub fn decision(&self, txn_id: u32, decision: &Decision) -> StoredReply {
         match decision {
+            Decision::Menu(m) => self.menu(txn_id, m),
             Decision::Declined(d) => self.declined(txn_id, d.reason),
             Decision::Redeemed(a) => self.approved_redemption(txn_id, a),
             Decision::Voided(v) => self.approved_void(txn_id, v),
@@ -224,6 +245,8 @@ impl Presentation {
         self.approved(txn_id, &a.auth_code, a.first_seq, &uses, &lines)
     }
 
+    /// A void's APPROVED carries no `uses_left` (PROTOCOL.md §5.12: entry indexes only mean
+    /// something relative to a menu, and a void has none); its receipt says what was restored.
     fn approved_void(&self, txn_id: u32, v: &VoidApproval) -> StoredReply {
         let zh = self.zh();
         let mut lines: Vec<String> = vec![
@@ -347,6 +370,16 @@ impl Presentation {
             s / 60 % 60,
             s % 60
         )
+    }
+}
+
+impl Replies for Presentation {
+    fn declined(&self, txn_id: u32, reason: DeclineReason) -> Vec<u8> {
+        Presentation::declined(self, txn_id, reason).0
+    }
+
+    fn decision(&self, txn_id: u32, decision: &Decision) -> Vec<u8> {
+        Presentation::decision(self, txn_id, decision).0
     }
 }
 

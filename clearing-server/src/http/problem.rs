@@ -1,20 +1,11 @@
-//! `application/problem+json` answers with the stable codes of `docs/api/README.md`.
+//! `application/problem+json` answers (RFC 9457) of a [`Problem`]: `type` and `title` derived from its
+//! stable code.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-/// A problem answer. `type` and `title` are derived from `code` when it is sent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub status: u16,
-    pub code: &'static str,
-    pub detail: String,
-    pub terminal_id: Option<String>,
-    pub seq: Option<u64>,
-    pub acknowledged_seq: Option<u64>,
-    pub server_time_ms: Option<i64>,
-}
+pub use crate::core::problem::Problem;
 
 #[derive(Serialize)]
 struct Wire<'a> {
@@ -32,35 +23,6 @@ struct Wire<'a> {
     acknowledged_seq: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     server_time_ms: Option<i64>,
-}
-
-impl Problem {
-    pub fn new(status: u16, code: &'static str, detail: String) -> Self {
-        Self {
-            status,
-            code,
-            detail,
-            terminal_id: None,
-            seq: None,
-            acknowledged_seq: None,
-            server_time_ms: None,
-        }
-    }
-    pub fn internal(detail: String) -> Self {
-        Self::new(500, "internal", detail)
-    }
-    pub fn with_seq(mut self, seq: u64) -> Self {
-        self.seq = Some(seq);
-        self
-    }
-    pub fn acknowledged(mut self, seq: u64) -> Self {
-        self.acknowledged_seq = Some(seq);
-        self
-    }
-    pub fn terminal(mut self, id: &str) -> Self {
-        self.terminal_id = Some(id.to_owned());
-        self
-    }
 }
 
 impl IntoResponse for Problem {

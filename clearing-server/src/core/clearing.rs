@@ -16,27 +16,27 @@
 //!     clock against the platform's status history): the shop had not synced the report yet, or ignored it;
 //!   - over-redemption across shops: net uses of one item of one card's package, summed over every terminal,
 //!     above the package's total (shops that were offline at the same time each decided from their own cache).
-//!   - a void that does not reverse exactly one earlier redemption of its own terminal's journal, line for
-//!     line (same card, package, item, quantity and amount): it would be netted against money or uses it
-//!     does not match. A genuine terminal never writes one; only a holder of its key can.
+//! * **Held records** (`judge`): an amount that is not the signed price, an unknown card or item, a void
+//!   that does not reverse exactly one earlier payable redemption line for line ([`void_problem`]). They
+//!   are judged at upload and shown apart from the payable figures of a merchant statement.
 
 use std::collections::BTreeMap;
 
 use redeemd_contract::{JournalRecord, RecordKind};
 use serde::Serialize;
 
-use crate::close::totals;
+use crate::core::close::totals;
 
-/// Rounds `amount × bps / 10 000` half away from zero.
-pub fn commission_fen(amount_fen: i64, bps: u32) -> i64 {
-    let product = i128::from(amount_fen) * i128::from(bps);
+/// Rounds `amount × bps / 10 000` half away from zero. `i128` throughout: a statement never saturates
+/// (every record's amount is below 2⁶⁴ and a platform holds far fewer than 2⁶³ records).
+pub fn commission_fen(amount_fen: i128, bps: u32) -> i128 {
+    let product = amount_fen.saturating_mul(i128::from(bps));
     let (q, r) = (product / 10_000, product % 10_000);
-    let rounded = if r.abs() * 2 >= 10_000 {
+    if r.abs() * 2 >= 10_000 {
         q + product.signum()
     } else {
         q
-    };
-    i64::try_from(rounded).unwrap_or(if rounded > 0 { i64::MAX } else { i64::MIN })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -47,7 +47,16 @@ pub struct StatementLine {
     pub redeemed: u64,
     pub voided: u64,
     pub net_units: i64,
-    pub net_amount_fen: i64,
+    pub net_amount_fen: i128,
+}
+
+/// Records held for a person, by the reason (the exception code that holds them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HeldLine {
+    pub code: String,
+    pub records: u64,
+    /// What the records claimed: redemptions less voids, as the terminal wrote them.
+    pub claimed_fen: i128,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -56,55 +65,89 @@ pub struct MerchantStatement {
     pub from_ms: i64,
     pub until_ms: i64,
     pub commission_bps: u32,
-    /// Redemption and void records counted.
+    /// Payable redemption and void records counted in the lines.
     pub records: u64,
+    /// Payable lines: records the platform matched against the price it signed.
     pub lines: Vec<StatementLine>,
-    pub net_amount_fen: i64,
-    pub commission_fen: i64,
-    pub payable_fen: i64,
+    pub net_amount_fen: i128,
+    /// On the payable net only.
+    pub commission_fen: i128,
+    pub payable_fen: i128,
+    /// Records held (not payable until a person resolves them), by reason; not in the figures above.
+    pub held_records: u64,
+    pub held: Vec<HeldLine>,
+    pub held_claimed_fen: i128,
+}
+
+/// A stored record with the platform's verdict from upload: `None` payable, `Some(code)` held.
+#[derive(Debug, Clone, Copy)]
+pub struct Judged<'a> {
+    pub record: &'a JournalRecord,
+    pub held: Option<&'a str>,
+}
+
+fn signed_amount(r: &JournalRecord) -> i128 {
+    match r.kind {
+        RecordKind::Void => -i128::from(r.amount_fen),
+        _ => i128::from(r.amount_fen),
+    }
 }
 
 /// The statement of `merchant_id` for `[from_ms, until_ms)` from `records` (any terminals; records of
-/// other merchants are ignored).
+/// other merchants are ignored): payable lines per (package, item) with commission on their net, and the
+/// held records beside them. Sums are `i128` (statements do not use the close's `i64` totals).
 pub fn merchant_statement<'a>(
     merchant_id: &str,
     (from_ms, until_ms): (i64, i64),
     commission_bps: u32,
-    records: impl IntoIterator<Item = &'a JournalRecord>,
+    records: impl IntoIterator<Item = Judged<'a>>,
 ) -> MerchantStatement {
-    let mine: Vec<&JournalRecord> = records
-        .into_iter()
-        .filter(|r| r.merchant_id == merchant_id && r.kind != RecordKind::BatchClose)
-        .collect();
-    let mut titles: BTreeMap<(&str, &str), &str> = BTreeMap::new();
-    for r in &mine {
-        titles
-            .entry((r.package_id.as_str(), r.service_code.as_str()))
-            .or_insert(r.item_title.as_str());
+    let mut lines: BTreeMap<(String, String), StatementLine> = BTreeMap::new();
+    let mut held: BTreeMap<String, HeldLine> = BTreeMap::new();
+    let mut counted = 0u64;
+    for j in records {
+        let r = j.record;
+        if r.merchant_id != merchant_id
+            || r.kind == RecordKind::BatchClose
+            || r.wall_ms < from_ms
+            || r.wall_ms >= until_ms
+        {
+            continue;
+        }
+        if let Some(code) = j.held {
+            let h = held.entry(code.to_owned()).or_insert_with(|| HeldLine {
+                code: code.to_owned(),
+                records: 0,
+                claimed_fen: 0,
+            });
+            h.records += 1;
+            h.claimed_fen += signed_amount(r);
+            continue;
+        }
+        counted += 1;
+        let l = lines
+            .entry((r.package_id.clone(), r.service_code.clone()))
+            .or_insert_with(|| StatementLine {
+                package_id: r.package_id.clone(),
+                service_code: r.service_code.clone(),
+                title: r.item_title.clone(),
+                redeemed: 0,
+                voided: 0,
+                net_units: 0,
+                net_amount_fen: 0,
+            });
+        if r.kind == RecordKind::Redeem {
+            l.redeemed += u64::from(r.quantity);
+            l.net_units += i64::from(r.quantity);
+        } else {
+            l.voided += u64::from(r.quantity);
+            l.net_units -= i64::from(r.quantity);
+        }
+        l.net_amount_fen += signed_amount(r);
     }
-    let window = (from_ms, until_ms);
-    let counted = mine
-        .iter()
-        .filter(|r| r.wall_ms >= from_ms && r.wall_ms < until_ms)
-        .count() as u64;
-    let lines: Vec<StatementLine> = totals(mine.iter().copied(), window)
-        .into_values()
-        .map(|t| StatementLine {
-            title: titles
-                .get(&(t.package_id.as_str(), t.service_code.as_str()))
-                .map_or_else(String::new, |s| (*s).to_owned()),
-            package_id: t.package_id,
-            service_code: t.service_code,
-            redeemed: t.redeemed,
-            voided: t.voided,
-            net_units: t.net_units,
-            net_amount_fen: t.net_amount_fen,
-        })
-        .collect();
-    // Saturating, like the lines' own totals (`close::totals`): never a panic or a wrap.
-    let net = lines
-        .iter()
-        .fold(0i64, |sum, l| sum.saturating_add(l.net_amount_fen));
+    let lines: Vec<StatementLine> = lines.into_values().collect();
+    let held: Vec<HeldLine> = held.into_values().collect();
+    let net: i128 = lines.iter().map(|l| l.net_amount_fen).sum();
     let commission = commission_fen(net, commission_bps);
     MerchantStatement {
         merchant_id: merchant_id.to_owned(),
@@ -116,6 +159,9 @@ pub fn merchant_statement<'a>(
         net_amount_fen: net,
         commission_fen: commission,
         payable_fen: net - commission,
+        held_records: held.iter().map(|h| h.records).sum(),
+        held_claimed_fen: held.iter().map(|h| h.claimed_fen).sum(),
+        held,
     }
 }
 
@@ -318,63 +364,43 @@ pub fn over_redeemed<'a>(
         .collect()
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct UnmatchedVoid {
-    pub reason: String,
-    pub record: RecordRef,
-}
-
-/// Voids among `records` (one terminal's journal, any order) that do not reverse exactly one earlier
-/// redemption of that journal with the same card, package, item, quantity and amount.
-pub fn unmatched_voids<'a>(
-    records: impl IntoIterator<Item = &'a JournalRecord>,
-) -> Vec<UnmatchedVoid> {
-    let mut by_seq: BTreeMap<u64, &JournalRecord> = BTreeMap::new();
-    for r in records {
-        by_seq.insert(r.seq, r);
-    }
-    let mut voided: BTreeMap<u64, u64> = BTreeMap::new();
-    let mut out = Vec::new();
-    for v in by_seq.values().filter(|r| r.kind == RecordKind::Void) {
-        let o = v.original_seq;
-        let reason = match by_seq.get(&o) {
-            _ if o >= v.seq => Some(format!("voids seq {o}, which is not before it")),
-            None => Some(format!("voids seq {o}, which the platform does not hold")),
-            Some(r) if r.kind != RecordKind::Redeem => {
-                Some(format!("voids seq {o}, a {} record", r.kind.name()))
-            }
-            Some(r)
-                if (
-                    &r.card_ref,
-                    &r.package_id,
-                    &r.service_code,
-                    r.quantity,
-                    r.amount_fen,
-                ) != (
-                    &v.card_ref,
-                    &v.package_id,
-                    &v.service_code,
-                    v.quantity,
-                    v.amount_fen,
-                ) =>
-            {
-                Some(format!(
-                    "voids seq {o} ({} {} ×{}, {} fen) with other content",
-                    r.package_id, r.service_code, r.quantity, r.amount_fen
-                ))
-            }
-            Some(_) => voided
-                .insert(o, v.seq)
-                .map(|first| format!("voids seq {o}, already voided by seq {first}")),
-        };
-        if let Some(reason) = reason {
-            out.push(UnmatchedVoid {
-                reason,
-                record: RecordRef::from(*v),
-            });
+/// Why `v` does not reverse exactly one earlier redemption line of its terminal, if it does not:
+/// `original` is the line at its `original_seq` (if the platform holds it), `voided_by` the seq of an
+/// earlier void of the same line.
+pub fn void_problem(
+    v: &JournalRecord,
+    original: Option<&JournalRecord>,
+    voided_by: Option<u64>,
+) -> Option<String> {
+    let o = v.original_seq;
+    match original {
+        _ if o >= v.seq => Some(format!("voids seq {o}, which is not before it")),
+        None => Some(format!("voids seq {o}, which the platform does not hold")),
+        Some(r) if r.kind != RecordKind::Redeem => {
+            Some(format!("voids seq {o}, a {} record", r.kind.name()))
         }
+        Some(r)
+            if (
+                &r.card_ref,
+                &r.package_id,
+                &r.service_code,
+                r.quantity,
+                r.amount_fen,
+            ) != (
+                &v.card_ref,
+                &v.package_id,
+                &v.service_code,
+                v.quantity,
+                v.amount_fen,
+            ) =>
+        {
+            Some(format!(
+                "voids seq {o} ({} {} ×{}, {} fen) with other content",
+                r.package_id, r.service_code, r.quantity, r.amount_fen
+            ))
+        }
+        Some(_) => voided_by.map(|first| format!("voids seq {o}, already voided by seq {first}")),
     }
-    out
 }
 
 #[cfg(test)]
@@ -418,7 +444,10 @@ mod tests {
         assert_eq!(commission_fen(1, 5_000), 1); // 0.5 → 1
         assert_eq!(commission_fen(-1, 5_000), -1);
         assert_eq!(commission_fen(0, 10_000), 0);
-        assert_eq!(commission_fen(i64::MAX, 10_000), i64::MAX);
+        assert_eq!(
+            commission_fen(i128::from(u64::MAX), 5_000),
+            i128::from(u64::MAX / 2 + 1)
+        );
     }
 
     #[test]
@@ -433,7 +462,8 @@ mod tests {
             record("T-2", 2, RecordKind::Redeem, 1, 200), // at `until`: next period
             other,
         ];
-        let s = merchant_statement("M-1", (100, 200), 500, &records);
+        let judged = records.iter().map(|record| Judged { record, held: None });
+        let s = merchant_statement("M-1", (100, 200), 500, judged);
         assert_eq!(s.records, 3);
         assert_eq!(s.lines.len(), 1);
         let l = &s.lines[0];
@@ -445,7 +475,8 @@ mod tests {
     }
 
     #[test]
-    fn amounts_beyond_int64_saturate_in_lines_and_statement() {
+    #[allow(clippy::unwrap_used)]
+    fn amounts_beyond_int64_are_summed_exactly_never_saturated() {
         let mut records = Vec::new();
         for (seq, code) in [(1, "WASH"), (2, "WASH"), (3, "OIL")] {
             let mut r = record("T-1", seq, RecordKind::Redeem, 1, 120);
@@ -453,11 +484,24 @@ mod tests {
             r.amount_fen = u64::MAX;
             records.push(r);
         }
-        let s = merchant_statement("M-1", (100, 200), 500, &records);
+        let judged = records.iter().map(|record| Judged { record, held: None });
+        let s = merchant_statement("M-1", (100, 200), 500, judged);
         assert_eq!(s.lines.len(), 2);
-        assert!(s.lines.iter().all(|l| l.net_amount_fen == i64::MAX));
-        assert_eq!(s.net_amount_fen, i64::MAX);
-        assert_eq!(s.payable_fen, i64::MAX - s.commission_fen);
+        let max = i128::from(u64::MAX);
+        let wash = s.lines.iter().find(|l| l.service_code == "WASH").unwrap();
+        assert_eq!(wash.net_amount_fen, 2 * max);
+        assert_eq!(s.net_amount_fen, 3 * max);
+        assert_eq!(s.commission_fen, commission_fen(3 * max, 500));
+        assert_eq!(s.payable_fen, 3 * max - s.commission_fen);
+        // Held records are summed apart, not into the payable figures.
+        let judged = records.iter().map(|record| Judged {
+            record,
+            held: Some("amount_mismatch"),
+        });
+        let s = merchant_statement("M-1", (100, 200), 500, judged);
+        assert_eq!((s.records, s.net_amount_fen, s.payable_fen), (0, 0, 0));
+        assert_eq!((s.held_records, s.held_claimed_fen), (3, 3 * max));
+        assert_eq!(s.held[0].code, "amount_mismatch");
     }
 
     #[test]
@@ -537,10 +581,19 @@ mod tests {
             void(9, 3, 1),  // part of a line
             void(10, 10, 1),
         ];
-        let found: Vec<(u64, String)> = unmatched_voids(&records)
-            .into_iter()
-            .map(|u| (u.record.seq, u.reason))
-            .collect();
+        // As the upload judges them, in seq order: a matching void marks its line voided.
+        let by_seq: BTreeMap<u64, &JournalRecord> = records.iter().map(|r| (r.seq, r)).collect();
+        let mut voided: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut found: Vec<(u64, String)> = Vec::new();
+        for v in records.iter().filter(|r| r.kind == RecordKind::Void) {
+            let o = v.original_seq;
+            match void_problem(v, by_seq.get(&o).copied(), voided.get(&o).copied()) {
+                Some(p) => found.push((v.seq, p)),
+                None => {
+                    voided.insert(o, v.seq);
+                }
+            }
+        }
         let seqs: Vec<u64> = found.iter().map(|f| f.0).collect();
         assert_eq!(seqs, [5, 6, 7, 8, 9, 10], "{found:?}");
         assert!(found[0].1.contains("already voided by seq 4"), "{found:?}");

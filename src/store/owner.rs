@@ -1,5 +1,6 @@
 //! The one owner of the [`Store`]: a mutex that serialises every decision, taken in place by the
-//! reader thread that needs it.
+//! thread that needs it — in the daemon each reader's thread and the sync task's blocking steps; in
+//! `redeemd sync` its own pass. Also the daemon's clocks ([`Clock`], [`wall_clock_ms`]).
 //!
 //! rusqlite is synchronous and every redemption waits for an fsync. Three designs were measured
 //! (`benches/daemon.rs`): a dedicated store thread fed by a channel; reader tasks on a 2-worker
@@ -10,9 +11,12 @@
 //! wake-ups per request and the multi-threaded runtime one or two more (work-stealing
 //! notifications, `block_in_place` handing the worker's other tasks to another thread), each
 //! ≈50–100 µs on a small VM: more than the menu decision itself. A reader's thread serves one
-//! link only, so blocking it on the store (an fsync, a checkpoint) delays nobody else's link.
+//! link only, so blocking it on the store (an fsync, a checkpoint) delays nobody else's link. When the
+//! lock is already held ([`StoreHandle::try_run`] says so), the reader waits for it on the blocking
+//! pool instead and keeps its link served meanwhile (heartbeats, and DISPLAY after a second: see
+//! `crate::conversation`).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::time::Duration;
 
 use crate::engine::Now;
@@ -50,6 +54,20 @@ impl StoreHandle {
         let mut store = self.store.lock().map_err(|_| StoreGone)?;
         let now = self.clock.now();
         Ok(f(&mut store, now))
+    }
+
+    /// Like [`Self::run_blocking`], but only if no other thread holds the store now: `None` when one
+    /// does (the caller waits for it elsewhere, e.g. on the blocking pool, and serves its link
+    /// meanwhile).
+    pub fn try_run<T>(&self, f: impl FnOnce(&mut Store, Now) -> T) -> Option<Result<T, StoreGone>> {
+        match self.store.try_lock() {
+            Ok(mut store) => {
+                let now = self.clock.now();
+                Some(Ok(f(&mut store, now)))
+            }
+            Err(TryLockError::WouldBlock) => None,
+            Err(TryLockError::Poisoned(_)) => Some(Err(StoreGone)),
+        }
     }
 
     /// Whether the store answers a no-op within `within` (for the watchdog). Runs on the blocking
