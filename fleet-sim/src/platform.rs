@@ -182,13 +182,27 @@ pub enum CardIssue {
 }
 
 /// A merchant statement as `admin statement merchant --json` prints it (fields the reconciliation
-/// reads; others are ignored). Amounts are read as i128 so that a wide figure is compared, not cut.
+/// reads; others are ignored): the payable records and lines, and the records held for a person by
+/// reason. Amounts are i128, as the platform sums them.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Statement {
     pub merchant_id: String,
+    /// Payable records.
     pub records: u64,
     pub lines: Vec<StatementLine>,
     pub net_amount_fen: i128,
+    #[serde(default)]
+    pub held_records: u64,
+    #[serde(default)]
+    pub held: Vec<HeldLine>,
+}
+
+/// Records held, by the exception code that holds them.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct HeldLine {
+    pub code: String,
+    pub records: u64,
+    pub claimed_fen: i128,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -8,7 +8,9 @@
 //! * **Statements.** Each run enrolls its own merchants, so a merchant's statement covers exactly the
 //!   run's records of its terminals. Per (package, item): units redeemed, voided and net, and the net
 //!   amount, computed from the terminals' records with the contract's own day-total function
-//!   ([`redeemd_contract::close::totals`] over all time); and the record count and net total.
+//!   ([`redeemd_contract::close::totals`] over all time); and the record count and net total. The
+//!   platform judges every record against the price it signed: a simulated terminal's are genuine, so
+//!   every one must be payable and none held.
 
 use std::collections::BTreeMap;
 
@@ -48,6 +50,19 @@ impl Expected {
 pub fn compare(expected: &Expected, s: &Statement) -> Vec<String> {
     let mut out = Vec::new();
     let m = &s.merchant_id;
+    // A simulated terminal writes only genuine records: every one must be payable.
+    if s.held_records > 0 {
+        let held: Vec<String> = s
+            .held
+            .iter()
+            .map(|h| format!("{} × {} ({} fen)", h.records, h.code, h.claimed_fen))
+            .collect();
+        out.push(format!(
+            "merchant {m}: {} records held, not payable: {}",
+            s.held_records,
+            held.join(", ")
+        ));
+    }
     if s.records != expected.records {
         out.push(format!(
             "merchant {m}: statement counts {} records, the terminals sent {}",
@@ -195,6 +210,8 @@ mod tests {
             records,
             net_amount_fen: lines.iter().map(|l| l.net_amount_fen).sum(),
             lines,
+            held_records: 0,
+            held: Vec::new(),
         }
     }
 

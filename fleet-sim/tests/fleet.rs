@@ -42,10 +42,12 @@ struct Server {
 }
 
 impl Server {
-    fn start(bin: &Path, db: &Path) -> Server {
+    fn start(bin: &Path, db: &Path, master_key: &Path) -> Server {
         let mut child = Command::new(bin)
             .arg("--db")
             .arg(db)
+            .arg("--master-key-file")
+            .arg(master_key)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -77,14 +79,30 @@ fn a_small_fleet_runs_real_passes_and_reconciles_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let db = tmp.path().join("clearing.sqlite3");
     let fleet_dir = tmp.path().join("fleet");
-    let server = Server::start(&bin, &db);
+    // The platform seals card numbers under its master key: every admin command needs it too.
+    let master_key = tmp.path().join("master.key");
+    let made = Command::new(&bin)
+        .args(["admin", "key", "generate", "--out"])
+        .arg(&master_key)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let server = Server::start(&bin, &db, &master_key);
     let common = |c: &mut Command| {
         c.arg("--dir")
             .arg(&fleet_dir)
             .arg("--db")
             .arg(&db)
             .arg("--clearing-server")
-            .arg(&bin);
+            .arg(&bin)
+            .arg(format!(
+                "--admin-arg=--master-key-file={}",
+                master_key.display()
+            ));
     };
 
     let mut setup = Command::new(env!("CARGO_BIN_EXE_fleet-sim"));
