@@ -10,7 +10,6 @@
 //! terminal's fields, the entry MAC, compression.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[allow(dead_code)] // the other benches' client
 mod support;
 
 use std::time::{Duration, Instant};

@@ -8,7 +8,6 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-#[allow(dead_code)] // the other benches' seeding and client
 mod support;
 
 use std::time::Instant;
@@ -37,17 +36,7 @@ fn main() {
         let key = dir.path().join(format!("{engine:?}.key"));
         assert!(common::binary::enroll(&db, "T-1", &key).status.success());
         let started = Instant::now();
-        let out = common::binary::platform()
-            .args([
-                "--db",
-                &db,
-                "admin",
-                "card",
-                "import",
-                csv.to_str().unwrap(),
-            ])
-            .output()
-            .unwrap();
+        let out = common::binary::import(&db, &csv);
         let took = started.elapsed();
         assert!(
             out.status.success(),

@@ -12,7 +12,6 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-#[allow(dead_code)] // the other benches' seeding and client
 mod support;
 
 use clearing_server::storage::{self, Db, StorageError};

@@ -266,7 +266,7 @@ async fn connections_beyond_the_cap_wait_for_a_free_one() {
 /// shed).
 #[test]
 fn two_thousand_idle_connections_do_not_delay_a_terminals_pass() {
-    use common::binary::{enrolled, ok, serve};
+    use common::binary::{enrolled, serve};
     const IDLE: usize = 2_000;
     // This process holds both ends' worth of sockets only on its side (the server is a child), plus
     // what the runtime needs: raise the soft limit if a fresh machine's 1,024 is in force.
@@ -279,29 +279,16 @@ fn two_thousand_idle_connections_do_not_delay_a_terminals_pass() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("clearing.sqlite3").display().to_string();
     let keys = enrolled(&db, dir.path(), "T-1");
-    for i in 0..20 {
-        let number = format!("62284800{:08}", i);
-        ok(&db, &["card", "create", "--number", &number]);
-        ok(
-            &db,
-            &[
-                "card",
-                "customize",
-                "--number",
-                &number,
-                "--package",
-                "P1",
-                "--title",
-                "洗车",
-                "--valid-from",
-                "2026-01-01",
-                "--valid-until",
-                "2030-12-31",
-                "--item",
-                "WASH:精洗:10:3500",
-            ],
-        );
-    }
+    let cards: String = (0..20)
+        .map(|i| format!("62284800{i:08},P1,洗车,2026-01-01,2030-12-31,WASH:精洗:10:3500\n"))
+        .collect();
+    let csv = dir.path().join("cards.csv");
+    std::fs::write(
+        &csv,
+        format!("number,package,title,valid_from,valid_until,items\n{cards}"),
+    )
+    .unwrap();
+    assert!(common::binary::import(&db, &csv).status.success());
     let server = serve(&db);
     let base = format!("http://{}", server.addr);
     let rt = common::binary::runtime();
@@ -337,7 +324,7 @@ fn two_thousand_idle_connections_do_not_delay_a_terminals_pass() {
     };
     pass(0..10); // warm: the server's first requests open its pools
     let quiet = pass(10..20);
-    let idle: Vec<std::net::TcpStream> = (0..IDLE)
+    let idle: Vec<(std::time::Instant, std::net::TcpStream)> = (0..IDLE)
         .map(|i| {
             let s = std::net::TcpStream::connect_timeout(
                 &server.addr.parse().unwrap(),
@@ -345,7 +332,7 @@ fn two_thousand_idle_connections_do_not_delay_a_terminals_pass() {
             )
             .unwrap_or_else(|e| panic!("idle connection {i}: {e}"));
             s.set_nonblocking(true).unwrap();
-            s
+            (std::time::Instant::now(), s)
         })
         .collect();
     let busy = pass(20..30);
@@ -353,16 +340,24 @@ fn two_thousand_idle_connections_do_not_delay_a_terminals_pass() {
         busy <= quiet + Duration::from_secs(1),
         "a pass took {busy:?} beside {IDLE} idle connections, {quiet:?} without"
     );
-    // Still held by the server: a read finds nothing to read, not the end of the stream.
-    let closed = idle
+    // Held by the server, not shed: a read finds nothing to read, not the end of the stream — except
+    // on a connection idle for the whole idle timeout already (a loaded machine may take that long to
+    // open them all and run the pass), which the server rightly closed.
+    let idle_timeout = clearing_server::Limits::default().header_timeout;
+    let shed: Vec<Duration> = idle
         .iter()
-        .filter(|s| {
+        .filter(|(_, s)| {
             let mut s: &std::net::TcpStream = s;
             !matches!(std::io::Read::read(&mut s, &mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
         })
-        .count();
-    assert_eq!(
-        closed, 0,
-        "idle connections the server closed during the pass"
+        .map(|(opened, _)| opened.elapsed())
+        // (A second's margin: the server's clock for a connection starts when it accepted it.)
+        .filter(|idle_for| *idle_for + Duration::from_secs(1) < idle_timeout)
+        .collect();
+    assert!(
+        shed.is_empty(),
+        "{} connections closed after {:?} idle, before the idle timeout",
+        shed.len(),
+        shed.iter().min()
     );
 }

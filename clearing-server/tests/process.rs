@@ -853,17 +853,7 @@ fn cards_are_imported_all_or_nothing(engine: Engine) {
         absent(n);
     }
     // The good file: every card, with its packages.
-    let out = platform()
-        .args([
-            "--db",
-            &db,
-            "admin",
-            "card",
-            "import",
-            &file("good.csv", &good),
-        ])
-        .output()
-        .unwrap();
+    let out = import(&db, std::path::Path::new(&file("good.csv", &good)));
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{said}");
     assert!(

@@ -2,6 +2,8 @@
 //! N-card seeding of the database, a signed-request client for terminal `T-1`, and the benches' settings
 //! (`BENCH_CARDS`, `BENCH_DIR`) and table rows.
 #![allow(clippy::unwrap_used)]
+// Each bench uses some of it.
+#![allow(dead_code)]
 
 use std::time::{Duration, Instant};
 
@@ -68,7 +70,6 @@ pub fn vault() -> Vault {
 }
 
 /// [`MASTER_KEY`] in `dir/master.key`, mode 0600, for `clearing-server --master-key-file`.
-#[allow(dead_code)] // download_install only
 pub fn master_key_file(dir: &std::path::Path) -> std::path::PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let path = dir.join("master.key");

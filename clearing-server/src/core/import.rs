@@ -77,6 +77,7 @@ impl std::fmt::Display for Refused {
     }
 }
 
+/// The columns, card first, then the package (from `package` on).
 const COLUMNS: [&str; 11] = [
     "number",
     "holder",
@@ -228,17 +229,9 @@ fn parse_line(fields: &Fields<'_>) -> Result<(NewCard, Option<PackageSpec>), Str
     };
     card.check()
         .map_err(|e| format!("card {}: {e}", card.number.masked()))?;
-    let package_columns = [
-        "title",
-        "valid_from",
-        "valid_until",
-        "scope",
-        "daily_cap",
-        "identity_required",
-        "items",
-    ];
     let Some(id) = opt("package") else {
-        if let Some(c) = package_columns.iter().find(|c| !field(c).is_empty()) {
+        // The columns after `package` describe it.
+        if let Some(c) = COLUMNS[4..].iter().find(|c| !field(c).is_empty()) {
             return Err(format!("{c} is given but package is empty"));
         }
         return Ok((card, None));

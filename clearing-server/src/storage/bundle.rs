@@ -522,6 +522,20 @@ mod tests {
     use redeemd_contract::model::CardNumber;
     use redeemd_contract::snapshot::{BundleVerifier, Verified};
 
+    /// Package P1 for every merchant, with one item WASH of `uses` uses at 1 fen.
+    fn package(uses: u32) -> cards::PackageSpec {
+        cards::PackageSpec {
+            id: "P1".into(),
+            title: "t".into(),
+            valid_from_ms: 0,
+            valid_until_ms: 1,
+            scope: MerchantScope::All,
+            daily_cap: None,
+            identity_required: false,
+            items: vec![cards::ItemSpec::parse(&format!("WASH:w:{uses}:1")).unwrap()],
+        }
+    }
+
     /// More cards than one page, issued in an order unrelated to their references: the bundle holds
     /// every one, in strictly ascending reference (the verifier refuses anything else).
     #[test]
@@ -534,16 +548,7 @@ mod tests {
         let n = PAGE as u64 * 2 + 7;
         db.write(|tx| -> Result<(), CardError> {
             let v = cards::bump_version(tx, 0)?;
-            let p = cards::PackageSpec {
-                id: "P1".into(),
-                title: "t".into(),
-                valid_from_ms: 0,
-                valid_until_ms: 1,
-                scope: MerchantScope::All,
-                daily_cap: None,
-                identity_required: false,
-                items: vec![cards::ItemSpec::parse("WASH:w:1:1").unwrap()],
-            };
+            let p = package(1);
             for i in 0..n {
                 let new = cards::NewCard {
                     number: CardNumber::parse(&format!("62284800{:08}", i * 7919 % 100_000_000))
@@ -635,16 +640,7 @@ mod tests {
         let since = db
             .write(|tx| -> Result<u64, CardError> {
                 let v = cards::bump_version(tx, 0)?;
-                let p = cards::PackageSpec {
-                    id: "P1".into(),
-                    title: "t".into(),
-                    valid_from_ms: 0,
-                    valid_until_ms: 1,
-                    scope: MerchantScope::All,
-                    daily_cap: None,
-                    identity_required: false,
-                    items: vec![cards::ItemSpec::parse("WASH:w:10:1").unwrap()],
-                };
+                let p = package(10);
                 let new = cards::NewCard {
                     number: number.clone(),
                     holder_name: Some("张三".into()),
