@@ -924,7 +924,13 @@ pub fn patch_uses_left(
     left: &[(&str, &str, u32)],
     version: u64,
 ) -> Result<(), CardError> {
-    let row = tx.query_one("SELECT body FROM card WHERE id = $1", params![card_id])?;
+    // Locked before it is read (PostgreSQL; SQLite's writer holds the whole file already): an upload
+    // runs read committed, and two patching one card's body must not each write what they read.
+    let sql = match tx.backend() {
+        super::Backend::Postgres => "SELECT body FROM card WHERE id = $1 FOR UPDATE",
+        super::Backend::Sqlite => "SELECT body FROM card WHERE id = $1",
+    };
+    let row = tx.query_one(sql, params![card_id])?;
     let mut card = Card::decode(row.blob(0)?).map_err(|e| CardError::Corrupt {
         what: "body",
         card_id,

@@ -2,9 +2,14 @@
 //! `docs/api/README.md`, all or nothing per batch), the head (`GET journal/head`), end-of-day closes
 //! (`POST batch-close`) and the exceptions list of refused records.
 //!
-//! An upload is one serializable transaction: two server processes storing batches of one terminal at
-//! once serialize on the terminal's journal rows (`(terminal, seq)` is the key), so a record is stored
-//! exactly once and the loser of a race counts the winner's rows as duplicates when it runs again.
+//! An upload is one read-committed transaction, and what must hold is held by keys and row locks, not
+//! by serializable isolation: `(terminal, seq)` is the journal's primary key, so of two server
+//! processes storing one terminal's batch at once one fails on the key and runs again, counting the
+//! winner's rows as duplicates — a record is stored exactly once; a card's usage is an atomic increment
+//! and its body is locked before it is patched; the version counter's row lock orders the uploads'
+//! version bumps, which are committed in the order they are taken. (Serializable isolation made every
+//! two concurrent uploads of the fleet conflict on that one counter row: under load on PostgreSQL they
+//! ran out of retries.)
 
 use std::collections::BTreeMap;
 
@@ -13,7 +18,7 @@ use redeemd_contract::keys::{TAG_LEN, Tag, TerminalKeys, tags_equal};
 use redeemd_contract::{JournalRecord, RecordKind};
 
 use super::sql::{StorageError, Tx, int};
-use super::{Db, MAX_RECORD_BYTES, cards};
+use super::{Db, Isolation, MAX_RECORD_BYTES, cards};
 use crate::core::close;
 use crate::core::judge::{self, Verdict};
 use crate::core::problem::Problem;
@@ -70,7 +75,9 @@ pub struct Batch<'a> {
 /// rolled back).
 pub fn store_batch(db: &Db, vault: &Vault, batch: &Batch<'_>) -> Result<Ack, Problem> {
     let (terminal_id, now_ms) = (batch.terminal_id, batch.now_ms);
-    let result = db.write(|tx| store_batch_tx(tx, vault, batch));
+    let result = db.transaction(Isolation::ReadCommitted, |tx| {
+        store_batch_tx(tx, vault, batch)
+    });
     if let Err(p) = &result
         && p.status == 422
     {

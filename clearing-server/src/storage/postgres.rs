@@ -83,9 +83,9 @@ fn classify(e: postgres::Error, isolation: Isolation) -> StorageError {
     let conflict = match e.code() {
         Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE => true,
         Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED => true,
-        // Two serializable transactions inserting the same key: the loser is told "duplicate" when
-        // it did not read the key first; run again it sees the winner's row and decides from it.
-        Some(c) if *c == SqlState::UNIQUE_VIOLATION => isolation == Isolation::Serializable,
+        // Two transactions inserting the same key (two processes storing one terminal's batch): the
+        // loser is told "duplicate"; run again it sees the winner's row and decides from it.
+        Some(c) if *c == SqlState::UNIQUE_VIOLATION => isolation != Isolation::Snapshot,
         _ => false,
     };
     if conflict {
