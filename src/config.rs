@@ -403,12 +403,7 @@ impl Validator<'_> {
     }
 
     fn identifier(&self, key: &str, value: &str) -> Result<String, ConfigError> {
-        let ok = !value.is_empty()
-            && value.len() <= 64
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-        if ok {
+        if redeemd_contract::request::is_valid_id(value) {
             Ok(value.to_owned())
         } else {
             Err(self.invalid(
