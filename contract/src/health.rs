@@ -11,8 +11,10 @@ use serde::{Deserialize, Serialize};
 
 /// Most readers in one report.
 pub const MAX_READERS: usize = 64;
-/// Longest text field (names, serials, reasons), in bytes.
+/// Longest text field (names, serials, reasons), in characters.
 pub const MAX_TEXT: usize = 256;
+/// Largest count or version (the API's int64).
+const MAX_COUNT: u64 = i64::MAX as u64;
 
 /// A reader's link as the daemon sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,10 +110,21 @@ pub struct HealthError {
 }
 
 fn text(field: impl Into<String>, value: &str) -> Result<(), HealthError> {
-    if value.len() > MAX_TEXT {
+    let n = value.chars().count();
+    if n > MAX_TEXT {
         return Err(HealthError {
             field: field.into(),
-            reason: format!("{} bytes, at most {MAX_TEXT}", value.len()),
+            reason: format!("{n} characters, at most {MAX_TEXT}"),
+        });
+    }
+    Ok(())
+}
+
+fn count(field: &str, value: u64) -> Result<(), HealthError> {
+    if value > MAX_COUNT {
+        return Err(HealthError {
+            field: field.into(),
+            reason: format!("{value}: above 2^63 - 1"),
         });
     }
     Ok(())
@@ -123,9 +136,15 @@ fn opt_text(field: impl Into<String>, value: &Option<String>) -> Result<(), Heal
 
 impl HealthReport {
     /// The bounds a platform holds a report to: at most [`MAX_READERS`] readers with distinct,
-    /// non-empty names, text fields of at most [`MAX_TEXT`] bytes, a sync interval of at least 1 s.
+    /// non-empty names, text fields of at most [`MAX_TEXT`] characters, a sync interval of 1 s to a
+    /// day, counts and versions of at most 2⁶³ − 1.
     pub fn check(&self) -> Result<(), HealthError> {
         text("daemon_version", &self.daemon_version)?;
+        count("journal.head_seq", self.journal.head_seq)?;
+        count("journal.unsynced", self.journal.unsynced)?;
+        if let Some(c) = &self.cache {
+            count("cache.version", c.version)?;
+        }
         if self.sync_interval_secs == 0 || self.sync_interval_secs > 86_400 {
             return Err(HealthError {
                 field: "sync_interval_secs".into(),
@@ -158,14 +177,10 @@ impl HealthReport {
     }
 }
 
-/// `s` cut to at most [`MAX_TEXT`] bytes on a character boundary (the daemon's texts, such as an I/O
-/// error, are its own and not bounded).
+/// `s` cut to at most [`MAX_TEXT`] characters (the daemon's texts, such as an I/O error, are its own
+/// and not bounded).
 pub fn bounded(s: &str) -> String {
-    let mut end = s.len().min(MAX_TEXT);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_owned()
+    s.chars().take(MAX_TEXT).collect()
 }
 
 #[cfg(test)]
@@ -220,6 +235,9 @@ mod tests {
         let mut never = r;
         never.sync_interval_secs = 0;
         assert!(never.check().is_err());
-        assert_eq!(bounded(&"é".repeat(200)).len(), 256);
+        assert_eq!(bounded(&"é".repeat(300)).chars().count(), 256);
+        let mut huge = sample();
+        huge.journal.unsynced = u64::MAX;
+        assert_eq!(huge.check().unwrap_err().field, "journal.unsynced");
     }
 }

@@ -11,7 +11,7 @@
 
 use redeemd_contract::model::MerchantScope;
 
-use super::cards::{ItemSpec, PackageSpec, StoredPackage, check_id, check_title, day_start};
+use super::cards::{ItemSpec, PackageSpec, StoredPackage, check_title, day_start};
 use super::problem::Problem;
 
 /// Longest offer id (its packages' ids add `.N`).
@@ -49,14 +49,22 @@ impl Offer {
         }
     }
 
-    /// An offer's bounds: its id (at most [`MAX_OFFER_ID`] bytes, no `.`), validity 1 to
-    /// [`MAX_VALID_DAYS`] days, and what a package needs.
+    /// An offer's bounds: its id (1 to [`MAX_OFFER_ID`] characters of `A-Z a-z 0-9 _ -`: its
+    /// packages' ids add `.N`), validity 1 to [`MAX_VALID_DAYS`] days, and what a package needs.
     pub fn check(&self) -> Result<(), Problem> {
-        check_id("offer_id", &self.id)?;
-        if self.id.len() > MAX_OFFER_ID || self.id.contains('.') {
+        let id_ok = !self.id.is_empty()
+            && self.id.len() <= MAX_OFFER_ID
+            && self
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !id_ok {
             return Err(Problem::invalid(
                 "offer_id",
-                format!("{:?}: at most {MAX_OFFER_ID} bytes, without '.'", self.id),
+                format!(
+                    "{:?}: 1 to {MAX_OFFER_ID} characters of A-Z a-z 0-9 _ -",
+                    self.id
+                ),
             ));
         }
         check_title("title", &self.title)?;

@@ -129,6 +129,14 @@ async fn read(body: Body, timeout: std::time::Duration) -> Result<axum::body::By
 /// Parses a body, naming the field that is wrong, unknown or missing (`400 malformed_request` with
 /// `field`), or saying it is not JSON.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    // Every body is a JSON object (serde would also read a struct from an array of its fields).
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(Problem::new(
+            400,
+            "malformed_request",
+            "the body must be a JSON object".into(),
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();

@@ -199,28 +199,20 @@ pub(super) async fn card(
     ))
 }
 
-/// Where a package or an offer may be used: exactly one of the two lists (left out: everywhere).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ScopeBody {
-    #[serde(default)]
-    pub merchants: Option<Vec<String>>,
-    #[serde(default)]
-    pub categories: Option<Vec<String>>,
-}
+/// Where a package or an offer may be used: `{"merchants": […]}` or `{"categories": […]}`, exactly
+/// one of the two (null or left out: every merchant). A map, so that a null list or a second key is
+/// refused rather than read as absent.
+pub type ScopeBody = std::collections::BTreeMap<String, Vec<String>>;
 
 fn scope(s: Option<ScopeBody>) -> Result<MerchantScope, Problem> {
-    match s {
-        None => Ok(MerchantScope::All),
-        Some(ScopeBody {
-            merchants: Some(m),
-            categories: None,
-        }) => Ok(MerchantScope::Merchants(m)),
-        Some(ScopeBody {
-            merchants: None,
-            categories: Some(c),
-        }) => Ok(MerchantScope::Categories(c)),
-        Some(_) => Err(Problem::invalid(
+    let Some(mut s) = s else {
+        return Ok(MerchantScope::All);
+    };
+    let one = |s: &ScopeBody| s.len() == 1;
+    match (one(&s), s.remove("merchants"), s.remove("categories")) {
+        (true, Some(m), None) => Ok(MerchantScope::Merchants(m)),
+        (true, None, Some(c)) => Ok(MerchantScope::Categories(c)),
+        _ => Err(Problem::invalid(
             "scope",
             "exactly one of merchants or categories (leave scope out for every merchant)",
         )),

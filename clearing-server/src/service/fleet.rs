@@ -33,6 +33,6 @@ pub fn record_health(
 ) -> Result<(), Problem> {
     report
         .check()
-        .map_err(|e| Problem::new(400, "malformed_request", e.to_string()).terminal(terminal_id))?;
+        .map_err(|e| Problem::invalid(e.field, e.reason).terminal(terminal_id))?;
     Ok(db.write(|tx| store::store_report(tx, terminal_id, report, now_ms))?)
 }

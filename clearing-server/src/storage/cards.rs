@@ -149,7 +149,13 @@ pub fn upsert_merchant(
     categories: &[String],
     now_ms: i64,
 ) -> Result<(), CardError> {
-    check_id("merchant_id", id)?;
+    if !redeemd_contract::request::is_valid_id(id) {
+        return Err(Problem::invalid(
+            "merchant_id",
+            format!("{id:?}: 1 to 64 characters of A-Z a-z 0-9 . _ - (what a terminal can be configured with)"),
+        )
+        .into());
+    }
     check_title("name", name)?;
     if commission_bps > 10_000 {
         return Err(Problem::invalid(
