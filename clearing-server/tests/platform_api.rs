@@ -295,6 +295,7 @@ on_both_engines!(
     keys_are_stored_hashed_revocable_and_every_change_is_audited,
     every_refused_field_is_named_and_nothing_is_echoed_unescaped,
     a_pairing_code_works_once_expires_and_is_throttled,
+    a_terminals_health_report_is_kept_and_judged_into_alerts,
 );
 
 async fn an_operator_does_what_admin_does(engine: Engine) {
@@ -997,4 +998,88 @@ async fn a_pairing_code_works_once_expires_and_is_throttled(engine: Engine) {
         enroll(fresh["code"].as_str().unwrap().to_owned()).await.0,
         200
     );
+}
+
+async fn a_terminals_health_report_is_kept_and_judged_into_alerts(engine: Engine) {
+    let p = start(engine).await;
+    let now = p.clock.load(Ordering::SeqCst);
+    let report = |reported_at_ms: i64, state: &str| {
+        json!({
+            "daemon_version": "0.1.0", "started_at_ms": now - 600_000, "reported_at_ms": reported_at_ms,
+            "sync_interval_secs": 60,
+            "readers": [{"name": "counter-1", "state": state, "detail": "No such file or directory",
+                         "reader_serial": "SIM-0001", "firmware": "sim-1.0", "last_transaction_at_ms": null}],
+            "cache": {"version": 7, "installed_at_ms": now - 3_600_000, "expires_at_ms": now + 3_600_000},
+            "journal": {"head_seq": 12, "unsynced": 2, "oldest_unsynced_at_ms": now - 60_000},
+            "halted": "journal diverged at seq 4",
+            "last_close": {"business_date": "2026-11-27", "result": "mismatched"}
+        })
+        .to_string()
+        .into_bytes()
+    };
+    let path = "/v1/terminals/T-1/health";
+    let (st, v) = p
+        .signed(&p.t1, "POST", path, report(now - 1000, "port_error"))
+        .await;
+    assert_eq!(st, 204, "{v}");
+    // An older report of the same daemon (another server answered it late) does not replace it.
+    let (st, _) = p
+        .signed(&p.t1, "POST", path, report(now - 5000, "link_up"))
+        .await;
+    assert_eq!(st, 204);
+    let (_, t) = p.get(&p.operator, "/v1/merchants/M-1/terminals/T-1").await;
+    assert_eq!(t["health"]["readers"][0]["state"], "port_error", "{t}");
+    let kinds: Vec<&str> = t["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "reader_down",
+            "cache_expiring",
+            "uploads_halted",
+            "close_mismatched"
+        ],
+        "{t}"
+    );
+    // The merchant sees its terminal's health; T-2 never reported and is silent only after its
+    // enrolment grows older than three default intervals.
+    let (_, mine) = p.get(&p.merchant_1, "/v1/merchants/M-1/terminals").await;
+    assert_eq!(mine["terminals"][0]["health"]["daemon_version"], "0.1.0");
+    let (_, f) = p.get(&p.operator, "/v1/fleet").await;
+    assert!(
+        f["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["kind"] == "silent" && a["terminal_id"] == "T-2"),
+        "{f}"
+    );
+    // Out of bounds, unknown fields, another terminal's path: refused, nothing kept.
+    let mut big: Value = serde_json::from_slice(&report(now, "link_up")).unwrap();
+    big["journal"]["unsynced"] = json!(u64::MAX);
+    let (st, v) = p
+        .signed(&p.t1, "POST", path, big.to_string().into_bytes())
+        .await;
+    assert_eq!(
+        (st, v["field"].as_str()),
+        (422, Some("journal.unsynced")),
+        "{v}"
+    );
+    let (st, v) = p
+        .signed(
+            &p.t1,
+            "POST",
+            path,
+            br#"{"daemon_version":"x","extra":1}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(st, 400, "{v}");
+    let (st, _) = p.signed(&p.t2, "POST", path, report(now, "link_up")).await;
+    assert_eq!(st, 403);
+    let (_, t) = p.get(&p.operator, "/v1/merchants/M-1/terminals/T-1").await;
+    assert_eq!(t["health"]["readers"][0]["state"], "port_error");
 }

@@ -14,6 +14,7 @@ mod daemon;
 mod deny;
 mod doctor;
 mod exactly_once;
+mod fleet_e2e;
 mod migrate;
 mod offline_week;
 mod ownership;

@@ -21,7 +21,7 @@ use redeemd_contract::health::{CloseVerdict, HealthReport, LinkState};
 use serde::Serialize;
 
 /// A reader the daemon is still opening within this long after its start is not reported down.
-pub const READER_GRACE_MS: i64 = 30_000;
+pub const READER_GRACE_MS: i64 = 10_000;
 /// The interval assumed for a terminal that never reported (the daemon's default).
 pub const DEFAULT_INTERVAL_SECS: u64 = 60;
 
