@@ -11,7 +11,8 @@
 //! * deny-list entries and their MAC ([`deny`]): the fast path for loss reports;
 //! * request signing and its verification for the clearing API ([`request`], `docs/api/README.md`);
 //! * end-of-day close totals and their reconciliation ([`close`]), computed alike by terminal and server;
-//! * the terminal's health report ([`health`]), built by the daemon and kept by the platform.
+//! * the terminal's health report ([`health`]), built by the daemon and kept by the platform;
+//! * the pairing code's format ([`pairing`]), made by the platform and typed at the shop.
 //!
 //! The format is specified for humans in `docs/entitlement-format.md` and `docs/journal.md`.
 #![forbid(unsafe_code)]
@@ -23,6 +24,7 @@ pub mod health;
 pub mod journal;
 pub mod keys;
 pub mod model;
+pub mod pairing;
 pub mod request;
 pub mod snapshot;
 

@@ -13,6 +13,7 @@ mod crash;
 mod daemon;
 mod deny;
 mod doctor;
+mod enroll_e2e;
 mod exactly_once;
 mod fleet_e2e;
 mod migrate;

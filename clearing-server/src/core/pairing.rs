@@ -5,15 +5,14 @@
 //! PC (`redeemd enroll --server URL --code XXXX-XXXX`), which fetches the terminal id, the merchant id
 //! and a fresh secret once. A code is:
 //!
-//! * **short**: 8 characters of Crockford's base32 (`0-9 A-Z` without `I L O U`), shown `XXXX-XXXX`;
-//!   typed in any case, with or without the dash, `I`/`L` read as `1` and `O` as `0`. 40 bits;
+//! * **short**: 8 characters of Crockford's base32, `XXXX-XXXX` (`redeemd_contract::pairing`): 40 bits;
 //! * **short-lived**: [`DEFAULT_TTL_MINUTES`] minutes by default, at most [`MAX_TTL_MINUTES`];
 //! * **one-time**: the first use enrolls the terminal and marks the code used; a second use is refused
 //!   by name, as is an expired code;
 //! * **throttled** ([`THROTTLE`], `super::throttle`): wrong codes are counted per source address and
 //!   for the whole platform; past either limit every attempt is refused with `429` until the window
-//!   ends. With at most a few hundred guesses per
-//!   window against 2⁴⁰ codes that live minutes, guessing a live code is hopeless;
+//!   ends. With at most a few hundred guesses per window against 2⁴⁰ codes that live minutes,
+//!   guessing a live code is hopeless;
 //! * **stored hashed** (`SHA-256`), like any credential, and never listed again after creation.
 
 use sha2::{Digest, Sha256};
@@ -21,10 +20,8 @@ use sha2::{Digest, Sha256};
 use super::problem::Problem;
 use super::throttle::Limits;
 
-/// Crockford's base32 alphabet.
-const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-/// Random bytes a code is made of.
-pub const CODE_RANDOM_BYTES: usize = 5;
+pub use redeemd_contract::pairing::{CODE_RANDOM_BYTES, new_code};
+
 pub const DEFAULT_TTL_MINUTES: u32 = 10;
 pub const MAX_TTL_MINUTES: u32 = 60;
 /// Wrong codes are throttled: 10 per source address and 100 on the platform in 10 minutes.
@@ -36,43 +33,9 @@ pub const THROTTLE: Limits = Limits {
     global: 100,
 };
 
-/// A code from 5 random bytes, as shown: `XXXX-XXXX`.
-pub fn new_code(random: &[u8; CODE_RANDOM_BYTES]) -> String {
-    let bits = random
-        .iter()
-        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b));
-    let chars: Vec<u8> = (0..8)
-        .rev()
-        .map(|i| ALPHABET[((bits >> (i * 5)) & 31) as usize])
-        .collect();
-    let text = String::from_utf8_lossy(&chars).into_owned();
-    format!("{}-{}", &text[..4], &text[4..])
-}
-
-/// A typed code in its one canonical form (8 alphabet characters, no dash), or why it is not one.
+/// A typed code in its one canonical form, or the refusal naming the field.
 pub fn normalize(typed: &str) -> Result<String, Problem> {
-    let mut out = String::with_capacity(8);
-    for c in typed.chars().filter(|c| *c != '-' && *c != ' ') {
-        let c = match c.to_ascii_uppercase() {
-            'I' | 'L' => '1',
-            'O' => '0',
-            c => c,
-        };
-        if !c.is_ascii() || !ALPHABET.contains(&(c as u8)) {
-            return Err(Problem::invalid(
-                "code",
-                "a pairing code is 8 letters and digits, XXXX-XXXX",
-            ));
-        }
-        out.push(c);
-    }
-    if out.len() != 8 {
-        return Err(Problem::invalid(
-            "code",
-            "a pairing code is 8 letters and digits, XXXX-XXXX",
-        ));
-    }
-    Ok(out)
+    redeemd_contract::pairing::normalize(typed).map_err(|e| Problem::invalid("code", e.to_string()))
 }
 
 /// What is stored for a code: its hash (of the canonical form).
@@ -140,29 +103,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn codes_are_short_typed_loosely_and_stored_hashed() {
-        let c = new_code(&[0xff, 0x00, 0x12, 0x34, 0x56]);
-        assert_eq!(c, "ZW01-4D2P");
-        assert_eq!(normalize(&c).unwrap(), "ZW014D2P");
-        assert_eq!(normalize("zw0i 4d2p").unwrap(), "ZW014D2P");
-        assert_eq!(normalize("1IL0-0000").unwrap(), "11100000");
-        for bad in [
-            "",
-            "ZW00-4D2",
-            "ZW00-4D2PP",
-            "ZW00-4D2U",
-            "ZW00-4D2é",
-            "ZW00_4D2P",
-        ] {
-            let p = normalize(bad).unwrap_err();
-            assert_eq!(p.field(), Some("code"), "{bad}");
-        }
+    fn codes_are_stored_hashed_and_refused_by_field() {
         assert_ne!(code_hash("ZW004D2P"), code_hash("ZW004D2Q"));
-        // Every code of 5 random bytes is 8 alphabet characters.
-        for b in 0..=255u8 {
-            let c = new_code(&[b, b ^ 0x5a, b.wrapping_mul(7), 0, b]);
-            assert_eq!(normalize(&c).unwrap().len(), 8);
-        }
+        assert_eq!(normalize("ZW00-4D2").unwrap_err().field(), Some("code"));
     }
 
     #[test]
