@@ -12,8 +12,9 @@
 //! | 65 | bad data: corrupt database file, another terminal's database, a database missing or emptied where a journal was, bundle refused |
 //! | 66 | no database in the state directory yet; the state directory missing or not a directory |
 //! | 74 | I/O error reading or writing a file |
-//! | 77 | key refused (loose permissions, missing credential, bad format, not this database's key) |
+//! | 77 | key refused (loose permissions, missing credential, bad format, not this database's key); `enroll`: the pairing code refused |
 //! | 70 | internal error (SQLite) |
+//! | 73 | `enroll`: the key file exists, or a directory is not writable |
 //! | 75 | `sync`: a step failed or uploading is halted (each printed with its reason); `run`: another daemon holds the state directory; try again later |
 
 use std::io::Write;

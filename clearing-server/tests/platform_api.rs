@@ -865,7 +865,8 @@ async fn every_refused_field_is_named_and_nothing_is_echoed_unescaped(engine: En
             Some(json!({"name": "x", "commission_bps": 0})),
         )
         .await;
-    assert_eq!(st, 200, "{v}");
+    // Markup in an id: refused (ids are what a terminal can be configured with), named as data.
+    assert_eq!((st, v["field"].as_str()), (422, Some("merchant_id")), "{v}");
     let (_, log) = p.get(op, "/v1/audit").await;
     assert!(log.to_string().contains("merchant M-X"));
     // Bodies that are not JSON, too big, or another media type.

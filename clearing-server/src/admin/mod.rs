@@ -202,17 +202,8 @@ pub enum CatalogueCommand {
         /// Days a package made from it is valid, from the day it is customized.
         #[arg(long)]
         valid_days: u32,
-        #[arg(long = "scope-merchant", conflicts_with = "scope_categories")]
-        scope_merchants: Vec<String>,
-        #[arg(long = "scope-category")]
-        scope_categories: Vec<String>,
-        #[arg(long)]
-        daily_cap: Option<u32>,
-        #[arg(long)]
-        identity_required: bool,
-        /// An item CODE:TITLE:USES:PRICE_FEN (repeat; at least one).
-        #[arg(long = "item", required = true)]
-        items: Vec<String>,
+        #[command(flatten)]
+        holds: PackageArgs,
     },
     List {
         #[arg(long)]
@@ -287,6 +278,42 @@ pub enum StatementCommand {
     },
 }
 
+/// What a package (or a catalogue offer) holds and where it may be used.
+#[derive(clap::Args)]
+pub struct PackageArgs {
+    /// Only at these merchants (repeat). Default: every merchant.
+    #[arg(long = "scope-merchant", conflicts_with = "scope_categories")]
+    scope_merchants: Vec<String>,
+    /// Only at merchants of these categories (repeat).
+    #[arg(long = "scope-category")]
+    scope_categories: Vec<String>,
+    /// Uses of all items of the package together per business day and terminal.
+    #[arg(long)]
+    daily_cap: Option<u32>,
+    /// Ask for the holder's identity data before redeeming (named cards only).
+    #[arg(long)]
+    identity_required: bool,
+    /// An item CODE:TITLE:USES:PRICE_FEN, e.g. WASH:精洗:10:3500 (repeat; at least one).
+    #[arg(long = "item", required = true)]
+    items: Vec<String>,
+}
+
+impl PackageArgs {
+    fn scope(&self) -> MerchantScope {
+        if !self.scope_merchants.is_empty() {
+            MerchantScope::Merchants(self.scope_merchants.clone())
+        } else if !self.scope_categories.is_empty() {
+            MerchantScope::Categories(self.scope_categories.clone())
+        } else {
+            MerchantScope::All
+        }
+    }
+
+    fn items(&self) -> Result<Vec<ItemSpec>, Problem> {
+        self.items.iter().map(|i| ItemSpec::parse(i)).collect()
+    }
+}
+
 #[derive(Subcommand)]
 pub enum CardCommand {
     /// Issue a card: anonymous, or named with --holder (and --identity, e.g. phone last four).
@@ -317,21 +344,8 @@ pub enum CardCommand {
         /// End of validity: YYYY-MM-DD (that day included) or RFC 3339 (exclusive).
         #[arg(long)]
         valid_until: String,
-        /// Only at these merchants (repeat). Default: every merchant.
-        #[arg(long = "scope-merchant", conflicts_with = "scope_categories")]
-        scope_merchants: Vec<String>,
-        /// Only at merchants of these categories (repeat).
-        #[arg(long = "scope-category")]
-        scope_categories: Vec<String>,
-        /// Uses of all items of the package together per business day and terminal.
-        #[arg(long)]
-        daily_cap: Option<u32>,
-        /// Ask for the holder's identity data before redeeming (named cards only).
-        #[arg(long)]
-        identity_required: bool,
-        /// An item CODE:TITLE:USES:PRICE_FEN, e.g. WASH:精洗:10:3500 (repeat; at least one).
-        #[arg(long = "item", required = true)]
-        items: Vec<String>,
+        #[command(flatten)]
+        holds: PackageArgs,
     },
     /// Report a card lost (挂失): refused everywhere, on the deny list of every merchant that sees it.
     Lost {
@@ -541,18 +555,8 @@ fn command_of(svc: &Service<'_>, command: Admin) -> Result<(), Problem> {
                     return print_json(&list);
                 }
                 for c in list {
-                    println!(
-                        "{}  {} {}  {:?}  made {} by {}{}",
-                        c.id,
-                        c.role,
-                        c.subject,
-                        c.label,
-                        cards::rfc3339(c.created_ms),
-                        c.created_by,
-                        c.revoked_ms
-                            .map(|r| format!("  REVOKED {}", cards::rfc3339(r)))
-                            .unwrap_or_default()
-                    );
+                    let who = format!("{}  {} {}  {:?}", c.id, c.role, c.subject, c.label);
+                    println!("{who}  {}", made(c.created_ms, &c.created_by, c.revoked_ms));
                 }
                 Ok(())
             }
@@ -581,17 +585,8 @@ fn command_of(svc: &Service<'_>, command: Admin) -> Result<(), Problem> {
             }
             UserCommand::List => {
                 for u in svc.users()? {
-                    println!(
-                        "{}  {} {}  made {} by {}{}",
-                        u.name,
-                        u.role,
-                        u.subject,
-                        cards::rfc3339(u.created_ms),
-                        u.created_by,
-                        u.revoked_ms
-                            .map(|r| format!("  REVOKED {}", cards::rfc3339(r)))
-                            .unwrap_or_default()
-                    );
+                    let who = format!("{}  {} {}", u.name, u.role, u.subject);
+                    println!("{who}  {}", made(u.created_ms, &u.created_by, u.revoked_ms));
                 }
                 Ok(())
             }
@@ -614,6 +609,17 @@ fn command_of(svc: &Service<'_>, command: Admin) -> Result<(), Problem> {
     }
 }
 
+/// `made … by …`, and `REVOKED …` once revoked: a credential's or a login's history on one line.
+fn made(created_ms: i64, created_by: &str, revoked_ms: Option<i64>) -> String {
+    format!(
+        "made {} by {created_by}{}",
+        cards::rfc3339(created_ms),
+        revoked_ms
+            .map(|r| format!("  REVOKED {}", cards::rfc3339(r)))
+            .unwrap_or_default()
+    )
+}
+
 fn now() -> i64 {
     (crate::http::system_clock())()
 }
@@ -621,20 +627,6 @@ fn now() -> i64 {
 fn number(field: &str, raw: &str) -> Result<CardNumber, Problem> {
     // The input is not echoed: it may be a real card number with a typo.
     CardNumber::parse(raw).map_err(|e| Problem::invalid(field, e.to_string()))
-}
-
-fn scope(merchants: Vec<String>, categories: Vec<String>) -> MerchantScope {
-    if !merchants.is_empty() {
-        MerchantScope::Merchants(merchants)
-    } else if !categories.is_empty() {
-        MerchantScope::Categories(categories)
-    } else {
-        MerchantScope::All
-    }
-}
-
-fn items(raw: &[String]) -> Result<Vec<ItemSpec>, Problem> {
-    raw.iter().map(|i| ItemSpec::parse(i)).collect()
 }
 
 fn card_command(svc: &Service<'_>, command: CardCommand) -> Result<(), Problem> {
@@ -663,11 +655,7 @@ fn card_command(svc: &Service<'_>, command: CardCommand) -> Result<(), Problem> 
             title,
             valid_from,
             valid_until,
-            scope_merchants,
-            scope_categories,
-            daily_cap,
-            identity_required,
-            items: raw_items,
+            holds: p,
         } => {
             let n = number("number", &raw)?;
             let spec = PackageSpec {
@@ -675,10 +663,10 @@ fn card_command(svc: &Service<'_>, command: CardCommand) -> Result<(), Problem> 
                 title,
                 valid_from_ms: cards::parse_time("valid_from", &valid_from, false)?,
                 valid_until_ms: cards::parse_time("valid_until", &valid_until, true)?,
-                scope: scope(scope_merchants, scope_categories),
-                daily_cap,
-                identity_required,
-                items: items(&raw_items)?,
+                scope: p.scope(),
+                daily_cap: p.daily_cap,
+                identity_required: p.identity_required,
+                items: p.items()?,
             };
             let card = svc.customize(CardSel::Number(&n), &spec)?;
             eprintln!(
@@ -730,20 +718,16 @@ fn catalogue_command(svc: &Service<'_>, command: CatalogueCommand) -> Result<(),
             offer,
             title,
             valid_days,
-            scope_merchants,
-            scope_categories,
-            daily_cap,
-            identity_required,
-            items: raw_items,
+            holds: p,
         } => {
             let o = Offer {
                 id: offer,
                 title,
                 valid_days,
-                scope: scope(scope_merchants, scope_categories),
-                daily_cap,
-                identity_required,
-                items: items(&raw_items)?,
+                scope: p.scope(),
+                daily_cap: p.daily_cap,
+                identity_required: p.identity_required,
+                items: p.items()?,
                 active: true,
             };
             svc.put_offer(&o)?;

@@ -43,7 +43,9 @@ pub struct PackageSpec {
     pub items: Vec<ItemSpec>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An item of a package: also its JSON form in the API and in the catalogue's table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ItemSpec {
     pub service_code: String,
     pub title: String,

@@ -3,12 +3,12 @@
 
 use axum::extract::{Path, State};
 use axum::http::Uri;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::Deserialize;
 
 use super::AppState;
 use super::caller::{Caller, Json};
-use super::platform::{PeriodQuery, query};
+use super::platform::{PeriodQuery, answer, query};
 use super::problem::Problem;
 
 pub(super) async fn card(
@@ -16,10 +16,7 @@ pub(super) async fn card(
     Caller(who): Caller,
     Path(handle): Path<String>,
 ) -> Result<Response, Problem> {
-    let c = state
-        .as_caller(who, move |s| s.member_card(&handle))
-        .await?;
-    Ok(axum::Json(c).into_response())
+    answer(&state, who, None, move |s| s.member_card(&handle)).await
 }
 
 pub(super) async fn usage(
@@ -29,10 +26,7 @@ pub(super) async fn usage(
     uri: Uri,
 ) -> Result<Response, Problem> {
     let window = query::<PeriodQuery>(&uri)?.window()?;
-    let u = state
-        .as_caller(who, move |s| s.member_usage(&handle, window))
-        .await?;
-    Ok(axum::Json(u).into_response())
+    answer(&state, who, None, move |s| s.member_usage(&handle, window)).await
 }
 
 pub(super) async fn report_lost(
@@ -40,10 +34,7 @@ pub(super) async fn report_lost(
     Caller(who): Caller,
     Path(handle): Path<String>,
 ) -> Result<Response, Problem> {
-    let c = state
-        .as_caller(who, move |s| s.member_report_lost(&handle))
-        .await?;
-    Ok(axum::Json(c).into_response())
+    answer(&state, who, None, move |s| s.member_report_lost(&handle)).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -58,8 +49,8 @@ pub(super) async fn customize(
     Path(handle): Path<String>,
     Json(b): Json<CustomizeBody>,
 ) -> Result<Response, Problem> {
-    let c = state
-        .as_caller(who, move |s| s.member_customize(&handle, &b.offer_id))
-        .await?;
-    Ok(axum::Json(c).into_response())
+    answer(&state, who, None, move |s| {
+        s.member_customize(&handle, &b.offer_id)
+    })
+    .await
 }

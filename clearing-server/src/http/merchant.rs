@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::caller::{Caller, Json};
-use super::platform::{PeriodQuery, query};
+use super::platform::{PeriodQuery, answer, query};
 use super::problem::Problem;
 use crate::core::clearing::MerchantStatement;
 
@@ -17,8 +17,7 @@ pub(super) async fn merchant(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let m = state.as_caller(who, move |s| s.merchant(&id)).await?;
-    Ok(axum::Json(m).into_response())
+    answer(&state, who, None, move |s| s.merchant(&id)).await
 }
 
 pub(super) async fn terminals(
@@ -26,8 +25,7 @@ pub(super) async fn terminals(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let t = state.as_caller(who, move |s| s.terminals(&id)).await?;
-    Ok(axum::Json(serde_json::json!({ "terminals": t })).into_response())
+    answer(&state, who, Some("terminals"), move |s| s.terminals(&id)).await
 }
 
 pub(super) async fn terminal(
@@ -35,10 +33,7 @@ pub(super) async fn terminal(
     Caller(who): Caller,
     Path((merchant, terminal)): Path<(String, String)>,
 ) -> Result<Response, Problem> {
-    let t = state
-        .as_caller(who, move |s| s.terminal(&merchant, &terminal))
-        .await?;
-    Ok(axum::Json(t).into_response())
+    answer(&state, who, None, move |s| s.terminal(&merchant, &terminal)).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,8 +64,10 @@ pub(super) async fn pairing_codes(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let c = state.as_caller(who, move |s| s.pairing_codes(&id)).await?;
-    Ok(axum::Json(serde_json::json!({ "pairing_codes": c })).into_response())
+    answer(&state, who, Some("pairing_codes"), move |s| {
+        s.pairing_codes(&id)
+    })
+    .await
 }
 
 /// A statement with the merchant's name.
@@ -113,8 +110,5 @@ pub(super) async fn exceptions(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let e = state
-        .as_caller(who, move |s| s.merchant_exceptions(&id))
-        .await?;
-    Ok(axum::Json(e).into_response())
+    answer(&state, who, None, move |s| s.merchant_exceptions(&id)).await
 }

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::caller::{Caller, Json};
-use super::platform::{PeriodQuery, query};
+use super::platform::{PeriodQuery, answer, done, query};
 use super::problem::Problem;
 use crate::core::cards::{ItemSpec, NewCard, PackageSpec, StatusAction, parse_time};
 use crate::core::catalogue::Offer;
@@ -17,10 +17,6 @@ use crate::service::cards::CardSel;
 use crate::service::catalogue::OfferView;
 use crate::service::merchants::MerchantInput;
 use crate::service::people::parse_role;
-
-fn json(v: impl serde::Serialize) -> Response {
-    axum::Json(v).into_response()
-}
 
 fn created(v: impl serde::Serialize) -> Response {
     (StatusCode::CREATED, axum::Json(v)).into_response()
@@ -52,8 +48,7 @@ pub(super) async fn merchants(
     State(state): State<AppState>,
     Caller(who): Caller,
 ) -> Result<Response, Problem> {
-    let m = state.as_caller(who, |s| s.merchants()).await?;
-    Ok(json(serde_json::json!({ "merchants": m })))
+    answer(&state, who, Some("merchants"), |s| s.merchants()).await
 }
 
 pub(super) async fn put_merchant(
@@ -62,19 +57,17 @@ pub(super) async fn put_merchant(
     Path(id): Path<String>,
     Json(b): Json<MerchantBody>,
 ) -> Result<Response, Problem> {
-    let m = state
-        .as_caller(who, move |s| {
-            s.put_merchant(
-                &id,
-                &MerchantInput {
-                    name: b.name,
-                    commission_bps: b.commission_bps,
-                    categories: b.categories,
-                },
-            )
-        })
-        .await?;
-    Ok(json(m))
+    answer(&state, who, None, move |s| {
+        s.put_merchant(
+            &id,
+            &MerchantInput {
+                name: b.name,
+                commission_bps: b.commission_bps,
+                categories: b.categories,
+            },
+        )
+    })
+    .await
 }
 
 async fn set_enabled(
@@ -83,12 +76,10 @@ async fn set_enabled(
     (merchant, terminal): (String, String),
     enabled: bool,
 ) -> Result<Response, Problem> {
-    let t = state
-        .as_caller(who, move |s| {
-            s.set_terminal_enabled_of(&merchant, &terminal, enabled)
-        })
-        .await?;
-    Ok(json(t))
+    answer(&state, who, None, move |s| {
+        s.set_terminal_enabled_of(&merchant, &terminal, enabled)
+    })
+    .await
 }
 
 pub(super) async fn disable_terminal(
@@ -111,7 +102,7 @@ pub(super) async fn exceptions(
     State(state): State<AppState>,
     Caller(who): Caller,
 ) -> Result<Response, Problem> {
-    Ok(json(state.as_caller(who, |s| s.exceptions()).await?))
+    answer(&state, who, None, |s| s.exceptions()).await
 }
 
 pub(super) async fn fleet(
@@ -120,9 +111,7 @@ pub(super) async fn fleet(
 ) -> Result<Response, Problem> {
     let terminals = state.as_caller(who, |s| s.fleet()).await?;
     let alerts: Vec<_> = terminals.iter().flat_map(|t| t.alerts.clone()).collect();
-    Ok(json(
-        serde_json::json!({ "terminals": terminals, "alerts": alerts }),
-    ))
+    Ok(axum::Json(serde_json::json!({ "terminals": terminals, "alerts": alerts })).into_response())
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -137,10 +126,10 @@ pub(super) async fn audit(
     uri: Uri,
 ) -> Result<Response, Problem> {
     let q = query::<AuditQuery>(&uri)?;
-    let entries = state
-        .as_caller(who, move |s| s.audit_log(q.before, q.limit.unwrap_or(100)))
-        .await?;
-    Ok(json(serde_json::json!({ "entries": entries })))
+    answer(&state, who, Some("entries"), move |s| {
+        s.audit_log(q.before, q.limit.unwrap_or(100))
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,11 +168,7 @@ pub(super) async fn find_card(
     Json(b): Json<NumberBody>,
 ) -> Result<Response, Problem> {
     let n = number("number", &b.number)?;
-    Ok(json(
-        state
-            .as_caller(who, move |s| s.card(CardSel::Number(&n)))
-            .await?,
-    ))
+    answer(&state, who, None, move |s| s.card(CardSel::Number(&n))).await
 }
 
 pub(super) async fn card(
@@ -192,11 +177,7 @@ pub(super) async fn card(
     Path(raw): Path<String>,
 ) -> Result<Response, Problem> {
     let id = card_id(&raw)?;
-    Ok(json(
-        state
-            .as_caller(who, move |s| s.card(CardSel::Id(id)))
-            .await?,
-    ))
+    answer(&state, who, None, move |s| s.card(CardSel::Id(id))).await
 }
 
 /// Where a package or an offer may be used: `{"merchants": […]}` or `{"categories": […]}`, exactly
@@ -221,27 +202,6 @@ fn scope(s: Option<ScopeBody>) -> Result<MerchantScope, Problem> {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ItemBody {
-    pub service_code: String,
-    pub title: String,
-    pub uses_total: u32,
-    pub price_fen: u64,
-}
-
-fn items(items: Vec<ItemBody>) -> Vec<ItemSpec> {
-    items
-        .into_iter()
-        .map(|i| ItemSpec {
-            service_code: i.service_code,
-            title: i.title,
-            uses_total: i.uses_total,
-            price_fen: i.price_fen,
-        })
-        .collect()
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PackageBody {
     pub title: String,
     pub valid_from: String,
@@ -252,7 +212,7 @@ pub struct PackageBody {
     pub daily_cap: Option<u32>,
     #[serde(default)]
     pub identity_required: bool,
-    pub items: Vec<ItemBody>,
+    pub items: Vec<ItemSpec>,
 }
 
 pub(super) async fn customize(
@@ -270,13 +230,12 @@ pub(super) async fn customize(
         scope: scope(b.scope)?,
         daily_cap: b.daily_cap,
         identity_required: b.identity_required,
-        items: items(b.items),
+        items: b.items,
     };
-    Ok(json(
-        state
-            .as_caller(who, move |s| s.customize(CardSel::Id(id), &spec))
-            .await?,
-    ))
+    answer(&state, who, None, move |s| {
+        s.customize(CardSel::Id(id), &spec)
+    })
+    .await
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -305,11 +264,10 @@ pub(super) async fn card_status(
         StatusActionBody::Freeze => StatusAction::Freeze,
         StatusActionBody::Unlock => StatusAction::Unlock,
     };
-    Ok(json(
-        state
-            .as_caller(who, move |s| s.set_card_status(CardSel::Id(id), action))
-            .await?,
-    ))
+    answer(&state, who, None, move |s| {
+        s.set_card_status(CardSel::Id(id), action)
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -326,11 +284,7 @@ pub(super) async fn reissue(
 ) -> Result<Response, Problem> {
     let id = card_id(&raw)?;
     let to = number("to_number", &b.to_number)?;
-    Ok(json(
-        state
-            .as_caller(who, move |s| s.reissue(CardSel::Id(id), &to))
-            .await?,
-    ))
+    answer(&state, who, None, move |s| s.reissue(CardSel::Id(id), &to)).await
 }
 
 pub(super) async fn card_usage(
@@ -341,11 +295,10 @@ pub(super) async fn card_usage(
 ) -> Result<Response, Problem> {
     let id = card_id(&raw)?;
     let window = query::<PeriodQuery>(&uri)?.window()?;
-    Ok(json(
-        state
-            .as_caller(who, move |s| s.card_usage(CardSel::Id(id), window))
-            .await?,
-    ))
+    answer(&state, who, None, move |s| {
+        s.card_usage(CardSel::Id(id), window)
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -360,10 +313,10 @@ pub(super) async fn grants(
     Path(raw): Path<String>,
 ) -> Result<Response, Problem> {
     let id = card_id(&raw)?;
-    let g = state
-        .as_caller(who, move |s| s.grants(CardSel::Id(id)))
-        .await?;
-    Ok(json(serde_json::json!({ "grants": g })))
+    answer(&state, who, Some("grants"), move |s| {
+        s.grants(CardSel::Id(id))
+    })
+    .await
 }
 
 pub(super) async fn grant(
@@ -373,11 +326,10 @@ pub(super) async fn grant(
     Json(b): Json<GrantBody>,
 ) -> Result<Response, Problem> {
     let id = card_id(&raw)?;
-    Ok(json(
-        state
-            .as_caller(who, move |s| s.grant_card(CardSel::Id(id), &b.app_id))
-            .await?,
-    ))
+    answer(&state, who, None, move |s| {
+        s.grant_card(CardSel::Id(id), &b.app_id)
+    })
+    .await
 }
 
 pub(super) async fn revoke_grant(
@@ -386,10 +338,7 @@ pub(super) async fn revoke_grant(
     Path((raw, app)): Path<(String, String)>,
 ) -> Result<Response, Problem> {
     let id = card_id(&raw)?;
-    state
-        .as_caller(who, move |s| s.revoke_grant(CardSel::Id(id), &app))
-        .await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    done(&state, who, move |s| s.revoke_grant(CardSel::Id(id), &app)).await
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -405,9 +354,13 @@ pub(super) async fn catalogue(
     uri: Uri,
 ) -> Result<Response, Problem> {
     let all = query::<CatalogueQuery>(&uri)?.all;
-    let offers = state.as_caller(who, move |s| s.catalogue(all)).await?;
-    let offers: Vec<OfferView> = offers.iter().map(OfferView::from).collect();
-    Ok(json(serde_json::json!({ "offers": offers })))
+    answer(&state, who, Some("offers"), move |s| {
+        Ok(s.catalogue(all)?
+            .iter()
+            .map(OfferView::from)
+            .collect::<Vec<_>>())
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -421,7 +374,7 @@ pub struct OfferBody {
     pub daily_cap: Option<u32>,
     #[serde(default)]
     pub identity_required: bool,
-    pub items: Vec<ItemBody>,
+    pub items: Vec<ItemSpec>,
 }
 
 pub(super) async fn put_offer(
@@ -437,11 +390,13 @@ pub(super) async fn put_offer(
         scope: scope(b.scope)?,
         daily_cap: b.daily_cap,
         identity_required: b.identity_required,
-        items: items(b.items),
+        items: b.items,
         active: true,
     };
-    let o = state.as_caller(who, move |s| s.put_offer(&offer)).await?;
-    Ok(json(OfferView::from(&o)))
+    answer(&state, who, None, move |s| {
+        s.put_offer(&offer).map(|o| OfferView::from(&o))
+    })
+    .await
 }
 
 pub(super) async fn retire_offer(
@@ -449,8 +404,10 @@ pub(super) async fn retire_offer(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    let o = state.as_caller(who, move |s| s.retire_offer(&id)).await?;
-    Ok(json(OfferView::from(&o)))
+    answer(&state, who, None, move |s| {
+        s.retire_offer(&id).map(|o| OfferView::from(&o))
+    })
+    .await
 }
 
 #[derive(Debug, Deserialize)]
@@ -466,8 +423,7 @@ pub(super) async fn credentials(
     State(state): State<AppState>,
     Caller(who): Caller,
 ) -> Result<Response, Problem> {
-    let c = state.as_caller(who, |s| s.credentials()).await?;
-    Ok(json(serde_json::json!({ "credentials": c })))
+    answer(&state, who, Some("credentials"), |s| s.credentials()).await
 }
 
 pub(super) async fn create_credential(
@@ -494,10 +450,7 @@ pub(super) async fn revoke_credential(
     Caller(who): Caller,
     Path(id): Path<String>,
 ) -> Result<Response, Problem> {
-    state
-        .as_caller(who, move |s| s.revoke_credential(&id))
-        .await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    done(&state, who, move |s| s.revoke_credential(&id)).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -513,8 +466,7 @@ pub(super) async fn users(
     State(state): State<AppState>,
     Caller(who): Caller,
 ) -> Result<Response, Problem> {
-    let u = state.as_caller(who, |s| s.users()).await?;
-    Ok(json(serde_json::json!({ "users": u })))
+    answer(&state, who, Some("users"), |s| s.users()).await
 }
 
 pub(super) async fn create_user(
@@ -536,6 +488,5 @@ pub(super) async fn revoke_user(
     Caller(who): Caller,
     Path(name): Path<String>,
 ) -> Result<Response, Problem> {
-    state.as_caller(who, move |s| s.revoke_user(&name)).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
+    done(&state, who, move |s| s.revoke_user(&name)).await
 }

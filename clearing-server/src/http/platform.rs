@@ -129,3 +129,36 @@ pub fn query<T: serde::de::DeserializeOwned + Default>(
             .map_err(|e| super::problem::Problem::new(400, "bad_query", format!("query: {e}"))),
     }
 }
+
+/// Runs `f` as the caller and answers what it returns as JSON, under `key` when one is given (a list
+/// is always an object's member: `{"merchants": […]}`).
+pub async fn answer<T: serde::Serialize + Send + 'static>(
+    state: &AppState,
+    who: crate::core::access::Principal,
+    key: Option<&'static str>,
+    f: impl FnOnce(&crate::service::Service<'_>) -> Result<T, super::problem::Problem> + Send + 'static,
+) -> Result<axum::response::Response, super::problem::Problem> {
+    use axum::response::IntoResponse;
+    let value = state.as_caller(who, f).await?;
+    Ok(match key {
+        Some(k) => {
+            let mut object = serde_json::Map::new();
+            let v = serde_json::to_value(value)
+                .map_err(|e| super::problem::Problem::internal(e.to_string()))?;
+            object.insert(k.to_owned(), v);
+            axum::Json(object).into_response()
+        }
+        None => axum::Json(value).into_response(),
+    })
+}
+
+/// Runs `f` as the caller and answers `204 No Content`.
+pub async fn done(
+    state: &AppState,
+    who: crate::core::access::Principal,
+    f: impl FnOnce(&crate::service::Service<'_>) -> Result<(), super::problem::Problem> + Send + 'static,
+) -> Result<axum::response::Response, super::problem::Problem> {
+    use axum::response::IntoResponse;
+    state.as_caller(who, f).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT.into_response())
+}

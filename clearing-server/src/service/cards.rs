@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::{Service, random};
 use crate::core::access::Want;
-use crate::core::cards::{PackageSpec, StatusAction, mask_name, status_name};
+use crate::core::cards::{PackageSpec, StatusAction, status_name, template};
 use crate::core::clearing::MemberStatement;
 use crate::core::problem::Problem;
 use crate::storage::access::{self, Grant};
@@ -93,36 +93,42 @@ pub(super) fn card_view(
     operator: bool,
 ) -> Result<CardView, Problem> {
     let row = &card_store::card_by_id(tx, card_id)?;
-    let packages = card_store::packages(tx, row.id)?
+    // What every terminal is signed for this card (its body), with uses left over every shop.
+    let signed = template(
+        row.masked(),
+        row.status,
+        row.holder_name.as_deref(),
+        &card_store::packages(tx, row.id)?,
+    );
+    let packages = signed
+        .packages
         .into_iter()
         .map(|p| PackageView {
+            scope: ScopeView::of(&p.scope),
             items: p
-                .spec
                 .items
-                .iter()
-                .zip(&p.used)
-                .map(|(i, used)| ItemView {
-                    service_code: i.service_code.clone(),
-                    title: i.title.clone(),
+                .into_iter()
+                .map(|i| ItemView {
+                    service_code: i.service_code,
+                    title: i.title,
                     uses_total: i.uses_total,
-                    uses_left: i.uses_total.saturating_sub(*used),
+                    uses_left: i.uses_left,
                     price_fen: i.price_fen,
                 })
                 .collect(),
-            scope: ScopeView::of(&p.spec.scope),
-            package_id: p.spec.id,
-            title: p.spec.title,
-            valid_from_ms: p.spec.valid_from_ms,
-            valid_until_ms: p.spec.valid_until_ms,
-            daily_cap: p.spec.daily_cap,
-            identity_required: p.spec.identity_required,
+            package_id: p.id,
+            title: p.title,
+            valid_from_ms: p.valid_from_ms,
+            valid_until_ms: p.valid_until_ms,
+            daily_cap: p.daily_cap,
+            identity_required: p.identity_required,
         })
         .collect();
     Ok(CardView {
         card_id: operator.then_some(row.id),
         masked_number: row.masked(),
         status: status_name(row.status),
-        holder: row.holder_name.as_deref().map(mask_name),
+        holder: signed.holder.map(|h| h.masked_name),
         identity_on_file: row.identity_sealed.is_some(),
         version: row.version,
         reissued_to: match row.reissued_to.filter(|_| operator) {

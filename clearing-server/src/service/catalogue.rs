@@ -19,16 +19,8 @@ pub struct OfferView {
     pub scope: Option<ScopeView>,
     pub daily_cap: Option<u32>,
     pub identity_required: bool,
-    pub items: Vec<OfferItem>,
+    pub items: Vec<crate::core::cards::ItemSpec>,
     pub active: bool,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct OfferItem {
-    pub service_code: String,
-    pub title: String,
-    pub uses_total: u32,
-    pub price_fen: u64,
 }
 
 impl From<&Offer> for OfferView {
@@ -40,16 +32,7 @@ impl From<&Offer> for OfferView {
             scope: ScopeView::of(&o.scope),
             daily_cap: o.daily_cap,
             identity_required: o.identity_required,
-            items: o
-                .items
-                .iter()
-                .map(|i| OfferItem {
-                    service_code: i.service_code.clone(),
-                    title: i.title.clone(),
-                    uses_total: i.uses_total,
-                    price_fen: i.price_fen,
-                })
-                .collect(),
+            items: o.items.clone(),
             active: o.active,
         }
     }

@@ -6,27 +6,9 @@ use crate::core::cards::{ItemSpec, json, scope_from_db, scope_to_db};
 use crate::core::catalogue::Offer;
 use crate::params;
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct ItemJson {
-    service_code: String,
-    title: String,
-    uses_total: u32,
-    price_fen: u64,
-}
-
 /// Creates or replaces an offer.
 pub fn put(tx: &mut dyn Tx, o: &Offer, now_ms: i64) -> Result<(), StorageError> {
     let (kind, list) = scope_to_db(&o.scope);
-    let items: Vec<ItemJson> = o
-        .items
-        .iter()
-        .map(|i| ItemJson {
-            service_code: i.service_code.clone(),
-            title: i.title.clone(),
-            uses_total: i.uses_total,
-            price_fen: i.price_fen,
-        })
-        .collect();
     tx.execute(
         "INSERT INTO catalogue_offer (id, title, valid_days, scope_kind, scope_list, daily_cap, identity_required,
                                       items, active, updated_ms)
@@ -41,7 +23,7 @@ pub fn put(tx: &mut dyn Tx, o: &Offer, now_ms: i64) -> Result<(), StorageError> 
             &list,
             o.daily_cap,
             o.identity_required,
-            &json(&items),
+            &json(&o.items),
             o.active,
             now_ms
         ],
@@ -57,22 +39,14 @@ fn row(r: &Row) -> Result<Offer, StorageError> {
     let corrupt =
         |what: &str| StorageError::Other(format!("catalogue offer {id}: stored {what} unusable"));
     let (kind, list) = (r.i64(3)?, r.text(4)?);
-    let items: Vec<ItemJson> = serde_json::from_str(&r.text(7)?).map_err(|_| corrupt("items"))?;
+    let items: Vec<ItemSpec> = serde_json::from_str(&r.text(7)?).map_err(|_| corrupt("items"))?;
     Ok(Offer {
         title: r.text(1)?,
         valid_days: u32::try_from(r.i64(2)?).map_err(|_| corrupt("validity"))?,
         scope: scope_from_db(kind, &list).ok_or_else(|| corrupt("scope"))?,
         daily_cap: r.opt_i64(5)?.and_then(|c| u32::try_from(c).ok()),
         identity_required: r.bool(6)?,
-        items: items
-            .into_iter()
-            .map(|i| ItemSpec {
-                service_code: i.service_code,
-                title: i.title,
-                uses_total: i.uses_total,
-                price_fen: i.price_fen,
-            })
-            .collect(),
+        items,
         active: r.bool(8)?,
         id,
     })

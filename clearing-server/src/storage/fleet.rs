@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use redeemd_contract::health::HealthReport;
 use redeemd_contract::{JournalRecord, RecordKind};
 
-use super::sql::{StorageError, Tx};
+use super::sql::{Row, StorageError, Tx};
 use crate::params;
 
 /// An enrolled terminal as listed.
@@ -19,6 +19,17 @@ pub struct TerminalRow {
     pub enrolled_ms: i64,
 }
 
+const TERMINAL_COLUMNS: &str = "SELECT id, merchant_id, enabled, enrolled_ms FROM terminal";
+
+fn row(r: &Row) -> Result<TerminalRow, StorageError> {
+    Ok(TerminalRow {
+        id: r.text(0)?,
+        merchant_id: r.text(1)?,
+        enabled: r.bool(2)?,
+        enrolled_ms: r.i64(3)?,
+    })
+}
+
 /// The terminals of a merchant, or of every merchant, by id.
 pub fn terminals(
     tx: &mut dyn Tx,
@@ -26,40 +37,18 @@ pub fn terminals(
 ) -> Result<Vec<TerminalRow>, StorageError> {
     let rows = match merchant {
         Some(m) => tx.query(
-            "SELECT id, merchant_id, enabled, enrolled_ms FROM terminal WHERE merchant_id = $1 ORDER BY id",
+            &format!("{TERMINAL_COLUMNS} WHERE merchant_id = $1 ORDER BY id"),
             params![m],
         )?,
-        None => tx.query(
-            "SELECT id, merchant_id, enabled, enrolled_ms FROM terminal ORDER BY id",
-            &[],
-        )?,
+        None => tx.query(&format!("{TERMINAL_COLUMNS} ORDER BY id"), &[])?,
     };
-    rows.iter()
-        .map(|r| {
-            Ok(TerminalRow {
-                id: r.text(0)?,
-                merchant_id: r.text(1)?,
-                enabled: r.bool(2)?,
-                enrolled_ms: r.i64(3)?,
-            })
-        })
-        .collect()
+    rows.iter().map(row).collect()
 }
 
 pub fn terminal_row(tx: &mut dyn Tx, id: &str) -> Result<Option<TerminalRow>, StorageError> {
-    tx.query_opt(
-        "SELECT id, merchant_id, enabled, enrolled_ms FROM terminal WHERE id = $1",
-        params![id],
-    )?
-    .map(|r| {
-        Ok(TerminalRow {
-            id: r.text(0)?,
-            merchant_id: r.text(1)?,
-            enabled: r.bool(2)?,
-            enrolled_ms: r.i64(3)?,
-        })
-    })
-    .transpose()
+    tx.query_opt(&format!("{TERMINAL_COLUMNS} WHERE id = $1"), params![id])?
+        .map(|r| row(&r))
+        .transpose()
 }
 
 /// Keeps `report` as the terminal's latest (a report older than the one kept, by the terminal's
