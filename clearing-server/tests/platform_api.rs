@@ -455,19 +455,27 @@ async fn an_operator_does_what_admin_does(engine: Engine) {
         !u.to_string().contains("argon2") && !u.to_string().contains("secret"),
         "{u}"
     );
-    let principal = blocking(|| {
-        clearing_server::service::people::login(
-            &p.db,
-            "bob",
-            "a long enough secret",
-            "127.0.0.1",
-            T0,
-        )
-    })
-    .unwrap();
+    let login = |password: &str, source: &str| {
+        blocking(|| clearing_server::service::people::login(&p.db, "bob", password, source, T0))
+    };
+    let principal = login("a long enough secret", "10.0.0.1").unwrap();
     assert_eq!(
         (principal.role, principal.subject.as_str()),
         (Role::Merchant, "M-1")
+    );
+    // Guessing a password is throttled per address: ten wrong ones, then even the right one waits.
+    for _ in 0..10 {
+        assert_eq!(
+            login("wrong guess 12345", "10.0.0.9").unwrap_err().code,
+            "bad_credentials"
+        );
+    }
+    let p429 = login("a long enough secret", "10.0.0.9").unwrap_err();
+    assert_eq!((p429.status, p429.code), (429, "rate_limited"));
+    assert!(p429.retry_after_secs().is_some());
+    assert!(
+        login("a long enough secret", "10.0.0.1").is_ok(),
+        "another address is not held"
     );
 }
 
