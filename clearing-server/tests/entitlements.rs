@@ -779,9 +779,7 @@ async fn a_void_that_matches_no_redemption_is_an_exception(engine: Engine) {
         .map(|n| (n.terminal_id.as_str(), n.seq, n.code.as_str()))
         .collect();
     assert_eq!(found, [("T-1", Some(3), "void_unmatched")]);
-    let text = admin(&s, |tx| {
-        clearing_server::admin::render::exceptions(tx, &e).unwrap()
-    });
+    let text = clearing_server::admin::render::exceptions(&e);
     assert!(text.starts_with("exceptions: 1\n"), "{text}");
     assert!(
         text.contains("void_unmatched terminal T-1 seq 3")
@@ -985,9 +983,7 @@ async fn the_platform_judges_every_record(engine: Engine) {
             .contains("1 × 3500 fen signed"),
         "{e:?}"
     );
-    let text = admin(&s, |tx| {
-        clearing_server::admin::render::exceptions(tx, &e).unwrap()
-    });
+    let text = clearing_server::admin::render::exceptions(&e);
     assert!(text.starts_with("exceptions: 3\n"), "{text}");
     assert!(
         text.contains("(resolved) merchant_mismatch terminal T-1 seq 5"),

@@ -204,7 +204,7 @@ fn card_lifecycle_through_the_admin_commands(engine: Engine) {
             "--commission-bps",
             "20000",
         ],
-        "--commission-bps 20000",
+        "--commission-bps: 20000: at most 10000",
     );
 
     ok(
@@ -281,7 +281,7 @@ fn card_lifecycle_through_the_admin_commands(engine: Engine) {
     );
     let out = customize(&["--item", "WASH:精洗:ten:3500"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--item \"WASH:精洗:ten:3500\""));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--item: \"WASH:精洗:ten:3500\""));
 
     let shown = ok(&db, &["card", "show", "--number", CARD_A]);
     for want in [
@@ -649,7 +649,7 @@ fn clearing_reports_name_over_redemption_across_shops_redemptions_after_a_loss_a
     refused(
         &db,
         &["statement", "merchant", "--merchant", "M-404"],
-        "merchant M-404 does not exist",
+        "merchant M-404 not found",
     );
     refused(
         &db,
@@ -661,7 +661,7 @@ fn clearing_reports_name_over_redemption_across_shops_redemptions_after_a_loss_a
             "--from",
             "yesterday",
         ],
-        "--from \"yesterday\"",
+        "--from: \"yesterday\"",
     );
     refused(
         &db,
@@ -675,7 +675,7 @@ fn clearing_reports_name_over_redemption_across_shops_redemptions_after_a_loss_a
             "--until",
             "2026-11-20",
         ],
-        "--from 2026-11-21 is not before --until 2026-11-20",
+        "--until: the period from 2026-11-21 to 2026-11-20 is empty",
     );
 }
 

@@ -5,14 +5,23 @@
 //!   verification for the path's terminal (nonces in the database), then gzip inflated;
 //! * [`terminal`] — the handlers: thin, parsing the request and calling [`crate::storage`];
 //! * [`problem`] — `application/problem+json` answers with the stable codes of `docs/api/README.md`;
-//! * [`encoding`] — response compression.
+//! * [`encoding`] — response compression;
+//! * [`platform`] — the platform API beside it (operators, merchants, the member app, shops pairing,
+//!   terminals' health reports): [`caller`] (bearer keys, client address, strict JSON bodies),
+//!   [`operator`], [`merchant`], [`member`], [`pairing`] — thin handlers over [`crate::service`].
 //!
 //! Database work runs on blocking threads (both drivers are synchronous), each request on a connection
 //! of the database's pool; a snapshot is produced on its own thread and streamed through a bounded
 //! channel.
 
 pub mod auth;
+pub mod caller;
 pub mod encoding;
+pub mod member;
+pub mod merchant;
+pub mod operator;
+pub mod pairing;
+pub mod platform;
 pub mod problem;
 pub mod terminal;
 
@@ -22,6 +31,7 @@ use axum::Router;
 use axum::routing::{get, post};
 
 use crate::core::cache_policy::CachePolicy;
+use crate::core::fleet::FleetPolicy;
 use crate::storage::Db;
 use crate::vault::Vault;
 use problem::Problem;
@@ -76,8 +86,8 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
         };
-        let stream = match stream {
-            Ok((stream, _peer)) => stream,
+        let (stream, peer) = match stream {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors, or a connection reset before it was accepted: try again
                 // shortly rather than spin or stop serving.
@@ -86,7 +96,14 @@ pub async fn serve(
                 continue;
             }
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let tower = hyper_util::service::TowerToHyperService::new(app.clone());
+        // The peer's address for the handlers that throttle by source (`caller::Source`).
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                hyper::service::Service::call(&tower, req)
+            });
         let mut closing = closing.subscribe();
         tokio::spawn(async move {
             let _slot = slot;
@@ -138,6 +155,8 @@ pub struct AppState {
     pub cache: CachePolicy,
     /// Connection and request limits ([`serve`]; [`Limits::default`] otherwise).
     pub limits: Limits,
+    /// The thresholds of the fleet's alerts (`serve --silent-intervals`).
+    pub fleet: FleetPolicy,
 }
 
 impl AppState {
@@ -154,7 +173,13 @@ impl AppState {
             clock,
             cache: CachePolicy::default(),
             limits: Limits::default(),
+            fleet: FleetPolicy::default(),
         }
+    }
+
+    /// The same state judging the fleet under `fleet`.
+    pub fn with_fleet_policy(self, fleet: FleetPolicy) -> Self {
+        Self { fleet, ..self }
     }
 
     /// The same state signing bundles under `cache`.
@@ -211,6 +236,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/terminals/{terminal_id}/batch-close",
             post(terminal::batch_close),
         )
+        .merge(platform::routes())
         .fallback(|| async { Problem::new(404, "not_found", "no such resource".into()) })
         .method_not_allowed_fallback(|| async {
             Problem::new(405, "method_not_allowed", "method not allowed here".into())

@@ -6,16 +6,25 @@
 //!   subset both engines share; [`sqlite`] and [`postgres`] are the drivers, [`schema`] their DDL.
 //! * The operations, each written once over [`sql::Tx`]: [`terminals`] (enrolment, keys, request nonces),
 //!   [`journal`] (upload, head, batch close), [`cards`] (merchants, cards, packages, versions, deny
-//!   lists), [`bundle`] (snapshots and deltas), [`statements`] (the reports' inputs).
+//!   lists), [`bundle`] (snapshots and deltas), [`statements`] (the reports' inputs), and for the
+//!   platform's people and fleet: [`access`] (API keys, console logins, cards granted to the member
+//!   app), [`audit`] (the log of every change), [`fleet`] (terminals as listed, health reports, held
+//!   records per terminal), [`pairing`] (pairing codes), [`throttle`] (failed guesses counted across processes), [`catalogue`] (the member
+//!   app's offers).
 //!
 //! Every operation runs in a transaction of the isolation it needs ([`Db::write`], [`Db::write_once`],
 //! [`Db::read`]): serializable (retried on a conflict) where it reads before it writes, read committed
 //! where one unique key decides (a nonce), a read-only snapshot for reads. Server processes keep no
 //! state that correctness depends on: everything that must hold across processes is in the database.
 
+pub mod access;
+pub mod audit;
 pub mod bundle;
 pub mod cards;
+pub mod catalogue;
+pub mod fleet;
 pub mod journal;
+pub mod pairing;
 pub mod postgres;
 pub mod schema;
 pub mod sealing;
@@ -23,6 +32,7 @@ pub mod sql;
 pub mod sqlite;
 pub mod statements;
 pub mod terminals;
+pub mod throttle;
 
 use std::path::PathBuf;
 
