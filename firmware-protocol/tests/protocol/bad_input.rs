@@ -218,6 +218,74 @@ fn a_down_host_ignores_unknown_link_control_types_and_resets_known_ones() {
     assert!(events.is_empty(), "{events:?}");
 }
 
+/// A link-control frame of a type this version does not know, on an UP link.
+fn unknown_control_frame() -> Vec<u8> {
+    let header = Header {
+        flags: Flags::ACK,
+        seq: 0,
+        ack: 0,
+        msg_type: 0x07,
+    };
+    RawReader::frame(header, &[])
+}
+
+#[test]
+fn s4_9_an_unknown_link_control_frame_restarts_t_dead_and_has_no_other_effect() {
+    // PROTOCOL.md §4.1, §4.9: a valid frame all the same, so a sign of life; nothing else.
+    let mut raw = RawReader::connected();
+    let dead = raw.host.config().dead_interval().as_millis() as u64;
+    // Twice T_DEAD of unknown control frames, one a second, and nothing else from the reader.
+    for _ in 0..(2 * dead / 1000) {
+        raw.now += 1000;
+        raw.host.handle_timeout(Instant::from_millis(raw.now));
+        raw.bytes(&unknown_control_frame());
+        let replies = raw.replies();
+        assert!(
+            replies
+                .iter()
+                .all(|(h, _)| h.msg_type == MessageType::Ping.as_u8()),
+            "only the host's own heartbeats: {replies:?}"
+        );
+    }
+    assert!(raw.host.is_up(), "{:?}", raw.events);
+    assert!(raw.events.is_empty(), "{:?}", raw.events);
+    assert_eq!(u64::from(raw.host.stats().unknown_control), 2 * dead / 1000);
+    // Without them, the link goes down T_DEAD after the last one.
+    raw.now += dead;
+    raw.host.handle_timeout(Instant::from_millis(raw.now));
+    while let Some(e) = raw.host.poll_event() {
+        raw.events.push(e.into());
+    }
+    assert_eq!(raw.events, vec![Ev::Down(LinkDownReason::HeartbeatLost)]);
+}
+
+#[test]
+fn s4_3_a_repeated_hello_is_the_same_link_until_the_reader_sends_a_frame_of_a_known_type() {
+    // PROTOCOL.md §4.3: "no other frame received since" counts valid frames of a known type;
+    // damaged frames and unknown link-control types do not.
+    let mut raw = RawReader::connected();
+    raw.bytes(&unknown_control_frame());
+    raw.bytes(&fixture("malformed-bad-crc"));
+    raw.replies();
+    raw.hello();
+    let replies = raw.replies();
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!(replies[0].0.msg_type, MessageType::HelloAck.as_u8());
+    assert!(raw.events.is_empty(), "the same link: {:?}", raw.events);
+    // A PING is a frame of a known type: the next HELLO is a new link.
+    raw.bytes(&fixture("ping"));
+    raw.replies();
+    raw.hello();
+    assert!(
+        matches!(
+            raw.events[..],
+            [Ev::Down(LinkDownReason::PeerRelinked), Ev::Up(_)]
+        ),
+        "{:?}",
+        raw.events
+    );
+}
+
 #[test]
 fn a_hello_offering_no_known_encoding_is_refused_no_common_encoding_with_its_nonce() {
     // PROTOCOL.md §4.3, §5.3: not MALFORMED_HELLO, so that the reader learns why.
