@@ -495,6 +495,46 @@ fn s8_6_a_decision_taking_longer_than_t_display_gets_one_display() {
 }
 
 #[test]
+fn s5_16_a_request_waiting_behind_another_gets_its_display_t_display_after_its_delivery() {
+    let mut c = Counter::new();
+    c.hold = true;
+    c.deliver(&swipe(1, &number(1)));
+    c.advance(500);
+    c.deliver(&swipe(2, &number(2)));
+    c.advance(500);
+    let displayed = |c: &Counter| -> Vec<u32> {
+        c.sent
+            .iter()
+            .filter_map(|s| match parsed(s) {
+                Message::Display(d) => Some(d.txn_id),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(displayed(&c), vec![1], "the first at 1 s");
+    c.advance(499);
+    assert_eq!(displayed(&c), vec![1]);
+    c.advance(1);
+    assert_eq!(
+        displayed(&c),
+        vec![1, 2],
+        "the second 1 s after its own delivery"
+    );
+    c.advance(10_000);
+    let answers = c.release();
+    assert_menu(&answers[0], 1);
+    assert_menu(&answers[1], 2);
+    assert_eq!(displayed(&c), vec![1, 2], "one DISPLAY per request");
+    // A QUERY LAST waiting behind a decision gets its DISPLAY with txn id 0.
+    c.hold = true;
+    c.deliver(&swipe(3, &number(3)));
+    c.deliver(&query(0));
+    c.advance(1000);
+    assert_eq!(displayed(&c), vec![1, 2, 3, 0]);
+    c.release();
+}
+
+#[test]
 fn s4_12_an_error_from_the_reader_is_logged_and_never_answered() {
     let mut c = Counter::new();
     let error = Message::Error(ErrorMessage {
