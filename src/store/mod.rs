@@ -2135,6 +2135,7 @@ fn unknown_card_reason(denied: Option<redeemd_contract::DenyStatus>) -> DeclineR
         Some(redeemd_contract::DenyStatus::Lost) => DeclineReason::CardLost,
         Some(redeemd_contract::DenyStatus::Frozen) => DeclineReason::CardFrozen,
         Some(redeemd_contract::DenyStatus::Cancelled) => DeclineReason::CardCancelled,
+        Some(redeemd_contract::DenyStatus::Reissued) => DeclineReason::CardReissued,
         None => DeclineReason::CardUnknown,
     }
 }

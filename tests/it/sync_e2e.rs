@@ -576,3 +576,68 @@ async fn a_card_issued_on_the_platform_is_redeemable_and_a_loss_report_declines_
         || server_journal(&server.db).0 == 1,
     );
 }
+
+/// PROTOCOL.md §7.1 `CARD_REISSUED`, end to end: a card reissued on the real platform (补卡) is
+/// declined with that reason at the reader after one sync — the deny list and the card's new entry
+/// both say "reissued" — and its new number redeems what was left.
+#[tokio::test(flavor = "current_thread")]
+async fn a_reissued_cards_old_number_is_declined_card_reissued_after_one_sync() {
+    let s = setup();
+    let server = Server::start(&s.server_db, "127.0.0.1:0");
+    s.point_at(&server.url());
+    let _daemon = Daemon::start(&s.shop);
+    wait_for(
+        "the platform's snapshot installed",
+        Duration::from_secs(30),
+        || s.cache_version() > 0,
+    );
+    let mut r = reader(&s.shop, 0, "R-REISSUE").await;
+    let m = menu(swipe(&mut r, 2).await);
+    approved(r.redeem(&[(0, 1)], None).await.unwrap());
+    assert_eq!(m.entries[0].uses_left, 10);
+    let (code, out) = s.sync_cli();
+    assert_eq!(code, Some(0), "{out}");
+    admin(
+        &server.db,
+        &[
+            "card",
+            "reissue",
+            "--from",
+            &support::number(2),
+            "--to",
+            &support::number(8),
+        ],
+    );
+    let (code, out) = s.sync_cli();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("deny list     1 entries applied"), "{out}");
+    // Another process changed the database: the daemon notices within a second.
+    std::thread::sleep(Duration::from_millis(1200));
+    let old = r
+        .swipe(&support::number(2), EntryMode::Magstripe, "cashier-7")
+        .await
+        .unwrap();
+    assert!(
+        matches!(&old, SwipeResult::Declined(d) if d.reason == wire(DeclineReason::CardReissued)),
+        "{old:?}"
+    );
+    // The new card holds what was left: 9 washes.
+    let new = menu(swipe(&mut r, 8).await);
+    assert_eq!(new.entries[0].uses_left, 9, "{new:?}");
+    // The old card's cache entry itself is signed "reissued", not only its deny entry.
+    let old_ref = redeemd_contract::model::CardNumber::parse(&support::number(2))
+        .unwrap()
+        .card_ref(&s.keys.card_token);
+    let db = rusqlite::Connection::open(s.shop.state.join(redeemd::store::DB_FILE)).unwrap();
+    let body: Vec<u8> = db
+        .query_row(
+            "SELECT body FROM cache_entry WHERE card_ref = ?1",
+            [&old_ref.0[..]],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        redeemd_contract::Card::decode(&body).unwrap().status,
+        redeemd_contract::CardStatus::Reissued
+    );
+}
