@@ -210,12 +210,61 @@ fn a_down_host_ignores_unknown_link_control_types_and_resets_known_ones() {
     feed!(host, Instant::ZERO, &fixture("unknown-control"), events);
     assert!(host.poll_transmit(Instant::ZERO, &mut wire).is_none());
     assert_eq!(host.stats().unknown_control, 1);
-    feed!(host, Instant::ZERO, &fixture("ping"), events);
-    let n = host.poll_transmit(Instant::ZERO, &mut wire).unwrap();
-    let mut decoder: firmware_protocol::Decoder = firmware_protocol::Decoder::new();
-    let frame = decoder.push(&wire[..n]).result.unwrap().unwrap();
-    assert_eq!(frame.header.msg_type, MessageType::Reset.as_u8());
+    // A known link-control type, and a data frame of a reserved type (0x7F): RESET for both.
+    for known in [fixture("ping"), fixture("malformed-unknown-type")] {
+        feed!(host, Instant::ZERO, &known, events);
+        let n = host.poll_transmit(Instant::ZERO, &mut wire).unwrap();
+        let mut decoder: firmware_protocol::Decoder = firmware_protocol::Decoder::new();
+        let frame = decoder.push(&wire[..n]).result.unwrap().unwrap();
+        assert_eq!(frame.header.msg_type, MessageType::Reset.as_u8());
+    }
     assert!(events.is_empty(), "{events:?}");
+}
+
+#[test]
+fn s4_10_a_frame_longer_than_the_negotiated_max_payload_is_accepted() {
+    // PROTOCOL.md §4.10: the negotiated max payload binds senders; receivers take up to 1,024.
+    let mut raw = RawReader {
+        host: firmware_protocol::HostSession::new(Config::new(115_200)),
+        now: 0,
+        events: Vec::new(),
+    };
+    let hello = Message::Hello(firmware_protocol::Hello {
+        version: PROTOCOL_VERSION,
+        max_payload: 64,
+        capabilities: firmware_protocol::Capabilities(0),
+        encodings: firmware_protocol::Encodings::UTF8,
+        boot_nonce: 64,
+        serial: "RDR-64",
+        firmware: "1",
+    });
+    raw.send(
+        Header {
+            msg_type: MessageType::Hello.as_u8(),
+            ..Header::default()
+        },
+        &hello,
+    );
+    assert_eq!(raw.host.link_info().unwrap().max_payload, 64);
+    raw.replies();
+    let card = "6".repeat(64);
+    let mut payload = [0u8; 128];
+    let n = Message::CardPresented(firmware_protocol::CardPresented {
+        txn_id: 1,
+        entry_mode: firmware_protocol::EntryMode::Manual,
+        card: &card,
+        cashier_id: "CASHIER-10",
+    })
+    .emit(&mut payload)
+    .unwrap();
+    assert!(n > 64, "{n}");
+    raw.events.clear();
+    raw.data(1, MessageType::CardPresented.as_u8(), &payload[..n]);
+    assert_eq!(
+        raw.events,
+        vec![Ev::Msg(MessageType::CardPresented, payload[..n].to_vec())]
+    );
+    assert!(raw.replies().iter().all(|(h, _)| h.ack == 1));
 }
 
 /// A link-control frame of a type this version does not know, on an UP link.
@@ -379,9 +428,25 @@ fn malformed_hello_is_refused_with_nonce_zero() {
         panic!("{replies:?}")
     };
     assert_eq!(reject.boot_nonce, 0);
+    assert_eq!(
+        reject.reason,
+        firmware_protocol::RejectReason::MALFORMED_HELLO
+    );
     // It also ends the established link: the reader evidently restarted.
     assert_eq!(raw.events[0], Ev::Down(LinkDownReason::PeerRebooted));
     assert!(!raw.host.is_up());
+    // Malformed and of another major: parsing comes first (PROTOCOL.md §4.3).
+    raw.bytes(&RawReader::frame(header, &[2, 0, 0xFF, 0xFF]));
+    let replies = raw.replies();
+    let Message::HelloReject(reject) =
+        Message::parse(replies[0].0.msg_type, &replies[0].1, TextEncoding::Utf8).unwrap()
+    else {
+        panic!("{replies:?}")
+    };
+    assert_eq!(
+        (reject.reason, reject.boot_nonce),
+        (firmware_protocol::RejectReason::MALFORMED_HELLO, 0)
+    );
 }
 
 /// A reader brought up by hand: HELLO out, HELLO_ACK in.
