@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use firmware_protocol::message::EntryMode;
 use redeemd::engine::DeclineReason;
-use redeemd::simulator::SwipeResult;
+use redeemd::simulator::{SimReader, SwipeResult};
 use redeemd::store::{Store, StoreConfig};
 use redeemd_contract::model::CardRef;
 use redeemd_contract::{TerminalKeys, TerminalSecret};
@@ -365,8 +365,9 @@ impl Setup {
     }
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn redemptions_at_the_reader_reach_the_real_clearing_server() {
+/// [`setup`] with the real platform serving it, the daemon started and its first snapshot
+/// installed, and the reader `serial` linked.
+async fn served(serial: &str) -> (Setup, Server, Daemon, SimReader) {
     let s = setup();
     let server = Server::start(&s.server_db, "127.0.0.1:0");
     s.point_at(&server.url());
@@ -376,7 +377,13 @@ async fn redemptions_at_the_reader_reach_the_real_clearing_server() {
         Duration::from_secs(30),
         || s.cache_version() > 0,
     );
-    let mut r = reader(&s.shop, 0, "R-E2E").await;
+    let r = reader(&s.shop, 0, serial).await;
+    (s, server, daemon, r)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn redemptions_at_the_reader_reach_the_real_clearing_server() {
+    let (s, server, daemon, mut r) = served("R-E2E").await;
     let m = menu(swipe(&mut r, 1).await);
     assert_eq!(m.entries.len(), 2, "{m:?}");
     approved(r.redeem(&[(0, 2)], None).await.unwrap());
@@ -513,16 +520,7 @@ fn a_daemon_restored_from_a_backup_behind_the_server_resumes_without_duplicates(
 #[tokio::test(flavor = "current_thread")]
 async fn a_card_issued_on_the_platform_is_redeemable_and_a_loss_report_declines_it_after_one_sync()
 {
-    let s = setup();
-    let server = Server::start(&s.server_db, "127.0.0.1:0");
-    s.point_at(&server.url());
-    let _daemon = Daemon::start(&s.shop);
-    wait_for(
-        "the platform's snapshot installed",
-        Duration::from_secs(30),
-        || s.cache_version() > 0,
-    );
-    let mut r = reader(&s.shop, 0, "R-E2E").await;
+    let (s, server, _daemon, mut r) = served("R-E2E").await;
     // A card issued and customized on the platform while the shop runs: one sync, then redeemable.
     let unknown = r
         .swipe(&support::number(7), EntryMode::Magstripe, "cashier-7")
@@ -582,16 +580,7 @@ async fn a_card_issued_on_the_platform_is_redeemable_and_a_loss_report_declines_
 /// both say "reissued" — and its new number redeems what was left.
 #[tokio::test(flavor = "current_thread")]
 async fn a_reissued_cards_old_number_is_declined_card_reissued_after_one_sync() {
-    let s = setup();
-    let server = Server::start(&s.server_db, "127.0.0.1:0");
-    s.point_at(&server.url());
-    let _daemon = Daemon::start(&s.shop);
-    wait_for(
-        "the platform's snapshot installed",
-        Duration::from_secs(30),
-        || s.cache_version() > 0,
-    );
-    let mut r = reader(&s.shop, 0, "R-REISSUE").await;
+    let (s, server, _daemon, mut r) = served("R-REISSUE").await;
     let m = menu(swipe(&mut r, 2).await);
     approved(r.redeem(&[(0, 1)], None).await.unwrap());
     assert_eq!(m.entries[0].uses_left, 10);

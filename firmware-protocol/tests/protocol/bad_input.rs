@@ -335,6 +335,17 @@ fn s4_3_a_repeated_hello_is_the_same_link_until_the_reader_sends_a_frame_of_a_kn
     );
 }
 
+/// The HELLO_REJECT the host answered first.
+fn hello_reject(replies: &[(Header, Vec<u8>)]) -> firmware_protocol::HelloReject {
+    match replies
+        .first()
+        .map(|(h, p)| Message::parse(h.msg_type, p, TextEncoding::Utf8))
+    {
+        Some(Ok(Message::HelloReject(reject))) => reject,
+        _ => panic!("no HELLO_REJECT first: {replies:?}"),
+    }
+}
+
 #[test]
 fn a_hello_offering_no_known_encoding_is_refused_no_common_encoding_with_its_nonce() {
     // PROTOCOL.md §4.3, §5.3: not MALFORMED_HELLO, so that the reader learns why.
@@ -357,12 +368,7 @@ fn a_hello_offering_no_known_encoding_is_refused_no_common_encoding_with_its_non
         ..Header::default()
     };
     raw.bytes(&RawReader::frame(header, &payload[..n]));
-    let replies = raw.replies();
-    let Message::HelloReject(reject) =
-        Message::parse(replies[0].0.msg_type, &replies[0].1, TextEncoding::Utf8).unwrap()
-    else {
-        panic!("{replies:?}")
-    };
+    let reject = hello_reject(&raw.replies());
     assert_eq!(
         reject.reason,
         firmware_protocol::RejectReason::NO_COMMON_ENCODING
@@ -421,12 +427,7 @@ fn malformed_hello_is_refused_with_nonce_zero() {
         ..Header::default()
     };
     raw.bytes(&RawReader::frame(header, &[1, 0, 0xFF, 0xFF]));
-    let replies = raw.replies();
-    let Message::HelloReject(reject) =
-        Message::parse(replies[0].0.msg_type, &replies[0].1, TextEncoding::Utf8).unwrap()
-    else {
-        panic!("{replies:?}")
-    };
+    let reject = hello_reject(&raw.replies());
     assert_eq!(reject.boot_nonce, 0);
     assert_eq!(
         reject.reason,
@@ -437,12 +438,7 @@ fn malformed_hello_is_refused_with_nonce_zero() {
     assert!(!raw.host.is_up());
     // Malformed and of another major: parsing comes first (PROTOCOL.md §4.3).
     raw.bytes(&RawReader::frame(header, &[2, 0, 0xFF, 0xFF]));
-    let replies = raw.replies();
-    let Message::HelloReject(reject) =
-        Message::parse(replies[0].0.msg_type, &replies[0].1, TextEncoding::Utf8).unwrap()
-    else {
-        panic!("{replies:?}")
-    };
+    let reject = hello_reject(&raw.replies());
     assert_eq!(
         (reject.reason, reject.boot_nonce),
         (firmware_protocol::RejectReason::MALFORMED_HELLO, 0)
