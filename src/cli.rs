@@ -12,8 +12,9 @@
 //! | 65 | bad data: corrupt database file, another terminal's database, a database missing or emptied where a journal was, bundle refused |
 //! | 66 | no database in the state directory yet; the state directory missing or not a directory |
 //! | 74 | I/O error reading or writing a file |
-//! | 77 | key refused (loose permissions, missing credential, bad format, not this database's key) |
+//! | 77 | key refused (loose permissions, missing credential, bad format, not this database's key); `enroll`: the pairing code refused |
 //! | 70 | internal error (SQLite) |
+//! | 73 | `enroll`: the key file exists, or a directory is not writable |
 //! | 75 | `sync`: a step failed or uploading is halted (each printed with its reason); `run`: another daemon holds the state directory; try again later |
 
 use std::io::Write;
@@ -80,6 +81,24 @@ pub enum Command {
         /// How long to wait for a pass the daemon is running.
         #[arg(long, default_value_t = 300)]
         wait_secs: u64,
+    },
+    /// Join the platform with a one-time pairing code (from the platform or the merchant): fetch this
+    /// terminal's id, its merchant's id and a fresh secret, write the secret to the configuration's
+    /// key file (mode 0600; /etc/redeemd/terminal.key for the package's credential) and the ids into
+    /// the configuration, and say what to run next. Never overwrites a key file without --force.
+    Enroll {
+        /// The platform: https://…, or http:// to 127.0.0.1, ::1 or localhost only.
+        #[arg(long)]
+        server: String,
+        /// The pairing code, XXXX-XXXX.
+        #[arg(long)]
+        code: String,
+        /// Replace an existing key file (a PC re-enrolled; its old journal will not open with it).
+        #[arg(long)]
+        force: bool,
+        /// Where the source of a systemd credential lives (LoadCredential=NAME:DIR/NAME).
+        #[arg(long, default_value = "/etc/redeemd")]
+        credential_dir: PathBuf,
     },
     /// Check this install: config, key, state directory, database, readers, clock, cache, backlog.
     /// Prints OK or the problem and its fix for each; exits 1 if any problem is found.
@@ -158,6 +177,12 @@ pub struct SimulateReaderArgs {
     /// has two uses left (every redemption the flows make is voided again).
     #[arg(long, requires = "conformance")]
     pub card: Option<String>,
+    /// With --conformance: the daemon's state directory. The flows of the rules about a busy
+    /// store (§4.4, §5.16) hold its database's write lock for 3 s, as `redeemd sync` may beside
+    /// the daemon (run this on the shop PC, as a user who may write that database); without it
+    /// they are skipped.
+    #[arg(long, requires = "conformance", value_name = "STATE_DIR")]
+    pub busy_store: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -215,6 +240,8 @@ pub enum CliError {
     Simulator(#[from] crate::simulator::SimError),
     #[error("sync: {0}")]
     Sync(String),
+    #[error("enroll: {0}")]
+    Enroll(#[from] crate::enroll::EnrollError),
 }
 
 impl CliError {
@@ -227,6 +254,7 @@ impl CliError {
             CliError::Daemon(DaemonError::SyncStopped(_)) => 70,
             CliError::Simulator(_) => 1,
             CliError::Sync(_) => 75,
+            CliError::Enroll(e) => e.exit_code(),
             CliError::Findings(_) => 1,
             CliError::Usage(_) => 2,
             CliError::Key(_) => 77,
@@ -384,6 +412,23 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
                 Ok(())
             };
         }
+        Command::Enroll {
+            server,
+            code,
+            force,
+            credential_dir,
+        } => {
+            let config = required_config(cli)?;
+            let req = crate::enroll::EnrollRequest {
+                server: server.clone(),
+                code: code.clone(),
+                force: *force,
+                config_path: config_path(cli),
+                key_path: crate::enroll::key_path(&config.key, credential_dir),
+            };
+            let done = crate::enroll::enroll(&req, &config)?;
+            return w(print_enrolled(&req, &done, out));
+        }
         Command::Status => {
             let config = required_config(cli)?;
             let secret = secret(cli, Some(&config))?;
@@ -410,6 +455,7 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CliError> {
         | Command::Status
         | Command::Doctor { .. }
         | Command::Sync { .. }
+        | Command::Enroll { .. }
         | Command::SimulateReader(_) => Ok(()),
         Command::Cache(CacheCommand::Verify) | Command::Journal(JournalCommand::Verify) => {
             // The opening checks and the full walk, listing every finding (opening would stop at
@@ -559,7 +605,10 @@ fn simulate_reader(args: &SimulateReaderArgs) -> Result<(), CliError> {
         connect_timeout: std::time::Duration::from_secs(args.connect_timeout),
         mode: match (&args.script, &args.card) {
             (Some(script), _) => Mode::Script(script.clone()),
-            (None, Some(card)) if args.conformance => Mode::Conformance { card: card.clone() },
+            (None, Some(card)) if args.conformance => Mode::Conformance {
+                card: card.clone(),
+                busy_store: args.busy_store.clone(),
+            },
             _ => Mode::Interactive,
         },
     };
@@ -647,6 +696,51 @@ fn sync_once(
         reasons.dedup();
         Err(CliError::Sync(reasons.join("; ")))
     }
+}
+
+/// What `redeemd enroll` did and what to run next.
+fn print_enrolled(
+    req: &crate::enroll::EnrollRequest,
+    done: &crate::enroll::Done,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "enrolled terminal {} for merchant {} at {}",
+        done.terminal_id, done.merchant_id, done.server
+    )?;
+    writeln!(
+        out,
+        "  the terminal secret is in {} (mode 0600)",
+        req.key_path.display()
+    )?;
+    writeln!(
+        out,
+        "  terminal_id and merchant_id are set in {}",
+        req.config_path.display()
+    )?;
+    if let Some(db) = &done.old_database {
+        writeln!(
+            out,
+            "  NOTE: {} is the database of the terminal this PC was before: it does not open with the new secret; move its directory aside before starting",
+            db.display()
+        )?;
+    }
+    let config = req.config_path.display();
+    writeln!(out, "next:")?;
+    match &done.other_server_url {
+        Some(other) => writeln!(
+            out,
+            "  sudoedit {config}    # [[reader]] ports; [sync] server_url = \"{}\" (it is {})",
+            done.server,
+            other
+                .as_deref()
+                .map_or_else(|| "not set".to_owned(), |u| format!("\"{u}\""))
+        )?,
+        None => writeln!(out, "  sudoedit {config}    # [[reader]] ports")?,
+    }
+    writeln!(out, "  sudo redeemd doctor")?;
+    writeln!(out, "  sudo systemctl start redeemd")
 }
 
 /// `redeemd init`: the state directory (never its parents) and a new, empty database in it.

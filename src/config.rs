@@ -403,12 +403,7 @@ impl Validator<'_> {
     }
 
     fn identifier(&self, key: &str, value: &str) -> Result<String, ConfigError> {
-        let ok = !value.is_empty()
-            && value.len() <= 64
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-        if ok {
+        if redeemd_contract::request::is_valid_id(value) {
             Ok(value.to_owned())
         } else {
             Err(self.invalid(
@@ -586,34 +581,35 @@ impl Validator<'_> {
         })
     }
 
-    /// HTTPS is required, except to a loopback address (the reference server in tests and the demo).
     fn server_url(&self, url: &str) -> Result<String, ConfigError> {
-        let key = "sync.server_url";
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
-            self.invalid(
-                key,
-                format!("{url:?} is not a URL (expected https://host[:port])"),
-            )
-        })?;
-        let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
-        let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
-        let host_only = if let Some(v6) = host.strip_prefix('[') {
-            v6.split(']').next().unwrap_or_default()
-        } else {
-            host.split(':').next().unwrap_or_default()
-        };
-        if host_only.is_empty() {
-            return Err(self.invalid(key, format!("{url:?} has no host")));
-        }
-        match scheme {
-            "https" => Ok(url.trim_end_matches('/').to_owned()),
-            "http" if is_loopback_host(host_only) => Ok(url.trim_end_matches('/').to_owned()),
-            "http" => Err(self.invalid(
-                key,
-                format!("{url:?} uses plain http to a remote host; use https:// (http is only allowed to 127.0.0.1/::1/localhost)"),
-            )),
-            other => Err(self.invalid(key, format!("scheme {other:?} is not supported; use https://"))),
-        }
+        check_server_url(url).map_err(|reason| self.invalid("sync.server_url", reason))
+    }
+}
+
+/// A platform URL, checked: HTTPS, except to a loopback address (the reference server in tests and
+/// the demo). Returns it without a trailing `/`, or why it is refused. `[sync] server_url` and
+/// `redeemd enroll --server` both follow it.
+pub fn check_server_url(url: &str) -> Result<String, String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| format!("{url:?} is not a URL (expected https://host[:port])"))?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    let host_only = if let Some(v6) = host.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        host.split(':').next().unwrap_or_default()
+    };
+    if host_only.is_empty() {
+        return Err(format!("{url:?} has no host"));
+    }
+    match scheme {
+        "https" => Ok(url.trim_end_matches('/').to_owned()),
+        "http" if is_loopback_host(host_only) => Ok(url.trim_end_matches('/').to_owned()),
+        "http" => Err(format!(
+            "{url:?} uses plain http to a remote host; use https:// (http is only allowed to 127.0.0.1/::1/localhost)"
+        )),
+        other => Err(format!("scheme {other:?} is not supported; use https://")),
     }
 }
 

@@ -8,6 +8,7 @@
 //! * [`config`] — the daemon's TOML configuration, validated before anything starts.
 //! * [`daemon`] — `redeemd run`: a thread per serial reader (the serial driver), status, systemd.
 //! * [`doctor`] — `redeemd doctor`: checks a live install, each with OK or the fix.
+//! * [`enroll`] — `redeemd enroll`: a shop joins the platform with a one-time pairing code.
 //! * [`keys`] — loading the terminal secret from a private file or a systemd credential.
 //! * [`sync`] — sync with the platform's clearing server: pure planning (what to upload, how to apply an answer).
 //!
@@ -25,6 +26,7 @@ pub mod conversation;
 pub mod daemon;
 pub mod doctor;
 pub mod engine;
+pub mod enroll;
 pub mod keys;
 pub mod simulator;
 pub mod store;

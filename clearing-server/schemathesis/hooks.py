@@ -1,7 +1,13 @@
-"""Schemathesis hooks: sign every generated request as a redeemd terminal (docs/api/README.md).
+"""Schemathesis hooks: authenticate every generated request as docs/api/README.md says.
+
+Terminal requests (/v1/terminals/...) are signed as a redeemd terminal; platform-API requests carry
+the API key of the role their path is for (the member app's for /v1/member/..., an operator's
+otherwise); /v1/enroll carries none.
 
 Use: SCHEMATHESIS_HOOKS=hooks (with this directory on PYTHONPATH), REDEEMD_TERMINAL=T-1,
-REDEEMD_KEY_FILE=path/to/T-1.key (hex secret, as written by `clearing-server admin enroll --key-file`).
+REDEEMD_KEY_FILE=path/to/T-1.key (hex secret, as written by `clearing-server admin enroll --key-file`),
+REDEEMD_OPERATOR_KEY and REDEEMD_MEMBER_APP_KEY (API keys, `admin credential create`),
+REDEEMD_CARD_HANDLE (a card granted to that member app, `admin card grant`).
 The signature is computed from the final prepared request (method, path and query, body bytes), so
 every case schemathesis generates is authenticated and the server's answers past authentication are
 exercised.
@@ -14,6 +20,7 @@ import time
 
 import requests
 import schemathesis
+from schemathesis.core.parameters import ParameterLocation
 
 
 HEADERS = (
@@ -72,9 +79,58 @@ with open(os.environ["REDEEMD_KEY_FILE"]) as f:
     _AUTH = RedeemdAuth(_TERMINAL, bytes.fromhex(f.read().strip()))
 
 
+class Bearer(requests.auth.AuthBase):
+    def __init__(self, token: str):
+        self.token = token
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        # A case without the header is a negative test of authentication: send it without a key.
+        if "Authorization" in r.headers:
+            r.headers["Authorization"] = f"Bearer {self.token}"
+        return r
+
+
+_OPERATOR = Bearer(os.environ["REDEEMD_OPERATOR_KEY"])
+_MEMBER_APP = Bearer(os.environ["REDEEMD_MEMBER_APP_KEY"])
+_HANDLE = os.environ["REDEEMD_CARD_HANDLE"]
+# The keys' ids (k_<16 hex>): the stateful phase follows links from listings, and must not revoke the
+# keys the run itself uses, nor disable the terminal it signs as.
+_OWN_KEYS = {"k_" + t.split("_")[1] for t in (_OPERATOR.token, _MEMBER_APP.token)}
+
+
+def _negative_at(case, location) -> bool:
+    return case.meta is not None and case.meta.is_negative_at(location)
+
+
 @schemathesis.hook
 def before_call(context, case, kwargs):
-    # Exercise the enrolled terminal: other ids only ever reach the authentication refusal.
-    if case.path_parameters and "terminal_id" in case.path_parameters:
-        case.path_parameters["terminal_id"] = _TERMINAL
-    kwargs["auth"] = _AUTH
+    path = case.path
+    # A case made schema-invalid in its path or in its Authorization header is sent as generated:
+    # replacing those parts with valid ones would make the server accept it.
+    negative_path = _negative_at(case, ParameterLocation.PATH)
+    if path.startswith("/v1/terminals/"):
+        # Exercise the enrolled terminal: other ids only ever reach the authentication refusal.
+        if case.path_parameters and "terminal_id" in case.path_parameters:
+            case.path_parameters["terminal_id"] = _TERMINAL
+        kwargs["auth"] = _AUTH
+    elif _negative_at(case, ParameterLocation.HEADER):
+        return
+    elif path.startswith("/v1/member/"):
+        # The card granted to the member app (others are 404, tested in clearing-server/tests/).
+        if case.path_parameters and "handle" in case.path_parameters and not negative_path:
+            case.path_parameters["handle"] = _HANDLE
+        # The catalogue's offer, so that customizing reaches the card (then package_still_usable).
+        body = case.body
+        if path.endswith("/packages") and isinstance(body, dict) and isinstance(body.get("offer_id"), str) \
+                and not _negative_at(case, ParameterLocation.BODY):
+            body["offer_id"] = "WASH10"
+        kwargs["auth"] = _MEMBER_APP
+    elif path != "/v1/enroll":
+        params = case.path_parameters or {}
+        if params.get("credential_id") in _OWN_KEYS:
+            params["credential_id"] = "k_0000000000000000"
+        if path.endswith("/disable") and params.get("terminal_id") == _TERMINAL:
+            params["terminal_id"] = "T-not-enrolled"
+        if path.endswith("/retire") and params.get("offer_id") == "WASH10":
+            params["offer_id"] = "NOT-WASH10"
+        kwargs["auth"] = _OPERATOR

@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod core;
 pub mod http;
+pub mod service;
 pub mod storage;
 pub mod vault;
 

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use clearing_server::admin::{Admin, KeyCommand};
 use clearing_server::core::cache_policy::CachePolicy;
+use clearing_server::core::fleet::FleetPolicy;
 use clearing_server::vault::{KeySource, MasterKey, Vault};
 
 #[derive(Parser)]
@@ -49,6 +50,15 @@ enum Command {
             value_parser = CachePolicy::parse_hours
         )]
         cache_validity: CachePolicy,
+        /// A terminal that sent no health report for more than this many of its sync intervals is
+        /// silent (an alert of the fleet view), 1 to 1000.
+        #[arg(
+            long,
+            value_name = "N",
+            default_value_t = FleetPolicy::default().silent_intervals,
+            value_parser = FleetPolicy::parse_intervals
+        )]
+        silent_intervals: u32,
     },
     /// Platform administration.
     Admin {
@@ -134,6 +144,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Serve {
             listen,
             cache_validity,
+            silent_intervals,
         } => {
             let rt = tokio::runtime::Runtime::new().map_err(|e| format!("runtime: {e}"))?;
             rt.block_on(async move {
@@ -162,7 +173,11 @@ fn run(cli: Cli) -> Result<(), String> {
                 eprintln!("clearing-server: listening on http://{addr}");
                 let state = clearing_server::AppState::new(db, vault, clearing_server::system_clock())
                     .with_cache_policy(cache_validity)
-                    .with_limits(limits);
+                    .with_limits(limits)
+                    .with_fleet_policy(FleetPolicy {
+                        silent_intervals,
+                        ..FleetPolicy::default()
+                    });
                 clearing_server::serve(listener, state, async {
                     let _ = tokio::signal::ctrl_c().await;
                 })

@@ -94,8 +94,9 @@ async fn answer_head(s: &mut TcpStream) -> String {
 
 /// `docs/api/README.md`, "Errors" (`503 unavailable`): with every permit taken, a request waits at most
 /// its deadline — a pass's first request (the deny list) less than the others — and is then refused
-/// `503` with `Retry-After`; a full queue refuses at once; once the permit is free, requests are served
-/// again.
+/// `503` with `Retry-After`; a full queue refuses at once; the platform API's requests (a health
+/// report, an operator's) wait and are refused like a pass under way; once the permit is free,
+/// requests are served again.
 #[tokio::test]
 async fn overload_is_shed_with_503_and_retry_after_after_a_bounded_wait() {
     use clearing_server::core::admission::AdmissionPolicy;
@@ -164,6 +165,27 @@ async fn overload_is_shed_with_503_and_retry_after_after_a_bounded_wait() {
         (Duration::from_millis(90)..Duration::from_millis(390)).contains(&waited),
         "refused after {waited:?}"
     );
+    // The platform API shares the permits: a terminal's health report (the last request of its
+    // pass) and an operator's request wait as a pass under way does, then are refused the same way.
+    for request in [
+        signed_head("POST", "/v1/terminals/T-1/health", 2, b"  "),
+        b"GET /v1/merchants HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer rdk_0_0\r\n\r\n".to_vec(),
+    ] {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        s.write_all(&request).await.unwrap();
+        let asked = std::time::Instant::now();
+        let head = answer_head(&mut s).await;
+        assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("retry-after: "),
+            "{head}"
+        );
+        assert!(
+            asked.elapsed() >= Duration::from_millis(390),
+            "refused after {:?}",
+            asked.elapsed()
+        );
+    }
     // The upload completes (refused as malformed: its body is not JSON) and frees the permit.
     busy.write_all(&[b' '; 99]).await.unwrap();
     let head = answer_head(&mut busy).await;

@@ -10,7 +10,9 @@
 //! * the journal record encoding, HMAC chain and authorization codes ([`journal`]);
 //! * deny-list entries and their MAC ([`deny`]): the fast path for loss reports;
 //! * request signing and its verification for the clearing API ([`request`], `docs/api/README.md`);
-//! * end-of-day close totals and their reconciliation ([`close`]), computed alike by terminal and server.
+//! * end-of-day close totals and their reconciliation ([`close`]), computed alike by terminal and server;
+//! * the terminal's health report ([`health`]), built by the daemon and kept by the platform;
+//! * the pairing code's format ([`pairing`]), made by the platform and typed at the shop.
 //!
 //! The format is specified for humans in `docs/entitlement-format.md` and `docs/journal.md`.
 #![forbid(unsafe_code)]
@@ -18,9 +20,11 @@
 pub mod close;
 pub mod codec;
 pub mod deny;
+pub mod health;
 pub mod journal;
 pub mod keys;
 pub mod model;
+pub mod pairing;
 pub mod request;
 pub mod snapshot;
 

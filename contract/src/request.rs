@@ -253,15 +253,21 @@ fn lower_hex<const N: usize>(header: &'static str, s: &str) -> Result<[u8; N], R
     Ok(out)
 }
 
+/// Whether `id` is a terminal or merchant id a terminal can be configured with and sign as: 1 to
+/// [`MAX_TERMINAL_ID_LEN`] characters of `A-Z a-z 0-9 . _ -` (the daemon's configuration and the
+/// platform's pairing codes use the same rule).
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_TERMINAL_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 impl ParsedAuth {
     pub fn parse(h: &ReceivedHeaders<'_>) -> Result<Self, RequestAuthError> {
         let terminal_id = text(HEADER_TERMINAL, h.terminal)?;
-        if terminal_id.is_empty()
-            || terminal_id.len() > MAX_TERMINAL_ID_LEN
-            || !terminal_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        {
+        if !is_valid_id(terminal_id) {
             return Err(RequestAuthError::Malformed {
                 header: HEADER_TERMINAL,
                 reason: "not 1-64 characters of A-Z a-z 0-9 . _ -",

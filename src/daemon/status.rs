@@ -143,6 +143,28 @@ impl StatusBoard {
         board
     }
 
+    /// What a health report says of the daemon (`crate::sync::health`): its start and each reader as
+    /// the board has it now.
+    pub fn health_facts(&self) -> crate::sync::health::BoardFacts {
+        let board = self.lock();
+        crate::sync::health::BoardFacts {
+            started_at_ms: board.status.started_at_ms,
+            readers: board
+                .status
+                .readers
+                .iter()
+                .map(|(name, r)| crate::sync::health::ReaderFacts {
+                    name: name.clone(),
+                    state: r.state.clone(),
+                    detail: r.detail.clone(),
+                    reader_serial: r.reader_serial.clone(),
+                    firmware: r.firmware.clone(),
+                    last_transaction_at_ms: r.last_transaction.as_ref().map(|t| t.at_ms),
+                })
+                .collect(),
+        }
+    }
+
     /// Changes one reader's entry (created on first use) and republishes the file.
     pub fn reader(&self, name: &str, change: impl FnOnce(&mut ReaderStatus)) {
         self.later(name, change);

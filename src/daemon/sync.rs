@@ -1,6 +1,7 @@
 //! The daemon's sync task: a pass right after start, then one every `sync.interval_secs`; after a
 //! failed pass, exponential backoff with full jitter (1 s doubling to 10 min, never sooner than the
-//! server's `Retry-After`: [`crate::sync::plan::Backoff`]).
+//! server's `Retry-After`: [`crate::sync::plan::Backoff`]). Each pass ends with the terminal's health
+//! report, its readers taken from the status board ([`StatusBoard::health_facts`]).
 //!
 //! A divergence between the local journal and the server's ([`crate::sync::plan::Divergence`]) halts
 //! uploading for the life of the process with an ERROR line and a `halted` status field: the journal is
@@ -62,7 +63,11 @@ pub async fn run(ctx: SyncContext) {
     };
     ctx.status
         .sync(|s| s.server_url.clone_from(&ctx.server_url));
-    let mut syncer = Syncer::new(client, ctx.utc_offset_minutes);
+    let board = ctx.status.clone();
+    let mut syncer = Syncer::new(client, ctx.utc_offset_minutes).with_health(
+        std::sync::Arc::new(move || board.health_facts()),
+        ctx.config.interval.as_secs(),
+    );
     let mut backoff = Backoff::default();
     loop {
         let delay = match take_lock(&ctx).await {

@@ -429,6 +429,29 @@ impl Client {
             .map_err(|source| SyncError::Answer { what: WHAT, source })
     }
 
+    /// `POST health`: the terminal's health report (`204` when kept).
+    pub async fn health(
+        &self,
+        report: &redeemd_contract::health::HealthReport,
+    ) -> Result<(), SyncError> {
+        const WHAT: &str = "health report";
+        let body = serde_json::to_vec(report).map_err(|e| SyncError::Setup(e.to_string()))?;
+        let resp = self
+            .send(
+                WHAT,
+                reqwest::Method::POST,
+                "health",
+                body,
+                self.options.request_timeout,
+            )
+            .await?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(self.problem(WHAT, resp).await)
+        }
+    }
+
     /// `GET deny-list?since=N`.
     pub async fn deny_list(&self, since: u64) -> Result<DenyList, SyncError> {
         const WHAT: &str = "deny list";

@@ -9,7 +9,10 @@
 //! * [`decode`] — bounded streaming `Content-Encoding` decoding (zstd, gzip), pure.
 //! * [`close`] — pure planning of end-of-day closes: which ended, fully acknowledged days to close, with
 //!   the platform's own totals.
-//! * [`pass`] — one sync pass (deny list, journal, entitlements, closes) through the store's handle
+//! * [`health`] — the terminal's health report, pure: readers from the daemon's status board, backlog,
+//!   cache and last close from the store.
+//! * [`pass`] — one sync pass (deny list, journal, entitlements, closes, and for the daemon the
+//!   health report) through the store's handle
 //!   (`crate::store::owner`) in short pieces, and the lock that keeps two processes from syncing one
 //!   state directory at once.
 //!
@@ -19,6 +22,7 @@
 pub mod client;
 pub mod close;
 pub mod decode;
+pub mod health;
 pub mod pass;
 pub mod plan;
 pub mod wire;

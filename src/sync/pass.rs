@@ -2,7 +2,8 @@
 //! must reach the counter within one poll), then the journal (resume from the server's head, upload
 //! what it has not acknowledged, in batches), then the entitlements (a delta or a snapshot, installed in
 //! chunks so that the counter never waits behind it), then the end-of-day closes of the business days
-//! that ended with every record acknowledged ([`super::close`]).
+//! that ended with every record acknowledged ([`super::close`]), and last, in the daemon, the
+//! terminal's health report ([`super::health`]: what this pass left behind).
 //!
 //! The steps are independent: a refused deny list does not stop the upload, and a halted upload does
 //! not stop loss reports or new entitlements. Only when the server is unreachable or overloaded
@@ -27,6 +28,7 @@ use redeemd_contract::close::business_day;
 
 use super::client::{Client, SyncError, UploadAnswer, server_error};
 use super::close::closes_due;
+use super::health::{self, HealthSource, StoreFacts};
 use super::plan::{self, Divergence, LocalJournal, Next, Resume, Uploader};
 use super::wire;
 use crate::engine::Now;
@@ -48,6 +50,8 @@ const CLOSE_READ_RECORDS: usize = 5000;
 const MAX_CLOSES_PER_PASS: usize = 31;
 /// After a `404` to a close, how long closes wait before they are tried again.
 pub const CLOSES_RETRY_AFTER_404: Duration = Duration::from_secs(6 * 3600);
+/// After a `404` to a health report (an older platform), how long reports wait.
+pub const HEALTH_RETRY_AFTER_404: Duration = Duration::from_secs(6 * 3600);
 
 /// What the journal step did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -99,34 +103,43 @@ pub struct PassReport {
     pub journal: Step<UploadReport>,
     pub entitlements: Step<EntitlementsReport>,
     pub closes: Step<CloseReport>,
+    /// The health report: `None` when this pass reports none (`redeemd sync`: the daemon reports).
+    pub health: Option<Step<HealthReportSent>>,
     /// Set when uploading is halted (found in this pass or an earlier one).
     pub halted: Option<Divergence>,
+}
+
+/// What the health step sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthReportSent {
+    pub readers: usize,
+    pub readers_down: usize,
 }
 
 impl PassReport {
     /// The failed steps' errors, in order.
     pub fn failures(&self) -> Vec<&SyncError> {
-        self.step_errors(self.closes.error())
+        self.step_errors(|_| true)
     }
 
-    /// The failures that call for backing off: every step's, except a close that failed on its own
-    /// (the platform reachable). A day's close waits for the next pass anyway; backing the whole sync
-    /// off for it would delay loss reports and uploads by up to the backoff's ten minutes.
+    /// The failures that call for backing off: every step's, except a close or a health report that
+    /// failed on its own (the platform reachable). A day's close and the next report wait for the next
+    /// pass anyway; backing the whole sync off for them would delay loss reports and uploads by up to
+    /// the backoff's ten minutes.
     pub fn backoff_failures(&self) -> Vec<&SyncError> {
-        self.step_errors(
-            self.closes
-                .error()
-                .filter(|e| e.server_unreachable() || e.retry_after_ms().is_some()),
-        )
+        self.step_errors(|e| e.server_unreachable() || e.retry_after_ms().is_some())
     }
 
-    /// The failed steps' errors in order, with `close` standing for the close step's.
-    fn step_errors<'a>(&'a self, close: Option<&'a SyncError>) -> Vec<&'a SyncError> {
+    /// The failed steps' errors in order, the close's and the health report's only where `late`
+    /// says.
+    fn step_errors(&self, late: impl Fn(&SyncError) -> bool) -> Vec<&SyncError> {
+        let health = self.health.as_ref().and_then(Step::error);
         [
             self.deny.error(),
             self.journal.error(),
             self.entitlements.error(),
-            close,
+            self.closes.error().filter(|e| late(e)),
+            health.filter(|e| late(e)),
         ]
         .into_iter()
         .flatten()
@@ -200,6 +213,16 @@ impl PassReport {
             Step::Failed(e) => format!("batch close   FAILED: {e}"),
             Step::Skipped(why) => format!("batch close   skipped: {why}"),
         });
+        if let Some(h) = &self.health {
+            out.push(match h {
+                Step::Done(h) => format!(
+                    "health        reported ({} readers, {} not linked)",
+                    h.readers, h.readers_down
+                ),
+                Step::Failed(e) => format!("health        FAILED: {e}"),
+                Step::Skipped(why) => format!("health        skipped: {why}"),
+            });
+        }
         out
     }
 }
@@ -219,6 +242,11 @@ pub struct Syncer {
     /// something in between answered for it. Closes are skipped until then (one warning, not one per
     /// pass), and tried again after [`CLOSES_RETRY_AFTER_404`].
     pub closes_unsupported_until: Option<Instant>,
+    /// Where the health report's readers come from, and the sync interval it states: the daemon's
+    /// status board. `None` (`redeemd sync`): no report.
+    pub health: Option<(HealthSource, u64)>,
+    /// The platform answered `404` to a report (an older platform): reports wait until then.
+    pub health_unsupported_until: Option<Instant>,
 }
 
 /// Problem codes by which the platform refuses one record of a batch (`docs/api/README.md`).
@@ -238,6 +266,16 @@ impl Syncer {
             refused_record: None,
             utc_offset_minutes,
             closes_unsupported_until: None,
+            health: None,
+            health_unsupported_until: None,
+        }
+    }
+
+    /// The same syncer reporting the terminal's health after every pass, its readers from `source`.
+    pub fn with_health(self, source: HealthSource, sync_interval_secs: u64) -> Syncer {
+        Syncer {
+            health: Some((source, sync_interval_secs)),
+            ..self
         }
     }
 
@@ -278,7 +316,7 @@ impl Syncer {
         };
         // A close needs its day's records acknowledged: nothing to do while uploading is halted
         // or failed (the next pass retries).
-        let closes = if let Some(why) = skip {
+        let closes = if let Some(why) = skip.clone() {
             Step::Skipped(why)
         } else if !matches!(journal, Step::Done(_)) {
             Step::Skipped("the journal step did not complete".into())
@@ -300,13 +338,80 @@ impl Syncer {
                 }
             }
         };
+        let health = match &self.health {
+            None => None,
+            Some(_) if skip.is_some() => skip.map(Step::Skipped),
+            Some(_)
+                if self
+                    .health_unsupported_until
+                    .is_some_and(|until| Instant::now() < until) =>
+            {
+                Some(Step::Skipped(
+                    "the platform has no health endpoint (tried again later)".into(),
+                ))
+            }
+            Some((source, interval)) => {
+                Some(match self.health_step(store, source, *interval).await {
+                    Ok(sent) => Step::Done(sent),
+                    Err(e) => {
+                        if matches!(&e, SyncError::Server { status: 404, .. }) {
+                            tracing::warn!(error = %e, retry_in_h = HEALTH_RETRY_AFTER_404.as_secs() / 3600, "the platform has no health endpoint: health reports wait");
+                            self.health_unsupported_until =
+                                Some(Instant::now() + HEALTH_RETRY_AFTER_404);
+                        }
+                        Step::Failed(e)
+                    }
+                })
+            }
+        };
         PassReport {
             deny,
             journal,
             entitlements,
             closes,
+            health,
             halted: self.halted,
         }
+    }
+
+    /// Sends the terminal's health as this pass left it: readers from the status board, backlog,
+    /// cache and last close from the store.
+    async fn health_step(
+        &self,
+        store: &StoreHandle,
+        source: &HealthSource,
+        sync_interval_secs: u64,
+    ) -> Result<HealthReportSent, SyncError> {
+        let (facts, now) = on_store(store, |s, now| {
+            s.refresh()?;
+            Ok((
+                StoreFacts {
+                    journal: s.journal_info(),
+                    oldest_unsynced_at_ms: s.oldest_unsynced_wall_ms()?,
+                    cache: s.cache_info()?,
+                    last_close: s.last_close()?,
+                },
+                now,
+            ))
+        })
+        .await
+        .map_err(SyncError::Store)?;
+        let report = health::report(
+            &source(),
+            &facts,
+            self.halted,
+            sync_interval_secs,
+            now.wall_ms,
+        );
+        self.client.health(&report).await?;
+        Ok(HealthReportSent {
+            readers: report.readers.len(),
+            readers_down: report
+                .readers
+                .iter()
+                .filter(|r| r.state != redeemd_contract::health::LinkState::LinkUp)
+                .count(),
+        })
     }
 
     /// Closes the business days that ended with every record acknowledged, oldest first, and records

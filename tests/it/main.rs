@@ -6,6 +6,7 @@
     clippy::type_complexity
 )]
 
+mod busy_store;
 mod clearing_e2e;
 mod cli;
 mod columns;
@@ -13,7 +14,9 @@ mod crash;
 mod daemon;
 mod deny;
 mod doctor;
+mod enroll_e2e;
 mod exactly_once;
+mod fleet_e2e;
 mod migrate;
 mod offline_week;
 mod ownership;

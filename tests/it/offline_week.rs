@@ -47,7 +47,7 @@ const VALIDITY_HOURS: &str = "192";
 const RISK: &str = "max_offline_uses_per_card = 3\nmax_offline_redemptions = 12";
 
 /// Where Debian's `libfaketime` package puts the library (multiarch), or a `make install` from source.
-fn libfaketime() -> PathBuf {
+pub(crate) fn libfaketime() -> PathBuf {
     let candidates = [
         PathBuf::from(format!(
             "/usr/lib/{}-linux-gnu/faketime/libfaketime.so.1",

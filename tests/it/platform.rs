@@ -91,6 +91,8 @@ pub struct Honest {
     pub deny_page: usize,
     /// End-of-day closes received, in order.
     pub closes: Vec<redeemd_contract::close::BatchClose>,
+    /// Health reports received, in order.
+    pub health: Vec<redeemd_contract::health::HealthReport>,
     nonces: MemoryNonces,
 }
 
@@ -105,6 +107,7 @@ impl Honest {
             bad_signatures: 0,
             deny_page: 10_000,
             closes: Vec::new(),
+            health: Vec::new(),
             nonces: MemoryNonces::new(),
         }
     }
@@ -213,6 +216,17 @@ impl Honest {
             let answer = close::reconcile(&c, &server);
             self.closes.push(c);
             return Reply::json(200, serde_json::to_string(&answer).unwrap());
+        }
+        if req.is("POST", "health") {
+            let report: redeemd_contract::health::HealthReport =
+                serde_json::from_slice(&req.body).unwrap();
+            report.check().unwrap();
+            self.health.push(report);
+            return Reply::Status {
+                status: 204,
+                headers: vec![],
+                body: vec![],
+            };
         }
         if req.is("GET", "entitlements") {
             return match &self.bundle {

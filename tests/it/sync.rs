@@ -306,6 +306,84 @@ async fn a_platform_without_closes_costs_one_warning_not_a_backoff() {
     assert_eq!(last_close(&h), None);
 }
 
+/// The daemon's pass ends with the terminal's health: its readers as the status board has them, and
+/// the backlog, cache and last close this pass left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_ends_with_the_terminals_health_report() {
+    use redeemd::sync::health::{BoardFacts, ReaderFacts};
+    use redeemd_contract::health::{CloseVerdict, LinkState};
+    let dir = tempfile::tempdir().unwrap();
+    let h = shop_store(dir.path());
+    let p = Platform::start(honest()).await;
+    let board = BoardFacts {
+        started_at_ms: T0,
+        readers: vec![ReaderFacts {
+            name: "counter-1".into(),
+            state: "port error".into(),
+            detail: Some("No such file or directory".into()),
+            reader_serial: Some("SIM-0001".into()),
+            ..ReaderFacts::default()
+        }],
+    };
+    let mut s = syncer(&p).with_health(std::sync::Arc::new(move || board.clone()), 60);
+    let r = pass(&mut s, &h).await;
+    assert!(r.ok(), "{}", r.lines().join("\n"));
+    assert!(
+        r.lines()
+            .iter()
+            .any(|l| l == "health        reported (1 readers, 1 not linked)"),
+        "{:?}",
+        r.lines()
+    );
+    let honest = p.honest.lock().unwrap();
+    let [report] = &honest.health[..] else {
+        panic!("{:?}", honest.health)
+    };
+    assert_eq!(report.readers[0].state, LinkState::PortError);
+    assert_eq!(report.readers[0].reader_serial.as_deref(), Some("SIM-0001"));
+    assert_eq!((report.journal.head_seq, report.journal.unsynced), (3, 0));
+    assert_eq!(
+        report.cache.as_ref().map(|c| c.version),
+        Some(INSTALLED + 1)
+    );
+    assert_eq!(
+        report.last_close.as_ref().map(|c| c.result),
+        Some(CloseVerdict::Matched)
+    );
+    assert_eq!((report.started_at_ms, report.sync_interval_secs), (T0, 60));
+}
+
+/// An older platform without the health endpoint: one failure that does not back the sync off, then
+/// no report for a while.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_without_health_reports_costs_one_warning_not_a_backoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = shop_store(dir.path());
+    let p = Platform::start(honest()).await;
+    p.misbehave(
+        |r: &crate::platform::Request, _: &mut crate::platform::Honest| {
+            r.is("POST", "health")
+                .then(|| Reply::problem(404, "not_found", "no such route", None))
+        },
+    );
+    let mut s = syncer(&p).with_health(std::sync::Arc::new(Default::default), 60);
+    let r = pass(&mut s, &h).await;
+    assert!(
+        failure_text(&r).contains("health report: server answered 404"),
+        "{}",
+        r.lines().join("\n")
+    );
+    let mut backoff = Backoff::default();
+    assert_eq!(
+        next_delay(&r, &mut backoff, Duration::from_secs(60)),
+        Duration::from_secs(60)
+    );
+    let r = pass(&mut s, &h).await;
+    assert!(r.ok(), "{}", r.lines().join("\n"));
+    assert!(matches!(r.health, Some(Step::Skipped(_))));
+    assert_eq!(p.count("POST", "health"), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_close_the_platform_holds_otherwise_is_recorded_as_a_conflict_and_not_resent() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,17 +1,24 @@
-//! `clearing-server admin …`: the operator's commands, a thin client of [`crate::storage`]'s operations
-//! (each command one transaction) with the text of [`render`]. Errors name the input; card numbers are
-//! printed masked (first 6 / last 4).
+//! `clearing-server admin …`: the operator's commands, a thin client of the platform's operations
+//! ([`crate::service`], the same functions the platform API calls) acting as an operator named by the
+//! account that runs it, with the text of [`render`] (`--json`: the API's JSON). Errors name the input
+//! by its flag; card numbers are printed masked (first 6 / last 4). Every change is in the audit log.
 
 pub mod render;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use clap::Subcommand;
 use redeemd_contract::model::{CardNumber, MerchantScope};
 
-use crate::storage::cards::{self, CardError, StatusAction};
-use crate::storage::{self, Db, import, statements};
+use crate::core::cards::{self, ItemSpec, NewCard, PackageSpec, StatusAction};
+use crate::core::catalogue::Offer;
+use crate::core::fleet::FleetPolicy;
+use crate::core::problem::Problem;
+use crate::service::cards::CardSel;
+use crate::service::merchants::MerchantInput;
+use crate::service::{self, Service, people};
+use crate::storage::Db;
 use crate::vault::Vault;
 
 #[derive(Subcommand)]
@@ -68,9 +75,144 @@ pub enum Admin {
     /// redeemed while the card was lost/frozen/cancelled, over-redemption across shops, and voids
     /// that match no redemption line for line.
     Exceptions {
+        /// Only those about this merchant's records (as the merchant sees them).
+        #[arg(long)]
+        merchant: Option<String>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// The fleet: every terminal's latest health report (readers, cache, backlog, version) and its
+    /// alerts — silent, reader down, cache expiring, uploads halted, close mismatched, amount held.
+    Fleet {
+        /// Only this merchant's terminals.
+        #[arg(long)]
+        merchant: Option<String>,
+        /// Sync intervals without a report after which a terminal is silent.
+        #[arg(long, default_value_t = FleetPolicy::default().silent_intervals,
+              value_parser = FleetPolicy::parse_intervals)]
+        silent_intervals: u32,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One-time pairing codes with which a shop PC enrolls itself (`redeemd enroll`).
+    Pairing {
+        #[command(subcommand)]
+        command: PairingCommand,
+    },
+    /// API keys of the platform API (operator, merchant, member app): issue, list, revoke.
+    Credential {
+        #[command(subcommand)]
+        command: CredentialCommand,
+    },
+    /// Console logins (operators and merchants; passwords stored with argon2id).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// The catalogue of packages the member app offers.
+    Catalogue {
+        #[command(subcommand)]
+        command: CatalogueCommand,
+    },
+    /// The audit log: every change, who made it and when, newest first.
+    Audit {
+        /// Entries to print.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PairingCommand {
+    /// Make a code (printed once, `XXXX-XXXX`) for a terminal of a merchant.
+    Create {
+        #[arg(long)]
+        merchant: String,
+        /// The terminal id the shop gets [default: a new one, T-XXXXXXXX].
+        #[arg(long)]
+        terminal: Option<String>,
+        /// How long the code works, 1 to 60 minutes.
+        #[arg(long)]
+        ttl_minutes: Option<u32>,
+    },
+    /// A merchant's codes: terminal, expiry, use (never the codes).
+    List {
+        #[arg(long)]
+        merchant: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CredentialCommand {
+    /// Issue an API key (printed once on stdout; only its hash is kept).
+    Create {
+        /// operator, merchant or member_app.
+        #[arg(long)]
+        role: String,
+        /// Whom it acts as: an operator's name, the merchant id, the member app's id.
+        #[arg(long)]
+        subject: String,
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key by its id (k_…): refused from its next request on.
+    Revoke {
+        #[arg(long)]
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// Add a console login; the password is read from stdin (one line).
+    Add {
+        #[arg(long)]
+        name: String,
+        /// operator or merchant.
+        #[arg(long)]
+        role: String,
+        /// The operator's name or the merchant id.
+        #[arg(long)]
+        subject: String,
+    },
+    List,
+    Revoke {
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CatalogueCommand {
+    /// Create or replace an offer.
+    Set {
+        #[arg(long)]
+        offer: String,
+        #[arg(long)]
+        title: String,
+        /// Days a package made from it is valid, from the day it is customized.
+        #[arg(long)]
+        valid_days: u32,
+        #[command(flatten)]
+        holds: PackageArgs,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop offering it (packages made from it stay).
+    Retire {
+        #[arg(long)]
+        offer: String,
     },
 }
 
@@ -108,25 +250,9 @@ pub struct Period {
 }
 
 impl Period {
-    /// `[from, until)` in unix ms; a period that ends before it starts is refused (it would be an
-    /// empty statement that reads like a quiet period).
-    fn window(&self) -> Result<(i64, i64), CardError> {
-        let from = self
-            .from
-            .as_deref()
-            .map_or(Ok(i64::MIN), |s| cards::parse_time("--from", s, false))?;
-        let until = self
-            .until
-            .as_deref()
-            .map_or(Ok(i64::MAX), |s| cards::parse_time("--until", s, true))?;
-        if until <= from {
-            return Err(CardError::Invalid(format!(
-                "--from {} is not before --until {}",
-                self.from.as_deref().unwrap_or(""),
-                self.until.as_deref().unwrap_or("")
-            )));
-        }
-        Ok((from, until))
+    /// `[from, until)` in unix ms (`service::window`).
+    fn window(&self) -> Result<(i64, i64), Problem> {
+        service::window(self.from.as_deref(), self.until.as_deref())
     }
 }
 
@@ -136,6 +262,9 @@ pub enum StatementCommand {
     Merchant {
         #[arg(long)]
         merchant: String,
+        /// One statement per business day that has records (needs --from and --until).
+        #[arg(long)]
+        daily: bool,
         #[command(flatten)]
         period: Period,
     },
@@ -147,6 +276,42 @@ pub enum StatementCommand {
         #[command(flatten)]
         period: Period,
     },
+}
+
+/// What a package (or a catalogue offer) holds and where it may be used.
+#[derive(clap::Args)]
+pub struct PackageArgs {
+    /// Only at these merchants (repeat). Default: every merchant.
+    #[arg(long = "scope-merchant", conflicts_with = "scope_categories")]
+    scope_merchants: Vec<String>,
+    /// Only at merchants of these categories (repeat).
+    #[arg(long = "scope-category")]
+    scope_categories: Vec<String>,
+    /// Uses of all items of the package together per business day and terminal.
+    #[arg(long)]
+    daily_cap: Option<u32>,
+    /// Ask for the holder's identity data before redeeming (named cards only).
+    #[arg(long)]
+    identity_required: bool,
+    /// An item CODE:TITLE:USES:PRICE_FEN, e.g. WASH:精洗:10:3500 (repeat; at least one).
+    #[arg(long = "item", required = true)]
+    items: Vec<String>,
+}
+
+impl PackageArgs {
+    fn scope(&self) -> MerchantScope {
+        if !self.scope_merchants.is_empty() {
+            MerchantScope::Merchants(self.scope_merchants.clone())
+        } else if !self.scope_categories.is_empty() {
+            MerchantScope::Categories(self.scope_categories.clone())
+        } else {
+            MerchantScope::All
+        }
+    }
+
+    fn items(&self) -> Result<Vec<ItemSpec>, Problem> {
+        self.items.iter().map(|i| ItemSpec::parse(i)).collect()
+    }
 }
 
 #[derive(Subcommand)]
@@ -179,21 +344,8 @@ pub enum CardCommand {
         /// End of validity: YYYY-MM-DD (that day included) or RFC 3339 (exclusive).
         #[arg(long)]
         valid_until: String,
-        /// Only at these merchants (repeat). Default: every merchant.
-        #[arg(long = "scope-merchant", conflicts_with = "scope_categories")]
-        scope_merchants: Vec<String>,
-        /// Only at merchants of these categories (repeat).
-        #[arg(long = "scope-category")]
-        scope_categories: Vec<String>,
-        /// Uses of all items of the package together per business day and terminal.
-        #[arg(long)]
-        daily_cap: Option<u32>,
-        /// Ask for the holder's identity data before redeeming (named cards only).
-        #[arg(long)]
-        identity_required: bool,
-        /// An item CODE:TITLE:USES:PRICE_FEN, e.g. WASH:精洗:10:3500 (repeat; at least one).
-        #[arg(long = "item", required = true)]
-        items: Vec<String>,
+        #[command(flatten)]
+        holds: PackageArgs,
     },
     /// Report a card lost (挂失): refused everywhere, on the deny list of every merchant that sees it.
     Lost {
@@ -223,6 +375,24 @@ pub enum CardCommand {
     Show {
         #[arg(long)]
         number: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give the card to a member app: prints the handle (mc_…) by which the app names it.
+    Grant {
+        #[arg(long)]
+        number: String,
+        /// The member app's id (the subject of its API key).
+        #[arg(long)]
+        app: String,
+    },
+    /// Take the card back from a member app.
+    RevokeGrant {
+        #[arg(long)]
+        number: String,
+        #[arg(long)]
+        app: String,
     },
     /// Issue many cards with their packages from a CSV file, all or nothing: one line per card and
     /// package, columns number, holder, identity, package, title, valid_from, valid_until, scope,
@@ -234,9 +404,16 @@ pub enum CardCommand {
     },
 }
 
-/// Runs one admin command against `db`: input parsed first, then one transaction (retried on a
-/// conflict with another server or admin), then what it did printed once it committed.
+/// Runs one admin command against `db` as the operator running the CLI: input parsed first, then one
+/// operation of [`crate::service`] (one transaction, retried on a conflict with another server or
+/// admin), then what it did printed once it committed.
 pub fn run(db: &Db, vault: &Vault, command: Admin) -> Result<(), String> {
+    let who = service::cli_principal();
+    let svc = Service::new(db, vault, &who, now());
+    command_of(&svc, command).map_err(|p| p.for_cli())
+}
+
+fn command_of(svc: &Service<'_>, command: Admin) -> Result<(), Problem> {
     match command {
         Admin::Merchant {
             id,
@@ -244,90 +421,240 @@ pub fn run(db: &Db, vault: &Vault, command: Admin) -> Result<(), String> {
             commission_bps,
             categories,
         } => {
-            let now = now();
-            db.write(|tx| cards::upsert_merchant(tx, &id, &name, commission_bps, &categories, now))
-                .map_err(|e| e.to_string())?;
+            svc.put_merchant(
+                &id,
+                &MerchantInput {
+                    name,
+                    commission_bps,
+                    categories,
+                },
+            )?;
             eprintln!("merchant {id} saved");
             Ok(())
         }
-        Admin::Card { command } => card_command(db, vault, command).map_err(|e| e.to_string()),
-        Admin::Statement { command } => {
-            statement_command(db, vault, command).map_err(|e| e.to_string())
-        }
+        Admin::Card { command } => card_command(svc, command),
+        Admin::Statement { command } => statement_command(svc, command),
         // Handled before the database is opened (`main`): they need no database, or another vault.
         Admin::Key { .. } => Ok(()),
-        Admin::Exceptions { json } => {
-            let (e, text) = db
-                .read(|tx| -> Result<_, CardError> {
-                    let e = statements::exceptions(tx)?;
-                    let text = render::exceptions(tx, &e)?;
-                    Ok((e, text))
-                })
-                .map_err(|e| e.to_string())?;
+        Admin::Exceptions { merchant, json } => {
+            let e = match &merchant {
+                Some(m) => svc.merchant_exceptions(m)?,
+                None => svc.exceptions()?,
+            };
             if json {
                 print_json(&e)
             } else {
-                print!("{text}");
+                print!("{}", render::exceptions(&e));
                 Ok(())
             }
         }
-        Admin::Disable { terminal } => set_enabled(db, &terminal, false),
-        Admin::Enable { terminal } => set_enabled(db, &terminal, true),
+        Admin::Fleet {
+            merchant,
+            silent_intervals,
+            json,
+        } => {
+            let svc = Service {
+                fleet: FleetPolicy {
+                    silent_intervals,
+                    ..FleetPolicy::default()
+                },
+                ..*svc
+            };
+            let terminals = match &merchant {
+                Some(m) => svc.terminals(m)?,
+                None => svc.fleet()?,
+            };
+            if json {
+                print_json(&terminals)
+            } else {
+                print!("{}", render::fleet(&terminals));
+                Ok(())
+            }
+        }
+        Admin::Disable { terminal } => {
+            svc.set_terminal_enabled(&terminal, false)?;
+            eprintln!("terminal {terminal} disabled");
+            Ok(())
+        }
+        Admin::Enable { terminal } => {
+            svc.set_terminal_enabled(&terminal, true)?;
+            eprintln!("terminal {terminal} enabled");
+            Ok(())
+        }
         Admin::Enroll {
             terminal,
             merchant,
             key_file,
         } => {
-            let mut secret = [0u8; 32];
-            getrandom::fill(&mut secret).map_err(|e| format!("no randomness: {e}"))?;
-            let now = now();
-            let text = format!("{}\n", hex::encode(secret));
+            let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+            getrandom::fill(secret.as_mut())
+                .map_err(|e| Problem::internal(format!("no randomness: {e}")))?;
+            let text = zeroize::Zeroizing::new(format!("{}\n", hex::encode(&secret[..])));
             // The key file first: a secret the platform holds but nobody received is useless.
             if let Some(path) = &key_file {
-                write_private(path, text.as_bytes())
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                write_private(path, text.as_bytes()).map_err(|e| {
+                    Problem::invalid("key_file", format!("{}: {e}", path.display()))
+                })?;
             }
-            if let Err(e) =
-                db.write(|tx| storage::enroll(tx, vault, &terminal, &merchant, &secret, now))
-            {
+            if let Err(e) = svc.enroll_terminal(&terminal, &merchant, &secret) {
                 if let Some(path) = &key_file {
                     let _ = std::fs::remove_file(path);
                 }
-                return Err(e.to_string());
+                return Err(e);
             }
             if key_file.is_none() {
-                print!("{text}");
+                print!("{}", *text);
             }
             eprintln!("enrolled terminal {terminal} for merchant {merchant}");
             Ok(())
         }
+        Admin::Pairing { command } => match command {
+            PairingCommand::Create {
+                merchant,
+                terminal,
+                ttl_minutes,
+            } => {
+                let c = svc.create_pairing_code(&merchant, terminal.as_deref(), ttl_minutes)?;
+                println!("{}", c.code);
+                eprintln!(
+                    "pairing code for terminal {} of merchant {}, valid until {}: on the shop PC run\n  sudo redeemd enroll --server https://YOUR-PLATFORM --code {}",
+                    c.terminal_id,
+                    c.merchant_id,
+                    cards::rfc3339(c.expires_at_ms),
+                    c.code
+                );
+                Ok(())
+            }
+            PairingCommand::List { merchant } => {
+                for c in svc.pairing_codes(&merchant)? {
+                    println!(
+                        "{}  made {} by {}  expires {}  {}",
+                        c.terminal_id,
+                        cards::rfc3339(c.created_ms),
+                        c.created_by,
+                        cards::rfc3339(c.expires_ms),
+                        c.used_ms.map_or_else(
+                            || "unused".to_owned(),
+                            |u| format!("used {}", cards::rfc3339(u))
+                        )
+                    );
+                }
+                Ok(())
+            }
+        },
+        Admin::Credential { command } => match command {
+            CredentialCommand::Create {
+                role,
+                subject,
+                label,
+            } => {
+                let role = people::parse_role("role", &role)?;
+                let issued = svc.create_credential(role, &subject, &label)?;
+                println!("{}", issued.token);
+                eprintln!(
+                    "API key {} for {role} {subject}: shown once, keep it in the client's secret store",
+                    issued.credential.id
+                );
+                Ok(())
+            }
+            CredentialCommand::List { json } => {
+                let list = svc.credentials()?;
+                if json {
+                    return print_json(&list);
+                }
+                for c in list {
+                    let who = format!("{}  {} {}  {:?}", c.id, c.role, c.subject, c.label);
+                    println!("{who}  {}", made(c.created_ms, &c.created_by, c.revoked_ms));
+                }
+                Ok(())
+            }
+            CredentialCommand::Revoke { id } => {
+                svc.revoke_credential(&id)?;
+                eprintln!("credential {id} revoked");
+                Ok(())
+            }
+        },
+        Admin::User { command } => match command {
+            UserCommand::Add {
+                name,
+                role,
+                subject,
+            } => {
+                let role = people::parse_role("role", &role)?;
+                let mut line = zeroize::Zeroizing::new(String::new());
+                std::io::stdin()
+                    .take(1024)
+                    .read_to_string(&mut line)
+                    .map_err(|e| Problem::invalid("password", format!("reading stdin: {e}")))?;
+                let password = line.lines().next().unwrap_or("");
+                svc.create_user(&name, role, &subject, password)?;
+                eprintln!("user {name} ({role} {subject}) added");
+                Ok(())
+            }
+            UserCommand::List => {
+                for u in svc.users()? {
+                    let who = format!("{}  {} {}", u.name, u.role, u.subject);
+                    println!("{who}  {}", made(u.created_ms, &u.created_by, u.revoked_ms));
+                }
+                Ok(())
+            }
+            UserCommand::Revoke { name } => {
+                svc.revoke_user(&name)?;
+                eprintln!("user {name} revoked");
+                Ok(())
+            }
+        },
+        Admin::Catalogue { command } => catalogue_command(svc, command),
+        Admin::Audit { limit, json } => {
+            let entries = svc.audit_log(None, limit)?;
+            if json {
+                print_json(&entries)
+            } else {
+                print!("{}", render::audit(&entries));
+                Ok(())
+            }
+        }
     }
+}
+
+/// `made … by …`, and `REVOKED …` once revoked: a credential's or a login's history on one line.
+fn made(created_ms: i64, created_by: &str, revoked_ms: Option<i64>) -> String {
+    format!(
+        "made {} by {created_by}{}",
+        cards::rfc3339(created_ms),
+        revoked_ms
+            .map(|r| format!("  REVOKED {}", cards::rfc3339(r)))
+            .unwrap_or_default()
+    )
 }
 
 fn now() -> i64 {
     (crate::http::system_clock())()
 }
 
-fn number(flag: &str, raw: &str) -> Result<CardNumber, CardError> {
+fn number(field: &str, raw: &str) -> Result<CardNumber, Problem> {
     // The input is not echoed: it may be a real card number with a typo.
-    CardNumber::parse(raw).map_err(|e| CardError::Invalid(format!("{flag}: {e}")))
+    CardNumber::parse(raw).map_err(|e| Problem::invalid(field, e.to_string()))
 }
 
-fn card_command(db: &Db, vault: &Vault, command: CardCommand) -> Result<(), CardError> {
+fn card_command(svc: &Service<'_>, command: CardCommand) -> Result<(), Problem> {
     match command {
         CardCommand::Create {
             number: raw,
             holder,
             identity,
         } => {
-            let new = cards::NewCard {
-                number: number("--number", &raw)?,
+            let new = NewCard {
+                number: number("number", &raw)?,
                 holder_name: holder,
                 identity_data: identity,
             };
-            let now = now();
-            let id = db.write(|tx| cards::create_card(tx, vault, &new, now))?;
-            eprintln!("card {} issued (#{id})", new.number.masked());
+            let card = svc.create_card(&new)?;
+            eprintln!(
+                "card {} issued (#{})",
+                card.masked_number,
+                card.card_id.unwrap_or_default()
+            );
             Ok(())
         }
         CardCommand::Customize {
@@ -336,49 +663,32 @@ fn card_command(db: &Db, vault: &Vault, command: CardCommand) -> Result<(), Card
             title,
             valid_from,
             valid_until,
-            scope_merchants,
-            scope_categories,
-            daily_cap,
-            identity_required,
-            items,
+            holds: p,
         } => {
-            let n = number("--number", &raw)?;
-            let scope = if !scope_merchants.is_empty() {
-                MerchantScope::Merchants(scope_merchants)
-            } else if !scope_categories.is_empty() {
-                MerchantScope::Categories(scope_categories)
-            } else {
-                MerchantScope::All
-            };
-            let spec = cards::PackageSpec {
+            let n = number("number", &raw)?;
+            let spec = PackageSpec {
                 id: package,
                 title,
-                valid_from_ms: cards::parse_time("--valid-from", &valid_from, false)?,
-                valid_until_ms: cards::parse_time("--valid-until", &valid_until, true)?,
-                scope,
-                daily_cap,
-                identity_required,
-                items: items
-                    .iter()
-                    .map(|i| cards::ItemSpec::parse(i))
-                    .collect::<Result<_, _>>()?,
+                valid_from_ms: cards::parse_time("valid_from", &valid_from, false)?,
+                valid_until_ms: cards::parse_time("valid_until", &valid_until, true)?,
+                scope: p.scope(),
+                daily_cap: p.daily_cap,
+                identity_required: p.identity_required,
+                items: p.items()?,
             };
-            let now = now();
-            let v = db.write(|tx| cards::customize(tx, vault, &n, &spec, now))?;
+            let card = svc.customize(CardSel::Number(&n), &spec)?;
             eprintln!(
-                "card {}: package {} saved (version {v})",
-                n.masked(),
-                spec.id
+                "card {}: package {} saved (version {})",
+                card.masked_number, spec.id, card.version
             );
             Ok(())
         }
-        CardCommand::Lost { number: raw } => status(db, vault, &raw, StatusAction::ReportLost),
-        CardCommand::Unlock { number: raw } => status(db, vault, &raw, StatusAction::Unlock),
-        CardCommand::Freeze { number: raw } => status(db, vault, &raw, StatusAction::Freeze),
+        CardCommand::Lost { number: raw } => status(svc, &raw, StatusAction::ReportLost),
+        CardCommand::Unlock { number: raw } => status(svc, &raw, StatusAction::Unlock),
+        CardCommand::Freeze { number: raw } => status(svc, &raw, StatusAction::Freeze),
         CardCommand::Reissue { from, to } => {
-            let (f, t) = (number("--from", &from)?, number("--to", &to)?);
-            let now = now();
-            db.write(|tx| cards::reissue(tx, vault, &f, &t, now))?;
+            let (f, t) = (number("from", &from)?, number("to", &to)?);
+            svc.reissue(CardSel::Number(&f), &t)?;
             eprintln!(
                 "card {} reissued as {}; the old card is cancelled",
                 f.masked(),
@@ -386,20 +696,40 @@ fn card_command(db: &Db, vault: &Vault, command: CardCommand) -> Result<(), Card
             );
             Ok(())
         }
+        CardCommand::Show { number: raw, json } => {
+            let card = svc.card(CardSel::Number(&number("number", &raw)?))?;
+            if json {
+                print_json(&card)
+            } else {
+                print!("{}", render::card(&card));
+                Ok(())
+            }
+        }
+        CardCommand::Grant { number: raw, app } => {
+            let g = svc.grant_card(CardSel::Number(&number("number", &raw)?), &app)?;
+            println!("{}", g.handle);
+            eprintln!("card #{} granted to member app {app}", g.card_id);
+            Ok(())
+        }
+        CardCommand::RevokeGrant { number: raw, app } => {
+            let n = number("number", &raw)?;
+            svc.revoke_grant(CardSel::Number(&n), &app)?;
+            eprintln!("card {} taken back from member app {app}", n.masked());
+            Ok(())
+        }
         CardCommand::Import { file } => {
             let started = std::time::Instant::now();
+            // Every refusal names the file; the problem's own text names the line.
+            let in_file = |p: Problem| {
+                Problem::new(
+                    p.status,
+                    p.code,
+                    format!("{}: {}", file.display(), p.message()),
+                )
+            };
             let text = std::fs::read(&file)
-                .map_err(|e| CardError::Invalid(format!("{}: {e}", file.display())))?;
-            let cards = crate::core::import::parse(&text)
-                .map_err(|e| CardError::Invalid(format!("{}: {e}", file.display())))?;
-            let now = now();
-            // Read committed: the card's unique lookup key and the version counter's row lock hold
-            // what must hold (`storage::import`).
-            let done = db
-                .transaction(storage::Isolation::ReadCommitted, |tx| {
-                    import::import_cards(tx, vault, &cards, now)
-                })
-                .map_err(|e| CardError::Invalid(format!("{}: {e}", file.display())))?;
+                .map_err(|e| in_file(Problem::new(400, "malformed_request", e.to_string())))?;
+            let done = svc.import_cards(&text).map_err(in_file)?;
             eprintln!(
                 "{}: {} cards issued with {} packages ({} items) at entitlement version {} in {:.1} s",
                 file.display(),
@@ -411,27 +741,98 @@ fn card_command(db: &Db, vault: &Vault, command: CardCommand) -> Result<(), Card
             );
             Ok(())
         }
-        CardCommand::Show { number: raw } => {
-            let n = number("--number", &raw)?;
-            print!("{}", db.read(|tx| render::card(tx, vault, &n))?);
+    }
+}
+
+fn catalogue_command(svc: &Service<'_>, command: CatalogueCommand) -> Result<(), Problem> {
+    match command {
+        CatalogueCommand::Set {
+            offer,
+            title,
+            valid_days,
+            holds: p,
+        } => {
+            let o = Offer {
+                id: offer,
+                title,
+                valid_days,
+                scope: p.scope(),
+                daily_cap: p.daily_cap,
+                identity_required: p.identity_required,
+                items: p.items()?,
+                active: true,
+            };
+            svc.put_offer(&o)?;
+            eprintln!("offer {} saved", o.id);
+            Ok(())
+        }
+        CatalogueCommand::List { json } => {
+            let offers: Vec<_> = svc
+                .catalogue(true)?
+                .iter()
+                .map(crate::service::catalogue::OfferView::from)
+                .collect();
+            if json {
+                return print_json(&offers);
+            }
+            for o in offers {
+                let items: Vec<String> = o
+                    .items
+                    .iter()
+                    .map(|i| {
+                        format!(
+                            "{} {} ×{} at {} fen",
+                            i.service_code, i.title, i.uses_total, i.price_fen
+                        )
+                    })
+                    .collect();
+                println!(
+                    "{}  {}  {} days{}  {}",
+                    o.offer_id,
+                    o.title,
+                    o.valid_days,
+                    if o.active { "" } else { "  RETIRED" },
+                    items.join(", ")
+                );
+            }
+            Ok(())
+        }
+        CatalogueCommand::Retire { offer } => {
+            svc.retire_offer(&offer)?;
+            eprintln!("offer {offer} retired");
             Ok(())
         }
     }
 }
 
-fn print_json(value: &impl serde::Serialize) -> Result<(), String> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
+fn print_json(value: &impl serde::Serialize) -> Result<(), Problem> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Problem::internal(e.to_string()))?;
     println!("{text}");
     Ok(())
 }
 
-fn statement_command(db: &Db, vault: &Vault, command: StatementCommand) -> Result<(), CardError> {
+fn statement_command(svc: &Service<'_>, command: StatementCommand) -> Result<(), Problem> {
     match command {
-        StatementCommand::Merchant { merchant, period } => {
+        StatementCommand::Merchant {
+            merchant,
+            daily,
+            period,
+        } => {
             let window = period.window()?;
-            let (s, name) = db.read(|tx| statements::merchant_statement(tx, &merchant, window))?;
+            let name = svc.merchant(&merchant)?.name;
+            if daily {
+                let days = svc.merchant_daily(&merchant, window)?;
+                if period.json {
+                    return print_json(&days);
+                }
+                for s in &days {
+                    print!("{}", render::merchant(s, &name));
+                }
+                return Ok(());
+            }
+            let (s, name) = svc.merchant_statement(&merchant, window)?;
             if period.json {
-                print_json(&s).map_err(CardError::Invalid)
+                print_json(&s)
             } else {
                 print!("{}", render::merchant(&s, &name));
                 Ok(())
@@ -441,11 +842,11 @@ fn statement_command(db: &Db, vault: &Vault, command: StatementCommand) -> Resul
             number: raw,
             period,
         } => {
-            let n = number("--number", &raw)?;
+            let n = number("number", &raw)?;
             let window = period.window()?;
-            let s = db.read(|tx| statements::member_statement(tx, vault, &n, window))?;
+            let s = svc.card_usage(CardSel::Number(&n), window)?;
             if period.json {
-                print_json(&s).map_err(CardError::Invalid)
+                print_json(&s)
             } else {
                 print!("{}", render::member(&s, &n.masked()));
                 Ok(())
@@ -454,31 +855,14 @@ fn statement_command(db: &Db, vault: &Vault, command: StatementCommand) -> Resul
     }
 }
 
-fn status(db: &Db, vault: &Vault, raw: &str, action: StatusAction) -> Result<(), CardError> {
-    let n = number("--number", raw)?;
-    let now = now();
-    let (v, row) = db.write(|tx| {
-        let v = cards::set_status(tx, vault, &n, action, now)?;
-        Ok::<_, CardError>((v, cards::card_by_number(tx, vault, &n)?))
-    })?;
+fn status(svc: &Service<'_>, raw: &str, action: StatusAction) -> Result<(), Problem> {
+    let n = number("number", raw)?;
+    let card = svc.set_card_status(CardSel::Number(&n), action)?;
     eprintln!(
-        "card {} is {} (version {v})",
-        n.masked(),
-        cards::status_name(row.status)
+        "card {} is {} (version {})",
+        card.masked_number, card.status, card.version
     );
     Ok(())
-}
-
-fn set_enabled(db: &Db, terminal: &str, enabled: bool) -> Result<(), String> {
-    match db.write(|tx| storage::set_enabled(tx, terminal, enabled)) {
-        Ok(true) => {
-            let state = if enabled { "enabled" } else { "disabled" };
-            eprintln!("terminal {terminal} {state}");
-            Ok(())
-        }
-        Ok(false) => Err(format!("terminal {terminal} is not enrolled")),
-        Err(e) => Err(e.to_string()),
-    }
 }
 
 /// Writes `bytes` to a new file of mode 0600 (a key: never over an existing file).

@@ -1,15 +1,15 @@
-//! Text for a person: statements and exceptions as `clearing-server admin` prints them (`--json`
-//! prints the same structures as JSON), and `card show`. Card numbers appear masked only.
+//! Text for a person: what `clearing-server admin` prints from the platform's operations
+//! (`crate::service`; `--json` prints the same structures as JSON): statements, exceptions, cards,
+//! the fleet's alerts, the audit log. Card numbers appear masked only.
 
 use std::fmt::Write as _;
 
-use redeemd_contract::model::{CardNumber, MerchantScope};
-
+use crate::core::cards;
 use crate::core::clearing::{MemberStatement, MerchantStatement};
-use crate::storage::Tx;
-use crate::storage::cards::{self, CardError};
-use crate::storage::statements::{Exceptions, Window, masked_card};
-use crate::vault::Vault;
+use crate::service::cards::{CardView, ScopeView};
+use crate::service::merchants::TerminalView;
+use crate::storage::audit::AuditEntry;
+use crate::storage::statements::{Exceptions, Window};
 
 fn yuan(fen: impl Into<i128>) -> String {
     let fen: i128 = fen.into();
@@ -117,7 +117,14 @@ pub fn member(s: &MemberStatement, masked: &str) -> String {
     out
 }
 
-pub fn exceptions(tx: &mut dyn Tx, e: &Exceptions) -> Result<String, CardError> {
+fn masked(e: &Exceptions, card_id: i64) -> String {
+    e.cards
+        .get(&card_id)
+        .cloned()
+        .unwrap_or_else(|| format!("#{card_id}"))
+}
+
+pub fn exceptions(e: &Exceptions) -> String {
     let mut out = String::new();
     let open = e
         .refused_or_unmapped
@@ -150,7 +157,7 @@ pub fn exceptions(tx: &mut dyn Tx, e: &Exceptions) -> Result<String, CardError> 
             out,
             "  redeemed_while_{} card {}: terminal {} seq {} at {} ({} {} ×{}, auth {}); {} since {}",
             d.period.status,
-            masked_card(tx, d.card_id)?,
+            masked(e, d.card_id),
             d.record.terminal_id,
             d.record.seq,
             time(d.record.wall_ms),
@@ -171,7 +178,7 @@ pub fn exceptions(tx: &mut dyn Tx, e: &Exceptions) -> Result<String, CardError> 
         let _ = writeln!(
             out,
             "  over_redeemed card {} {} {}: {} used of {} across {}; records {}",
-            masked_card(tx, o.card_id)?,
+            masked(e, o.card_id),
             o.package_id,
             o.service_code,
             o.net_used,
@@ -180,64 +187,133 @@ pub fn exceptions(tx: &mut dyn Tx, e: &Exceptions) -> Result<String, CardError> 
             records.join(", ")
         );
     }
-    Ok(out)
+    out
 }
 
 /// `card show`: status, holder, packages, uses left. Never the full number.
-pub fn card(tx: &mut dyn Tx, vault: &Vault, number: &CardNumber) -> Result<String, CardError> {
-    let row = cards::card_by_number(tx, vault, number)?;
+pub fn card(c: &CardView) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "card      {} (#{})", row.masked(), row.id);
-    let _ = writeln!(out, "status    {}", cards::status_name(row.status));
-    let holder = match (&row.holder_name, &row.identity_sealed) {
-        (Some(n), Some(_)) => format!("{} (identity data on file)", cards::mask_name(n)),
-        (Some(n), None) => cards::mask_name(n),
+    let _ = writeln!(
+        out,
+        "card      {} (#{})",
+        c.masked_number,
+        c.card_id.unwrap_or_default()
+    );
+    let _ = writeln!(out, "status    {}", c.status);
+    let holder = match (&c.holder, c.identity_on_file) {
+        (Some(n), true) => format!("{n} (identity data on file)"),
+        (Some(n), false) => n.clone(),
         _ => "anonymous".into(),
     };
     let _ = writeln!(out, "holder    {holder}");
-    let _ = writeln!(out, "version   {}", row.version);
-    if let Some(to) = row.reissued_to {
-        let new = cards::card_by_id(tx, to)?;
-        let _ = writeln!(out, "reissued  to {}", new.masked());
+    let _ = writeln!(out, "version   {}", c.version);
+    if let Some(to) = &c.reissued_to {
+        let _ = writeln!(out, "reissued  to {} (#{})", to.masked_number, to.card_id);
     }
-    let pk = cards::packages(tx, row.id)?;
-    if pk.is_empty() {
+    if c.packages.is_empty() {
         let _ = writeln!(out, "packages  none");
     }
-    for p in &pk {
-        let scope = match &p.spec.scope {
-            MerchantScope::All => "all merchants".to_owned(),
-            MerchantScope::Merchants(l) => format!("merchants {}", l.join(", ")),
-            MerchantScope::Categories(l) => format!("categories {}", l.join(", ")),
+    for p in &c.packages {
+        let scope = match &p.scope {
+            None => "all merchants".to_owned(),
+            Some(ScopeView::Merchants(l)) => format!("merchants {}", l.join(", ")),
+            Some(ScopeView::Categories(l)) => format!("categories {}", l.join(", ")),
         };
         let _ = writeln!(
             out,
             "package   {} {}  valid {} .. {}  {scope}{}{}",
-            p.spec.id,
-            p.spec.title,
-            cards::rfc3339(p.spec.valid_from_ms),
-            cards::rfc3339(p.spec.valid_until_ms),
-            p.spec
-                .daily_cap
+            p.package_id,
+            p.title,
+            cards::rfc3339(p.valid_from_ms),
+            cards::rfc3339(p.valid_until_ms),
+            p.daily_cap
                 .map(|c| format!("  daily cap {c}"))
                 .unwrap_or_default(),
-            if p.spec.identity_required {
+            if p.identity_required {
                 "  identity required"
             } else {
                 ""
             },
         );
-        for (i, used) in p.spec.items.iter().zip(&p.used) {
+        for i in &p.items {
             let _ = writeln!(
                 out,
                 "  item    {} {}  {} left of {}  ({} fen per use)",
-                i.service_code,
-                i.title,
-                i.uses_total.saturating_sub(*used),
-                i.uses_total,
-                i.price_fen
+                i.service_code, i.title, i.uses_left, i.uses_total, i.price_fen
             );
         }
     }
-    Ok(out)
+    out
+}
+
+/// `admin fleet`: one line per terminal, then its alerts.
+pub fn fleet(terminals: &[TerminalView]) -> String {
+    let mut out = String::new();
+    let alerts: usize = terminals.iter().map(|t| t.alerts.len()).sum();
+    let _ = writeln!(out, "terminals: {}  alerts: {alerts}", terminals.len());
+    for t in terminals {
+        let seen = t.last_report_at_ms.map_or_else(
+            || "never reported".to_owned(),
+            |at| format!("last report {}", time(at)),
+        );
+        let version = t
+            .health
+            .as_ref()
+            .map(|h| format!("  redeemd {}", h.daemon_version))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{} ({}){}  {seen}{version}",
+            t.terminal_id,
+            t.merchant_id,
+            if t.enabled { "" } else { "  DISABLED" }
+        );
+        if let Some(h) = &t.health {
+            for r in &h.readers {
+                let _ = writeln!(
+                    out,
+                    "    reader {:<12} {:<18} serial {}  firmware {}",
+                    r.name,
+                    format!("{:?}", r.state),
+                    r.reader_serial.as_deref().unwrap_or("?"),
+                    r.firmware.as_deref().unwrap_or("?")
+                );
+            }
+            let cache = h.cache.as_ref().map_or_else(
+                || "no cache".to_owned(),
+                |c| format!("cache v{} expires {}", c.version, time(c.expires_at_ms)),
+            );
+            let _ = writeln!(
+                out,
+                "    {cache}  journal head {} ({} unsynced)",
+                h.journal.head_seq, h.journal.unsynced
+            );
+        }
+        for a in &t.alerts {
+            let _ = writeln!(out, "  ALERT {}: {}", a.kind.as_str(), a.detail);
+        }
+    }
+    out
+}
+
+/// `admin audit`: newest first.
+pub fn audit(entries: &[AuditEntry]) -> String {
+    let mut out = String::new();
+    for e in entries {
+        let _ = writeln!(
+            out,
+            "#{} {}  {}  {} {}{}",
+            e.id,
+            time(e.at_ms),
+            e.actor,
+            e.action,
+            e.target,
+            if e.detail.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", e.detail)
+            }
+        );
+    }
+    out
 }

@@ -1,16 +1,24 @@
 //! The card model's rules, as pure code: what an operator may customize onto a card (packages, items,
 //! scopes) and how a card's body — what every terminal is signed — follows from its packages and usage;
-//! names masked for display; the admin input formats (`--item`, dates).
+//! names masked for display; the admin input formats (`--item`, dates). A refused input is a
+//! [`Problem`] naming the field (`valid_until`, `items[1].uses_total`), which the API sends as it is and
+//! the admin CLI prints with the field's flag.
 
 use std::collections::BTreeSet;
 
 use redeemd_contract::model::{Card, CardNumber, CardStatus, Holder, Item, MerchantScope, Package};
 use serde::{Deserialize, Serialize};
 
-/// Input an operator gave that the rules refuse, with the reason (card numbers masked).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct Invalid(pub String);
+use super::problem::Problem;
+
+/// Longest title of a package or an item, in characters (a reader shows it on one line).
+pub const MAX_TITLE_CHARS: usize = 64;
+/// Most uses of one item in a package.
+pub const MAX_USES: u32 = 100_000;
+/// Highest price of one use, in fen (¥10,000,000,000).
+pub const MAX_PRICE_FEN: u64 = 1_000_000_000_000;
+/// Most items in one package.
+pub const MAX_ITEMS: usize = 64;
 
 /// Status name as printed and as spelled in the deny list.
 pub fn status_name(s: CardStatus) -> &'static str {
@@ -19,6 +27,18 @@ pub fn status_name(s: CardStatus) -> &'static str {
         CardStatus::Lost => "lost",
         CardStatus::Frozen => "frozen",
         CardStatus::Cancelled => "cancelled",
+        CardStatus::Reissued => "reissued",
+    }
+}
+
+/// The status a card is signed with for the shops (its entry and its deny-list entry): a card
+/// cancelled by a reissue — it names its successor — is `Reissued`, so that the counter can tell
+/// the cashier the member has a new card (PROTOCOL.md §7.1 `CARD_REISSUED`). The card table keeps
+/// it cancelled.
+pub fn signed_status(status: CardStatus, reissued: bool) -> CardStatus {
+    match status {
+        CardStatus::Cancelled if reissued => CardStatus::Reissued,
+        other => other,
     }
 }
 
@@ -35,7 +55,9 @@ pub struct PackageSpec {
     pub items: Vec<ItemSpec>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An item of a package: also its JSON form in the API and in the catalogue's table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ItemSpec {
     pub service_code: String,
     pub title: String,
@@ -44,45 +66,101 @@ pub struct ItemSpec {
 }
 
 impl PackageSpec {
-    pub fn check(&self) -> Result<(), Invalid> {
-        check_id("package id", &self.id)?;
+    pub fn check(&self) -> Result<(), Problem> {
+        check_id("package_id", &self.id)?;
+        check_title("title", &self.title)?;
         if self.valid_until_ms <= self.valid_from_ms {
-            return Err(Invalid(format!(
-                "package {}: --valid-until must be after --valid-from",
-                self.id
-            )));
+            return Err(Problem::invalid(
+                "valid_until",
+                format!("package {}: must be after valid_from", self.id),
+            ));
         }
-        if self.items.is_empty() {
-            return Err(Invalid(format!(
-                "package {}: at least one --item is required",
-                self.id
-            )));
+        if self.items.is_empty() || self.items.len() > MAX_ITEMS {
+            return Err(Problem::invalid(
+                "items",
+                format!("package {}: 1 to {MAX_ITEMS} items", self.id),
+            ));
+        }
+        if self.daily_cap == Some(0) {
+            return Err(Problem::invalid(
+                "daily_cap",
+                "0: at least 1 (leave it out for no cap)",
+            ));
         }
         let mut codes = BTreeSet::new();
-        for i in &self.items {
-            check_id("service code", &i.service_code)?;
+        for (n, i) in self.items.iter().enumerate() {
+            i.check(&format!("items[{n}]"))?;
             if !codes.insert(&i.service_code) {
-                return Err(Invalid(format!(
-                    "package {}: service code {} appears twice",
-                    self.id, i.service_code
-                )));
+                return Err(Problem::invalid(
+                    format!("items[{n}].service_code"),
+                    format!(
+                        "package {}: service code {} appears twice",
+                        self.id, i.service_code
+                    ),
+                ));
             }
         }
         match &self.scope {
-            MerchantScope::Merchants(l) | MerchantScope::Categories(l) if l.is_empty() => {
-                Err(Invalid(format!("package {}: an empty scope list", self.id)))
-            }
-            _ => Ok(()),
+            MerchantScope::Merchants(l) | MerchantScope::Categories(l) if l.is_empty() => Err(
+                Problem::invalid("scope", format!("package {}: an empty scope list", self.id)),
+            ),
+            MerchantScope::Merchants(l) => l
+                .iter()
+                .enumerate()
+                .try_for_each(|(n, m)| check_id(&format!("scope.merchants[{n}]"), m)),
+            MerchantScope::Categories(l) => l
+                .iter()
+                .enumerate()
+                .try_for_each(|(n, c)| check_id(&format!("scope.categories[{n}]"), c)),
+            MerchantScope::All => Ok(()),
         }
     }
 }
 
+impl ItemSpec {
+    /// An item's bounds; `field` names it (`items[2]`).
+    pub fn check(&self, field: &str) -> Result<(), Problem> {
+        check_id(&format!("{field}.service_code"), &self.service_code)?;
+        check_title(&format!("{field}.title"), &self.title)?;
+        if !(1..=MAX_USES).contains(&self.uses_total) {
+            return Err(Problem::invalid(
+                format!("{field}.uses_total"),
+                format!("{}: 1 to {MAX_USES}", self.uses_total),
+            ));
+        }
+        if self.price_fen > MAX_PRICE_FEN {
+            return Err(Problem::invalid(
+                format!("{field}.price_fen"),
+                format!("{}: at most {MAX_PRICE_FEN}", self.price_fen),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Ids, codes and categories: printable, no spaces or colons, 1–64 bytes.
-pub fn check_id(what: &str, s: &str) -> Result<(), Invalid> {
-    if s.is_empty() || s.len() > 64 || s.chars().any(|c| c.is_whitespace() || c == ':') {
-        return Err(Invalid(format!(
-            "{what} {s:?}: 1 to 64 characters without spaces or ':'"
-        )));
+pub fn check_id(field: &str, s: &str) -> Result<(), Problem> {
+    if s.is_empty()
+        || s.len() > 64
+        || s.chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == ':')
+    {
+        return Err(Problem::invalid(
+            field,
+            format!("{s:?}: 1 to 64 bytes without spaces, control characters or ':'"),
+        ));
+    }
+    Ok(())
+}
+
+/// A title or a name: 1 to [`MAX_TITLE_CHARS`] characters, not only spaces, no control characters.
+pub fn check_title(field: &str, s: &str) -> Result<(), Problem> {
+    if s.trim().is_empty() || s.chars().count() > MAX_TITLE_CHARS || s.chars().any(char::is_control)
+    {
+        return Err(Problem::invalid(
+            field,
+            format!("1 to {MAX_TITLE_CHARS} characters, not only spaces, no control characters"),
+        ));
     }
     Ok(())
 }
@@ -219,21 +297,23 @@ pub struct NewCard {
 }
 
 impl NewCard {
-    pub fn check(&self) -> Result<(), Invalid> {
+    pub fn check(&self) -> Result<(), Problem> {
         if self.identity_data.is_some() && self.holder_name.is_none() {
-            return Err(Invalid(
-                "--identity needs --holder: only a named card has identity data".into(),
+            return Err(Problem::invalid(
+                "identity",
+                "needs holder: only a named card has identity data",
             ));
         }
-        if let Some(n) = &self.holder_name
-            && (n.trim().is_empty() || n.chars().count() > 64)
-        {
-            return Err(Invalid("--holder: 1 to 64 characters".into()));
+        if let Some(n) = &self.holder_name {
+            check_title("holder", n)?;
         }
         if let Some(i) = &self.identity_data
-            && (i.is_empty() || i.len() > 64)
+            && (i.is_empty() || i.len() > 64 || i.chars().any(char::is_control))
         {
-            return Err(Invalid("--identity: 1 to 64 bytes".into()));
+            return Err(Problem::invalid(
+                "identity",
+                "1 to 64 bytes, no control characters",
+            ));
         }
         Ok(())
     }
@@ -278,28 +358,38 @@ const CST_OFFSET_MINUTES: i32 = 480;
 /// A validity bound from the command line: RFC 3339 (`2027-01-01T00:00:00+08:00`) as given, or a date
 /// `YYYY-MM-DD` in China Standard Time — its start, or with `end_of_day` the start of the next day (so
 /// `--valid-until 2027-12-31` includes that day; the bound is exclusive).
-pub fn parse_time(flag: &str, s: &str, end_of_day: bool) -> Result<i64, Invalid> {
+pub fn parse_time(field: &str, s: &str, end_of_day: bool) -> Result<i64, Problem> {
     if let Some(days) = crate::core::close::parse_date(s) {
         let (start, end) = crate::core::close::day_window(days, CST_OFFSET_MINUTES);
         return Ok(if end_of_day { end } else { start });
     }
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .map_err(|e| {
-            Invalid(format!(
-                "{flag} {s:?}: neither YYYY-MM-DD nor RFC 3339 ({e})"
-            ))
+            Problem::invalid(
+                field,
+                format!("{s:?}: neither YYYY-MM-DD nor RFC 3339 ({e})"),
+            )
         })?;
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000)
-        .map_err(|_| Invalid(format!("{flag} {s:?}: out of range")))
+        .map_err(|_| Problem::invalid(field, format!("{s:?}: out of range")))
+}
+
+/// The start of the business day (China Standard Time) that holds `ms`.
+pub fn day_start(ms: i64) -> i64 {
+    let offset_ms = i64::from(CST_OFFSET_MINUTES) * 60_000;
+    (ms + offset_ms).div_euclid(86_400_000) * 86_400_000 - offset_ms
 }
 
 impl ItemSpec {
     /// `CODE:TITLE:USES:PRICE_FEN`, e.g. `WASH:精洗:10:3500` (the title may itself contain `:`).
-    pub fn parse(s: &str) -> Result<Self, Invalid> {
+    pub fn parse(s: &str) -> Result<Self, Problem> {
         let bad = |why: &str| {
-            Invalid(format!(
-                "--item {s:?}: {why} (expected CODE:TITLE:USES:PRICE_FEN, e.g. WASH:精洗:10:3500)"
-            ))
+            Problem::invalid(
+                "items",
+                format!(
+                    "{s:?}: {why} (expected CODE:TITLE:USES:PRICE_FEN, e.g. WASH:精洗:10:3500)"
+                ),
+            )
         };
         let mut parts = s.rsplitn(3, ':');
         let price = parts.next().ok_or_else(|| bad("no price"))?;
@@ -312,19 +402,18 @@ impl ItemSpec {
         let uses_total: u32 = uses
             .parse()
             .map_err(|_| bad("uses is not a whole number"))?;
-        if uses_total == 0 {
-            return Err(bad("uses must be at least 1"));
-        }
         let price_fen: u64 = price
             .parse()
             .map_err(|_| bad("price is not a whole number of fen"))?;
-        check_id("service code", code)?;
-        Ok(ItemSpec {
+        let item = ItemSpec {
             service_code: code.to_owned(),
             title: title.to_owned(),
             uses_total,
             price_fen,
-        })
+        };
+        item.check("items")
+            .map_err(|p| bad(&p.message().replacen("items.", "", 1)))?;
+        Ok(item)
     }
 }
 
@@ -373,25 +462,36 @@ mod tests {
             "WASH:t:x:1",
             "W A:t:1:1",
         ] {
-            let e = ItemSpec::parse(bad).unwrap_err().to_string();
+            let e = ItemSpec::parse(bad).unwrap_err();
+            assert_eq!(e.field(), Some("items"), "{bad}");
             assert!(
-                e.contains("--item") || e.contains("service code"),
-                "{bad}: {e}"
+                e.for_cli().starts_with(&format!("--item: {bad:?}: ")),
+                "{bad}: {}",
+                e.for_cli()
             );
         }
+        assert!(
+            ItemSpec::parse("W A:t:1:1")
+                .unwrap_err()
+                .detail
+                .contains("service_code"),
+        );
         // 2027-01-01 in China Standard Time is 2026-12-31T16:00Z.
-        let from = parse_time("--valid-from", "2027-01-01", false).unwrap();
+        let from = parse_time("valid_from", "2027-01-01", false).unwrap();
         assert_eq!(from, 1_798_732_800_000);
         assert_eq!(
-            parse_time("--valid-until", "2027-01-01", true).unwrap(),
+            parse_time("valid_until", "2027-01-01", true).unwrap(),
             from + 86_400_000
         );
         assert_eq!(
-            parse_time("--valid-from", "2027-01-01T00:00:00+08:00", false).unwrap(),
+            parse_time("valid_from", "2027-01-01T00:00:00+08:00", false).unwrap(),
             from
         );
-        let e = parse_time("--valid-from", "tomorrow", false).unwrap_err();
-        assert!(e.to_string().contains("--valid-from \"tomorrow\""), "{e}");
+        let e = parse_time("valid_from", "tomorrow", false).unwrap_err();
+        assert_eq!(e.field(), Some("valid_from"));
+        assert!(e.detail.starts_with("\"tomorrow\": neither"), "{e:?}");
+        assert_eq!(day_start(from + 3_600_000), from);
+        assert_eq!(day_start(from - 1), from - 86_400_000);
     }
 
     #[test]

@@ -165,6 +165,38 @@ pub fn merchant_statement<'a>(
     }
 }
 
+/// The statements of `merchant_id` per business day inside `[from_ms, until_ms)`: one for each day
+/// that has a record, its window that day clipped to the period (`day_start` gives a day's start).
+pub fn daily_statements<'a>(
+    merchant_id: &str,
+    (from_ms, until_ms): (i64, i64),
+    commission_bps: u32,
+    records: &[Judged<'a>],
+    day_start: impl Fn(i64) -> i64,
+) -> Vec<MerchantStatement> {
+    let mut days: Vec<i64> = records
+        .iter()
+        .filter(|j| {
+            j.record.merchant_id == merchant_id
+                && j.record.kind != RecordKind::BatchClose
+                && j.record.wall_ms >= from_ms
+                && j.record.wall_ms < until_ms
+        })
+        .map(|j| day_start(j.record.wall_ms))
+        .collect();
+    days.sort_unstable();
+    days.dedup();
+    days.into_iter()
+        .map(|day| {
+            let window = (
+                day.max(from_ms),
+                day.saturating_add(86_400_000).min(until_ms),
+            );
+            merchant_statement(merchant_id, window, commission_bps, records.iter().copied())
+        })
+        .collect()
+}
+
 /// Where a record lives: enough for a person to find it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct RecordRef {
@@ -211,7 +243,9 @@ pub struct MemberItemUse {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MemberStatement {
-    pub card_id: i64,
+    /// The platform's card id (left out of the member app's view, which names the card by handle).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub card_id: Option<i64>,
     pub from_ms: i64,
     pub until_ms: i64,
     pub items: Vec<MemberItemUse>,
@@ -259,7 +293,7 @@ pub fn member_statement<'a>(
         })
         .collect();
     MemberStatement {
-        card_id,
+        card_id: Some(card_id),
         from_ms,
         until_ms,
         items,

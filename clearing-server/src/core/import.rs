@@ -228,7 +228,7 @@ fn parse_line(fields: &Fields<'_>) -> Result<(NewCard, Option<PackageSpec>), Str
         number,
     };
     card.check()
-        .map_err(|e| format!("card {}: {e}", card.number.masked()))?;
+        .map_err(|e| format!("card {}: {}", card.number.masked(), e.message()))?;
     let Some(id) = opt("package") else {
         // The columns after `package` describe it.
         if let Some(c) = COLUMNS[4..].iter().find(|c| !field(c).is_empty()) {
@@ -243,14 +243,14 @@ fn parse_line(fields: &Fields<'_>) -> Result<(NewCard, Option<PackageSpec>), Str
         .filter(|i| !i.is_empty())
         .map(ItemSpec::parse)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("package {id}: items: {e}"))?;
+        .map_err(|e| format!("package {id}: {}", e.message()))?;
     let spec =
         PackageSpec {
             title: required("title")?,
             valid_from_ms: parse_time("valid_from", &required("valid_from")?, false)
-                .map_err(|e| format!("package {id}: {e}"))?,
+                .map_err(|e| format!("package {id}: {}", e.message()))?,
             valid_until_ms: parse_time("valid_until", &required("valid_until")?, true)
-                .map_err(|e| format!("package {id}: {e}"))?,
+                .map_err(|e| format!("package {id}: {}", e.message()))?,
             scope: scope(field("scope")).map_err(|e| format!("package {id}: scope: {e}"))?,
             daily_cap: match field("daily_cap") {
                 "" => None,
@@ -270,7 +270,7 @@ fn parse_line(fields: &Fields<'_>) -> Result<(NewCard, Option<PackageSpec>), Str
             items,
             id,
         };
-    spec.check().map_err(|e| e.to_string())?;
+    spec.check().map_err(|e| e.message())?;
     if spec.identity_required && card.identity_data.is_none() {
         return Err(format!(
             "package {}: identity_required on card {} which has no identity data",
@@ -296,7 +296,7 @@ fn scope(text: &str) -> Result<MerchantScope, String> {
         .map(str::to_owned)
         .collect();
     for id in &list {
-        check_id(kind, id).map_err(|e| e.to_string())?;
+        check_id(kind, id).map_err(|e| e.message())?;
     }
     if list.is_empty() {
         return Err(format!("{text:?} lists nothing"));
@@ -338,7 +338,7 @@ fn merge(
     known
         .card
         .check()
-        .map_err(|e| format!("card {masked}: {e}"))?;
+        .map_err(|e| format!("card {masked}: {}", e.message()))?;
     let Some(p) = package else {
         return Err(format!(
             "card {masked} is already on line {} and this line names no package",
@@ -426,8 +426,8 @@ mod tests {
         );
         for needle in [
             "line 3: number: card number has 5 digits",
-            "line 4: package P1: valid_from \"2026-13-01\"",
-            "line 5: package P1: items: --item \"WASH:w:0:1\": uses must be at least 1",
+            "line 4: package P1: valid_from: \"2026-13-01\"",
+            "line 5: package P1: items: \"WASH:w:0:1\": uses_total: 0: 1 to 100000",
             "line 6: package P1: identity_required on card 622848******5681",
             "line 7",
             "line 8: card 622848******5678: package P1 is already on line 2",

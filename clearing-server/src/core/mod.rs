@@ -5,14 +5,28 @@
 //! * [`cache_policy`] — how long a signed cache is valid and when a quiet platform renews it;
 //! * [`import`] — a bulk card import file read and checked line by line;
 //! * [`judge`] — the verdict on each stored record: payable or held, and why;
-//! * [`problem`] — refusals with the API's stable codes;
+//! * [`problem`] — refusals with the API's stable codes, naming a refused field;
+//! * [`cards`] — the card model: package and item specs, status transitions, the derived body;
+//! * [`access`] — roles, the caller of an operation, and the one check of a role against what an
+//!   operation touches;
+//! * [`credentials`] — API keys (stored as a hash) and console passwords (argon2id);
+//! * [`pairing`] — pairing codes: format, lifetime, one use;
+//! * [`throttle`] — failed guesses of a secret counted per source and platform-wide, and `429` past a limit;
+//! * [`fleet`] — the alerts derived from each terminal's latest health report;
+//! * [`catalogue`] — the member app's offers and when a member may customize one again;
 //! * [`close`] — end-of-day totals and reconciliation (shared with the terminal: `redeemd_contract::close`).
 
+pub mod access;
 pub mod admission;
 pub mod cache_policy;
 pub mod cards;
+pub mod catalogue;
 pub mod clearing;
+pub mod credentials;
+pub mod fleet;
 pub mod import;
 pub mod judge;
+pub mod pairing;
 pub mod problem;
+pub mod throttle;
 pub use redeemd_contract::close;

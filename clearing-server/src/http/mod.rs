@@ -8,6 +8,9 @@
 //! * [`encoding`] — response compression;
 //! * [`admission`] — overload shed: a bounded number of requests worked on, a bounded wait, `503` with
 //!   `Retry-After` beyond.
+//! * [`platform`] — the platform API beside it (operators, merchants, the member app, shops pairing,
+//!   terminals' health reports): [`caller`] (bearer keys, client address, strict JSON bodies),
+//!   [`operator`], [`merchant`], [`member`], [`pairing`] — thin handlers over [`crate::service`].
 //!
 //! Database work runs on blocking threads (both drivers are synchronous), each request on a connection
 //! of the database's pool; a snapshot is produced on its own thread and streamed through a bounded
@@ -15,7 +18,13 @@
 
 pub mod admission;
 pub mod auth;
+pub mod caller;
 pub mod encoding;
+pub mod member;
+pub mod merchant;
+pub mod operator;
+pub mod pairing;
+pub mod platform;
 pub mod problem;
 pub mod terminal;
 
@@ -25,6 +34,7 @@ use axum::Router;
 use axum::routing::{get, post};
 
 use crate::core::cache_policy::CachePolicy;
+use crate::core::fleet::FleetPolicy;
 use crate::storage::Db;
 use crate::vault::Vault;
 use problem::Problem;
@@ -117,14 +127,14 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
         };
-        let stream = match stream {
-            Ok((stream, _peer)) => {
+        let (stream, peer) = match stream {
+            Ok((stream, peer)) => {
                 // A bundle's head and first chunk go out as separate writes: without NODELAY, Nagle
                 // holds the second until the client's delayed ACK (40 ms) on every answer.
                 if let Err(e) = stream.set_nodelay(true) {
                     eprintln!("clearing-server: TCP_NODELAY: {e}");
                 }
-                stream
+                (stream, peer)
             }
             Err(e) => {
                 // Out of file descriptors, or a connection reset before it was accepted: try again
@@ -134,7 +144,14 @@ pub async fn serve(
                 continue;
             }
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let tower = hyper_util::service::TowerToHyperService::new(app.clone());
+        // The peer's address for the handlers that throttle by source (`caller::Source`).
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                hyper::service::Service::call(&tower, req)
+            });
         let mut closing = closing.subscribe();
         tokio::spawn(async move {
             let _slot = slot;
@@ -193,6 +210,8 @@ pub struct AppState {
     pub limits: Limits,
     /// The permits and queue of [`Limits::admission`].
     admission: Arc<admission::Admission>,
+    /// The thresholds of the fleet's alerts (`serve --silent-intervals`).
+    pub fleet: FleetPolicy,
 }
 
 impl AppState {
@@ -213,12 +232,18 @@ impl AppState {
             cards: Arc::default(),
             cache: CachePolicy::default(),
             limits: Limits::default(),
+            fleet: FleetPolicy::default(),
             admission: Arc::new(admission::Admission::new(
                 Limits::default().admission,
                 clock.clone(),
             )),
             clock,
         }
+    }
+
+    /// The same state judging the fleet under `fleet`.
+    pub fn with_fleet_policy(self, fleet: FleetPolicy) -> Self {
+        Self { fleet, ..self }
     }
 
     /// The same state signing bundles under `cache`.
@@ -282,6 +307,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/terminals/{terminal_id}/batch-close",
             post(terminal::batch_close),
         )
+        .merge(platform::routes())
         .fallback(|| async { Problem::new(404, "not_found", "no such resource".into()) })
         .method_not_allowed_fallback(|| async {
             Problem::new(405, "method_not_allowed", "method not allowed here".into())

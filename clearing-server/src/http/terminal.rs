@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::auth::Authenticated;
+use super::caller::require_json;
 use super::encoding::{self, Encoding};
 use super::problem::Problem;
 use crate::core::close;
@@ -165,26 +166,6 @@ pub(super) async fn journal_upload(
         duplicates: ack.duplicates,
     })
     .into_response())
-}
-
-fn require_json(headers: &HeaderMap) -> Result<(), Problem> {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(';')
-                .next()
-                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
-        });
-    if is_json {
-        Ok(())
-    } else {
-        Err(Problem::new(
-            415,
-            "unsupported_media_type",
-            "request bodies are application/json".into(),
-        ))
-    }
 }
 
 pub(super) async fn batch_close(

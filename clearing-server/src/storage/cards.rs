@@ -23,14 +23,15 @@ use redeemd_contract::model::{
 use thiserror::Error;
 
 use super::sql::{Row, StorageError, Tx, int};
-use crate::core::cards::{
-    Invalid, check_id, json, scope_from_db, scope_to_db, scopes, scopes_from_json, scopes_json,
-    template, transition,
-};
 pub use crate::core::cards::{
     ItemSpec, NewCard, PackageSpec, StatusAction, StoredPackage, mask_name, parse_time, rfc3339,
-    status_name, visible,
+    signed_status, status_name, visible,
 };
+use crate::core::cards::{
+    check_id, check_title, json, scope_from_db, scope_to_db, scopes, scopes_from_json, scopes_json,
+    template, transition,
+};
+use crate::core::problem::Problem;
 use crate::params;
 use crate::vault::Vault;
 
@@ -51,10 +52,14 @@ pub enum CardError {
         status: &'static str,
         action: &'static str,
     },
-    #[error("{0}")]
-    Invalid(String),
+    /// An input the rules refuse, naming the field.
+    #[error("{}", .0.message())]
+    Refused(Problem),
     #[error("{0}")]
     Vault(#[from] crate::vault::VaultError),
+    /// Stored data other than a card's that does not read back.
+    #[error("{0}")]
+    Stored(String),
     #[error("stored {what} of card {card_id} is unusable: {reason}")]
     Corrupt {
         what: &'static str,
@@ -63,9 +68,31 @@ pub enum CardError {
     },
 }
 
-impl From<Invalid> for CardError {
-    fn from(e: Invalid) -> Self {
-        CardError::Invalid(e.0)
+impl From<Problem> for CardError {
+    fn from(p: Problem) -> Self {
+        CardError::Refused(p)
+    }
+}
+
+/// A refusal as the API answers it: not found, already there, not possible in the card's state, or
+/// the refused field; the database's and the vault's failures are the server's (`500`).
+impl From<CardError> for Problem {
+    fn from(e: CardError) -> Self {
+        match e {
+            CardError::Refused(p) => p,
+            CardError::BadNumber(e) => Problem::invalid("number", e.to_string()),
+            CardError::NotFound(what) => Problem::not_found(format!("card {what} does not exist")),
+            CardError::Exists(what) => {
+                Problem::conflict("already_exists", format!("card {what} already exists"))
+            }
+            e @ CardError::BadTransition { .. } => {
+                Problem::conflict("bad_transition", e.to_string())
+            }
+            e @ (CardError::Storage(_)
+            | CardError::Vault(_)
+            | CardError::Stored(_)
+            | CardError::Corrupt { .. }) => Problem::internal(e.to_string()),
+        }
     }
 }
 
@@ -122,16 +149,28 @@ pub fn upsert_merchant(
     categories: &[String],
     now_ms: i64,
 ) -> Result<(), CardError> {
-    check_id("merchant id", id)?;
+    if !redeemd_contract::request::is_valid_id(id) {
+        return Err(Problem::invalid(
+            "merchant_id",
+            format!("{id:?}: 1 to 64 characters of A-Z a-z 0-9 . _ - (what a terminal can be configured with)"),
+        )
+        .into());
+    }
+    check_title("name", name)?;
     if commission_bps > 10_000 {
-        return Err(CardError::Invalid(format!(
-            "--commission-bps {commission_bps}: at most 10000 (100 %)"
-        )));
+        return Err(Problem::invalid(
+            "commission_bps",
+            format!("{commission_bps}: at most 10000 (100 %)"),
+        )
+        .into());
+    }
+    if categories.len() > 64 {
+        return Err(Problem::invalid("categories", "at most 64").into());
+    }
+    for (n, c) in categories.iter().enumerate() {
+        check_id(&format!("categories[{n}]"), c)?;
     }
     let cats: BTreeSet<String> = categories.iter().cloned().collect();
-    for c in &cats {
-        check_id("category", c)?;
-    }
     let cats: Vec<String> = cats.into_iter().collect();
     let cats_json = json(&cats);
     let before = merchant(tx, id)?;
@@ -170,7 +209,7 @@ fn merchants(tx: &mut dyn Tx) -> Result<Vec<Merchant>, CardError> {
 fn merchant_row(r: &Row) -> Result<Merchant, CardError> {
     let id = r.text(0)?;
     let categories: Vec<String> = serde_json::from_str(&r.text(3)?).map_err(|e| {
-        CardError::Invalid(format!("merchant {id}: stored categories unusable: {e}"))
+        CardError::Stored(format!("merchant {id}: stored categories unusable: {e}"))
     })?;
     Ok(Merchant {
         name: r.text(1)?,
@@ -349,7 +388,7 @@ pub fn packages(tx: &mut dyn Tx, card_id: i64) -> Result<Vec<StoredPackage>, Car
 fn body_of(row: &CardRow, packages: &[StoredPackage]) -> Vec<u8> {
     template(
         row.masked.clone(),
-        row.status,
+        signed_status(row.status, row.reissued_to.is_some()),
         row.holder_name.as_deref(),
         packages,
     )
@@ -445,10 +484,14 @@ pub fn insert_card(
 }
 
 fn identity_required_error(number: &CardNumber, package: &str) -> CardError {
-    CardError::Invalid(format!(
-        "package {package}: --identity-required on card {} which has no identity data",
-        number.masked()
-    ))
+    Problem::invalid(
+        "identity_required",
+        format!(
+            "package {package}: card {} has no identity data to ask for",
+            number.masked()
+        ),
+    )
+    .into()
 }
 
 fn write_package(
@@ -595,18 +638,26 @@ pub fn customize(
                     .find(|i| i.service_code == item.service_code);
                 let kept = new.is_some();
                 if !kept && *used > 0 {
-                    return Err(CardError::Invalid(format!(
-                        "package {}: item {} was used {used} times and cannot be dropped",
-                        spec.id, item.service_code
-                    )));
+                    return Err(Problem::conflict(
+                        "item_in_use",
+                        format!(
+                            "package {}: item {} was used {used} times and cannot be dropped",
+                            spec.id, item.service_code
+                        ),
+                    )
+                    .into());
                 }
                 // Below what shops already redeemed, those redemptions would be reported as
                 // over-redeemed and every shop would be signed 0 left without a word.
                 if let Some(n) = new.filter(|n| n.uses_total < *used) {
-                    return Err(CardError::Invalid(format!(
-                        "package {}: item {} was used {used} times: its total cannot be {}",
-                        spec.id, item.service_code, n.uses_total
-                    )));
+                    return Err(Problem::conflict(
+                        "item_in_use",
+                        format!(
+                            "package {}: item {} was used {used} times: its total cannot be {}",
+                            spec.id, item.service_code, n.uses_total
+                        ),
+                    )
+                    .into());
                 }
                 if !kept {
                     tx.execute(
@@ -819,6 +870,17 @@ pub fn stored_number(vault: &Vault, card_id: i64, sealed: &[u8]) -> Result<CardN
     })
 }
 
+/// A card's number, by its platform id (opened from its sealed column).
+pub fn number_of(tx: &mut dyn Tx, vault: &Vault, card_id: i64) -> Result<CardNumber, CardError> {
+    let row = tx
+        .query_opt(
+            "SELECT number_sealed FROM card WHERE id = $1",
+            params![card_id],
+        )?
+        .ok_or_else(|| CardError::NotFound(format!("#{card_id}")))?;
+    stored_number(vault, card_id, row.blob(0)?)
+}
+
 /// The platform card behind a card reference a terminal wrote: the reference decrypted under the
 /// terminal's card-token key to the card number, the card found by its number. `Ok(Err(why))` when
 /// there is none: a reference not made with this terminal's key (`CardRefError`), or a number the
@@ -858,7 +920,8 @@ pub fn deny_entries(
 ) -> Result<(u64, Vec<redeemd_contract::DenyEntry>), CardError> {
     let head = merchant(tx, merchant_id)?.map_or(0, |m| m.deny_version);
     let rows = tx.query(
-        "SELECT d.version, d.card_id, c.number_sealed, d.status, d.entry_version, d.reported_at_ms
+        "SELECT d.version, d.card_id, c.number_sealed, d.status, d.entry_version, d.reported_at_ms,
+                c.reissued_to
          FROM deny_entry d JOIN card c ON c.id = d.card_id
          WHERE d.merchant_id = $1 AND d.version > $2 ORDER BY d.version LIMIT $3",
         params![
@@ -875,12 +938,14 @@ pub fn deny_entries(
             card_id,
             reason,
         };
-        let status = match status_from_db(r.i64(3)?, card_id)? {
-            CardStatus::Lost => DenyStatus::Lost,
-            CardStatus::Frozen => DenyStatus::Frozen,
-            CardStatus::Cancelled => DenyStatus::Cancelled,
-            CardStatus::Active => return Err(corrupt("deny entry", "status active".into())),
+        let code = r.i64(3)?;
+        let Some(stored) = u8::try_from(code).ok().and_then(DenyStatus::from_code) else {
+            return Err(corrupt("deny entry", format!("status {code}")));
         };
+        // The table keeps a reissued card's entry as cancelled; the shops get it as reissued.
+        let reissued = r.opt_i64(6)?.is_some();
+        let status = DenyStatus::from_card_status(signed_status(stored.card_status(), reissued))
+            .unwrap_or(stored);
         out.push(redeemd_contract::DenyEntry {
             version: r.u64(0)?,
             card_ref: stored_number(vault, card_id, r.blob(2)?)?.card_ref(&keys.card_token),

@@ -21,6 +21,7 @@ use super::cards::{self, CardError, SEALED_IDENTITY, SEALED_NUMBER, StoredPackag
 use super::sql::{Param, Row, StorageError, Tx, int};
 use crate::core::cards::{scope_to_db, scopes_json, template};
 use crate::core::import::ImportCard;
+use crate::core::problem::Problem;
 use crate::vault::Vault;
 
 /// Rows written by one statement (the widest, `package`, binds 11 parameters a row: far below the
@@ -182,7 +183,7 @@ pub fn import_cards(
         for (position, (_, p)) in c.packages.iter().enumerate() {
             let (kind, list) = scope
                 .next()
-                .ok_or_else(|| CardError::Invalid("a package's scope was not computed".into()))?;
+                .ok_or_else(|| CardError::Stored("a package's scope was not computed".into()))?;
             packages.push(vec![
                 Param::Int(*id),
                 Param::Text(&p.id),
@@ -284,14 +285,18 @@ fn refuse_issued(tx: &mut dyn Tx, vault: &Vault, cards: &[ImportCard]) -> Result
     issued.sort_by_key(|c| c.line);
     match issued.first() {
         None => Ok(()),
-        Some(c) => Err(CardError::Invalid(format!(
-            "line {}: card {} was already issued{}; nothing was imported",
-            c.line,
-            c.card.number.masked(),
-            match issued.len() {
-                1 => String::new(),
-                n => format!(" (and {} more cards of the file)", n - 1),
-            }
-        ))),
+        Some(c) => Err(Problem::conflict(
+            "already_exists",
+            format!(
+                "line {}: card {} was already issued{}; nothing was imported",
+                c.line,
+                c.card.number.masked(),
+                match issued.len() {
+                    1 => String::new(),
+                    n => format!(" (and {} more cards of the file)", n - 1),
+                }
+            ),
+        )
+        .into()),
     }
 }

@@ -7,7 +7,11 @@
 //! * The operations, each written once over [`sql::Tx`]: [`terminals`] (enrolment, keys, request nonces),
 //!   [`journal`] (upload, head, batch close), [`cards`] (merchants, cards, packages, versions, deny
 //!   lists), [`import`] (cards issued in bulk, all or nothing), [`bundle`] (snapshots and deltas),
-//!   [`statements`] (the reports' inputs).
+//!   [`statements`] (the reports' inputs), and for the platform's people and fleet: [`access`] (API
+//!   keys, console logins, cards granted to the member app), [`audit`] (the log of every change),
+//!   [`fleet`] (terminals as listed, health reports, held records per terminal), [`pairing`] (pairing
+//!   codes), [`throttle`] (failed guesses counted across processes), [`catalogue`] (the member app's
+//!   offers).
 //!
 //! Every operation runs in a transaction of the isolation it needs ([`Db::write`], [`Db::read`],
 //! [`Db::transaction`]): serializable (retried on a conflict) where it reads before it writes, read
@@ -15,10 +19,15 @@
 //! store ([`Isolation::Volatile`]) for what needs no durability (a `GET`'s nonce). Server processes keep no
 //! state that correctness depends on: everything that must hold across processes is in the database.
 
+pub mod access;
+pub mod audit;
 pub mod bundle;
 pub mod cards;
+pub mod catalogue;
+pub mod fleet;
 pub mod import;
 pub mod journal;
+pub mod pairing;
 pub mod postgres;
 pub mod schema;
 pub mod sealing;
@@ -26,6 +35,7 @@ pub mod sql;
 pub mod sqlite;
 pub mod statements;
 pub mod terminals;
+pub mod throttle;
 
 use std::path::PathBuf;
 

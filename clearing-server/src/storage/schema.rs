@@ -21,7 +21,12 @@
 //!    price of each card's item from each entitlement version on (a record is priced at its entry
 //!    version; an existing database's prices count from version 0); `exception.resolved_ms` (a refused
 //!    seq later stored correctly). Records stored before version 6 count as payable;
-//! 7. the nonces of `GET` requests move out of the durable store (`super::terminals`): PostgreSQL keeps
+//! 7. the platform's people and its fleet (`crate::service`): API keys (`credential`, the secret's hash
+//!    only) and console logins (`console_user`, argon2id), the audit log (`audit`), each terminal's
+//!    latest health report (`terminal_health`), pairing codes (`pairing_code`, hashed) and the
+//!    failed-guess counters that throttle them (`throttle`), the catalogue of packages the member app
+//!    offers (`catalogue_offer`), and the cards granted to the member app (`card_grant`);
+//! 8. the nonces of `GET` requests move out of the durable store (`super::terminals`): PostgreSQL keeps
 //!    them in the `UNLOGGED` table `volatile_nonce` (no WAL, no flush at commit; emptied if the database
 //!    crashes), SQLite in a separate file beside the database written without fsync
 //!    ([`SQLITE_VOLATILE`]), so a sync pass that finds nothing new writes nothing durable. SQLite's main
@@ -30,7 +35,7 @@
 //! SQLite keeps the version in `PRAGMA user_version`, PostgreSQL in the one-row table `schema_version`.
 
 /// The schema version this server reads and writes.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 pub(super) const SQLITE_V1: &str = "
 CREATE TABLE terminal (
@@ -195,11 +200,11 @@ CREATE TABLE master_key (
 
 /// SQLite: `SQLITE_STEPS[i]` takes the schema from version `i` to `i + 1`.
 pub(super) const SQLITE_STEPS: &[&str] = &[
-    SQLITE_V1, SQLITE_V2, SQLITE_V3, BOTH_V4, SQLITE_V5, SQLITE_V6, SQLITE_V7,
+    SQLITE_V1, SQLITE_V2, SQLITE_V3, BOTH_V4, SQLITE_V5, SQLITE_V6, SQLITE_V7, SQLITE_V8,
 ];
 
-/// Version 7 (SQLite): nothing in the main file; the volatile nonces live in [`SQLITE_VOLATILE`].
-const SQLITE_V7: &str = "";
+/// Version 8 (SQLite): nothing in the main file; the volatile nonces live in [`SQLITE_VOLATILE`].
+const SQLITE_V8: &str = "";
 
 /// SQLite's volatile store: a file of its own beside the database (`<database>-nonces`), opened with
 /// `synchronous=OFF` — what it holds may be lost in an operating-system crash, never corrupted — and
@@ -366,11 +371,12 @@ pub(super) const POSTGRES_STEPS: &[(i64, &str)] = &[
     (5, POSTGRES_V5),
     (6, POSTGRES_V6),
     (7, POSTGRES_V7),
+    (8, POSTGRES_V8),
 ];
 
-/// Version 7 (PostgreSQL): the nonces of `GET` requests in an unlogged table (shared by every server
+/// Version 8 (PostgreSQL): the nonces of `GET` requests in an unlogged table (shared by every server
 /// process like the durable one; not written to the WAL, so remembering one costs no flush).
-const POSTGRES_V7: &str = "
+const POSTGRES_V8: &str = "
 CREATE UNLOGGED TABLE volatile_nonce (
     terminal_id      TEXT NOT NULL,
     nonce            TEXT NOT NULL,
@@ -410,4 +416,152 @@ CREATE TABLE master_key (
     fingerprint  BYTEA PRIMARY KEY,
     since_ms     BIGINT NOT NULL
 );
+";
+
+/// Version 7 (SQLite): credentials, audit, health, pairing codes, throttling, catalogue, grants.
+const SQLITE_V7: &str = "
+CREATE TABLE credential (
+    id           TEXT PRIMARY KEY,     -- k_<16 hex>: names the key in listings and the audit log
+    role         TEXT NOT NULL,        -- operator, merchant, member_app
+    subject      TEXT NOT NULL,        -- the operator's name, the merchant id, the member app's id
+    label        TEXT NOT NULL,
+    secret_hash  BLOB NOT NULL,        -- SHA-256 of the key's secret (core/credentials.rs)
+    created_ms   INTEGER NOT NULL,
+    created_by   TEXT NOT NULL,
+    revoked_ms   INTEGER
+) WITHOUT ROWID;
+CREATE TABLE console_user (
+    name           TEXT PRIMARY KEY,
+    role           TEXT NOT NULL,
+    subject        TEXT NOT NULL,
+    password_hash  TEXT NOT NULL,      -- argon2id PHC string
+    created_ms     INTEGER NOT NULL,
+    created_by     TEXT NOT NULL,
+    revoked_ms     INTEGER
+) WITHOUT ROWID;
+CREATE TABLE audit (
+    id      INTEGER PRIMARY KEY,
+    at_ms   INTEGER NOT NULL,
+    actor   TEXT NOT NULL,             -- role, subject and means: operator alice (key k_…)
+    action  TEXT NOT NULL,
+    target  TEXT NOT NULL,
+    detail  TEXT NOT NULL              -- never a secret, a code or a card number
+);
+CREATE TABLE terminal_health (
+    terminal_id  TEXT PRIMARY KEY REFERENCES terminal(id),
+    received_ms  INTEGER NOT NULL,
+    report       TEXT NOT NULL         -- the latest report's JSON, as checked
+) WITHOUT ROWID;
+CREATE TABLE pairing_code (
+    code_hash    BLOB PRIMARY KEY,     -- SHA-256 of the code (core/pairing.rs)
+    terminal_id  TEXT NOT NULL,
+    merchant_id  TEXT NOT NULL,
+    created_ms   INTEGER NOT NULL,
+    created_by   TEXT NOT NULL,
+    expires_ms   INTEGER NOT NULL,
+    used_ms      INTEGER,
+    used_from    TEXT
+) WITHOUT ROWID;
+CREATE INDEX pairing_code_by_merchant ON pairing_code(merchant_id, created_ms);
+CREATE TABLE throttle (
+    scope            TEXT NOT NULL,    -- what is throttled: pairing
+    source           TEXT NOT NULL,    -- a client address, or * for the whole platform
+    window_start_ms  INTEGER NOT NULL,
+    failures         INTEGER NOT NULL,
+    PRIMARY KEY (scope, source)
+) WITHOUT ROWID;
+CREATE TABLE catalogue_offer (
+    id                 TEXT PRIMARY KEY,
+    title              TEXT NOT NULL,
+    valid_days         INTEGER NOT NULL,
+    scope_kind         INTEGER NOT NULL CHECK (scope_kind BETWEEN 0 AND 2),
+    scope_list         TEXT NOT NULL,
+    daily_cap          INTEGER,
+    identity_required  INTEGER NOT NULL,
+    items              TEXT NOT NULL,  -- JSON [{service_code, title, uses_total, price_fen}]
+    active             INTEGER NOT NULL,
+    updated_ms         INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE card_grant (
+    handle      TEXT PRIMARY KEY,      -- mc_<32 hex>: how the member app names the card
+    card_id     INTEGER NOT NULL REFERENCES card(id),
+    app_id      TEXT NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    revoked_ms  INTEGER
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX card_grant_live ON card_grant(app_id, card_id) WHERE revoked_ms IS NULL;
+";
+
+/// Version 7 (PostgreSQL): as SQLite's.
+const POSTGRES_V7: &str = "
+CREATE TABLE credential (
+    id           TEXT PRIMARY KEY,
+    role         TEXT NOT NULL,
+    subject      TEXT NOT NULL,
+    label        TEXT NOT NULL,
+    secret_hash  BYTEA NOT NULL,
+    created_ms   BIGINT NOT NULL,
+    created_by   TEXT NOT NULL,
+    revoked_ms   BIGINT
+);
+CREATE TABLE console_user (
+    name           TEXT PRIMARY KEY,
+    role           TEXT NOT NULL,
+    subject        TEXT NOT NULL,
+    password_hash  TEXT NOT NULL,
+    created_ms     BIGINT NOT NULL,
+    created_by     TEXT NOT NULL,
+    revoked_ms     BIGINT
+);
+CREATE TABLE audit (
+    id      BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+    at_ms   BIGINT NOT NULL,
+    actor   TEXT NOT NULL,
+    action  TEXT NOT NULL,
+    target  TEXT NOT NULL,
+    detail  TEXT NOT NULL
+);
+CREATE TABLE terminal_health (
+    terminal_id  TEXT PRIMARY KEY REFERENCES terminal(id),
+    received_ms  BIGINT NOT NULL,
+    report       TEXT NOT NULL
+);
+CREATE TABLE pairing_code (
+    code_hash    BYTEA PRIMARY KEY,
+    terminal_id  TEXT NOT NULL,
+    merchant_id  TEXT NOT NULL,
+    created_ms   BIGINT NOT NULL,
+    created_by   TEXT NOT NULL,
+    expires_ms   BIGINT NOT NULL,
+    used_ms      BIGINT,
+    used_from    TEXT
+);
+CREATE INDEX pairing_code_by_merchant ON pairing_code(merchant_id, created_ms);
+CREATE TABLE throttle (
+    scope            TEXT NOT NULL,
+    source           TEXT NOT NULL,
+    window_start_ms  BIGINT NOT NULL,
+    failures         BIGINT NOT NULL,
+    PRIMARY KEY (scope, source)
+);
+CREATE TABLE catalogue_offer (
+    id                 TEXT PRIMARY KEY,
+    title              TEXT NOT NULL,
+    valid_days         BIGINT NOT NULL,
+    scope_kind         BIGINT NOT NULL CHECK (scope_kind BETWEEN 0 AND 2),
+    scope_list         TEXT NOT NULL,
+    daily_cap          BIGINT,
+    identity_required  BIGINT NOT NULL,
+    items              TEXT NOT NULL,
+    active             BIGINT NOT NULL,
+    updated_ms         BIGINT NOT NULL
+);
+CREATE TABLE card_grant (
+    handle      TEXT PRIMARY KEY,
+    card_id     BIGINT NOT NULL REFERENCES card(id),
+    app_id      TEXT NOT NULL,
+    created_ms  BIGINT NOT NULL,
+    revoked_ms  BIGINT
+);
+CREATE UNIQUE INDEX card_grant_live ON card_grant(app_id, card_id) WHERE revoked_ms IS NULL;
 ";

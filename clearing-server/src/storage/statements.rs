@@ -18,6 +18,7 @@ use crate::core::clearing::{
     self, DenyPeriod, ItemTotals, MemberStatement, MerchantStatement, OverRedeemed,
     RedeemedWhileDenied,
 };
+use crate::core::problem::Problem;
 use crate::params;
 use crate::vault::Vault;
 
@@ -37,7 +38,7 @@ fn decoded(
 fn decode(r: &super::Row) -> Result<JournalRecord, CardError> {
     let (t, seq, bytes) = (r.text(0)?, r.i64(1)?, r.blob(2)?);
     JournalRecord::decode(bytes).map_err(|e| {
-        CardError::Invalid(format!(
+        CardError::Stored(format!(
             "journal of {t} seq {seq}: stored record does not decode: {e}"
         ))
     })
@@ -93,13 +94,19 @@ fn deny_periods(tx: &mut dyn Tx, card_id: i64) -> Result<Vec<DenyPeriod>, CardEr
     Ok(periods)
 }
 
-pub fn merchant_statement(
+/// A stored record with its verdict (`None` payable, else the code that holds it).
+pub type Verdicted = (JournalRecord, Option<String>);
+
+/// A merchant's stored records with their verdicts, and the merchant (`404` when there is none).
+pub fn merchant_records(
     tx: &mut dyn Tx,
     merchant_id: &str,
-    window: Window,
-) -> Result<(MerchantStatement, String), CardError> {
-    let merchant = cards::merchant(tx, merchant_id)?
-        .ok_or_else(|| CardError::Invalid(format!("merchant {merchant_id} does not exist")))?;
+) -> Result<(cards::Merchant, Vec<Verdicted>), CardError> {
+    let merchant = cards::merchant(tx, merchant_id)?.ok_or_else(|| {
+        CardError::Refused(Problem::not_found(format!(
+            "merchant {merchant_id} does not exist"
+        )))
+    })?;
     let mut records = Vec::new();
     for r in tx.query(
         "SELECT j.terminal_id, j.seq, j.record, j.held FROM journal j JOIN terminal t ON t.id = j.terminal_id
@@ -108,12 +115,33 @@ pub fn merchant_statement(
     )? {
         records.push((decode(&r)?, r.opt_text(3)?));
     }
-    let judged = records.iter().map(|(record, held)| clearing::Judged {
-        record,
-        held: held.as_deref(),
-    });
+    Ok((merchant, records))
+}
+
+/// The judged view of [`merchant_records`].
+pub fn judged(records: &[Verdicted]) -> Vec<clearing::Judged<'_>> {
+    records
+        .iter()
+        .map(|(record, held)| clearing::Judged {
+            record,
+            held: held.as_deref(),
+        })
+        .collect()
+}
+
+pub fn merchant_statement(
+    tx: &mut dyn Tx,
+    merchant_id: &str,
+    window: Window,
+) -> Result<(MerchantStatement, String), CardError> {
+    let (merchant, records) = merchant_records(tx, merchant_id)?;
     Ok((
-        clearing::merchant_statement(merchant_id, window, merchant.commission_bps, judged),
+        clearing::merchant_statement(
+            merchant_id,
+            window,
+            merchant.commission_bps,
+            judged(&records),
+        ),
         merchant.name,
     ))
 }
@@ -153,6 +181,65 @@ pub struct Exceptions {
     pub refused_or_unmapped: Vec<Noted>,
     pub redeemed_while_denied: Vec<RedeemedWhileDenied>,
     pub over_redeemed: Vec<OverRedeemed>,
+    /// The masked number of every card named above, by platform card id.
+    pub cards: BTreeMap<i64, String>,
+}
+
+impl Exceptions {
+    /// What one merchant may see of them: refusals of its terminals, and the card exceptions that
+    /// involve its records — with only its own records and terminals (another merchant's are left out;
+    /// a card's totals stay, they are the member's, not the other merchant's).
+    pub fn for_merchant(&self, merchant_id: &str, terminals: &[String]) -> Exceptions {
+        let own = |t: &str| terminals.iter().any(|o| o == t);
+        let mut e = Exceptions {
+            refused_or_unmapped: self
+                .refused_or_unmapped
+                .iter()
+                .filter(|n| own(&n.terminal_id))
+                .cloned()
+                .collect(),
+            redeemed_while_denied: self
+                .redeemed_while_denied
+                .iter()
+                .filter(|d| d.record.merchant_id == merchant_id && own(&d.record.terminal_id))
+                .cloned()
+                .collect(),
+            over_redeemed: self
+                .over_redeemed
+                .iter()
+                .filter_map(|o| {
+                    let records: Vec<_> = o
+                        .records
+                        .iter()
+                        .filter(|r| r.merchant_id == merchant_id && own(&r.terminal_id))
+                        .cloned()
+                        .collect();
+                    (!records.is_empty()).then(|| {
+                        let mut mine: Vec<String> =
+                            records.iter().map(|r| r.terminal_id.clone()).collect();
+                        mine.dedup();
+                        OverRedeemed {
+                            terminals: mine,
+                            records,
+                            ..o.clone()
+                        }
+                    })
+                })
+                .collect(),
+            cards: BTreeMap::new(),
+        };
+        for id in e
+            .redeemed_while_denied
+            .iter()
+            .map(|d| d.card_id)
+            .chain(e.over_redeemed.iter().map(|o| o.card_id))
+        {
+            if let Some(m) = self.cards.get(&id) {
+                e.cards.insert(id, m.clone());
+            }
+        }
+        e
+    }
 }
 
 pub fn exceptions(tx: &mut dyn Tx) -> Result<Exceptions, CardError> {
@@ -176,8 +263,10 @@ pub fn exceptions(tx: &mut dyn Tx) -> Result<Exceptions, CardError> {
         &[],
     )?;
     let (mut denied, mut over) = (Vec::new(), Vec::new());
+    let mut cards = BTreeMap::new();
     for r in cards_used {
         let card_id = r.i64(0)?;
+        let before = (denied.len(), over.len());
         let records = card_records(tx, card_id)?;
         denied.extend(clearing::redeemed_while_denied(
             card_id,
@@ -189,11 +278,15 @@ pub fn exceptions(tx: &mut dyn Tx) -> Result<Exceptions, CardError> {
             &item_totals(tx, card_id)?,
             &records,
         ));
+        if (denied.len(), over.len()) != before {
+            cards.insert(card_id, masked_card(tx, card_id)?);
+        }
     }
     Ok(Exceptions {
         refused_or_unmapped,
         redeemed_while_denied: denied,
         over_redeemed: over,
+        cards,
     })
 }
 

@@ -62,6 +62,22 @@ pub fn enroll(
     Ok(())
 }
 
+/// Gives an enrolled terminal a new secret (a pairing code redeemed for a terminal that never
+/// uploaded a record: its PC was replaced before it was used). Returns whether it exists.
+pub fn rekey(
+    tx: &mut dyn Tx,
+    vault: &Vault,
+    terminal_id: &str,
+    secret: &[u8],
+) -> Result<bool, TerminalError> {
+    let sealed = vault.seal(&secret_seal(terminal_id), secret)?;
+    let n = tx.execute(
+        "UPDATE terminal SET secret_sealed = $2, sealed_with = $3 WHERE id = $1",
+        params![terminal_id, &sealed, &vault.current().fingerprint()],
+    )?;
+    Ok(n == 1)
+}
+
 /// Enables or disables a terminal (a disabled one is refused with `403 terminal_disabled`). Returns
 /// whether the terminal exists.
 pub fn set_enabled(
