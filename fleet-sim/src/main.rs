@@ -186,6 +186,10 @@ struct RunArgs {
     /// Skip the reconciliation at the end.
     #[arg(long)]
     no_reconcile: bool,
+    /// Send no health report at the end of a pass (the daemon sends one after every pass; a platform
+    /// older than the health endpoint answers it 404).
+    #[arg(long)]
+    no_health: bool,
     /// Also write the figures as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -288,6 +292,7 @@ fn run_options(a: RunArgs) -> Result<(RunOptions, usize), String> {
         server_pid: a.server_pid,
         db_size,
         reconcile: !a.no_reconcile,
+        health: !a.no_health,
         json: a.json,
     };
     Ok((o, a.threads.max(1)))

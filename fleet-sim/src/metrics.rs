@@ -26,6 +26,8 @@ pub enum Endpoint {
     /// `GET entitlements` answered `204`: nothing new.
     EntitlementsUnchanged,
     BatchClose,
+    /// `POST health`: the daemon's health report at the end of its pass.
+    Health,
     /// Opening a TCP connection (before the request that needed it).
     Connect,
     /// A whole pass, from its first request to its last.
@@ -42,6 +44,7 @@ impl Endpoint {
             Endpoint::EntitlementsDelta => "GET entitlements (delta)",
             Endpoint::EntitlementsUnchanged => "GET entitlements (204)",
             Endpoint::BatchClose => "POST batch-close",
+            Endpoint::Health => "POST health",
             Endpoint::Connect => "connect",
             Endpoint::Pass => "whole pass",
         }

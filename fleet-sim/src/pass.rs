@@ -1,7 +1,7 @@
 //! One sync pass of a simulated terminal, in the daemon's order and with the daemon's rules
 //! (`src/sync/pass.rs`): the counter's redemptions since the last pass are journaled first, then
 //! deny list → journal head (resume) → uploads → entitlements (full at first contact, then deltas,
-//! `204` when nothing changed) → the closes of business days that ended.
+//! `204` when nothing changed) → the closes of business days that ended → the health report.
 //!
 //! As in the daemon, the steps are independent except when the server is unreachable or overloaded
 //! (a transport error, `5xx`, `429`): the remaining steps of the pass are skipped; closes need the
@@ -42,6 +42,8 @@ pub struct PassConfig {
     /// others are checked by their frames and signed manifest. Full snapshots are always verified.
     pub verify_ratio: f64,
     pub keep_alive: KeepAlive,
+    /// The sync interval a health report names, or `None` to send none (`--no-health`).
+    pub health_interval_secs: Option<u64>,
 }
 
 /// A terminal with what it keeps between passes.
@@ -168,6 +170,13 @@ pub async fn pass(t: &mut SimTerminal, cfg: &PassConfig) -> (PassLog, After) {
     } else {
         Some(run.close_step().await)
     };
+    // The daemon reports its health at the end of every pass that reached the platform; like a
+    // close, a failed report backs off only when the platform is unreachable or said when to return.
+    let health = match run.cfg.health_interval_secs {
+        Some(interval) if !skip => Some(run.health_step(interval).await),
+        _ => None,
+    };
+    let health_failure = health.as_ref().and_then(|r| r.as_ref().err());
     let mut failures: Vec<&StepError> = [deny.as_ref().err()]
         .into_iter()
         .chain([&journal, &entitlements].map(|s| s.as_ref().and_then(|r| r.as_ref().err())))
@@ -175,10 +184,15 @@ pub async fn pass(t: &mut SimTerminal, cfg: &PassConfig) -> (PassLog, After) {
         .collect();
     let all_done = journal.is_some() && entitlements.is_some() && closes.is_some();
     let close_failure = closes.as_ref().and_then(|r| r.as_ref().err());
-    let ok = failures.is_empty() && close_failure.is_none() && all_done;
+    let ok = failures.is_empty() && close_failure.is_none() && health_failure.is_none() && all_done;
     // A close that failed on its own (the platform reachable, no Retry-After) waits for the next
     // pass without backing the whole sync off (the daemon's `backoff_failures`).
-    failures.extend(close_failure.filter(|e| e.unreachable() || e.retry_after_ms().is_some()));
+    failures.extend(
+        [close_failure, health_failure]
+            .into_iter()
+            .flatten()
+            .filter(|e| e.unreachable() || e.retry_after_ms().is_some()),
+    );
     let after = if failures.is_empty() {
         After::Interval
     } else {
@@ -514,6 +528,19 @@ impl Run<'_> {
             self.log.closes.push(verdict);
         }
         Ok(())
+    }
+}
+
+impl Run<'_> {
+    /// Sends the terminal's health report; the platform keeps it (`204`).
+    async fn health_step(&mut self, interval_secs: u64) -> Result<(), StepError> {
+        let report = self.t.terminal.health(wall_clock_ms(), interval_secs);
+        let body = serde_json::to_vec(&report)
+            .map_err(|e| StepError::Refused(format!("health report: {e}")))?;
+        match self.json(Endpoint::Health, "POST", "health", body).await? {
+            Ok(_) => Ok(()),
+            Err(p) => Err(server_error(p)),
+        }
     }
 }
 

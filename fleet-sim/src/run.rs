@@ -90,6 +90,8 @@ pub struct RunOptions {
     pub server_pid: Option<u32>,
     pub db_size: Option<DbSize>,
     pub reconcile: bool,
+    /// Send the daemon's health report at the end of every pass.
+    pub health: bool,
     pub json: Option<PathBuf>,
 }
 
@@ -478,6 +480,7 @@ pub async fn run(o: RunOptions) -> Result<Summary, String> {
         drop_ack_ratio: o.drop_ack_ratio,
         verify_ratio: o.verify_ratio,
         keep_alive: o.keep_alive,
+        health_interval_secs: o.health.then(|| o.interval.as_secs().max(1)),
     };
     println!(
         "fleet-sim run {}: {} terminals ({merchants} merchants), {} cards, {}",

@@ -27,6 +27,9 @@ use redeemd::sync::plan::{
     self, AnswerError, Batch, Divergence, LocalJournal, Next, Problem, Resume, ServerHead, Uploader,
 };
 use redeemd_contract::close::{BatchClose, business_day};
+use redeemd_contract::health::{
+    CacheHealth, HealthReport, JournalHealth, LinkState, ReaderHealth, bounded,
+};
 use redeemd_contract::journal::{auth_code, genesis_mac};
 use redeemd_contract::keys::Tag;
 use redeemd_contract::{CardRef, CardStatus, JournalRecord, RecordKind, TerminalKeys};
@@ -124,6 +127,8 @@ pub struct Terminal {
     /// The last closed day's `through_seq`: the next close starts after it.
     closed_through: u64,
     cache_version: u64,
+    /// When the installed cache was installed (wall clock, unix ms; 0 before the first install).
+    installed_at_ms: i64,
     pool: Pool,
     /// Deny entries by card: the highest `entry_version` an entry of the card refuses below.
     deny: HashMap<CardRef, u64>,
@@ -161,6 +166,7 @@ impl Terminal {
             halted: None,
             closed_through: 0,
             cache_version,
+            installed_at_ms: 0,
             pool: Pool::new(pool_capacity),
             deny: HashMap::new(),
             deny_version: 0,
@@ -168,6 +174,42 @@ impl Terminal {
             boot_wall_ms,
             reader_txn: 0,
             voidable: VecDeque::new(),
+        }
+    }
+
+    /// The daemon's health report at `now_ms` (`redeemd::sync::health`), as this terminal would send
+    /// it: one reader linked, the installed cache (expiring after the server's default validity of
+    /// 72 h: the simulator does not read the bundle's expiry), the journal's backlog, a halt.
+    pub fn health(&self, now_ms: i64, interval_secs: u64) -> HealthReport {
+        let unsynced = self.head_seq() - self.acked_seq;
+        HealthReport {
+            daemon_version: concat!("fleet-sim ", env!("CARGO_PKG_VERSION")).to_owned(),
+            started_at_ms: self.boot_wall_ms,
+            reported_at_ms: now_ms,
+            sync_interval_secs: interval_secs.clamp(1, 86_400),
+            readers: vec![ReaderHealth {
+                name: "counter-1".into(),
+                state: LinkState::LinkUp,
+                detail: None,
+                reader_serial: Some(format!("SIM-{}", self.terminal_id)),
+                firmware: Some("fleet-sim".into()),
+                last_transaction_at_ms: self.records.last().map(|r| r.wall_ms),
+            }],
+            cache: (self.installed_at_ms > 0).then(|| CacheHealth {
+                version: self.cache_version,
+                installed_at_ms: self.installed_at_ms,
+                expires_at_ms: self.installed_at_ms + 72 * 3_600_000,
+            }),
+            journal: JournalHealth {
+                head_seq: self.head_seq(),
+                unsynced,
+                oldest_unsynced_at_ms: usize::try_from(self.acked_seq)
+                    .ok()
+                    .and_then(|i| self.records.get(i))
+                    .map(|r| r.wall_ms),
+            },
+            halted: self.halted.as_ref().map(|d| bounded(&d.to_string())),
+            last_close: None,
         }
     }
 
@@ -559,6 +601,7 @@ impl Terminal {
     ) -> Result<Installed, BundleRefused> {
         let installed = intake.finish(self.cache_version, &mut self.pool)?;
         self.cache_version = installed.version;
+        self.installed_at_ms = now_ms;
         if let Counter::AfterInstall { backlog_ms } = self.counter {
             self.open_counter(now_ms.saturating_sub(backlog_ms));
         }
@@ -597,6 +640,36 @@ mod tests {
 
     fn terminal() -> Terminal {
         terminal_with(&[100, 150, 200])
+    }
+
+    #[test]
+    fn the_health_report_is_within_the_platforms_bounds_and_tells_the_backlog() {
+        let mut t = terminal();
+        let r = t.health(T0 + 1_000, 60);
+        r.check().unwrap();
+        let cache = r.cache.unwrap();
+        assert_eq!((cache.version, cache.installed_at_ms), (5, T0));
+        assert_eq!((r.journal.head_seq, r.journal.unsynced), (0, 0));
+        t.open_counter(T0);
+        let mut rng = SmallRng::seed_from_u64(1);
+        let model = CounterModel {
+            events_per_ms: 1.0 / 60_000.0,
+            void_ratio: 0.0,
+            two_line_ratio: 0.0,
+        };
+        t.redeem_until(T0 + 10 * 60_000, &model, &mut rng);
+        let r = t.health(T0 + 10 * 60_000, 60);
+        r.check().unwrap();
+        assert!(r.journal.unsynced > 0);
+        assert_eq!(r.journal.unsynced, r.journal.head_seq);
+        assert_eq!(
+            r.journal.oldest_unsynced_at_ms,
+            Some(t.records()[0].wall_ms)
+        );
+        assert_eq!(
+            r.readers[0].last_transaction_at_ms,
+            t.records().last().map(|l| l.wall_ms)
+        );
     }
 
     fn busy() -> CounterModel {

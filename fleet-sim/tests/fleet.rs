@@ -222,6 +222,7 @@ fn a_small_fleet_runs_real_passes_and_reconciles_exactly() {
         "GET journal/head",
         "POST journal",
         "GET entitlements (delta)",
+        "POST health",
     ] {
         assert!(endpoints.contains(&e), "{e} missing: {endpoints:?}");
     }
