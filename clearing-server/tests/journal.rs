@@ -463,8 +463,8 @@ async fn authentication_refuses_from_the_headers_before_the_body_is_read(engine:
 
 /// `docs/api/README.md`, "Authentication" (nonces): a `GET`'s nonce is remembered in the volatile store —
 /// PostgreSQL's unlogged table committed asynchronously, SQLite's own file written without fsync — so
-/// that a pass with nothing new writes nothing durable; a `POST`'s in the durable table. Both refuse a
-/// replay.
+/// that a pass with nothing new writes nothing durable, and so is a health report's, which is kept by a
+/// commit that does not wait for the disk; a `POST`'s in the durable table. All refuse a replay.
 async fn a_gets_nonce_costs_no_durable_write_and_a_posts_is_kept_durably(engine: Engine) {
     use clearing_server::storage::Isolation;
     let s = start(engine).await;
@@ -507,6 +507,39 @@ async fn a_gets_nonce_costs_no_durable_write_and_a_posts_is_kept_durably(engine:
     assert_eq!(s.upload(1, &chain(&s.keys, 1, |_| 1)).await.0, 200);
     assert_eq!(count(Isolation::Snapshot, "nonce"), 1);
     assert_eq!(count(Isolation::Volatile, "volatile_nonce"), 1);
+    // A health report (the last request of every pass): kept, its nonce volatile too — a replay of it
+    // changes nothing — and the replay still refused.
+    let report = redeemd_contract::health::HealthReport {
+        daemon_version: "0.1.0".into(),
+        started_at_ms: T0 - 60_000,
+        reported_at_ms: T0,
+        sync_interval_secs: 60,
+        readers: Vec::new(),
+        cache: None,
+        journal: redeemd_contract::health::JournalHealth {
+            head_seq: 1,
+            unsynced: 0,
+            oldest_unsynced_at_ms: None,
+        },
+        halted: None,
+        last_close: None,
+    };
+    let body = serde_json::to_vec(&report).unwrap();
+    let path = "/v1/terminals/T-1/health";
+    let signed = SignedHeaders::sign(&s.keys.request, "T-1", "POST", path, T0, [211; 16], &body);
+    for want in [204, 401] {
+        let (st, v) = s
+            .send_as(&s.keys, "POST", path, body.clone(), |h| *h = signed.clone())
+            .await;
+        assert_eq!(st, want, "{v}");
+    }
+    assert_eq!(count(Isolation::Volatile, "volatile_nonce"), 2);
+    assert_eq!(
+        count(Isolation::Snapshot, "nonce"),
+        1,
+        "a health report wrote a durable nonce"
+    );
+    assert_eq!(count(Isolation::Snapshot, "terminal_health"), 1);
     // What makes the volatile store cost no flush, as each engine states it.
     let setting = blocking(|| {
         s.db.transaction(Isolation::Volatile, |tx| -> Result<String, StorageError> {
@@ -531,6 +564,27 @@ async fn a_gets_nonce_costs_no_durable_write_and_a_posts_is_kept_durably(engine:
         Engine::Postgres => "u off", // unlogged, asynchronous commit
     };
     assert_eq!(setting, want);
+    // What makes a health report's commit not wait for the disk, and every other write wait for it.
+    let sync = |isolation: Isolation| {
+        blocking(|| {
+            s.db.transaction(isolation, |tx| -> Result<String, StorageError> {
+                Ok(match engine {
+                    Engine::Sqlite => tx.query_one("PRAGMA synchronous", &[])?.i64(0)?.to_string(),
+                    Engine::Postgres => tx.query_one("SHOW synchronous_commit", &[])?.text(0)?,
+                })
+            })
+            .unwrap()
+        })
+    };
+    let (unflushed, durable) = match engine {
+        Engine::Sqlite => ("1", "2"), // NORMAL (WAL: no fsync at commit), then FULL again
+        Engine::Postgres => ("off", "on"),
+    };
+    assert_eq!(sync(Isolation::Unflushed), unflushed);
+    for _ in 0..30 {
+        // Every connection of the pool, whichever served the unflushed one.
+        assert_eq!(sync(Isolation::Serializable), durable);
+    }
 }
 
 /// Issue 14's contract mismatches, each answered as `docs/api/README.md` and `openapi.yaml` say: a

@@ -4,7 +4,7 @@
 //! 2. the terminal looked up (enrolled, enabled, the path's);
 //! 3. the signature over the canonical request — which covers the body hash the headers claim — then
 //!    the clock, then the nonce, remembered in the store its method calls for
-//!    ([`terminals::NonceKind`]: durable for a `POST`, volatile for a `GET`);
+//!    ([`terminals::NonceKind`]: durable for a `POST`, volatile for a `GET` and a health report);
 //! 4. only then the body read, under its size and time limits, and its SHA-256 compared with the
 //!    signed one;
 //! 5. a gzip body inflated under its own limit.
@@ -91,7 +91,7 @@ async fn authenticate_headers(
         .unwrap_or_else(|| uri.path())
         .to_owned();
     let (method, path_terminal) = (method.as_str().to_owned(), path_terminal.to_owned());
-    let kind = terminals::NonceKind::for_method(&method);
+    let kind = terminals::NonceKind::for_request(&method, uri.path());
     let clock = state.clock.clone();
     let pruned = state.nonces_pruned_ms.clone();
     let keys = state.keys.clone();

@@ -51,8 +51,9 @@ pub fn terminal_row(tx: &mut dyn Tx, id: &str) -> Result<Option<TerminalRow>, St
         .transpose()
 }
 
-/// Keeps `report` as the terminal's latest (a report older than the one kept, by the terminal's
-/// clock, does not replace it: two passes' reports may arrive out of order through two servers).
+/// Keeps `report` as the terminal's latest (a report not newer than the one kept, by the terminal's
+/// clock, does not replace it: two passes' reports may arrive out of order through two servers, and a
+/// replayed one changes nothing — not even when it was received).
 pub fn store_report(
     tx: &mut dyn Tx,
     terminal_id: &str,
@@ -61,7 +62,7 @@ pub fn store_report(
 ) -> Result<(), StorageError> {
     let json = serde_json::to_string(report).map_err(|e| StorageError::Other(e.to_string()))?;
     if let Some((_, kept)) = report_of(tx, terminal_id)?
-        && kept.reported_at_ms > report.reported_at_ms
+        && kept.reported_at_ms >= report.reported_at_ms
         && kept.started_at_ms == report.started_at_ms
     {
         return Ok(());

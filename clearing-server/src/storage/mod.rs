@@ -15,8 +15,10 @@
 //!
 //! Every operation runs in a transaction of the isolation it needs ([`Db::write`], [`Db::read`],
 //! [`Db::transaction`]): serializable (retried on a conflict) where it reads before it writes, read
-//! committed where one unique key decides (a nonce), a read-only snapshot for reads, and the volatile
-//! store ([`Isolation::Volatile`]) for what needs no durability (a `GET`'s nonce). Server processes keep no
+//! committed where one unique key decides (a nonce), a read-only snapshot for reads, the volatile
+//! store ([`Isolation::Volatile`]) for what needs no durability (a `GET`'s nonce, a health report's),
+//! and a commit that does not wait for the disk ([`Isolation::Unflushed`]) for what the next request
+//! replaces (a terminal's latest health report). Server processes keep no
 //! state that correctness depends on: everything that must hold across processes is in the database.
 
 pub mod access;
@@ -64,6 +66,12 @@ pub enum Isolation {
     /// SQLite's separate file written with `synchronous=OFF`. Only the volatile tables
     /// (`volatile_nonce`) may be used in it.
     Volatile,
+    /// Serializable in the durable store, but its commit does not wait for the disk: PostgreSQL's
+    /// `synchronous_commit = off`, SQLite's `synchronous=NORMAL` for that commit (WAL mode). It is
+    /// never half applied, and any later flushed commit makes it durable too (the WAL is written in
+    /// order); a crash of the database's machine may lose the last ones. For what the next request
+    /// replaces anyway: a terminal's latest health report.
+    Unflushed,
 }
 
 /// Times a conflicting transaction is run before the conflict is returned.

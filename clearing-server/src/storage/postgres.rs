@@ -6,7 +6,8 @@
 //! Nothing here holds state between requests beyond the pool: exactly-once uploads, one close a day,
 //! monotonic versions and refused nonce replays come from the database's keys and transactions, so any
 //! number of server processes can share one database. The volatile store ([`Isolation::Volatile`]) is
-//! the same database's unlogged tables, committed asynchronously. No advisory locks: the migration lock is a row
+//! the same database's unlogged tables, committed asynchronously; [`Isolation::Unflushed`] is a
+//! serializable transaction committed asynchronously. No advisory locks: the migration lock is a row
 //! lock (`SELECT … FOR UPDATE`), which PostgreSQL-compatible distributed engines also have.
 
 use std::collections::HashMap;
@@ -129,7 +130,7 @@ impl PgDb {
         };
         let PgConn { client, statements } = &mut *conn;
         let level = match isolation {
-            Isolation::Serializable => IsolationLevel::Serializable,
+            Isolation::Serializable | Isolation::Unflushed => IsolationLevel::Serializable,
             Isolation::ReadCommitted | Isolation::Volatile => IsolationLevel::ReadCommitted,
             Isolation::Snapshot => IsolationLevel::RepeatableRead,
         };
@@ -153,8 +154,10 @@ impl PgDb {
             conflicted: false,
         };
         // The volatile tables are unlogged, so their writes produce no WAL to flush; the commit is
-        // made asynchronous too, so that the commit record itself never waits for the disk.
-        if isolation == Isolation::Volatile
+        // made asynchronous too, so that the commit record itself never waits for the disk. An
+        // unflushed transaction's WAL is written, and flushed by the WAL writer or the next
+        // synchronous commit, whichever comes first.
+        if matches!(isolation, Isolation::Volatile | Isolation::Unflushed)
             && let Err(e) = t.tx.batch_execute("SET LOCAL synchronous_commit TO OFF")
         {
             let e = t.note(e);

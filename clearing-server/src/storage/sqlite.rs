@@ -57,8 +57,13 @@ impl r2d2::ManageConnection for Manager {
         conn.query_row("SELECT 1", [], |_| Ok(()))
     }
 
-    fn has_broken(&self, _: &mut Connection) -> bool {
-        false
+    /// A main-file connection whose `synchronous` is not `FULL` (an unflushed transaction could not
+    /// restore it) is dropped rather than reused.
+    fn has_broken(&self, conn: &mut Connection) -> bool {
+        !self.volatile
+            && !conn
+                .pragma_query_value(None, "synchronous", |r| r.get::<_, i64>(0))
+                .is_ok_and(|s| s == 2)
     }
 }
 
@@ -135,11 +140,31 @@ impl SqliteDb {
         };
         let behavior = match isolation {
             Isolation::Snapshot => TransactionBehavior::Deferred,
-            Isolation::Serializable | Isolation::ReadCommitted | Isolation::Volatile => {
-                TransactionBehavior::Immediate
-            }
+            Isolation::Serializable
+            | Isolation::ReadCommitted
+            | Isolation::Volatile
+            | Isolation::Unflushed => TransactionBehavior::Immediate,
         };
-        let tx = match rusqlite::Transaction::new_unchecked(&conn, behavior) {
+        // In WAL mode, `NORMAL` commits without an fsync; the connection goes back to the pool with
+        // `FULL` whatever happens below.
+        let unflushed = isolation == Isolation::Unflushed;
+        if unflushed && let Err(e) = conn.pragma_update(None, "synchronous", "NORMAL") {
+            return (Err(classify(e).into()), false);
+        }
+        let (result, conflict) = Self::in_transaction(&conn, behavior, f);
+        if unflushed && let Err(e) = conn.pragma_update(None, "synchronous", "FULL") {
+            // The pool drops it (`Manager::has_broken`): no durable commit may run without fsync.
+            return (Err(classify(e).into()), false);
+        }
+        (result, conflict)
+    }
+
+    fn in_transaction<T, E: From<StorageError>>(
+        conn: &Connection,
+        behavior: TransactionBehavior,
+        f: &mut impl FnMut(&mut dyn Tx) -> Result<T, E>,
+    ) -> (Result<T, E>, bool) {
+        let tx = match rusqlite::Transaction::new_unchecked(conn, behavior) {
             Ok(tx) => tx,
             Err(e) => {
                 let e = classify(e);

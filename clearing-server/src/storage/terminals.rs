@@ -228,9 +228,13 @@ pub enum NonceKind {
 }
 
 impl NonceKind {
-    /// `GET` and `HEAD` read; every other method is remembered durably.
-    pub fn for_method(method: &str) -> NonceKind {
-        if method.eq_ignore_ascii_case("GET") || method.eq_ignore_ascii_case("HEAD") {
+    /// `GET` and `HEAD` read, and a terminal's health report (`POST …/health`) replaces the one kept
+    /// only when it is newer by the terminal's clock: a replay of either changes nothing, so their
+    /// nonces are volatile. Every other request is remembered durably.
+    pub fn for_request(method: &str, path: &str) -> NonceKind {
+        let reads = method.eq_ignore_ascii_case("GET") || method.eq_ignore_ascii_case("HEAD");
+        let health = method.eq_ignore_ascii_case("POST") && path.ends_with("/health");
+        if reads || health {
             NonceKind::Volatile
         } else {
             NonceKind::Durable
