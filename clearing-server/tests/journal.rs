@@ -486,18 +486,19 @@ async fn a_gets_nonce_costs_no_durable_write_and_a_posts_is_kept_durably(engine:
         [210; 16],
         b"",
     );
-    for want in [200, 401] {
-        let (st, v) = s
-            .send_as(
-                &s.keys,
-                "GET",
-                "/v1/terminals/T-1/journal/head",
-                Vec::new(),
-                |h| *h = head.clone(),
-            )
-            .await;
-        assert_eq!(st, want, "{v}");
-    }
+    // Sent twice with the same signed headers: answered `first`, then refused as a replay.
+    let twice =
+        async |method: &str, path: &str, body: &[u8], signed: &SignedHeaders, first: u16| {
+            for want in [first, 401] {
+                let (st, v) = s
+                    .send_as(&s.keys, method, path, body.to_vec(), |h| {
+                        *h = signed.clone()
+                    })
+                    .await;
+                assert_eq!(st, want, "{v}");
+            }
+        };
+    twice("GET", "/v1/terminals/T-1/journal/head", b"", &head, 200).await;
     assert_eq!(count(Isolation::Volatile, "volatile_nonce"), 1);
     assert_eq!(
         count(Isolation::Snapshot, "nonce"),
@@ -527,12 +528,7 @@ async fn a_gets_nonce_costs_no_durable_write_and_a_posts_is_kept_durably(engine:
     let body = serde_json::to_vec(&report).unwrap();
     let path = "/v1/terminals/T-1/health";
     let signed = SignedHeaders::sign(&s.keys.request, "T-1", "POST", path, T0, [211; 16], &body);
-    for want in [204, 401] {
-        let (st, v) = s
-            .send_as(&s.keys, "POST", path, body.clone(), |h| *h = signed.clone())
-            .await;
-        assert_eq!(st, want, "{v}");
-    }
+    twice("POST", path, &body, &signed, 204).await;
     assert_eq!(count(Isolation::Volatile, "volatile_nonce"), 2);
     assert_eq!(
         count(Isolation::Snapshot, "nonce"),
