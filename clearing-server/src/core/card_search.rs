@@ -120,7 +120,7 @@ fn parse_number(s: &str) -> Result<NumberQuery, Problem> {
                 head: Some(kept[..6].to_owned()),
                 tail: kept[6..].to_owned(),
             }),
-            13..=19 => CardNumber::parse(&kept)
+            12..=19 => CardNumber::parse(&kept)
                 .map(NumberQuery::Whole)
                 .map_err(|e| Problem::invalid("number", e.to_string())),
             _ => Err(bad()),
