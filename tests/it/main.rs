@@ -9,6 +9,7 @@
 mod clearing_e2e;
 mod cli;
 mod columns;
+mod console_e2e;
 mod crash;
 mod daemon;
 mod deny;
