@@ -701,6 +701,22 @@ async fn an_operator_and_a_merchant_use_the_console_in_a_browser_and_the_shop_fo
     open(
         &m,
         &base,
+        &format!("/console/merchants/{MERCHANT}"),
+        "html[lang=\"en\"] table.terminals",
+    )
+    .await;
+    shoot(&m, "merchant-own-shop-en").await;
+    open(
+        &m,
+        &base,
+        "/console/exceptions",
+        "html[lang=\"en\"] main h1",
+    )
+    .await;
+    shoot(&m, "merchant-exceptions-en").await;
+    open(
+        &m,
+        &base,
         &format!("/console/merchants/{MERCHANT}/statement"),
         "html[lang=\"en\"] svg.chart",
     )
