@@ -177,6 +177,12 @@ pub struct SimulateReaderArgs {
     /// has two uses left (every redemption the flows make is voided again).
     #[arg(long, requires = "conformance")]
     pub card: Option<String>,
+    /// With --conformance: the daemon's state directory. The flows of the rules about a busy
+    /// store (§4.4, §5.16) hold its database's write lock for 3 s, as `redeemd sync` may beside
+    /// the daemon (run this on the shop PC, as a user who may write that database); without it
+    /// they are skipped.
+    #[arg(long, requires = "conformance", value_name = "STATE_DIR")]
+    pub busy_store: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -599,7 +605,10 @@ fn simulate_reader(args: &SimulateReaderArgs) -> Result<(), CliError> {
         connect_timeout: std::time::Duration::from_secs(args.connect_timeout),
         mode: match (&args.script, &args.card) {
             (Some(script), _) => Mode::Script(script.clone()),
-            (None, Some(card)) if args.conformance => Mode::Conformance { card: card.clone() },
+            (None, Some(card)) if args.conformance => Mode::Conformance {
+                card: card.clone(),
+                busy_store: args.busy_store.clone(),
+            },
             _ => Mode::Interactive,
         },
     };

@@ -27,6 +27,8 @@ const CARD_A: &str = "6228480012345678";
 const CARD_B: &str = "6228480055550001";
 /// Only at M-3.
 const CARD_C: &str = "6228480077770002";
+/// Card A's successor once it is reissued.
+const REISSUED_TO: &str = "6228480033330003";
 
 struct Server {
     base: String,
@@ -635,6 +637,27 @@ async fn deny_list_entries_verify_and_a_loss_report_comes_next(engine: Engine) {
     assert_eq!(
         b.card(&card_ref("T-1", CARD_A)).unwrap().status,
         CardStatus::Frozen
+    );
+    // Reissued (补卡): the old card's next deny entry and its cache entry say "reissued", not only
+    // "cancelled", so that the shop can tell the cashier (PROTOCOL.md §7.1 CARD_REISSUED).
+    admin(&s, |tx| {
+        cards::reissue(tx, &vault(), &number(CARD_A), &number(REISSUED_TO), T0).unwrap()
+    });
+    let v = s.deny("T-1", 2).await;
+    let e = check(&v, "T-1", "M-1", CARD_A);
+    assert_eq!(
+        (e.len(), e[0].version, e[0].status),
+        (1, 3, DenyStatus::Reissued)
+    );
+    assert_eq!(v["entries"][0]["status"], "reissued");
+    let b = verify("T-1", &s.entitlements("T-1", 0).await.body);
+    assert_eq!(
+        b.card(&card_ref("T-1", CARD_A)).unwrap().status,
+        CardStatus::Reissued
+    );
+    assert_eq!(
+        b.card(&card_ref("T-1", REISSUED_TO)).unwrap().status,
+        CardStatus::Active
     );
 }
 

@@ -1,13 +1,14 @@
 //! Deny-list entries: the fast path by which a loss report reaches the shops within one poll.
 //!
-//! The platform numbers every card status change that should refuse a card (lost, frozen, cancelled) per
-//! merchant; `GET deny-list?since=N` returns the entries above `N`, each MACed with the terminal's
+//! The platform numbers every card status change that should refuse a card (lost, frozen, cancelled,
+//! reissued) per merchant; `GET deny-list?since=N` returns the entries above `N`, each MACed with the terminal's
 //! **cache key** (the same key that signs entitlement entries: only the platform can make one). The rules
 //! (`docs/api/README.md`, "`GET deny-list`"):
 //!
 //! ```text
 //! deny_mac = HMAC(cache key, "redeemd/deny/v2" ‖ str merchant_id ‖ u64 version ‖ [32] card_ref
-//!                 ‖ u8 status (2 lost, 3 frozen, 4 cancelled) ‖ u64 entry_version ‖ i64 reported_at_ms)
+//!                 ‖ u8 status (2 lost, 3 frozen, 4 cancelled, 5 reissued) ‖ u64 entry_version
+//!                 ‖ i64 reported_at_ms)
 //! ```
 //!
 //! A deny entry can only ever *refuse* a card: that is why the status type here has no `Active`. It is
@@ -27,10 +28,12 @@ pub enum DenyStatus {
     Lost,
     Frozen,
     Cancelled,
+    /// Cancelled by a reissue: the shop tells the cashier to use the new card.
+    Reissued,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("deny status must be lost, frozen or cancelled, not {0:?}")]
+#[error("deny status must be lost, frozen, cancelled or reissued, not {0:?}")]
 pub struct NotADenyStatus(pub String);
 
 impl DenyStatus {
@@ -39,20 +42,34 @@ impl DenyStatus {
         self.card_status() as u8
     }
 
+    /// The status of [`Self::code`] (`None` for any other byte, 1 "active" included).
+    pub fn from_code(code: u8) -> Option<Self> {
+        [
+            DenyStatus::Lost,
+            DenyStatus::Frozen,
+            DenyStatus::Cancelled,
+            DenyStatus::Reissued,
+        ]
+        .into_iter()
+        .find(|s| s.code() == code)
+    }
+
     pub fn card_status(self) -> CardStatus {
         match self {
             DenyStatus::Lost => CardStatus::Lost,
             DenyStatus::Frozen => CardStatus::Frozen,
             DenyStatus::Cancelled => CardStatus::Cancelled,
+            DenyStatus::Reissued => CardStatus::Reissued,
         }
     }
 
-    /// The JSON spelling (`"lost"`, `"frozen"`, `"cancelled"`).
+    /// The JSON spelling (`"lost"`, `"frozen"`, `"cancelled"`, `"reissued"`).
     pub fn as_str(self) -> &'static str {
         match self {
             DenyStatus::Lost => "lost",
             DenyStatus::Frozen => "frozen",
             DenyStatus::Cancelled => "cancelled",
+            DenyStatus::Reissued => "reissued",
         }
     }
 
@@ -61,6 +78,7 @@ impl DenyStatus {
             "lost" => Ok(DenyStatus::Lost),
             "frozen" => Ok(DenyStatus::Frozen),
             "cancelled" => Ok(DenyStatus::Cancelled),
+            "reissued" => Ok(DenyStatus::Reissued),
             other => Err(NotADenyStatus(other.to_owned())),
         }
     }
@@ -72,6 +90,7 @@ impl DenyStatus {
             CardStatus::Lost => Some(DenyStatus::Lost),
             CardStatus::Frozen => Some(DenyStatus::Frozen),
             CardStatus::Cancelled => Some(DenyStatus::Cancelled),
+            CardStatus::Reissued => Some(DenyStatus::Reissued),
         }
     }
 }
@@ -182,13 +201,22 @@ mod tests {
 
     #[test]
     fn status_spellings_round_trip_and_active_is_not_one() {
-        for s in [DenyStatus::Lost, DenyStatus::Frozen, DenyStatus::Cancelled] {
+        for s in [
+            DenyStatus::Lost,
+            DenyStatus::Frozen,
+            DenyStatus::Cancelled,
+            DenyStatus::Reissued,
+        ] {
             assert_eq!(DenyStatus::parse(s.as_str()).unwrap(), s);
             assert_eq!(DenyStatus::from_card_status(s.card_status()), Some(s));
+            assert_eq!(DenyStatus::from_code(s.code()), Some(s));
         }
         assert!(DenyStatus::parse("active").is_err());
         assert_eq!(DenyStatus::from_card_status(CardStatus::Active), None);
+        assert_eq!(DenyStatus::from_code(1), None);
+        assert_eq!(DenyStatus::from_code(6), None);
         assert_eq!(DenyStatus::Lost.code(), 2);
         assert_eq!(DenyStatus::Cancelled.code(), 4);
+        assert_eq!(DenyStatus::Reissued.code(), 5);
     }
 }

@@ -166,6 +166,8 @@ pub enum CardStatus {
     Lost = 2,
     Frozen = 3,
     Cancelled = 4,
+    /// Cancelled because it was reissued (补卡): its entitlements moved to a new card.
+    Reissued = 5,
 }
 
 impl CardStatus {
@@ -175,6 +177,7 @@ impl CardStatus {
             2 => Self::Lost,
             3 => Self::Frozen,
             4 => Self::Cancelled,
+            5 => Self::Reissued,
             _ => {
                 return Err(DecodeError::BadTag {
                     field: "card status",

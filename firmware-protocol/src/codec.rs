@@ -37,7 +37,7 @@ pub enum ParseErrorKind {
     #[error("byte {0:#04x} is not printable ASCII")]
     NotPrintableAscii(u8),
     /// A text field that is not valid in the negotiated text encoding.
-    #[error("not valid {0:?} text")]
+    #[error("not valid {} text", .0.name())]
     InvalidText(TextEncoding),
     /// A digits-only field holding something else.
     #[error("byte {0:#04x} is not an ASCII digit")]

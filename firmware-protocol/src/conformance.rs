@@ -14,6 +14,13 @@
 //! least two uses left ([`FlowRun::new`]). Every redemption a flow makes is voided by the same
 //! flow, so the card ends as it began; a daemon of a real shop still journals them (and the
 //! platform clears a redemption and its void to nothing): use a test card.
+//!
+//! Two flows ([`Flow::needs_busy_store`]) check what the daemon does while its store makes a
+//! decision wait (§4.4, §5.16), which nothing a reader sends can cause: their requests come with
+//! [`Action::Send::busy_store_ms`], and the driver makes the daemon's store busy that long before
+//! sending (`redeemd simulate-reader --busy-store` holds the write lock of the daemon's database),
+//! or skips the flow. They are judged on more than the answer ([`Observed`]): whether the reader's
+//! link had to retransmit the request, and the DISPLAY messages that came before the answer.
 
 use std::format;
 use std::string::{String, ToString};
@@ -100,6 +107,18 @@ pub enum Expect {
 pub enum Step {
     /// The reader sends, the daemon answers.
     Ask(Request, Expect),
+    /// As [`Step::Ask`], with the daemon's store busy for [`BUSY_STORE_MS`] from just before the
+    /// request is sent. The request must be acknowledged without a retransmission (§4.4), and with
+    /// `display`, exactly one DISPLAY for its transaction must come before the answer, no sooner
+    /// than [`T_DISPLAY_MS`] after the request was sent (§5.16).
+    AskWhileBusy {
+        /// What the reader sends.
+        request: Request,
+        /// What the daemon must answer once its store is free.
+        expect: Expect,
+        /// Whether the step checks the DISPLAY too.
+        display: bool,
+    },
     /// The reader reboots (a new boot nonce) and links again.
     Reboot,
 }
@@ -119,12 +138,19 @@ pub struct Flow {
 pub const ANSWER_WAIT_MS: u64 = 10_000;
 /// How long a flow waits to be sure that nothing is answered.
 pub const QUIET_MS: u64 = 500;
+/// How long a [`Step::AskWhileBusy`] wants the daemon's store busy: three times T_DISPLAY, and
+/// nearly three times what a reader's link survives without acknowledgements (4 × T_ACK, 1.1 s at
+/// 115,200 baud), below a daemon's own wait for its database (5 s).
+pub const BUSY_STORE_MS: u64 = 3_000;
+/// T_DISPLAY (PROTOCOL.md §5.16).
+pub const T_DISPLAY_MS: u64 = 1_000;
 
 /// What the driver does next.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Send this message and give the first application message that comes back (DISPLAY
-    /// skipped) within `wait_ms`, or `None`, to [`FlowRun::answer`].
+    /// skipped; each DISPLAY restarts the wait) within `wait_ms`, or `None`, to
+    /// [`FlowRun::answer`] — or, with what else was seen, to [`FlowRun::answer_observed`].
     Send {
         /// Its type.
         msg_type: MessageType,
@@ -132,9 +158,33 @@ pub enum Action {
         payload: Vec<u8>,
         /// How long to wait for the answer.
         wait_ms: u64,
+        /// Make the daemon's store busy for this long first (another process holding its
+        /// database's write lock), returning once it is: [`Step::AskWhileBusy`].
+        busy_store_ms: Option<u64>,
     },
     /// Reboot the reader (new boot nonce, same serial and txn counter) and wait for the link.
     Reboot,
+}
+
+/// What came back for one request, as the driver saw it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// The first application message other than DISPLAY within the wait, if any.
+    pub answer: Option<(MessageType, Vec<u8>)>,
+    /// The DISPLAY payloads that came before it, each with its arrival in ms after the request
+    /// was sent.
+    pub displays: Vec<(u64, Vec<u8>)>,
+    /// How often the reader's link sent the request's frames again (T_ACK expired, or a NAK).
+    pub retransmissions: u32,
+}
+
+impl Flow {
+    /// Whether the flow needs the daemon's store made busy ([`Step::AskWhileBusy`]).
+    pub fn needs_busy_store(&self) -> bool {
+        self.steps
+            .iter()
+            .any(|s| matches!(s, Step::AskWhileBusy { .. }))
+    }
 }
 
 /// A flow being played from the reader's side. See the module docs.
@@ -170,7 +220,7 @@ impl<'a> FlowRun<'a> {
             .steps
             .iter()
             .filter_map(|s| match s {
-                Step::Ask(send, _) => send_txn(send),
+                Step::Ask(send, _) | Step::AskWhileBusy { request: send, .. } => send_txn(send),
                 Step::Reboot => None,
             })
             .max()
@@ -190,32 +240,93 @@ impl<'a> FlowRun<'a> {
                 self.step += 1;
                 Ok(Some(Action::Reboot))
             }
-            Step::Ask(send, expect) => {
+            Step::Ask(send, expect)
+            | Step::AskWhileBusy {
+                request: send,
+                expect,
+                ..
+            } => {
                 let (msg_type, payload) = self.request(send)?;
                 let wait_ms = if *expect == Expect::Nothing {
                     QUIET_MS
                 } else {
                     ANSWER_WAIT_MS
                 };
+                let busy_store_ms =
+                    matches!(step, Step::AskWhileBusy { .. }).then_some(BUSY_STORE_MS);
                 Ok(Some(Action::Send {
                     msg_type,
                     payload,
                     wait_ms,
+                    busy_store_ms,
                 }))
             }
         }
     }
 
-    /// Judges the answer to the last [`Action::Send`].
+    /// Judges the answer to the last [`Action::Send`] (for a [`Step::AskWhileBusy`], use
+    /// [`Self::answer_observed`]: this one reports no DISPLAY and no retransmission).
     pub fn answer(&mut self, got: Option<(MessageType, Vec<u8>)>) -> Result<(), String> {
-        let Some(Step::Ask(send, expect)) = self.flow.steps.get(self.step) else {
-            return Err("no request is waiting for an answer".into());
+        self.answer_observed(Observed {
+            answer: got,
+            ..Observed::default()
+        })
+    }
+
+    /// Judges what came back for the last [`Action::Send`].
+    pub fn answer_observed(&mut self, seen: Observed) -> Result<(), String> {
+        let (send, checked) = match self.flow.steps.get(self.step) {
+            Some(Step::Ask(send, expect)) => (send, self.check(expect, seen.answer.as_ref())),
+            Some(Step::AskWhileBusy {
+                request,
+                expect,
+                display,
+            }) => (request, self.check_busy(request, expect, *display, &seen)),
+            _ => return Err("no request is waiting for an answer".into()),
         };
         let at = self.step + 1;
-        let checked = self.check(expect, got.as_ref());
-        self.answers.push(got);
+        self.answers.push(seen.answer);
         self.step += 1;
         checked.map_err(|problem| format!("step {at} ({}): {problem}", describe(send)))
+    }
+
+    /// The checks of a [`Step::AskWhileBusy`], the answer's last.
+    fn check_busy(
+        &self,
+        request: &Request,
+        expect: &Expect,
+        display: bool,
+        seen: &Observed,
+    ) -> Result<(), String> {
+        if seen.retransmissions > 0 {
+            return Err(format!(
+                "the request was not acknowledged within T_ACK while the store was busy: sent \
+                 again {} time(s)",
+                seen.retransmissions
+            ));
+        }
+        if display {
+            let txn = send_txn(request).map_or(0, |k| self.txn(k));
+            let [(at_ms, payload)] = seen.displays.as_slice() else {
+                return Err(format!(
+                    "expected one DISPLAY for txn {txn} before the answer, got {}",
+                    seen.displays.len()
+                ));
+            };
+            match Message::parse(MessageType::Display.as_u8(), payload, self.encoding) {
+                Ok(Message::Display(d)) if d.txn_id == txn => {}
+                Ok(Message::Display(d)) => {
+                    return Err(format!("DISPLAY for txn {}, not {txn}", d.txn_id));
+                }
+                _ => return Err("the DISPLAY does not parse".into()),
+            }
+            if *at_ms < T_DISPLAY_MS {
+                return Err(format!(
+                    "DISPLAY {at_ms} ms after the request, before T_DISPLAY ({T_DISPLAY_MS} ms)"
+                ));
+            }
+        }
+        self.check(expect, seen.answer.as_ref())
     }
 
     fn txn(&self, k: Txn) -> u32 {
@@ -630,6 +741,18 @@ pub fn flows() -> Vec<Flow> {
             ],
         },
         Flow {
+            section: "§8.2",
+            rule: "a txn id answered NO_CARD is unused: a CARD_PRESENTED under it is decided",
+            steps: vec![
+                Ask(
+                    S::Redeem(0, vec![(Entry::Index(0), 1)]),
+                    E::Declined(Some(0), Some(DeclineReason::NO_CARD)),
+                ),
+                Ask(S::Swipe(0, Card::Member), E::Menu(0)),
+                Ask(S::Query(0), E::SameAs(1)),
+            ],
+        },
+        Flow {
             section: "§8.5",
             rule: "QUERY returns the stored answer of the transaction's latest request",
             steps: vec![
@@ -724,6 +847,19 @@ pub fn flows() -> Vec<Flow> {
             ],
         },
         Flow {
+            section: "§5.14",
+            rule: "a VOID quoting a VOID's auth code is DECLINED ORIGINAL_NOT_FOUND",
+            steps: vec![
+                Ask(S::Swipe(0, Card::Member), E::Menu(0)),
+                Ask(one(0), E::Approved(0)),
+                Ask(S::Void(1, Auth::Of(1)), E::Approved(1)),
+                Ask(
+                    S::Void(2, Auth::Of(2)),
+                    E::Declined(Some(2), Some(DeclineReason::ORIGINAL_NOT_FOUND)),
+                ),
+            ],
+        },
+        Flow {
             section: "§7.1",
             rule: "BAD_QUANTITY: more than 999 uses of one entry in one REDEEM",
             steps: vec![
@@ -746,6 +882,30 @@ pub fn flows() -> Vec<Flow> {
                     S::Swipe(1, Card::Invalid("6228ABCD0000000000")),
                     E::Declined(Some(1), Some(DeclineReason::BAD_CARD_NUMBER)),
                 ),
+            ],
+        },
+        Flow {
+            section: "§4.4",
+            rule: "while the daemon's store is busy, a request is acknowledged at once: no \
+                   retransmission, the link stays up, the answer follows",
+            steps: vec![Step::AskWhileBusy {
+                request: S::Swipe(0, Card::Member),
+                expect: E::Menu(0),
+                display: false,
+            }],
+        },
+        Flow {
+            section: "§5.16",
+            rule: "a request not answered T_DISPLAY after its delivery gets one DISPLAY for its \
+                   transaction, then its answer",
+            steps: vec![
+                Ask(S::Swipe(0, Card::Member), E::Menu(0)),
+                Step::AskWhileBusy {
+                    request: one(0),
+                    expect: E::Approved(0),
+                    display: true,
+                },
+                Ask(S::Void(1, Auth::Of(1)), E::Approved(1)),
             ],
         },
     ]
@@ -804,6 +964,102 @@ mod tests {
             listed, flows,
             "PROTOCOL.md §11.1 and conformance::flows() differ"
         );
+    }
+
+    fn emitted(message: &Message<'_>) -> (MessageType, Vec<u8>) {
+        let mut buf = vec![0u8; 512];
+        let n = message.emit(&mut buf).unwrap();
+        buf.truncate(n);
+        (message.message_type(), buf)
+    }
+
+    #[test]
+    fn a_step_while_the_store_is_busy_is_judged_on_its_ack_and_its_display() {
+        let flows = flows();
+        let flow = flows.iter().find(|f| f.section == "§5.16").unwrap();
+        assert!(flow.needs_busy_store());
+        let menu = emitted(&Message::CardMenu(crate::message::CardMenu {
+            txn_id: 7,
+            holder_name: crate::message::Text::from_utf8(""),
+            masked_card: "",
+            entries: List::new(&[crate::message::MenuEntry {
+                index: 0,
+                title: crate::message::Text::from_utf8("wash"),
+                uses_left: 5,
+                expiry: None,
+                identity: IdentityCheck::None,
+            }]),
+        }));
+        let approved = emitted(&Message::Approved(crate::message::Approved {
+            txn_id: 7,
+            auth_code: "A1",
+            journal_ref: "J1",
+            uses_left: List::new(&[]),
+            receipt: List::new(&[]),
+        }));
+        let display = |txn_id| {
+            emitted(&Message::Display(crate::message::Display {
+                txn_id,
+                text: crate::message::Text::from_utf8("please wait"),
+            }))
+            .1
+        };
+        let cases: [(Observed, Option<&str>); 5] = [
+            (
+                Observed {
+                    answer: Some(approved.clone()),
+                    displays: vec![(1_020, display(7))],
+                    retransmissions: 0,
+                },
+                None,
+            ),
+            (
+                Observed {
+                    answer: Some(approved.clone()),
+                    displays: vec![(1_020, display(7))],
+                    retransmissions: 2,
+                },
+                Some("not acknowledged within T_ACK"),
+            ),
+            (
+                Observed {
+                    answer: Some(approved.clone()),
+                    displays: vec![],
+                    retransmissions: 0,
+                },
+                Some("expected one DISPLAY for txn 7 before the answer, got 0"),
+            ),
+            (
+                Observed {
+                    answer: Some(approved.clone()),
+                    displays: vec![(400, display(7))],
+                    retransmissions: 0,
+                },
+                Some("before T_DISPLAY"),
+            ),
+            (
+                Observed {
+                    answer: Some(approved.clone()),
+                    displays: vec![(1_020, display(8))],
+                    retransmissions: 0,
+                },
+                Some("DISPLAY for txn 8, not 7"),
+            ),
+        ];
+        for (seen, problem) in cases {
+            let mut run = FlowRun::new(flow, 7, "6228487314159271829", TextEncoding::Utf8);
+            run.next_action().unwrap();
+            run.answer(Some(menu.clone())).unwrap();
+            let Some(Action::Send { busy_store_ms, .. }) = run.next_action().unwrap() else {
+                panic!()
+            };
+            assert_eq!(busy_store_ms, Some(BUSY_STORE_MS));
+            match (run.answer_observed(seen), problem) {
+                (Ok(()), None) => {}
+                (Err(e), Some(p)) => assert!(e.contains(p), "{e}"),
+                (got, want) => panic!("{got:?}, expected {want:?}"),
+            }
+        }
     }
 
     #[test]

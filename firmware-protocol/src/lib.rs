@@ -1,4 +1,4 @@
-//! The redeemd reader↔daemon serial protocol, version 1.1 — the normative description is
+//! The redeemd reader↔daemon serial protocol, version 1.2 — the normative description is
 //! `PROTOCOL.md` next to this crate; this crate is its reference implementation.
 //!
 //! Three layers, each usable alone, none doing I/O or reading a clock:

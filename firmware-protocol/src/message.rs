@@ -15,7 +15,7 @@ pub use crate::codec::{EmitError, ParseError};
 use crate::codec::{Limit, Reader, Writer, err};
 
 /// Protocol version implemented by this crate (PROTOCOL.md §1).
-pub const PROTOCOL_VERSION: Version = Version { major: 1, minor: 1 };
+pub const PROTOCOL_VERSION: Version = Version { major: 1, minor: 2 };
 /// Largest application message (all its frames together) a receiver must accept.
 pub const MAX_MESSAGE_LEN: usize = 4096;
 /// Message type byte of acknowledgement-only frames (no payload, not a message).
@@ -168,6 +168,14 @@ pub enum TextEncoding {
 }
 
 impl TextEncoding {
+    /// The encoding's usual name: `UTF-8`, `GB18030`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            TextEncoding::Utf8 => "UTF-8",
+            TextEncoding::Gb18030 => "GB18030",
+        }
+    }
+
     fn from_u8(field: &'static str, v: u8) -> Result<Self, ParseError> {
         match v {
             1 => Ok(TextEncoding::Utf8),

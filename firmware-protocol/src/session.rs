@@ -765,6 +765,10 @@ impl<const N: usize> Core<N> {
 
     fn on_frame(&mut self, now: Instant, frame: &Frame<'_>) {
         bump(&mut self.stats.frames_received);
+        // Every valid frame on an UP link is a sign of life, whatever its type (PROTOCOL.md §4.9).
+        if self.is_up() {
+            self.last_rx = now;
+        }
         let header = frame.header;
         let handshake = matches!(
             MessageType::from_u8(header.msg_type),
@@ -781,6 +785,8 @@ impl<const N: usize> Core<N> {
         }
         // Unknown link-control types are ignored in every state (PROTOCOL.md §4.1): a frame type
         // of a future minor version must not make a DOWN host answer RESET and relink a reader.
+        // On an UP link it restarted T_DEAD above, and that is all: its ACK field is not read, and
+        // it does not count as the reader's first frame of the link (§4.3, a lost HELLO_ACK).
         let known_control = header.msg_type == ACK_ONLY_TYPE
             || header.msg_type >= crate::message::FIRST_APPLICATION_TYPE
             || MessageType::from_u8(header.msg_type).is_some();
@@ -795,7 +801,6 @@ impl<const N: usize> Core<N> {
             }
             return;
         }
-        self.last_rx = now;
         self.link_confirmed = true;
         if header.flags.contains(Flags::ACK) {
             self.on_ack(header.ack);

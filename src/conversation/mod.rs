@@ -16,9 +16,9 @@
 //! [`BACKLOG_MAX`], beyond that ERROR `BUSY`); every request, QUERY included, goes to the store,
 //! which applies the idempotency rules ([`rules`]) in the transaction that stores the answer — no
 //! answer comes from memory, which a restart would lose; an answer whose link went down while it
-//! was decided is not sent (the reader will QUERY: §8.5); a decision that takes longer than
-//! [`T_DISPLAY`] gets one DISPLAY "please wait" for its transaction (§8.6); an ERROR from the reader
-//! is logged, never answered (§4.12).
+//! was decided is not sent (the reader will QUERY: §8.5); a request not answered [`T_DISPLAY`] after
+//! it was delivered — being decided, or waiting behind another — gets one DISPLAY "please wait" for
+//! its transaction (§5.16); an ERROR from the reader is logged, never answered (§4.12).
 //!
 //! Time is [`Instant`] (milliseconds, the driver's clock); the tests (`tests.rs`) run it on a
 //! virtual clock against a real store in a temporary directory.
@@ -42,7 +42,7 @@ use zeroize::Zeroizing;
 use crate::config::Language;
 use render::{Presentation, StoredReply};
 
-/// How long a decision may take before the reader is sent DISPLAY "please wait" (PROTOCOL.md §8.6).
+/// How long after its delivery an unanswered request gets DISPLAY "please wait" (PROTOCOL.md §5.16).
 pub const T_DISPLAY: Duration = Duration::from_secs(1);
 
 /// Requests waiting behind the one being decided; more is a misbehaving reader (ERROR `BUSY`).
@@ -189,6 +189,19 @@ struct Deciding {
     display_at: Option<Instant>,
 }
 
+/// A delivered request waiting for the one being decided.
+#[derive(Debug)]
+struct Waiting {
+    epoch: u64,
+    msg_type: MessageType,
+    payload: Zeroizing<Vec<u8>>,
+    /// The txn id its DISPLAY carries (0 for QUERY LAST, and for a payload that does not parse,
+    /// which [`Conversation::start`] reports when its turn comes).
+    txn_id: u32,
+    /// When to send DISPLAY (T_DISPLAY after delivery: §5.16), until it is sent.
+    display_at: Option<Instant>,
+}
+
 /// One reader's conversation: see the module docs.
 #[derive(Debug)]
 pub struct Conversation {
@@ -197,8 +210,8 @@ pub struct Conversation {
     link: Option<Link>,
     epochs: u64,
     deciding: Option<Deciding>,
-    /// Delivered requests waiting for the one being decided: (link epoch, type, payload).
-    backlog: VecDeque<(u64, MessageType, Zeroizing<Vec<u8>>)>,
+    /// Delivered requests waiting for the one being decided, in order.
+    backlog: VecDeque<Waiting>,
     tickets: u64,
     effects: VecDeque<Effect>,
 }
@@ -262,11 +275,25 @@ impl Conversation {
                 self.send_error(ErrorCode::BUSY, msg_type, "busy: one request at a time");
                 return;
             }
-            self.backlog
-                .push_back((link.epoch, msg_type, Zeroizing::new(payload.to_vec())));
+            let txn_id = match Message::parse(msg_type.as_u8(), payload, link.encoding) {
+                Ok(message) => request_txn_id(&message),
+                Err(_) => 0,
+            };
+            self.backlog.push_back(Waiting {
+                epoch: link.epoch,
+                msg_type,
+                payload: Zeroizing::new(payload.to_vec()),
+                txn_id,
+                display_at: Some(now + T_DISPLAY),
+            });
             return;
         }
-        self.start(now, msg_type, Zeroizing::new(payload.to_vec()));
+        self.start(
+            now,
+            msg_type,
+            Zeroizing::new(payload.to_vec()),
+            Some(now + T_DISPLAY),
+        );
     }
 
     /// The store decided the request of `ticket` (an [`Effect::Decide`]).
@@ -312,16 +339,34 @@ impl Conversation {
         self.next(now);
     }
 
-    /// Runs what is due at `now` (DISPLAY for a decision taking longer than [`T_DISPLAY`]).
+    /// Runs what is due at `now`: DISPLAY for each request, decided or waiting, not answered
+    /// [`T_DISPLAY`] after it was delivered, in the order they were delivered.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let Some(deciding) = self.deciding.as_mut() else {
-            return;
+        let due = |display_at: &mut Option<Instant>| {
+            let due = display_at.is_some_and(|at| at <= now);
+            if due {
+                *display_at = None;
+            }
+            due
         };
-        if deciding.display_at.is_none_or(|at| now < at) {
-            return;
+        let mut displays = Vec::new();
+        if let Some(d) = self.deciding.as_mut()
+            && due(&mut d.display_at)
+        {
+            displays.push((d.txn_id, d.epoch));
         }
-        deciding.display_at = None;
-        let (txn_id, epoch) = (deciding.txn_id, deciding.epoch);
+        for w in &mut self.backlog {
+            if due(&mut w.display_at) {
+                displays.push((w.txn_id, w.epoch));
+            }
+        }
+        for (txn_id, epoch) in displays {
+            self.display(txn_id, epoch);
+        }
+    }
+
+    /// Queues DISPLAY "please wait" for `txn_id`, if its link is still the current one.
+    fn display(&mut self, txn_id: u32, epoch: u64) {
         let Some(link) = self.link.as_ref().filter(|l| l.epoch == epoch) else {
             return;
         };
@@ -343,7 +388,11 @@ impl Conversation {
 
     /// When [`Self::handle_timeout`] must be called next, if anything is timed.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deciding.and_then(|d| d.display_at)
+        self.deciding
+            .and_then(|d| d.display_at)
+            .into_iter()
+            .chain(self.backlog.iter().filter_map(|w| w.display_at))
+            .min()
     }
 
     /// The next thing to do, in order.
@@ -367,17 +416,24 @@ impl Conversation {
     /// Starts deciding the next waiting request of the current link, if any.
     fn next(&mut self, now: Instant) {
         while self.deciding.is_none() {
-            let Some((epoch, msg_type, payload)) = self.backlog.pop_front() else {
+            let Some(w) = self.backlog.pop_front() else {
                 return;
             };
-            if self.link.as_ref().is_some_and(|l| l.epoch == epoch) {
-                self.start(now, msg_type, payload);
+            if self.link.as_ref().is_some_and(|l| l.epoch == w.epoch) {
+                self.start(now, w.msg_type, w.payload, w.display_at);
             }
         }
     }
 
-    /// Turns a request into a [`Job`] for the store.
-    fn start(&mut self, now: Instant, msg_type: MessageType, payload: Zeroizing<Vec<u8>>) {
+    /// Turns a request into a [`Job`] for the store; its DISPLAY is due at `display_at` (`None`:
+    /// sent while it waited).
+    fn start(
+        &mut self,
+        _now: Instant,
+        msg_type: MessageType,
+        payload: Zeroizing<Vec<u8>>,
+        display_at: Option<Instant>,
+    ) {
         let Some(link) = self.link.clone() else {
             return;
         };
@@ -444,7 +500,7 @@ impl Conversation {
             epoch: link.epoch,
             txn_id,
             kind: job.kind(),
-            display_at: Some(now + T_DISPLAY),
+            display_at,
         });
         self.effects.push_back(Effect::Decide { ticket, job });
     }
@@ -464,5 +520,16 @@ impl Conversation {
                 answered: None,
             });
         }
+    }
+}
+
+/// The txn id a request's DISPLAY carries: its own, 0 for QUERY LAST (PROTOCOL.md §5.16).
+fn request_txn_id(message: &Message<'_>) -> u32 {
+    match message {
+        Message::CardPresented(cp) => cp.txn_id,
+        Message::Redeem(r) => r.txn_id,
+        Message::Void(v) => v.txn_id,
+        Message::Query(Query::Txn(id)) => *id,
+        _ => 0,
     }
 }

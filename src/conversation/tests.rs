@@ -42,6 +42,27 @@ impl Counter {
     fn new() -> Counter {
         let dir = tempfile::tempdir().unwrap();
         let store = support::store_with_cards(dir.path(), 8);
+        Counter::on(dir, store)
+    }
+
+    /// A counter whose cache holds `cards` (card number index, body).
+    fn with_cards(cards: &[(u64, Option<redeemd_contract::Card>)]) -> Counter {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = support::open(dir.path());
+        let bundle = support::bundle(
+            redeemd_contract::snapshot::BundleKind::Full,
+            1,
+            0,
+            cards,
+            support::T0 + 1000 * support::HOUR,
+        );
+        store
+            .install_bundle(&bundle[..], support::now(support::T0))
+            .unwrap();
+        Counter::on(dir, store)
+    }
+
+    fn on(dir: tempfile::TempDir, store: Store) -> Counter {
         let mut c = Counter {
             dir,
             store,
@@ -495,6 +516,46 @@ fn s8_6_a_decision_taking_longer_than_t_display_gets_one_display() {
 }
 
 #[test]
+fn s5_16_a_request_waiting_behind_another_gets_its_display_t_display_after_its_delivery() {
+    let mut c = Counter::new();
+    c.hold = true;
+    c.deliver(&swipe(1, &number(1)));
+    c.advance(500);
+    c.deliver(&swipe(2, &number(2)));
+    c.advance(500);
+    let displayed = |c: &Counter| -> Vec<u32> {
+        c.sent
+            .iter()
+            .filter_map(|s| match parsed(s) {
+                Message::Display(d) => Some(d.txn_id),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(displayed(&c), vec![1], "the first at 1 s");
+    c.advance(499);
+    assert_eq!(displayed(&c), vec![1]);
+    c.advance(1);
+    assert_eq!(
+        displayed(&c),
+        vec![1, 2],
+        "the second 1 s after its own delivery"
+    );
+    c.advance(10_000);
+    let answers = c.release();
+    assert_menu(&answers[0], 1);
+    assert_menu(&answers[1], 2);
+    assert_eq!(displayed(&c), vec![1, 2], "one DISPLAY per request");
+    // A QUERY LAST waiting behind a decision gets its DISPLAY with txn id 0.
+    c.hold = true;
+    c.deliver(&swipe(3, &number(3)));
+    c.deliver(&query(0));
+    c.advance(1000);
+    assert_eq!(displayed(&c), vec![1, 2, 3, 0]);
+    c.release();
+}
+
+#[test]
 fn s4_12_an_error_from_the_reader_is_logged_and_never_answered() {
     let mut c = Counter::new();
     let error = Message::Error(ErrorMessage {
@@ -536,6 +597,68 @@ fn s4_12_requests_beyond_the_backlog_are_answered_busy_and_the_rest_in_order() {
     for (i, a) in answers[1..].iter().enumerate() {
         assert_menu(a, 10 + i as u32);
     }
+}
+
+#[test]
+fn s5_9_a_card_with_no_usable_entry_is_declined_at_the_swipe_never_an_empty_menu() {
+    use support::{HOUR, T0};
+    let expired = |mut c: redeemd_contract::Card| {
+        for p in &mut c.packages {
+            p.valid_until_ms = T0 - HOUR;
+        }
+        c
+    };
+    let all_expired = expired(support::card(1, 10));
+    let mut used_up = support::card(2, 0);
+    used_up.packages[0].items[1].uses_left = 0;
+    used_up.packages[1].valid_until_ms = T0 - HOUR;
+    let mut no_entries = support::card(3, 10);
+    no_entries.packages.clear();
+    let mut not_yet = expired(support::card(4, 10));
+    not_yet.packages[0].valid_from_ms = T0 + HOUR;
+    not_yet.packages[0].valid_until_ms = T0 + 2 * HOUR;
+    let mut c = Counter::with_cards(&[
+        (1, Some(all_expired)),
+        (2, Some(used_up)),
+        (3, Some(no_entries)),
+        (4, Some(not_yet)),
+    ]);
+    for (txn, card, reason) in [
+        (1, 1, Wire::EXPIRED),
+        (2, 2, Wire::NOT_ENOUGH_USES),
+        (3, 3, Wire::NOT_ENOUGH_USES),
+        (4, 4, Wire::NOT_YET_VALID),
+    ] {
+        let answer = c.ask(&swipe(txn, &number(card)));
+        assert_eq!(declined(&answer), (txn, reason), "card {card}");
+    }
+}
+
+#[test]
+fn s5_14_a_void_of_a_void_is_original_not_found() {
+    let mut c = Counter::new();
+    c.ask(&swipe(1, &number(1)));
+    let approved = c.ask(&redeem(1, &WASH));
+    let voided = c.ask(&void(2, &auth_code(&approved)));
+    assert_eq!(
+        declined(&c.ask(&void(3, &auth_code(&voided)))),
+        (3, Wire::ORIGINAL_NOT_FOUND)
+    );
+    assert_eq!(
+        c.journal_rows(),
+        2,
+        "the redemption and its void, nothing more"
+    );
+}
+
+#[test]
+fn s8_2_a_txn_id_answered_no_card_is_unused() {
+    let mut c = Counter::new();
+    assert_eq!(declined(&c.ask(&redeem(1, &WASH))), (1, Wire::NO_CARD));
+    let menu = c.ask(&swipe(1, &number(1)));
+    assert_menu(&menu, 1);
+    assert_eq!(c.ask(&query(1)), menu);
+    auth_code(&c.ask(&redeem(1, &WASH)));
 }
 
 #[test]

@@ -4,9 +4,9 @@
 //! configuration (validated by the caller), the terminal secret, the state directory's lock (one
 //! daemon per directory: a second one exits naming the first's pid), the store (opened and verified;
 //! created only in an empty, existing directory), then one thread per reader, then READY=1 to systemd. Each reader's thread has its own
-//! current-thread runtime and takes the store's lock in place for its decisions (see
-//! `crate::store::owner` for why); the main thread's runtime runs the sync task (its store work on
-//! the blocking pool), signals and the watchdog.
+//! current-thread runtime that serves its link and hands each decision to its blocking pool (see
+//! `crate::daemon::reader` and `crate::store::owner` for why); the main thread's runtime runs the
+//! sync task (its store work on the blocking pool), signals and the watchdog.
 //!
 //! The watchdog ping needs every reader thread to answer a probe and the store's lock (a no-op):
 //! a wedged reader thread *or* a wedged store stops the pings, and systemd restarts the daemon.

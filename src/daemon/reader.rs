@@ -7,15 +7,19 @@
 //! * feed the bytes read to `firmware_protocol::HostSession` (the link: framing, ACKs,
 //!   retransmission, heartbeats, handshake) and its events to [`Conversation`] (the application
 //!   rules of PROTOCOL.md §8), and write what the session transmits;
-//! * carry out the conversation's effects: a store job ([`execute`]) in place on this reader's
-//!   thread when the store's lock is free, else on the blocking pool while this thread goes on
-//!   serving its link; a message to send; a log line, and the status file's entries.
+//! * carry out the conversation's effects: a store job ([`execute`]) on the runtime's blocking
+//!   pool, while this thread goes on serving the link; a message to send; a log line, and the
+//!   status file's entries.
 //!
-//! Each reader has its own thread with a current-thread runtime ([`ReaderThread`]): a request is
-//! read, decided and answered on the thread that was woken by its bytes, with no hand-over to
-//! another thread (each costs a wake-up, more than a menu decision). While one reader's decision
-//! holds the store (an fsync: about a millisecond), the other readers' threads go on serving their
-//! links until they need the store themselves.
+//! Each reader has its own thread with a current-thread runtime ([`ReaderThread`]). A request's
+//! decision never runs on it: the store may make a decision wait for seconds (another process —
+//! `redeemd sync`, `cache install` — holding SQLite's write lock, a slow disk, another reader's
+//! commit), and meanwhile the link must be served (PROTOCOL.md §4.4, §4.9, §5.16): the request's
+//! frame is acknowledged at once (the job is handed to the pool, then the session's transmits are
+//! written, the ACK among them), PINGs are answered, heartbeats sent, the conversation's DISPLAY
+//! goes out after T_DISPLAY, and further requests queue in the conversation (ERROR `BUSY` beyond
+//! its backlog). The hand-over costs a thread wake-up per request (`BENCHMARKS.md`, daemon).
+//! Checkpoints run on the pool too, when the store says one is due and nothing is waiting.
 
 use std::time::Duration;
 
@@ -125,6 +129,7 @@ pub async fn run(ctx: ReaderContext) {
         ctx: &ctx,
         epoch: tokio::time::Instant::now(),
         deciding: None,
+        maintenance_due: false,
         started: None,
         answered: Vec::new(),
         publish_status: None,
@@ -198,10 +203,17 @@ fn open_port(cfg: &ReaderConfig) -> Result<SerialStream, tokio_serial::Error> {
     Ok(stream)
 }
 
-/// A store job waiting for the store's lock on the blocking pool.
-struct Waiting {
+/// What a store job on the blocking pool hands back: the decision, and whether a checkpoint is
+/// due ([`crate::store::Store::maintenance_due`], read under the same lock).
+struct JobDone {
+    decided: Decided,
+    maintenance_due: bool,
+}
+
+/// A store job on the blocking pool.
+struct Deciding {
     ticket: Ticket,
-    task: tokio::task::JoinHandle<Decided>,
+    task: tokio::task::JoinHandle<JobDone>,
     started: std::time::Instant,
     /// The answer if the job panics (STORAGE_FAILURE): the conversation must not wait forever.
     if_it_panics: Decided,
@@ -213,8 +225,10 @@ struct Driver<'a> {
     conversation: Conversation,
     /// Origin of the millisecond clock the session and the conversation run on.
     epoch: tokio::time::Instant,
-    /// A store job that found the lock held, and when its decision started (for the log).
-    deciding: Option<Waiting>,
+    /// The store job out on the blocking pool (the conversation hands out one at a time).
+    deciding: Option<Deciding>,
+    /// A decision reported that a checkpoint is due: run it once nothing waits.
+    maintenance_due: bool,
     /// When the decision whose answer is about to be queued started.
     started: Option<(Ticket, std::time::Instant)>,
     /// Transactions answered in this turn of the loop, logged once their answers are written:
@@ -262,8 +276,9 @@ impl Driver<'_> {
                     self.conversation.handle_timeout(now);
                 }
                 decided = wait_for(&mut self.deciding), if self.deciding.is_some() => {
-                    if let Some((ticket, decided, started)) = decided {
-                        self.conversation.handle_decided(self.now(), ticket, decided);
+                    if let Some((ticket, done, started)) = decided {
+                        self.maintenance_due |= done.maintenance_due;
+                        self.conversation.handle_decided(self.now(), ticket, done.decided);
                         self.started_at(ticket, started);
                     }
                 }
@@ -295,13 +310,20 @@ impl Driver<'_> {
                 self.log_answered(answered, started);
             }
             // Checkpoints belong in idle moments, after the cashier has the answer, not inside
-            // the next redemption's commit (`Store::maintenance`).
-            if answered_any && self.conversation.is_idle() {
-                match self.ctx.store.try_run(|store, _| store.maintenance()) {
-                    None | Some(Ok(Ok(_))) => {}
-                    Some(Ok(Err(e))) => tracing::warn!(error = %e, "store maintenance failed"),
-                    Some(Err(StoreGone)) => tracing::error!("store unusable during maintenance"),
-                }
+            // the next redemption's commit (`Store::maintenance`); on the pool, like decisions, so
+            // that a checkpoint waiting for the disk does not stall the link.
+            if answered_any && self.maintenance_due && self.conversation.is_idle() {
+                self.maintenance_due = false;
+                let store = self.ctx.store.clone();
+                tokio::task::spawn_blocking(move || {
+                    match store.try_run(|store, _| store.maintenance()) {
+                        None | Some(Ok(Ok(_))) => {}
+                        Some(Ok(Err(e))) => tracing::warn!(error = %e, "store maintenance failed"),
+                        Some(Err(StoreGone)) => {
+                            tracing::error!("store unusable during maintenance");
+                        }
+                    }
+                });
             }
             if let Some(reason) = failed {
                 return (reason, was_up);
@@ -323,8 +345,8 @@ impl Driver<'_> {
                 tracing::error!(reader = %self.name(), "session made no progress; dropping {} bytes", data.len());
                 break;
             }
-            // A request delivered mid-read is decided before the rest is fed: the session holds
-            // further messages until its event is taken, and answers go out in order.
+            // A request delivered mid-read goes to the store before the rest is fed: its decision
+            // starts now, and later requests queue behind it in the conversation.
             self.carry_out(session);
         }
         up
@@ -394,42 +416,42 @@ impl Driver<'_> {
         }
     }
 
-    /// Carries out the conversation's effects until it has none: store jobs (in place when the
-    /// lock is free), messages to queue on the session, log lines.
+    /// Carries out the conversation's effects until it has none: store jobs (handed to the
+    /// blocking pool), messages to queue on the session, log lines.
     fn carry_out(&mut self, session: &mut HostSession) {
         while let Some(effect) = self.conversation.poll_effect() {
             match effect {
                 Effect::Decide { ticket, job } => {
-                    let started = std::time::Instant::now();
-                    match self
-                        .ctx
-                        .store
-                        .try_run(|store, now| execute(store, &job, now))
-                    {
-                        Some(result) => {
-                            let decided = result.unwrap_or_else(|StoreGone| store_unusable(&job));
-                            self.conversation
-                                .handle_decided(self.now(), ticket, decided);
-                            self.started_at(ticket, started);
-                        }
-                        None => {
-                            // Another reader or a sync step holds the store: wait for it off this
-                            // thread, and keep the link served (DISPLAY after T_DISPLAY).
-                            let store = self.ctx.store.clone();
-                            let if_it_panics = store_unusable(&job);
-                            let task = tokio::task::spawn_blocking(move || {
-                                store
-                                    .run_blocking(|store, now| execute(store, &job, now))
-                                    .unwrap_or_else(|StoreGone| store_unusable(&job))
-                            });
-                            self.deciding = Some(Waiting {
-                                ticket,
-                                task,
-                                started,
-                                if_it_panics,
-                            });
-                        }
+                    if let Some(earlier) = &self.deciding {
+                        // The conversation hands out one job at a time; a second would be a bug.
+                        // Answer it STORAGE_FAILURE rather than lose track of the first.
+                        tracing::error!(
+                            reader = %self.name(), earlier = ?earlier.ticket, job = ?job,
+                            "a second store job while one is out: declined"
+                        );
+                        self.conversation
+                            .handle_decided(self.now(), ticket, store_unusable(&job));
+                        continue;
                     }
+                    let store = self.ctx.store.clone();
+                    let if_it_panics = store_unusable(&job);
+                    let task = tokio::task::spawn_blocking(move || {
+                        store
+                            .run_blocking(|store, now| JobDone {
+                                decided: execute(store, &job, now),
+                                maintenance_due: store.maintenance_due(),
+                            })
+                            .unwrap_or_else(|StoreGone| JobDone {
+                                decided: store_unusable(&job),
+                                maintenance_due: false,
+                            })
+                    });
+                    self.deciding = Some(Deciding {
+                        ticket,
+                        task,
+                        started: std::time::Instant::now(),
+                        if_it_panics,
+                    });
                 }
                 Effect::Send {
                     msg_type,
@@ -535,19 +557,24 @@ impl Driver<'_> {
     }
 }
 
-/// The decision of the job waiting on the blocking pool, once it is made (`None` only when nothing
-/// waits).
-async fn wait_for(waiting: &mut Option<Waiting>) -> Option<(Ticket, Decided, std::time::Instant)> {
-    let w = waiting.as_mut()?;
-    let result = (&mut w.task).await;
-    let w = waiting.take()?;
+/// The decision of the job on the blocking pool, once it is made (`None` only when none is out).
+async fn wait_for(
+    deciding: &mut Option<Deciding>,
+) -> Option<(Ticket, JobDone, std::time::Instant)> {
+    let d = deciding.as_mut()?;
+    let result = (&mut d.task).await;
+    let d = deciding.take()?;
     match result {
-        Ok(decided) => Some((w.ticket, decided, w.started)),
+        Ok(done) => Some((d.ticket, done, d.started)),
         Err(e) => {
             // The job panicked inside the store: its lock is poisoned, this job and every later
             // one are declined STORAGE_FAILURE, and the watchdog stops (systemd restarts us).
             tracing::error!(error = %e, "store job failed");
-            Some((w.ticket, w.if_it_panics, w.started))
+            let done = JobDone {
+                decided: d.if_it_panics,
+                maintenance_due: false,
+            };
+            Some((d.ticket, done, d.started))
         }
     }
 }

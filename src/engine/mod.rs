@@ -217,6 +217,7 @@ fn card_preconditions(
         CardStatus::Lost => return Err(DeclineReason::CardLost),
         CardStatus::Frozen => return Err(DeclineReason::CardFrozen),
         CardStatus::Cancelled => return Err(DeclineReason::CardCancelled),
+        CardStatus::Reissued => return Err(DeclineReason::CardReissued),
     }
     if ctx.terminal.offline_redemptions >= u64::from(ctx.limits.max_offline_redemptions) {
         return Err(DeclineReason::TerminalOfflineLimitReached);

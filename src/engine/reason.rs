@@ -9,6 +9,8 @@ pub enum DeclineReason {
     CardLost,
     CardFrozen,
     CardCancelled,
+    /// Cancelled by a reissue (补卡): the member has a new card.
+    CardReissued,
     /// The package's validity window has ended.
     Expired,
     NotYetValid,
@@ -51,11 +53,12 @@ pub enum DeclineReason {
 }
 
 impl DeclineReason {
-    pub const ALL: [DeclineReason; 29] = [
+    pub const ALL: [DeclineReason; 30] = [
         Self::CardUnknown,
         Self::CardLost,
         Self::CardFrozen,
         Self::CardCancelled,
+        Self::CardReissued,
         Self::Expired,
         Self::NotYetValid,
         Self::NotValidAtMerchant,
@@ -91,6 +94,7 @@ impl DeclineReason {
             Self::CardLost => W::CARD_LOST,
             Self::CardFrozen => W::CARD_FROZEN,
             Self::CardCancelled => W::CARD_CANCELLED,
+            Self::CardReissued => W::CARD_REISSUED,
             Self::Expired => W::EXPIRED,
             Self::NotYetValid => W::NOT_YET_VALID,
             Self::NotValidAtMerchant => W::NOT_VALID_HERE,
@@ -131,6 +135,7 @@ impl DeclineReason {
             Self::CardLost => "卡片已挂失",
             Self::CardFrozen => "卡片已冻结",
             Self::CardCancelled => "卡片已注销",
+            Self::CardReissued => "卡片已补办，请用新卡",
             Self::Expired => "权益已过期",
             Self::NotYetValid => "权益尚未生效",
             Self::NotValidAtMerchant => "本店不可使用",
@@ -165,6 +170,7 @@ impl DeclineReason {
             Self::CardLost => "card reported lost",
             Self::CardFrozen => "card frozen",
             Self::CardCancelled => "card cancelled",
+            Self::CardReissued => "card reissued: use the new card",
             Self::Expired => "package expired",
             Self::NotYetValid => "package not yet valid",
             Self::NotValidAtMerchant => "not valid at this shop",

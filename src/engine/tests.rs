@@ -283,6 +283,7 @@ fn card_status_is_checked_first() {
         (CardStatus::Lost, DeclineReason::CardLost),
         (CardStatus::Frozen, DeclineReason::CardFrozen),
         (CardStatus::Cancelled, DeclineReason::CardCancelled),
+        (CardStatus::Reissued, DeclineReason::CardReissued),
     ] {
         let mut f = Fixture::new();
         f.card.status = status;
@@ -293,13 +294,19 @@ fn card_status_is_checked_first() {
 
 #[test]
 fn a_deny_entry_refuses_an_active_card_with_its_status_and_never_enables_one() {
-    for s in [DenyStatus::Lost, DenyStatus::Frozen, DenyStatus::Cancelled] {
+    for s in [
+        DenyStatus::Lost,
+        DenyStatus::Frozen,
+        DenyStatus::Cancelled,
+        DenyStatus::Reissued,
+    ] {
         let mut f = Fixture::new();
         f.denied = Some(s);
         let reason = match s {
             DenyStatus::Lost => DeclineReason::CardLost,
             DenyStatus::Frozen => DeclineReason::CardFrozen,
             DenyStatus::Cancelled => DeclineReason::CardCancelled,
+            DenyStatus::Reissued => DeclineReason::CardReissued,
         };
         assert_eq!(f.menu(T0), Err(reason));
         assert_eq!(f.redeem(T0, &[(0, 1)]), Err(reason));

@@ -156,6 +156,8 @@ pub enum Mode {
     Conformance {
         /// A card the daemon knows, with an entry that asks no identity and has two uses left.
         card: String,
+        /// The daemon's state directory, for the flows that need its store busy (else skipped).
+        busy_store: Option<PathBuf>,
     },
 }
 
@@ -261,8 +263,8 @@ pub async fn run_cli(options: SimulatorOptions) -> Result<(), SimError> {
         .map_err(stdout_error)?;
     }
     let mut runner = Runner::new();
-    if let Mode::Conformance { card } = &options.mode {
-        return conformance::run(&mut reader, card, &mut out).await;
+    if let Mode::Conformance { card, busy_store } = &options.mode {
+        return conformance::run(&mut reader, card, busy_store.as_deref(), &mut out).await;
     }
     match scenario {
         Some(scenario) => runner.run(&mut reader, &scenario, &mut out).await,

@@ -17,6 +17,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use firmware_protocol::conformance::Observed;
 use firmware_protocol::{Capabilities, DeclineReason, Flags, Header, RejectReason};
 use firmware_protocol::{
     CardPresented, Config, Encodings, EntryMode, Identity, IdentityCheck, Instant as ProtoInstant,
@@ -238,24 +239,47 @@ impl SimReader {
         payload: &[u8],
         wait: Duration,
     ) -> Result<Option<(MessageType, Vec<u8>)>, SimError> {
+        Ok(self
+            .exchange_observed(msg_type, payload, wait)
+            .await?
+            .answer)
+    }
+
+    /// [`Self::exchange`], with what else was seen until the answer: each DISPLAY (which restarts
+    /// the wait) with its arrival after the request's write, and how often the link had to send
+    /// the request's frames again (T_ACK expired or NAK: the daemon did not acknowledge in time).
+    pub async fn exchange_observed(
+        &mut self,
+        msg_type: MessageType,
+        payload: &[u8],
+        wait: Duration,
+    ) -> Result<Observed, SimError> {
         self.wait_link_up(self.settings.txn_timeout).await?;
         self.inbox.clear();
+        let retransmissions = self.session.stats().retransmissions;
         self.session
             .send_unchecked(msg_type, payload)
             .map_err(|e| SimError::Request {
                 what: msg_type.name(),
                 reason: e.to_string(),
             })?;
-        let mut deadline = Instant::now() + wait;
+        self.flush().await?;
+        let sent = Instant::now();
+        let mut seen = Observed::default();
+        let mut deadline = sent + wait;
         loop {
             while let Some(event) = self.inbox.pop_front() {
                 match event {
                     OwnedEvent::Message {
                         msg_type: MessageType::Display,
-                        ..
-                    } => deadline = Instant::now() + wait,
+                        payload,
+                    } => {
+                        let at = u64::try_from(sent.elapsed().as_millis()).unwrap_or(u64::MAX);
+                        seen.displays.push((at, payload));
+                        deadline = Instant::now() + wait;
+                    }
                     OwnedEvent::Message { msg_type, payload } => {
-                        return Ok(Some((msg_type, payload)));
+                        seen.answer = Some((msg_type, payload));
                     }
                     OwnedEvent::LinkDown(reason) => {
                         return Err(SimError::Request {
@@ -265,9 +289,17 @@ impl SimReader {
                     }
                     _ => {}
                 }
+                if seen.answer.is_some() {
+                    break;
+                }
             }
-            if Instant::now() >= deadline {
-                return Ok(None);
+            if seen.answer.is_some() || Instant::now() >= deadline {
+                seen.retransmissions = self
+                    .session
+                    .stats()
+                    .retransmissions
+                    .saturating_sub(retransmissions);
+                return Ok(seen);
             }
             self.step(deadline).await?;
         }

@@ -1,5 +1,5 @@
 //! The deny overlay: verified deny-list entries (`docs/api/README.md`, "`GET deny-list`") that refuse
-//! a card lost, frozen or cancelled since its cache entry was signed.
+//! a card lost, frozen, cancelled or reissued since its cache entry was signed.
 //!
 //! * **Apply** ([`Store::apply_deny_list`]): every entry of an answer is verified first (MAC with the
 //!   cache key, merchant, strictly ascending versions above the applied one); one bad entry refuses
@@ -213,11 +213,8 @@ fn check_row(
     ) else {
         return bad("MAC mismatch (row edited)");
     };
-    let status = match status {
-        2 => DenyStatus::Lost,
-        3 => DenyStatus::Frozen,
-        4 => DenyStatus::Cancelled,
-        _ => return bad("MAC mismatch (row edited): status is not lost, frozen or cancelled"),
+    let Some(status) = u8::try_from(status).ok().and_then(DenyStatus::from_code) else {
+        return bad("MAC mismatch (row edited): status is not lost, frozen, cancelled or reissued");
     };
     let entry = DenyEntry {
         version,

@@ -1573,6 +1573,12 @@ impl Store {
         Ok(())
     }
 
+    /// Whether [`Self::maintenance`] has work to do (a checkpoint is due): the daemon asks while it
+    /// holds the store for a decision, and hands the maintenance to its blocking pool only then.
+    pub fn maintenance_due(&self) -> bool {
+        self.commits_since_checkpoint >= CHECKPOINT_EVERY_COMMITS
+    }
+
     /// Housekeeping for idle moments: the daemon calls it whenever no request is waiting (after each
     /// reply is sent is fine; it is cheap when there is nothing to do). It keeps WAL checkpoints off the
     /// commit path:
@@ -2129,6 +2135,7 @@ fn unknown_card_reason(denied: Option<redeemd_contract::DenyStatus>) -> DeclineR
         Some(redeemd_contract::DenyStatus::Lost) => DeclineReason::CardLost,
         Some(redeemd_contract::DenyStatus::Frozen) => DeclineReason::CardFrozen,
         Some(redeemd_contract::DenyStatus::Cancelled) => DeclineReason::CardCancelled,
+        Some(redeemd_contract::DenyStatus::Reissued) => DeclineReason::CardReissued,
         None => DeclineReason::CardUnknown,
     }
 }

@@ -1,20 +1,19 @@
-//! The one owner of the [`Store`]: a mutex that serialises every decision, taken in place by the
-//! thread that needs it — in the daemon each reader's thread and the sync task's blocking steps; in
-//! `redeemd sync` its own pass. Also the daemon's clocks ([`Clock`], [`wall_clock_ms`]).
+//! The one owner of the [`Store`]: a mutex that serialises every decision, taken by the thread
+//! that needs it — in the daemon a reader's store job or checkpoint on its runtime's blocking pool,
+//! and the sync task's blocking steps; in `redeemd sync` its own pass. Also the daemon's clocks
+//! ([`Clock`], [`wall_clock_ms`]).
 //!
-//! rusqlite is synchronous and every redemption waits for an fsync. Three designs were measured
+//! rusqlite is synchronous and every redemption waits for an fsync. Designs measured
 //! (`benches/daemon.rs`): a dedicated store thread fed by a channel; reader tasks on a 2-worker
-//! runtime taking the mutex inside [`tokio::task::block_in_place`]; and (this one) one thread per
-//! reader, each with its own current-thread runtime, taking the mutex directly. All three
-//! serialise decisions — two readers redeeming the last use of a card at the same instant take
-//! the lock in turn, and the second sees the first's commit — but a channel costs two thread
-//! wake-ups per request and the multi-threaded runtime one or two more (work-stealing
-//! notifications, `block_in_place` handing the worker's other tasks to another thread), each
-//! ≈50–100 µs on a small VM: more than the menu decision itself. A reader's thread serves one
-//! link only, so blocking it on the store (an fsync, a checkpoint) delays nobody else's link. When the
-//! lock is already held ([`StoreHandle::try_run`] says so), the reader waits for it on the blocking
-//! pool instead and keeps its link served meanwhile (heartbeats, and DISPLAY after a second: see
-//! `crate::conversation`).
+//! runtime taking the mutex inside [`tokio::task::block_in_place`]; one thread per reader taking
+//! the mutex in place; and (this one) one thread per reader serving its link, each decision handed
+//! to that reader's blocking pool. All serialise decisions — two readers redeeming the last use of
+//! a card at the same instant take the lock in turn, and the second sees the first's commit. Taking
+//! the lock in place saved a thread wake-up per request (≈50–100 µs on a small VM), but it stalled
+//! the reader's link for as long as the store made the decision wait: another process holding
+//! SQLite's write lock (`redeemd sync`, `cache install`) or a slow disk could hold it for seconds,
+//! with no ACK, no PONG and no DISPLAY, and a reader drops a link after 4 × T_ACK (PROTOCOL.md §4.6).
+//! The hand-over is what serving the link during a decision costs.
 
 use std::sync::{Arc, Mutex, TryLockError};
 use std::time::Duration;
@@ -44,8 +43,8 @@ impl StoreHandle {
     }
 
     /// Runs `f` with the store, blocking the calling thread until the lock is free and `f` is
-    /// done: call it from a reader's own thread or a `spawn_blocking` task, never from a runtime
-    /// that serves anything else. `f` gets the clock reading taken once it holds the lock, so
+    /// done: call it from a `spawn_blocking` task or a thread of its own, never from a runtime
+    /// that serves anything (a reader's link, the sync task's timers). `f` gets the clock reading taken once it holds the lock, so
     /// decisions are timed when they are made, not when they were requested.
     pub fn run_blocking<T>(&self, f: impl FnOnce(&mut Store, Now) -> T) -> Result<T, StoreGone> {
         // A poisoned lock means a panic inside a store operation: its SQLite transaction rolled
@@ -57,8 +56,7 @@ impl StoreHandle {
     }
 
     /// Like [`Self::run_blocking`], but only if no other thread holds the store now: `None` when one
-    /// does (the caller waits for it elsewhere, e.g. on the blocking pool, and serves its link
-    /// meanwhile).
+    /// does (for work that may be skipped, such as an idle-time checkpoint).
     pub fn try_run<T>(&self, f: impl FnOnce(&mut Store, Now) -> T) -> Option<Result<T, StoreGone>> {
         match self.store.try_lock() {
             Ok(mut store) => {

@@ -216,7 +216,7 @@ pub fn parse_deny_list(body: &[u8]) -> Result<DenyList, WireError> {
         .map(|e| {
             let status = DenyStatus::parse(&e.status).map_err(|_| WireError::Field {
                 field: "entries[].status",
-                reason: "not lost, frozen or cancelled",
+                reason: "not lost, frozen, cancelled or reissued",
             })?;
             Ok((
                 DenyEntry {

@@ -39,6 +39,34 @@ fn menu_reason(s: &mut Store, card: u64) -> Option<DeclineReason> {
     }
 }
 
+/// PROTOCOL.md §7.1 `CARD_REISSUED`: a card the platform reissued comes in the deny list as
+/// "reissued" (status 5), for a card in the cache and for one it does not hold, and stays so across
+/// a restart (the row is loaded and its MAC verified at open).
+#[test]
+fn a_deny_entry_reissued_declines_card_reissued() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store_with_cards(dir.path(), 2);
+    s.apply_deny_list(&list(
+        2,
+        &[
+            entry(1, 0, DenyStatus::Reissued, 2),
+            entry(2, 9, DenyStatus::Reissued, 1),
+        ],
+    ))
+    .unwrap();
+    for card in [0, 9] {
+        assert_eq!(menu_reason(&mut s, card), Some(DeclineReason::CardReissued));
+    }
+    assert_eq!(
+        declined(&redeem(&mut s, "r", 1, 0, &[(0, 1)], T0)),
+        DeclineReason::CardReissued
+    );
+    drop(s);
+    let mut s = open(dir.path());
+    assert_eq!(menu_reason(&mut s, 0), Some(DeclineReason::CardReissued));
+    approved(&redeem(&mut s, "r", 2, 1, &[(0, 1)], T0));
+}
+
 #[test]
 fn deny_entries_refuse_with_their_reason_until_a_newer_cache_entry_supersedes_them() {
     let dir = tempfile::tempdir().unwrap();

@@ -6,6 +6,7 @@
     clippy::type_complexity
 )]
 
+mod busy_store;
 mod clearing_e2e;
 mod cli;
 mod columns;

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use firmware_protocol::message::EntryMode;
 use redeemd::engine::DeclineReason;
-use redeemd::simulator::SwipeResult;
+use redeemd::simulator::{SimReader, SwipeResult};
 use redeemd::store::{Store, StoreConfig};
 use redeemd_contract::model::CardRef;
 use redeemd_contract::{TerminalKeys, TerminalSecret};
@@ -365,8 +365,9 @@ impl Setup {
     }
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn redemptions_at_the_reader_reach_the_real_clearing_server() {
+/// [`setup`] with the real platform serving it, the daemon started and its first snapshot
+/// installed, and the reader `serial` linked.
+async fn served(serial: &str) -> (Setup, Server, Daemon, SimReader) {
     let s = setup();
     let server = Server::start(&s.server_db, "127.0.0.1:0");
     s.point_at(&server.url());
@@ -376,7 +377,13 @@ async fn redemptions_at_the_reader_reach_the_real_clearing_server() {
         Duration::from_secs(30),
         || s.cache_version() > 0,
     );
-    let mut r = reader(&s.shop, 0, "R-E2E").await;
+    let r = reader(&s.shop, 0, serial).await;
+    (s, server, daemon, r)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn redemptions_at_the_reader_reach_the_real_clearing_server() {
+    let (s, server, daemon, mut r) = served("R-E2E").await;
     let m = menu(swipe(&mut r, 1).await);
     assert_eq!(m.entries.len(), 2, "{m:?}");
     approved(r.redeem(&[(0, 2)], None).await.unwrap());
@@ -513,16 +520,7 @@ fn a_daemon_restored_from_a_backup_behind_the_server_resumes_without_duplicates(
 #[tokio::test(flavor = "current_thread")]
 async fn a_card_issued_on_the_platform_is_redeemable_and_a_loss_report_declines_it_after_one_sync()
 {
-    let s = setup();
-    let server = Server::start(&s.server_db, "127.0.0.1:0");
-    s.point_at(&server.url());
-    let _daemon = Daemon::start(&s.shop);
-    wait_for(
-        "the platform's snapshot installed",
-        Duration::from_secs(30),
-        || s.cache_version() > 0,
-    );
-    let mut r = reader(&s.shop, 0, "R-E2E").await;
+    let (s, server, _daemon, mut r) = served("R-E2E").await;
     // A card issued and customized on the platform while the shop runs: one sync, then redeemable.
     let unknown = r
         .swipe(&support::number(7), EntryMode::Magstripe, "cashier-7")
@@ -574,5 +572,61 @@ async fn a_card_issued_on_the_platform_is_redeemable_and_a_loss_report_declines_
         "the redemption on the platform",
         Duration::from_secs(30),
         || server_journal(&server.db).0 == 1,
+    );
+}
+
+/// PROTOCOL.md §7.1 `CARD_REISSUED`, end to end: a card reissued on the real platform (补卡) is
+/// declined with that reason at the reader after one sync — the deny list and the card's new entry
+/// both say "reissued" — and its new number redeems what was left.
+#[tokio::test(flavor = "current_thread")]
+async fn a_reissued_cards_old_number_is_declined_card_reissued_after_one_sync() {
+    let (s, server, _daemon, mut r) = served("R-REISSUE").await;
+    let m = menu(swipe(&mut r, 2).await);
+    approved(r.redeem(&[(0, 1)], None).await.unwrap());
+    assert_eq!(m.entries[0].uses_left, 10);
+    let (code, out) = s.sync_cli();
+    assert_eq!(code, Some(0), "{out}");
+    admin(
+        &server.db,
+        &[
+            "card",
+            "reissue",
+            "--from",
+            &support::number(2),
+            "--to",
+            &support::number(8),
+        ],
+    );
+    let (code, out) = s.sync_cli();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("deny list     1 entries applied"), "{out}");
+    // Another process changed the database: the daemon notices within a second.
+    std::thread::sleep(Duration::from_millis(1200));
+    let old = r
+        .swipe(&support::number(2), EntryMode::Magstripe, "cashier-7")
+        .await
+        .unwrap();
+    assert!(
+        matches!(&old, SwipeResult::Declined(d) if d.reason == wire(DeclineReason::CardReissued)),
+        "{old:?}"
+    );
+    // The new card holds what was left: 9 washes.
+    let new = menu(swipe(&mut r, 8).await);
+    assert_eq!(new.entries[0].uses_left, 9, "{new:?}");
+    // The old card's cache entry itself is signed "reissued", not only its deny entry.
+    let old_ref = redeemd_contract::model::CardNumber::parse(&support::number(2))
+        .unwrap()
+        .card_ref(&s.keys.card_token);
+    let db = rusqlite::Connection::open(s.shop.state.join(redeemd::store::DB_FILE)).unwrap();
+    let body: Vec<u8> = db
+        .query_row(
+            "SELECT body FROM cache_entry WHERE card_ref = ?1",
+            [&old_ref.0[..]],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        redeemd_contract::Card::decode(&body).unwrap().status,
+        redeemd_contract::CardStatus::Reissued
     );
 }

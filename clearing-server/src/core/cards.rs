@@ -27,6 +27,18 @@ pub fn status_name(s: CardStatus) -> &'static str {
         CardStatus::Lost => "lost",
         CardStatus::Frozen => "frozen",
         CardStatus::Cancelled => "cancelled",
+        CardStatus::Reissued => "reissued",
+    }
+}
+
+/// The status a card is signed with for the shops (its entry and its deny-list entry): a card
+/// cancelled by a reissue — it names its successor — is `Reissued`, so that the counter can tell
+/// the cashier the member has a new card (PROTOCOL.md §7.1 `CARD_REISSUED`). The card table keeps
+/// it cancelled.
+pub fn signed_status(status: CardStatus, reissued: bool) -> CardStatus {
+    match status {
+        CardStatus::Cancelled if reissued => CardStatus::Reissued,
+        other => other,
     }
 }
 

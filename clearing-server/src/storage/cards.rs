@@ -26,7 +26,7 @@ use super::sql::{Row, StorageError, Tx, int};
 use crate::core::card_search;
 pub use crate::core::cards::{
     ItemSpec, NewCard, PackageSpec, StatusAction, StoredPackage, mask_name, parse_time, rfc3339,
-    status_name, visible,
+    signed_status, status_name, visible,
 };
 use crate::core::cards::{
     check_id, check_title, json, scope_from_db, scope_to_db, scopes, scopes_from_json, scopes_json,
@@ -389,7 +389,7 @@ pub fn packages(tx: &mut dyn Tx, card_id: i64) -> Result<Vec<StoredPackage>, Car
 fn body_of(row: &CardRow, packages: &[StoredPackage]) -> Vec<u8> {
     template(
         row.masked.clone(),
-        row.status,
+        signed_status(row.status, row.reissued_to.is_some()),
         row.holder_name.as_deref(),
         packages,
     )
@@ -949,7 +949,8 @@ pub fn deny_entries(
 ) -> Result<(u64, Vec<redeemd_contract::DenyEntry>), CardError> {
     let head = merchant(tx, merchant_id)?.map_or(0, |m| m.deny_version);
     let rows = tx.query(
-        "SELECT d.version, d.card_id, c.number_sealed, d.status, d.entry_version, d.reported_at_ms
+        "SELECT d.version, d.card_id, c.number_sealed, d.status, d.entry_version, d.reported_at_ms,
+                c.reissued_to
          FROM deny_entry d JOIN card c ON c.id = d.card_id
          WHERE d.merchant_id = $1 AND d.version > $2 ORDER BY d.version LIMIT $3",
         params![
@@ -966,12 +967,14 @@ pub fn deny_entries(
             card_id,
             reason,
         };
-        let status = match status_from_db(r.i64(3)?, card_id)? {
-            CardStatus::Lost => DenyStatus::Lost,
-            CardStatus::Frozen => DenyStatus::Frozen,
-            CardStatus::Cancelled => DenyStatus::Cancelled,
-            CardStatus::Active => return Err(corrupt("deny entry", "status active".into())),
+        let code = r.i64(3)?;
+        let Some(stored) = u8::try_from(code).ok().and_then(DenyStatus::from_code) else {
+            return Err(corrupt("deny entry", format!("status {code}")));
         };
+        // The table keeps a reissued card's entry as cancelled; the shops get it as reissued.
+        let reissued = r.opt_i64(6)?.is_some();
+        let status = DenyStatus::from_card_status(signed_status(stored.card_status(), reissued))
+            .unwrap_or(stored);
         out.push(redeemd_contract::DenyEntry {
             version: r.u64(0)?,
             card_ref: stored_number(vault, card_id, r.blob(2)?)?.card_ref(&keys.card_token),

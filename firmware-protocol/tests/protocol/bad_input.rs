@@ -210,12 +210,140 @@ fn a_down_host_ignores_unknown_link_control_types_and_resets_known_ones() {
     feed!(host, Instant::ZERO, &fixture("unknown-control"), events);
     assert!(host.poll_transmit(Instant::ZERO, &mut wire).is_none());
     assert_eq!(host.stats().unknown_control, 1);
-    feed!(host, Instant::ZERO, &fixture("ping"), events);
-    let n = host.poll_transmit(Instant::ZERO, &mut wire).unwrap();
-    let mut decoder: firmware_protocol::Decoder = firmware_protocol::Decoder::new();
-    let frame = decoder.push(&wire[..n]).result.unwrap().unwrap();
-    assert_eq!(frame.header.msg_type, MessageType::Reset.as_u8());
+    // A known link-control type, and a data frame of a reserved type (0x7F): RESET for both.
+    for known in [fixture("ping"), fixture("malformed-unknown-type")] {
+        feed!(host, Instant::ZERO, &known, events);
+        let n = host.poll_transmit(Instant::ZERO, &mut wire).unwrap();
+        let mut decoder: firmware_protocol::Decoder = firmware_protocol::Decoder::new();
+        let frame = decoder.push(&wire[..n]).result.unwrap().unwrap();
+        assert_eq!(frame.header.msg_type, MessageType::Reset.as_u8());
+    }
     assert!(events.is_empty(), "{events:?}");
+}
+
+#[test]
+fn s4_10_a_frame_longer_than_the_negotiated_max_payload_is_accepted() {
+    // PROTOCOL.md §4.10: the negotiated max payload binds senders; receivers take up to 1,024.
+    let mut raw = RawReader {
+        host: firmware_protocol::HostSession::new(Config::new(115_200)),
+        now: 0,
+        events: Vec::new(),
+    };
+    let hello = Message::Hello(firmware_protocol::Hello {
+        version: PROTOCOL_VERSION,
+        max_payload: 64,
+        capabilities: firmware_protocol::Capabilities(0),
+        encodings: firmware_protocol::Encodings::UTF8,
+        boot_nonce: 64,
+        serial: "RDR-64",
+        firmware: "1",
+    });
+    raw.send(
+        Header {
+            msg_type: MessageType::Hello.as_u8(),
+            ..Header::default()
+        },
+        &hello,
+    );
+    assert_eq!(raw.host.link_info().unwrap().max_payload, 64);
+    raw.replies();
+    let card = "6".repeat(64);
+    let mut payload = [0u8; 128];
+    let n = Message::CardPresented(firmware_protocol::CardPresented {
+        txn_id: 1,
+        entry_mode: firmware_protocol::EntryMode::Manual,
+        card: &card,
+        cashier_id: "CASHIER-10",
+    })
+    .emit(&mut payload)
+    .unwrap();
+    assert!(n > 64, "{n}");
+    raw.events.clear();
+    raw.data(1, MessageType::CardPresented.as_u8(), &payload[..n]);
+    assert_eq!(
+        raw.events,
+        vec![Ev::Msg(MessageType::CardPresented, payload[..n].to_vec())]
+    );
+    assert!(raw.replies().iter().all(|(h, _)| h.ack == 1));
+}
+
+/// A link-control frame of a type this version does not know, on an UP link.
+fn unknown_control_frame() -> Vec<u8> {
+    let header = Header {
+        flags: Flags::ACK,
+        seq: 0,
+        ack: 0,
+        msg_type: 0x07,
+    };
+    RawReader::frame(header, &[])
+}
+
+#[test]
+fn s4_9_an_unknown_link_control_frame_restarts_t_dead_and_has_no_other_effect() {
+    // PROTOCOL.md §4.1, §4.9: a valid frame all the same, so a sign of life; nothing else.
+    let mut raw = RawReader::connected();
+    let dead = raw.host.config().dead_interval().as_millis() as u64;
+    // Twice T_DEAD of unknown control frames, one a second, and nothing else from the reader.
+    for _ in 0..(2 * dead / 1000) {
+        raw.now += 1000;
+        raw.host.handle_timeout(Instant::from_millis(raw.now));
+        raw.bytes(&unknown_control_frame());
+        let replies = raw.replies();
+        assert!(
+            replies
+                .iter()
+                .all(|(h, _)| h.msg_type == MessageType::Ping.as_u8()),
+            "only the host's own heartbeats: {replies:?}"
+        );
+    }
+    assert!(raw.host.is_up(), "{:?}", raw.events);
+    assert!(raw.events.is_empty(), "{:?}", raw.events);
+    assert_eq!(u64::from(raw.host.stats().unknown_control), 2 * dead / 1000);
+    // Without them, the link goes down T_DEAD after the last one.
+    raw.now += dead;
+    raw.host.handle_timeout(Instant::from_millis(raw.now));
+    while let Some(e) = raw.host.poll_event() {
+        raw.events.push(e.into());
+    }
+    assert_eq!(raw.events, vec![Ev::Down(LinkDownReason::HeartbeatLost)]);
+}
+
+#[test]
+fn s4_3_a_repeated_hello_is_the_same_link_until_the_reader_sends_a_frame_of_a_known_type() {
+    // PROTOCOL.md §4.3: "no other frame received since" counts valid frames of a known type;
+    // damaged frames and unknown link-control types do not.
+    let mut raw = RawReader::connected();
+    raw.bytes(&unknown_control_frame());
+    raw.bytes(&fixture("malformed-bad-crc"));
+    raw.replies();
+    raw.hello();
+    let replies = raw.replies();
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!(replies[0].0.msg_type, MessageType::HelloAck.as_u8());
+    assert!(raw.events.is_empty(), "the same link: {:?}", raw.events);
+    // A PING is a frame of a known type: the next HELLO is a new link.
+    raw.bytes(&fixture("ping"));
+    raw.replies();
+    raw.hello();
+    assert!(
+        matches!(
+            raw.events[..],
+            [Ev::Down(LinkDownReason::PeerRelinked), Ev::Up(_)]
+        ),
+        "{:?}",
+        raw.events
+    );
+}
+
+/// The HELLO_REJECT the host answered first.
+fn hello_reject(replies: &[(Header, Vec<u8>)]) -> firmware_protocol::HelloReject {
+    match replies
+        .first()
+        .map(|(h, p)| Message::parse(h.msg_type, p, TextEncoding::Utf8))
+    {
+        Some(Ok(Message::HelloReject(reject))) => reject,
+        _ => panic!("no HELLO_REJECT first: {replies:?}"),
+    }
 }
 
 #[test]
@@ -240,12 +368,7 @@ fn a_hello_offering_no_known_encoding_is_refused_no_common_encoding_with_its_non
         ..Header::default()
     };
     raw.bytes(&RawReader::frame(header, &payload[..n]));
-    let replies = raw.replies();
-    let Message::HelloReject(reject) =
-        Message::parse(replies[0].0.msg_type, &replies[0].1, TextEncoding::Utf8).unwrap()
-    else {
-        panic!("{replies:?}")
-    };
+    let reject = hello_reject(&raw.replies());
     assert_eq!(
         reject.reason,
         firmware_protocol::RejectReason::NO_COMMON_ENCODING
@@ -304,16 +427,22 @@ fn malformed_hello_is_refused_with_nonce_zero() {
         ..Header::default()
     };
     raw.bytes(&RawReader::frame(header, &[1, 0, 0xFF, 0xFF]));
-    let replies = raw.replies();
-    let Message::HelloReject(reject) =
-        Message::parse(replies[0].0.msg_type, &replies[0].1, TextEncoding::Utf8).unwrap()
-    else {
-        panic!("{replies:?}")
-    };
+    let reject = hello_reject(&raw.replies());
     assert_eq!(reject.boot_nonce, 0);
+    assert_eq!(
+        reject.reason,
+        firmware_protocol::RejectReason::MALFORMED_HELLO
+    );
     // It also ends the established link: the reader evidently restarted.
     assert_eq!(raw.events[0], Ev::Down(LinkDownReason::PeerRebooted));
     assert!(!raw.host.is_up());
+    // Malformed and of another major: parsing comes first (PROTOCOL.md §4.3).
+    raw.bytes(&RawReader::frame(header, &[2, 0, 0xFF, 0xFF]));
+    let reject = hello_reject(&raw.replies());
+    assert_eq!(
+        (reject.reason, reject.boot_nonce),
+        (firmware_protocol::RejectReason::MALFORMED_HELLO, 0)
+    );
 }
 
 /// A reader brought up by hand: HELLO out, HELLO_ACK in.

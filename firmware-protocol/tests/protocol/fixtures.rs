@@ -178,14 +178,14 @@ fn vectors() -> Vec<Vector> {
     let mut v = vec![
         message_vector(
             "hello",
-            "HELLO, reader RDR-000123 firmware 2.4.1, protocol 1.1, max payload 1024, capabilities 0x1F, UTF-8 and GB18030",
+            "HELLO, reader RDR-000123 firmware 2.4.1, protocol 1.2, max payload 1024, capabilities 0x1F, UTF-8 and GB18030",
             "host answers HELLO_ACK",
             header(Flags::empty(), 0, 0, 0x01),
             hello,
         ),
         message_vector(
             "hello-ack",
-            "HELLO_ACK, protocol 1.1, max payload 1024, UTF-8, nonce echoed",
+            "HELLO_ACK, protocol 1.2, max payload 1024, UTF-8, nonce echoed",
             "reader: link up",
             header(Flags::empty(), 0, 0, 0x02),
             Message::HelloAck(HelloAck {
@@ -198,7 +198,7 @@ fn vectors() -> Vec<Vector> {
         ),
         message_vector(
             "hello-reject",
-            "HELLO_REJECT, incompatible version (host speaks 1.1)",
+            "HELLO_REJECT, incompatible version (host speaks 1.2)",
             "reader: link refused, next HELLO after T_REFUSED",
             header(Flags::empty(), 0, 0, 0x03),
             Message::HelloReject(HelloReject {
@@ -535,7 +535,7 @@ fn vectors() -> Vec<Vector> {
         "ACKed, answered with ERROR MALFORMED_MESSAGE",
         header(ack, 2, 2, 0x43),
         gbk_on_utf8,
-        "DISPLAY.text: not valid Utf8 text",
+        "DISPLAY.text: not valid UTF-8 text",
     ));
     v.push(frame_vector(
         "malformed-trailing-bytes",

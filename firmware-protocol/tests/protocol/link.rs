@@ -607,6 +607,16 @@ impl RawReader {
             now: 0,
             events: Vec::new(),
         };
+        raw.hello();
+        let replies = raw.replies();
+        assert_eq!(replies[0].0.msg_type, MessageType::HelloAck.as_u8());
+        assert!(raw.host.is_up());
+        raw.events.clear();
+        raw
+    }
+
+    /// Sends this reader's HELLO (always the same boot: serial `RDR-RAW`, one nonce).
+    pub(crate) fn hello(&mut self) {
         let hello = Message::Hello(Hello {
             version: PROTOCOL_VERSION,
             max_payload: 1024,
@@ -616,18 +626,13 @@ impl RawReader {
             serial: "RDR-RAW",
             firmware: "0.1",
         });
-        raw.send(
+        self.send(
             Header {
                 msg_type: 0x01,
                 ..Header::default()
             },
             &hello,
         );
-        let replies = raw.replies();
-        assert_eq!(replies[0].0.msg_type, MessageType::HelloAck.as_u8());
-        assert!(raw.host.is_up());
-        raw.events.clear();
-        raw
     }
 
     pub(crate) fn bytes(&mut self, bytes: &[u8]) {
