@@ -13,14 +13,14 @@ use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use clearing_server::AppState;
 use clearing_server::core::access::Role;
 use clearing_server::core::card_search::CardQuery;
-use clearing_server::core::cards::{ItemSpec, NewCard, PackageSpec};
+use clearing_server::core::cards::NewCard;
 use clearing_server::core::session::IDLE_MS;
 use clearing_server::service::cards::CardSel;
 use clearing_server::service::merchants::MerchantInput;
 use clearing_server::service::{Service, cli_principal};
 use clearing_server::storage::Db;
 use common::engines::{Engine, blocking, database, vault};
-use common::{Line, T0, lines_of};
+use common::{Line, T0, lines_of, wash_package};
 use redeemd_contract::keys::{TerminalKeys, TerminalSecret};
 use redeemd_contract::model::{CardNumber, MerchantScope};
 use redeemd_contract::request::SignedHeaders;
@@ -52,24 +52,6 @@ struct Page {
     set_cookies: Vec<String>,
     headers: reqwest::header::HeaderMap,
     body: String,
-}
-
-fn package() -> PackageSpec {
-    PackageSpec {
-        id: "P1".into(),
-        title: "洗车套餐".into(),
-        valid_from_ms: T0 - 86_400_000,
-        valid_until_ms: T0 + 365 * 86_400_000,
-        scope: MerchantScope::All,
-        daily_cap: None,
-        identity_required: false,
-        items: vec![ItemSpec {
-            service_code: "WASH".into(),
-            title: "精洗".into(),
-            uses_total: 10,
-            price_fen: 3500,
-        }],
-    }
 }
 
 /// Two merchants (M-2 named with markup) with a terminal each, three cards, a console login per role,
@@ -110,7 +92,11 @@ async fn start(engine: Engine) -> Console {
                     identity_data: None,
                 })
                 .unwrap();
-            svc.customize(CardSel::Number(&number), &package()).unwrap();
+            svc.customize(
+                CardSel::Number(&number),
+                &wash_package("P1", MerchantScope::All),
+            )
+            .unwrap();
             ids.push(c.card_id.unwrap());
         }
         for (name, role, subject) in [
@@ -252,22 +238,29 @@ impl Console {
         self.send(jar, "POST", path, Some(form), None).await
     }
 
+    /// Posts the login form (fetched first, for its token) as `name` with `password`, to come back
+    /// to `next`.
+    async fn try_login(&self, jar: &mut Jar, name: &str, password: &str, next: &str) -> Page {
+        let form = self.get(jar, "/console/login").await;
+        let token = hidden(&form.body, "csrf");
+        self.post(
+            jar,
+            "/console/login",
+            &[
+                ("csrf", &token),
+                ("name", name),
+                ("password", password),
+                ("next", next),
+            ],
+        )
+        .await
+    }
+
     /// Logs in as `name` through the login form; the jar then holds the session.
     async fn login(&self, name: &str) -> Jar {
         let mut jar = Jar::default();
-        let form = self.get(&mut jar, "/console/login").await;
-        let token = hidden(&form.body, "csrf");
         let p = self
-            .post(
-                &mut jar,
-                "/console/login",
-                &[
-                    ("csrf", &token),
-                    ("name", name),
-                    ("password", "a long passphrase"),
-                    ("next", "/console/"),
-                ],
-            )
+            .try_login(&mut jar, name, "a long passphrase", "/console/")
             .await;
         assert_eq!(p.status, 303, "{}", p.body);
         assert!(jar.0.contains_key("__Host-redeemd_session"));
@@ -309,18 +302,7 @@ async fn console_logins_are_throttled(engine: Engine) {
     let mut jar = Jar::default();
     let mut last = 0;
     for _ in 0..11 {
-        let form = c.get(&mut jar, "/console/login").await;
-        let p = c
-            .post(
-                &mut jar,
-                "/console/login",
-                &[
-                    ("csrf", &hidden(&form.body, "csrf")),
-                    ("name", "alice"),
-                    ("password", "guess"),
-                ],
-            )
-            .await;
+        let p = c.try_login(&mut jar, "alice", "guess", "/console/").await;
         last = p.status;
         if last == 429 {
             assert!(p.headers.contains_key("retry-after"));
@@ -330,17 +312,8 @@ async fn console_logins_are_throttled(engine: Engine) {
     }
     assert_eq!(last, 429);
     // Even the right password waits now.
-    let form = c.get(&mut jar, "/console/login").await;
     let p = c
-        .post(
-            &mut jar,
-            "/console/login",
-            &[
-                ("csrf", &hidden(&form.body, "csrf")),
-                ("name", "alice"),
-                ("password", "a long passphrase"),
-            ],
-        )
+        .try_login(&mut jar, "alice", "a long passphrase", "/console/")
         .await;
     assert_eq!(p.status, 429);
     assert!(!jar.0.contains_key("__Host-redeemd_session"));
@@ -428,17 +401,12 @@ async fn a_session_is_a_hashed_cookie_that_ends_idle_on_logout_or_when_revoked(e
         1
     );
     let mut other = Jar::default();
-    let form = c.get(&mut other, "/console/login").await;
     let p = c
-        .post(
+        .try_login(
             &mut other,
-            "/console/login",
-            &[
-                ("csrf", &hidden(&form.body, "csrf")),
-                ("name", "m1"),
-                ("password", "a long passphrase"),
-                ("next", "https://evil.example/"),
-            ],
+            "m1",
+            "a long passphrase",
+            "https://evil.example/",
         )
         .await;
     assert_eq!(p.location.as_deref(), Some("/console/"));

@@ -4,13 +4,34 @@
 pub mod binary;
 pub mod engines;
 
+use clearing_server::core::cards::{ItemSpec, PackageSpec};
 use redeemd_contract::journal::{auth_code, genesis_mac};
 use redeemd_contract::keys::{Tag, TerminalKeys};
+use redeemd_contract::model::MerchantScope;
 use redeemd_contract::{CardRef, JournalRecord, RecordKind};
 
 pub const T0: i64 = 1_795_000_000_000;
 /// The entry version test records carry (see [`line`]).
 pub const ENTRY_VERSION: u64 = 1_000_000;
+
+/// A car-wash package `id` valid a year around [`T0`]: WASH ×10 at ¥35.
+pub fn wash_package(id: &str, scope: MerchantScope) -> PackageSpec {
+    PackageSpec {
+        id: id.into(),
+        title: "洗车套餐".into(),
+        valid_from_ms: T0 - 86_400_000,
+        valid_until_ms: T0 + 365 * 86_400_000,
+        scope,
+        daily_cap: None,
+        identity_required: false,
+        items: vec![ItemSpec {
+            service_code: "WASH".into(),
+            title: "精洗".into(),
+            uses_total: 10,
+            price_fen: 3500,
+        }],
+    }
+}
 
 /// The terminal's own upload body (`redeemd::sync::wire`), so that these tests also check that the
 /// daemon's client and this server agree on the wire format.

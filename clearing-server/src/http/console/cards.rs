@@ -272,7 +272,7 @@ fn card_body(
             dt { (v.t(T::Holder)) }
             dd data-holder { @match &card.holder { Some(h) => (h), None => (v.t(T::Anonymous)) } }
             @if card.identity_on_file { dt { (v.t(T::Identity)) } dd { (v.t(T::IdentityOnFile)) } }
-            dt { (v.t(T::Version)) } dd { (card.version) }
+            dt { (v.t(T::Version)) } dd data-version { (card.version) }
             @if let Some(r) = &card.reissued_to {
                 dt { (v.t(T::ReissuedTo)) }
                 dd { a href=(card_href(r.card_id)) { (r.masked_number) } }
