@@ -16,7 +16,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -40,6 +40,8 @@ const PASSWORD: &str = "a long passphrase";
 /// ends as soon as the element appears).
 const PAGE: Duration = Duration::from_secs(90);
 const DESKTOP: (u32, u32) = (1280, 800);
+/// The shop's `[sync] interval_secs` (`sync_e2e::write_config`).
+const SYNC_INTERVAL: Duration = Duration::from_secs(5);
 const PHONE: (u32, u32) = (390, 844);
 
 /// `chromedriver` on a loopback port of its own; killed on drop.
@@ -304,20 +306,32 @@ fn cst_day(ms: i64) -> String {
     close::format_date(close::business_day(ms, 8 * 60))
 }
 
+/// What the test asks of the shop's reader.
+enum Ask {
+    Swipe(u64, oneshot::Sender<SwipeResult>),
+    /// Pull its cable: the reader is gone from then on.
+    Unplug(oneshot::Sender<()>),
+}
+
 /// The shop's reader, kept linked (heartbeats answered) while the browser works, swiping on request.
 struct Counter {
-    tx: mpsc::Sender<(u64, oneshot::Sender<SwipeResult>)>,
+    tx: mpsc::Sender<Ask>,
 }
 
 impl Counter {
     fn keep(mut r: SimReader) -> Counter {
-        let (tx, mut rx) = mpsc::channel::<(u64, oneshot::Sender<SwipeResult>)>(1);
+        let (tx, mut rx) = mpsc::channel::<Ask>(1);
         tokio::spawn(async move {
             loop {
                 match rx.try_recv() {
-                    Ok((card, answer)) => {
+                    Ok(Ask::Swipe(card, answer)) => {
                         let result = swipe(&mut r, card).await;
                         let _ = answer.send(result);
+                    }
+                    Ok(Ask::Unplug(done)) => {
+                        r.unplug().unwrap();
+                        let _ = done.send(());
+                        return;
                     }
                     Err(mpsc::error::TryRecvError::Empty) => {
                         r.idle(Duration::from_millis(100)).await.unwrap();
@@ -331,8 +345,14 @@ impl Counter {
 
     async fn swipe(&self, card: u64) -> SwipeResult {
         let (answer, result) = oneshot::channel();
-        self.tx.send((card, answer)).await.unwrap();
+        self.tx.send(Ask::Swipe(card, answer)).await.unwrap();
         result.await.unwrap()
+    }
+
+    async fn unplug(self) {
+        let (done, unplugged) = oneshot::channel();
+        self.tx.send(Ask::Unplug(done)).await.unwrap();
+        unplugged.await.unwrap();
     }
 }
 
@@ -694,6 +714,47 @@ async fn an_operator_and_a_merchant_use_the_console_in_a_browser_and_the_shop_fo
     shoot(&c, "merchant").await;
     open(&c, &base, "/console/exceptions", "main h1").await;
     shoot(&c, "exceptions").await;
+
+    // The reader unplugged at the shop: an alert on the fleet page once the daemon has noticed (at
+    // the latest after T_DEAD without a frame) and reported at the end of its next pass — within
+    // T_DEAD and two sync intervals (the time counted up to the request of the page that first
+    // shows it). At a shop's interval (60 s) that is within two intervals; this shop's 5 s
+    // interval is shorter than T_DEAD.
+    let t_dead = firmware_protocol::session::Config::new(crate::shop::BAUD).dead_interval();
+    counter.unplug().await;
+    let unplugged = Instant::now();
+    let took = loop {
+        let asked = unplugged.elapsed();
+        open(&c, &base, "/console/fleet", "section#alerts").await;
+        if present(&c, "li.alert[data-alert=\"reader_down\"]").await {
+            break asked;
+        }
+        assert!(
+            asked < t_dead + 4 * SYNC_INTERVAL,
+            "no reader_down alert on the fleet page after {asked:?}"
+        );
+        // A page a second, as a person reloading it would.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert!(
+        took <= t_dead + 2 * SYNC_INTERVAL,
+        "the alert took {took:?}, more than T_DEAD and two sync intervals"
+    );
+    let alert = text(&c, "li.alert[data-alert=\"reader_down\"]").await;
+    assert!(
+        alert.contains(TERMINAL) && alert.contains("R-CONSOLE"),
+        "{alert}"
+    );
+    assert_ne!(
+        find(&c, &format!("tr[data-terminal=\"{TERMINAL}\"] .reader"))
+            .await
+            .attr("data-state")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("link_up")
+    );
+    shoot(&c, "fleet-alert").await;
     c.close().await.unwrap();
 
     // The merchant's login, switched to English: its shop, never another merchant's.
