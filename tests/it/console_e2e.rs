@@ -4,11 +4,17 @@
 //! card lost — and the shop's reader offers the package and declines the card after the daemon's next
 //! pass; the statement's chart is checked against the redemptions made at the reader; a form without
 //! its CSRF token is refused; markup and GB18030-only characters in a holder's and a merchant's name
-//! are shown as text; a merchant's login sees its own shop and not another's (not found), in English.
+//! are shown as text; a merchant's login sees its own shop and not another's (not found), in English;
+//! the reader unplugged at the shop becomes an alert on the fleet page.
+//!
+//! The browser runs under SCHED_IDLE (`chrt --idle`): it takes no CPU time from the timing-bound tests
+//! running beside it in this binary, and on a machine busy with other work it only waits longer.
 //!
 //! Every page is photographed at 1280×800 and at a phone's 390 px (where no page may scroll
-//! sideways) into `target/console-screenshots/` (the path is printed); `docs/console.png` is one of
-//! them. Every step waits for a DOM condition (an element of the next page), never for a time.
+//! sideways) into `target/console-screenshots/` (the path is printed); `docs/console-statement.png` is
+//! one of them. Every step waits for a DOM condition (an element of the next page), never for a
+//! time; what the shop's daemon does is awaited in its published status, and the fleet page is
+//! reloaded once a second until it shows the alert, as a person would.
 //!
 //! Needs the Debian packages `chromium` and `chromium-driver` (`cargo xtask test` installs them).
 
