@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 
-use clearing_server::AppState;
 use clearing_server::core::access::Role;
 use clearing_server::core::card_search::CardQuery;
 use clearing_server::core::cards::NewCard;
@@ -20,7 +19,7 @@ use clearing_server::service::merchants::MerchantInput;
 use clearing_server::service::{Service, cli_principal};
 use clearing_server::storage::Db;
 use common::engines::{Engine, blocking, database, vault};
-use common::{Line, T0, lines_of, wash_package};
+use common::{Line, T0, lines_of, serve_on_loopback, wash_package};
 use redeemd_contract::keys::{TerminalKeys, TerminalSecret};
 use redeemd_contract::model::{CardNumber, MerchantScope};
 use redeemd_contract::request::SignedHeaders;
@@ -110,19 +109,7 @@ async fn start(engine: Engine) -> Console {
         ids[0]
     });
     let clock = Arc::new(AtomicI64::new(T0 + 3_600_000));
-    let c = clock.clone();
-    let state = AppState::shared(
-        db.clone(),
-        Arc::new(vault()),
-        Arc::new(move || c.load(Ordering::SeqCst)),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(clearing_server::serve(
-        listener,
-        state,
-        std::future::pending(),
-    ));
+    let base = serve_on_loopback(db.clone(), &clock).await;
     let console = Console {
         base,
         db,

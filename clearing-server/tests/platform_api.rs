@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 
-use clearing_server::AppState;
 use clearing_server::core::access::Role;
 use clearing_server::core::cards::{ItemSpec, NewCard};
 use clearing_server::core::catalogue::Offer;
@@ -16,7 +15,7 @@ use clearing_server::service::merchants::MerchantInput;
 use clearing_server::service::{Service, cli_principal};
 use clearing_server::storage::Db;
 use common::engines::{Engine, blocking, database, database_files, vault};
-use common::{Line, T0, lines_of, wash_package};
+use common::{Line, T0, lines_of, serve_on_loopback, wash_package};
 use redeemd_contract::keys::{TerminalKeys, TerminalSecret};
 use redeemd_contract::model::{CardNumber, MerchantScope};
 use redeemd_contract::request::SignedHeaders;
@@ -126,19 +125,7 @@ async fn start(engine: Engine) -> Platform {
             )
         });
     let clock = Arc::new(AtomicI64::new(T0 + 3_600_000));
-    let c = clock.clone();
-    let state = AppState::shared(
-        db.clone(),
-        Arc::new(vault()),
-        Arc::new(move || c.load(Ordering::SeqCst)),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(clearing_server::serve(
-        listener,
-        state,
-        std::future::pending(),
-    ));
+    let base = serve_on_loopback(db.clone(), &clock).await;
     let keys = |t: &str, s: u8| TerminalSecret::from_bytes(&[s; 32]).unwrap().derive_all(t);
     let p = Platform {
         base,

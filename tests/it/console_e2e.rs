@@ -209,6 +209,11 @@ async fn text(c: &Client, css: &str) -> String {
     find(c, css).await.text().await.unwrap()
 }
 
+/// An attribute of the first element `css` matches (waited for).
+async fn attr_of(c: &Client, css: &str, name: &str) -> Option<String> {
+    find(c, css).await.attr(name).await.unwrap()
+}
+
 /// Whether an element is on the page now (after the page that holds it or not has loaded).
 async fn present(c: &Client, css: &str) -> bool {
     !c.find_all(Locator::Css(css)).await.unwrap().is_empty()
@@ -441,25 +446,18 @@ async fn an_operator_and_a_merchant_use_the_console_in_a_browser_and_the_shop_fo
 
     // The login page, in Chinese (the browser's Accept-Language).
     open(&c, &base, "/console/", "form.login").await;
-    assert_eq!(
-        find(&c, "html")
-            .await
-            .attr("lang")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("zh")
-    );
+    assert_eq!(attr_of(&c, "html", "lang").await.as_deref(), Some("zh"));
     shoot(&c, "login").await;
     log_in(&c, &base, "alice").await;
 
     // Fleet: the shop's terminal, its reader linked.
     open(&c, &base, "/console/fleet", "table.terminals").await;
-    let reader_state = find(&c, &format!("tr[data-terminal=\"{TERMINAL}\"] .reader"))
-        .await
-        .attr("data-state")
-        .await
-        .unwrap();
+    let reader_state = attr_of(
+        &c,
+        &format!("tr[data-terminal=\"{TERMINAL}\"] .reader"),
+        "data-state",
+    )
+    .await;
     assert_eq!(reader_state.as_deref(), Some("link_up"));
     shoot(&c, "fleet").await;
 
@@ -502,12 +500,7 @@ async fn an_operator_and_a_merchant_use_the_console_in_a_browser_and_the_shop_fo
     shoot(&c, "csrf-refused").await;
     open(&c, &base, &card1, "section#packages").await;
     assert_eq!(
-        find(&c, "h1 .badge")
-            .await
-            .attr("data-state")
-            .await
-            .unwrap()
-            .as_deref(),
+        attr_of(&c, "h1 .badge", "data-state").await.as_deref(),
         Some("active")
     );
 
@@ -574,12 +567,7 @@ async fn an_operator_and_a_merchant_use_the_console_in_a_browser_and_the_shop_fo
         .unwrap();
     find(&c, "p[data-done]").await;
     assert_eq!(
-        find(&c, "h1 .badge")
-            .await
-            .attr("data-state")
-            .await
-            .unwrap()
-            .as_deref(),
+        attr_of(&c, "h1 .badge", "data-state").await.as_deref(),
         Some("lost")
     );
     assert!(present(&c, "button[data-action=\"unlock\"]").await);
@@ -752,12 +740,13 @@ async fn an_operator_and_a_merchant_use_the_console_in_a_browser_and_the_shop_fo
         "{alert}"
     );
     assert_ne!(
-        find(&c, &format!("tr[data-terminal=\"{TERMINAL}\"] .reader"))
-            .await
-            .attr("data-state")
-            .await
-            .unwrap()
-            .as_deref(),
+        attr_of(
+            &c,
+            &format!("tr[data-terminal=\"{TERMINAL}\"] .reader"),
+            "data-state"
+        )
+        .await
+        .as_deref(),
         Some("link_up")
     );
     shoot(&c, "fleet-alert").await;
@@ -808,11 +797,7 @@ async fn an_operator_and_a_merchant_use_the_console_in_a_browser_and_the_shop_fo
         format!("/console/merchants/{OTHER_MERCHANT}/statement"),
     ] {
         open(&m, &base, &path, "h1[data-problem]").await;
-        let problem = find(&m, "h1[data-problem]")
-            .await
-            .attr("data-problem")
-            .await
-            .unwrap();
+        let problem = attr_of(&m, "h1[data-problem]", "data-problem").await;
         assert_eq!(problem.as_deref(), Some("not_found"), "{path}");
         assert!(!m.source().await.unwrap().contains("alert(1)"), "{path}");
     }
