@@ -25,12 +25,17 @@
 //!    only) and console logins (`console_user`, argon2id), the audit log (`audit`), each terminal's
 //!    latest health report (`terminal_health`), pairing codes (`pairing_code`, hashed) and the
 //!    failed-guess counters that throttle them (`throttle`), the catalogue of packages the member app
-//!    offers (`catalogue_offer`), and the cards granted to the member app (`card_grant`).
+//!    offers (`catalogue_offer`), and the cards granted to the member app (`card_grant`);
+//! 8. the nonces of `GET` requests move out of the durable store (`super::terminals`): PostgreSQL keeps
+//!    them in the `UNLOGGED` table `volatile_nonce` (no WAL, no flush at commit; emptied if the database
+//!    crashes), SQLite in a separate file beside the database written without fsync
+//!    ([`SQLITE_VOLATILE`]), so a sync pass that finds nothing new writes nothing durable. SQLite's main
+//!    file does not change in this version.
 //!
 //! SQLite keeps the version in `PRAGMA user_version`, PostgreSQL in the one-row table `schema_version`.
 
 /// The schema version this server reads and writes.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 pub(super) const SQLITE_V1: &str = "
 CREATE TABLE terminal (
@@ -195,8 +200,24 @@ CREATE TABLE master_key (
 
 /// SQLite: `SQLITE_STEPS[i]` takes the schema from version `i` to `i + 1`.
 pub(super) const SQLITE_STEPS: &[&str] = &[
-    SQLITE_V1, SQLITE_V2, SQLITE_V3, BOTH_V4, SQLITE_V5, SQLITE_V6, SQLITE_V7,
+    SQLITE_V1, SQLITE_V2, SQLITE_V3, BOTH_V4, SQLITE_V5, SQLITE_V6, SQLITE_V7, SQLITE_V8,
 ];
+
+/// Version 8 (SQLite): nothing in the main file; the volatile nonces live in [`SQLITE_VOLATILE`].
+const SQLITE_V8: &str = "";
+
+/// SQLite's volatile store: a file of its own beside the database (`<database>-nonces`), opened with
+/// `synchronous=OFF` — what it holds may be lost in an operating-system crash, never corrupted — and
+/// created on every open if missing (deleting it while the servers are stopped loses nothing else).
+pub(super) const SQLITE_VOLATILE: &str = "
+CREATE TABLE IF NOT EXISTS volatile_nonce (
+    terminal_id      TEXT NOT NULL,
+    nonce            TEXT NOT NULL,
+    forget_after_ms  INTEGER NOT NULL,
+    PRIMARY KEY (terminal_id, nonce)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS volatile_nonce_by_time ON volatile_nonce(forget_after_ms);
+";
 
 /// Version 6 (SQLite): verdicts, price history, resolved exceptions.
 const SQLITE_V6: &str = "
@@ -350,7 +371,20 @@ pub(super) const POSTGRES_STEPS: &[(i64, &str)] = &[
     (5, POSTGRES_V5),
     (6, POSTGRES_V6),
     (7, POSTGRES_V7),
+    (8, POSTGRES_V8),
 ];
+
+/// Version 8 (PostgreSQL): the nonces of `GET` requests in an unlogged table (shared by every server
+/// process like the durable one; not written to the WAL, so remembering one costs no flush).
+const POSTGRES_V8: &str = "
+CREATE UNLOGGED TABLE volatile_nonce (
+    terminal_id      TEXT NOT NULL,
+    nonce            TEXT NOT NULL,
+    forget_after_ms  BIGINT NOT NULL,
+    PRIMARY KEY (terminal_id, nonce)
+);
+CREATE INDEX volatile_nonce_by_time ON volatile_nonce(forget_after_ms);
+";
 
 /// Version 6 (PostgreSQL): as SQLite's.
 const POSTGRES_V6: &str = "
