@@ -162,9 +162,18 @@ fn run(cli: Cli) -> Result<(), String> {
                 eprintln!(
                     "clearing-server: signed caches valid {cache_validity} h, renewed after {refresh} on a quiet platform"
                 );
+                let open_files = clearing_server::http::raise_open_files_limit();
+                let limits = clearing_server::Limits::default().within_open_files(open_files);
+                eprintln!(
+                    "clearing-server: up to {} connections at once (open files limit {open_files}), idle ones closed after {} s; {} requests worked on at once, beyond a short wait answered 503 with Retry-After",
+                    limits.max_connections,
+                    limits.header_timeout.as_secs(),
+                    limits.admission.max_in_flight
+                );
                 eprintln!("clearing-server: listening on http://{addr}");
                 let state = clearing_server::AppState::new(db, vault, clearing_server::system_clock())
                     .with_cache_policy(cache_validity)
+                    .with_limits(limits)
                     .with_fleet_policy(FleetPolicy {
                         silent_intervals,
                         ..FleetPolicy::default()

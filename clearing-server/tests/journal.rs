@@ -296,12 +296,20 @@ async fn authentication_failures_have_precise_codes(engine: Engine) {
         })
         .await;
     assert_eq!((st, code(&v)), (401, "bad_signature".into()));
+    // Signed for another body: the headers verify, the body read after them does not.
+    let (st, v) = s
+        .send_as(&s.keys, "POST", path, body.clone(), |h| {
+            *h = SignedHeaders::sign(&s.keys.request, "T-1", "POST", path, T0, [202; 16], b"{}")
+        })
+        .await;
+    assert_eq!((st, code(&v)), (401, "body_hash_mismatch".into()));
+    // A hash header other than the signed one is a bad signature (the signature covers it).
     let (st, v) = s
         .send_as(&s.keys, "POST", path, body.clone(), |h| {
             h.content_sha256 = "0".repeat(64)
         })
         .await;
-    assert_eq!((st, code(&v)), (401, "body_hash_mismatch".into()));
+    assert_eq!((st, code(&v)), (401, "bad_signature".into()));
     let (st, v) = s
         .send_as(&s.keys, "POST", path, body.clone(), |h| {
             h.nonce = "xyz".into()
@@ -344,6 +352,332 @@ async fn authentication_failures_have_precise_codes(engine: Engine) {
     assert_eq!((st, code(&v)), (401, "nonce_replayed".into()));
 }
 
+/// Sends a request head announcing a body of `content_length` bytes with `Expect: 100-continue`, and
+/// none of the body: the server's first answer, which must come without the body (a server waiting for
+/// it would answer only after its 60 s body timeout; the read gives up after 10 s).
+async fn head_only(
+    s: &Server,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    content_length: u64,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = s.base.trim_start_matches("http://");
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {content_length}\r\nExpect: 100-continue\r\n"
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    sock.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), sock.read(&mut buf))
+        .await
+        .expect("no answer without the body: the server waits for it")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// `docs/api/README.md`, "Authentication": a request is authenticated from its headers before its body
+/// is read. Each refusal of the headers comes while the body (8 MiB announced) is still unsent, and
+/// without a `100 Continue` inviting it; a request that passes gets `100 Continue`.
+async fn authentication_refuses_from_the_headers_before_the_body_is_read(engine: Engine) {
+    let s = start(engine).await;
+    blocking(|| {
+        s.db.write(|tx| {
+            storage::enroll(tx, &vault(), "T-3", "M-1", &[9; 32], T0)?;
+            storage::set_enabled(tx, "T-3", false)
+                .map_err(clearing_server::storage::terminals::TerminalError::from)
+        })
+        .unwrap()
+    });
+    let path = "/v1/terminals/T-1/journal";
+    let body_len = 8 << 20;
+    let sign = |keys: &TerminalKeys, ts: i64, nonce: u8| {
+        SignedHeaders::sign(
+            &keys.request,
+            &keys.terminal_id,
+            "POST",
+            path,
+            ts,
+            [nonce; 16],
+            b"x",
+        )
+    };
+    let t3 = TerminalSecret::from_bytes(&[9; 32])
+        .unwrap()
+        .derive_all("T-3");
+    let stranger = TerminalSecret::from_bytes(&[1; 32])
+        .unwrap()
+        .derive_all("T-9");
+    let mut forged = sign(&s.keys, T0, 1);
+    forged.signature = "0".repeat(64);
+    let replayed = sign(&s.keys, T0, 2);
+    // The replayed nonce is first spent by a request that passes (and is sent its body).
+    let (st, _) = s
+        .send_as(&s.keys, "POST", path, b"x".to_vec(), |h| {
+            *h = replayed.clone()
+        })
+        .await;
+    assert_eq!(st, 400, "x is not JSON: refused after authentication");
+    for (what, headers, want) in [
+        ("no signature headers", vec![], "401 Unauthorized"),
+        (
+            "unknown terminal",
+            sign(&stranger, T0, 3).pairs().to_vec(),
+            "unknown_terminal",
+        ),
+        (
+            "disabled terminal",
+            sign(&t3, T0, 4).pairs().to_vec(),
+            "terminal_disabled",
+        ),
+        ("bad signature", forged.pairs().to_vec(), "bad_signature"),
+        (
+            "clock skew",
+            sign(&s.keys, T0 - 301_000, 5).pairs().to_vec(),
+            "clock_skew",
+        ),
+        (
+            "replayed nonce",
+            replayed.pairs().to_vec(),
+            "nonce_replayed",
+        ),
+    ] {
+        let text = head_only(&s, "POST", path, &headers, body_len).await;
+        assert!(
+            !text.starts_with("HTTP/1.1 100"),
+            "{what}: invited the body: {text}"
+        );
+        assert!(text.contains(want), "{what}: {text}");
+    }
+    // Authenticated: the body is invited (and would then be checked against the signed hash).
+    let text = head_only(&s, "POST", path, &sign(&s.keys, T0, 6).pairs(), body_len).await;
+    assert!(text.starts_with("HTTP/1.1 100 Continue"), "{text}");
+    assert_eq!(stored_count(&s), 0);
+}
+
+/// `docs/api/README.md`, "Authentication" (nonces): a `GET`'s nonce is remembered in the volatile store —
+/// PostgreSQL's unlogged table committed asynchronously, SQLite's own file written without fsync — so
+/// that a pass with nothing new writes nothing durable; a `POST`'s in the durable table. Both refuse a
+/// replay.
+async fn a_gets_nonce_costs_no_durable_write_and_a_posts_is_kept_durably(engine: Engine) {
+    use clearing_server::storage::Isolation;
+    let s = start(engine).await;
+    let count = |isolation: Isolation, table: &str| {
+        let sql = format!("SELECT count(*) FROM {table}");
+        blocking(|| {
+            s.db.transaction(isolation, |tx| -> Result<i64, StorageError> {
+                tx.query_one(&sql, &[])?.i64(0)
+            })
+            .unwrap()
+        })
+    };
+    let head = SignedHeaders::sign(
+        &s.keys.request,
+        "T-1",
+        "GET",
+        "/v1/terminals/T-1/journal/head",
+        T0,
+        [210; 16],
+        b"",
+    );
+    for want in [200, 401] {
+        let (st, v) = s
+            .send_as(
+                &s.keys,
+                "GET",
+                "/v1/terminals/T-1/journal/head",
+                Vec::new(),
+                |h| *h = head.clone(),
+            )
+            .await;
+        assert_eq!(st, want, "{v}");
+    }
+    assert_eq!(count(Isolation::Volatile, "volatile_nonce"), 1);
+    assert_eq!(
+        count(Isolation::Snapshot, "nonce"),
+        0,
+        "a GET wrote a durable nonce"
+    );
+    assert_eq!(s.upload(1, &chain(&s.keys, 1, |_| 1)).await.0, 200);
+    assert_eq!(count(Isolation::Snapshot, "nonce"), 1);
+    assert_eq!(count(Isolation::Volatile, "volatile_nonce"), 1);
+    // What makes the volatile store cost no flush, as each engine states it.
+    let setting = blocking(|| {
+        s.db.transaction(Isolation::Volatile, |tx| -> Result<String, StorageError> {
+            Ok(match engine {
+                Engine::Sqlite => tx.query_one("PRAGMA synchronous", &[])?.i64(0)?.to_string(),
+                Engine::Postgres => {
+                    let unlogged = tx
+                        .query_one(
+                            "SELECT relpersistence::text FROM pg_class WHERE relname = 'volatile_nonce'",
+                            &[],
+                        )?
+                        .text(0)?;
+                    let commit = tx.query_one("SHOW synchronous_commit", &[])?.text(0)?;
+                    format!("{unlogged} {commit}")
+                }
+            })
+        })
+        .unwrap()
+    });
+    let want = match engine {
+        Engine::Sqlite => "0",       // synchronous=OFF
+        Engine::Postgres => "u off", // unlogged, asynchronous commit
+    };
+    assert_eq!(setting, want);
+}
+
+/// Issue 14's contract mismatches, each answered as `docs/api/README.md` and `openapi.yaml` say: a
+/// `sequence_gap` carries `acknowledged_seq` whichever way the batch fails to continue the head
+/// (records not consecutive from `from_seq`, or `from_seq` past the head); a seq or count beyond the
+/// API's int64 is `400 malformed_request` (not a gap, not `200 mismatched`); more close items than the
+/// documented 10,000 is `413 body_too_large`, like more records than 5,000.
+async fn contract_mismatches_are_answered_as_documented(engine: Engine) {
+    let s = start(engine).await;
+    let recs = chain(&s.keys, 8, |_| 1);
+    let journal = "/v1/terminals/T-1/journal";
+    let code = |v: &Value| v["code"].as_str().map(str::to_owned);
+    // Records not consecutive from from_seq: with nothing stored, and after 5 are stored.
+    let skipping = |from: u64, seqs: &[usize]| {
+        let picked: Vec<_> = seqs.iter().map(|&i| recs[i - 1].clone()).collect();
+        let mut v: Value =
+            serde_json::from_slice(&redeemd::sync::wire::upload_body(&picked)).unwrap();
+        v["from_seq"] = json!(from);
+        serde_json::to_vec(&v).unwrap()
+    };
+    for (stored, from, seqs) in [
+        (0, 1, &[1, 3][..]),
+        (0, 1, &[2][..]),
+        (5, 6, &[6, 8][..]),
+        (5, 6, &[7][..]),
+        (5, 4, &[4, 6][..]),
+    ] {
+        if stored == 5 && stored_count(&s) == 0 {
+            assert_eq!(s.upload(1, &recs[..5]).await.0, 200);
+        }
+        let (st, v) = s.send("POST", journal, skipping(from, seqs)).await;
+        assert_eq!(
+            (st, code(&v).as_deref()),
+            (409, Some("sequence_gap")),
+            "from {from} seqs {seqs:?}: {v}"
+        );
+        assert_eq!(
+            v["acknowledged_seq"], stored,
+            "from {from} seqs {seqs:?}: {v}"
+        );
+    }
+    // Beyond int64: a request the schema forbids, whatever the head.
+    let item = json!({"seq": 6, "record": "AA==", "mac": "00".repeat(32)});
+    for body in [
+        json!({"from_seq": 1u64 << 63, "records": [item.clone()]}),
+        json!({"from_seq": u64::MAX, "records": [item.clone()]}),
+        json!({"from_seq": 6, "records": [{"seq": 1u64 << 63, "record": "AA==", "mac": "00".repeat(32)}]}),
+    ] {
+        let (st, v) = s
+            .send("POST", journal, serde_json::to_vec(&body).unwrap())
+            .await;
+        assert_eq!(
+            (st, code(&v).as_deref()),
+            (400, Some("malformed_request")),
+            "{body}: {v}"
+        );
+    }
+    let close = "/v1/terminals/T-1/batch-close";
+    let day = |item: Value, first: u64, through: u64| {
+        serde_json::to_vec(
+            &json!({"business_date": "2026-11-18", "utc_offset_minutes": 480,
+            "first_seq": first, "through_seq": through, "items": [item]}),
+        )
+        .unwrap()
+    };
+    let line = |redeemed: u64, voided: u64| {
+        json!({"package_id": "P1", "service_code": "WASH", "redeemed": redeemed, "voided": voided,
+               "net_units": 5, "net_amount_fen": 17500})
+    };
+    for body in [
+        day(line(1 << 63, 0), 1, 5),
+        day(line(5, 1 << 63), 1, 5),
+        day(line(u64::MAX, 0), 1, 5),
+        day(line(5, 0), 1 << 63, 1 << 63),
+        day(line(5, 0), 1, 1 << 63),
+    ] {
+        let (st, v) = s.send("POST", close, body).await;
+        assert_eq!(
+            (st, code(&v).as_deref()),
+            (400, Some("malformed_request")),
+            "{v}"
+        );
+        assert_eq!(v["terminal_id"], "T-1");
+    }
+    let items: Vec<Value> = (0..=10_000)
+        .map(|i| {
+            json!({"package_id": "P1", "service_code": format!("S{i}"), "redeemed": 0,
+                        "voided": 0, "net_units": 0, "net_amount_fen": 0})
+        })
+        .collect();
+    let body = serde_json::to_vec(
+        &json!({"business_date": "2026-11-18", "utc_offset_minutes": 480,
+        "first_seq": 1, "through_seq": 5, "items": items}),
+    )
+    .unwrap();
+    let (st, v) = s.send("POST", close, body).await;
+    assert_eq!(
+        (st, code(&v).as_deref()),
+        (413, Some("body_too_large")),
+        "{v}"
+    );
+    assert_eq!(v["terminal_id"], "T-1");
+    // Nothing of it was stored: the day can still be closed.
+    let (st, v) = s.send("POST", close, day(line(5, 0), 1, 5)).await;
+    assert_eq!((st, v["result"].as_str()), (200, Some("matched")), "{v}");
+}
+
+/// A refusal in the exceptions list is marked resolved once the terminal's correct record for that seq
+/// is stored (an edited row restored from the terminal's backup, a chain repaired): it no longer needs
+/// a person.
+async fn a_refusal_is_resolved_when_a_correct_record_for_its_seq_is_stored(engine: Engine) {
+    let s = start(engine).await;
+    let recs = chain(&s.keys, 4, |_| 1);
+    let mut edited = recs.clone();
+    edited[1].0.quantity = 9;
+    assert_eq!(s.upload(1, &edited).await.1["code"], "record_mac_invalid");
+    let mut unlinked = recs[2].clone();
+    unlinked.0.prev_mac = [0; 32];
+    unlinked.1 = unlinked.0.mac(&s.keys.journal);
+    assert_eq!(
+        s.upload(1, &[recs[0].clone(), recs[1].clone(), unlinked])
+            .await
+            .1["code"],
+        "chain_broken"
+    );
+    let open = |s: &Server| {
+        blocking(|| {
+            s.db.read(|tx| -> Result<Vec<(i64, String)>, StorageError> {
+                tx.query(
+                    "SELECT seq, code FROM exception WHERE resolved_ms IS NULL AND code IN ('record_mac_invalid', 'chain_broken') ORDER BY seq",
+                    &[],
+                )?
+                .iter()
+                .map(|r| Ok((r.i64(0)?, r.text(1)?)))
+                .collect()
+            })
+            .unwrap()
+        })
+    };
+    assert_eq!(
+        open(&s),
+        [(2, "record_mac_invalid".into()), (3, "chain_broken".into())]
+    );
+    assert_eq!(s.upload(1, &recs).await.0, 200);
+    assert_eq!(open(&s), []);
+}
+
 async fn malformed_and_oversized_bodies_are_refused_without_writes(engine: Engine) {
     let s = start(engine).await;
     let path = "/v1/terminals/T-1/journal";
@@ -367,25 +701,15 @@ async fn malformed_and_oversized_bodies_are_refused_without_writes(engine: Engin
         (400, Some("malformed_request")),
         "{v}"
     );
-    // A declared 100 MB body: refused before the body is read (raw socket: the client sends only 1 KiB).
-    {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let addr = s.base.trim_start_matches("http://");
-        let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: 104857600\r\n\r\n"
-        );
-        sock.write_all(head.as_bytes()).await.unwrap();
-        sock.write_all(&[b' '; 1024]).await.unwrap();
-        let mut buf = vec![0u8; 4096];
-        let n = sock.read(&mut buf).await.unwrap();
-        let text = String::from_utf8_lossy(&buf[..n]);
-        assert!(text.starts_with("HTTP/1.1 413"), "{text}");
-        assert!(
-            text.contains("application/problem+json") && text.contains("body_too_large"),
-            "{text}"
-        );
-    }
+    // A declared 100 MB body of an authenticated request: refused before the body is read (raw
+    // socket: the client sends none of it).
+    let signed = SignedHeaders::sign(&s.keys.request, "T-1", "POST", path, T0, [204; 16], b"{}");
+    let text = head_only(&s, "POST", path, &signed.pairs(), 104_857_600).await;
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(
+        text.contains("application/problem+json") && text.contains("body_too_large"),
+        "{text}"
+    );
     // More records than one upload may carry (schema-valid items, refused by count before any check).
     let item = json!({"seq": 1, "record": "AA==", "mac": "00".repeat(32)});
     let items: Vec<Value> = (1..=clearing_server::http::terminal::MAX_RECORDS as u64 + 1)
@@ -507,14 +831,11 @@ async fn gzip_uploads_are_inflated_after_authentication_and_bombs_are_refused(en
     );
     // The body hash is over the bytes as sent: signing the inflated body does not pass.
     let body = upload_body(4, &chain(&s.keys, 4, |_| 1)[3..]);
+    let path = "/v1/terminals/T-1/journal";
     let (st, v) = s
-        .send_as(
-            &s.keys,
-            "POST",
-            "/v1/terminals/T-1/journal",
-            gzip(&body),
-            |h| h.content_sha256 = hex::encode(redeemd_contract::request::body_sha256(&body)),
-        )
+        .send_as(&s.keys, "POST", path, gzip(&body), |h| {
+            *h = SignedHeaders::sign(&s.keys.request, "T-1", "POST", path, T0, [203; 16], &body)
+        })
         .await;
     assert_eq!(
         (st, v["code"].as_str()),
@@ -560,4 +881,4 @@ async fn a_close_of_amounts_beyond_int64_is_answered_and_the_server_keeps_servin
     assert_eq!((st, v["acknowledged_seq"].as_u64()), (200, Some(3)), "{v}");
 }
 
-on_both_engines!(async upload_is_idempotent_and_the_head_resumes, a_reused_seq_with_other_content_is_a_conflict_never_an_overwrite, gaps_tampering_and_broken_chains_are_named_and_nothing_is_stored, authentication_failures_have_precise_codes, malformed_and_oversized_bodies_are_refused_without_writes, batch_close_reconciles_once_per_day, gzip_uploads_are_inflated_after_authentication_and_bombs_are_refused, a_close_of_amounts_beyond_int64_is_answered_and_the_server_keeps_serving);
+on_both_engines!(async upload_is_idempotent_and_the_head_resumes, a_reused_seq_with_other_content_is_a_conflict_never_an_overwrite, gaps_tampering_and_broken_chains_are_named_and_nothing_is_stored, authentication_failures_have_precise_codes, authentication_refuses_from_the_headers_before_the_body_is_read, a_gets_nonce_costs_no_durable_write_and_a_posts_is_kept_durably, contract_mismatches_are_answered_as_documented, a_refusal_is_resolved_when_a_correct_record_for_its_seq_is_stored, malformed_and_oversized_bodies_are_refused_without_writes, batch_close_reconciles_once_per_day, gzip_uploads_are_inflated_after_authentication_and_bombs_are_refused, a_close_of_amounts_beyond_int64_is_answered_and_the_server_keeps_serving);

@@ -805,6 +805,137 @@ fn no_card_number_is_stored_or_logged_in_clear(engine: Engine) {
     }
 }
 
+/// `admin card import FILE.csv` issues every card of the file with its packages, or none: a bad line is
+/// named with its line number, a number already issued refuses the file too, and nothing of a refused
+/// file is imported. What it issues is what `card create` + `card customize` would have (the card's
+/// packages, its terminal's snapshot, its number sealed and never in clear).
+fn cards_are_imported_all_or_nothing(engine: Engine) {
+    const HEADER: &str = "number,holder,identity,package,title,valid_from,valid_until,scope,daily_cap,identity_required,items\n";
+    const ISSUED: &str = "6228480012340000";
+    const NAMED: &str = "6228480012340001";
+    const ANON: &str = "6228480012340002";
+    const BARE: &str = "6228480012340003";
+    let dir = tempfile::tempdir().unwrap();
+    let db = database(engine, dir.path());
+    let keys = enrolled(&db, dir.path(), "T-1");
+    ok(&db, &["card", "create", "--number", ISSUED]);
+    let good = format!(
+        "{HEADER}\
+         {NAMED},张三,1234,P1,洗车套餐,2026-01-01,2030-12-31,,2,yes,WASH:精洗:10:3500;OIL:换机油:3:12000\n\
+         {ANON},,,P1,洗车套餐,2026-01-01,2030-12-31,merchants:M-1,,,WASH:精洗:5:3500\n\
+         {NAMED},,,P2,补胎,2026-01-01,2030-12-31,categories:tyres,,,TYRE:补胎:1:5000\n\
+         {BARE},,,,,,,,,,\n"
+    );
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let absent = |n: &str| refused(&db, &["card", "show", "--number", n], "does not exist");
+    // An already-issued number, and a bad line: each refuses the whole file by line.
+    let err = refused(
+        &db,
+        &[
+            "card",
+            "import",
+            &file("issued.csv", &format!("{good}{ISSUED},,,,,,,,,,\n")),
+        ],
+        "line 6: card 622848******0000 was already issued; nothing was imported",
+    );
+    assert!(!err.contains(ISSUED), "{err}");
+    let bad = good.replace("2030-12-31,merchants", "2030-13-31,merchants");
+    refused(
+        &db,
+        &["card", "import", &file("bad.csv", &bad)],
+        "line 3: package P1: valid_until: \"2030-13-31\"",
+    );
+    for n in [NAMED, ANON, BARE] {
+        absent(n);
+    }
+    // The good file: every card, with its packages.
+    let out = import(&db, std::path::Path::new(&file("good.csv", &good)));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("3 cards issued with 3 packages (4 items)"),
+        "{said}"
+    );
+    let shown = ok(&db, &["card", "show", "--number", NAMED]);
+    for want in [
+        "张* (identity data on file)",
+        "package   P1 洗车套餐  valid 2026-01-01T00:00:00+08:00 .. 2031-01-01T00:00:00+08:00  all merchants  daily cap 2  identity required",
+        "OIL 换机油  3 left of 3  (12000 fen per use)",
+        "package   P2 补胎",
+    ] {
+        assert!(shown.contains(want), "{want:?} in {shown}");
+    }
+    assert!(ok(&db, &["card", "show", "--number", BARE]).contains("status    active"));
+    // The import is one operation of the platform's: audited once, as the operator running the CLI.
+    let audit = ok(&db, &["audit"]);
+    assert_eq!(audit.matches("card.import").count(), 1, "{audit}");
+    assert!(
+        audit.contains("3 cards with 3 packages (4 items)"),
+        "{audit}"
+    );
+    // Importing it again: every number is issued now.
+    refused(
+        &db,
+        &["card", "import", &file("again.csv", &good)],
+        "line 2: card 622848******0001 was already issued (and 2 more cards of the file)",
+    );
+    // The terminal's snapshot holds them (P2 is for the category tyres, which M-1 is not).
+    let server = serve(&db);
+    let rt = runtime();
+    let bundle = rt.block_on(async {
+        let path = "/v1/terminals/T-1/entitlements?since=0";
+        let mut nonce = [0u8; 16];
+        getrandom::fill(&mut nonce).unwrap();
+        let h = SignedHeaders::sign(&keys.request, "T-1", "GET", path, now_ms(), nonce, b"");
+        let mut req = reqwest::Client::new().get(format!("http://{}{path}", server.addr));
+        for (k, v) in h.pairs() {
+            req = req.header(k, v);
+        }
+        req.send().await.unwrap().bytes().await.unwrap().to_vec()
+    });
+    let mut verifier = redeemd_contract::snapshot::BundleVerifier::new(&keys.cache, "T-1");
+    let (mut at, mut refs) = (8, Vec::new());
+    loop {
+        let len = u32::from_be_bytes(bundle[at..at + 4].try_into().unwrap()) as usize;
+        match verifier.frame(&bundle[at + 4..at + 4 + len]).unwrap() {
+            redeemd_contract::snapshot::Verified::Entry(e) => refs.push(
+                keys.card_token
+                    .reveal(&e.card_ref)
+                    .unwrap()
+                    .digits()
+                    .to_owned(),
+            ),
+            redeemd_contract::snapshot::Verified::Manifest(_) => break,
+            redeemd_contract::snapshot::Verified::Preamble(_) => {}
+        }
+        at += 4 + len;
+    }
+    refs.sort();
+    assert_eq!(
+        refs,
+        [NAMED, ANON],
+        "cards without a package reaching M-1 are not in it"
+    );
+    drop(server);
+    // Sealed like any issued card.
+    for file in common::engines::database_files(engine, dir.path()) {
+        let Ok(bytes) = std::fs::read(&file) else {
+            continue;
+        };
+        for n in [NAMED, ANON, BARE] {
+            assert!(
+                !bytes.windows(n.len()).any(|w| w == n.as_bytes()),
+                "card {n} in clear in {}",
+                file.display()
+            );
+        }
+    }
+}
+
 /// `admin key rotate` re-seals every card number, identity and terminal secret under a new master key:
 /// the old key is refused from then on, the new one opens everything, the terminal's requests verify.
 fn the_master_key_rotates(engine: Engine) {
@@ -900,4 +1031,4 @@ fn the_master_key_rotates(engine: Engine) {
     assert_eq!(st, 200, "{v}");
 }
 
-on_both_engines!(sync the_master_key_rotates, no_card_number_is_stored_or_logged_in_clear, enroll_then_serve_a_signed_request, the_cache_validity_is_a_checked_serve_setting, kill_9_during_an_upload_loses_nothing_and_stores_nothing_twice, card_lifecycle_through_the_admin_commands, a_replayed_request_is_refused_after_a_server_restart, clearing_reports_name_over_redemption_across_shops_redemptions_after_a_loss_and_refused_records);
+on_both_engines!(sync cards_are_imported_all_or_nothing, the_master_key_rotates, no_card_number_is_stored_or_logged_in_clear, enroll_then_serve_a_signed_request, the_cache_validity_is_a_checked_serve_setting, kill_9_during_an_upload_loses_nothing_and_stores_nothing_twice, card_lifecycle_through_the_admin_commands, a_replayed_request_is_refused_after_a_server_restart, clearing_reports_name_over_redemption_across_shops_redemptions_after_a_loss_and_refused_records);

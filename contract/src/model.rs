@@ -412,6 +412,30 @@ impl Card {
         })
     }
 
+    /// The encoding split around the two fields that differ from terminal to terminal (the holder's
+    /// identity verifier and [`Card::usage_through_seq`]), so that a platform signing one card for many
+    /// terminals encodes it once: [`BodyTemplate::body`] with a terminal's fields is exactly
+    /// [`Card::encode`] of the card carrying them. The card's own values of those two fields are ignored.
+    pub fn template(&self) -> BodyTemplate {
+        let mut head = Writer::with_capacity(64);
+        head.str(&self.masked_number).u8(self.status as u8);
+        match &self.holder {
+            None => head.u8(0),
+            Some(h) => head.u8(1).str(&h.masked_name),
+        };
+        let mut rest = self.clone();
+        rest.holder = None;
+        rest.usage_through_seq = 0;
+        // Everything after the usage field: the packages, as `encode` writes them.
+        let whole = rest.encode();
+        let skip = 4 + self.masked_number.len() + 1 + 1 + 8;
+        BodyTemplate {
+            head: head.into_bytes(),
+            named: self.holder.is_some(),
+            tail: whole.get(skip..).map(<[u8]>::to_vec).unwrap_or_default(),
+        }
+    }
+
     /// All (package, item) pairs in signed order; the position in this list is the card's *entry index*.
     pub fn entries(&self) -> impl Iterator<Item = (usize, &Package, &Item)> {
         self.packages
@@ -419,6 +443,46 @@ impl Card {
             .flat_map(|p| p.items.iter().map(move |i| (p, i)))
             .enumerate()
             .map(|(n, (p, i))| (n, p, i))
+    }
+}
+
+/// A card's encoding around the per-terminal fields ([`Card::template`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyTemplate {
+    /// Masked number, status and holder up to its identity-verifier option.
+    head: Vec<u8>,
+    named: bool,
+    /// The packages, after `usage_through_seq`.
+    tail: Vec<u8>,
+}
+
+impl BodyTemplate {
+    /// The body with a terminal's fields: its identity verifier (named cards only; ignored for an
+    /// anonymous one) and its `usage_through_seq`.
+    pub fn body(&self, identity_verifier: Option<&Tag>, usage_through_seq: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.head.len() + 41 + self.tail.len());
+        out.extend_from_slice(&self.head);
+        if self.named {
+            match identity_verifier {
+                None => out.push(0),
+                Some(v) => {
+                    out.push(1);
+                    out.extend_from_slice(v);
+                }
+            }
+        }
+        out.extend_from_slice(&usage_through_seq.to_be_bytes());
+        out.extend_from_slice(&self.tail);
+        out
+    }
+
+    /// Bytes held (for a cache's accounting).
+    pub fn len(&self) -> usize {
+        self.head.len() + self.tail.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.head.is_empty() && self.tail.is_empty()
     }
 }
 
@@ -460,6 +524,30 @@ pub(crate) mod tests {
     fn card_roundtrips() {
         let c = sample_card();
         assert_eq!(Card::decode(&c.encode()).unwrap(), c);
+    }
+
+    /// A template with a terminal's fields plugged in is the card's encoding with those fields, for
+    /// named cards (with and without a verifier) and anonymous ones.
+    #[test]
+    fn a_template_with_a_terminals_fields_is_the_cards_encoding() {
+        let named = sample_card();
+        let mut anonymous = named.clone();
+        anonymous.holder = None;
+        anonymous.packages.push(Package {
+            id: "P2".into(),
+            ..named.packages[0].clone()
+        });
+        for card in [named, anonymous] {
+            let t = card.template();
+            for (verifier, usage) in [(None, 0), (Some([7u8; 32]), 99), (Some([1; 32]), u64::MAX)] {
+                let mut want = card.clone();
+                want.usage_through_seq = usage;
+                if let Some(h) = want.holder.as_mut() {
+                    h.identity_verifier = verifier;
+                }
+                assert_eq!(t.body(verifier.as_ref(), usage), want.encode(), "{card:?}");
+            }
+        }
     }
 
     #[test]

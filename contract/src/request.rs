@@ -8,10 +8,13 @@
 //!
 //! The canonical encoding (length-prefixed strings, big-endian integers) means no two different requests
 //! sign the same bytes. The key is the terminal's request-signing key ([`TerminalKeys::request`]), used for
-//! nothing else. The verifier is pure: the caller passes the server's clock, the skew window and a
-//! [`NonceStore`]; it checks the body hash, then the signature, and only then the clock and the nonce, so
-//! a party without the key can neither fill the nonce memory nor learn anything from the order of errors.
-//! See `docs/api/README.md` ("Authentication").
+//! nothing else. The verifier is pure and works in two steps, so that a server authenticates a request
+//! from its headers before it reads the body: [`ParsedAuth::verify_headers`] (the caller passes the
+//! server's clock, the skew window and a [`NonceStore`]) checks the signature over the canonical request
+//! with the body hash the headers claim, and only then the clock and the nonce — a party without the key
+//! can neither fill the nonce memory nor learn anything from the order of errors; then
+//! [`ParsedAuth::check_body`] checks the body as read against the claimed hash. See `docs/api/README.md`
+//! ("Authentication").
 //!
 //! [`TerminalKeys::request`]: crate::keys::TerminalKeys
 
@@ -300,31 +303,28 @@ impl ParsedAuth {
         })
     }
 
-    /// Checks the body hash, the signature, the clock (`|now − timestamp| ≤ skew`) and the nonce, in that
-    /// order. The nonce is remembered only when everything else passed. `body_hash` is
-    /// [`body_sha256`] of the body as received: a server computes it before it takes whatever lock
-    /// guards its nonce store (hashing 8 MiB takes milliseconds).
-    #[allow(clippy::too_many_arguments)]
-    pub fn verify(
+    /// Checks what the headers alone can tell, in this order: the signature over the canonical request
+    /// (which covers the body hash *claimed* in [`HEADER_CONTENT_SHA256`]), then the clock
+    /// (`|now − timestamp| ≤ skew`), then the nonce, which is remembered only when the first two passed.
+    /// A server runs this before it reads a byte of the body, so that a party without the key can make
+    /// it neither read a body nor fill its nonce memory; then it reads the body and calls
+    /// [`ParsedAuth::check_body`].
+    pub fn verify_headers(
         &self,
         request_key: &MacKey,
         method: &str,
         path_and_query: &str,
-        body_hash: [u8; 32],
         now_ms: i64,
         skew_ms: u64,
         nonces: &mut dyn NonceStore,
     ) -> Result<(), RequestAuthError> {
-        if !crate::keys::tags_equal(&body_hash, &self.content_sha256) {
-            return Err(RequestAuthError::BodyHashMismatch);
-        }
         let parts = RequestParts {
             method,
             path_and_query,
             terminal_id: &self.terminal_id,
             timestamp_ms: self.timestamp_ms,
             nonce: &self.nonce,
-            body_sha256: body_hash,
+            body_sha256: self.content_sha256,
         };
         if !request_key.verify(&[&parts.canonical()], &self.signature) {
             return Err(RequestAuthError::BadSignature);
@@ -349,6 +349,36 @@ impl ParsedAuth {
             });
         }
         Ok(())
+    }
+
+    /// Both steps for a server that holds the whole request already (a test platform):
+    /// [`ParsedAuth::verify_headers`], then [`ParsedAuth::check_body`] with [`body_sha256`] of the body
+    /// as received. A server reading bodies from the network runs the two steps apart, the body read
+    /// only between them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn verify(
+        &self,
+        request_key: &MacKey,
+        method: &str,
+        path_and_query: &str,
+        body_hash: [u8; 32],
+        now_ms: i64,
+        skew_ms: u64,
+        nonces: &mut dyn NonceStore,
+    ) -> Result<(), RequestAuthError> {
+        self.verify_headers(request_key, method, path_and_query, now_ms, skew_ms, nonces)?;
+        self.check_body(body_hash)
+    }
+
+    /// The second step, once the body was read: its SHA-256 ([`body_sha256`] of the bytes as received)
+    /// must be the one the verified signature covers. The nonce stays spent when this fails: the
+    /// sender's retry is a new request with a new nonce anyway.
+    pub fn check_body(&self, body_hash: [u8; 32]) -> Result<(), RequestAuthError> {
+        if crate::keys::tags_equal(&body_hash, &self.content_sha256) {
+            Ok(())
+        } else {
+            Err(RequestAuthError::BodyHashMismatch)
+        }
     }
 }
 
@@ -406,15 +436,15 @@ mod tests {
             content_sha256: Some(content_sha256),
             signature: Some(signature),
         })?;
-        auth.verify(
+        auth.verify_headers(
             &key(&auth.terminal_id),
             &String::from_utf8_lossy(&w.method),
             &String::from_utf8_lossy(&w.path),
-            body_sha256(&w.body),
             now_ms,
             DEFAULT_SKEW_MS,
             nonces,
-        )
+        )?;
+        auth.check_body(body_sha256(&w.body))
     }
 
     #[test]
@@ -454,14 +484,14 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_request_does_not_burn_its_nonce() {
+    fn a_request_refused_from_its_headers_does_not_burn_its_nonce() {
         let w = wire(b"x", 3);
         let mut nonces = MemoryNonces::new();
-        let mut tampered = w.clone();
-        tampered.body = b"y".to_vec();
+        let mut forged = w.clone();
+        forged.headers[4] = b"0".repeat(64);
         assert_eq!(
-            check(&tampered, T0, &mut nonces),
-            Err(RequestAuthError::BodyHashMismatch)
+            check(&forged, T0, &mut nonces),
+            Err(RequestAuthError::BadSignature)
         );
         assert_eq!(
             check(&w, T0 + 10 * DEFAULT_SKEW_MS as i64, &mut nonces)
@@ -475,6 +505,51 @@ mod tests {
         assert_eq!(nonces.len(), 1);
         nonces.prune(T0 + DEFAULT_SKEW_MS as i64 + 1);
         assert!(nonces.is_empty());
+    }
+
+    /// The headers are verified before the body exists; a body that is not the one signed is refused
+    /// after them, and its nonce stays spent (the sender retries with a new one).
+    #[test]
+    fn the_body_is_checked_after_the_headers_against_the_signed_hash() {
+        let w = wire(b"x", 5);
+        let mut tampered = w.clone();
+        tampered.body = b"y".to_vec();
+        let mut nonces = MemoryNonces::new();
+        assert_eq!(
+            check(&tampered, T0, &mut nonces),
+            Err(RequestAuthError::BodyHashMismatch)
+        );
+        assert_eq!(nonces.len(), 1);
+        assert_eq!(
+            check(&w, T0, &mut nonces).unwrap_err().code(),
+            "nonce_replayed"
+        );
+        // A hash header that is not the body's but is what was signed passes the headers' step.
+        let [t, ts, n, c, s] = &w.headers;
+        let auth = ParsedAuth::parse(&ReceivedHeaders {
+            terminal: Some(t),
+            timestamp: Some(ts),
+            nonce: Some(n),
+            content_sha256: Some(c),
+            signature: Some(s),
+        })
+        .unwrap();
+        assert_eq!(
+            auth.verify_headers(
+                &key("T-1"),
+                "POST",
+                PATH,
+                T0,
+                DEFAULT_SKEW_MS,
+                &mut MemoryNonces::new()
+            ),
+            Ok(())
+        );
+        assert_eq!(auth.check_body(body_sha256(b"x")), Ok(()));
+        assert_eq!(
+            auth.check_body(body_sha256(b"")),
+            Err(RequestAuthError::BodyHashMismatch)
+        );
     }
 
     #[test]

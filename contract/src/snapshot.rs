@@ -315,13 +315,23 @@ impl BundleSigner {
 
     /// A framed entry: `Some(card)` to add or replace, `None` to remove.
     pub fn entry(&mut self, card_ref: &CardRef, card: Option<&Card>) -> Result<Vec<u8>, SignError> {
+        self.entry_encoded(card_ref, card.map(Card::encode).as_deref())
+    }
+
+    /// [`BundleSigner::entry`] of a card already encoded (`Some(body)`, e.g. from a
+    /// [`crate::model::BodyTemplate`]), or a removal (`None`).
+    pub fn entry_encoded(
+        &mut self,
+        card_ref: &CardRef,
+        body: Option<&[u8]>,
+    ) -> Result<Vec<u8>, SignError> {
         if self.last.is_some_and(|l| l >= *card_ref) {
             return Err(SignError::OutOfOrder(*card_ref));
         }
         self.last = Some(*card_ref);
-        let (op, body) = match card {
-            Some(c) => (EntryOp::Upsert, c.encode()),
-            None => (EntryOp::Remove, Vec::new()),
+        let (op, body) = match body {
+            Some(b) => (EntryOp::Upsert, b),
+            None => (EntryOp::Remove, &[][..]),
         };
         let mac = entry_mac(
             &self.key,
@@ -329,14 +339,14 @@ impl BundleSigner {
             self.preamble.version,
             card_ref,
             op,
-            &body,
+            body,
         );
         let mut frame = Writer::with_capacity(body.len() + 80);
         frame
             .u8(FRAME_ENTRY)
             .u8(op as u8)
             .fixed(&card_ref.0)
-            .bytes(&body)
+            .bytes(body)
             .fixed(&mac);
         self.hasher.update(frame.as_bytes());
         self.count += 1;

@@ -2,6 +2,8 @@
 //! N-card seeding of the database, a signed-request client for terminal `T-1`, and the benches' settings
 //! (`BENCH_CARDS`, `BENCH_DIR`) and table rows.
 #![allow(clippy::unwrap_used)]
+// Each bench uses some of it.
+#![allow(dead_code)]
 
 use std::time::{Duration, Instant};
 
@@ -68,7 +70,6 @@ pub fn vault() -> Vault {
 }
 
 /// [`MASTER_KEY`] in `dir/master.key`, mode 0600, for `clearing-server --master-key-file`.
-#[allow(dead_code)] // download_install only
 pub fn master_key_file(dir: &std::path::Path) -> std::path::PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let path = dir.join("master.key");
@@ -142,4 +143,30 @@ impl Client {
         }
         (bytes, kind, tail)
     }
+}
+
+/// An import file (`admin card import`) of `n` cards: one package of two items each, scoped to
+/// [`CATEGORY`], every tenth named with identity data; numbers as [`number`].
+pub fn write_import_csv(path: &std::path::Path, n: u64) {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    writeln!(
+        f,
+        "number,holder,identity,package,title,valid_from,valid_until,scope,daily_cap,identity_required,items"
+    )
+    .unwrap();
+    for i in 0..n {
+        let (holder, identity) = if i % 10 == 0 {
+            ("张三", format!("{:04}", i % 10_000))
+        } else {
+            ("", String::new())
+        };
+        writeln!(
+            f,
+            "{},{holder},{identity},P1,洗车保养套餐,2026-01-01,2030-12-31,categories:{CATEGORY},2,,WASH:精洗:10:3500;OIL:换机油:3:12000",
+            number(i).digits()
+        )
+        .unwrap();
+    }
+    f.flush().unwrap();
 }

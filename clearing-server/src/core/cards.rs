@@ -289,7 +289,7 @@ pub fn template(
 }
 
 /// A new card: number, and for a named card the holder's name and identity data.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewCard {
     pub number: CardNumber,
     pub holder_name: Option<String>,

@@ -1,7 +1,9 @@
 //! The platform's rules, as pure code: no I/O, no clock (time is a parameter).
 //!
 //! * [`clearing`] — merchant and member statements and the exceptions computed over decoded records;
+//! * [`admission`] — overload: requests worked on at once, how long one may wait, `Retry-After`;
 //! * [`cache_policy`] — how long a signed cache is valid and when a quiet platform renews it;
+//! * [`import`] — a bulk card import file read and checked line by line;
 //! * [`judge`] — the verdict on each stored record: payable or held, and why;
 //! * [`problem`] — refusals with the API's stable codes, naming a refused field;
 //! * [`cards`] — the card model: package and item specs, status transitions, the derived body;
@@ -18,6 +20,7 @@
 //! * [`close`] — end-of-day totals and reconciliation (shared with the terminal: `redeemd_contract::close`).
 
 pub mod access;
+pub mod admission;
 pub mod cache_policy;
 pub mod card_search;
 pub mod cards;
@@ -26,6 +29,7 @@ pub mod chart;
 pub mod clearing;
 pub mod credentials;
 pub mod fleet;
+pub mod import;
 pub mod judge;
 pub mod pairing;
 pub mod problem;

@@ -6,6 +6,8 @@
 //! * [`terminal`] — the handlers: thin, parsing the request and calling [`crate::storage`];
 //! * [`problem`] — `application/problem+json` answers with the stable codes of `docs/api/README.md`;
 //! * [`encoding`] — response compression;
+//! * [`admission`] — overload shed: a bounded number of requests worked on, a bounded wait, `503` with
+//!   `Retry-After` beyond.
 //! * [`platform`] — the platform API beside it (operators, merchants, the member app, shops pairing,
 //!   terminals' health reports): [`caller`] (bearer keys, client address, strict JSON bodies),
 //!   [`operator`], [`merchant`], [`member`], [`pairing`] — thin handlers over [`crate::service`];
@@ -16,6 +18,7 @@
 //! of the database's pool; a snapshot is produced on its own thread and streamed through a bounded
 //! channel.
 
+pub mod admission;
 pub mod auth;
 pub mod caller;
 pub mod console;
@@ -43,23 +46,60 @@ use problem::Problem;
 /// and how long a request's head and body may take to arrive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Connections served at once; further ones wait in the listen backlog until one closes.
+    /// Connections served at once; further ones wait in the listen backlog until one closes. High, so
+    /// that idle sockets (a terminal's keep-alive between passes, or a client holding sockets open on
+    /// purpose) never keep a working terminal out: each costs a file descriptor and a few KiB.
     pub max_connections: usize,
     /// Time for a request's head to arrive, counted from the connection's start or the end of the
-    /// previous response: a slow head, or an idle keep-alive connection, is closed after it.
+    /// previous response: a slow head, or an idle keep-alive connection, is closed after it. Short: a
+    /// terminal's requests within a pass follow each other at once, and the next pass is a minute away.
     pub header_timeout: std::time::Duration,
     /// Time for a request's whole body to arrive (`408 request_timeout` after it).
     pub body_timeout: std::time::Duration,
+    /// Requests worked on at once, and how long the others may wait (`503` with `Retry-After` after).
+    pub admission: crate::core::admission::AdmissionPolicy,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_connections: 512,
-            header_timeout: std::time::Duration::from_secs(30),
+            max_connections: 10_000,
+            header_timeout: std::time::Duration::from_secs(10),
             body_timeout: std::time::Duration::from_secs(60),
+            admission: crate::core::admission::AdmissionPolicy::default(),
         }
     }
+}
+
+/// File descriptors kept for what is not a client connection (database connections and files, the
+/// listener, logs).
+pub const RESERVED_FDS: u64 = 256;
+
+impl Limits {
+    /// The same limits with at most as many connections as `open_files` descriptors allow beside
+    /// [`RESERVED_FDS`] (at least 16): past it `accept` would fail instead of connections waiting.
+    pub fn within_open_files(self, open_files: u64) -> Self {
+        let fit = open_files.saturating_sub(RESERVED_FDS).max(16);
+        Self {
+            max_connections: self
+                .max_connections
+                .min(usize::try_from(fit).unwrap_or(usize::MAX)),
+            ..self
+        }
+    }
+}
+
+/// Raises this process's soft limit of open files to its hard limit (systemd's default soft limit is
+/// 1,024, the hard one 524,288) and returns the soft limit now in force.
+pub fn raise_open_files_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        // Refused (a container that forbids it): the current limit stands.
+        let _ = setrlimit(Resource::Nofile, limit);
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }
 
 /// Serves [`router`]`(state)` on `listener` until `shutdown` completes, then lets the open
@@ -67,7 +107,8 @@ impl Default for Limits {
 /// `max_connections` at once (the rest wait in the listen backlog, so a flood of idle sockets cannot
 /// take every file descriptor), and a request head not received within `header_timeout` closes the
 /// connection (slow loris; also an idle keep-alive connection). The body timeout is enforced where
-/// the body is read, before authentication.
+/// the body is read, after the headers authenticated the request (`auth`). Accepted sockets get
+/// `TCP_NODELAY`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
@@ -90,7 +131,14 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let (stream, peer) = match stream {
-            Ok(accepted) => accepted,
+            Ok((stream, peer)) => {
+                // A bundle's head and first chunk go out as separate writes: without NODELAY, Nagle
+                // holds the second until the client's delayed ACK (40 ms) on every answer.
+                if let Err(e) = stream.set_nodelay(true) {
+                    eprintln!("clearing-server: TCP_NODELAY: {e}");
+                }
+                (stream, peer)
+            }
             Err(e) => {
                 // Out of file descriptors, or a connection reset before it was accepted: try again
                 // shortly rather than spin or stop serving.
@@ -149,15 +197,22 @@ pub struct AppState {
     db: Arc<Db>,
     /// The platform master key: opens terminal secrets and card numbers, seals new ones.
     vault: Arc<Vault>,
-    /// When this process last pruned expired nonces (server clock): a schedule, not state that
-    /// correctness depends on (every process prunes now and then; nonces live in the database).
-    nonces_pruned_ms: Arc<std::sync::atomic::AtomicI64>,
+    /// When this process last pruned expired nonces of each store (`NonceKind` as the index; server
+    /// clock): a schedule, not state that correctness depends on (every process prunes now and then;
+    /// nonces live in the database).
+    nonces_pruned_ms: Arc<[std::sync::atomic::AtomicI64; 2]>,
+    /// Terminals' derived keys, by the sealed secret they came from (`terminals::KeyCache`).
+    keys: Arc<crate::storage::terminals::KeyCache>,
+    /// Cards recently in deltas, prepared once for every terminal (`bundle::CardCache`).
+    cards: Arc<crate::storage::bundle::CardCache>,
     clock: Clock,
     /// How long the bundles it signs are valid, and when a quiet platform renews them
     /// (`serve --cache-validity-hours`; [`CachePolicy::default`] otherwise).
     pub cache: CachePolicy,
     /// Connection and request limits ([`serve`]; [`Limits::default`] otherwise).
     pub limits: Limits,
+    /// The permits and queue of [`Limits::admission`].
+    admission: Arc<admission::Admission>,
     /// The thresholds of the fleet's alerts (`serve --silent-intervals`).
     pub fleet: FleetPolicy,
 }
@@ -172,11 +227,20 @@ impl AppState {
         Self {
             db,
             vault,
-            nonces_pruned_ms: Arc::new(std::sync::atomic::AtomicI64::new(i64::MIN)),
-            clock,
+            nonces_pruned_ms: Arc::new([
+                std::sync::atomic::AtomicI64::new(i64::MIN),
+                std::sync::atomic::AtomicI64::new(i64::MIN),
+            ]),
+            keys: Arc::default(),
+            cards: Arc::default(),
             cache: CachePolicy::default(),
             limits: Limits::default(),
             fleet: FleetPolicy::default(),
+            admission: Arc::new(admission::Admission::new(
+                Limits::default().admission,
+                clock.clone(),
+            )),
+            clock,
         }
     }
 
@@ -192,7 +256,14 @@ impl AppState {
 
     /// The same state served under `limits`.
     pub fn with_limits(self, limits: Limits) -> Self {
-        Self { limits, ..self }
+        Self {
+            admission: Arc::new(admission::Admission::new(
+                limits.admission,
+                self.clock.clone(),
+            )),
+            limits,
+            ..self
+        }
     }
 
     /// The database, for a caller running its own work on it.
@@ -245,6 +316,10 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async {
             Problem::new(405, "method_not_allowed", "method not allowed here".into())
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admission::admit,
+        ))
         .with_state(state)
 }
 

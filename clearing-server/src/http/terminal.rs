@@ -17,8 +17,12 @@ use super::problem::Problem;
 use crate::core::close;
 use crate::storage::{self, UploadRecord, bundle, cards};
 
-/// Most records in one upload.
+/// Most records in one upload (more: `413 body_too_large`).
 pub const MAX_RECORDS: usize = 5000;
+/// Most item lines in one batch close (more: `413 body_too_large`, as for records).
+pub const MAX_CLOSE_ITEMS: usize = 10_000;
+/// The API's integers are int64: a seq or count above this is outside the schema.
+const INT64_MAX: u64 = i64::MAX as u64;
 /// Most entries in one deny-list answer (the terminal asks again from the last one it applied).
 pub const MAX_DENY_ENTRIES: usize = 10_000;
 /// Bundle bytes per chunk sent to the response body, and chunks buffered between producer and socket.
@@ -86,15 +90,21 @@ fn parse_upload(body: &[u8]) -> Result<(u64, Vec<UploadRecord>), Problem> {
     if up.from_seq == 0 || up.records.is_empty() {
         return Err(bad("from_seq must be ≥ 1 and records not empty".into()));
     }
+    if up.from_seq > INT64_MAX {
+        return Err(bad(format!(
+            "from_seq {} is above 2^63 - 1 (int64)",
+            up.from_seq
+        )));
+    }
+    // Whether the seqs continue from `from_seq` is the storage's to judge: its answer carries the
+    // head (`sequence_gap` with `acknowledged_seq`).
     let mut out = Vec::with_capacity(up.records.len());
     for (i, item) in up.records.into_iter().enumerate() {
-        let want = up.from_seq.saturating_add(i as u64);
-        if item.seq != want {
-            return Err(Problem::new(
-                409,
-                "sequence_gap",
-                format!("record {i} has seq {}, expected {want}", item.seq),
-            ));
+        if item.seq == 0 || item.seq > INT64_MAX {
+            return Err(bad(format!(
+                "records[{i}].seq {} is outside 1..=2^63 - 1 (int64)",
+                item.seq
+            )));
         }
         let record = base64::engine::general_purpose::STANDARD
             .decode(&item.record)
@@ -171,12 +181,13 @@ pub(super) async fn batch_close(
     let close: close::BatchClose = serde_json::from_slice(&body).map_err(|e| {
         Problem::new(400, "malformed_request", e.to_string()).terminal(&terminal_id)
     })?;
-    if close.items.len() > 10_000 {
+    if close.items.len() > MAX_CLOSE_ITEMS {
         return Err(Problem::new(
             413,
             "body_too_large",
-            "more than 10,000 items".into(),
-        ));
+            format!("{} items, at most {MAX_CLOSE_ITEMS}", close.items.len()),
+        )
+        .terminal(&terminal_id));
     }
     let id = terminal_id.clone();
     let result = state
@@ -251,12 +262,13 @@ impl std::io::Write for ChunkSink {
 /// What the producer decided before streaming: `None` for `204`.
 type Decision = Result<bundle::Decision, Problem>;
 
-/// Runs on a blocking thread: keeps the version fresh, decides, reports the decision, then streams the bundle. A
+/// Runs on a blocking thread: decides (keeping the version fresh), reports the decision, then streams the bundle. A
 /// failure after the decision ends the body with an error, so the client sees a cut-short bundle (which
 /// the terminal refuses: the manifest is the last frame).
 fn produce_bundle(
     db: &storage::Db,
     vault: &crate::vault::Vault,
+    cache: &bundle::CardCache,
     req: bundle::BundleRequest,
     encoding: Encoding,
     decided: tokio::sync::oneshot::Sender<Decision>,
@@ -270,11 +282,11 @@ fn produce_bundle(
         buf: Vec::with_capacity(STREAM_CHUNK + 4096),
     };
     let result = (|| -> Result<(), bundle::BundleError> {
-        bundle::keep_fresh(db, &req)?;
         let mut out = encoding::Compressor::new(encoding, sink)?;
         let written = bundle::produce(
             db,
             vault,
+            cache,
             &req,
             |d| decided.take().is_some_and(|s| s.send(Ok(d)).is_ok()),
             &mut out,
@@ -320,8 +332,10 @@ pub(super) async fn entitlements(
     };
     let (decided_tx, decided_rx) = tokio::sync::oneshot::channel();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Chunk>(STREAM_CHUNKS_IN_FLIGHT);
-    let (db, vault) = (state.db(), state.vault());
-    tokio::task::spawn_blocking(move || produce_bundle(&db, &vault, req, encoding, decided_tx, tx));
+    let (db, vault, cache) = (state.db(), state.vault(), state.cards.clone());
+    tokio::task::spawn_blocking(move || {
+        produce_bundle(&db, &vault, &cache, req, encoding, decided_tx, tx)
+    });
     let decision = decided_rx
         .await
         .map_err(|_| Problem::internal("entitlements producer ended without an answer".into()))?

@@ -1,5 +1,6 @@
-//! Member cards, for operators: issue, find, show, customize a package, report lost / freeze /
-//! unlock, reissue, usage, and the grants that give a card to the member app. Cards are named by the
+//! Member cards, for operators: issue (one, or many from an import file), find, show, customize a
+//! package, report lost / freeze / unlock, reissue, usage, and the grants that give a card to the
+//! member app. Cards are named by the
 //! platform's card id (`#12`) or by their number; numbers are never shown in full.
 
 use redeemd_contract::model::{CardNumber, MerchantScope};
@@ -13,7 +14,8 @@ use crate::core::clearing::MemberStatement;
 use crate::core::problem::Problem;
 use crate::storage::access::{self, Grant};
 use crate::storage::cards::{self as card_store, CardRow, NewCard};
-use crate::storage::{Tx, card_search, statements};
+use crate::storage::import::{self, Imported};
+use crate::storage::{Isolation, Tx, card_search, statements};
 
 /// A card as a search lists it: never its number, its holder masked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -223,6 +225,30 @@ impl Service<'_> {
                 })
                 .collect(),
             more,
+        })
+    }
+
+    /// Issues every card of an import file (`core::import`'s CSV) with its packages, or none: a bad
+    /// line (`400 malformed_request`, each named by its line) or a number already issued (`409
+    /// already_exists`, naming its line) refuses the whole file. One audit entry for the file.
+    pub fn import_cards(&self, file: &[u8]) -> Result<Imported, Problem> {
+        self.allow(Want::Operate, || "cards".into())?;
+        let cards = crate::core::import::parse(file)
+            .map_err(|refused| Problem::new(400, "malformed_request", refused.to_string()))?;
+        // Read committed: the card's unique lookup key and the version counter's row lock hold what
+        // must hold (`storage::import`), and a serializable retry of 100,000 cards would redo them all.
+        self.db.transaction(Isolation::ReadCommitted, |tx| {
+            let done = import::import_cards(tx, self.vault, &cards, self.now_ms)?;
+            self.audit(
+                tx,
+                "card.import",
+                "cards",
+                &format!(
+                    "{} cards with {} packages ({} items) at version {}",
+                    done.cards, done.packages, done.items, done.version
+                ),
+            )?;
+            Ok(done)
         })
     }
 

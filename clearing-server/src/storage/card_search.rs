@@ -1,7 +1,7 @@
 //! Cards found by what a person can say of them (`crate::core::card_search`): the last four digits and
 //! perhaps the first six, the start of the holder's name, or the whole number (by its lookup hash).
 //! The index columns are written with the card (`super::cards::insert_card`); [`fill_index`] fills them
-//! for the rows of a database older than schema version 8.
+//! for the rows of a database older than schema version 9.
 
 use super::cards::{CARD_COLUMNS, CardError, CardRow, card_by_id, card_id_by_number, card_row};
 use super::sql::{Param, Tx};

@@ -5,8 +5,8 @@
 //! Normalized tables are the truth (`merchant`, `card`, `package`, `package_item`; see
 //! `clearing-server/README.md`, "Tables"). Each card also keeps a derived `body`: its canonical
 //! [`Card`] encoding with the current `uses_left`, `usage_through_seq = 0` and no identity verifier
-//! (`core::cards::template`), so that a million-card snapshot reads one row per card and only patches
-//! the two per-terminal fields ([`terminal_card`]). Every function that changes a card recomputes the
+//! (`core::cards::template`), so that a million-card snapshot reads one row per card and only plugs in
+//! the two per-terminal fields (`super::bundle`). Every function that changes a card recomputes the
 //! body in the same transaction and gives the card a new entitlement version from one monotone counter
 //! ([`bump_version`]).
 //!
@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 use redeemd_contract::deny::DenyStatus;
 use redeemd_contract::keys::TerminalKeys;
 use redeemd_contract::model::{
-    Card, CardNumber, CardNumberError, CardRef, CardStatus, MerchantScope, identity_verifier,
+    Card, CardNumber, CardNumberError, CardRef, CardStatus, MerchantScope,
 };
 use thiserror::Error;
 
@@ -912,28 +912,6 @@ pub fn card_for_ref(
     })
 }
 
-/// A stored body made into what one terminal receives: its identity verifier (from its identity key and
-/// card reference) and `usage_through_seq` = the terminal's highest received seq.
-pub fn terminal_card(
-    body: &[u8],
-    card_id: i64,
-    identity_data: Option<&[u8]>,
-    card_ref: &CardRef,
-    keys: &TerminalKeys,
-    usage_through_seq: u64,
-) -> Result<Card, CardError> {
-    let mut card = Card::decode(body).map_err(|e| CardError::Corrupt {
-        what: "body",
-        card_id,
-        reason: e.to_string(),
-    })?;
-    card.usage_through_seq = usage_through_seq;
-    if let (Some(h), Some(data)) = (card.holder.as_mut(), identity_data) {
-        h.identity_verifier = Some(identity_verifier(&keys.identity, card_ref, data));
-    }
-    Ok(card)
-}
-
 // ---------------------------------------------------------------------------------------------
 // Deny lists
 
@@ -1018,7 +996,13 @@ pub fn patch_uses_left(
     left: &[(&str, &str, u32)],
     version: u64,
 ) -> Result<(), CardError> {
-    let row = tx.query_one("SELECT body FROM card WHERE id = $1", params![card_id])?;
+    // Locked before it is read (PostgreSQL; SQLite's writer holds the whole file already): an upload
+    // runs read committed, and two patching one card's body must not each write what they read.
+    let sql = match tx.backend() {
+        super::Backend::Postgres => "SELECT body FROM card WHERE id = $1 FOR UPDATE",
+        super::Backend::Sqlite => "SELECT body FROM card WHERE id = $1",
+    };
+    let row = tx.query_one(sql, params![card_id])?;
     let mut card = Card::decode(row.blob(0)?).map_err(|e| CardError::Corrupt {
         what: "body",
         card_id,

@@ -2,9 +2,14 @@
 //! `docs/api/README.md`, all or nothing per batch), the head (`GET journal/head`), end-of-day closes
 //! (`POST batch-close`) and the exceptions list of refused records.
 //!
-//! An upload is one serializable transaction: two server processes storing batches of one terminal at
-//! once serialize on the terminal's journal rows (`(terminal, seq)` is the key), so a record is stored
-//! exactly once and the loser of a race counts the winner's rows as duplicates when it runs again.
+//! An upload is one read-committed transaction, and what must hold is held by keys and row locks, not
+//! by serializable isolation: `(terminal, seq)` is the journal's primary key, so of two server
+//! processes storing one terminal's batch at once one fails on the key and runs again, counting the
+//! winner's rows as duplicates — a record is stored exactly once; a card's usage is an atomic increment
+//! and its body is locked before it is patched; the version counter's row lock orders the uploads'
+//! version bumps, which are committed in the order they are taken. (Serializable isolation made every
+//! two concurrent uploads of the fleet conflict on that one counter row: under load on PostgreSQL they
+//! ran out of retries.)
 
 use std::collections::BTreeMap;
 
@@ -13,7 +18,7 @@ use redeemd_contract::keys::{TAG_LEN, Tag, TerminalKeys, tags_equal};
 use redeemd_contract::{JournalRecord, RecordKind};
 
 use super::sql::{StorageError, Tx, int};
-use super::{Db, MAX_RECORD_BYTES, cards};
+use super::{Db, Isolation, MAX_RECORD_BYTES, cards};
 use crate::core::close;
 use crate::core::judge::{self, Verdict};
 use crate::core::problem::Problem;
@@ -53,7 +58,7 @@ pub struct Ack {
     pub duplicates: u64,
 }
 
-/// One upload of a terminal: its records, consecutive from `from_seq` (checked by the caller).
+/// One upload of a terminal: its records, which must be consecutive from `from_seq`.
 #[derive(Debug, Clone, Copy)]
 pub struct Batch<'a> {
     pub terminal_id: &'a str,
@@ -70,7 +75,9 @@ pub struct Batch<'a> {
 /// rolled back).
 pub fn store_batch(db: &Db, vault: &Vault, batch: &Batch<'_>) -> Result<Ack, Problem> {
     let (terminal_id, now_ms) = (batch.terminal_id, batch.now_ms);
-    let result = db.write(|tx| store_batch_tx(tx, vault, batch));
+    let result = db.transaction(Isolation::ReadCommitted, |tx| {
+        store_batch_tx(tx, vault, batch)
+    });
     if let Err(p) = &result
         && p.status == 422
     {
@@ -92,6 +99,21 @@ fn store_batch_tx(tx: &mut dyn Tx, vault: &Vault, batch: &Batch<'_>) -> Result<A
         now_ms,
     } = batch;
     let (head_seq, head_mac) = head(tx, terminal_id)?;
+    let gap = records
+        .iter()
+        .enumerate()
+        .find(|(i, r)| Some(r.seq) != from_seq.checked_add(*i as u64));
+    if let Some((i, r)) = gap {
+        return Err(Problem::new(
+            409,
+            "sequence_gap",
+            format!(
+                "records are not consecutive from from_seq {from_seq}: record {i} has seq {}",
+                r.seq
+            ),
+        )
+        .acknowledged(head_seq));
+    }
     if from_seq > head_seq + 1 {
         return Err(Problem::new(
             409,
@@ -411,6 +433,20 @@ pub fn batch_close(
     })?;
     if !(-840..=840).contains(&close.utc_offset_minutes) {
         return Err(bad("utc_offset_minutes outside -840..=840".into()));
+    }
+    // The API's integers are int64: a count or seq beyond it is outside the schema, not a mismatch.
+    let int64 = |what: String, v: u64| {
+        if v > i64::MAX as u64 {
+            Err(bad(format!("{what} {v} is above 2^63 - 1 (int64)")))
+        } else {
+            Ok(())
+        }
+    };
+    int64("first_seq".into(), close.first_seq)?;
+    int64("through_seq".into(), close.through_seq)?;
+    for (i, item) in close.items.iter().enumerate() {
+        int64(format!("items[{i}].redeemed"), item.redeemed)?;
+        int64(format!("items[{i}].voided"), item.voided)?;
     }
     if close.first_seq > close.through_seq {
         return Err(Problem::new(

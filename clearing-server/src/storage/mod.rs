@@ -6,15 +6,18 @@
 //!   subset both engines share; [`sqlite`] and [`postgres`] are the drivers, [`schema`] their DDL.
 //! * The operations, each written once over [`sql::Tx`]: [`terminals`] (enrolment, keys, request nonces),
 //!   [`journal`] (upload, head, batch close), [`cards`] (merchants, cards, packages, versions, deny
-//!   lists), [`card_search`] (cards by masked number or holder), [`bundle`] (snapshots and deltas), [`statements`] (the reports' inputs), and for the
+//!   lists), [`card_search`] (cards by masked number or holder), [`import`] (cards issued in bulk, all
+//!   or nothing), [`bundle`] (snapshots and deltas), [`statements`] (the reports' inputs), and for the
 //!   platform's people and fleet: [`access`] (API keys, console logins, cards granted to the member
 //!   app), [`audit`] (the log of every change), [`fleet`] (terminals as listed, health reports, held
-//!   records per terminal), [`pairing`] (pairing codes), [`throttle`] (failed guesses counted across processes), [`catalogue`] (the member
-//!   app's offers), [`console`] (console sessions, resolutions of exceptions).
+//!   records per terminal), [`pairing`] (pairing codes), [`throttle`] (failed guesses counted across
+//!   processes), [`catalogue`] (the member app's offers), [`console`] (console sessions, resolutions
+//!   of exceptions).
 //!
-//! Every operation runs in a transaction of the isolation it needs ([`Db::write`], [`Db::write_once`],
-//! [`Db::read`]): serializable (retried on a conflict) where it reads before it writes, read committed
-//! where one unique key decides (a nonce), a read-only snapshot for reads. Server processes keep no
+//! Every operation runs in a transaction of the isolation it needs ([`Db::write`], [`Db::read`],
+//! [`Db::transaction`]): serializable (retried on a conflict) where it reads before it writes, read
+//! committed where one unique key decides (a nonce), a read-only snapshot for reads, and the volatile
+//! store ([`Isolation::Volatile`]) for what needs no durability (a `GET`'s nonce). Server processes keep no
 //! state that correctness depends on: everything that must hold across processes is in the database.
 
 pub mod access;
@@ -25,6 +28,7 @@ pub mod cards;
 pub mod catalogue;
 pub mod console;
 pub mod fleet;
+pub mod import;
 pub mod journal;
 pub mod pairing;
 pub mod postgres;
@@ -58,6 +62,11 @@ pub enum Isolation {
     /// A read-only consistent snapshot (PostgreSQL `REPEATABLE READ READ ONLY`; an SQLite read
     /// transaction): a bundle's cards and the terminal's head are read at one moment.
     Snapshot,
+    /// Read committed in the **volatile store**, for what may be lost in a crash and must not cost a
+    /// flush (the nonces of `GET` requests): PostgreSQL's unlogged tables with an asynchronous commit,
+    /// SQLite's separate file written with `synchronous=OFF`. Only the volatile tables
+    /// (`volatile_nonce`) may be used in it.
+    Volatile,
 }
 
 /// Times a conflicting transaction is run before the conflict is returned.

@@ -5,7 +5,8 @@
 //!
 //! Nothing here holds state between requests beyond the pool: exactly-once uploads, one close a day,
 //! monotonic versions and refused nonce replays come from the database's keys and transactions, so any
-//! number of server processes can share one database. No advisory locks: the migration lock is a row
+//! number of server processes can share one database. The volatile store ([`Isolation::Volatile`]) is
+//! the same database's unlogged tables, committed asynchronously. No advisory locks: the migration lock is a row
 //! lock (`SELECT … FOR UPDATE`), which PostgreSQL-compatible distributed engines also have.
 
 use std::collections::HashMap;
@@ -19,8 +20,10 @@ use super::Isolation;
 use super::schema::{POSTGRES_STEPS, SCHEMA_VERSION};
 use super::sql::{Backend, Param, Row, StorageError, Tx, Value};
 
-/// Connections kept by one server process (`--db-pool` some day; PostgreSQL's default limit is 100).
-const POOL_SIZE: u32 = 16;
+/// Connections kept by one server process: more than the requests it works on at once
+/// (`AdmissionPolicy`, 16), each of which holds at most one. Four processes stay within PostgreSQL's
+/// default limit of 100.
+const POOL_SIZE: u32 = 24;
 
 /// A connection and the statements prepared on it.
 pub struct PgConn {
@@ -80,9 +83,9 @@ fn classify(e: postgres::Error, isolation: Isolation) -> StorageError {
     let conflict = match e.code() {
         Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE => true,
         Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED => true,
-        // Two serializable transactions inserting the same key: the loser is told "duplicate" when
-        // it did not read the key first; run again it sees the winner's row and decides from it.
-        Some(c) if *c == SqlState::UNIQUE_VIOLATION => isolation == Isolation::Serializable,
+        // Two transactions inserting the same key (two processes storing one terminal's batch): the
+        // loser is told "duplicate"; run again it sees the winner's row and decides from it.
+        Some(c) if *c == SqlState::UNIQUE_VIOLATION => isolation != Isolation::Snapshot,
         _ => false,
     };
     if conflict {
@@ -127,7 +130,7 @@ impl PgDb {
         let PgConn { client, statements } = &mut *conn;
         let level = match isolation {
             Isolation::Serializable => IsolationLevel::Serializable,
-            Isolation::ReadCommitted => IsolationLevel::ReadCommitted,
+            Isolation::ReadCommitted | Isolation::Volatile => IsolationLevel::ReadCommitted,
             Isolation::Snapshot => IsolationLevel::RepeatableRead,
         };
         let tx = match client
@@ -149,6 +152,15 @@ impl PgDb {
             isolation,
             conflicted: false,
         };
+        // The volatile tables are unlogged, so their writes produce no WAL to flush; the commit is
+        // made asynchronous too, so that the commit record itself never waits for the disk.
+        if isolation == Isolation::Volatile
+            && let Err(e) = t.tx.batch_execute("SET LOCAL synchronous_commit TO OFF")
+        {
+            let e = t.note(e);
+            let conflict = e.is_conflict();
+            return (Err(e.into()), conflict);
+        }
         match f(&mut t) {
             Ok(v) => {
                 let conflicted = t.conflicted;

@@ -26,7 +26,12 @@
 //!    latest health report (`terminal_health`), pairing codes (`pairing_code`, hashed) and the
 //!    failed-guess counters that throttle them (`throttle`), the catalogue of packages the member app
 //!    offers (`catalogue_offer`), and the cards granted to the member app (`card_grant`);
-//! 8. the web console (`crate::http::console`): cards searchable by masked number and holder
+//! 8. the nonces of `GET` requests move out of the durable store (`super::terminals`): PostgreSQL keeps
+//!    them in the `UNLOGGED` table `volatile_nonce` (no WAL, no flush at commit; emptied if the database
+//!    crashes), SQLite in a separate file beside the database written without fsync
+//!    ([`SQLITE_VOLATILE`]), so a sync pass that finds nothing new writes nothing durable. SQLite's main
+//!    file does not change in this version;
+//! 9. the web console (`crate::http::console`): cards searchable by masked number and holder
 //!    (`card.number_head`, `number_tail`, `holder_key`: what the index may hold is said in
 //!    `crate::core::card_search`; rows of an older database are filled by `super::sealing::bind`),
 //!    console sessions (`console_session`, the cookie's hash only) and the resolutions of exceptions
@@ -35,7 +40,7 @@
 //! SQLite keeps the version in `PRAGMA user_version`, PostgreSQL in the one-row table `schema_version`.
 
 /// The schema version this server reads and writes.
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 
 pub(super) const SQLITE_V1: &str = "
 CREATE TABLE terminal (
@@ -200,8 +205,24 @@ CREATE TABLE master_key (
 
 /// SQLite: `SQLITE_STEPS[i]` takes the schema from version `i` to `i + 1`.
 pub(super) const SQLITE_STEPS: &[&str] = &[
-    SQLITE_V1, SQLITE_V2, SQLITE_V3, BOTH_V4, SQLITE_V5, SQLITE_V6, SQLITE_V7, SQLITE_V8,
+    SQLITE_V1, SQLITE_V2, SQLITE_V3, BOTH_V4, SQLITE_V5, SQLITE_V6, SQLITE_V7, SQLITE_V8, SQLITE_V9,
 ];
+
+/// Version 8 (SQLite): nothing in the main file; the volatile nonces live in [`SQLITE_VOLATILE`].
+const SQLITE_V8: &str = "";
+
+/// SQLite's volatile store: a file of its own beside the database (`<database>-nonces`), opened with
+/// `synchronous=OFF` — what it holds may be lost in an operating-system crash, never corrupted — and
+/// created on every open if missing (deleting it while the servers are stopped loses nothing else).
+pub(super) const SQLITE_VOLATILE: &str = "
+CREATE TABLE IF NOT EXISTS volatile_nonce (
+    terminal_id      TEXT NOT NULL,
+    nonce            TEXT NOT NULL,
+    forget_after_ms  INTEGER NOT NULL,
+    PRIMARY KEY (terminal_id, nonce)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS volatile_nonce_by_time ON volatile_nonce(forget_after_ms);
+";
 
 /// Version 6 (SQLite): verdicts, price history, resolved exceptions.
 const SQLITE_V6: &str = "
@@ -356,7 +377,20 @@ pub(super) const POSTGRES_STEPS: &[(i64, &str)] = &[
     (6, POSTGRES_V6),
     (7, POSTGRES_V7),
     (8, POSTGRES_V8),
+    (9, POSTGRES_V9),
 ];
+
+/// Version 8 (PostgreSQL): the nonces of `GET` requests in an unlogged table (shared by every server
+/// process like the durable one; not written to the WAL, so remembering one costs no flush).
+const POSTGRES_V8: &str = "
+CREATE UNLOGGED TABLE volatile_nonce (
+    terminal_id      TEXT NOT NULL,
+    nonce            TEXT NOT NULL,
+    forget_after_ms  BIGINT NOT NULL,
+    PRIMARY KEY (terminal_id, nonce)
+);
+CREATE INDEX volatile_nonce_by_time ON volatile_nonce(forget_after_ms);
+";
 
 /// Version 6 (PostgreSQL): as SQLite's.
 const POSTGRES_V6: &str = "
@@ -538,8 +572,8 @@ CREATE TABLE card_grant (
 CREATE UNIQUE INDEX card_grant_live ON card_grant(app_id, card_id) WHERE revoked_ms IS NULL;
 ";
 
-/// Version 8 (SQLite): the web console's search index, sessions and resolutions.
-const SQLITE_V8: &str = "
+/// Version 9 (SQLite): the web console's search index, sessions and resolutions.
+const SQLITE_V9: &str = "
 ALTER TABLE card ADD COLUMN number_head TEXT;  -- first six digits (NULL until sealing::bind fills an old row)
 ALTER TABLE card ADD COLUMN number_tail TEXT;  -- last four: never anything of the digits between
 ALTER TABLE card ADD COLUMN holder_key TEXT;   -- holder_name folded for search (core/card_search.rs)
@@ -561,9 +595,9 @@ CREATE TABLE exception_resolution (
 ) WITHOUT ROWID;
 ";
 
-/// Version 8 (PostgreSQL): as SQLite's; the holder key compares by code point (`COLLATE \"C\"`), so
+/// Version 9 (PostgreSQL): as SQLite's; the holder key compares by code point (`COLLATE \"C\"`), so
 /// that a prefix search is one index range.
-const POSTGRES_V8: &str = "
+const POSTGRES_V9: &str = "
 ALTER TABLE card ADD COLUMN number_head TEXT;
 ALTER TABLE card ADD COLUMN number_tail TEXT;
 ALTER TABLE card ADD COLUMN holder_key TEXT COLLATE \"C\";

@@ -9,7 +9,7 @@
 //!    version-4 database held in clear are sealed the first time; after a rotation every row moves to
 //!    the new key. An interrupted run leaves each row sealed under one of the two keys: run it again with
 //!    both (the vault opens either). Nothing to do is one query per table;
-//! 3. the cards of a database older than schema version 8 get their search columns
+//! 3. the cards of a database older than schema version 9 get their search columns
 //!    (`super::card_search::fill_index`), in batches, each its own transaction.
 
 use super::Db;

@@ -2,6 +2,11 @@
 //! before it returns), a small pool of connections (readers run beside the writer; writers take the
 //! write lock up front with `BEGIN IMMEDIATE`, so SQLite's transactions are serializable by
 //! construction), and the migrations of `schema.rs` in `PRAGMA user_version`.
+//!
+//! Beside it, the volatile store ([`Isolation::Volatile`]): a second file, `<database>-nonces`, with
+//! its own pool and `synchronous=OFF` (a commit is in the operating system's cache when it returns; an
+//! OS crash may lose the last ones, a process crash loses nothing), holding the nonces of `GET`
+//! requests. Its own file, so that its writes neither wait for nor hold the main file's write lock.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,22 +15,25 @@ use rusqlite::types::ValueRef;
 use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 
 use super::Isolation;
-use super::schema::{SCHEMA_VERSION, SQLITE_STEPS};
+use super::schema::{SCHEMA_VERSION, SQLITE_STEPS, SQLITE_VOLATILE};
 use super::sql::{Backend, Param, Row, StorageError, Tx, Value, to_sqlite};
 
 /// How long a connection waits for another's write lock before the transaction counts as a conflict.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections kept: enough for concurrent snapshot producers and readers beside the one writer.
-const POOL_SIZE: u32 = 8;
+/// Connections kept: more than the requests a process works on at once (`AdmissionPolicy`, 16), each
+/// of which holds at most one (a streamed bundle for its whole stream), so that none waits here.
+const POOL_SIZE: u32 = 24;
 
 /// Opens connections to one file with the server's settings.
 #[derive(Debug)]
 pub struct Manager {
     path: PathBuf,
+    /// The volatile store's file: written without fsync.
+    volatile: bool,
 }
 
-fn configure(conn: &Connection) -> rusqlite::Result<()> {
-    conn.pragma_update(None, "synchronous", "FULL")?;
+fn configure(conn: &Connection, volatile: bool) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "synchronous", if volatile { "OFF" } else { "FULL" })?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.set_prepared_statement_cache_capacity(64);
@@ -41,7 +49,7 @@ impl r2d2::ManageConnection for Manager {
             &self.path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        configure(&conn)?;
+        configure(&conn, self.volatile)?;
         Ok(conn)
     }
 
@@ -54,10 +62,18 @@ impl r2d2::ManageConnection for Manager {
     }
 }
 
-/// A migrated database file and its connections.
+/// A migrated database file and its connections, and the volatile store's.
 pub struct SqliteDb {
     pool: r2d2::Pool<Manager>,
+    volatile: r2d2::Pool<Manager>,
     path: PathBuf,
+}
+
+/// The volatile store's file of the database at `path`: `<path>-nonces`.
+pub fn volatile_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push("-nonces");
+    PathBuf::from(name)
 }
 
 impl std::fmt::Debug for SqliteDb {
@@ -67,22 +83,33 @@ impl std::fmt::Debug for SqliteDb {
 }
 
 impl SqliteDb {
-    /// Opens (creating it if missing) and migrates the database at `path`.
+    /// Opens (creating it if missing) and migrates the database at `path`, and the volatile store
+    /// beside it.
     pub fn open(path: &Path) -> Result<SqliteDb, StorageError> {
         let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        configure(&conn)?;
+        configure(&conn, false)?;
         migrate(&mut conn)?;
         drop(conn);
-        let pool = r2d2::Pool::builder()
-            .max_size(POOL_SIZE)
-            .min_idle(Some(1))
-            .build(Manager {
-                path: path.to_owned(),
-            })
-            .map_err(|e| StorageError::Pool(format!("{}: {e}", path.display())))?;
+        let volatile_file = volatile_path(path);
+        let conn = Connection::open(&volatile_file)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        configure(&conn, true)?;
+        conn.execute_batch(SQLITE_VOLATILE)?;
+        drop(conn);
+        let pool = |path: &Path, volatile: bool| {
+            r2d2::Pool::builder()
+                .max_size(POOL_SIZE)
+                .min_idle(Some(1))
+                .build(Manager {
+                    path: path.to_owned(),
+                    volatile,
+                })
+                .map_err(|e| StorageError::Pool(format!("{}: {e}", path.display())))
+        };
         Ok(SqliteDb {
-            pool,
+            pool: pool(path, false)?,
+            volatile: pool(&volatile_file, true)?,
             path: path.to_owned(),
         })
     }
@@ -98,13 +125,19 @@ impl SqliteDb {
         isolation: Isolation,
         f: &mut impl FnMut(&mut dyn Tx) -> Result<T, E>,
     ) -> (Result<T, E>, bool) {
-        let conn = match self.pool.get() {
+        let pool = match isolation {
+            Isolation::Volatile => &self.volatile,
+            _ => &self.pool,
+        };
+        let conn = match pool.get() {
             Ok(c) => c,
             Err(e) => return (Err(StorageError::Pool(e.to_string()).into()), false),
         };
         let behavior = match isolation {
             Isolation::Snapshot => TransactionBehavior::Deferred,
-            Isolation::Serializable | Isolation::ReadCommitted => TransactionBehavior::Immediate,
+            Isolation::Serializable | Isolation::ReadCommitted | Isolation::Volatile => {
+                TransactionBehavior::Immediate
+            }
         };
         let tx = match rusqlite::Transaction::new_unchecked(&conn, behavior) {
             Ok(tx) => tx,

@@ -157,6 +157,11 @@ pub fn admin(db: &str, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// `admin card import FILE` (the whole command's output: it reports on stderr).
+pub fn import(db: &str, file: &Path) -> std::process::Output {
+    admin(db, &["card", "import", file.to_str().unwrap()])
+}
+
 /// Succeeds, or fails the test with the command's stderr. Returns stdout.
 pub fn ok(db: &str, args: &[&str]) -> String {
     let out = admin(db, args);
