@@ -254,6 +254,16 @@ impl Console {
         jar
     }
 
+    /// Posts the resolution of exception `key` with `note`.
+    async fn resolve(&self, jar: &mut Jar, csrf: &str, key: &str, note: &str) -> Page {
+        self.post(
+            jar,
+            "/console/exceptions/resolve",
+            &[("csrf", csrf), ("key", key), ("note", note)],
+        )
+        .await
+    }
+
     /// The CSRF token of the session's forms, from a page.
     async fn csrf(&self, jar: &mut Jar) -> String {
         hidden(&self.get(jar, "/console/fleet").await.body, "csrf")
@@ -732,43 +742,15 @@ async fn exceptions_are_resolved_once_with_a_note_and_audited(engine: Engine) {
         page.body
     );
     let csrf = c.csrf(&mut jar).await;
-    let p = c
-        .post(
-            &mut jar,
-            "/console/exceptions/resolve",
-            &[("csrf", &csrf), ("key", key), ("note", "   ")],
-        )
-        .await;
+    let p = c.resolve(&mut jar, &csrf, key, "   ").await;
     assert_eq!(p.status, 422);
     assert!(p.body.contains("data-error-for=\"note\""), "{}", p.body);
     let note = "shop called: the price was mistyped <b>";
-    let p = c
-        .post(
-            &mut jar,
-            "/console/exceptions/resolve",
-            &[("csrf", &csrf), ("key", key), ("note", note)],
-        )
-        .await;
+    let p = c.resolve(&mut jar, &csrf, key, note).await;
     assert_eq!(p.status, 303);
-    let again = c
-        .post(
-            &mut jar,
-            "/console/exceptions/resolve",
-            &[("csrf", &csrf), ("key", key), ("note", note)],
-        )
-        .await;
+    let again = c.resolve(&mut jar, &csrf, key, note).await;
     assert_eq!(again.status, 409);
-    let unknown = c
-        .post(
-            &mut jar,
-            "/console/exceptions/resolve",
-            &[
-                ("csrf", &csrf),
-                ("key", "chain_broken:T-1:1"),
-                ("note", "x"),
-            ],
-        )
-        .await;
+    let unknown = c.resolve(&mut jar, &csrf, "chain_broken:T-1:1", "x").await;
     assert_eq!(unknown.status, 404);
     assert_eq!(
         c.sql_count(
