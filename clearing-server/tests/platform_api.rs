@@ -7,16 +7,15 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 
-use clearing_server::AppState;
 use clearing_server::core::access::Role;
-use clearing_server::core::cards::{ItemSpec, NewCard, PackageSpec};
+use clearing_server::core::cards::{ItemSpec, NewCard};
 use clearing_server::core::catalogue::Offer;
 use clearing_server::service::cards::CardSel;
 use clearing_server::service::merchants::MerchantInput;
 use clearing_server::service::{Service, cli_principal};
 use clearing_server::storage::Db;
 use common::engines::{Engine, blocking, database, database_files, vault};
-use common::{Line, T0, lines_of};
+use common::{Line, T0, lines_of, serve_on_loopback, wash_package};
 use redeemd_contract::keys::{TerminalKeys, TerminalSecret};
 use redeemd_contract::model::{CardNumber, MerchantScope};
 use redeemd_contract::request::SignedHeaders;
@@ -46,24 +45,6 @@ struct Platform {
     t1: TerminalKeys,
     t2: TerminalKeys,
     dir: tempfile::TempDir,
-}
-
-fn package(id: &str, scope: MerchantScope) -> PackageSpec {
-    PackageSpec {
-        id: id.into(),
-        title: "洗车套餐".into(),
-        valid_from_ms: T0 - 86_400_000,
-        valid_until_ms: T0 + 365 * 86_400_000,
-        scope,
-        daily_cap: None,
-        identity_required: false,
-        items: vec![ItemSpec {
-            service_code: "WASH".into(),
-            title: "精洗".into(),
-            uses_total: 10,
-            price_fen: 3500,
-        }],
-    }
 }
 
 /// Two merchants with a terminal each, three cards (A granted to `app`, B to `other-app`), a catalogue
@@ -102,8 +83,11 @@ async fn start(engine: Engine) -> Platform {
                         identity_data: None,
                     })
                     .unwrap();
-                svc.customize(CardSel::Number(&number), &package("P1", MerchantScope::All))
-                    .unwrap();
+                svc.customize(
+                    CardSel::Number(&number),
+                    &wash_package("P1", MerchantScope::All),
+                )
+                .unwrap();
                 ids.push(c.card_id.unwrap());
             }
             svc.put_offer(&Offer {
@@ -141,19 +125,7 @@ async fn start(engine: Engine) -> Platform {
             )
         });
     let clock = Arc::new(AtomicI64::new(T0 + 3_600_000));
-    let c = clock.clone();
-    let state = AppState::shared(
-        db.clone(),
-        Arc::new(vault()),
-        Arc::new(move || c.load(Ordering::SeqCst)),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(clearing_server::serve(
-        listener,
-        state,
-        std::future::pending(),
-    ));
+    let base = serve_on_loopback(db.clone(), &clock).await;
     let keys = |t: &str, s: u8| TerminalSecret::from_bytes(&[s; 32]).unwrap().derive_all(t);
     let p = Platform {
         base,

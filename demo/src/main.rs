@@ -7,12 +7,15 @@
 //! 3. a scripted session at the counter — a redemption with its receipt, a card reported lost at the
 //!    platform and declined at the counter, a void, the platform going away and redemptions going on
 //!    offline, the platform back and the backlog synced — and the merchant statement the platform
-//!    clears from the uploaded records.
+//!    clears from the uploaded records;
+//! 4. the **web console**: an operator's and a merchant's login created, the console's address printed.
 //!
 //! Everything runs as real processes (`clearing-server`, `redeemd`) over real files, sockets and ptys;
 //! the transcript says who speaks: `platform`, `reader` (what the reader shows), `daemon` (its log:
 //! what it decided). Exits 0 when every step did what it should, non-zero naming the step otherwise.
-//! `--keep` keeps the directory (databases, config, logs) for a look afterwards.
+//! `--keep` keeps the directory (databases, config, logs) for a look afterwards; `--keep-running` keeps
+//! the platform and the shop running after the session, the reader linked, until Ctrl-C, so that a
+//! person can open the console (its address and logins are printed) and look.
 
 use std::fmt;
 use std::io::Write;
@@ -54,9 +57,33 @@ const BAUD: u32 = 115_200;
 /// The daemon's sync interval here: the shortest it accepts, so the demo does not wait long.
 const SYNC_SECS: u64 = 5;
 
+/// What the command line asked for.
+struct Options {
+    /// Keep the working directory.
+    keep: bool,
+    /// Keep the platform and the shop running after the session, until Ctrl-C.
+    keep_running: bool,
+}
+
 fn main() -> ExitCode {
-    let keep = std::env::args().skip(1).any(|a| a == "--keep");
-    match run(keep) {
+    let mut options = Options {
+        keep: false,
+        keep_running: false,
+    };
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--keep" => options.keep = true,
+            "--keep-running" => options.keep_running = true,
+            other => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "demo: unknown argument {other:?} (known: --keep, --keep-running)"
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    match run(&options) {
         Ok(()) => {
             say("demo", "every step did what it should");
             ExitCode::SUCCESS
@@ -79,11 +106,11 @@ fn act(title: &str) {
     println!("\n━━ {title}");
 }
 
-fn run(keep: bool) -> Result<()> {
+fn run(options: &Options) -> Result<()> {
     let bins = Binaries::locate()?;
     let dir = tempfile::Builder::new().prefix("redeemd-demo-").tempdir()?;
     let root = dir.path().to_path_buf();
-    if keep {
+    if options.keep {
         let kept = dir.keep();
         say("demo", &format!("working in {} (kept)", kept.display()));
     } else {
@@ -196,6 +223,40 @@ fn run(keep: bool) -> Result<()> {
     let exceptions = platform.admin(&["exceptions"])?;
     if !exceptions.starts_with("exceptions: 0") {
         return fail("the platform lists exceptions for an honest session");
+    }
+
+    act("9. The web console");
+    let operator = platform.add_login("operator", "operator", "operator")?;
+    let merchant = platform.add_login("carwash", "merchant", MERCHANT)?;
+    let console = format!("http://127.0.0.1:{}/console/", platform.port);
+    say(
+        "platform",
+        &format!(
+            "console: {console}\n  operator login: operator / {operator}\n  merchant login: carwash / {merchant} ({MERCHANT})"
+        ),
+    );
+    if options.keep_running {
+        say(
+            "demo",
+            "the platform and the shop keep running: open the console in a browser on this machine; Ctrl-C stops them",
+        );
+        runtime.block_on(async {
+            let mut stop = std::pin::pin!(tokio::signal::ctrl_c());
+            loop {
+                tokio::select! {
+                    asked = &mut stop => return asked.map_err(Failure::from),
+                    // The reader answers the daemon's heartbeats only while it is polled.
+                    idled = reader.idle(Duration::from_millis(500)) => idled?,
+                }
+            }
+        })?;
+        println!();
+        shop.show_log();
+    } else {
+        say(
+            "demo",
+            "run the demo with --keep-running to keep the platform running and open the console",
+        );
     }
 
     shop.stop();
@@ -381,6 +442,43 @@ impl Platform {
             ));
         }
         Ok(text)
+    }
+
+    /// A console login (`admin user add`, the password on its standard input): a fresh random
+    /// password, returned to be printed.
+    fn add_login(&self, name: &str, role: &str, subject: &str) -> Result<String> {
+        let mut random = [0u8; 9];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut random)?;
+        let password: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        say(
+            "platform",
+            &format!(
+                "$ clearing-server admin user add --name {name} --role {role} --subject {subject}   (password on stdin)"
+            ),
+        );
+        let mut child = Command::new(&self.binary)
+            .arg("--master-key-file")
+            .arg(&self.master_key)
+            .arg("--db")
+            .arg(&self.db)
+            .args(["admin", "user", "add", "--name", name, "--role", role])
+            .args(["--subject", subject])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let Some(mut stdin) = child.stdin.take() {
+            writeln!(stdin, "{password}")?;
+        }
+        let out = child.wait_with_output()?;
+        say("platform", String::from_utf8_lossy(&out.stderr).trim());
+        if !out.status.success() {
+            return fail(format!(
+                "clearing-server admin user add {name}: {}",
+                out.status
+            ));
+        }
+        Ok(password)
     }
 
     fn setup(&mut self) -> Result<()> {

@@ -10,6 +10,7 @@ mod busy_store;
 mod clearing_e2e;
 mod cli;
 mod columns;
+mod console_e2e;
 mod crash;
 mod daemon;
 mod deny;

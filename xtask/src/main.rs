@@ -60,6 +60,18 @@ const REQUIREMENTS: &[Requirement] = &[
         probe: Probe::AnyFile(&["/usr/lib/postgresql/15/bin/initdb"]),
     },
     Requirement {
+        package: "chromium",
+        why: "tests/it/console_e2e.rs drives the web console in headless Chromium",
+        needed: Needed::ByTests,
+        probe: Probe::Command("chromium"),
+    },
+    Requirement {
+        package: "chromium-driver",
+        why: "tests/it/console_e2e.rs speaks WebDriver to Chromium through chromedriver",
+        needed: Needed::ByTests,
+        probe: Probe::Command("chromedriver"),
+    },
+    Requirement {
         package: "systemd",
         why: "systemd/check-units verifies the service units with systemd-analyze",
         needed: Needed::ByChecks,

@@ -10,7 +10,9 @@
 //!   `Retry-After` beyond.
 //! * [`platform`] — the platform API beside it (operators, merchants, the member app, shops pairing,
 //!   terminals' health reports): [`caller`] (bearer keys, client address, strict JSON bodies),
-//!   [`operator`], [`merchant`], [`member`], [`pairing`] — thin handlers over [`crate::service`].
+//!   [`operator`], [`merchant`], [`member`], [`pairing`] — thin handlers over [`crate::service`];
+//! * [`console`] — the web console for operators and merchants (HTML pages under `/console/`), one
+//!   more client of [`crate::service`].
 //!
 //! Database work runs on blocking threads (both drivers are synchronous), each request on a connection
 //! of the database's pool; a snapshot is produced on its own thread and streamed through a bounded
@@ -19,6 +21,7 @@
 pub mod admission;
 pub mod auth;
 pub mod caller;
+pub mod console;
 pub mod encoding;
 pub mod member;
 pub mod merchant;
@@ -308,6 +311,7 @@ pub fn router(state: AppState) -> Router {
             post(terminal::batch_close),
         )
         .merge(platform::routes())
+        .merge(console::routes())
         .fallback(|| async { Problem::new(404, "not_found", "no such resource".into()) })
         .method_not_allowed_fallback(|| async {
             Problem::new(405, "method_not_allowed", "method not allowed here".into())

@@ -8,13 +8,30 @@ use serde::Serialize;
 
 use super::{Service, random};
 use crate::core::access::Want;
-use crate::core::cards::{PackageSpec, StatusAction, status_name, template};
+use crate::core::card_search::{CardQuery, MAX_MATCHES};
+use crate::core::cards::{PackageSpec, StatusAction, mask_name, status_name, template};
 use crate::core::clearing::MemberStatement;
 use crate::core::problem::Problem;
 use crate::storage::access::{self, Grant};
 use crate::storage::cards::{self as card_store, CardRow, NewCard};
 use crate::storage::import::{self, Imported};
-use crate::storage::{Isolation, Tx, statements};
+use crate::storage::{Isolation, Tx, card_search, statements};
+
+/// A card as a search lists it: never its number, its holder masked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CardMatch {
+    pub card_id: i64,
+    pub masked_number: String,
+    pub status: &'static str,
+    pub holder: Option<String>,
+}
+
+/// What a card search found: at most [`MAX_MATCHES`] cards, by id; `more` when there are others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CardMatches {
+    pub cards: Vec<CardMatch>,
+    pub more: bool,
+}
 
 /// How a caller names a card.
 #[derive(Debug, Clone, Copy)]
@@ -185,6 +202,29 @@ impl Service<'_> {
                 ),
             )?;
             card_view(tx, id, true)
+        })
+    }
+
+    /// Cards by masked number (the last four, perhaps the first six), by the start of the holder's
+    /// name, or by the whole number (`crate::core::card_search`).
+    pub fn find_cards(&self, q: &CardQuery) -> Result<CardMatches, Problem> {
+        self.allow(Want::Operate, || "cards".into())?;
+        let mut rows = self
+            .db
+            .read(|tx| card_search::find(tx, self.vault, q, MAX_MATCHES + 1))?;
+        let more = rows.len() > MAX_MATCHES as usize;
+        rows.truncate(MAX_MATCHES as usize);
+        Ok(CardMatches {
+            cards: rows
+                .into_iter()
+                .map(|r| CardMatch {
+                    card_id: r.id,
+                    masked_number: r.masked(),
+                    status: status_name(r.status),
+                    holder: r.holder_name.as_deref().map(mask_name),
+                })
+                .collect(),
+            more,
         })
     }
 

@@ -9,6 +9,7 @@
 //! * [`cards`] — issuing, customizing, status changes, reissue, usage, grants to the member app;
 //! * [`member`] — the member app acting for one granted card: packages and uses left, usage, report
 //!   lost, customize from the catalogue;
+//! * [`exceptions`] — the exceptions as work to resolve, and their resolutions;
 //! * [`catalogue`] — the catalogue of offers;
 //! * [`people`] — API keys, console logins, the audit log;
 //! * [`fleet`] — the fleet view and the terminals' health reports;
@@ -20,6 +21,7 @@
 pub mod cards;
 pub mod catalogue;
 pub mod enroll;
+pub mod exceptions;
 pub mod fleet;
 pub mod member;
 pub mod merchants;
@@ -62,6 +64,12 @@ impl<'a> Service<'a> {
         })
     }
 
+    /// Whether the caller may touch `want` (the console asks before it shows a form of an operation
+    /// the caller's role never has): the same one check every operation makes.
+    pub fn allowed(&self, want: Want<'_>) -> Result<(), Problem> {
+        self.allow(want, || "page".into())
+    }
+
     /// Writes the audit entry of a change, in the change's transaction.
     fn audit(
         &self,
@@ -84,7 +92,7 @@ pub fn cli_principal() -> Principal {
 }
 
 /// `N` fresh random bytes.
-fn random<const N: usize>() -> Result<[u8; N], Problem> {
+pub(crate) fn random<const N: usize>() -> Result<[u8; N], Problem> {
     let mut b = [0u8; N];
     getrandom::fill(&mut b).map_err(|e| Problem::internal(format!("no randomness: {e}")))?;
     Ok(b)

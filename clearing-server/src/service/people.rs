@@ -1,6 +1,7 @@
 //! The platform's people: API keys (issued once, stored as a hash, revocable), console logins
 //! (argon2id), the audit log that records every change, and how a presented key or password becomes
-//! the caller of an operation ([`authenticate`], [`login`]).
+//! the caller of an operation ([`authenticate`], [`login`]); console sessions ([`open_session`],
+//! [`console_session`], [`Service::close_session`]).
 
 use serde::Serialize;
 
@@ -12,7 +13,7 @@ use crate::core::problem::Problem;
 use crate::core::throttle::{self as throttle_rule, Limits};
 use crate::storage::access::{self, ConsoleUser, Credential};
 use crate::storage::audit::{self, AuditEntry};
-use crate::storage::{Db, Isolation, Tx, cards as card_store, throttle};
+use crate::storage::{Db, Isolation, Tx, cards as card_store, console, throttle};
 
 /// A new API key: its listing, and the token, shown once.
 #[derive(Debug, Clone, Serialize)]
@@ -257,5 +258,123 @@ pub fn login(
                 "wrong name or password".into(),
             ))
         }
+    }
+}
+
+/// A console session just opened: the cookie's token (shown to the browser once, stored hashed) and
+/// the caller it stands for.
+pub struct OpenedSession {
+    pub token: zeroize::Zeroizing<String>,
+    pub session: ConsoleCaller,
+}
+
+/// The caller of a console request, from its session cookie.
+#[derive(Debug, Clone)]
+pub struct ConsoleCaller {
+    pub who: Principal,
+    /// The login's name (shown in the console's header).
+    pub user_name: String,
+    /// The token every form of this session carries (`crate::core::session::csrf_token`).
+    pub csrf: String,
+}
+
+fn console_principal(role: &str, subject: String, name: &str) -> Result<Principal, Problem> {
+    let role = Role::parse(role)
+        .ok_or_else(|| Problem::internal(format!("user {name}: role {role:?}")))?;
+    Ok(Principal::new(
+        role,
+        subject,
+        format!("console login {name}"),
+    ))
+}
+
+/// Logs a person in to the console ([`login`]: throttled, one answer for a wrong name or password)
+/// and opens a session: its hash stored, the login audited. Ended sessions are forgotten meanwhile.
+pub fn open_session(
+    db: &Db,
+    vault: &crate::vault::Vault,
+    name: &str,
+    password: &str,
+    source: &str,
+    now_ms: i64,
+) -> Result<OpenedSession, Problem> {
+    use crate::core::session::{self, ABSOLUTE_MS, IDLE_MS};
+    let checked = login(db, name, password, source, now_ms)?;
+    let who = console_principal(checked.role.as_str(), checked.subject, name)?;
+    let svc = Service::new(db, vault, &who, now_ms);
+    db.write(|tx| {
+        console::prune_sessions(tx, now_ms, now_ms.saturating_sub(IDLE_MS))?;
+        for _ in 0..4 {
+            let token = zeroize::Zeroizing::new(session::new_token(&random()?));
+            let stored = console::insert_session(
+                tx,
+                &session::token_hash(&token),
+                name,
+                now_ms,
+                now_ms.saturating_add(ABSOLUTE_MS),
+            )?;
+            if stored {
+                svc.audit(
+                    tx,
+                    "console.login",
+                    &format!("user {name}"),
+                    &format!("from {source}"),
+                )?;
+                return Ok(OpenedSession {
+                    session: ConsoleCaller {
+                        who: who.clone(),
+                        user_name: name.to_owned(),
+                        csrf: session::csrf_token(&token),
+                    },
+                    token,
+                });
+            }
+        }
+        Err(Problem::internal(
+            "no unused session token drawn in 4 tries".into(),
+        ))
+    })
+}
+
+/// The caller a session cookie stands for: `None` when there is no such session, it ended (idle or
+/// too old), or its user was revoked. A live session's last request is noted now and then.
+pub fn console_session(
+    db: &Db,
+    token: &str,
+    now_ms: i64,
+) -> Result<Option<ConsoleCaller>, Problem> {
+    use crate::core::session::{self, TOUCH_EVERY_MS};
+    let Some(token) = session::parse_token(token) else {
+        return Ok(None);
+    };
+    let hash = session::token_hash(token);
+    let Some(row) = db.read(|tx| console::session(tx, &hash))? else {
+        return Ok(None);
+    };
+    if !session::is_open(row.created_ms, row.seen_ms, now_ms) {
+        return Ok(None);
+    }
+    if now_ms - row.seen_ms >= TOUCH_EVERY_MS {
+        db.transaction(Isolation::ReadCommitted, |tx| {
+            console::touch_session(tx, &hash, now_ms)
+        })?;
+    }
+    Ok(Some(ConsoleCaller {
+        who: console_principal(&row.role, row.subject, &row.user_name)?,
+        user_name: row.user_name,
+        csrf: session::csrf_token(token),
+    }))
+}
+
+impl Service<'_> {
+    /// Logs out: the session of this token ends now (audited).
+    pub fn close_session(&self, token: &str, user_name: &str) -> Result<(), Problem> {
+        let hash = crate::core::session::token_hash(token);
+        self.db.write(|tx| {
+            if console::delete_session(tx, &hash)? {
+                self.audit(tx, "console.logout", &format!("user {user_name}"), "")?;
+            }
+            Ok(())
+        })
     }
 }

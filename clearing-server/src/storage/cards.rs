@@ -23,6 +23,7 @@ use redeemd_contract::model::{
 use thiserror::Error;
 
 use super::sql::{Row, StorageError, Tx, int};
+use crate::core::card_search;
 pub use crate::core::cards::{
     ItemSpec, NewCard, PackageSpec, StatusAction, StoredPackage, mask_name, parse_time, rfc3339,
     signed_status, status_name, visible,
@@ -270,10 +271,10 @@ impl CardRow {
     }
 }
 
-const CARD_COLUMNS: &str =
+pub(super) const CARD_COLUMNS: &str =
     "SELECT id, body, status, holder_name, identity_sealed, reissued_to, version FROM card";
 
-fn card_row(r: &Row) -> Result<CardRow, CardError> {
+pub(super) fn card_row(r: &Row) -> Result<CardRow, CardError> {
     let id = r.i64(0)?;
     let body = Card::decode(r.blob(1)?).map_err(|e| CardError::Corrupt {
         what: "body",
@@ -297,7 +298,7 @@ pub const SEALED_IDENTITY: &str = "card-identity";
 
 /// The id of the card with this number, found by its lookup key (under the current master key, or the
 /// previous one while a rotation re-seals).
-fn card_id_by_number(
+pub(super) fn card_id_by_number(
     tx: &mut dyn Tx,
     vault: &Vault,
     number: &CardNumber,
@@ -456,11 +457,14 @@ pub fn insert_card(
         version,
     };
     let body = body_of(&row, &stored);
+    // The search index: first six, last four, the folded name (`core::card_search`).
+    let (head, tail) = card_search::head_and_tail(&new.number.masked()).unzip();
+    let holder_key = new.holder_name.as_deref().map(card_search::holder_key);
     let id = tx
         .query_one(
             "INSERT INTO card (number_key, number_sealed, sealed_with, status, holder_name, identity_sealed,
-                               created_ms, version, body)
-             VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $8) RETURNING id",
+                               created_ms, version, body, number_head, number_tail, holder_key)
+             VALUES ($1, $2, $3, 1, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
             params![
                 &vault.lookup_key(number),
                 &sealed,
@@ -469,7 +473,10 @@ pub fn insert_card(
                 identity.as_ref(),
                 now_ms,
                 int("version", version)?,
-                &body
+                &body,
+                head.as_ref(),
+                tail.as_ref(),
+                holder_key.as_ref()
             ],
         )?
         .i64(0)?;

@@ -19,12 +19,13 @@ use redeemd_contract::model::CardStatus;
 
 use super::cards::{self, CardError, SEALED_IDENTITY, SEALED_NUMBER, StoredPackage};
 use super::sql::{Param, Row, StorageError, Tx, int};
+use crate::core::card_search;
 use crate::core::cards::{scope_to_db, scopes_json, template};
 use crate::core::import::ImportCard;
 use crate::core::problem::Problem;
 use crate::vault::Vault;
 
-/// Rows written by one statement (the widest, `package`, binds 11 parameters a row: far below the
+/// Rows written by one statement (the widest, `card`, binds 12 parameters a row: far below the
 /// engines' limits of 32,766 and 65,535).
 pub const ROWS_PER_STATEMENT: usize = 500;
 /// Lookup keys asked for by one query.
@@ -89,12 +90,16 @@ pub fn import_cards(
     let version = cards::bump_version(tx, now_ms)?;
     let v = int("version", version)?;
 
-    // Cards: sealed number and identity, lookup key, the derived body (no uses yet).
+    // Cards: sealed number and identity, lookup key, the derived body (no uses yet), and the search
+    // index's first six, last four and folded holder (`core::card_search`), as `card create` writes.
     struct CardValues {
         key: String,
         sealed: Vec<u8>,
         identity: Option<Vec<u8>>,
         body: Vec<u8>,
+        head: Option<String>,
+        tail: Option<String>,
+        holder_key: Option<String>,
     }
     let fingerprint = vault.current().fingerprint();
     let values: Vec<CardValues> = cards
@@ -108,7 +113,11 @@ pub fn import_cards(
                     spec: p.clone(),
                 })
                 .collect();
+            let (head, tail) = card_search::head_and_tail(&c.card.number.masked()).unzip();
             Ok(CardValues {
+                head,
+                tail,
+                holder_key: c.card.holder_name.as_deref().map(card_search::holder_key),
                 key: vault.lookup_key(c.card.number.digits()),
                 sealed: vault.seal(SEALED_NUMBER, c.card.number.digits().as_bytes())?,
                 identity: c
@@ -141,14 +150,17 @@ pub fn import_cards(
                 Param::Int(now_ms),
                 Param::Int(v),
                 Param::Blob(&val.body),
+                val.head.as_deref().into(),
+                val.tail.as_deref().into(),
+                val.holder_key.as_deref().into(),
             ]
         })
         .collect();
     let ids: HashMap<String, i64> = insert_rows(
         tx,
         "card (number_key, number_sealed, sealed_with, status, holder_name, identity_sealed, \
-         created_ms, version, body)",
-        9,
+         created_ms, version, body, number_head, number_tail, holder_key)",
+        12,
         &rows,
         " RETURNING number_key, id",
     )?

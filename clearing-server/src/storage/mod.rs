@@ -6,12 +6,13 @@
 //!   subset both engines share; [`sqlite`] and [`postgres`] are the drivers, [`schema`] their DDL.
 //! * The operations, each written once over [`sql::Tx`]: [`terminals`] (enrolment, keys, request nonces),
 //!   [`journal`] (upload, head, batch close), [`cards`] (merchants, cards, packages, versions, deny
-//!   lists), [`import`] (cards issued in bulk, all or nothing), [`bundle`] (snapshots and deltas),
-//!   [`statements`] (the reports' inputs), and for the platform's people and fleet: [`access`] (API
-//!   keys, console logins, cards granted to the member app), [`audit`] (the log of every change),
-//!   [`fleet`] (terminals as listed, health reports, held records per terminal), [`pairing`] (pairing
-//!   codes), [`throttle`] (failed guesses counted across processes), [`catalogue`] (the member app's
-//!   offers).
+//!   lists), [`card_search`] (cards by masked number or holder), [`import`] (cards issued in bulk, all
+//!   or nothing), [`bundle`] (snapshots and deltas), [`statements`] (the reports' inputs), and for the
+//!   platform's people and fleet: [`access`] (API keys, console logins, cards granted to the member
+//!   app), [`audit`] (the log of every change), [`fleet`] (terminals as listed, health reports, held
+//!   records per terminal), [`pairing`] (pairing codes), [`throttle`] (failed guesses counted across
+//!   processes), [`catalogue`] (the member app's offers), [`console`] (console sessions, resolutions
+//!   of exceptions).
 //!
 //! Every operation runs in a transaction of the isolation it needs ([`Db::write`], [`Db::read`],
 //! [`Db::transaction`]): serializable (retried on a conflict) where it reads before it writes, read
@@ -24,8 +25,10 @@
 pub mod access;
 pub mod audit;
 pub mod bundle;
+pub mod card_search;
 pub mod cards;
 pub mod catalogue;
+pub mod console;
 pub mod fleet;
 pub mod import;
 pub mod journal;

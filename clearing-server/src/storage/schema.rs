@@ -30,12 +30,17 @@
 //!    them in the `UNLOGGED` table `volatile_nonce` (no WAL, no flush at commit; emptied if the database
 //!    crashes), SQLite in a separate file beside the database written without fsync
 //!    ([`SQLITE_VOLATILE`]), so a sync pass that finds nothing new writes nothing durable. SQLite's main
-//!    file does not change in this version.
+//!    file does not change in this version;
+//! 9. the web console (`crate::http::console`): cards searchable by masked number and holder
+//!    (`card.number_head`, `number_tail`, `holder_key`: what the index may hold is said in
+//!    `crate::core::card_search`; rows of an older database are filled by `super::sealing::bind`),
+//!    console sessions (`console_session`, the cookie's hash only) and the resolutions of exceptions
+//!    (`exception_resolution`).
 //!
 //! SQLite keeps the version in `PRAGMA user_version`, PostgreSQL in the one-row table `schema_version`.
 
 /// The schema version this server reads and writes.
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 
 pub(super) const SQLITE_V1: &str = "
 CREATE TABLE terminal (
@@ -200,7 +205,7 @@ CREATE TABLE master_key (
 
 /// SQLite: `SQLITE_STEPS[i]` takes the schema from version `i` to `i + 1`.
 pub(super) const SQLITE_STEPS: &[&str] = &[
-    SQLITE_V1, SQLITE_V2, SQLITE_V3, BOTH_V4, SQLITE_V5, SQLITE_V6, SQLITE_V7, SQLITE_V8,
+    SQLITE_V1, SQLITE_V2, SQLITE_V3, BOTH_V4, SQLITE_V5, SQLITE_V6, SQLITE_V7, SQLITE_V8, SQLITE_V9,
 ];
 
 /// Version 8 (SQLite): nothing in the main file; the volatile nonces live in [`SQLITE_VOLATILE`].
@@ -372,6 +377,7 @@ pub(super) const POSTGRES_STEPS: &[(i64, &str)] = &[
     (6, POSTGRES_V6),
     (7, POSTGRES_V7),
     (8, POSTGRES_V8),
+    (9, POSTGRES_V9),
 ];
 
 /// Version 8 (PostgreSQL): the nonces of `GET` requests in an unlogged table (shared by every server
@@ -564,4 +570,51 @@ CREATE TABLE card_grant (
     revoked_ms  BIGINT
 );
 CREATE UNIQUE INDEX card_grant_live ON card_grant(app_id, card_id) WHERE revoked_ms IS NULL;
+";
+
+/// Version 9 (SQLite): the web console's search index, sessions and resolutions.
+const SQLITE_V9: &str = "
+ALTER TABLE card ADD COLUMN number_head TEXT;  -- first six digits (NULL until sealing::bind fills an old row)
+ALTER TABLE card ADD COLUMN number_tail TEXT;  -- last four: never anything of the digits between
+ALTER TABLE card ADD COLUMN holder_key TEXT;   -- holder_name folded for search (core/card_search.rs)
+CREATE INDEX card_by_tail ON card(number_tail, number_head);
+CREATE INDEX card_by_holder ON card(holder_key) WHERE holder_key IS NOT NULL;
+CREATE TABLE console_session (
+    id_hash     BLOB PRIMARY KEY,    -- SHA-256 of the session cookie's secret
+    user_name   TEXT NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    seen_ms     INTEGER NOT NULL,    -- last request (the idle timeout counts from it)
+    expires_ms  INTEGER NOT NULL     -- the absolute end
+) WITHOUT ROWID;
+CREATE INDEX console_session_by_expiry ON console_session(expires_ms);
+CREATE TABLE exception_resolution (
+    exception_key  TEXT PRIMARY KEY, -- core/clearing.rs exception_key: kind, terminal, seq or card and item
+    resolved_ms    INTEGER NOT NULL,
+    resolved_by    TEXT NOT NULL,
+    note           TEXT NOT NULL
+) WITHOUT ROWID;
+";
+
+/// Version 9 (PostgreSQL): as SQLite's; the holder key compares by code point (`COLLATE \"C\"`), so
+/// that a prefix search is one index range.
+const POSTGRES_V9: &str = "
+ALTER TABLE card ADD COLUMN number_head TEXT;
+ALTER TABLE card ADD COLUMN number_tail TEXT;
+ALTER TABLE card ADD COLUMN holder_key TEXT COLLATE \"C\";
+CREATE INDEX card_by_tail ON card(number_tail, number_head);
+CREATE INDEX card_by_holder ON card(holder_key) WHERE holder_key IS NOT NULL;
+CREATE TABLE console_session (
+    id_hash     BYTEA PRIMARY KEY,
+    user_name   TEXT NOT NULL,
+    created_ms  BIGINT NOT NULL,
+    seen_ms     BIGINT NOT NULL,
+    expires_ms  BIGINT NOT NULL
+);
+CREATE INDEX console_session_by_expiry ON console_session(expires_ms);
+CREATE TABLE exception_resolution (
+    exception_key  TEXT PRIMARY KEY,
+    resolved_ms    BIGINT NOT NULL,
+    resolved_by    TEXT NOT NULL,
+    note           TEXT NOT NULL
+);
 ";

@@ -8,7 +8,9 @@
 //!    own transaction: card numbers (and their lookup keys), identity data, terminal secrets. Rows a
 //!    version-4 database held in clear are sealed the first time; after a rotation every row moves to
 //!    the new key. An interrupted run leaves each row sealed under one of the two keys: run it again with
-//!    both (the vault opens either). Nothing to do is one query per table.
+//!    both (the vault opens either). Nothing to do is one query per table;
+//! 3. the cards of a database older than schema version 9 get their search columns
+//!    (`super::card_search::fill_index`), in batches, each its own transaction.
 
 use super::Db;
 use super::cards::{SEALED_IDENTITY, SEALED_NUMBER};
@@ -26,6 +28,9 @@ pub enum SealError {
     Storage(#[from] StorageError),
     #[error("{0}")]
     Vault(#[from] VaultError),
+    /// A card whose search columns could not be filled.
+    #[error("{0}")]
+    Card(#[from] super::cards::CardError),
     #[error(
         "the master key given (fingerprint {given}) is not this database's (fingerprint {bound}): give the key the database was sealed with, or rotate with `admin key rotate`"
     )]
@@ -86,6 +91,7 @@ pub fn bind(db: &Db, vault: &Vault, now_ms: i64) -> Result<Sealed, SealError> {
             break;
         }
     }
+    while db.write(super::card_search::fill_index)? == super::card_search::FILL_BATCH as u64 {}
     Ok(done)
 }
 

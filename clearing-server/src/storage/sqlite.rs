@@ -338,11 +338,12 @@ mod tests {
         // Opening again is a no-op; a newer schema is refused by name.
         drop(super::super::Db::open(&path.display().to_string()).unwrap());
         let c = Connection::open(&path).unwrap();
-        c.pragma_update(None, "user_version", 9).unwrap();
+        c.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
         drop(c);
         assert!(matches!(
             super::super::Db::open(&path.display().to_string()),
-            Err(StorageError::Version { found: 9, .. })
+            Err(StorageError::Version { found, .. }) if found == SCHEMA_VERSION + 1
         ));
     }
 }

@@ -4,13 +4,58 @@
 pub mod binary;
 pub mod engines;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use clearing_server::AppState;
+use clearing_server::core::cards::{ItemSpec, PackageSpec};
+use clearing_server::storage::Db;
 use redeemd_contract::journal::{auth_code, genesis_mac};
 use redeemd_contract::keys::{Tag, TerminalKeys};
+use redeemd_contract::model::MerchantScope;
 use redeemd_contract::{CardRef, JournalRecord, RecordKind};
 
 pub const T0: i64 = 1_795_000_000_000;
 /// The entry version test records carry (see [`line`]).
 pub const ENTRY_VERSION: u64 = 1_000_000;
+
+/// `clearing_server::serve` over `db` on a loopback port, on the test's clock (the time a server
+/// request sees is `clock`'s): its base URL.
+pub async fn serve_on_loopback(db: Arc<Db>, clock: &Arc<AtomicI64>) -> String {
+    let c = clock.clone();
+    let state = AppState::shared(
+        db,
+        Arc::new(engines::vault()),
+        Arc::new(move || c.load(Ordering::SeqCst)),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(clearing_server::serve(
+        listener,
+        state,
+        std::future::pending(),
+    ));
+    base
+}
+
+/// A car-wash package `id` valid a year around [`T0`]: WASH ×10 at ¥35.
+pub fn wash_package(id: &str, scope: MerchantScope) -> PackageSpec {
+    PackageSpec {
+        id: id.into(),
+        title: "洗车套餐".into(),
+        valid_from_ms: T0 - 86_400_000,
+        valid_until_ms: T0 + 365 * 86_400_000,
+        scope,
+        daily_cap: None,
+        identity_required: false,
+        items: vec![ItemSpec {
+            service_code: "WASH".into(),
+            title: "精洗".into(),
+            uses_total: 10,
+            price_fen: 3500,
+        }],
+    }
+}
 
 /// The terminal's own upload body (`redeemd::sync::wire`), so that these tests also check that the
 /// daemon's client and this server agree on the wire format.
