@@ -79,6 +79,10 @@ struct SetupArgs {
     /// How cards reach the platform: the admin card commands, or a bulk import of cards.csv.
     #[arg(long, value_enum, default_value_t = CardIssue::Cli)]
     issue: CardIssue,
+    /// With `--issue import`: imports of consecutive cards, one platform version each (a warm
+    /// start's pools come from the last `--warm-versions` of them).
+    #[arg(long, default_value_t = 1)]
+    import_files: u64,
     #[command(flatten)]
     admin: AdminArgs,
 }
@@ -325,11 +329,14 @@ fn setup(a: SetupArgs) -> Result<ExitCode, String> {
         admin.program.display()
     );
     runtime(2)?
-        .block_on(
-            admin.issue_cards(a.issue, &a.card_prefix, a.cards, &csv, |n| {
-                eprintln!("fleet-sim: {n} cards issued")
-            }),
-        )
+        .block_on(admin.issue_cards(
+            a.issue,
+            &a.card_prefix,
+            a.cards,
+            a.import_files,
+            &csv,
+            |n| eprintln!("fleet-sim: {n} cards issued"),
+        ))
         .map_err(|e| e.to_string())?;
     SetupRecord {
         cards: a.cards,

@@ -146,8 +146,12 @@ pub fn card(prefix: &str, index: u64) -> CardSpec {
     }
 }
 
-/// Writes the fleet's cards as the CSV a bulk import takes.
-pub fn write_cards_csv(path: &Path, prefix: &str, cards: u64) -> Result<(), PlatformError> {
+/// Writes the fleet's cards `range` as the CSV a bulk import takes.
+pub fn write_cards_csv(
+    path: &Path,
+    prefix: &str,
+    range: std::ops::Range<u64>,
+) -> Result<(), PlatformError> {
     use std::io::Write;
     let f = std::fs::File::create(path).map_err(|e| file_error(path, e))?;
     let mut w = std::io::BufWriter::new(f);
@@ -158,7 +162,7 @@ pub fn write_cards_csv(path: &Path, prefix: &str, cards: u64) -> Result<(), Plat
             w,
             "number,holder,package,title,valid_from,valid_until,items"
         )?;
-        for i in 0..cards {
+        for i in range.clone() {
             let c = card(prefix, i);
             writeln!(
                 w,
@@ -343,22 +347,40 @@ impl Admin {
         vec![create, customize]
     }
 
-    /// Issues cards `0..cards` (written to `csv` first, whatever the way).
+    /// Issues cards `0..cards` (written to `csv` first, whatever the way). An import is split
+    /// into `import_files` imports of consecutive cards: each import is one version of the
+    /// platform's cards, and a warm start draws its terminals' pools from the last few versions, so
+    /// one import of every card would give them all one card's worth of pool.
     pub async fn issue_cards(
         &self,
         how: CardIssue,
         prefix: &str,
         cards: u64,
+        import_files: u64,
         csv: &Path,
         progress: impl Fn(usize),
     ) -> Result<(), PlatformError> {
-        write_cards_csv(csv, prefix, cards)?;
+        write_cards_csv(csv, prefix, 0..cards)?;
         match how {
-            CardIssue::Import => {
+            CardIssue::Import if import_files <= 1 => {
                 let path = csv.display().to_string();
                 self.run(&["card", "import", path.as_str()]).await?;
                 progress(usize::try_from(cards).unwrap_or(usize::MAX));
                 Ok(())
+            }
+            CardIssue::Import => {
+                let per_file = cards.div_ceil(import_files);
+                let part = csv.with_extension("part.csv");
+                let mut start = 0;
+                while start < cards {
+                    let end = (start + per_file).min(cards);
+                    write_cards_csv(&part, prefix, start..end)?;
+                    let path = part.display().to_string();
+                    self.run(&["card", "import", path.as_str()]).await?;
+                    progress(usize::try_from(end).unwrap_or(usize::MAX));
+                    start = end;
+                }
+                std::fs::remove_file(&part).map_err(|e| file_error(&part, e))
             }
             CardIssue::Cli => {
                 let jobs = (0..cards)
@@ -443,7 +465,7 @@ mod tests {
     fn the_csv_has_a_header_and_one_card_a_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cards.csv");
-        write_cards_csv(&path, "628899", 3).unwrap();
+        write_cards_csv(&path, "628899", 0..3).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 4);
@@ -459,6 +481,14 @@ mod tests {
             )
         );
         assert!(lines[2].starts_with(&format!("{},,FLEET", card_number("628899", 1))));
+        // A part of an import split in files: its header, then exactly its cards.
+        write_cards_csv(&path, "628899", 5..7).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let numbers: Vec<&str> = text.lines().skip(1).map(|l| &l[..16]).collect();
+        assert_eq!(
+            numbers,
+            [card_number("628899", 5), card_number("628899", 6)]
+        );
     }
 
     #[test]
