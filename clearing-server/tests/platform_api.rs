@@ -201,8 +201,17 @@ impl Platform {
             .headers()
             .get("content-type")
             .map(|v| v.to_str().unwrap().to_owned());
+        let cache = resp
+            .headers()
+            .get("cache-control")
+            .map(|v| v.to_str().unwrap().to_owned());
         let bytes = resp.bytes().await.unwrap();
         let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        // An answer that carries a credential (an API token, a pairing code, a terminal's
+        // secret) is kept by no cache on the way.
+        if status < 300 && ["token", "code", "secret"].iter().any(|k| v[k].is_string()) {
+            assert_eq!(cache.as_deref(), Some("no-store"), "{method} {path}: {v}");
+        }
         if status >= 400 {
             assert_eq!(ctype.as_deref(), Some("application/problem+json"), "{v}");
             assert_eq!(v["status"], status, "{v}");
@@ -480,6 +489,25 @@ async fn a_merchant_sees_and_changes_only_its_own(engine: Engine) {
         .await;
     assert_eq!(st, 201, "{c}");
     assert!(c["terminal_id"].as_str().unwrap().starts_with("T-"));
+    // Another merchant's terminal id is not "taken" to a merchant (that would confirm it exists):
+    // not found, as its paths are; to an operator it is taken.
+    let (st, v) = p
+        .post(
+            m1,
+            "/v1/merchants/M-1/pairing-codes",
+            json!({"terminal_id": "T-2"}),
+        )
+        .await;
+    assert_eq!((st, code(&v)), (404, "not_found"), "{v}");
+    assert!(!v.to_string().contains("M-2"), "{v}");
+    let (st, v) = p
+        .post(
+            p.operator.as_str(),
+            "/v1/merchants/M-1/pairing-codes",
+            json!({"terminal_id": "T-2"}),
+        )
+        .await;
+    assert_eq!((st, code(&v)), (409, "terminal_exists"), "{v}");
     // Another merchant's: not found, whatever the path, never forbidden.
     for path in [
         "/v1/merchants/M-2",

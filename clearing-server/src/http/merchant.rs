@@ -6,10 +6,10 @@ use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use super::AppState;
 use super::caller::{Caller, Json};
 use super::platform::{PeriodQuery, answer, query};
 use super::problem::Problem;
+use super::{AppState, NO_STORE};
 use crate::core::clearing::MerchantStatement;
 
 pub(super) async fn merchant(
@@ -56,7 +56,8 @@ pub(super) async fn create_pairing_code(
             s.create_pairing_code(&id, b.terminal_id.as_deref(), b.ttl_minutes)
         })
         .await?;
-    Ok((StatusCode::CREATED, axum::Json(c)).into_response())
+    // The code is a credential until it is used or expires: not for any cache.
+    Ok((StatusCode::CREATED, NO_STORE, axum::Json(c)).into_response())
 }
 
 pub(super) async fn pairing_codes(

@@ -42,6 +42,11 @@ use crate::storage::Db;
 use crate::vault::Vault;
 use problem::Problem;
 
+/// The header of an answer that carries a credential (an API key, a pairing code, a terminal's
+/// secret): no cache between the server and the caller keeps it.
+pub(crate) const NO_STORE: [(axum::http::HeaderName, &str); 1] =
+    [(axum::http::header::CACHE_CONTROL, "no-store")];
+
 /// What one client may hold of the server (`docs/api/README.md`, "Size limits"): connections at once,
 /// and how long a request's head and body may take to arrive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

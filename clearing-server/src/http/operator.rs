@@ -437,12 +437,7 @@ pub(super) async fn create_credential(
             s.create_credential(role, &b.subject, &b.label)
         })
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        [(axum::http::header::CACHE_CONTROL, "no-store")],
-        axum::Json(issued),
-    )
-        .into_response())
+    Ok((StatusCode::CREATED, super::NO_STORE, axum::Json(issued)).into_response())
 }
 
 pub(super) async fn revoke_credential(

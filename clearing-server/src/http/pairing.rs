@@ -34,11 +34,7 @@ pub(super) async fn enroll(
         "secret": e.secret.as_str(),
     });
     // The secret is in this answer only: never cached by anything in between.
-    Ok((
-        [(axum::http::header::CACHE_CONTROL, "no-store")],
-        axum::Json(body),
-    )
-        .into_response())
+    Ok((super::NO_STORE, axum::Json(body)).into_response())
 }
 
 pub(super) async fn health(

@@ -104,6 +104,20 @@ pub(super) fn terminal_views(
     Ok(out)
 }
 
+/// A terminal id drawn at random (`T-` and 8 hex digits) that no terminal has: drawn again on a
+/// collision, so that a drawn id never answers "taken" (which would also name another merchant's).
+fn free_terminal_id(tx: &mut dyn Tx) -> Result<String, Problem> {
+    for _ in 0..8 {
+        let id = format!("T-{}", hex::encode_upper(random::<4>()?));
+        if fleet_store::terminal_row(tx, &id)?.is_none() {
+            return Ok(id);
+        }
+    }
+    Err(Problem::internal(
+        "eight random terminal ids in a row were taken".to_owned(),
+    ))
+}
+
 fn existing_merchant(tx: &mut dyn Tx, id: &str) -> Result<Merchant, Problem> {
     card_store::merchant(tx, id)?
         .ok_or_else(|| Problem::not_found(format!("merchant {id} not found")))
@@ -303,9 +317,14 @@ impl Service<'_> {
             }
             let terminal_id = match terminal_id {
                 Some(t) => t.to_owned(),
-                None => format!("T-{}", hex::encode_upper(random::<4>()?)),
+                None => free_terminal_id(tx)?,
             };
             if let Some(t) = fleet_store::terminal_row(tx, &terminal_id)? {
+                // Another merchant's terminal does not exist for a merchant (404, as every path
+                // of another merchant's): a 409 would confirm the id to a guesser.
+                self.allow(Want::Merchant(&t.merchant_id), || {
+                    format!("terminal {terminal_id}")
+                })?;
                 let (uploaded, _) = crate::storage::head(tx, &terminal_id)?;
                 if t.merchant_id != merchant_id || uploaded > 0 {
                     return Err(Problem::conflict(
