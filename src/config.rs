@@ -589,35 +589,26 @@ impl Validator<'_> {
 /// A platform URL, checked: HTTPS, except to a loopback address (the reference server in tests and
 /// the demo). Returns it without a trailing `/`, or why it is refused. `[sync] server_url` and
 /// `redeemd enroll --server` both follow it.
-pub fn check_server_url(url: &str) -> Result<String, String> {
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| format!("{url:?} is not a URL (expected https://host[:port])"))?;
-    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
-    let host_only = if let Some(v6) = host.strip_prefix('[') {
-        v6.split(']').next().unwrap_or_default()
-    } else {
-        host.split(':').next().unwrap_or_default()
+pub fn check_server_url(text: &str) -> Result<String, String> {
+    // Parsed by the WHATWG rules of the `url` crate, which reqwest connects by: a hand-split URL
+    // can name another host than the one reqwest reaches (`http://evil.example\@127.0.0.1`).
+    let url = url::Url::parse(text)
+        .map_err(|e| format!("{text:?} is not a URL ({e}; expected https://host[:port])"))?;
+    let loopback = match url.host() {
+        None => return Err(format!("{text:?} has no host")),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
     };
-    if host_only.is_empty() {
-        return Err(format!("{url:?} has no host"));
-    }
-    match scheme {
-        "https" => Ok(url.trim_end_matches('/').to_owned()),
-        "http" if is_loopback_host(host_only) => Ok(url.trim_end_matches('/').to_owned()),
+    match url.scheme() {
+        "https" => Ok(text.trim_end_matches('/').to_owned()),
+        "http" if loopback => Ok(text.trim_end_matches('/').to_owned()),
         "http" => Err(format!(
-            "{url:?} uses plain http to a remote host; use https:// (http is only allowed to 127.0.0.1/::1/localhost)"
+            "{text:?} uses plain http to a remote host ({}); use https:// (http is only allowed to 127.0.0.1/::1/localhost)",
+            url.host_str().unwrap_or_default()
         )),
         other => Err(format!("scheme {other:?} is not supported; use https://")),
     }
-}
-
-fn is_loopback_host(host: &str) -> bool {
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
@@ -715,6 +706,17 @@ file = "/etc/redeemd/terminal.key"
         assert!(e.contains("sync.server_url") && e.contains("https"), "{e}");
         assert!(error_of(&with("ftp://x")).contains("scheme"));
         assert!(error_of(&with("nonsense")).contains("not a URL"));
+        // The host is the one reqwest connects to, by the same parser's rules.
+        for remote in [
+            "http://evil.example\\@127.0.0.1/",
+            "http://127.0.0.1@evil.example",
+            "http://127.0.0.1.evil.example",
+            "http://localhost.evil.example:8080",
+        ] {
+            let e = check_server_url(remote).unwrap_err();
+            assert!(e.contains("plain http to a remote host"), "{remote}: {e}");
+        }
+        assert!(check_server_url("https://").is_err());
         let zero = format!("{MINIMAL}\n[sync]\nrequest_timeout_secs = 0\n");
         assert!(error_of(&zero).contains("sync.request_timeout_secs"));
     }
