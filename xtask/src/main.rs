@@ -72,6 +72,12 @@ const REQUIREMENTS: &[Requirement] = &[
         probe: Probe::Command("chromedriver"),
     },
     Requirement {
+        package: "fonts-wqy-microhei",
+        why: "the console's screenshots (tests/it/console_e2e.rs) show Chinese text, not empty boxes",
+        needed: Needed::ByTests,
+        probe: Probe::AnyFile(&["/usr/share/fonts/truetype/wqy/wqy-microhei.ttc"]),
+    },
+    Requirement {
         package: "systemd",
         why: "systemd/check-units verifies the service units with systemd-analyze",
         needed: Needed::ByChecks,
