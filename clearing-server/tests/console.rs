@@ -422,16 +422,32 @@ async fn a_session_is_a_hashed_cookie_that_ends_idle_on_logout_or_when_revoked(e
     assert!(!jar.0.contains_key("__Host-redeemd_session"));
     jar.0.insert("__Host-redeemd_session".into(), cookie);
     assert_eq!(c.get(&mut jar, "/console/fleet").await.status, 303);
-    // Revoking the user ends its sessions at once.
+    // Revoking the user ends its sessions at once, and the pairing codes it made and nobody used.
     let mut m1 = c.login("m1").await;
     assert_eq!(c.get(&mut m1, "/console/fleet").await.status, 200);
+    let csrf = c.csrf(&mut m1).await;
+    let made = c
+        .post(
+            &mut m1,
+            "/console/merchants/M-1/pairing-codes",
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(made.status, 201, "{}", made.body);
     let v = vault();
     let who = cli_principal();
-    blocking(|| {
-        Service::new(&c.db, &v, &who, c.clock.load(Ordering::SeqCst))
-            .revoke_user("m1")
-            .unwrap();
+    let now = c.clock.load(Ordering::SeqCst);
+    let codes = blocking(|| {
+        let svc = Service::new(&c.db, &v, &who, now);
+        svc.revoke_user("m1").unwrap();
+        svc.pairing_codes("M-1").unwrap()
     });
+    let m1s: Vec<_> = codes
+        .iter()
+        .filter(|k| k.created_by.ends_with("(console login m1)"))
+        .collect();
+    assert_eq!(m1s.len(), 1, "{codes:?}");
+    assert_eq!(m1s[0].expires_ms, now, "{codes:?}");
     assert_eq!(c.get(&mut m1, "/console/fleet").await.status, 303);
 }
 

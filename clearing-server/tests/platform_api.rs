@@ -694,11 +694,31 @@ async fn keys_are_stored_hashed_revocable_and_every_change_is_audited(engine: En
             file.display()
         );
     }
+    // A pairing code the key made, and one an operator made for the same merchant.
+    let make_code = async |who: &str, terminal: &str| {
+        let (st, c) = p
+            .post(
+                who,
+                "/v1/merchants/M-1/pairing-codes",
+                json!({"terminal_id": terminal}),
+            )
+            .await;
+        assert_eq!(st, 201, "{c}");
+        c["code"].as_str().unwrap().to_owned()
+    };
+    let keys_code = make_code(&token, "T-77").await;
+    let operators_code = make_code(op, "T-78").await;
     // Revoked: refused from the next request on, like a wrong or made-up key.
     let (st, _) = p
         .call(Some(op), "DELETE", &format!("/v1/credentials/{id}"), None)
         .await;
     assert_eq!(st, 204);
+    // The codes it handed out and nobody used end with it; others' codes still work.
+    let enroll = |code: String| p.call(None, "POST", "/v1/enroll", Some(json!({"code": code})));
+    let (st, v) = enroll(keys_code).await;
+    assert_eq!((st, code(&v)), (410, "pairing_code_expired"), "{v}");
+    let (st, v) = enroll(operators_code).await;
+    assert_eq!((st, v["terminal_id"].as_str()), (200, Some("T-78")), "{v}");
     for bad in [
         token.as_str(),
         "rdk_0000000000000000_0000000000000000000000000000000000000000000000000000000000000000",
@@ -716,12 +736,28 @@ async fn keys_are_stored_hashed_revocable_and_every_change_is_audited(engine: En
         .iter()
         .map(|e| (e["action"].as_str().unwrap(), e["actor"].as_str().unwrap()))
         .collect();
-    assert_eq!(actions[0].0, "credential.revoke");
-    assert!(
-        actions[0].1.starts_with("operator alice (key k_"),
+    // Newest first: the shop PC's enrolment, the revocation, the two codes, the key made.
+    let newest: Vec<&str> = actions.iter().take(5).map(|(a, _)| *a).collect();
+    assert_eq!(
+        newest,
+        [
+            "terminal.pair",
+            "credential.revoke",
+            "pairing_code.create",
+            "pairing_code.create",
+            "credential.create"
+        ],
         "{actions:?}"
     );
-    assert_eq!(actions[1].0, "credential.create");
+    assert!(
+        actions[1].1.starts_with("operator alice (key k_"),
+        "{actions:?}"
+    );
+    assert_eq!(
+        entries[1]["detail"], "1 unused pairing code(s) it made ended",
+        "{}",
+        entries[1]
+    );
     for want in [
         "merchant.create",
         "terminal.enroll",

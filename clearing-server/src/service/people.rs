@@ -13,7 +13,9 @@ use crate::core::problem::Problem;
 use crate::core::throttle::{self as throttle_rule, Limits};
 use crate::storage::access::{self, ConsoleUser, Credential};
 use crate::storage::audit::{self, AuditEntry};
-use crate::storage::{Db, Isolation, Tx, cards as card_store, console, throttle};
+use crate::storage::{
+    Db, Isolation, Tx, cards as card_store, console, pairing as pairing_store, throttle,
+};
 
 /// A new API key: its listing, and the token, shown once.
 #[derive(Debug, Clone, Serialize)]
@@ -109,7 +111,13 @@ impl Service<'_> {
                     "credential {id} not found (or already revoked)"
                 )));
             }
-            self.audit(tx, "credential.revoke", &format!("credential {id}"), "")?;
+            let ended = pairing_store::end_codes_made_via(tx, &via_key(id), self.now_ms)?;
+            self.audit(
+                tx,
+                "credential.revoke",
+                &format!("credential {id}"),
+                &codes_ended(ended),
+            )?;
             Ok(())
         })
     }
@@ -172,7 +180,16 @@ impl Service<'_> {
                     "user {name} not found (or already revoked)"
                 )));
             }
-            self.audit(tx, "user.revoke", &format!("user {name}"), "")?;
+            let mut ended = 0;
+            for via in [via_login(name), via_console(name)] {
+                ended += pairing_store::end_codes_made_via(tx, &via, self.now_ms)?;
+            }
+            self.audit(
+                tx,
+                "user.revoke",
+                &format!("user {name}"),
+                &codes_ended(ended),
+            )?;
             Ok(())
         })
     }
@@ -187,6 +204,28 @@ impl Service<'_> {
             ));
         }
         Ok(self.db.read(|tx| audit::entries(tx, before, limit))?)
+    }
+}
+
+/// How a caller came in, as its actor names it (`Principal::actor`): written in the audit log and
+/// as the maker of a pairing code, and matched when the credential is revoked.
+fn via_key(id: &str) -> String {
+    format!("key {id}")
+}
+
+fn via_login(name: &str) -> String {
+    format!("login {name}")
+}
+
+fn via_console(name: &str) -> String {
+    format!("console login {name}")
+}
+
+/// The audit detail of a revocation that ended pairing codes.
+fn codes_ended(n: u64) -> String {
+    match n {
+        0 => String::new(),
+        n => format!("{n} unused pairing code(s) it made ended"),
     }
 }
 
@@ -209,7 +248,7 @@ pub fn authenticate(db: &Db, token: &str) -> Result<Principal, Problem> {
             let role = Role::parse(&role).ok_or_else(|| {
                 Problem::internal(format!("credential {}: role {role:?}", key.id))
             })?;
-            Ok(Principal::new(role, subject, format!("key {}", key.id)))
+            Ok(Principal::new(role, subject, via_key(&key.id)))
         }
         _ => Err(bad_credentials()),
     }
@@ -246,7 +285,7 @@ pub fn login(
         Some((role, subject, _)) if ok => {
             let role = Role::parse(&role)
                 .ok_or_else(|| Problem::internal(format!("user {name}: role {role:?}")))?;
-            Ok(Principal::new(role, subject, format!("login {name}")))
+            Ok(Principal::new(role, subject, via_login(name)))
         }
         _ => {
             db.transaction(Isolation::ReadCommitted, |tx| {
@@ -281,11 +320,7 @@ pub struct ConsoleCaller {
 fn console_principal(role: &str, subject: String, name: &str) -> Result<Principal, Problem> {
     let role = Role::parse(role)
         .ok_or_else(|| Problem::internal(format!("user {name}: role {role:?}")))?;
-    Ok(Principal::new(
-        role,
-        subject,
-        format!("console login {name}"),
-    ))
+    Ok(Principal::new(role, subject, via_console(name)))
 }
 
 /// Logs a person in to the console ([`login`]: throttled, one answer for a wrong name or password)

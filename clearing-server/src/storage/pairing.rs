@@ -68,6 +68,28 @@ pub fn mark_used(
     Ok(())
 }
 
+/// Ends now the unused codes that were made through `via` (a key or a login, as
+/// `Principal::actor` names it at the end of `created_by`: `… (via)`): revoking a credential takes
+/// back the codes it handed out, which could otherwise still enroll a terminal for up to an hour.
+/// Returns how many were ended.
+pub fn end_codes_made_via(tx: &mut dyn Tx, via: &str, now_ms: i64) -> Result<u64, StorageError> {
+    let suffix = format!("({via})");
+    let live = tx.query(
+        "SELECT code_hash, created_by FROM pairing_code WHERE used_ms IS NULL AND expires_ms > $1",
+        params![now_ms],
+    )?;
+    let mut ended = 0;
+    for row in &live {
+        if row.text(1)?.ends_with(&suffix) {
+            ended += tx.execute(
+                "UPDATE pairing_code SET expires_ms = $2 WHERE code_hash = $1",
+                params![row.blob(0)?, now_ms],
+            )?;
+        }
+    }
+    Ok(ended)
+}
+
 /// A code as listed: never the code itself (it is shown once, when made).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CodeListing {
