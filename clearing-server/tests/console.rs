@@ -19,7 +19,7 @@ use clearing_server::service::merchants::MerchantInput;
 use clearing_server::service::{Service, cli_principal};
 use clearing_server::storage::Db;
 use common::engines::{Engine, blocking, database, vault};
-use common::{Line, T0, lines_of, serve_on_loopback, wash_package};
+use common::{Line, Signed, T0, lines_of, serve_on_loopback, wash_package};
 use redeemd_contract::keys::{TerminalKeys, TerminalSecret};
 use redeemd_contract::model::{CardNumber, MerchantScope};
 use redeemd_contract::request::SignedHeaders;
@@ -152,14 +152,12 @@ async fn start(engine: Engine) -> Console {
             [nonce.fetch_add(1, Ordering::SeqCst); 16],
             &body,
         );
-        let mut req = console
+        let req = console
             .http
             .post(format!("{}{path}", console.base))
             .header("content-type", "application/json")
-            .body(body);
-        for (k, v) in h.pairs() {
-            req = req.header(k, v);
-        }
+            .body(body)
+            .signed(&h);
         assert_eq!(req.send().await.unwrap().status(), 200);
     }
     console

@@ -11,7 +11,7 @@ use clearing_server::core::cache_policy::CachePolicy;
 use clearing_server::storage::cards::{self, ItemSpec, NewCard, PackageSpec, StatusAction};
 use clearing_server::storage::{self, Db, StorageError, Tx};
 use common::engines::{Engine, blocking, database, vault};
-use common::{Line, T0, lines_of, upload_body};
+use common::{Line, Signed, T0, lines_of, upload_body};
 use redeemd_contract::keys::{Tag, TerminalKeys, TerminalSecret};
 use redeemd_contract::model::{CardNumber, CardRef, CardStatus, MerchantScope, identity_verifier};
 use redeemd_contract::request::SignedHeaders;
@@ -183,10 +183,7 @@ impl Server {
             [n; 16],
             b"",
         );
-        let mut req = self.http.get(format!("{}{path}", self.base));
-        for (k, v) in h.pairs() {
-            req = req.header(k, v);
-        }
+        let mut req = self.http.get(format!("{}{path}", self.base)).signed(&h);
         if let Some(a) = accept {
             req = req.header("accept-encoding", a);
         }
@@ -237,14 +234,12 @@ impl Server {
             [n; 16],
             &body,
         );
-        let mut req = self
+        let req = self
             .http
             .post(format!("{}{path}", self.base))
             .header("content-type", "application/json")
-            .body(body);
-        for (k, v) in h.pairs() {
-            req = req.header(k, v);
-        }
+            .body(body)
+            .signed(&h);
         let resp = req.send().await.unwrap();
         assert_eq!(
             resp.status().as_u16(),
@@ -930,14 +925,12 @@ async fn the_platform_judges_every_record(engine: Engine) {
         [200; 16],
         &body,
     );
-    let mut req = s
+    let req = s
         .http
         .post(format!("{}/v1/terminals/T-1/journal", s.base))
         .header("content-type", "application/json")
-        .body(body);
-    for (name, v) in h.pairs() {
-        req = req.header(name, v);
-    }
+        .body(body)
+        .signed(&h);
     let resp = req.send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 422);
     let v: Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();

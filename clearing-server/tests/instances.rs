@@ -9,7 +9,7 @@ mod common;
 
 use common::binary::{enrolled, now_ms, ok, query, runtime, send, serve};
 use common::engines::{Engine, database};
-use common::{Line, T0, lines};
+use common::{Line, Signed, T0, lines};
 use redeemd_contract::JournalRecord;
 use redeemd_contract::close::{self, BatchClose};
 use redeemd_contract::keys::{Tag, TerminalKeys};
@@ -70,10 +70,9 @@ fn bundle_version(addr: &str, keys: &TerminalKeys) -> u64 {
         b"",
     );
     runtime().block_on(async {
-        let mut req = reqwest::Client::new().get(format!("http://{addr}{path}"));
-        for (k, v) in h.pairs() {
-            req = req.header(k, v);
-        }
+        let req = reqwest::Client::new()
+            .get(format!("http://{addr}{path}"))
+            .signed(&h);
         let resp = req.send().await.unwrap();
         assert_eq!(resp.status().as_u16(), 200);
         let v = resp.headers()["x-redeemd-bundle-version"]
@@ -173,10 +172,9 @@ fn two_instances_share_one_database(engine: Engine) {
     let replay = |addr: &str| {
         let (addr, h) = (addr.to_owned(), h.clone());
         runtime().block_on(async move {
-            let mut req = reqwest::Client::new().get(format!("http://{addr}{HEAD}"));
-            for (k, v) in h.pairs() {
-                req = req.header(k, v);
-            }
+            let req = reqwest::Client::new()
+                .get(format!("http://{addr}{HEAD}"))
+                .signed(&h);
             let resp = req.send().await.unwrap();
             let st = resp.status().as_u16();
             (

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use clearing_server::AppState;
 use clearing_server::storage::{self, Db, StorageError};
 use common::engines::{Engine, blocking, database, vault};
-use common::{T0, chain, upload_body};
+use common::{Signed, T0, chain, json_answer, upload_body};
 use redeemd_contract::JournalRecord;
 use redeemd_contract::keys::{Tag, TerminalKeys, TerminalSecret};
 use redeemd_contract::request::SignedHeaders;
@@ -81,26 +81,12 @@ impl Server {
             &body,
         );
         tweak(&mut h);
-        let mut req = self
+        let req = self
             .http
             .request(method.parse().unwrap(), format!("{}{path}", self.base))
             .header("content-type", "application/json")
             .body(body);
-        for (k, v) in h.pairs() {
-            req = req.header(k, v);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let ctype = resp
-            .headers()
-            .get("content-type")
-            .map(|v| v.to_str().unwrap().to_owned());
-        let bytes = resp.bytes().await.unwrap();
-        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        if status >= 400 {
-            assert_eq!(ctype.as_deref(), Some("application/problem+json"), "{v}");
-            assert_eq!(v["status"], status);
-        }
+        let (status, _, v) = json_answer(req.signed(&h).send().await.unwrap()).await;
         (status, v)
     }
 
@@ -131,18 +117,13 @@ impl Server {
             [n; 16],
             &body,
         );
-        let mut req = self
+        let req = self
             .http
             .post(format!("{}{path}", self.base))
             .header("content-type", "application/json")
             .header("content-encoding", coding)
             .body(body);
-        for (k, v) in h.pairs() {
-            req = req.header(k, v);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let v = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap_or(Value::Null);
+        let (status, _, v) = json_answer(req.signed(&h).send().await.unwrap()).await;
         (status, v)
     }
 

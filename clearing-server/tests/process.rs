@@ -12,6 +12,7 @@ use serde_json::Value;
 
 mod common;
 
+use common::Signed;
 use common::binary::*;
 
 const HEAD: &str = "/v1/terminals/T-1/journal/head";
@@ -427,13 +428,11 @@ fn a_replayed_request_is_refused_after_a_server_restart(engine: Engine) {
     let replay = |addr: &str| {
         let (addr, body, h) = (addr.to_owned(), body.clone(), captured.clone());
         runtime().block_on(async move {
-            let mut req = reqwest::Client::new()
+            let req = reqwest::Client::new()
                 .post(format!("http://{addr}{JOURNAL}"))
                 .header("content-type", "application/json")
-                .body(body);
-            for (k, v) in h.pairs() {
-                req = req.header(k, v);
-            }
+                .body(body)
+                .signed(&h);
             let resp = req.send().await.unwrap();
             let status = resp.status().as_u16();
             (
@@ -891,10 +890,9 @@ fn cards_are_imported_all_or_nothing(engine: Engine) {
         let mut nonce = [0u8; 16];
         getrandom::fill(&mut nonce).unwrap();
         let h = SignedHeaders::sign(&keys.request, "T-1", "GET", path, now_ms(), nonce, b"");
-        let mut req = reqwest::Client::new().get(format!("http://{}{path}", server.addr));
-        for (k, v) in h.pairs() {
-            req = req.header(k, v);
-        }
+        let req = reqwest::Client::new()
+            .get(format!("http://{}{path}", server.addr))
+            .signed(&h);
         req.send().await.unwrap().bytes().await.unwrap().to_vec()
     });
     let mut verifier = redeemd_contract::snapshot::BundleVerifier::new(&keys.cache, "T-1");

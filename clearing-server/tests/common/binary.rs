@@ -11,6 +11,8 @@ use redeemd_contract::keys::{TerminalKeys, TerminalSecret};
 use redeemd_contract::request::SignedHeaders;
 use serde_json::Value;
 
+use super::Signed;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_clearing-server");
 
 /// The binary with the tests' master key.
@@ -117,13 +119,11 @@ pub async fn send(
         nonce,
         &body,
     );
-    let mut req = reqwest::Client::new()
+    let req = reqwest::Client::new()
         .request(method.parse().unwrap(), format!("http://{addr}{path}"))
         .header("content-type", "application/json")
-        .body(body);
-    for (k, v) in h.pairs() {
-        req = req.header(k, v);
-    }
+        .body(body)
+        .signed(&h);
     let resp = req.send().await.ok()?;
     let status = resp.status().as_u16();
     let v = serde_json::from_slice(&resp.bytes().await.ok()?).unwrap_or(Value::Null);

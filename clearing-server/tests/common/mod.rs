@@ -19,6 +19,38 @@ pub const T0: i64 = 1_795_000_000_000;
 /// The entry version test records carry (see [`line`]).
 pub const ENTRY_VERSION: u64 = 1_000_000;
 
+/// A terminal-API request with its signed headers (`SignedHeaders::pairs`) added.
+pub trait Signed {
+    fn signed(self, headers: &redeemd_contract::request::SignedHeaders) -> Self;
+}
+
+impl Signed for reqwest::RequestBuilder {
+    fn signed(mut self, headers: &redeemd_contract::request::SignedHeaders) -> Self {
+        for (k, v) in headers.pairs() {
+            self = self.header(k, v);
+        }
+        self
+    }
+}
+
+/// An answer of the platform: its status, headers and JSON body (`Null` when empty or not JSON).
+/// Every refusal is checked to be a problem document (`application/problem+json`) whose `status`
+/// is the answer's, as `docs/api/` says of every error.
+pub async fn json_answer(
+    resp: reqwest::Response,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.bytes().await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    if status >= 400 {
+        let ctype = headers.get("content-type").map(|v| v.to_str().unwrap());
+        assert_eq!(ctype, Some("application/problem+json"), "{v}");
+        assert_eq!(v["status"], status, "{v}");
+    }
+    (status, headers, v)
+}
+
 /// `clearing_server::serve` over `db` on a loopback port, on the test's clock (the time a server
 /// request sees is `clock`'s): its base URL.
 pub async fn serve_on_loopback(db: Arc<Db>, clock: &Arc<AtomicI64>) -> String {
