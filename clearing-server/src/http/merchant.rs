@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::caller::{Caller, Json};
 use super::platform::{PeriodQuery, answer, query};
 use super::problem::Problem;
-use super::{AppState, NO_STORE};
+use super::{AppState, credential_answer};
 use crate::core::clearing::MerchantStatement;
 
 pub(super) async fn merchant(
@@ -57,7 +57,7 @@ pub(super) async fn create_pairing_code(
         })
         .await?;
     // The code is a credential until it is used or expires: not for any cache.
-    Ok((StatusCode::CREATED, NO_STORE, axum::Json(c)).into_response())
+    Ok(credential_answer(StatusCode::CREATED, c))
 }
 
 pub(super) async fn pairing_codes(

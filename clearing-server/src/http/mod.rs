@@ -42,10 +42,20 @@ use crate::storage::Db;
 use crate::vault::Vault;
 use problem::Problem;
 
-/// The header of an answer that carries a credential (an API key, a pairing code, a terminal's
-/// secret): no cache between the server and the caller keeps it.
-pub(crate) const NO_STORE: [(axum::http::HeaderName, &str); 1] =
-    [(axum::http::header::CACHE_CONTROL, "no-store")];
+/// An answer that carries a credential (an API key, a pairing code, a terminal's secret): JSON that
+/// no cache between the server and the caller keeps.
+pub(crate) fn credential_answer(
+    status: axum::http::StatusCode,
+    body: impl serde::Serialize,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        status,
+        [(axum::http::header::CACHE_CONTROL, "no-store")],
+        axum::Json(body),
+    )
+        .into_response()
+}
 
 /// What one client may hold of the server (`docs/api/README.md`, "Size limits"): connections at once,
 /// and how long a request's head and body may take to arrive.

@@ -437,7 +437,7 @@ pub(super) async fn create_credential(
             s.create_credential(role, &b.subject, &b.label)
         })
         .await?;
-    Ok((StatusCode::CREATED, super::NO_STORE, axum::Json(issued)).into_response())
+    Ok(super::credential_answer(StatusCode::CREATED, issued))
 }
 
 pub(super) async fn revoke_credential(

@@ -34,7 +34,7 @@ pub(super) async fn enroll(
         "secret": e.secret.as_str(),
     });
     // The secret is in this answer only: never cached by anything in between.
-    Ok((super::NO_STORE, axum::Json(body)).into_response())
+    Ok(super::credential_answer(StatusCode::OK, body))
 }
 
 pub(super) async fn health(
