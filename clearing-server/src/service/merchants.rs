@@ -124,6 +124,39 @@ fn existing_merchant(tx: &mut dyn Tx, id: &str) -> Result<Merchant, Problem> {
 }
 
 impl Service<'_> {
+    /// Whether a pairing code may be made for `terminal_id` of `merchant_id`: a new id, or a
+    /// terminal of that merchant that never uploaded a record (a PC replaced before use).
+    fn check_pairable(
+        &self,
+        tx: &mut dyn Tx,
+        merchant_id: &str,
+        terminal_id: &str,
+    ) -> Result<(), Problem> {
+        let Some(t) = fleet_store::terminal_row(tx, terminal_id)? else {
+            return Ok(());
+        };
+        // Another merchant's terminal does not exist for a merchant (404, as every path of
+        // another merchant's): a 409 would confirm the id to a guesser.
+        self.allow(Want::Merchant(&t.merchant_id), || {
+            format!("terminal {terminal_id}")
+        })?;
+        let (uploaded, _) = crate::storage::head(tx, terminal_id)?;
+        if t.merchant_id != merchant_id || uploaded > 0 {
+            return Err(Problem::conflict(
+                "terminal_exists",
+                format!(
+                    "terminal id {terminal_id} is taken{}",
+                    if t.merchant_id == merchant_id {
+                        " and has uploaded records: a new terminal needs a new id"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Creates or updates a merchant (operators). A changed category list sends its terminals a full
     /// snapshot.
     pub fn put_merchant(&self, id: &str, m: &MerchantInput) -> Result<MerchantView, Problem> {
@@ -315,31 +348,14 @@ impl Service<'_> {
                     format!("merchant id {merchant_id:?} cannot be configured on a terminal (A-Z a-z 0-9 . _ - only): enroll it with admin enroll"),
                 ));
             }
+            // A drawn id is free; a given one may be a terminal already.
             let terminal_id = match terminal_id {
-                Some(t) => t.to_owned(),
+                Some(t) => {
+                    self.check_pairable(tx, merchant_id, t)?;
+                    t.to_owned()
+                }
                 None => free_terminal_id(tx)?,
             };
-            if let Some(t) = fleet_store::terminal_row(tx, &terminal_id)? {
-                // Another merchant's terminal does not exist for a merchant (404, as every path
-                // of another merchant's): a 409 would confirm the id to a guesser.
-                self.allow(Want::Merchant(&t.merchant_id), || {
-                    format!("terminal {terminal_id}")
-                })?;
-                let (uploaded, _) = crate::storage::head(tx, &terminal_id)?;
-                if t.merchant_id != merchant_id || uploaded > 0 {
-                    return Err(Problem::conflict(
-                        "terminal_exists",
-                        format!(
-                            "terminal id {terminal_id} is taken{}",
-                            if t.merchant_id == merchant_id {
-                                " and has uploaded records: a new terminal needs a new id"
-                            } else {
-                                ""
-                            }
-                        ),
-                    ));
-                }
-            }
             let expires_ms = self.now_ms.saturating_add(ttl);
             for _ in 0..8 {
                 let code = pairing::new_code(&random()?);
